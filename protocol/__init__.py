@@ -1,0 +1,1 @@
+"""Formats only: the message codec and its validation, the weight store's byte layout, endpoint names."""

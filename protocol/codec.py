@@ -1,0 +1,203 @@
+"""Wire format: one multipart ZeroMQ message = a msgpack header frame + one raw frame per tensor.
+
+The header names every buffer (name, dtype, shape), so a receiver can rebuild numpy arrays without
+copying and without trusting the sender: decoding is strict and bounded, and anything that does not
+fit raises `MessageRejected` with a reason the receiver logs as `message_rejected`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+PROTO_VERSION = 1
+
+# dtypes allowed on the wire; anything else (object arrays above all) is refused.
+WIRE_DTYPES = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool"})
+
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_BUFFERS = 256
+
+# kind -> the header fields it must carry, with their types.
+KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "snapshot": {"version": int, "epoch": int, "training_sparsity": (int, float)},
+    "masks": {"version": int, "epoch": int, "target_sparsity": (int, float)},
+    "weights_ready": {"version": int, "slot": int, "structure_changed": bool},
+    "trajectory": {
+        "worker_id": int,
+        "policy_version": int,
+        "policy_sparsity": (int, float),
+        "episode_returns": list,
+        "episode_lengths": list,
+        "swap_latencies_ms": list,
+    },
+    "control": {"command": str},
+}
+ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "proto": int,
+    "kind": str,
+    "run_id": str,
+    "sender": str,
+    "seq": int,
+    "ts_ns": int,
+    "buffers": list,
+}
+
+
+class MessageRejected(ValueError):
+    """A message failed validation; `reason` is a short machine-friendly phrase."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Message:
+    kind: str
+    fields: dict[str, Any]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    run_id: str = ""
+    sender: str = ""
+    seq: int = 0
+    ts_ns: int = 0
+
+
+class Encoder:
+    """Stamps the envelope (run id, sender, a per-sender sequence number) on outgoing messages."""
+
+    def __init__(self, run_id: str, sender: str):
+        self.run_id = run_id
+        self.sender = sender
+        self._seq = 0
+
+    def encode(self, kind: str, fields: Mapping[str, Any], tensors: Mapping[str, np.ndarray] | None = None) -> list:
+        if kind not in KIND_FIELDS:
+            raise ValueError(f"unknown message kind {kind!r}")
+        tensors = tensors or {}
+        self._seq += 1
+        buffers, frames = [], []
+        for name, array in tensors.items():
+            array = np.ascontiguousarray(array)
+            if array.dtype.name not in WIRE_DTYPES:
+                raise ValueError(f"tensor {name!r} has dtype {array.dtype.name}, not sendable")
+            buffers.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
+            frames.append(memoryview(array).cast("B"))
+        header = {
+            "proto": PROTO_VERSION,
+            "kind": kind,
+            "run_id": self.run_id,
+            "sender": self.sender,
+            "seq": self._seq,
+            "ts_ns": time.time_ns(),
+            "buffers": buffers,
+            **fields,
+        }
+        return [msgpack.packb(header, use_bin_type=True), *frames]
+
+
+def decode(
+    frames: Sequence[bytes | memoryview],
+    *,
+    run_id: str | None = None,
+    kinds: frozenset[str] | set[str] | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> Message:
+    """Parse and validate a multipart message; raise MessageRejected on any deviation."""
+    if not frames:
+        raise MessageRejected("empty message")
+    if len(frames) - 1 > MAX_BUFFERS:
+        raise MessageRejected(f"too many frames ({len(frames)})")
+    head = frames[0]
+    if len(head) > MAX_HEADER_BYTES:
+        raise MessageRejected(f"header frame too large ({len(head)} bytes)")
+    try:
+        header = msgpack.unpackb(bytes(head), raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise MessageRejected(f"header is not msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise MessageRejected("header is not a map")
+    _check_fields(header, ENVELOPE_FIELDS)
+    if header["proto"] != PROTO_VERSION:
+        raise MessageRejected(f"unsupported proto {header['proto']} (expected {PROTO_VERSION})")
+    kind = header["kind"]
+    if kind not in KIND_FIELDS:
+        raise MessageRejected(f"unknown kind {kind!r}")
+    if kinds is not None and kind not in kinds:
+        raise MessageRejected(f"unexpected kind {kind!r} on this socket")
+    if run_id is not None and header["run_id"] != run_id:
+        raise MessageRejected(f"run_id {header['run_id']!r} is not this run's")
+    _check_fields(header, KIND_FIELDS[kind])
+
+    specs = header["buffers"]
+    if len(specs) != len(frames) - 1:
+        raise MessageRejected(f"header lists {len(specs)} buffers but {len(frames) - 1} frames follow")
+    tensors = {}
+    for spec, frame in zip(specs, frames[1:]):
+        name, array = _tensor_from_frame(spec, frame, max_frame_bytes)
+        if name in tensors:
+            raise MessageRejected(f"duplicate buffer {name!r}")
+        tensors[name] = array
+
+    fields = {k: v for k, v in header.items() if k not in ENVELOPE_FIELDS}
+    return Message(kind, fields, tensors, header["run_id"], header["sender"], header["seq"], header["ts_ns"])
+
+
+def _check_fields(header: dict, required: Mapping[str, type | tuple[type, ...]]) -> None:
+    for name, types in required.items():
+        if name not in header:
+            raise MessageRejected(f"missing field {name!r}")
+        value = header[name]
+        # bool is an int in Python; a count must not be accepted as True/False and vice versa.
+        if isinstance(value, bool) and types is not bool:
+            raise MessageRejected(f"field {name!r} has type bool")
+        if not isinstance(value, types):
+            raise MessageRejected(f"field {name!r} has type {type(value).__name__}")
+
+
+def _tensor_from_frame(spec: Any, frame: bytes | memoryview, max_frame_bytes: int) -> tuple[str, np.ndarray]:
+    if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+        raise MessageRejected("malformed buffer entry")
+    name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
+    if not isinstance(name, str) or not name:
+        raise MessageRejected("buffer without a name")
+    if dtype not in WIRE_DTYPES:
+        raise MessageRejected(f"buffer {name!r}: dtype {dtype!r} not allowed")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise MessageRejected(f"buffer {name!r}: bad shape {shape!r}")
+    if len(frame) > max_frame_bytes:
+        raise MessageRejected(f"buffer {name!r}: frame of {len(frame)} bytes exceeds {max_frame_bytes}")
+    np_dtype = np.dtype(dtype)
+    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    if expected != len(frame):
+        raise MessageRejected(f"buffer {name!r}: {len(frame)} bytes do not match {dtype}{shape}")
+    return name, np.frombuffer(frame, dtype=np_dtype).reshape(shape)
+
+
+def check_tensors(
+    tensors: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[str, tuple[int, ...]]],
+    *,
+    finite: bool = True,
+) -> None:
+    """Require exactly the expected names with matching dtype and shape (and finite values)."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        raise MessageRejected(f"missing tensors {missing[:3]}")
+    if extra:
+        raise MessageRejected(f"unexpected tensors {extra[:3]}")
+    for name, (dtype, shape) in expected.items():
+        array = tensors[name]
+        if array.dtype.name != dtype or tuple(array.shape) != tuple(shape):
+            raise MessageRejected(
+                f"tensor {name!r} is {array.dtype.name}{list(array.shape)}, expected {dtype}{list(shape)}"
+            )
+        if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise MessageRejected(f"tensor {name!r} has non-finite values")
+

@@ -1,0 +1,124 @@
+"""Byte layout of the shared-memory weight store: a 64-byte header, then two equal slots.
+
+    header  magic | layout | active_slot | seq | version | publish_ts_ns | payload_size | checksum
+            | structure_id | slot_size
+    slot    u32 table length | msgpack tensor table | tensor bytes, each 8-byte aligned
+
+`seq` is the seqlock counter (odd while the writer updates the header). The tensor table lists
+(name, dtype, shape, offset) per tensor, so a slot can hold a model of a different shape than the
+other one: a structure change is just another version. The checksum (CRC-32) covers the payload.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Mapping, NamedTuple
+
+import msgpack
+import numpy as np
+
+from protocol.codec import WIRE_DTYPES
+
+MAGIC = b"HOTPRUNE"
+LAYOUT_VERSION = 1
+HEADER = struct.Struct("<8sIIQqQQIIQ")
+HEADER_SIZE = 64
+SEQ = struct.Struct("<Q")
+SEQ_OFFSET = 16
+TABLE_LEN = struct.Struct("<I")
+ALIGN = 8
+assert HEADER.size == HEADER_SIZE
+
+
+class StoreHeader(NamedTuple):
+    magic: bytes
+    layout: int
+    active_slot: int
+    seq: int
+    version: int
+    publish_ts_ns: int
+    payload_size: int
+    checksum: int
+    structure_id: int
+    slot_size: int
+
+
+class LayoutError(ValueError):
+    """The bytes in the store do not describe a valid payload."""
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _table(tensors: Mapping[str, np.ndarray]) -> tuple[bytes, list[int], int]:
+    """Tensor table bytes, each tensor's offset in the payload, and the payload size."""
+    # Offsets depend on the table's own length, so size the table with placeholder offsets first:
+    # msgpack ints of the final values are never longer than the 8-byte placeholders.
+    def pack(offsets):
+        entries = [[n, a.dtype.name, list(a.shape), o] for (n, a), o in zip(tensors.items(), offsets)]
+        return msgpack.packb(entries, use_bin_type=True)
+
+    start = _aligned(TABLE_LEN.size + len(pack([2**63 - 1] * len(tensors))))
+    offsets, cursor = [], start
+    for array in tensors.values():
+        offsets.append(cursor)
+        cursor = _aligned(cursor + array.nbytes)
+    return pack(offsets), offsets, cursor
+
+
+def payload_size(tensors: Mapping[str, np.ndarray]) -> int:
+    return _table(tensors)[2]
+
+
+def write_payload(buf: memoryview, tensors: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """Write tensors into `buf`; return (payload size, CRC-32 of the payload)."""
+    for name, array in tensors.items():
+        if array.dtype.name not in WIRE_DTYPES:
+            raise LayoutError(f"tensor {name!r}: dtype {array.dtype.name} cannot be stored")
+    table, offsets, size = _table(tensors)
+    if size > len(buf):
+        raise LayoutError(f"payload of {size} bytes does not fit a slot of {len(buf)} bytes")
+    TABLE_LEN.pack_into(buf, 0, len(table))
+    buf[TABLE_LEN.size : TABLE_LEN.size + len(table)] = table
+    for array, offset in zip(tensors.values(), offsets):
+        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        buf[offset : offset + flat.size] = flat.data
+    return size, zlib.crc32(buf[:size])
+
+
+def read_payload(payload: bytes | memoryview) -> dict[str, np.ndarray]:
+    """Rebuild the tensors of a payload copy (the arrays view `payload`; keep it alive)."""
+    if len(payload) < TABLE_LEN.size:
+        raise LayoutError("payload shorter than its table length")
+    (table_len,) = TABLE_LEN.unpack_from(payload, 0)
+    if TABLE_LEN.size + table_len > len(payload):
+        raise LayoutError("tensor table runs past the payload")
+    try:
+        entries = msgpack.unpackb(bytes(payload[TABLE_LEN.size : TABLE_LEN.size + table_len]), raw=False)
+    except Exception as exc:
+        raise LayoutError(f"tensor table is not msgpack ({type(exc).__name__})") from None
+    tensors = {}
+    for entry in entries:
+        name, dtype, shape, offset = entry
+        if dtype not in WIRE_DTYPES:
+            raise LayoutError(f"tensor {name!r}: dtype {dtype!r} not allowed")
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * np.dtype(dtype).itemsize
+        if offset < 0 or offset + nbytes > len(payload):
+            raise LayoutError(f"tensor {name!r} runs past the payload")
+        tensors[name] = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+    return tensors
+
+
+def checksum(payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload)
+
+
+def segment_size(slot_size: int) -> int:
+    return HEADER_SIZE + 2 * slot_size
+
+
+def slot_offset(slot: int, slot_size: int) -> int:
+    return HEADER_SIZE + slot * slot_size

@@ -1,0 +1,91 @@
+"""The policy (actor) the workers run and the compressor prunes, and the trainer's critic.
+
+The actor is a tanh MLP. Its layer sizes are read back from the weights themselves
+(`actor_from_tensors`), so a worker can rebuild whatever shape the weight store holds.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Normal
+
+from service.envs import EnvSpec
+
+_LINEAR_WEIGHT = re.compile(r"^net\.(\d+)\.weight$")
+
+
+def _mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        linear = nn.Linear(n_in, n_out)
+        nn.init.orthogonal_(linear.weight, out_gain if last else np.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    def __init__(self, sizes: list[int], discrete: bool):
+        super().__init__()
+        self.discrete = discrete
+        self.net = _mlp(sizes, out_gain=0.01)
+        if not discrete:  # state-independent log std of a diagonal Gaussian
+            self.log_std = nn.Parameter(torch.zeros(sizes[-1]))
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        out = self.net(obs)
+        if self.discrete:
+            return Categorical(logits=out)
+        return Normal(out, self.log_std.exp().expand_as(out))
+
+    def log_prob(self, dist: Distribution, actions: torch.Tensor) -> torch.Tensor:
+        logp = dist.log_prob(actions)
+        return logp if self.discrete else logp.sum(-1)
+
+    def entropy(self, dist: Distribution) -> torch.Tensor:
+        ent = dist.entropy()
+        return ent if self.discrete else ent.sum(-1)
+
+
+def make_actor(spec: EnvSpec, hidden_sizes: list[int]) -> Actor:
+    return Actor([spec.obs_dim, *hidden_sizes, spec.act_dim], spec.discrete)
+
+
+def make_critic(spec: EnvSpec, hidden_sizes: list[int]) -> nn.Sequential:
+    return _mlp([spec.obs_dim, *hidden_sizes, 1], out_gain=1.0)
+
+
+def linear_weight_names(names) -> list[str]:
+    """The actor's linear weight names, input layer first."""
+    found = [(int(m.group(1)), n) for n in names if (m := _LINEAR_WEIGHT.match(n))]
+    return [n for _, n in sorted(found)]
+
+
+def prunable_names(names, prune_output_layer: bool) -> list[str]:
+    weights = linear_weight_names(names)
+    return weights if prune_output_layer else weights[:-1]
+
+
+def actor_from_tensors(tensors: dict[str, np.ndarray], discrete: bool) -> Actor:
+    """Build an actor whose layer sizes are those of `tensors` and load them into it."""
+    weights = linear_weight_names(tensors)
+    sizes = [tensors[weights[0]].shape[1]] + [tensors[n].shape[0] for n in weights]
+    actor = Actor(sizes, discrete)
+    actor.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+    return actor
+
+
+def actor_arrays(actor: Actor) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in actor.state_dict().items()}
+
+
+def expected_spec(actor: Actor) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of the actor's tensors: what a snapshot must carry."""
+    return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in actor.state_dict().items()}
