@@ -87,7 +87,7 @@ class Encoder:
             if array.dtype.name not in WIRE_DTYPES:
                 raise ValueError(f"tensor {name!r} has dtype {array.dtype.name}, not sendable")
             buffers.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
-            frames.append(memoryview(array).cast("B"))
+            frames.append(array.reshape(-1).view(np.uint8))  # zero-copy, even when empty
         header = {
             "proto": PROTO_VERSION,
             "kind": kind,
@@ -117,7 +117,7 @@ def decode(
     if len(head) > MAX_HEADER_BYTES:
         raise MessageRejected(f"header frame too large ({len(head)} bytes)")
     try:
-        header = msgpack.unpackb(bytes(head), raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES)
+        header = msgpack.unpackb(bytes(head), raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise MessageRejected(f"header is not msgpack ({type(exc).__name__})") from None
     if not isinstance(header, dict):

@@ -78,7 +78,7 @@ def actor_from_tensors(tensors: dict[str, np.ndarray], discrete: bool) -> Actor:
     weights = linear_weight_names(tensors)
     sizes = [tensors[weights[0]].shape[1]] + [tensors[n].shape[0] for n in weights]
     actor = Actor(sizes, discrete)
-    actor.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+    actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
     return actor
 
 

@@ -129,7 +129,7 @@ class WeightStore:
                 return None
             if h.payload_size > h.slot_size or h.active_slot not in (0, 1):
                 raise StoreError(f"segment {self.name} has a corrupt header")
-            payload = bytes(self._slot(h.active_slot, h.slot_size)[: h.payload_size])
+            payload = bytearray(self._slot(h.active_slot, h.slot_size)[: h.payload_size])  # our own copy
             if self._seq() != before or h.seq != before:
                 self.torn_retries += 1
                 continue

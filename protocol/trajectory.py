@@ -1,0 +1,33 @@
+"""The tensors of a `trajectory` message: one fixed-length chunk of T vector steps over N envs."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from protocol.codec import MessageRejected, check_tensors
+
+
+def trajectory_spec(steps: int, envs: int, obs_dim: int, act_dim: int, discrete: bool, truncations: int):
+    """name -> (dtype, shape). `final_obs` holds the final observation of each truncated step."""
+    action = ("int64", (steps, envs)) if discrete else ("float32", (steps, envs, act_dim))
+    return {
+        "obs": ("float32", (steps + 1, envs, obs_dim)),  # the last row bootstraps the chunk's end
+        "actions": action,
+        "logprobs": ("float32", (steps, envs)),  # behaviour policy's log-probabilities
+        "rewards": ("float32", (steps, envs)),
+        "terminated": ("bool", (steps, envs)),
+        "truncated": ("bool", (steps, envs)),
+        "final_obs": ("float32", (truncations, obs_dim)),  # in (t, n) order of the truncated steps
+    }
+
+
+def check_trajectory(tensors: Mapping[str, np.ndarray], steps: int, envs: int, obs_dim: int, act_dim: int,
+                     discrete: bool) -> None:
+    truncated = tensors.get("truncated")
+    if truncated is None or truncated.dtype != np.bool_ or truncated.shape != (steps, envs):
+        raise MessageRejected(f"trajectory: truncated must be bool[{steps}, {envs}]")
+    check_tensors(tensors, trajectory_spec(steps, envs, obs_dim, act_dim, discrete, int(truncated.sum())))
+    if discrete and not ((tensors["actions"] >= 0) & (tensors["actions"] < act_dim)).all():
+        raise MessageRejected(f"trajectory: discrete actions outside [0, {act_dim})")

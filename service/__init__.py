@@ -1,0 +1,1 @@
+"""The trainer, compressor, pruning, supervisor, config and logging of hotprune."""

@@ -1,0 +1,90 @@
+"""Human console lines, drawn from the same events the JSON logs hold.
+
+These are the diagnostics a user watches while a run goes: one progress line per epoch, the
+snapshot / both-pruned / masks-applied lines that show pruning happening and persisting, and the
+end-of-run summary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _epoch(e: dict) -> str:
+    return (
+        f"epoch {e['epoch']:>4}/{e['epochs']} | reward {_num(e['reward_mean']):>6} | "
+        f"{e['samples']} samples {e['epoch_s']:.2f}s (rollout {e['rollout_s']:.2f}s, train {e['train_s']:.2f}s) "
+        f"{e['samples_per_s']:.0f}/s | sparsity train {_pct(e['training_sparsity'])} "
+        f"infer {_pct(e['inference_sparsity'])} (v{e['inference_version']}, lag {e['policy_lag']:.2f})"
+    )
+
+
+def _snapshot(e: dict) -> str | None:
+    if not (e.get("compression_scheduled") or e.get("after_masks")):
+        return None
+    state = (
+        "Training model is FULL (not pruned)"
+        if e["training_sparsity"] == 0
+        else f"Training model sparsity: {_pct(e['training_sparsity'])}"
+    )
+    return f"[trainer] Snapshot taken (v{e['version']}, epoch {e['epoch']}) - {state}"
+
+
+def _masks_applied(e: dict) -> str:
+    return (
+        f"[trainer] Both Pruned mode: training pruned (target {_pct(e['target_sparsity'])}), "
+        f"inference pruned (sparsity {_pct(e['inference_sparsity'])})\n"
+        f"[trainer] Masks applied to training model (v{e['version']}, Both Pruned mode)\n"
+        f"[trainer] Training model sparsity verified: {_pct(e['training_sparsity_verified'])}"
+    )
+
+
+def _summary(e: dict) -> str:
+    return "\n".join(
+        [
+            f"=== Summary ({e['mode']}, {'both pruned' if e['prune_training_model'] else 'teacher-student'}) ===",
+            f"Epochs: {e['epochs']}",
+            f"Reward mean (avg over epochs): {_num(e['reward_mean'], '.2f')} | last {e['last_n']} epochs: "
+            f"{_num(e['reward_mean_last'], '.2f')}",
+            f"Total time (avg per epoch): {e['epoch_s_mean']:.2f}s",
+            f"  Rollout time avg: {e['rollout_s_mean']:.2f}s | Train time avg: {e['train_s_mean']:.2f}s",
+            f"Throughput (avg samples/s): {e['samples_per_s_mean']:.1f}",
+            f"Final sparsity: training {_pct(e['final_training_sparsity'])} | "
+            f"inference {_pct(e['final_inference_sparsity'])} (target {_pct(e['target_sparsity'])})",
+            f"Swap latency: median {_num(e['swap_latency_ms_median'], '.2f')} ms | "
+            f"p99 {_num(e['swap_latency_ms_p99'], '.2f')} ms ({e['swaps']} swaps)",
+            f"Policy lag (versions): mean {e['policy_lag_mean']:.2f} | max {e['policy_lag_max']}",
+        ]
+    )
+
+
+def _process(e: dict) -> str:
+    exit_code = f" exit code {e['exitcode']}" if "exitcode" in e else ""
+    return f"[supervisor] {e['event'].replace('_', ' ')}: {e['name']} (pid {e['child_pid']}){exit_code}"
+
+
+def _run_finished(e: dict) -> str:
+    return f"[supervisor] run {e['run_id']} finished: {e['outcome']}, logs in {e['logs']}"
+
+
+FORMATS: dict[str, Callable[[dict], str | None]] = {
+    "epoch": _epoch,
+    "snapshot_published": _snapshot,
+    "masks_applied": _masks_applied,
+    "summary": _summary,
+    "process_exited": _process,
+    "run_finished": _run_finished,
+}
+
+
+def human_line(event: dict[str, Any]) -> str | None:
+    fmt = FORMATS.get(event.get("event", ""))
+    return fmt(event) if fmt else None

@@ -1,0 +1,71 @@
+"""Structured event logs: one JSON line per event, one file per process, under <run_dir>/logs/.
+
+Every line carries ts (ISO 8601 UTC), event, role, pid and run_id. The process that owns the
+terminal (trainer, supervisor) also echoes the human lines of service.console; warnings and errors
+of any process go to stderr. Arrays never reach a log line whole: they are written as a summary.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from service import console
+
+
+def log_path(run_dir: Path, role: str, index: int | None = None) -> Path:
+    name = role if index is None else f"{role}-{index}"
+    return run_dir / "logs" / f"{name}.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) or hasattr(value, "shape"):
+        return f"<{type(value).__name__} shape={list(value.shape)} dtype={value.dtype}>"
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not loggable")
+
+
+def _echo(echo_human: bool):
+    def processor(logger, method_name, event_dict):
+        level = event_dict.get("level", "info")
+        if level in ("warning", "error", "critical"):
+            fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in ("event", "level", "ts", "pid", "run_id"))
+            print(f"[{event_dict.get('role')}] {level}: {event_dict['event']} {fields}", file=sys.stderr, flush=True)
+        elif echo_human:
+            line = console.human_line(event_dict)
+            if line:
+                print(line, flush=True)
+        return event_dict
+
+    return processor
+
+
+def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_human: bool = False):
+    """Configure structlog for this process and return its logger, bound to role, pid and run_id."""
+    path = log_path(run_dir, role, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream = open(path, "a", buffering=1, encoding="utf-8")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _echo(echo_human),
+            structlog.processors.JSONRenderer(serializer=functools.partial(json.dumps, default=_jsonable)),
+        ],
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        cache_logger_on_first_use=True,
+    )
+    context = {"role": role, "pid": os.getpid(), "run_id": run_id}
+    if index is not None:
+        context["worker_id"] = index
+    return structlog.get_logger().bind(**context)

@@ -1,0 +1,126 @@
+"""PPO on trajectory chunks from the workers (after CleanRL's ppo.py).
+
+The workers record the behaviour policy's log-probabilities; the ratio is taken against those, so a
+chunk from a stale or pruned policy version is corrected by the clipped ratio. The critic lives only
+here and values the observations the workers sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.config import PPOConfig
+from service.policy import Actor
+from service.training_masks import TrainingMasks
+
+
+@dataclass
+class Batch:
+    """Chunks side by side: time-major [T, N_total, ...] arrays."""
+
+    obs: np.ndarray  # [T + 1, N, D]: the last row bootstraps the chunk's end
+    actions: np.ndarray  # [T, N] discrete, [T, N, A] continuous
+    logprobs: np.ndarray  # [T, N] behaviour log-probabilities
+    rewards: np.ndarray  # [T, N]
+    terminated: np.ndarray  # [T, N]
+    truncated: np.ndarray  # [T, N]
+    final_obs: np.ndarray  # [T, N, D]: final observation of each truncated step (zeros elsewhere)
+
+    @classmethod
+    def stack(cls, chunks: list[dict[str, np.ndarray]]) -> "Batch":
+        """Chunks side by side along the env axis; a chunk's compact final_obs [K, D] is spread out."""
+
+        def cat(arrays):
+            return np.concatenate(arrays, axis=1)
+
+        final_obs = []
+        for chunk in chunks:
+            dense = np.zeros_like(chunk["obs"][:-1])
+            dense[chunk["truncated"]] = chunk["final_obs"]  # both in (t, n) order
+            final_obs.append(dense)
+        fields = ("obs", "actions", "logprobs", "rewards", "terminated", "truncated")
+        return cls(*(cat([c[f] for c in chunks]) for f in fields), cat(final_obs))
+
+    @property
+    def size(self) -> int:
+        return self.rewards.size
+
+
+@torch.no_grad()
+def advantages(batch: Batch, critic: nn.Module, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(lambda) advantages and returns, [T, N]. Truncated steps bootstrap from their final obs."""
+    values = critic(torch.from_numpy(batch.obs)).squeeze(-1)
+    rewards = torch.from_numpy(batch.rewards).clone()
+    truncated = torch.from_numpy(batch.truncated)
+    if truncated.any():
+        rewards[truncated] += gamma * critic(torch.from_numpy(batch.final_obs[batch.truncated])).squeeze(-1)
+    not_done = 1.0 - torch.from_numpy(batch.terminated | batch.truncated).float()
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[1])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * values[t + 1] * not_done[t] - values[t]
+        last = delta + gamma * lam * not_done[t] * last
+        adv[t] = last
+    return adv, adv + values[:-1]
+
+
+def update(
+    actor: Actor,
+    critic: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    masks: TrainingMasks,
+    batch: Batch,
+    cfg: PPOConfig,
+    grad_names: list[str],
+    generator: torch.Generator,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """One PPO update; returns loss statistics and mean |dL/dw| of `grad_names` over its minibatches."""
+    adv, returns = advantages(batch, critic, cfg.gamma, cfg.gae_lambda)
+    t, n = batch.rewards.shape
+    obs = torch.from_numpy(batch.obs[:-1]).reshape(t * n, -1)
+    actions = torch.from_numpy(batch.actions).reshape(t * n, *batch.actions.shape[2:])
+    old_logp = torch.from_numpy(batch.logprobs).reshape(-1)
+    adv, returns = adv.reshape(-1), returns.reshape(-1)
+
+    params = dict(actor.named_parameters())
+    grad_sums = {name: torch.zeros_like(params[name]) for name in grad_names}
+    all_params = [*actor.parameters(), *critic.parameters()]
+    size = t * n
+    mb_size = max(1, size // cfg.minibatches)
+    steps, stats = 0, {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size - mb_size + 1, mb_size):
+            mb = order[start : start + mb_size]
+            dist = actor.distribution(obs[mb])
+            logp = actor.log_prob(dist, actions[mb])
+            log_ratio = logp - old_logp[mb]
+            ratio = log_ratio.exp()
+            mb_adv = (adv[mb] - adv[mb].mean()) / (adv[mb].std() + 1e-8)
+            policy_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            value_loss = 0.5 * (critic(obs[mb]).squeeze(-1) - returns[mb]).pow(2).mean()
+            entropy = actor.entropy(dist).mean()
+            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
+            for name, total in grad_sums.items():
+                total += params[name].grad.abs()
+            masks.mask_grads()
+            optimizer.step()
+            masks.after_step()
+
+            with torch.no_grad():
+                steps += 1
+                stats["policy_loss"] += policy_loss.item()
+                stats["value_loss"] += value_loss.item()
+                stats["entropy"] += entropy.item()
+                stats["approx_kl"] += ((ratio - 1) - log_ratio).mean().item()
+                stats["clip_frac"] += ((ratio - 1).abs() > cfg.clip_coef).float().mean().item()
+    grads = {name: (total / steps).numpy() for name, total in grad_sums.items()}
+    return {k: v / steps for k, v in stats.items()}, grads

@@ -1,0 +1,45 @@
+"""What every hotprune process does first: one CPU thread, its run's config, and a stop flag."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+import torch
+import zmq
+
+from service.config import Config, load_config
+
+
+def run_dir_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run-dir", required=True, type=Path, help="run directory made by `hotprune init` or `hotprune run`")
+    return parser
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The run's config.toml; the directory itself decides runs_dir and run_id."""
+    config = load_config(run_dir / "config.toml")
+    config.runs_dir, config.run_id = str(run_dir.parent), run_dir.name
+    return config
+
+
+def start(run_dir: Path) -> tuple[Config, threading.Event]:
+    # Many processes share two cores: one intra-op thread each keeps them from fighting.
+    torch.set_num_threads(1)
+    config = load_run_config(run_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return config, stop
+
+
+def socket(ctx: zmq.Context, kind: int, hwm: int = 0) -> zmq.Socket:
+    """A socket that never blocks process exit; `hwm` > 0 bounds its queue (backpressure)."""
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    if hwm:
+        sock.sndhwm = sock.rcvhwm = hwm
+    return sock

@@ -1,0 +1,27 @@
+"""A run directory: runs/<run_id>/ with config.toml, logs/ and the private socket directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protocol.endpoints import endpoints, socket_dir
+from service.config import Config, ConfigError, to_toml
+from service.envs import env_spec
+
+
+def prepare(cfg: Config) -> Path:
+    """Check what can only be checked against the machine, then create the run directory."""
+    env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
+    run_dir = cfg.run_dir
+    try:
+        endpoints(run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if (run_dir / "config.toml").exists():
+        raise ConfigError(f"run directory {run_dir} already holds a run; choose another run_id")
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run_dir.chmod(0o700)  # sockets and logs of a run are its user's only
+    socket_dir(run_dir).mkdir(mode=0o700, exist_ok=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    (run_dir / "config.toml").write_text(to_toml(cfg))
+    return run_dir

@@ -1,0 +1,141 @@
+"""The supervisor: runs the whole service from one config, and stops all of it cleanly.
+
+It creates the run directory and the weight store, starts the compressor, the trainer and the
+workers as separate OS processes through their own CLIs (what a user could type), watches them, and
+when training ends, a process fails, or it gets SIGINT/SIGTERM, stops them all: SIGTERM, a grace
+period, then SIGKILL. It unlinks the store last. Exit code: 0 when training completed and every
+process exited cleanly, 1 when a process failed, 128 + signal number when stopped by a signal.
+
+Each process table entry is one child; a restart policy can later hang off it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service import eventlog, rundir
+from service.compressor import store_slot_size
+from service.config import Config
+from service.weight_store import WeightStore, segment_name
+
+POLL_S = 0.2
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the supervisor dies (even by SIGKILL), the child gets SIGTERM.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    exitcode: int | None = None
+    started_at: float = field(default=0.0)
+
+
+def process_table(cfg: Config, run_dir: Path) -> list[Child]:
+    def cli(module: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", module, "--run-dir", str(run_dir), *extra]
+
+    return [
+        Child("compressor", cli("service.compressor")),
+        Child("trainer", cli("service.trainer")),
+        *(Child(f"worker-{i}", cli("workers.inference_worker", "--index", str(i))) for i in range(cfg.num_workers)),
+    ]
+
+
+class Supervisor:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = rundir.prepare(cfg)
+        self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo_human=True)
+        self.children = process_table(cfg, self.run_dir)
+        self.signal: int | None = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signal = self.signal or signum
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
+        self.log.info("run_started", run_dir=str(self.run_dir), store=store.name, config=str(self.run_dir / "config.toml"))
+        failed: list[str] = []
+        try:
+            for child in self.children:
+                child.proc = subprocess.Popen(child.argv, preexec_fn=_die_with_parent)
+                child.started_at = time.monotonic()
+                self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=child.argv)
+            failed = self.watch()
+        finally:
+            failed = sorted(set(failed) | set(self.stop_all()))
+            store.close()
+            store.unlink()
+        if self.signal:
+            outcome, code = f"stopped by {signal.Signals(self.signal).name}", 128 + self.signal
+        elif failed:
+            outcome, code = "failed: " + ", ".join(failed), 1
+        else:
+            outcome, code = "completed", 0
+        self.log.info("run_finished", outcome=outcome, exitcode=code, failed=failed,
+                      logs=str(self.run_dir / "logs"))
+        return code
+
+    def _reap(self, child: Child) -> bool:
+        """Record a child's exit once; True if it has exited."""
+        if child.exitcode is None and child.proc.poll() is not None:
+            child.exitcode = child.proc.returncode
+            self.log.info("process_exited", name=child.name, child_pid=child.proc.pid, exitcode=child.exitcode,
+                          runtime_s=time.monotonic() - child.started_at)
+        return child.exitcode is not None
+
+    def watch(self) -> list[str]:
+        """Until training ends, a child fails or a signal comes; returns the names of failed children."""
+        while self.signal is None:
+            for child in self.children:
+                if self._reap(child) and child.exitcode != 0:
+                    return [child.name]
+                if child.name == "trainer" and child.exitcode == 0:
+                    return []
+            time.sleep(POLL_S)
+        return []
+
+    def stop_all(self) -> list[str]:
+        """Stop every child still running; returns those that exited badly or had to be killed."""
+        trainer_done = any(c.name == "trainer" and c.exitcode == 0 for c in self.children)
+        if not trainer_done or self.signal:  # else the trainer's control `stop` is already on its way
+            self._signal_all(signal.SIGTERM)
+        if not self._wait_all():
+            self._signal_all(signal.SIGTERM)
+            self._wait_all()
+        killed = []
+        for child in self.children:
+            if child.proc and not self._reap(child):
+                child.proc.kill()
+                child.proc.wait()
+                self._reap(child)
+                killed.append(child.name)
+        bad = [c.name for c in self.children if c.proc and c.exitcode != 0]
+        return sorted(set(bad) | set(killed))
+
+    def _wait_all(self) -> bool:
+        deadline = time.monotonic() + self.cfg.supervisor.stop_grace_s
+        while not all(self._reap(c) for c in self.children if c.proc):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _signal_all(self, sig: int) -> None:
+        for child in self.children:
+            if child.proc and child.exitcode is None and child.proc.poll() is None:
+                child.proc.send_signal(sig)

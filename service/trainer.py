@@ -1,0 +1,278 @@
+"""The trainer: PPO on the workers' trajectory chunks, a weight snapshot published every epoch.
+
+An epoch is: collect `samples_per_epoch` samples -> apply masks that arrived (both-pruned mode) ->
+one PPO update -> publish the snapshot -> log the `epoch` line. In async mode any chunk is used
+(its behaviour log-probs correct for staleness); in sync mode only chunks of the newest version,
+and the trainer waits until every worker has sent one.
+
+Run it: `hotprune trainer --run-dir runs/<run_id>` or `python -m service.trainer --run-dir ...`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import torch
+import zmq
+
+from protocol.codec import Encoder, Message, MessageRejected, check_tensors, decode
+from protocol.endpoints import endpoints
+from protocol.trajectory import check_trajectory
+from service import eventlog, ppo
+from service.config import Config
+from service.envs import env_spec
+from service.policy import actor_arrays, make_actor, make_critic, prunable_names
+from service.process import run_dir_parser, socket, start
+from service.pruning import scheduled_sparsity, sparsity
+from service.training_masks import TrainingMasks
+
+REPUBLISH_S = 0.5  # with no chunk for this long, publish the newest snapshot again (PUB may drop)
+REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
+SUMMARY_LAST_EPOCHS = 10
+
+
+class Trainer:
+    def __init__(self, cfg: Config, stop: threading.Event):
+        self.cfg, self.stop = cfg, stop
+        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer", echo_human=True)
+        self.spec = env_spec(cfg.env_id)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.actor = make_actor(self.spec, cfg.ppo.hidden_sizes)
+        self.critic = make_critic(self.spec, cfg.ppo.hidden_sizes)
+        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
+                                          lr=cfg.ppo.learning_rate, eps=1e-5)
+        params = dict(self.actor.named_parameters())
+        self.prunable = prunable_names(params, cfg.pruning.prune_output_layer)
+        self.masks = TrainingMasks({n: params[n] for n in self.prunable}, self.optimizer)
+
+        ep = endpoints(cfg.run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
+        self.ctx = zmq.Context()
+        self.snapshots = socket(self.ctx, zmq.PUB, hwm=16)
+        self.trajectories = socket(self.ctx, zmq.PULL, hwm=2)  # small: workers block instead of running ahead
+        self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4)
+        self.snapshots.bind(ep.snapshots)
+        self.trajectories.bind(ep.trajectories)
+        self.mask_inbox.bind(ep.masks)
+        self.encoder = Encoder(cfg.run_id, "trainer")
+
+        self.version = 0  # number of PPO updates so far; snapshot v is the policy after update v
+        self.last_snapshot: list = []
+        self.pending_masks: Message | None = None
+        self.applied_masks_version = -1
+        self.after_masks = False
+        self.episodes: deque[float] = deque(maxlen=REWARD_WINDOW)
+        self.inference = (-1, 0.0)  # newest (version, sparsity) a worker reported running
+        self.swap_latencies: list[float] = []
+        self.max_lag = 0
+        self.records: list[dict] = []
+
+    # --- messages -------------------------------------------------------------------------
+
+    def _receive(self, sock: zmq.Socket, kind: str) -> Message | None:
+        frames = sock.recv_multipart(copy=False)
+        try:
+            return decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={kind},
+                          max_frame_bytes=self.cfg.transport.max_frame_bytes)
+        except MessageRejected as exc:
+            self.log.warning("message_rejected", reason=exc.reason, expected=kind)
+            return None
+
+    def _receive_trajectory(self) -> Message | None:
+        msg = self._receive(self.trajectories, "trajectory")
+        if msg is None:
+            return None
+        f, c = msg.fields, self.cfg
+        try:
+            if not 0 <= f["worker_id"] < c.num_workers:
+                raise MessageRejected(f"worker_id {f['worker_id']} outside [0, {c.num_workers})")
+            if not 0 <= f["policy_version"] <= self.version:
+                raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
+            check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, self.spec.obs_dim,
+                             self.spec.act_dim, self.spec.discrete)
+        except MessageRejected as exc:
+            self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
+            return None
+        return msg
+
+    def _receive_masks(self) -> None:
+        msg = self._receive(self.mask_inbox, "masks")
+        if msg is None:
+            return
+        shapes = {n: ("bool", tuple(p.shape)) for n, p in self.actor.named_parameters() if n in self.prunable}
+        try:
+            if not self.cfg.prune_training_model:
+                raise MessageRejected("masks received in teacher-student mode")
+            check_tensors(msg.tensors, shapes)
+        except MessageRejected as exc:
+            self.log.warning("message_rejected", reason=exc.reason, expected="masks", sender=msg.sender)
+            return
+        if msg.fields["version"] > max(self.applied_masks_version,
+                                       self.pending_masks.fields["version"] if self.pending_masks else -1):
+            self.pending_masks = msg
+
+    # --- one epoch ------------------------------------------------------------------------
+
+    def collect(self) -> tuple[list[dict], list[int]] | None:
+        """Trajectory chunks for one epoch and their policy versions; None if asked to stop."""
+        c = self.cfg
+        sync = c.mode == "sync"
+        chunks, versions, workers_current = [], [], set()
+        poller = zmq.Poller()
+        poller.register(self.trajectories, zmq.POLLIN)
+        poller.register(self.mask_inbox, zmq.POLLIN)
+        last_arrival = time.monotonic()
+        while len(chunks) * c.chunk_samples < c.samples_per_epoch or (sync and len(workers_current) < c.num_workers):
+            if self.stop.is_set():
+                return None
+            ready = dict(poller.poll(100))
+            if self.mask_inbox in ready:
+                self._receive_masks()
+            if self.trajectories not in ready:
+                if time.monotonic() - last_arrival > REPUBLISH_S:
+                    self.snapshots.send_multipart(self.last_snapshot, copy=False)
+                    last_arrival = time.monotonic()
+                continue
+            msg = self._receive_trajectory()
+            if msg is None:
+                continue
+            last_arrival = time.monotonic()
+            f = msg.fields
+            self.episodes.extend(f["episode_returns"])
+            self.swap_latencies.extend(f["swap_latencies_ms"])
+            if f["policy_version"] >= self.inference[0]:
+                self.inference = (f["policy_version"], f["policy_sparsity"])
+            if sync and f["policy_version"] != self.version:
+                continue  # produced before this version reached the worker: the sync baseline waits
+            workers_current.add(f["worker_id"])
+            chunks.append(msg.tensors)
+            versions.append(f["policy_version"])
+        return chunks, versions
+
+    def apply_pending_masks(self, epoch: int) -> None:
+        msg, self.pending_masks = self.pending_masks, None
+        if msg is None:
+            return
+        self.masks.apply(msg.tensors)
+        self.applied_masks_version = msg.fields["version"]
+        self.after_masks = True
+        self.log.info("masks_applied", version=msg.fields["version"], epoch=epoch,
+                      target_sparsity=msg.fields["target_sparsity"],
+                      training_sparsity_verified=self.training_sparsity(),
+                      inference_sparsity=self.inference[1])
+
+    def training_sparsity(self) -> float:
+        return sparsity(actor_arrays(self.actor), self.prunable)
+
+    def publish(self, epoch: int, grads: dict[str, np.ndarray]) -> None:
+        weights = actor_arrays(self.actor)
+        training_sparsity = sparsity(weights, self.prunable)
+        tensors = {**weights, **{f"grad:{n}": g for n, g in grads.items()}}
+        fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity}
+        self.last_snapshot = self.encoder.encode("snapshot", fields, tensors)
+        self.snapshots.send_multipart(self.last_snapshot, copy=False)
+        p = self.cfg.pruning
+        scheduled = p.method != "none" and scheduled_sparsity(
+            epoch, target=p.target_sparsity, start_epoch=p.start_epoch, every=p.every) is not None
+        self.log.info("snapshot_published", **fields, compression_scheduled=scheduled, after_masks=self.after_masks)
+        self.after_masks = False
+
+    def run(self) -> int:
+        c = self.cfg
+        epochs = c.total_epochs
+        zero_grads = {n: np.zeros(p.shape, np.float32) for n, p in self.actor.named_parameters() if n in self.prunable}
+        self.publish(0, zero_grads)
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            collected = self.collect()
+            if collected is None:
+                break
+            chunks, versions = collected
+            t1 = time.perf_counter()
+            if c.prune_training_model:
+                self.apply_pending_masks(epoch)
+            if c.ppo.anneal_lr:
+                self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / epochs)
+            batch = ppo.Batch.stack(chunks)
+            losses, grads = ppo.update(self.actor, self.critic, self.optimizer, self.masks, batch, c.ppo,
+                                       self.prunable, self.generator)
+            lags = [self.version - v for v in versions]
+            self.max_lag = max(self.max_lag, *lags)
+            self.version += 1
+            t2 = time.perf_counter()
+            self.publish(epoch, grads)
+            record = {
+                "epoch": epoch,
+                "epochs": epochs,
+                "reward_mean": statistics.fmean(self.episodes) if self.episodes else None,
+                "episodes": len(self.episodes),
+                "samples": batch.size,
+                "rollout_s": t1 - t0,
+                "train_s": t2 - t1,
+                "epoch_s": t2 - t0,
+                "samples_per_s": batch.size / (t2 - t0),
+                "training_sparsity": self.training_sparsity(),
+                "inference_sparsity": self.inference[1],
+                "inference_version": self.inference[0],
+                "policy_lag": statistics.fmean(lags),
+                **losses,
+            }
+            self.records.append(record)
+            self.log.info("epoch", **record)
+        self.finish()
+        return 0
+
+    def finish(self) -> None:
+        stop = self.encoder.encode("control", {"command": "stop"})
+        self.snapshots.send_multipart(stop)
+        if self.records:
+            self.log.info("summary", **self.summary())
+        self.ctx.destroy(linger=0)
+
+    def summary(self) -> dict:
+        r, c = self.records, self.cfg
+
+        def mean(key, rows=r):
+            values = [row[key] for row in rows if row[key] is not None]
+            return statistics.fmean(values) if values else None
+
+        lat = sorted(self.swap_latencies)
+        return {
+            "mode": c.mode,
+            "prune_training_model": c.prune_training_model,
+            "method": c.pruning.method,
+            "epochs": len(r),
+            "completed": len(r) == c.total_epochs,
+            "reward_mean": mean("reward_mean"),
+            "last_n": SUMMARY_LAST_EPOCHS,
+            "reward_mean_last": mean("reward_mean", r[-SUMMARY_LAST_EPOCHS:]),
+            "epoch_s_mean": mean("epoch_s"),
+            "rollout_s_mean": mean("rollout_s"),
+            "train_s_mean": mean("train_s"),
+            "samples_per_s_mean": mean("samples_per_s"),
+            "final_training_sparsity": r[-1]["training_sparsity"],
+            "final_inference_sparsity": r[-1]["inference_sparsity"],
+            "target_sparsity": c.pruning.target_sparsity if c.pruning.method != "none" else 0.0,
+            "swaps": len(lat),
+            "swap_latency_ms_median": statistics.median(lat) if lat else None,
+            "swap_latency_ms_p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+            "policy_lag_mean": mean("policy_lag"),
+            "policy_lag_max": self.max_lag,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = run_dir_parser("hotprune trainer: PPO learner that publishes weight snapshots").parse_args(argv)
+    cfg, stop = start(args.run_dir)
+    return Trainer(cfg, stop).run()
+
+
+if __name__ == "__main__":
+    from service.cli import main as cli_main
+
+    sys.exit(cli_main(["trainer", *sys.argv[1:]]))

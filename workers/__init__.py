@@ -1,0 +1,1 @@
+"""Inference (rollout) workers: hot-swap pruned weights from shared memory between env steps."""

@@ -1,0 +1,188 @@
+"""An inference worker: steps a gymnasium vector env with the newest pruned policy.
+
+Between two vector steps (the safe point) it checks the weight store's version; when a newer one is
+there it copies it out consistently and swaps it in, so a step always runs one whole version.
+Every `chunk_steps` steps it pushes a trajectory chunk to the trainer, tagged with the oldest policy
+version that acted in it and carrying the behaviour log-probabilities PPO corrects with.
+
+Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m workers.inference_worker ...`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+import zmq
+
+from protocol.codec import Encoder, MessageRejected, decode
+from protocol.endpoints import endpoints
+from service import eventlog
+from service.config import Config
+from service.envs import clip_actions, env_spec, make_vector_env
+from service.policy import actor_from_tensors, prunable_names
+from service.process import run_dir_parser, socket, start
+from service.pruning import sparsity
+from service.weight_store import WeightStore, segment_name
+
+
+class InferenceWorker:
+    def __init__(self, cfg: Config, index: int, stop: threading.Event):
+        if not 0 <= index < cfg.num_workers:
+            raise SystemExit(f"worker index {index} outside [0, {cfg.num_workers}) (num_workers)")
+        self.cfg, self.index, self.stop = cfg, index, stop
+        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
+        self.spec = env_spec(cfg.env_id)
+        self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
+        self.store = WeightStore.attach(segment_name(cfg.run_id), timeout_s=cfg.supervisor.start_timeout_s)
+        torch.manual_seed(cfg.seed + 1000 * (index + 1))
+
+        ep = endpoints(cfg.run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
+        self.ctx = zmq.Context()
+        self.out = socket(self.ctx, zmq.PUSH, hwm=1)
+        self.out.connect(ep.trajectories)
+        self.notify = socket(self.ctx, zmq.SUB, hwm=16)
+        self.notify.subscribe(b"")
+        self.notify.connect(ep.weights)
+        self.encoder = Encoder(cfg.run_id, f"worker-{index}")
+
+        self.actor = None
+        self.version, self.structure_id, self.sparsity = -1, None, 0.0
+        self.latencies: list[float] = []  # swap latencies not yet reported to the trainer
+        self.stopping = False
+
+    def maybe_swap(self) -> None:
+        """The safe point: take up a newer version from the store, if there is one."""
+        if self.store.version() <= self.version:
+            return
+        got = self.store.read()
+        if got is None or got[0].version <= self.version:
+            return
+        header, tensors = got
+        structure_changed = header.structure_id != self.structure_id
+        if self.actor is None or structure_changed:
+            self.actor = actor_from_tensors(tensors, self.spec.discrete)
+        else:
+            self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+        latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
+        previous, self.version, self.structure_id = self.version, header.version, header.structure_id
+        self.sparsity = sparsity(tensors, prunable_names(tensors, self.cfg.pruning.prune_output_layer))
+        self.latencies.append(latency_ms)
+        self.log.info("worker_swapped", version=header.version, previous_version=previous, latency_ms=latency_ms,
+                      sparsity=self.sparsity, structure_changed=structure_changed and previous >= 0,
+                      torn_retries=self.store.torn_retries)
+
+    def drain_notifications(self, timeout_ms: int = 0) -> None:
+        """weights_ready is only a hint (the store is the truth); control `stop` ends the worker."""
+        while self.notify.poll(timeout_ms):
+            timeout_ms = 0
+            frames = self.notify.recv_multipart(copy=False)
+            try:
+                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"weights_ready", "control"})
+            except MessageRejected as exc:
+                self.log.warning("message_rejected", reason=exc.reason, expected="weights_ready")
+                continue
+            if msg.kind == "control" and msg.fields["command"] == "stop":
+                self.stopping = True
+
+    def running(self) -> bool:
+        return not (self.stop.is_set() or self.stopping)
+
+    def rollout(self, obs: np.ndarray, episode: dict) -> tuple[dict, dict, np.ndarray] | None:
+        """One chunk of `chunk_steps` vector steps; returns (fields, tensors, next obs)."""
+        steps, n, dim = self.cfg.chunk_steps, self.cfg.envs_per_worker, self.spec.obs_dim
+        obs_buf = np.zeros((steps + 1, n, dim), np.float32)
+        act_buf = np.zeros((steps, n) if self.spec.discrete else (steps, n, self.spec.act_dim),
+                           np.int64 if self.spec.discrete else np.float32)
+        logp_buf = np.zeros((steps, n), np.float32)
+        rew_buf = np.zeros((steps, n), np.float32)
+        term_buf = np.zeros((steps, n), bool)
+        trunc_buf = np.zeros((steps, n), bool)
+        final_obs, returns, lengths = [], [], []
+        first_version = None
+        for t in range(steps):
+            self.maybe_swap()
+            if not self.running():
+                return None
+            first_version = self.version if first_version is None else first_version
+            obs_buf[t] = obs
+            with torch.no_grad():
+                dist = self.actor.distribution(torch.from_numpy(obs_buf[t]))
+                action = dist.sample()
+                logp_buf[t] = self.actor.log_prob(dist, action).numpy()
+            act_buf[t] = action.numpy()
+            obs, reward, terminated, truncated, info = self.envs.step(clip_actions(self.spec, act_buf[t]))
+            rew_buf[t], term_buf[t], trunc_buf[t] = reward, terminated, truncated
+            episode["return"] += reward
+            episode["length"] += 1
+            for i in np.flatnonzero(terminated | truncated):
+                if truncated[i]:
+                    final_obs.append(info["final_obs"][i])
+                ret, length = float(episode["return"][i]), int(episode["length"][i])
+                returns.append(ret)
+                lengths.append(length)
+                self.log.info("episode", episode_return=ret, length=length, version=self.version)
+                episode["return"][i], episode["length"][i] = 0.0, 0
+        obs_buf[steps] = obs
+        fields = {
+            "worker_id": self.index,
+            "policy_version": first_version,
+            "policy_sparsity": self.sparsity,
+            "episode_returns": returns,
+            "episode_lengths": lengths,
+            "swap_latencies_ms": self.latencies,
+        }
+        self.latencies = []
+        tensors = {
+            "obs": obs_buf, "actions": act_buf, "logprobs": logp_buf, "rewards": rew_buf,
+            "terminated": term_buf, "truncated": trunc_buf,
+            "final_obs": np.asarray(final_obs, np.float32).reshape(len(final_obs), dim),
+        }
+        return fields, tensors, obs
+
+    def send(self, frames: list) -> bool:
+        """Push a chunk, waiting while the trainer's queue is full (backpressure) unless stopping."""
+        while self.running():
+            if self.out.poll(100, zmq.POLLOUT):
+                self.out.send_multipart(frames, copy=False)
+                return True
+            self.drain_notifications()
+        return False
+
+    def run(self) -> int:
+        obs, _ = self.envs.reset(seed=self.cfg.seed + 1000 * self.index)
+        episode = {"return": np.zeros(self.cfg.envs_per_worker), "length": np.zeros(self.cfg.envs_per_worker, int)}
+        try:
+            while self.actor is None and self.running():  # wait for the first weights
+                self.drain_notifications(timeout_ms=100)
+                self.maybe_swap()
+            while self.running():
+                chunk = self.rollout(obs, episode)
+                if chunk is None:
+                    break
+                fields, tensors, obs = chunk
+                if not self.send(self.encoder.encode("trajectory", fields, tensors)):
+                    break
+                self.drain_notifications()
+        finally:
+            self.ctx.destroy(linger=0)
+            self.store.close()
+            self.envs.close()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = run_dir_parser("hotprune worker: steps environments with the newest pruned policy")
+    parser.add_argument("--index", type=int, default=0, help="worker index, 0 .. num_workers-1")
+    args = parser.parse_args(argv)
+    cfg, stop = start(args.run_dir)
+    return InferenceWorker(cfg, args.index, stop).run()
+
+
+if __name__ == "__main__":
+    from service.cli import main as cli_main
+
+    sys.exit(cli_main(["worker", *sys.argv[1:]]))
