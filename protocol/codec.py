@@ -7,6 +7,7 @@ fit raises `MessageRejected` with a reason the receiver logs as `message_rejecte
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -79,13 +80,16 @@ class Encoder:
     def encode(self, kind: str, fields: Mapping[str, Any], tensors: Mapping[str, np.ndarray] | None = None) -> list:
         if kind not in KIND_FIELDS:
             raise ValueError(f"unknown message kind {kind!r}")
+        clash = set(fields) & set(ENVELOPE_FIELDS)
+        if clash:
+            raise ValueError(f"fields {sorted(clash)} would overwrite the envelope")
         tensors = tensors or {}
         self._seq += 1
         buffers, frames = [], []
         for name, array in tensors.items():
-            array = np.ascontiguousarray(array)
             if array.dtype.name not in WIRE_DTYPES:
                 raise ValueError(f"tensor {name!r} has dtype {array.dtype.name}, not sendable")
+            array = little_endian(array)
             buffers.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
             frames.append(array.reshape(-1).view(np.uint8))  # zero-copy, even when empty
         header = {
@@ -99,6 +103,11 @@ class Encoder:
             **fields,
         }
         return [msgpack.packb(header, use_bin_type=True), *frames]
+
+
+def little_endian(array: np.ndarray) -> np.ndarray:
+    """C-contiguous and little-endian (the wire's byte order), keeping 0-d shapes; copies only if needed."""
+    return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
 
 
 def decode(
@@ -172,11 +181,14 @@ def _tensor_from_frame(spec: Any, frame: bytes | memoryview, max_frame_bytes: in
         raise MessageRejected(f"buffer {name!r}: bad shape {shape!r}")
     if len(frame) > max_frame_bytes:
         raise MessageRejected(f"buffer {name!r}: frame of {len(frame)} bytes exceeds {max_frame_bytes}")
-    np_dtype = np.dtype(dtype)
-    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+    expected = math.prod(shape) * np_dtype.itemsize  # Python ints: no overflow on crafted shapes
     if expected != len(frame):
         raise MessageRejected(f"buffer {name!r}: {len(frame)} bytes do not match {dtype}{shape}")
-    return name, np.frombuffer(frame, dtype=np_dtype).reshape(shape)
+    try:
+        return name, np.frombuffer(frame, dtype=np_dtype).reshape(shape)
+    except ValueError:  # e.g. a zero-size shape with a dimension numpy cannot represent
+        raise MessageRejected(f"buffer {name!r}: shape {shape} not representable") from None
 
 
 def check_tensors(

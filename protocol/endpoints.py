@@ -7,6 +7,7 @@ this user can connect. With `tcp`, sockets listen on consecutive ports of a loop
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,7 +30,7 @@ def socket_dir(run_dir: Path) -> Path:
 def endpoints(run_dir: Path, transport: str = "ipc", host: str = "127.0.0.1", base_port: int = 5550) -> Endpoints:
     if transport == "ipc":
         paths = [socket_dir(run_dir.resolve()) / name for name in SOCKETS]
-        too_long = [p for p in paths if len(str(p)) > MAX_IPC_PATH]
+        too_long = [p for p in paths if len(os.fsencode(p)) > MAX_IPC_PATH]
         if too_long:
             raise ValueError(
                 f"ipc socket path {too_long[0]} is longer than {MAX_IPC_PATH} bytes; "

@@ -11,6 +11,7 @@ other one: a structure change is just another version. The checksum (CRC-32) cov
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from typing import Mapping, NamedTuple
@@ -18,7 +19,7 @@ from typing import Mapping, NamedTuple
 import msgpack
 import numpy as np
 
-from protocol.codec import WIRE_DTYPES
+from protocol.codec import WIRE_DTYPES, little_endian
 
 MAGIC = b"HOTPRUNE"
 LAYOUT_VERSION = 1
@@ -77,13 +78,14 @@ def write_payload(buf: memoryview, tensors: Mapping[str, np.ndarray]) -> tuple[i
     for name, array in tensors.items():
         if array.dtype.name not in WIRE_DTYPES:
             raise LayoutError(f"tensor {name!r}: dtype {array.dtype.name} cannot be stored")
+    tensors = {name: little_endian(array) for name, array in tensors.items()}
     table, offsets, size = _table(tensors)
     if size > len(buf):
         raise LayoutError(f"payload of {size} bytes does not fit a slot of {len(buf)} bytes")
     TABLE_LEN.pack_into(buf, 0, len(table))
     buf[TABLE_LEN.size : TABLE_LEN.size + len(table)] = table
     for array, offset in zip(tensors.values(), offsets):
-        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        flat = array.reshape(-1).view(np.uint8)
         buf[offset : offset + flat.size] = flat.data
     return size, zlib.crc32(buf[:size])
 
@@ -99,16 +101,22 @@ def read_payload(payload: bytes | memoryview) -> dict[str, np.ndarray]:
         entries = msgpack.unpackb(bytes(payload[TABLE_LEN.size : TABLE_LEN.size + table_len]), raw=False)
     except Exception as exc:
         raise LayoutError(f"tensor table is not msgpack ({type(exc).__name__})") from None
+    if not isinstance(entries, list):
+        raise LayoutError("tensor table is not a list")
     tensors = {}
     for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 4):
+            raise LayoutError("malformed tensor table entry")
         name, dtype, shape, offset = entry
-        if dtype not in WIRE_DTYPES:
+        if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
             raise LayoutError(f"tensor {name!r}: dtype {dtype!r} not allowed")
-        count = int(np.prod(shape, dtype=np.int64))
-        nbytes = count * np.dtype(dtype).itemsize
-        if offset < 0 or offset + nbytes > len(payload):
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and type(offset) is int):
+            raise LayoutError(f"tensor {name!r}: bad shape {shape!r} or offset {offset!r}")
+        np_dtype = np.dtype(dtype).newbyteorder("<")
+        count = math.prod(shape)
+        if offset < 0 or offset + count * np_dtype.itemsize > len(payload):
             raise LayoutError(f"tensor {name!r} runs past the payload")
-        tensors[name] = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+        tensors[name] = np.frombuffer(payload, dtype=np_dtype, count=count, offset=offset).reshape(shape)
     return tensors
 
 

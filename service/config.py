@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class PPOConfig:
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 1e-3
     anneal_lr: bool = True
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -69,7 +69,7 @@ class Config:
     mode: str = "async"  # async | sync
     prune_training_model: bool = True  # true: both pruned; false: teacher-student
     seed: int = 1
-    epochs: int = 120
+    epochs: int = 150
     total_steps: int = 0  # when > 0, sets epochs = ceil(total_steps / samples_per_epoch)
     samples_per_epoch: int = 2048
     num_workers: int = 2
@@ -98,7 +98,7 @@ class Config:
 
     @property
     def pruning_end_epoch(self) -> int:
-        return self.pruning.end_epoch or max(self.pruning.start_epoch, self.total_epochs // 2)
+        return self.pruning.end_epoch or max(self.pruning.start_epoch + 1, self.total_epochs // 2)
 
 
 CHOICES = {
@@ -245,7 +245,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")

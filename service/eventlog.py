@@ -50,6 +50,11 @@ def _echo(echo_human: bool):
     return processor
 
 
+def _leading_fields(logger, method_name, event_dict):
+    # ts and event first: the lines read well with grep and head.
+    return {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
+
+
 def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_human: bool = False):
     """Configure structlog for this process and return its logger, bound to role, pid and run_id."""
     path = log_path(run_dir, role, index)
@@ -60,6 +65,7 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             _echo(echo_human),
+            _leading_fields,
             structlog.processors.JSONRenderer(serializer=functools.partial(json.dumps, default=_jsonable)),
         ],
         logger_factory=structlog.WriteLoggerFactory(file=stream),

@@ -67,7 +67,7 @@ def scheduled_sparsity(
     every: int,
     schedule: str = "constant",
     initial: float = 0.0,
-    end_epoch: int = 0,
+    end_epoch: int | None = None,
 ) -> float | None:
     """The sparsity to prune to at `epoch`, or None when this epoch is not a compression point.
 
@@ -77,5 +77,7 @@ def scheduled_sparsity(
         return None
     if schedule == "constant":
         return target
+    if end_epoch is None or end_epoch <= start_epoch:
+        raise ValueError(f"cubic schedule needs end_epoch > start_epoch, got {end_epoch} <= {start_epoch}")
     progress = min(1.0, (epoch - start_epoch) / (end_epoch - start_epoch))
     return target + (initial - target) * (1.0 - progress) ** 3

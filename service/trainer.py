@@ -195,6 +195,8 @@ class Trainer:
             chunks, versions = collected
             t1 = time.perf_counter()
             if c.prune_training_model:
+                while self.mask_inbox.poll(0):  # masks that arrived since the last poll of collect()
+                    self._receive_masks()
                 self.apply_pending_masks(epoch)
             if c.ppo.anneal_lr:
                 self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / epochs)

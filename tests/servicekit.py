@@ -1,0 +1,81 @@
+"""Helpers for the integration tests: start the real service through its CLI and read its logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
+
+# Small enough for a few seconds per run on two cores, big enough to exercise every path.
+SMALL = [
+    "samples_per_epoch=512",
+    "chunk_steps=32",
+    "envs_per_worker=4",
+    "ppo.minibatches=4",
+    "pruning.start_epoch=2",
+    "pruning.every=3",
+    "supervisor.stop_grace_s=5.0",
+]
+
+
+def settings(tmp_path: Path, run_id: str, *extra: str) -> list[str]:
+    args = []
+    for item in [f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", f"run_id={run_id}", *SMALL, *extra]:
+        args += ["--set", item]
+    return args
+
+
+def hotprune(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([HOTPRUNE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def events(run_dir: Path, name: str) -> list[dict]:
+    path = run_dir / "logs" / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def of(lines: list[dict], event: str) -> list[dict]:
+    return [e for e in lines if e["event"] == event]
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def logged(run_dir: Path, name: str, event: str) -> list[dict]:
+    """Events so far (tolerates a file not yet created or a line being written)."""
+    try:
+        return of([json.loads(l) for l in (run_dir / "logs" / f"{name}.jsonl").read_text().splitlines()
+                   if l.endswith("}")], event)
+    except FileNotFoundError:
+        return []
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def assert_clean(run_dir: Path) -> None:
+    """No shared memory segment and no process of the run left behind."""
+    assert not Path(f"/dev/shm/hotprune-{run_dir.name}").exists(), "weight store segment left behind"
+    wait_for(lambda: not processes_mentioning(str(run_dir)), timeout=10, what="the run's processes to exit")

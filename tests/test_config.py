@@ -1,0 +1,221 @@
+import math
+
+import pytest
+
+from service.config import Config, ConfigError, load_config, to_toml
+from service.envs import env_spec
+
+
+def write(tmp_path, text, name="run.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults():
+    c = load_config()
+    assert c.env_id == "CartPole-v1"
+    assert c.mode == "async"
+    assert c.prune_training_model is True
+    assert c.num_workers == 2
+    assert c.pruning.method == "magnitude"
+    assert c.pruning.target_sparsity == 0.8
+    assert c.run_id and all(ch.isalnum() or ch in "-_." for ch in c.run_id)
+    assert c.run_dir.name == c.run_id
+
+
+def test_generated_run_ids_differ_and_an_explicit_one_is_kept():
+    assert load_config().run_id != load_config().run_id
+    assert load_config(overrides=["run_id=my-run_1"]).run_id == "my-run_1"
+
+
+def test_toml_file_overrides_defaults(tmp_path):
+    path = write(tmp_path, """
+env_id = "Pendulum-v1"
+mode = "sync"
+num_workers = 3
+[ppo]
+learning_rate = 1e-3
+hidden_sizes = [32, 16]
+[pruning]
+target_sparsity = 0.5
+schedule = "cubic"
+""")
+    c = load_config(path)
+    assert (c.env_id, c.mode, c.num_workers) == ("Pendulum-v1", "sync", 3)
+    assert c.ppo.learning_rate == 1e-3 and c.ppo.hidden_sizes == [32, 16]
+    assert c.pruning.target_sparsity == 0.5 and c.pruning.schedule == "cubic"
+    # untouched keys keep their defaults
+    assert c.ppo.gamma == 0.99 and c.pruning.method == "magnitude" and c.seed == 1
+
+
+def test_set_overrides_win_over_file(tmp_path):
+    path = write(tmp_path, 'num_workers = 3\nmode = "sync"\n[pruning]\ntarget_sparsity = 0.5\n')
+    c = load_config(path, ["num_workers=4", "pruning.target_sparsity=0.6"])
+    assert c.num_workers == 4 and c.pruning.target_sparsity == 0.6
+    assert c.mode == "sync"  # from the file, not overridden
+
+
+def test_set_parses_toml_literals_and_falls_back_to_bare_strings():
+    c = load_config(overrides=[
+        "seed=7",
+        "ppo.learning_rate=0.001",
+        "ppo.anneal_lr=false",
+        "prune_training_model=false",
+        "ppo.hidden_sizes=[16, 8]",
+        "mode=sync",
+        "env_id=Pendulum-v1",
+        'runs_dir="quoted dir"',
+        "supervisor.stop_grace_s=3",  # an int literal where a float is expected
+    ])
+    assert c.seed == 7 and isinstance(c.seed, int)
+    assert c.ppo.learning_rate == 0.001
+    assert c.ppo.anneal_lr is False and c.prune_training_model is False
+    assert c.ppo.hidden_sizes == [16, 8]
+    assert c.mode == "sync" and c.env_id == "Pendulum-v1"
+    assert c.runs_dir == "quoted dir"
+    assert c.supervisor.stop_grace_s == 3.0 and isinstance(c.supervisor.stop_grace_s, float)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["colour=red"], "colour"),
+    (["ppo.momentum=0.9"], "ppo.momentum"),
+    (["nosuch.thing=1"], "nosuch"),
+])
+def test_unknown_keys_are_rejected(overrides, key):
+    with pytest.raises(ConfigError, match="unknown config key " + key.replace(".", r"\.")):
+        load_config(overrides=overrides)
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"pruning\.sparsity"):
+        load_config(write(tmp_path, "[pruning]\nsparsity = 0.5\n"))
+
+
+@pytest.mark.parametrize("override, key", [
+    ('num_workers="two"', "num_workers"),  # string for int
+    ("prune_training_model=1", "prune_training_model"),  # int for bool
+    ("num_workers=true", "num_workers"),  # bool for int
+    ("ppo.learning_rate=true", "ppo.learning_rate"),  # bool for float
+    ("pruning.target_sparsity=high", "pruning.target_sparsity"),  # bare string for float
+    ("ppo.hidden_sizes=[64, 1.5]", "ppo.hidden_sizes"),
+    ("ppo.hidden_sizes=64", "ppo.hidden_sizes"),
+    ("ppo.learning_rate=nan", "ppo.learning_rate"),
+    ("ppo=3", "ppo"),  # a value where a section belongs
+    ("env_id.x=1", "env_id"),  # a section where a value belongs
+])
+def test_wrong_types_are_rejected(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert str(info.value).startswith(key + " ") or str(info.value).startswith(key + ":")
+
+
+def test_wrong_type_in_file_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^ppo\.update_epochs must be int"):
+        load_config(write(tmp_path, '[ppo]\nupdate_epochs = "4"\n'))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("pruning.target_sparsity=1.5", "pruning.target_sparsity"),
+    ("pruning.target_sparsity=-0.1", "pruning.target_sparsity"),
+    ("num_workers=0", "num_workers"),
+    ("mode=fast", "mode"),
+    ("pruning.method=foo", "pruning.method"),
+    ("pruning.scope=row", "pruning.scope"),
+    ("transport.kind=udp", "transport.kind"),
+    ("samples_per_epoch=255", "samples_per_epoch"),  # one chunk is 64 steps x 4 envs = 256
+    ("ppo.gamma=0", "ppo.gamma"),
+    ("ppo.hidden_sizes=[]", "ppo.hidden_sizes"),
+    ("pruning.initial_sparsity=0.9", "pruning.initial_sparsity"),
+    ("pruning.end_epoch=2", "pruning.end_epoch"),
+    ("transport.base_port=80", "transport.base_port"),
+    ("run_id=a/b", "run_id"),
+    ("env_id=", "env_id"),
+])
+def test_out_of_range_values_are_rejected(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    message = str(info.value)
+    assert message.startswith(key + " "), message
+    assert "got" in message
+
+
+def test_samples_per_epoch_of_exactly_one_chunk_is_accepted():
+    c = load_config(overrides=["samples_per_epoch=256"])
+    assert c.samples_per_epoch == c.chunk_samples == 256
+    with pytest.raises(ConfigError, match="samples_per_epoch"):
+        load_config(overrides=["samples_per_epoch=256", "envs_per_worker=5"])
+
+
+def test_error_message_names_value_and_allowed_choices():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["mode=fast"])
+    assert "'fast'" in str(info.value) and "async" in str(info.value) and "sync" in str(info.value)
+
+
+@pytest.mark.parametrize("item", ["num_workers", "=3", ""])
+def test_malformed_set_is_rejected(item):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=[item])
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="nope.toml") as info:
+        load_config(missing)
+    assert "does not exist" in str(info.value)
+
+
+def test_invalid_toml(tmp_path):
+    path = write(tmp_path, "mode = = sync\n", name="bad.toml")
+    with pytest.raises(ConfigError, match="bad.toml") as info:
+        load_config(path)
+    assert "not valid TOML" in str(info.value)
+
+
+def test_to_toml_round_trips(tmp_path):
+    c = load_config(overrides=[
+        "env_id=Pendulum-v1", "mode=sync", "prune_training_model=false", "seed=42", "total_steps=100000",
+        "ppo.learning_rate=3e-05", "ppo.hidden_sizes=[128, 64, 32]", "pruning.schedule=cubic",
+        "pruning.initial_sparsity=0.125", "pruning.end_epoch=40", "transport.kind=tcp",
+        'runs_dir="some dir/with \\"quotes\\" and \\\\ backslash"', "supervisor.stop_grace_s=2.5",
+    ])
+    path = write(tmp_path, to_toml(c), name="config.toml")
+    again = load_config(path)
+    assert isinstance(again, Config)
+    assert again == c
+    assert again.runs_dir == 'some dir/with "quotes" and \\ backslash'
+
+
+def test_to_toml_round_trips_defaults(tmp_path):
+    c = load_config()
+    assert load_config(write(tmp_path, to_toml(c))) == c
+
+
+def test_to_toml_round_trips_non_ascii_strings(tmp_path):
+    """runs_dir is written to the run's config.toml and read back by every child process."""
+    c = load_config(overrides=['runs_dir="runs/ünïcode/\U0001F600"'])
+    assert load_config(write(tmp_path, to_toml(c))) == c
+
+
+def test_total_steps_sets_total_epochs():
+    default = load_config()
+    assert default.total_steps == 0 and default.total_epochs == default.epochs
+    assert load_config(overrides=["epochs=7"]).total_epochs == 7
+    c = load_config(overrides=["total_steps=10000", "samples_per_epoch=2048"])
+    assert c.total_epochs == math.ceil(10000 / 2048) == 5
+    assert load_config(overrides=["total_steps=4096"]).total_epochs == 2  # exact multiple: no extra epoch
+    assert load_config(overrides=["total_steps=1", "epochs=50"]).total_epochs == 1
+
+
+def test_env_spec_discrete_and_continuous():
+    cart = env_spec("CartPole-v1")
+    assert (cart.obs_dim, cart.act_dim, cart.discrete) == (4, 2, True)
+    pend = env_spec("Pendulum-v1")
+    assert (pend.obs_dim, pend.act_dim, pend.discrete) == (3, 1, False)
+    assert pend.action_low == (-2.0,) and pend.action_high == (2.0,)
+
+
+def test_env_spec_unknown_id():
+    with pytest.raises(ConfigError, match="NoSuchEnv-v0"):
+        env_spec("NoSuchEnv-v0")

@@ -1,0 +1,203 @@
+"""The whole service, started through its CLI with small settings: event chain, sparsity, shutdown."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from datetime import datetime
+
+import pytest
+
+from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
+
+TARGET = 0.8
+FIRST_COMPRESSION = 2  # pruning.start_epoch in servicekit.SMALL
+ROLES = ("supervisor", "trainer", "compressor", "worker-0", "worker-1")
+
+
+def when(event: dict) -> datetime:
+    return datetime.fromisoformat(event["ts"])
+
+
+@pytest.fixture(scope="module")
+def both_pruned(tmp_path_factory):
+    """One default-mode run (async, both pruned, magnitude 80%), shared by the checks below."""
+    tmp = tmp_path_factory.mktemp("both")
+    result = hotprune("run", *settings(tmp, "both", "epochs=9"))
+    return result, tmp / "runs" / "both"
+
+
+def test_run_completes_and_console_shows_the_diagnostics(both_pruned):
+    result, run_dir = both_pruned
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert len(re.findall(r"^epoch\s+\d+/9 \|", out, re.M)) == 9
+    assert "Snapshot taken (v2, epoch 2) - Training model is FULL (not pruned)" in out
+    assert "Both Pruned mode" in out and "Masks applied to training model" in out
+    assert "Training model sparsity verified: 80.0%" in out
+    assert re.search(r"Snapshot taken \(v\d+, epoch \d+\) - Training model sparsity: 80\.0%", out)
+    for line in ("=== Summary (async, both pruned) ===", "Throughput (avg samples/s)", "Rollout time avg",
+                 "Final sparsity: training 80.0% | inference 80.0%", "Swap latency: median", "Policy lag"):
+        assert line in out
+    assert_clean(run_dir)
+
+
+def test_every_log_line_carries_the_common_fields(both_pruned):
+    _, run_dir = both_pruned
+    for role in ROLES:
+        lines = events(run_dir, role)
+        assert lines, role
+        for e in lines:
+            assert {"ts", "event", "role", "pid", "run_id"} <= set(e), e
+            assert e["run_id"] == "both" and e["role"] == role.split("-")[0]
+            assert datetime.fromisoformat(e["ts"]).utcoffset().total_seconds() == 0
+            if role.startswith("worker"):
+                assert e["worker_id"] == int(role[-1])
+
+
+def test_event_chain_of_the_first_compression(both_pruned):
+    _, run_dir = both_pruned
+    v = FIRST_COMPRESSION  # the snapshot of epoch 2 is version 2
+
+    def one(name, event):
+        found = [e for e in of(events(run_dir, name), event) if e.get("version") == v]
+        assert found, f"{name}: no {event} for version {v}"
+        return found[0]
+
+    chain = [
+        one("trainer", "snapshot_published"),
+        one("compressor", "snapshot_received"),
+        one("compressor", "compression_finished"),
+        one("compressor", "weights_written"),
+    ]
+    for worker in ("worker-0", "worker-1"):  # each worker takes up version 2 or, if it skipped it, a newer one
+        swaps = [e for e in of(events(run_dir, worker), "worker_swapped") if e["version"] >= v]
+        assert swaps, worker
+        chain.append(swaps[0])
+    applied = one("trainer", "masks_applied")
+    stamps = [when(e) for e in chain]
+    assert stamps == sorted(stamps), chain
+    assert when(applied) > when(chain[3])
+    assert applied["training_sparsity_verified"] == pytest.approx(TARGET, abs=0.005)
+    finished = chain[2]
+    assert finished["method"] == "magnitude" and finished["structure_changed"] is False
+    assert finished["achieved_sparsity"] == pytest.approx(TARGET, abs=0.001)
+
+
+def test_workers_never_go_backwards_and_run_pruned_weights(both_pruned):
+    _, run_dir = both_pruned
+    for worker in ("worker-0", "worker-1"):
+        swaps = of(events(run_dir, worker), "worker_swapped")
+        versions = [e["version"] for e in swaps]
+        assert versions == sorted(set(versions)) and versions[0] == 0
+        assert all(e["sparsity"] == pytest.approx(TARGET, abs=0.005) for e in swaps if e["version"] >= FIRST_COMPRESSION)
+
+
+def test_training_sparsity_persists_from_the_epoch_after_the_first_compression(both_pruned):
+    _, run_dir = both_pruned
+    trainer = events(run_dir, "trainer")
+    epochs = of(trainer, "epoch")
+    assert [e["epoch"] for e in epochs] == list(range(1, 10))
+    compressed = of(events(run_dir, "compressor"), "compression_finished")[0]
+    # Async: the compressor prunes snapshot 2 while the trainer goes on with epoch 3 (or later); from
+    # the epoch after the one the compression finished in, the trainer runs the masks.
+    during = next(e["epoch"] for e in epochs if when(e) > when(compressed))
+    assert of(trainer, "masks_applied")[0]["epoch"] <= during + 1
+    for e in epochs:
+        assert e["training_sparsity"] is not None and e["inference_sparsity"] is not None
+        if e["epoch"] <= FIRST_COMPRESSION:
+            assert e["training_sparsity"] == 0.0
+        elif e["epoch"] > during:  # Adam steps every epoch; masked weights must stay exactly zero
+            assert e["training_sparsity"] == pytest.approx(TARGET, abs=0.005), e
+    snapshots = of(trainer, "snapshot_published")
+    assert all(s["training_sparsity"] == pytest.approx(TARGET, abs=0.005) for s in snapshots if s["epoch"] > during)
+    summary = of(trainer, "summary")[0]
+    assert summary["final_training_sparsity"] == pytest.approx(TARGET, abs=0.005)
+    assert summary["swaps"] > 0 and summary["swap_latency_ms_p99"] >= summary["swap_latency_ms_median"] > 0
+
+
+def test_supervisor_logs_every_process_and_a_clean_finish(both_pruned):
+    _, run_dir = both_pruned
+    sup = events(run_dir, "supervisor")
+    assert {e["name"] for e in of(sup, "process_started")} == {"compressor", "trainer", "worker-0", "worker-1"}
+    assert sorted((e["name"], e["exitcode"]) for e in of(sup, "process_exited")) == [
+        ("compressor", 0), ("trainer", 0), ("worker-0", 0), ("worker-1", 0)]
+    assert of(sup, "run_finished")[0]["outcome"] == "completed"
+
+
+def test_teacher_student_sync_keeps_the_trainer_dense(tmp_path):
+    result = hotprune("run", *settings(tmp_path, "ts", "epochs=6", "mode=sync", "prune_training_model=false"))
+    run_dir = tmp_path / "runs" / "ts"
+    assert result.returncode == 0, result.stderr
+    trainer = events(run_dir, "trainer")
+    epochs = of(trainer, "epoch")
+    assert all(e["training_sparsity"] == 0.0 for e in epochs)
+    # sync: every sample of an epoch comes from the version the trainer last published
+    assert all(e["policy_lag"] == 0 and e["inference_version"] == e["epoch"] - 1 for e in epochs)
+    assert [e["inference_sparsity"] for e in epochs if e["epoch"] > FIRST_COMPRESSION + 1] == [pytest.approx(TARGET, abs=0.005)] * 3
+    assert not of(trainer, "masks_applied") and not of(events(run_dir, "compressor"), "masks_sent")
+    assert "teacher-student" in result.stdout
+    assert_clean(run_dir)
+
+
+def test_continuous_actions_on_pendulum(tmp_path):
+    result = hotprune("run", *settings(tmp_path, "pend", "env_id=Pendulum-v1", "epochs=3", "envs_per_worker=2",
+                                       "chunk_steps=64"))
+    run_dir = tmp_path / "runs" / "pend"
+    assert result.returncode == 0, result.stderr
+    epochs = of(events(run_dir, "trainer"), "epoch")
+    assert len(epochs) == 3 and epochs[-1]["training_sparsity"] == pytest.approx(TARGET, abs=0.005)
+    assert of(events(run_dir, "worker-0"), "episode")  # Pendulum truncates at 200 steps
+    assert not any(of(events(run_dir, name), "message_rejected") for name in ROLES)
+    assert_clean(run_dir)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("pruning.target_sparsity=1.5", "pruning.target_sparsity"),
+        ("mode=fast", "mode"),
+        ("num_workers=0", "num_workers"),
+        ("env_id=NoSuchEnv-v0", "NoSuchEnv-v0"),
+        ("prune_training_model=maybe", "prune_training_model"),
+        ("no_such_key=1", "no_such_key"),
+    ],
+)
+def test_bad_config_fails_at_start_with_one_line(tmp_path, override, named):
+    result = hotprune("run", *settings(tmp_path, "bad", override), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and "error" in lines[0], result.stderr
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def _start(tmp_path, run_id, *extra):
+    proc = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, "epochs=500", *extra)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / run_id
+    wait_for(lambda: logged(run_dir, "trainer", "epoch"), timeout=90, what="the first epoch")
+    return proc, run_dir
+
+
+def test_sigterm_to_the_supervisor_stops_everything(tmp_path):
+    proc, run_dir = _start(tmp_path, "term")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert_clean(run_dir)
+    sup = events(run_dir, "supervisor")
+    assert of(sup, "run_finished")[0]["outcome"] == "stopped by SIGTERM"
+    assert {e["exitcode"] for e in of(sup, "process_exited")} == {0}  # every child stopped gracefully
+
+
+def test_a_crashed_worker_fails_the_run_and_nothing_is_left(tmp_path):
+    proc, run_dir = _start(tmp_path, "crash")
+    victim = next(e for e in logged(run_dir, "supervisor", "process_started") if e["name"] == "worker-1")
+    os.kill(victim["child_pid"], signal.SIGKILL)
+    assert proc.wait(timeout=60) == 1
+    assert_clean(run_dir)
+    finished = of(events(run_dir, "supervisor"), "run_finished")[0]
+    assert finished["failed"] == ["worker-1"]
+    exits = {e["name"]: e["exitcode"] for e in of(events(run_dir, "supervisor"), "process_exited")}
+    assert exits.pop("worker-1") == -signal.SIGKILL and set(exits.values()) == {0}
