@@ -83,6 +83,9 @@ class WeightStore:
             mem.close()
 
         store = cls(name, buf, close)
+        if len(buf) < layout.HEADER_SIZE:
+            store.close()
+            raise StoreError(f"segment {name} is too small to be a hotprune weight store")
         header = store.header()
         if header.magic != layout.MAGIC or header.layout != layout.LAYOUT_VERSION:
             store.close()
@@ -99,18 +102,23 @@ class WeightStore:
         start = layout.slot_offset(slot, slot_size)
         return self.buf[start : start + slot_size]
 
+    def _set_seq(self, seq: int) -> None:
+        # A slice assignment is one memcpy; struct.pack_into would zero the field first, and a reader
+        # could see that transient 0 as "even, consistent".
+        self.buf[layout.SEQ_OFFSET : layout.SEQ_OFFSET + layout.SEQ.size] = layout.SEQ.pack(seq)
+
     def publish(self, tensors: Mapping[str, np.ndarray], version: int) -> tuple[int, int, bool]:
         """Write a new version; return (slot, payload bytes, structure changed). Single writer only."""
         h = self.header()
         slot = 1 - h.active_slot if h.version >= 0 else 0
         size, crc = layout.write_payload(self._slot(slot, h.slot_size), tensors)
         sid = structure_id(tensors)
-        seq = h.seq + 1
-        layout.SEQ.pack_into(self.buf, layout.SEQ_OFFSET, seq)  # odd: header update in progress
-        new = h._replace(active_slot=slot, seq=seq, version=version, publish_ts_ns=time.time_ns(),
+        odd = (h.seq + 1) | 1  # odd even if a writer died mid-update and left the counter odd
+        self._set_seq(odd)  # header update in progress
+        new = h._replace(active_slot=slot, seq=odd, version=version, publish_ts_ns=time.time_ns(),
                          payload_size=size, checksum=crc, structure_id=sid)
-        layout.HEADER.pack_into(self.buf, 0, *new)
-        layout.SEQ.pack_into(self.buf, layout.SEQ_OFFSET, seq + 1)  # even: consistent again
+        self.buf[: layout.HEADER_SIZE] = layout.HEADER.pack(*new)
+        self._set_seq(odd + 1)  # even: consistent again
         return slot, size, h.version >= 0 and sid != h.structure_id
 
     def version(self) -> int:
@@ -118,26 +126,29 @@ class WeightStore:
         return self.header().version
 
     def read(self, timeout_s: float = 1.0) -> tuple[layout.StoreHeader, dict[str, np.ndarray]] | None:
-        """A consistent copy of the active slot, or None if nothing was published yet."""
+        """A consistent copy of the active slot, or None if nothing was published yet.
+
+        Tries at least once; retries while the writer moves underneath, up to `timeout_s`.
+        """
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             before = self._seq()
-            if before & 1:
-                continue
             h = self.header()
-            if h.version < 0:
-                return None
-            if h.payload_size > h.slot_size or h.active_slot not in (0, 1):
-                raise StoreError(f"segment {self.name} has a corrupt header")
-            payload = bytearray(self._slot(h.active_slot, h.slot_size)[: h.payload_size])  # our own copy
-            if self._seq() != before or h.seq != before:
-                self.torn_retries += 1
-                continue
-            if layout.checksum(payload) != h.checksum:
-                self.torn_retries += 1
-                continue
-            return h, layout.read_payload(payload)
-        raise StoreError(f"no consistent read of {self.name} within {timeout_s}s")
+            sane = h.active_slot in (0, 1) and 0 <= h.payload_size <= h.slot_size
+            payload = bytearray(self._slot(h.active_slot, h.slot_size)[: h.payload_size]) if sane else None
+            if not before & 1 and self._seq() == before == h.seq:  # nothing moved: h and payload agree
+                if h.version < 0:
+                    return None
+                if not sane:
+                    raise StoreError(f"segment {self.name} has a corrupt header")
+                if layout.checksum(payload) == h.checksum:
+                    try:
+                        return h, layout.read_payload(payload)
+                    except layout.LayoutError as exc:
+                        raise StoreError(f"segment {self.name}: {exc}") from None
+            self.torn_retries += 1
+            if time.monotonic() >= deadline:
+                raise StoreError(f"no consistent read of {self.name} within {timeout_s}s")
 
     def close(self) -> None:
         self._closer()

@@ -26,7 +26,7 @@ from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, prunable_names
 from service.process import run_dir_parser, socket, start
 from service.pruning import sparsity
-from service.weight_store import WeightStore, segment_name
+from service.weight_store import StoreError, WeightStore, segment_name
 
 
 class InferenceWorker:
@@ -58,7 +58,11 @@ class InferenceWorker:
         """The safe point: take up a newer version from the store, if there is one."""
         if self.store.version() <= self.version:
             return
-        got = self.store.read()
+        try:
+            got = self.store.read()
+        except StoreError as exc:  # keep running the weights we have; the next safe point tries again
+            self.log.warning("store_read_failed", reason=str(exc), version=self.version)
+            return
         if got is None or got[0].version <= self.version:
             return
         header, tensors = got
