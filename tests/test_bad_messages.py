@@ -1,0 +1,205 @@
+"""Bad input over real sockets: each process rejects it with a reason, keeps running, keeps its weights.
+
+Each test runs a real process through its CLI and plays its peers itself (binding the endpoints the
+peer would bind), so it can send exactly the malformed messages it wants.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from protocol.codec import Encoder, decode
+from protocol.endpoints import endpoints
+from protocol.trajectory import check_trajectory
+from service.envs import env_spec
+from service.policy import actor_arrays, make_actor, prunable_names
+from service.pruning import apply_masks, compute_masks
+from service.weight_store import WeightStore, segment_name
+from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
+
+torch.set_num_threads(1)
+CARTPOLE = env_spec("CartPole-v1")
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def init_run(tmp_path: Path, run_id: str, *extra: str) -> Path:
+    result = hotprune("init", *settings(tmp_path, run_id, *extra))
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip())
+
+
+def with_header(frames: list, **changes) -> list:
+    header = msgpack.unpackb(frames[0])
+    header.update(changes)
+    return [msgpack.packb(header), *frames[1:]]
+
+
+def rejections(run_dir: Path, name: str) -> list[str]:
+    return [e["reason"] for e in logged(run_dir, name, "message_rejected")]
+
+
+def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_path, ctx):
+    run_dir = init_run(tmp_path, "comp", "pruning.start_epoch=50")
+    ep = endpoints(run_dir)
+    trainer_pub = ctx.socket(zmq.PUB)
+    trainer_pub.bind(ep.snapshots)
+    compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
+    try:
+        store = WeightStore.attach(segment_name("comp"), timeout_s=60)
+        encoder = Encoder("comp", "test-trainer")
+        weights = actor_arrays(make_actor(CARTPOLE, [64, 64]))
+        grads = {f"grad:{n}": np.zeros_like(weights[n]) for n in prunable_names(weights, False)}
+
+        def snapshot(version, tensors, enc=encoder):
+            return enc.encode("snapshot", {"version": version, "epoch": version, "training_sparsity": 0.0}, tensors)
+
+        def lands(frames, version):
+            trainer_pub.send_multipart(frames)
+            return store.version() == version
+
+        wait_for(lambda: lands(snapshot(1, {**weights, **grads}), 1), what="the first snapshot (slow joiner)")
+        nan = {**weights, "net.2.weight": np.full_like(weights["net.2.weight"], np.nan)}
+        wrong_shape = {**weights, "net.0.weight": np.zeros((3, 3), np.float32)}
+        bad = {
+            "not msgpack": [b"\xc1garbage"],
+            "unsupported proto 99": with_header(snapshot(2, {**weights, **grads}), proto=99),
+            "non-finite": snapshot(2, {**nan, **grads}),
+            "is float32[3, 3], expected float32[64, 4]": snapshot(2, {**wrong_shape, **grads}),
+            "missing tensors": snapshot(2, weights),
+            "not this run's": snapshot(2, {**weights, **grads}, Encoder("another-run", "x")),
+            "do not match": with_header(snapshot(2, {**weights, **grads}), buffers=[
+                {"name": "net.0.weight", "dtype": "float32", "shape": [64, 5]}] + msgpack.unpackb(
+                snapshot(2, {**weights, **grads})[0])["buffers"][1:]),
+        }
+        for frames in bad.values():
+            trainer_pub.send_multipart(frames)
+        wait_for(lambda: len(rejections(run_dir, "compressor")) >= len(bad), what="every bad snapshot rejected")
+        reasons = rejections(run_dir, "compressor")
+        for expected in bad:
+            assert any(expected in r for r in reasons), (expected, reasons)
+        assert compressor.poll() is None and store.version() == 1  # still running, still on the last good
+
+        newer = {k: v + 1 for k, v in weights.items()}
+        wait_for(lambda: lands(snapshot(3, {**newer, **grads}), 3), what="a good snapshot after the bad ones")
+        header, stored = store.read()
+        assert header.version == 3 and all(np.array_equal(stored[k], newer[k]) for k in weights)
+        assert [e["version"] for e in of(events(run_dir, "compressor"), "weights_written")] == [1, 3]
+        store.close()
+
+        trainer_pub.send_multipart(encoder.encode("control", {"command": "stop"}))
+        assert compressor.wait(timeout=30) == 0
+    finally:
+        compressor.kill()
+    assert_clean(run_dir)
+
+
+def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, **fields):
+    tensors = {
+        "obs": np.zeros((steps + 1, envs, 4), np.float32) if obs is None else obs,
+        "actions": np.zeros((steps, envs), np.int64),
+        "logprobs": np.full((steps, envs), -0.69, np.float32),
+        "rewards": np.ones((steps, envs), np.float32),
+        "terminated": np.zeros((steps, envs), bool),
+        "truncated": np.zeros((steps, envs), bool),
+        "final_obs": np.zeros((0, 4), np.float32),
+    }
+    head = {"worker_id": worker_id, "policy_version": 0, "policy_sparsity": 0.0, "episode_returns": [],
+            "episode_lengths": [], "swap_latencies_ms": [], **fields}
+    return encoder.encode("trajectory", head, tensors)
+
+
+def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx):
+    run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, "inj", "epochs=60")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / "inj"
+    try:
+        wait_for(lambda: logged(run_dir, "trainer", "epoch"), timeout=90, what="the first epoch")
+        ep = endpoints(run_dir)
+        to_trainer, masks_to_trainer = ctx.socket(zmq.PUSH), ctx.socket(zmq.PUSH)
+        to_trainer.connect(ep.trajectories)
+        masks_to_trainer.connect(ep.masks)
+        intruder = Encoder("inj", "intruder")
+        nan_obs = np.zeros((33, 4, 4), np.float32)
+        nan_obs[5, 1, 2] = np.nan
+        bad = {
+            "not msgpack": [b"\x00\x01garbage"],
+            "obs' is float32[33, 2, 4], expected float32[33, 4, 4]": _trajectory(
+                intruder, obs=np.zeros((33, 2, 4), np.float32)),
+            "non-finite": _trajectory(intruder, obs=nan_obs),
+            "worker_id 7 outside": _trajectory(intruder, worker_id=7),
+            "policy_version 999999": _trajectory(intruder, policy_version=999999),
+            "not this run's": _trajectory(Encoder("other", "intruder")),
+            "unexpected kind 'masks'": intruder.encode("masks", {"version": 1, "epoch": 1, "target_sparsity": 0.5}),
+        }
+        for frames in bad.values():
+            to_trainer.send_multipart(frames)
+        wrong_masks = {"net.0.weight": np.ones((3, 3), bool), "net.2.weight": np.ones((64, 64), bool)}
+        masks_to_trainer.send_multipart(intruder.encode(
+            "masks", {"version": 10**6, "epoch": 1, "target_sparsity": 0.5}, wrong_masks))
+        wait_for(lambda: len(rejections(run_dir, "trainer")) >= len(bad) + 1, timeout=60, what="every rejection")
+        out, err = run.communicate(timeout=180)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    reasons = rejections(run_dir, "trainer")
+    for expected in [*bad, "tensor 'net.0.weight' is bool[3, 3]"]:
+        assert any(expected in r for r in reasons), (expected, reasons)
+    trainer = events(run_dir, "trainer")
+    assert len(of(trainer, "epoch")) == 60
+    assert all(m["version"] < 60 for m in of(trainer, "masks_applied"))  # the intruder's masks never applied
+    assert of(trainer, "epoch")[-1]["training_sparsity"] == pytest.approx(0.8, abs=0.005)
+    assert_clean(run_dir)
+
+
+def test_worker_ignores_garbage_hints_and_hot_swaps_new_weights(tmp_path, ctx):
+    run_dir = init_run(tmp_path, "wrk")
+    ep = endpoints(run_dir)
+    compressor_pub, trainer_pull = ctx.socket(zmq.PUB), ctx.socket(zmq.PULL)
+    compressor_pub.bind(ep.weights)
+    trainer_pull.bind(ep.trajectories)
+    dense = actor_arrays(make_actor(CARTPOLE, [64, 64]))
+    store = WeightStore.create(segment_name("wrk"), 1 << 16)
+    worker = subprocess.Popen([HOTPRUNE, "worker", "--run-dir", str(run_dir), "--index", "0"])
+    try:
+        store.publish(dense, 0)
+
+        def chunk():
+            assert trainer_pull.poll(60_000), "no trajectory chunk from the worker"
+            msg = decode(trainer_pull.recv_multipart(), run_id="wrk", kinds={"trajectory"})
+            check_trajectory(msg.tensors, 32, 4, 4, 2, True)
+            return msg.fields
+
+        assert chunk()["policy_version"] == 0
+        garbage = [b"\xc1 not a message"]
+        wait_for(lambda: compressor_pub.send_multipart(garbage) or rejections(run_dir, "worker-0"),
+                 what="the worker to reject a garbage hint")
+        assert worker.poll() is None
+
+        prunable = prunable_names(dense, False)
+        pruned = apply_masks(dense, compute_masks({n: dense[n] for n in prunable}, 0.8))
+        store.publish(pruned, 1)  # no weights_ready hint at all: the store is the truth
+        fields = wait_for(lambda: (f := chunk())["policy_version"] == 1 and f, what="a chunk of version 1")
+        assert fields["policy_sparsity"] == pytest.approx(0.8, abs=0.005)
+        swaps = logged(run_dir, "worker-0", "worker_swapped")
+        assert [s["version"] for s in swaps] == [0, 1] and swaps[1]["sparsity"] == pytest.approx(0.8, abs=0.005)
+
+        compressor_pub.send_multipart(Encoder("wrk", "test-compressor").encode("control", {"command": "stop"}))
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+        store.close()
+        store.unlink()
+    assert_clean(run_dir)
