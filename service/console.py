@@ -40,8 +40,8 @@ def _snapshot(e: dict) -> str | None:
 
 def _masks_applied(e: dict) -> str:
     return (
-        f"[trainer] Both Pruned mode: training pruned (target {_pct(e['target_sparsity'])}), "
-        f"inference pruned (sparsity {_pct(e['inference_sparsity'])})\n"
+        f"[trainer] Both Pruned mode: training pruned to {_pct(e['target_sparsity'])} (masks v{e['version']}); "
+        f"inference last ran v{e['inference_version']} at sparsity {_pct(e['inference_sparsity'])}\n"
         f"[trainer] Masks applied to training model (v{e['version']}, Both Pruned mode)\n"
         f"[trainer] Training model sparsity verified: {_pct(e['training_sparsity_verified'])}"
     )

@@ -31,7 +31,7 @@ from service.process import run_dir_parser, socket, start
 from service.pruning import scheduled_sparsity, sparsity
 from service.training_masks import TrainingMasks
 
-REPUBLISH_S = 0.5  # with no chunk for this long, publish the newest snapshot again (PUB may drop)
+REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
 SUMMARY_LAST_EPOCHS = 10
 
@@ -141,7 +141,6 @@ class Trainer:
             msg = self._receive_trajectory()
             if msg is None:
                 continue
-            last_arrival = time.monotonic()
             f = msg.fields
             self.episodes.extend(f["episode_returns"])
             self.swap_latencies.extend(f["swap_latencies_ms"])
@@ -149,6 +148,7 @@ class Trainer:
                 self.inference = (f["policy_version"], f["policy_sparsity"])
             if sync and f["policy_version"] != self.version:
                 continue  # produced before this version reached the worker: the sync baseline waits
+            last_arrival = time.monotonic()
             workers_current.add(f["worker_id"])
             chunks.append(msg.tensors)
             versions.append(f["policy_version"])
@@ -164,7 +164,7 @@ class Trainer:
         self.log.info("masks_applied", version=msg.fields["version"], epoch=epoch,
                       target_sparsity=msg.fields["target_sparsity"],
                       training_sparsity_verified=self.training_sparsity(),
-                      inference_sparsity=self.inference[1])
+                      inference_version=self.inference[0], inference_sparsity=self.inference[1])
 
     def training_sparsity(self) -> float:
         return sparsity(actor_arrays(self.actor), self.prunable)

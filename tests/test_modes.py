@@ -1,0 +1,48 @@
+"""Async never waits for the compressor; sync waits until every worker runs the newest version.
+
+Freezing the compressor (SIGSTOP) shows the difference on the real service: async training goes on
+with the weights the workers already have, sync training stops until the compressor is back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.servicekit import HOTPRUNE, assert_clean, logged, settings, wait_for
+
+
+def _freeze_compressor(tmp_path, run_id, mode):
+    run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, f"mode={mode}", "epochs=40")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / run_id
+    try:
+        wait_for(lambda: len(logged(run_dir, "trainer", "epoch")) >= 2, timeout=90, what="two epochs")
+        compressor = next(e["child_pid"] for e in logged(run_dir, "supervisor", "process_started")
+                          if e["name"] == "compressor")
+        os.kill(compressor, signal.SIGSTOP)
+        frozen_at = len(logged(run_dir, "trainer", "epoch"))
+        time.sleep(3)
+        progressed = len(logged(run_dir, "trainer", "epoch")) - frozen_at
+        os.kill(compressor, signal.SIGCONT)
+        assert run.wait(timeout=120) == 0, run.stderr.read()
+    finally:
+        run.kill()
+    assert_clean(run_dir)
+    return progressed, logged(run_dir, "trainer", "epoch")
+
+
+def test_async_training_goes_on_while_the_compressor_is_frozen(tmp_path):
+    progressed, epochs = _freeze_compressor(tmp_path, "afrz", "async")
+    assert progressed >= 5, f"only {progressed} epochs in 3 s with the compressor frozen"
+    assert len(epochs) == 40 and max(e["policy_lag"] for e in epochs) > 2  # the workers fell behind meanwhile
+
+
+def test_sync_training_waits_for_the_newest_weights(tmp_path):
+    progressed, epochs = _freeze_compressor(tmp_path, "sfrz", "sync")
+    assert progressed <= 1, f"{progressed} epochs went on without the compressor in sync mode"
+    assert len(epochs) == 40 and all(e["policy_lag"] == pytest.approx(0) for e in epochs)
