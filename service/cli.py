@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from service.config import ConfigError, load_config
+from service.process import ignore_stop_signals
 from service.weight_store import StoreError
 
 PROCESSES = {
@@ -55,3 +56,5 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError) as exc:
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        ignore_stop_signals()

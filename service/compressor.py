@@ -145,7 +145,7 @@ class Compressor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = run_dir_parser("hotprune compressor: prunes snapshots into the shared weight store").parse_args(argv)
+    args = run_dir_parser("compressor", "prunes snapshots into the shared weight store").parse_args(argv)
     cfg, stop = start(args.run_dir)
     return Compressor(cfg, stop).run()
 

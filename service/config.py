@@ -60,7 +60,7 @@ class TransportConfig:
 @dataclass
 class SupervisorConfig:
     stop_grace_s: float = 10.0  # after training ends or on a stop signal, before SIGKILL
-    start_timeout_s: float = 120.0  # a process that has not connected by then fails the run
+    start_timeout_s: float = 120.0  # how long a worker waits for the weight store to appear
 
 
 @dataclass

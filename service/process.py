@@ -13,8 +13,8 @@ import zmq
 from service.config import Config, load_config
 
 
-def run_dir_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"hotprune {role}", description=description)
     parser.add_argument("--run-dir", required=True, type=Path, help="run directory made by `hotprune init` or `hotprune run`")
     return parser
 
@@ -34,6 +34,13 @@ def start(run_dir: Path) -> tuple[Config, threading.Event]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return config, stop
+
+
+def ignore_stop_signals() -> None:
+    """Called on the way out: Python restores default handlers while it shuts down, and a SIGTERM
+    then would kill an already finished process with -15 (as if it had failed)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def socket(ctx: zmq.Context, kind: int, hwm: int = 0) -> zmq.Socket:

@@ -269,7 +269,7 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = run_dir_parser("hotprune trainer: PPO learner that publishes weight snapshots").parse_args(argv)
+    args = run_dir_parser("trainer", "PPO learner that publishes weight snapshots").parse_args(argv)
     cfg, stop = start(args.run_dir)
     return Trainer(cfg, stop).run()
 

@@ -174,21 +174,28 @@ def test_bad_config_fails_at_start_with_one_line(tmp_path, override, named):
 
 
 def _start(tmp_path, run_id, *extra):
+    # A session of its own, like a shell job: a signal to its process group reaches only the run.
     proc = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, "epochs=500", *extra)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     run_dir = tmp_path / "runs" / run_id
     wait_for(lambda: logged(run_dir, "trainer", "epoch"), timeout=90, what="the first epoch")
     return proc, run_dir
 
 
-def test_sigterm_to_the_supervisor_stops_everything(tmp_path):
-    proc, run_dir = _start(tmp_path, "term")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM to the supervisor", "Ctrl-C to the whole process group"])
+def test_a_stop_signal_stops_everything(tmp_path, sig, to_group):
+    proc, run_dir = _start(tmp_path, "stop")
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 128 + sig
     assert_clean(run_dir)
     sup = events(run_dir, "supervisor")
-    assert of(sup, "run_finished")[0]["outcome"] == "stopped by SIGTERM"
+    assert of(sup, "run_finished")[0]["outcome"] == f"stopped by {sig.name}"
     assert {e["exitcode"] for e in of(sup, "process_exited")} == {0}  # every child stopped gracefully
+    assert of(events(run_dir, "trainer"), "summary")[0]["completed"] is False
 
 
 def test_a_crashed_worker_fails_the_run_and_nothing_is_left(tmp_path):

@@ -179,7 +179,7 @@ class InferenceWorker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = run_dir_parser("hotprune worker: steps environments with the newest pruned policy")
+    parser = run_dir_parser("worker", "steps environments with the newest pruned policy")
     parser.add_argument("--index", type=int, default=0, help="worker index, 0 .. num_workers-1")
     args = parser.parse_args(argv)
     cfg, stop = start(args.run_dir)
