@@ -18,6 +18,7 @@ from protocol.codec import (
     decode,
 )
 from protocol.trajectory import check_trajectory, trajectory_spec
+from tests.arrays import assert_same_tensors
 
 RUN = "run-7"
 
@@ -89,14 +90,6 @@ def chunk(steps=4, envs=3, obs_dim=5, act_dim=2, discrete=True, truncated_at=((1
         "truncated": truncated,
         "final_obs": rng.standard_normal((len(truncated_at), obs_dim)).astype(np.float32),
     }
-
-
-def assert_same_tensors(got: dict, sent: dict) -> None:
-    assert list(got) == list(sent)
-    for name, array in sent.items():
-        assert got[name].dtype == array.dtype, name
-        assert got[name].shape == array.shape, name
-        np.testing.assert_array_equal(got[name], array, err_msg=name)
 
 
 # --- round trips --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from protocol.store_layout import (
     slot_offset,
     write_payload,
 )
+from tests.arrays import assert_same_tensors
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -75,14 +76,6 @@ def written(tensors, slot_size=None, fill=0xAB) -> tuple[bytearray, int, int]:
     buf = bytearray([fill]) * (slot_size if slot_size is not None else payload_size(tensors) + 40)
     size, crc = write_payload(memoryview(buf), tensors)
     return buf, size, crc
-
-
-def assert_same_tensors(got: dict, sent: dict) -> None:
-    assert list(got) == list(sent)
-    for name, array in sent.items():
-        assert got[name].dtype == array.dtype, name
-        assert got[name].shape == array.shape, name
-        np.testing.assert_array_equal(got[name], array, err_msg=name)
 
 
 # --- payload round trip -------------------------------------------------------------------
