@@ -154,6 +154,20 @@ def test_continuous_actions_on_pendulum(tmp_path):
     assert_clean(run_dir)
 
 
+def test_dense_baseline_passes_every_update_through_unpruned(tmp_path):
+    result = hotprune("run", *settings(tmp_path, "dense", "epochs=4", "pruning.method=none", "total_steps=1536"))
+    run_dir = tmp_path / "runs" / "dense"
+    assert result.returncode == 0, result.stderr
+    epochs = of(events(run_dir, "trainer"), "epoch")
+    assert len(epochs) == 3  # total_steps wins over epochs: ceil(1536 / 512)
+    assert all(e["training_sparsity"] == 0.0 and e["inference_sparsity"] == 0.0 for e in epochs)
+    compressor = events(run_dir, "compressor")
+    assert not of(compressor, "compression_started")
+    written = [e["version"] for e in of(compressor, "weights_written")]
+    assert written[0] == 0 and written[-1] == 3 and all(e["sparsity"] == 0.0 for e in of(compressor, "weights_written"))
+    assert_clean(run_dir)
+
+
 @pytest.mark.parametrize(
     "override, named",
     [
