@@ -64,7 +64,7 @@ class Trainer:
         self.version = 0  # number of PPO updates so far; snapshot v is the policy after update v
         self.last_snapshot: list = []
         self.pending_masks: Message | None = None
-        self.applied_masks_version = -1
+        self.masks_version = -1  # newest masks accepted, pending or applied
         self.after_masks = False
         self.episodes: deque[float] = deque(maxlen=REWARD_WINDOW)
         self.inference = (-1, 0.0)  # newest (version, sparsity) a worker reported running
@@ -105,16 +105,18 @@ class Trainer:
         if msg is None:
             return
         shapes = {n: ("bool", tuple(p.shape)) for n, p in self.actor.named_parameters() if n in self.prunable}
+        version = msg.fields["version"]
         try:
             if not self.cfg.prune_training_model:
                 raise MessageRejected("masks received in teacher-student mode")
+            if not 0 <= version <= self.version:
+                raise MessageRejected(f"masks version {version} is not one of this trainer's snapshots")
             check_tensors(msg.tensors, shapes)
         except MessageRejected as exc:
             self.log.warning("message_rejected", reason=exc.reason, expected="masks", sender=msg.sender)
             return
-        if msg.fields["version"] > max(self.applied_masks_version,
-                                       self.pending_masks.fields["version"] if self.pending_masks else -1):
-            self.pending_masks = msg
+        if version > self.masks_version:  # newest wins; an older one arriving late is ignored
+            self.pending_masks, self.masks_version = msg, version
 
     # --- one epoch ------------------------------------------------------------------------
 
@@ -159,7 +161,6 @@ class Trainer:
         if msg is None:
             return
         self.masks.apply(msg.tensors)
-        self.applied_masks_version = msg.fields["version"]
         self.after_masks = True
         self.log.info("masks_applied", version=msg.fields["version"], epoch=epoch,
                       target_sparsity=msg.fields["target_sparsity"],

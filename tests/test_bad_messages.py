@@ -146,16 +146,24 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
         }
         for frames in bad.values():
             to_trainer.send_multipart(frames)
-        wrong_masks = {"net.0.weight": np.ones((3, 3), bool), "net.2.weight": np.ones((64, 64), bool)}
-        masks_to_trainer.send_multipart(intruder.encode(
-            "masks", {"version": 10**6, "epoch": 1, "target_sparsity": 0.5}, wrong_masks))
-        wait_for(lambda: len(rejections(run_dir, "trainer")) >= len(bad) + 1, timeout=60, what="every rejection")
+        wrong_shape = {"net.0.weight": np.ones((3, 3), bool), "net.2.weight": np.ones((64, 64), bool)}
+        all_pruned = {"net.0.weight": np.zeros((64, 4), bool), "net.2.weight": np.zeros((64, 64), bool)}
+        bad_masks = {
+            "tensor 'net.0.weight' is bool[3, 3]": intruder.encode(
+                "masks", {"version": 1, "epoch": 1, "target_sparsity": 0.5}, wrong_shape),
+            "masks version 1000000 is not one of this trainer's snapshots": intruder.encode(
+                "masks", {"version": 10**6, "epoch": 1, "target_sparsity": 1.0}, all_pruned),
+        }
+        for frames in bad_masks.values():
+            masks_to_trainer.send_multipart(frames)
+        wait_for(lambda: len(rejections(run_dir, "trainer")) >= len(bad) + len(bad_masks), timeout=60,
+                 what="every rejection")
         out, err = run.communicate(timeout=180)
     finally:
         run.kill()
     assert run.returncode == 0, err
     reasons = rejections(run_dir, "trainer")
-    for expected in [*bad, "tensor 'net.0.weight' is bool[3, 3]"]:
+    for expected in [*bad, *bad_masks]:
         assert any(expected in r for r in reasons), (expected, reasons)
     trainer = events(run_dir, "trainer")
     assert len(of(trainer, "epoch")) == 60
