@@ -116,15 +116,15 @@ class Compressor:
             self.log.info("compression_finished", version=version, epoch=epoch, method=p.method,
                           target_sparsity=target, achieved_sparsity=achieved,
                           duration_ms=(time.perf_counter() - t0) * 1e3, structure_changed=False)
-            if self.cfg.prune_training_model:
-                fields = {"version": version, "epoch": epoch, "target_sparsity": target}
-                self.masks_out.send_multipart(self.encoder.encode("masks", fields, self.masks), copy=False)
-                self.log.info("masks_sent", **fields)
         slot, nbytes, structure_changed = self.store.publish(out, version)
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
                       masked=bool(self.masks), structure_changed=structure_changed)
         ready = {"version": version, "slot": slot, "structure_changed": structure_changed}
         self.notify.send_multipart(self.encoder.encode("weights_ready", ready))
+        if compressed and self.cfg.prune_training_model:  # the workers first, then the trainer
+            fields = {"version": version, "epoch": epoch, "target_sparsity": target}
+            self.log.info("masks_sent", **fields)
+            self.masks_out.send_multipart(self.encoder.encode("masks", fields, self.masks), copy=False)
         self.last_version = version
 
     def run(self) -> int:
@@ -137,7 +137,7 @@ class Compressor:
             # Pass the stop on to the workers (a run started by hand has no supervisor to do it).
             if self.stopping:
                 self.notify.send_multipart(self.encoder.encode("control", {"command": "stop"}))
-            self.ctx.destroy(linger=0)
+            self.ctx.destroy(linger=1000)  # let the stop go out
             self.store.close()
             if self.store.owner:
                 self.store.unlink()

@@ -8,6 +8,7 @@ here and values the observations the workers sent.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -77,8 +78,12 @@ def update(
     cfg: PPOConfig,
     grad_names: list[str],
     generator: torch.Generator,
+    before_minibatch: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """One PPO update; returns loss statistics and mean |dL/dw| of `grad_names` over its minibatches."""
+    """One PPO update; returns loss statistics and mean |dL/dw| of `grad_names` over its minibatches.
+
+    `before_minibatch` runs before each minibatch: the trainer takes up masks there.
+    """
     adv, returns = advantages(batch, critic, cfg.gamma, cfg.gae_lambda)
     t, n = batch.rewards.shape
     obs = torch.from_numpy(batch.obs[:-1]).reshape(t * n, -1)
@@ -95,6 +100,8 @@ def update(
     for _ in range(cfg.update_epochs):
         order = torch.randperm(size, generator=generator)
         for start in range(0, size - mb_size + 1, mb_size):
+            if before_minibatch is not None:
+                before_minibatch()
             mb = order[start : start + mb_size]
             dist = actor.distribution(obs[mb])
             logp = actor.log_prob(dist, actions[mb])

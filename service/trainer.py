@@ -1,7 +1,8 @@
 """The trainer: PPO on the workers' trajectory chunks, a weight snapshot published every epoch.
 
-An epoch is: collect `samples_per_epoch` samples -> apply masks that arrived (both-pruned mode) ->
-one PPO update -> publish the snapshot -> log the `epoch` line. In async mode any chunk is used
+An epoch is: collect `samples_per_epoch` samples -> one PPO update -> publish the snapshot -> log
+the `epoch` line. In both-pruned mode, masks that have arrived are applied after collecting and
+before every minibatch (never waited for). In async mode any chunk is used
 (its behaviour log-probs correct for staleness); in sync mode only chunks of the newest version,
 and the trainer waits until every worker has sent one.
 
@@ -120,11 +121,12 @@ class Trainer:
 
     # --- one epoch ------------------------------------------------------------------------
 
-    def collect(self) -> tuple[list[dict], list[int]] | None:
-        """Trajectory chunks for one epoch and their policy versions; None if asked to stop."""
+    def collect(self) -> tuple[list[dict], list[int], int] | None:
+        """One epoch's trajectory chunks, their policy versions and the number of episodes they
+        finished; None if asked to stop."""
         c = self.cfg
         sync = c.mode == "sync"
-        chunks, versions, workers_current = [], [], set()
+        chunks, versions, workers_current, episodes = [], [], set(), 0
         poller = zmq.Poller()
         poller.register(self.trajectories, zmq.POLLIN)
         poller.register(self.mask_inbox, zmq.POLLIN)
@@ -145,6 +147,7 @@ class Trainer:
                 continue
             f = msg.fields
             self.episodes.extend(f["episode_returns"])
+            episodes += len(f["episode_returns"])
             self.swap_latencies.extend(f["swap_latencies_ms"])
             if f["policy_version"] >= self.inference[0]:
                 self.inference = (f["policy_version"], f["policy_sparsity"])
@@ -154,9 +157,17 @@ class Trainer:
             workers_current.add(f["worker_id"])
             chunks.append(msg.tensors)
             versions.append(f["policy_version"])
-        return chunks, versions
+        return chunks, versions, episodes
 
-    def apply_pending_masks(self, epoch: int) -> None:
+    def take_up_masks(self, epoch: int) -> None:
+        """Both-pruned mode: apply the newest masks that have arrived, without waiting for any.
+
+        Called after collecting and before every minibatch of the update, so masks take effect at
+        the first optimizer step after they arrive: the compression of snapshot e runs while epoch
+        e+1 trains, and epoch e+1 ends pruned.
+        """
+        while self.mask_inbox.poll(0):
+            self._receive_masks()
         msg, self.pending_masks = self.pending_masks, None
         if msg is None:
             return
@@ -164,24 +175,24 @@ class Trainer:
         self.after_masks = True
         self.log.info("masks_applied", version=msg.fields["version"], epoch=epoch,
                       target_sparsity=msg.fields["target_sparsity"],
-                      training_sparsity_verified=self.training_sparsity(),
+                      training_sparsity_verified=sparsity(actor_arrays(self.actor), self.prunable),
                       inference_version=self.inference[0], inference_sparsity=self.inference[1])
 
-    def training_sparsity(self) -> float:
-        return sparsity(actor_arrays(self.actor), self.prunable)
-
-    def publish(self, epoch: int, grads: dict[str, np.ndarray]) -> None:
+    def publish(self, epoch: int, grads: dict[str, np.ndarray]) -> float:
+        """Publish the snapshot of `epoch`; returns the training sparsity it measured."""
         weights = actor_arrays(self.actor)
         training_sparsity = sparsity(weights, self.prunable)
         tensors = {**weights, **{f"grad:{n}": g for n, g in grads.items()}}
         fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity}
-        self.last_snapshot = self.encoder.encode("snapshot", fields, tensors)
-        self.snapshots.send_multipart(self.last_snapshot, copy=False)
         p = self.cfg.pruning
         scheduled = p.method != "none" and scheduled_sparsity(
             epoch, target=p.target_sparsity, start_epoch=p.start_epoch, every=p.every) is not None
+        # Logged before sending, so the log never shows the compressor receiving it first.
         self.log.info("snapshot_published", **fields, compression_scheduled=scheduled, after_masks=self.after_masks)
         self.after_masks = False
+        self.last_snapshot = self.encoder.encode("snapshot", fields, tensors)
+        self.snapshots.send_multipart(self.last_snapshot, copy=False)
+        return training_sparsity
 
     def run(self) -> int:
         c = self.cfg
@@ -193,33 +204,32 @@ class Trainer:
             collected = self.collect()
             if collected is None:
                 break
-            chunks, versions = collected
+            chunks, versions, episodes = collected
             t1 = time.perf_counter()
-            if c.prune_training_model:
-                while self.mask_inbox.poll(0):  # masks that arrived since the last poll of collect()
-                    self._receive_masks()
-                self.apply_pending_masks(epoch)
+            take_up_masks = (lambda: self.take_up_masks(epoch)) if c.prune_training_model else None
+            if take_up_masks:
+                take_up_masks()
             if c.ppo.anneal_lr:
                 self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / epochs)
             batch = ppo.Batch.stack(chunks)
             losses, grads = ppo.update(self.actor, self.critic, self.optimizer, self.masks, batch, c.ppo,
-                                       self.prunable, self.generator)
+                                       self.prunable, self.generator, take_up_masks)
             lags = [self.version - v for v in versions]
             self.max_lag = max(self.max_lag, *lags)
             self.version += 1
             t2 = time.perf_counter()
-            self.publish(epoch, grads)
+            training_sparsity = self.publish(epoch, grads)
             record = {
                 "epoch": epoch,
                 "epochs": epochs,
                 "reward_mean": statistics.fmean(self.episodes) if self.episodes else None,
-                "episodes": len(self.episodes),
+                "episodes": episodes,
                 "samples": batch.size,
                 "rollout_s": t1 - t0,
                 "train_s": t2 - t1,
                 "epoch_s": t2 - t0,
                 "samples_per_s": batch.size / (t2 - t0),
-                "training_sparsity": self.training_sparsity(),
+                "training_sparsity": training_sparsity,
                 "inference_sparsity": self.inference[1],
                 "inference_version": self.inference[0],
                 "policy_lag": statistics.fmean(lags),
@@ -235,7 +245,7 @@ class Trainer:
         self.snapshots.send_multipart(stop)
         if self.records:
             self.log.info("summary", **self.summary())
-        self.ctx.destroy(linger=0)
+        self.ctx.destroy(linger=1000)  # let the stop go out
 
     def summary(self) -> dict:
         r, c = self.records, self.cfg
