@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from service.config import ConfigError, load_config
 from service.process import ignore_stop_signals
 from service.weight_store import StoreError
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    # Many processes share a few cores: one torch thread each keeps them from fighting.
+    torch.set_num_threads(1)
     try:
         if args.command in PROCESSES:
             module = __import__(PROCESSES[args.command], fromlist=["main"])

@@ -7,7 +7,6 @@ import signal
 import threading
 from pathlib import Path
 
-import torch
 import zmq
 
 from service.config import Config, load_config
@@ -27,8 +26,6 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def start(run_dir: Path) -> tuple[Config, threading.Event]:
-    # Many processes share two cores: one intra-op thread each keeps them from fighting.
-    torch.set_num_threads(1)
     config = load_run_config(run_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
