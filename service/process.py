@@ -40,10 +40,20 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def socket(ctx: zmq.Context, kind: int, hwm: int = 0) -> zmq.Socket:
-    """A socket that never blocks process exit; `hwm` > 0 bounds its queue (backpressure)."""
+TRAJECTORY_BUFFER = 16 * 1024  # bytes of OS socket buffer at each end of a trajectory pipe
+
+
+def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0) -> zmq.Socket:
+    """A socket that never blocks process exit.
+
+    `hwm` > 0 bounds its queue in messages. For backpressure that really bounds how far senders run
+    ahead, `kernel_buffer` > 0 also shrinks the OS socket buffers, which otherwise hold dozens of
+    small messages beyond ZeroMQ's high-water mark.
+    """
     sock = ctx.socket(kind)
     sock.linger = 0
     if hwm:
         sock.sndhwm = sock.rcvhwm = hwm
+    if kernel_buffer:
+        sock.sndbuf = sock.rcvbuf = kernel_buffer
     return sock

@@ -28,7 +28,7 @@ from service import eventlog, ppo
 from service.config import Config
 from service.envs import env_spec
 from service.policy import actor_arrays, make_actor, make_critic, prunable_names
-from service.process import run_dir_parser, socket, start
+from service.process import TRAJECTORY_BUFFER, run_dir_parser, socket, start
 from service.pruning import scheduled_sparsity, sparsity
 from service.training_masks import TrainingMasks
 
@@ -55,7 +55,8 @@ class Trainer:
         ep = endpoints(cfg.run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
         self.ctx = zmq.Context()
         self.snapshots = socket(self.ctx, zmq.PUB, hwm=16)
-        self.trajectories = socket(self.ctx, zmq.PULL, hwm=2)  # small: workers block instead of running ahead
+        # Small queues: workers block instead of running ahead, which bounds the policy lag.
+        self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER)
         self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4)
         self.snapshots.bind(ep.snapshots)
         self.trajectories.bind(ep.trajectories)

@@ -24,7 +24,7 @@ from service import eventlog
 from service.config import Config
 from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, prunable_names
-from service.process import run_dir_parser, socket, start
+from service.process import TRAJECTORY_BUFFER, run_dir_parser, socket, start
 from service.pruning import sparsity
 from service.weight_store import StoreError, WeightStore, segment_name
 
@@ -42,7 +42,7 @@ class InferenceWorker:
 
         ep = endpoints(cfg.run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
         self.ctx = zmq.Context()
-        self.out = socket(self.ctx, zmq.PUSH, hwm=1)
+        self.out = socket(self.ctx, zmq.PUSH, hwm=1, kernel_buffer=TRAJECTORY_BUFFER)
         self.out.connect(ep.trajectories)
         self.notify = socket(self.ctx, zmq.SUB, hwm=16)
         self.notify.subscribe(b"")
