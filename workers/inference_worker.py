@@ -2,8 +2,9 @@
 
 Between two vector steps (the safe point) it checks the weight store's version; when a newer one is
 there it copies it out consistently and swaps it in, so a step always runs one whole version.
-Every `chunk_steps` steps it pushes a trajectory chunk to the trainer, tagged with the oldest policy
-version that acted in it and carrying the behaviour log-probabilities PPO corrects with.
+Every `chunk_steps` steps it pushes a trajectory chunk to the trainer, tagged with the version (and
+sparsity) of the policy that took its first step, the oldest in it, and carrying the behaviour
+log-probabilities PPO corrects with.
 
 Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m workers.inference_worker ...`.
 """
@@ -106,12 +107,12 @@ class InferenceWorker:
         term_buf = np.zeros((steps, n), bool)
         trunc_buf = np.zeros((steps, n), bool)
         final_obs, returns, lengths = [], [], []
-        first_version = None
+        first = None  # (version, sparsity) of the policy that took the chunk's first step
         for t in range(steps):
             self.maybe_swap()
             if not self.running():
                 return None
-            first_version = self.version if first_version is None else first_version
+            first = first or (self.version, self.sparsity)
             obs_buf[t] = obs
             with torch.no_grad():
                 dist = self.actor.distribution(torch.from_numpy(obs_buf[t]))
@@ -133,8 +134,8 @@ class InferenceWorker:
         obs_buf[steps] = obs
         fields = {
             "worker_id": self.index,
-            "policy_version": first_version,
-            "policy_sparsity": self.sparsity,
+            "policy_version": first[0],
+            "policy_sparsity": first[1],
             "episode_returns": returns,
             "episode_lengths": lengths,
             "swap_latencies_ms": self.latencies,
