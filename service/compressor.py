@@ -19,7 +19,6 @@ import numpy as np
 import zmq
 
 from protocol.codec import Encoder, Message, MessageRejected, check_tensors, decode
-from protocol.endpoints import endpoints
 from protocol.store_layout import payload_size
 from service import eventlog
 from service.config import Config
@@ -53,7 +52,7 @@ class Compressor:
         self.snapshot_spec = {**self.weight_spec, **{f"grad:{n}": self.weight_spec[n] for n in self.prunable}}
         self.store = open_store(cfg)
 
-        ep = endpoints(cfg.run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
+        ep = cfg.endpoints()
         self.ctx = zmq.Context()
         self.snapshots = socket(self.ctx, zmq.SUB, hwm=16)
         self.snapshots.subscribe(b"")
@@ -65,7 +64,6 @@ class Compressor:
         self.encoder = Encoder(cfg.run_id, "compressor")
 
         self.masks: dict[str, np.ndarray] = {}
-        self.mask_target = 0.0
         self.last_version = -1
         self.stopping = False
 
@@ -109,7 +107,6 @@ class Compressor:
             grads = {n: msg.tensors[f"grad:{n}"] for n in self.prunable}
             self.masks = compute_masks({n: weights[n] for n in self.prunable}, target, criterion=p.method,
                                        scope=p.scope, grads=grads)
-            self.mask_target = target
         out = apply_masks(weights, self.masks)
         achieved = sparsity(out, self.prunable)
         if compressed:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from protocol.endpoints import Endpoints, endpoints
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
@@ -95,6 +97,11 @@ class Config:
         if self.total_steps > 0:
             return math.ceil(self.total_steps / self.samples_per_epoch)
         return self.epochs
+
+    def endpoints(self) -> Endpoints:
+        """This run's socket endpoints (ValueError if the transport settings cannot work here)."""
+        t = self.transport
+        return endpoints(self.run_dir, t.kind, t.host, t.base_port)
 
     @property
     def pruning_end_epoch(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol.endpoints import endpoints, socket_dir
+from protocol.endpoints import socket_dir
 from service.config import Config, ConfigError, to_toml
 from service.envs import env_spec
 
@@ -14,7 +14,7 @@ def prepare(cfg: Config) -> Path:
     env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
     run_dir = cfg.run_dir
     try:
-        endpoints(run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
+        cfg.endpoints()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if (run_dir / "config.toml").exists():

@@ -22,7 +22,6 @@ import torch
 import zmq
 
 from protocol.codec import Encoder, Message, MessageRejected, check_tensors, decode
-from protocol.endpoints import endpoints
 from protocol.trajectory import check_trajectory
 from service import eventlog, ppo
 from service.config import Config
@@ -52,7 +51,7 @@ class Trainer:
         self.prunable = prunable_names(params, cfg.pruning.prune_output_layer)
         self.masks = TrainingMasks({n: params[n] for n in self.prunable}, self.optimizer)
 
-        ep = endpoints(cfg.run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
+        ep = cfg.endpoints()
         self.ctx = zmq.Context()
         self.snapshots = socket(self.ctx, zmq.PUB, hwm=16)
         # Small queues: workers block instead of running ahead, which bounds the policy lag.

@@ -211,3 +211,29 @@ def test_worker_ignores_garbage_hints_and_hot_swaps_new_weights(tmp_path, ctx):
         store.close()
         store.unlink()
     assert_clean(run_dir)
+
+
+def test_worker_keeps_its_policy_when_the_store_holds_something_else(tmp_path, ctx):
+    run_dir = init_run(tmp_path, "wbad")
+    ep = endpoints(run_dir)
+    trainer_pull = ctx.socket(zmq.PULL)
+    trainer_pull.bind(ep.trajectories)
+    dense = actor_arrays(make_actor(CARTPOLE, [64, 64]))
+    store = WeightStore.create(segment_name("wbad"), 1 << 16)
+    worker = subprocess.Popen([HOTPRUNE, "worker", "--run-dir", str(run_dir), "--index", "0"])
+    try:
+        store.publish(dense, 0)
+        wait_for(lambda: logged(run_dir, "worker-0", "worker_swapped"), what="the first swap")
+        store.publish({"something": np.ones(3, np.float32)}, 1)  # consistent, but not a policy
+        failed = wait_for(lambda: logged(run_dir, "worker-0", "store_read_failed"), what="the rejection")
+        assert "version 1 is not a policy" in failed[0]["reason"]
+        for _ in range(5):  # more than can be queued from before: the worker goes on acting, with version 0
+            assert trainer_pull.poll(60_000)
+            assert decode(trainer_pull.recv_multipart(), run_id="wbad").fields["policy_version"] == 0
+        assert [s["version"] for s in logged(run_dir, "worker-0", "worker_swapped")] == [0]
+        assert worker.poll() is None
+    finally:
+        worker.kill()
+        worker.wait()
+        store.close()
+        store.unlink()

@@ -20,7 +20,6 @@ import torch
 import zmq
 
 from protocol.codec import Encoder, MessageRejected, decode
-from protocol.endpoints import endpoints
 from service import eventlog
 from service.config import Config
 from service.envs import clip_actions, env_spec, make_vector_env
@@ -41,7 +40,7 @@ class InferenceWorker:
         self.store = WeightStore.attach(segment_name(cfg.run_id), timeout_s=cfg.supervisor.start_timeout_s)
         torch.manual_seed(cfg.seed + 1000 * (index + 1))
 
-        ep = endpoints(cfg.run_dir, cfg.transport.kind, cfg.transport.host, cfg.transport.base_port)
+        ep = cfg.endpoints()
         self.ctx = zmq.Context()
         self.out = socket(self.ctx, zmq.PUSH, hwm=1, kernel_buffer=TRAJECTORY_BUFFER)
         self.out.connect(ep.trajectories)
@@ -52,12 +51,13 @@ class InferenceWorker:
 
         self.actor = None
         self.version, self.structure_id, self.sparsity = -1, None, 0.0
+        self.rejected_version = -1  # a store version that did not load as a policy
         self.latencies: list[float] = []  # swap latencies not yet reported to the trainer
         self.stopping = False
 
     def maybe_swap(self) -> None:
         """The safe point: take up a newer version from the store, if there is one."""
-        if self.store.version() <= self.version:
+        if self.store.version() <= max(self.version, self.rejected_version):
             return
         try:
             got = self.store.read()
@@ -68,10 +68,16 @@ class InferenceWorker:
             return
         header, tensors = got
         structure_changed = header.structure_id != self.structure_id
-        if self.actor is None or structure_changed:
-            self.actor = actor_from_tensors(tensors, self.spec.discrete)
-        else:
-            self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+        try:
+            if self.actor is None or structure_changed:
+                self.actor = actor_from_tensors(tensors, self.spec.discrete)
+            else:
+                self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+        except (KeyError, IndexError, ValueError, RuntimeError) as exc:  # not an actor: keep the last good one
+            self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
+                             version=self.version)
+            self.rejected_version = header.version  # not retried at every step
+            return
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
         self.sparsity = sparsity(tensors, prunable_names(tensors, self.cfg.pruning.prune_output_layer))
