@@ -7,7 +7,9 @@ peer would bind), so it can send exactly the malformed messages it wants.
 from __future__ import annotations
 
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgpack
 import numpy as np
@@ -26,6 +28,7 @@ from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, o
 
 torch.set_num_threads(1)
 CARTPOLE = env_spec("CartPole-v1")
+DENSE = actor_arrays(make_actor(CARTPOLE, [64, 64]))  # a fresh policy's weights
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
     try:
         store = WeightStore.attach(segment_name("comp"), timeout_s=60)
         encoder = Encoder("comp", "test-trainer")
-        weights = actor_arrays(make_actor(CARTPOLE, [64, 64]))
+        weights = DENSE
         grads = {f"grad:{n}": np.zeros_like(weights[n]) for n in prunable_names(weights, False)}
 
         def snapshot(version, tensors, enc=encoder):
@@ -172,68 +175,62 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
     assert_clean(run_dir)
 
 
-def test_worker_ignores_garbage_hints_and_hot_swaps_new_weights(tmp_path, ctx):
-    run_dir = init_run(tmp_path, "wrk")
+@contextmanager
+def lone_worker(tmp_path: Path, ctx: zmq.Context, run_id: str):
+    """A real worker process whose peers are the test: it binds the compressor's PUB and the
+    trainer's PULL, and owns a weight store holding dense weights as version 0."""
+    run_dir = init_run(tmp_path, run_id)
     ep = endpoints(run_dir)
-    compressor_pub, trainer_pull = ctx.socket(zmq.PUB), ctx.socket(zmq.PULL)
-    compressor_pub.bind(ep.weights)
-    trainer_pull.bind(ep.trajectories)
-    dense = actor_arrays(make_actor(CARTPOLE, [64, 64]))
-    store = WeightStore.create(segment_name("wrk"), 1 << 16)
-    worker = subprocess.Popen([HOTPRUNE, "worker", "--run-dir", str(run_dir), "--index", "0"])
+    peers = SimpleNamespace(run_dir=run_dir, compressor=ctx.socket(zmq.PUB), trainer=ctx.socket(zmq.PULL))
+    peers.compressor.bind(ep.weights)
+    peers.trainer.bind(ep.trajectories)
+    peers.store = WeightStore.create(segment_name(run_id), 1 << 16)
+    peers.store.publish(DENSE, 0)
+    peers.worker = subprocess.Popen([HOTPRUNE, "worker", "--run-dir", str(run_dir), "--index", "0"])
     try:
-        store.publish(dense, 0)
+        yield peers
+    finally:
+        peers.worker.kill()
+        peers.worker.wait()
+        peers.store.close()
+        peers.store.unlink()
 
-        def chunk():
-            assert trainer_pull.poll(60_000), "no trajectory chunk from the worker"
-            msg = decode(trainer_pull.recv_multipart(), run_id="wrk", kinds={"trajectory"})
-            check_trajectory(msg.tensors, 32, 4, 4, 2, True)
-            return msg.fields
 
-        assert chunk()["policy_version"] == 0
+def next_chunk(peers) -> dict:
+    assert peers.trainer.poll(60_000), "no trajectory chunk from the worker"
+    msg = decode(peers.trainer.recv_multipart(), run_id=peers.run_dir.name, kinds={"trajectory"})
+    check_trajectory(msg.tensors, 32, 4, 4, 2, True)
+    return msg.fields
+
+
+def test_worker_ignores_garbage_hints_and_hot_swaps_new_weights(tmp_path, ctx):
+    with lone_worker(tmp_path, ctx, "wrk") as peers:
+        assert next_chunk(peers)["policy_version"] == 0
         garbage = [b"\xc1 not a message"]
-        wait_for(lambda: compressor_pub.send_multipart(garbage) or rejections(run_dir, "worker-0"),
+        wait_for(lambda: peers.compressor.send_multipart(garbage) or rejections(peers.run_dir, "worker-0"),
                  what="the worker to reject a garbage hint")
-        assert worker.poll() is None
+        assert peers.worker.poll() is None
 
-        prunable = prunable_names(dense, False)
-        pruned = apply_masks(dense, compute_masks({n: dense[n] for n in prunable}, 0.8))
-        store.publish(pruned, 1)  # no weights_ready hint at all: the store is the truth
-        fields = wait_for(lambda: (f := chunk())["policy_version"] == 1 and f, what="a chunk of version 1")
+        prunable = prunable_names(DENSE, False)
+        pruned = apply_masks(DENSE, compute_masks({n: DENSE[n] for n in prunable}, 0.8))
+        peers.store.publish(pruned, 1)  # no weights_ready hint at all: the store is the truth
+        fields = wait_for(lambda: (f := next_chunk(peers))["policy_version"] == 1 and f, what="a chunk of version 1")
         assert fields["policy_sparsity"] == pytest.approx(0.8, abs=0.005)
-        swaps = logged(run_dir, "worker-0", "worker_swapped")
+        swaps = logged(peers.run_dir, "worker-0", "worker_swapped")
         assert [s["version"] for s in swaps] == [0, 1] and swaps[1]["sparsity"] == pytest.approx(0.8, abs=0.005)
 
-        compressor_pub.send_multipart(Encoder("wrk", "test-compressor").encode("control", {"command": "stop"}))
-        assert worker.wait(timeout=30) == 0
-    finally:
-        worker.kill()
-        store.close()
-        store.unlink()
-    assert_clean(run_dir)
+        peers.compressor.send_multipart(Encoder("wrk", "test-compressor").encode("control", {"command": "stop"}))
+        assert peers.worker.wait(timeout=30) == 0
+    assert_clean(peers.run_dir)
 
 
 def test_worker_keeps_its_policy_when_the_store_holds_something_else(tmp_path, ctx):
-    run_dir = init_run(tmp_path, "wbad")
-    ep = endpoints(run_dir)
-    trainer_pull = ctx.socket(zmq.PULL)
-    trainer_pull.bind(ep.trajectories)
-    dense = actor_arrays(make_actor(CARTPOLE, [64, 64]))
-    store = WeightStore.create(segment_name("wbad"), 1 << 16)
-    worker = subprocess.Popen([HOTPRUNE, "worker", "--run-dir", str(run_dir), "--index", "0"])
-    try:
-        store.publish(dense, 0)
-        wait_for(lambda: logged(run_dir, "worker-0", "worker_swapped"), what="the first swap")
-        store.publish({"something": np.ones(3, np.float32)}, 1)  # consistent, but not a policy
-        failed = wait_for(lambda: logged(run_dir, "worker-0", "store_read_failed"), what="the rejection")
+    with lone_worker(tmp_path, ctx, "wbad") as peers:
+        wait_for(lambda: logged(peers.run_dir, "worker-0", "worker_swapped"), what="the first swap")
+        peers.store.publish({"something": np.ones(3, np.float32)}, 1)  # consistent, but not a policy
+        failed = wait_for(lambda: logged(peers.run_dir, "worker-0", "store_read_failed"), what="the rejection")
         assert "version 1 is not a policy" in failed[0]["reason"]
         for _ in range(5):  # more than can be queued from before: the worker goes on acting, with version 0
-            assert trainer_pull.poll(60_000)
-            assert decode(trainer_pull.recv_multipart(), run_id="wbad").fields["policy_version"] == 0
-        assert [s["version"] for s in logged(run_dir, "worker-0", "worker_swapped")] == [0]
-        assert worker.poll() is None
-    finally:
-        worker.kill()
-        worker.wait()
-        store.close()
-        store.unlink()
+            assert next_chunk(peers)["policy_version"] == 0
+        assert [s["version"] for s in logged(peers.run_dir, "worker-0", "worker_swapped")] == [0]
+        assert peers.worker.poll() is None
