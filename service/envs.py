@@ -35,7 +35,8 @@ def env_spec(env_id: str) -> EnvSpec:
     if isinstance(act, gym.spaces.Discrete):
         return EnvSpec(env_id, obs.shape[0], int(act.n), True)
     if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
-        return EnvSpec(env_id, obs.shape[0], act.shape[0], False, tuple(map(float, act.low)), tuple(map(float, act.high)))
+        low, high = tuple(map(float, act.low)), tuple(map(float, act.high))
+        return EnvSpec(env_id, obs.shape[0], act.shape[0], False, low, high)
     raise ConfigError(f"env_id {env_id!r}: actions must be Discrete or a flat Box, got {act}")
 
 

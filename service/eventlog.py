@@ -35,11 +35,14 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not loggable")
 
 
+_NOT_ECHOED = ("event", "level", "ts", "pid", "run_id")
+
+
 def _echo(echo_human: bool):
     def processor(logger, method_name, event_dict):
         level = event_dict.get("level", "info")
         if level in ("warning", "error", "critical"):
-            fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in ("event", "level", "ts", "pid", "run_id"))
+            fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in _NOT_ECHOED)
             print(f"[{event_dict.get('role')}] {level}: {event_dict['event']} {fields}", file=sys.stderr, flush=True)
         elif echo_human:
             line = console.human_line(event_dict)

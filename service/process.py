@@ -14,7 +14,8 @@ from service.config import Config, load_config
 
 def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"hotprune {role}", description=description)
-    parser.add_argument("--run-dir", required=True, type=Path, help="run directory made by `hotprune init` or `hotprune run`")
+    parser.add_argument("--run-dir", required=True, type=Path,
+                        help="run directory made by `hotprune init` or `hotprune run`")
     return parser
 
 

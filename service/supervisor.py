@@ -68,7 +68,8 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
-        self.log.info("run_started", run_dir=str(self.run_dir), store=store.name, config=str(self.run_dir / "config.toml"))
+        self.log.info("run_started", run_dir=str(self.run_dir), store=store.name,
+                      config=str(self.run_dir / "config.toml"))
         failed: list[str] = []
         try:
             for child in self.children:

@@ -11,6 +11,7 @@ Run it: `hotprune trainer --run-dir runs/<run_id>` or `python -m service.trainer
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import threading
@@ -206,7 +207,7 @@ class Trainer:
                 break
             chunks, versions, episodes = collected
             t1 = time.perf_counter()
-            take_up_masks = (lambda: self.take_up_masks(epoch)) if c.prune_training_model else None
+            take_up_masks = functools.partial(self.take_up_masks, epoch) if c.prune_training_model else None
             if take_up_masks:
                 take_up_masks()
             if c.ppo.anneal_lr:

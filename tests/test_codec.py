@@ -195,7 +195,8 @@ def test_rejects_empty_message():
     assert rejected([], "empty message").reason == "empty message"
 
 
-@pytest.mark.parametrize("head", [b"\xc1", b"", b"\x81\xa1", b"\x01\x02"], ids=["reserved", "empty", "truncated", "extra"])
+@pytest.mark.parametrize("head", [b"\xc1", b"", b"\x81\xa1", b"\x01\x02"],
+                         ids=["reserved", "empty", "truncated", "extra"])
 def test_rejects_garbage_header(head):
     rejected([head], "not msgpack")
 
@@ -284,7 +285,9 @@ def test_rejects_bad_shape(shape):
     rejected(with_buffer(frames, shape=shape), "bad shape")
 
 
-@pytest.mark.parametrize("entry", [[1, 2, 3], {"name": "w", "dtype": "float32"}, {"name": "w", "dtype": "float32", "shape": [2], "x": 1}])
+@pytest.mark.parametrize(
+    "entry", [[1, 2, 3], {"name": "w", "dtype": "float32"}, {"name": "w", "dtype": "float32", "shape": [2], "x": 1}]
+)
 def test_rejects_malformed_buffer_entry(entry):
     frames = encode("control", CONTROL, {"w": np.zeros(2, np.float32)})
     rejected(reframe(frames, buffers=[entry]), "malformed buffer entry")

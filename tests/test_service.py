@@ -90,7 +90,8 @@ def test_workers_never_go_backwards_and_run_pruned_weights(both_pruned):
         swaps = of(events(run_dir, worker), "worker_swapped")
         versions = [e["version"] for e in swaps]
         assert versions == sorted(set(versions)) and versions[0] == 0
-        assert all(e["sparsity"] == pytest.approx(TARGET, abs=0.005) for e in swaps if e["version"] >= FIRST_COMPRESSION)
+        pruned = [e["sparsity"] for e in swaps if e["version"] >= FIRST_COMPRESSION]
+        assert pruned and all(s == pytest.approx(TARGET, abs=0.005) for s in pruned)
 
 
 def test_training_sparsity_persists_from_the_epoch_after_the_first_compression(both_pruned):
@@ -133,7 +134,8 @@ def test_teacher_student_sync_keeps_the_trainer_dense(tmp_path):
     assert all(e["training_sparsity"] == 0.0 for e in epochs)
     # sync: every sample of an epoch comes from the version the trainer last published
     assert all(e["policy_lag"] == 0 and e["inference_version"] == e["epoch"] - 1 for e in epochs)
-    assert [e["inference_sparsity"] for e in epochs if e["epoch"] > FIRST_COMPRESSION + 1] == [pytest.approx(TARGET, abs=0.005)] * 3
+    after = [e["inference_sparsity"] for e in epochs if e["epoch"] > FIRST_COMPRESSION + 1]
+    assert after == [pytest.approx(TARGET, abs=0.005)] * 3
     assert not of(trainer, "masks_applied") and not of(events(run_dir, "compressor"), "masks_sent")
     assert "teacher-student" in result.stdout
     assert_clean(run_dir)
