@@ -13,6 +13,7 @@ import argparse
 import sys
 
 import torch
+import zmq
 
 from service.config import ConfigError, load_config
 from service.process import ignore_stop_signals
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         from service.supervisor import Supervisor
 
         return Supervisor(cfg).run()
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, zmq.ZMQError) as exc:  # e.g. a tcp port already in use
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import zmq
+
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, of, settings
 
 
@@ -49,3 +51,17 @@ def test_a_process_without_a_run_directory_fails_with_one_line(tmp_path):
     result = hotprune("trainer", "--run-dir", str(tmp_path / "nowhere"), timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+
+
+def test_a_port_in_use_fails_with_one_line(tmp_path):
+    ctx = zmq.Context()
+    squatter = ctx.socket(zmq.PULL)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=30000)
+    try:  # the trainer binds base_port .. base_port + 2; trajectories is the last
+        run_dir = Path(hotprune("init", *settings(tmp_path, "tcp", "transport.kind=tcp",
+                                                  f"transport.base_port={port - 2}")).stdout.strip())
+        result = hotprune("trainer", "--run-dir", str(run_dir), timeout=60)
+    finally:
+        ctx.destroy(linger=0)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Address already in use" in result.stderr
