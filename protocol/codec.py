@@ -23,6 +23,7 @@ WIRE_DTYPES = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool"
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_BUFFERS = 256
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # kind -> the header fields it must carry, with their types.
 KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -167,6 +168,10 @@ def _check_fields(header: dict, required: Mapping[str, type | tuple[type, ...]])
             raise MessageRejected(f"field {name!r} has type bool")
         if not isinstance(value, types):
             raise MessageRejected(f"field {name!r} has type {type(value).__name__}")
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:  # msgpack allows up to 2**64 - 1
+            raise MessageRejected(f"field {name!r} is outside the int64 range")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MessageRejected(f"field {name!r} is not finite")
 
 
 def _tensor_from_frame(spec: Any, frame: bytes | memoryview, max_frame_bytes: int) -> tuple[str, np.ndarray]:

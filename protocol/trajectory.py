@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -31,3 +32,16 @@ def check_trajectory(tensors: Mapping[str, np.ndarray], steps: int, envs: int, o
     check_tensors(tensors, trajectory_spec(steps, envs, obs_dim, act_dim, discrete, int(truncated.sum())))
     if discrete and not ((tensors["actions"] >= 0) & (tensors["actions"] < act_dim)).all():
         raise MessageRejected(f"trajectory: discrete actions outside [0, {act_dim})")
+
+
+def check_trajectory_fields(fields: Mapping, steps: int, envs: int) -> None:
+    """The per-chunk statistics: bounded lists of finite numbers, a sparsity in [0, 1]."""
+    if not 0.0 <= fields["policy_sparsity"] <= 1.0:
+        raise MessageRejected("trajectory: policy_sparsity outside [0, 1]")
+    limits = {"episode_returns": steps * envs, "episode_lengths": steps * envs, "swap_latencies_ms": steps}
+    for name, limit in limits.items():
+        values = fields[name]
+        if len(values) > limit:
+            raise MessageRejected(f"trajectory: {name} has {len(values)} entries, at most {limit} possible")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise MessageRejected(f"trajectory: {name} must hold finite numbers")

@@ -12,7 +12,6 @@ Run by hand, it creates the weight store if the supervisor has not, and then own
 from __future__ import annotations
 
 import sys
-import threading
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from service import eventlog
 from service.config import Config
 from service.envs import env_spec
 from service.policy import actor_arrays, expected_spec, make_actor, prunable_names
-from service.process import run_dir_parser, socket, start
+from service.process import StopFlag, run_dir_parser, socket, start
 from service.pruning import apply_masks, compute_masks, scheduled_sparsity, sparsity
 from service.weight_store import StoreError, WeightStore, segment_name
 
@@ -43,7 +42,7 @@ def open_store(cfg: Config) -> WeightStore:
 
 
 class Compressor:
-    def __init__(self, cfg: Config, stop: threading.Event):
+    def __init__(self, cfg: Config, stop: StopFlag):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
         actor = make_actor(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)
@@ -138,7 +137,7 @@ class Compressor:
             self.store.close()
             if self.store.owner:
                 self.store.unlink()
-        return 0
+        return 0 if self.stopping else self.stop.exit_code()  # ended by the run's `stop`, or by a signal
 
 
 def main(argv: list[str] | None = None) -> int:

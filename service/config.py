@@ -201,13 +201,15 @@ def validate(c: Config) -> None:
     need(c.chunk_steps >= 1, "chunk_steps", "must be >= 1")
     need(c.samples_per_epoch >= c.chunk_samples, "samples_per_epoch", f"must be >= one chunk ({c.chunk_samples})")
     need(c.seed >= 0, "seed", "must be >= 0")
-    need(all(ch.isalnum() or ch in "-_." for ch in c.run_id), "run_id", "may hold only letters, digits, - _ .")
+    need(all(ch.isalnum() or ch in "-_." for ch in c.run_id) and not c.run_id.startswith("."), "run_id",
+         "may hold only letters, digits, - _ . and must not start with .")
     p = c.ppo
     need(p.learning_rate > 0, "ppo.learning_rate", "must be > 0")
     need(0 < p.gamma <= 1, "ppo.gamma", "must be in (0, 1]")
     need(0 <= p.gae_lambda <= 1, "ppo.gae_lambda", "must be in [0, 1]")
     need(p.update_epochs >= 1, "ppo.update_epochs", "must be >= 1")
-    need(1 <= p.minibatches <= c.samples_per_epoch, "ppo.minibatches", "must be in [1, samples_per_epoch]")
+    # Advantages are normalised per minibatch: a minibatch needs two samples for a standard deviation.
+    need(1 <= p.minibatches <= c.samples_per_epoch // 2, "ppo.minibatches", "must be in [1, samples_per_epoch / 2]")
     need(p.clip_coef > 0, "ppo.clip_coef", "must be > 0")
     need(p.ent_coef >= 0, "ppo.ent_coef", "must be >= 0")
     need(p.vf_coef >= 0, "ppo.vf_coef", "must be >= 0")

@@ -56,9 +56,11 @@ def advantages(batch: Batch, critic: nn.Module, gamma: float, lam: float) -> tup
     """GAE(lambda) advantages and returns, [T, N]. Truncated steps bootstrap from their final obs."""
     values = critic(torch.from_numpy(batch.obs)).squeeze(-1)
     rewards = torch.from_numpy(batch.rewards).clone()
-    truncated = torch.from_numpy(batch.truncated)
-    if truncated.any():
-        rewards[truncated] += gamma * critic(torch.from_numpy(batch.final_obs[batch.truncated])).squeeze(-1)
+    # Only a cut-off episode continues past its end: a step can be both terminated and truncated
+    # (the time limit fires on the terminal step), and then there is nothing to bootstrap.
+    cut = batch.truncated & ~batch.terminated
+    if cut.any():
+        rewards[torch.from_numpy(cut)] += gamma * critic(torch.from_numpy(batch.final_obs[cut])).squeeze(-1)
     not_done = 1.0 - torch.from_numpy(batch.terminated | batch.truncated).float()
     adv = torch.zeros_like(rewards)
     last = torch.zeros(rewards.shape[1])
@@ -95,7 +97,7 @@ def update(
     grad_sums = {name: torch.zeros_like(params[name]) for name in grad_names}
     all_params = [*actor.parameters(), *critic.parameters()]
     size = t * n
-    mb_size = max(1, size // cfg.minibatches)
+    mb_size = size // cfg.minibatches
     steps, stats = 0, {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
     for _ in range(cfg.update_epochs):
         order = torch.randperm(size, generator=generator)
@@ -115,10 +117,10 @@ def update(
 
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
-            for name, total in grad_sums.items():
+            for name, total in grad_sums.items():  # saliency statistics: the unmasked gradient
                 total += params[name].grad.abs()
-            masks.mask_grads()
+            masks.mask_grads()  # before clipping, so pruned weights do not shrink the others' step
+            nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
             optimizer.step()
             masks.after_step()
 

@@ -26,11 +26,26 @@ def load_run_config(run_dir: Path) -> Config:
     return config
 
 
-def start(run_dir: Path) -> tuple[Config, threading.Event]:
+class StopFlag(threading.Event):
+    """Set by SIGINT or SIGTERM; remembers the first signal for the exit code."""
+
+    signum = 0
+
+    def exit_code(self) -> int:
+        """128 + the signal number (the shell's convention) if a signal stopped us, else 0."""
+        return 128 + self.signum if self.signum else 0
+
+
+def start(run_dir: Path) -> tuple[Config, StopFlag]:
     config = load_run_config(run_dir)
-    stop = threading.Event()
+    stop = StopFlag()
+
+    def on_signal(signum, frame):
+        stop.signum = stop.signum or signum
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     return config, stop
 
 

@@ -2,9 +2,10 @@
 
 It creates the run directory and the weight store, starts the compressor, the trainer and the
 workers as separate OS processes through their own CLIs (what a user could type), watches them, and
-when training ends, a process fails, or it gets SIGINT/SIGTERM, stops them all: SIGTERM, a grace
-period, then SIGKILL. It unlinks the store last. Exit code: 0 when training completed and every
-process exited cleanly, 1 when a process failed, 128 + signal number when stopped by a signal.
+when training ends, a process exits early, or it gets SIGINT/SIGTERM, stops them all: SIGTERM, a grace
+period, SIGTERM again, another grace period, then SIGKILL. It unlinks the store last. Exit code: 0
+when training completed and every process exited cleanly, 1 when a process failed (any exit before
+training ended counts), 128 + signal number when stopped by a signal.
 
 Each process table entry is one child; a restart policy can later hang off it.
 """
@@ -25,6 +26,8 @@ from service.config import Config
 from service.weight_store import WeightStore, segment_name
 
 POLL_S = 0.2
+# A child that exited by itself, or stopped gracefully on our SIGTERM or the terminal's SIGINT.
+CLEAN_EXITS = {0, 128 + signal.SIGINT, 128 + signal.SIGTERM}
 PR_SET_PDEATHSIG = 1
 
 
@@ -70,17 +73,21 @@ class Supervisor:
         store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
         self.log.info("run_started", run_dir=str(self.run_dir), store=store.name,
                       config=str(self.run_dir / "config.toml"))
-        failed: list[str] = []
+        early = None
         try:
             for child in self.children:
                 child.proc = subprocess.Popen(child.argv, preexec_fn=_die_with_parent)
                 child.started_at = time.monotonic()
                 self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=child.argv)
-            failed = self.watch()
+            early = self.watch()
         finally:
-            failed = sorted(set(failed) | set(self.stop_all()))
+            killed = self.stop_all()
             store.close()
             store.unlink()
+        failed = {c.name for c in self.children if c.proc and c.exitcode not in CLEAN_EXITS} | set(killed)
+        if early and not self.signal:
+            failed.add(early)
+        failed = sorted(failed)
         if self.signal:
             outcome, code = f"stopped by {signal.Signals(self.signal).name}", 128 + self.signal
         elif failed:
@@ -99,19 +106,31 @@ class Supervisor:
                           runtime_s=time.monotonic() - child.started_at)
         return child.exitcode is not None
 
-    def watch(self) -> list[str]:
-        """Until training ends, a child fails or a signal comes; returns the names of failed children."""
+    def watch(self) -> str | None:
+        """Until training ends or a signal comes. Returns the child that ended before the trainer
+        finished (a failure, whatever its exit code), or None.
+
+        A child exiting cleanly just before the trainer is the normal end: the trainer's `stop`
+        reaches the others while it is still writing its summary. So a clean exit is only held
+        against the run if the trainer has not finished within the grace period.
+        """
+        clean_exit: tuple[str, float] | None = None  # (name, deadline)
         while self.signal is None:
             for child in self.children:
-                if self._reap(child) and child.exitcode != 0:
-                    return [child.name]
-                if child.name == "trainer" and child.exitcode == 0:
-                    return []
+                if not self._reap(child):
+                    continue
+                if child.name == "trainer":
+                    return None if child.exitcode == 0 else child.name
+                if child.exitcode != 0:
+                    return child.name
+                clean_exit = clean_exit or (child.name, time.monotonic() + self.cfg.supervisor.stop_grace_s)
+            if clean_exit and time.monotonic() > clean_exit[1]:
+                return clean_exit[0]
             time.sleep(POLL_S)
-        return []
+        return None
 
     def stop_all(self) -> list[str]:
-        """Stop every child still running; returns those that exited badly or had to be killed."""
+        """Stop every child still running; returns those that had to be killed."""
         trainer_done = any(c.name == "trainer" and c.exitcode == 0 for c in self.children)
         if not trainer_done or self.signal:  # else the trainer's control `stop` is already on its way
             self._signal_all(signal.SIGTERM)
@@ -125,8 +144,7 @@ class Supervisor:
                 child.proc.wait()
                 self._reap(child)
                 killed.append(child.name)
-        bad = [c.name for c in self.children if c.proc and c.exitcode != 0]
-        return sorted(set(bad) | set(killed))
+        return killed
 
     def _wait_all(self) -> bool:
         deadline = time.monotonic() + self.cfg.supervisor.stop_grace_s

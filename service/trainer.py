@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import statistics
 import sys
-import threading
 import time
 from collections import deque
 
@@ -23,12 +22,12 @@ import torch
 import zmq
 
 from protocol.codec import Encoder, Message, MessageRejected, check_tensors, decode
-from protocol.trajectory import check_trajectory
+from protocol.trajectory import check_trajectory, check_trajectory_fields
 from service import eventlog, ppo
 from service.config import Config
 from service.envs import env_spec
 from service.policy import actor_arrays, make_actor, make_critic, prunable_names
-from service.process import TRAJECTORY_BUFFER, run_dir_parser, socket, start
+from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
 from service.pruning import scheduled_sparsity, sparsity
 from service.training_masks import TrainingMasks
 
@@ -38,7 +37,7 @@ SUMMARY_LAST_EPOCHS = 10
 
 
 class Trainer:
-    def __init__(self, cfg: Config, stop: threading.Event):
+    def __init__(self, cfg: Config, stop: StopFlag):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer", echo_human=True)
         self.spec = env_spec(cfg.env_id)
@@ -95,6 +94,7 @@ class Trainer:
                 raise MessageRejected(f"worker_id {f['worker_id']} outside [0, {c.num_workers})")
             if not 0 <= f["policy_version"] <= self.version:
                 raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
+            check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker)
             check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, self.spec.obs_dim,
                              self.spec.act_dim, self.spec.discrete)
         except MessageRejected as exc:
@@ -131,30 +131,30 @@ class Trainer:
         poller = zmq.Poller()
         poller.register(self.trajectories, zmq.POLLIN)
         poller.register(self.mask_inbox, zmq.POLLIN)
-        last_arrival = time.monotonic()
+        last_usable = time.monotonic()
         while len(chunks) * c.chunk_samples < c.samples_per_epoch or (sync and len(workers_current) < c.num_workers):
             if self.stop.is_set():
                 return None
+            if time.monotonic() - last_usable > REPUBLISH_S:
+                self.snapshots.send_multipart(self.last_snapshot, copy=False)
+                last_usable = time.monotonic()
             ready = dict(poller.poll(100))
             if self.mask_inbox in ready:
                 self._receive_masks()
             if self.trajectories not in ready:
-                if time.monotonic() - last_arrival > REPUBLISH_S:
-                    self.snapshots.send_multipart(self.last_snapshot, copy=False)
-                    last_arrival = time.monotonic()
                 continue
             msg = self._receive_trajectory()
             if msg is None:
                 continue
             f = msg.fields
             self.episodes.extend(f["episode_returns"])
-            episodes += len(f["episode_returns"])
             self.swap_latencies.extend(f["swap_latencies_ms"])
             if f["policy_version"] >= self.inference[0]:
                 self.inference = (f["policy_version"], f["policy_sparsity"])
             if sync and f["policy_version"] != self.version:
                 continue  # produced before this version reached the worker: the sync baseline waits
-            last_arrival = time.monotonic()
+            last_usable = time.monotonic()
+            episodes += len(f["episode_returns"])
             workers_current.add(f["worker_id"])
             chunks.append(msg.tensors)
             versions.append(f["policy_version"])
@@ -239,7 +239,7 @@ class Trainer:
             self.records.append(record)
             self.log.info("epoch", **record)
         self.finish()
-        return 0
+        return 0 if len(self.records) == epochs else self.stop.exit_code()
 
     def finish(self) -> None:
         stop = self.encoder.encode("control", {"command": "stop"})

@@ -207,17 +207,22 @@ def test_a_stop_signal_stops_everything(tmp_path, sig, to_group):
     assert_clean(run_dir)
     sup = events(run_dir, "supervisor")
     assert of(sup, "run_finished")[0]["outcome"] == f"stopped by {sig.name}"
-    assert {e["exitcode"] for e in of(sup, "process_exited")} == {0}  # every child stopped gracefully
+    exits = {e["name"]: e["exitcode"] for e in of(sup, "process_exited")}
+    # Every child stopped gracefully: 128 + signal, or 0 for those the trainer's `stop` reached first.
+    assert exits["trainer"] == 128 + sig and set(exits.values()) <= {0, 128 + sig}, exits
     assert of(events(run_dir, "trainer"), "summary")[0]["completed"] is False
 
 
-def test_a_crashed_worker_fails_the_run_and_nothing_is_left(tmp_path):
+@pytest.mark.parametrize("victim, sig", [("worker-1", signal.SIGKILL), ("trainer", signal.SIGTERM)],
+                         ids=["a worker killed", "the trainer stopped from outside"])
+def test_a_process_ending_early_fails_the_run_and_nothing_is_left(tmp_path, victim, sig):
     proc, run_dir = _start(tmp_path, "crash")
-    victim = next(e for e in logged(run_dir, "supervisor", "process_started") if e["name"] == "worker-1")
-    os.kill(victim["child_pid"], signal.SIGKILL)
+    pid = next(e["child_pid"] for e in logged(run_dir, "supervisor", "process_started") if e["name"] == victim)
+    os.kill(pid, sig)
     assert proc.wait(timeout=60) == 1
     assert_clean(run_dir)
     finished = of(events(run_dir, "supervisor"), "run_finished")[0]
-    assert finished["failed"] == ["worker-1"]
+    assert finished["failed"] == [victim]
     exits = {e["name"]: e["exitcode"] for e in of(events(run_dir, "supervisor"), "process_exited")}
-    assert exits.pop("worker-1") == -signal.SIGKILL and set(exits.values()) == {0}
+    expected = -sig if sig == signal.SIGKILL else 128 + sig  # SIGTERM is handled: a graceful stop
+    assert exits.pop(victim) == expected and set(exits.values()) <= {0, 128 + signal.SIGTERM}, exits

@@ -12,7 +12,6 @@ Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m worker
 from __future__ import annotations
 
 import sys
-import threading
 import time
 
 import numpy as np
@@ -24,13 +23,13 @@ from service import eventlog
 from service.config import Config
 from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, prunable_names
-from service.process import TRAJECTORY_BUFFER, run_dir_parser, socket, start
+from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
 from service.pruning import sparsity
 from service.weight_store import StoreError, WeightStore, segment_name
 
 
 class InferenceWorker:
-    def __init__(self, cfg: Config, index: int, stop: threading.Event):
+    def __init__(self, cfg: Config, index: int, stop: StopFlag):
         if not 0 <= index < cfg.num_workers:
             raise SystemExit(f"worker index {index} outside [0, {cfg.num_workers}) (num_workers)")
         self.cfg, self.index, self.stop = cfg, index, stop
@@ -182,7 +181,7 @@ class InferenceWorker:
             self.ctx.destroy(linger=0)
             self.store.close()
             self.envs.close()
-        return 0
+        return 0 if self.stopping else self.stop.exit_code()  # ended by the run's `stop`, or by a signal
 
 
 def main(argv: list[str] | None = None) -> int:
