@@ -1,6 +1,6 @@
 """The compressor: prunes the trainer's newest snapshot and publishes it to the workers.
 
-For each snapshot (older queued ones are dropped and counted): on a scheduled epoch, compute new
+For each snapshot (older queued ones are dropped, each logged): on a scheduled epoch, compute new
 masks; otherwise keep the current ones. Apply them, write the result into the weight store,
 announce `weights_ready`, and in both-pruned mode send the masks back to the trainer. Before the
 first compression, weights pass through unchanged: every policy update reaches the workers.
@@ -23,7 +23,7 @@ from service import eventlog
 from service.config import Config
 from service.envs import env_spec
 from service.policy import actor_arrays, expected_spec, make_actor, prunable_names
-from service.process import StopFlag, run_dir_parser, socket, start
+from service.process import StopFlag, run_dir_parser, send_when_ready, socket, start
 from service.pruning import apply_masks, compute_masks, scheduled_sparsity, sparsity
 from service.weight_store import StoreError, WeightStore, segment_name
 
@@ -53,7 +53,7 @@ class Compressor:
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
-        self.snapshots = socket(self.ctx, zmq.SUB, hwm=16)
+        self.snapshots = socket(self.ctx, zmq.SUB, hwm=16, max_frame=cfg.transport.max_frame_bytes)
         self.snapshots.subscribe(b"")
         self.snapshots.connect(ep.snapshots)
         self.masks_out = socket(self.ctx, zmq.PUSH, hwm=4)
@@ -69,7 +69,7 @@ class Compressor:
     def _newest(self) -> Message | None:
         """Drain the socket: the newest valid snapshot (older ones are dropped), acting on control."""
         newest, dropped = None, []
-        while self.snapshots.poll(0 if newest or dropped else 100):
+        while self.snapshots.poll(0 if newest else 100):
             frames = self.snapshots.recv_multipart(copy=False)
             try:
                 msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"snapshot", "control"},
@@ -120,12 +120,17 @@ class Compressor:
         if compressed and self.cfg.prune_training_model:  # the workers first, then the trainer
             fields = {"version": version, "epoch": epoch, "target_sparsity": target}
             self.log.info("masks_sent", **fields)
-            self.masks_out.send_multipart(self.encoder.encode("masks", fields, self.masks), copy=False)
+            frames = self.encoder.encode("masks", fields, self.masks)
+            if not send_when_ready(self.masks_out, frames, self.running):
+                self.log.warning("masks_not_sent", version=version, reason="stopped while the trainer's queue was full")
         self.last_version = version
+
+    def running(self) -> bool:
+        return not (self.stop.is_set() or self.stopping)
 
     def run(self) -> int:
         try:
-            while not (self.stop.is_set() or self.stopping):
+            while self.running():
                 msg = self._newest()
                 if msg is not None:
                     self.handle(msg)

@@ -6,6 +6,7 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import Callable
 
 import zmq
 
@@ -59,12 +60,13 @@ def ignore_stop_signals() -> None:
 TRAJECTORY_BUFFER = 16 * 1024  # bytes of OS socket buffer at each end of a trajectory pipe
 
 
-def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0) -> zmq.Socket:
+def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, max_frame: int = 0) -> zmq.Socket:
     """A socket that never blocks process exit.
 
     `hwm` > 0 bounds its queue in messages. For backpressure that really bounds how far senders run
     ahead, `kernel_buffer` > 0 also shrinks the OS socket buffers, which otherwise hold dozens of
-    small messages beyond ZeroMQ's high-water mark.
+    small messages beyond ZeroMQ's high-water mark. `max_frame` > 0 makes ZeroMQ drop a peer that
+    sends a larger frame, before it is ever held in memory.
     """
     sock = ctx.socket(kind)
     sock.linger = 0
@@ -72,4 +74,17 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0) ->
         sock.sndhwm = sock.rcvhwm = hwm
     if kernel_buffer:
         sock.sndbuf = sock.rcvbuf = kernel_buffer
+    if max_frame:
+        sock.maxmsgsize = max_frame
     return sock
+
+
+def send_when_ready(sock: zmq.Socket, frames: list, keep_waiting: Callable[[], bool]) -> bool:
+    """Send once the socket takes the message (its queue may be full: backpressure). Between waits
+    of 100 ms, `keep_waiting()` decides whether to go on; False gives up without sending."""
+    while True:
+        if sock.poll(100, zmq.POLLOUT):
+            sock.send_multipart(frames, copy=False)
+            return True
+        if not keep_waiting():
+            return False

@@ -55,8 +55,9 @@ class Trainer:
         self.ctx = zmq.Context()
         self.snapshots = socket(self.ctx, zmq.PUB, hwm=16)
         # Small queues: workers block instead of running ahead, which bounds the policy lag.
-        self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER)
-        self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4)
+        max_frame = cfg.transport.max_frame_bytes
+        self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER, max_frame=max_frame)
+        self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4, max_frame=max_frame)
         self.snapshots.bind(ep.snapshots)
         self.trajectories.bind(ep.trajectories)
         self.mask_inbox.bind(ep.masks)

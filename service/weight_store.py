@@ -18,7 +18,7 @@ import os
 import time
 import zlib
 from multiprocessing import shared_memory
-from typing import Mapping
+from typing import Callable, Mapping
 
 import _posixshmem
 import msgpack
@@ -47,7 +47,7 @@ class WeightStore:
         self.buf = buf
         self._closer = closer
         self._unlinker = unlinker
-        self.torn_retries = 0  # reads retried because the writer moved underneath (for the logs)
+        self.read_retries = 0  # reads retried: the writer moved underneath, or the checksum failed
 
     @classmethod
     def create(cls, name: str, slot_size: int) -> "WeightStore":
@@ -61,19 +61,29 @@ class WeightStore:
         return cls(name, shm.buf, shm.close, shm.unlink)
 
     @classmethod
-    def attach(cls, name: str, timeout_s: float = 0.0) -> "WeightStore":
-        """Open an existing segment, waiting up to `timeout_s` for it to appear."""
+    def attach(cls, name: str, timeout_s: float = 0.0, cancelled: Callable[[], bool] = lambda: False) -> "WeightStore":
+        """Open an existing segment, waiting up to `timeout_s` for it to appear and be initialised
+        (its creator may be between creating and sizing it), unless `cancelled()` says stop."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
-                break
-            except FileNotFoundError:
-                if time.monotonic() >= deadline:
-                    raise StoreError(f"shared memory segment {name} does not exist") from None
+                return cls._open(name)
+            except StoreError:
+                if time.monotonic() >= deadline or cancelled():
+                    raise
                 time.sleep(0.05)
+
+    @classmethod
+    def _open(cls, name: str) -> "WeightStore":
         try:
-            mem = mmap.mmap(fd, os.fstat(fd).st_size)
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        except FileNotFoundError:
+            raise StoreError(f"shared memory segment {name} does not exist") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < layout.HEADER_SIZE:
+                raise StoreError(f"segment {name} is too small to be a hotprune weight store")
+            mem = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         buf = memoryview(mem)
@@ -83,9 +93,6 @@ class WeightStore:
             mem.close()
 
         store = cls(name, buf, close)
-        if len(buf) < layout.HEADER_SIZE:
-            store.close()
-            raise StoreError(f"segment {name} is too small to be a hotprune weight store")
         header = store.header()
         if header.magic != layout.MAGIC or header.layout != layout.LAYOUT_VERSION:
             store.close()
@@ -114,10 +121,11 @@ class WeightStore:
         size, crc = layout.write_payload(self._slot(slot, h.slot_size), tensors)
         sid = structure_id(tensors)
         odd = (h.seq + 1) | 1  # odd even if a writer died mid-update and left the counter odd
-        self._set_seq(odd)  # header update in progress
         new = h._replace(active_slot=slot, seq=odd, version=version, publish_ts_ns=time.time_ns(),
                          payload_size=size, checksum=crc, structure_id=sid)
-        self.buf[: layout.HEADER_SIZE] = layout.HEADER.pack(*new)
+        header = layout.HEADER.pack(*new)  # packed first: a bad value raises before the store changes
+        self._set_seq(odd)  # header update in progress
+        self.buf[: layout.HEADER_SIZE] = header
         self._set_seq(odd + 1)  # even: consistent again
         return slot, size, h.version >= 0 and sid != h.structure_id
 
@@ -146,7 +154,7 @@ class WeightStore:
                         return h, layout.read_payload(payload)
                     except layout.LayoutError as exc:
                         raise StoreError(f"segment {self.name}: {exc}") from None
-            self.torn_retries += 1
+            self.read_retries += 1
             if time.monotonic() >= deadline:
                 raise StoreError(f"no consistent read of {self.name} within {timeout_s}s")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import msgpack
@@ -17,7 +18,7 @@ from protocol.codec import (
     check_tensors,
     decode,
 )
-from protocol.trajectory import check_trajectory, trajectory_spec
+from protocol.trajectory import check_trajectory, check_trajectory_fields, trajectory_spec
 from tests.arrays import assert_same_tensors
 
 RUN = "run-7"
@@ -471,3 +472,40 @@ def test_encoder_does_not_mislabel_big_endian_arrays():
         return
     got = decode(wire(frames)).tensors["w"]
     np.testing.assert_array_equal(got, data, err_msg="BUG: big-endian tensor corrupted on the wire")
+
+
+def _chunk_fields(**changes):
+    return {"policy_sparsity": 0.8, "episode_returns": [21.0, 9], "episode_lengths": [21, 9],
+            "swap_latencies_ms": [0.5], **changes}
+
+
+def test_trajectory_statistics_are_accepted_when_sane():
+    check_trajectory_fields(_chunk_fields(), steps=32, envs=4)
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"episode_returns": [["nested"]]}, "episode_returns must hold finite numbers"),
+    ({"episode_returns": [float("nan")]}, "episode_returns must hold finite numbers"),
+    ({"episode_lengths": [True]}, "episode_lengths must hold finite numbers"),
+    ({"swap_latencies_ms": [1.0] * 33}, "swap_latencies_ms has 33 entries, at most 32"),
+    ({"episode_returns": [1.0] * 129}, "episode_returns has 129 entries"),
+    ({"policy_sparsity": 1.5}, "policy_sparsity outside [0, 1]"),
+])
+def test_trajectory_statistics_that_would_poison_the_summary_are_rejected(changes, reason):
+    with pytest.raises(MessageRejected, match=re.escape(reason)):
+        check_trajectory_fields(_chunk_fields(**changes), steps=32, envs=4)
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64 - 1])  # msgpack's uint64; below int64 it cannot go
+def test_header_integers_outside_int64_are_rejected(value):
+    frames = Encoder("r", "s").encode("weights_ready", {"version": 1, "slot": 0, "structure_changed": False})
+    header = msgpack.unpackb(frames[0])
+    header["version"] = value
+    with pytest.raises(MessageRejected, match="outside the int64 range"):
+        decode([msgpack.packb(header)])
+
+
+def test_non_finite_header_floats_are_rejected():
+    frames = Encoder("r", "s").encode("snapshot", {"version": 1, "epoch": 1, "training_sparsity": float("nan")})
+    with pytest.raises(MessageRejected, match="'training_sparsity' is not finite"):
+        decode(frames)

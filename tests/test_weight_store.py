@@ -143,7 +143,7 @@ def test_version_is_the_newest_version_and_does_not_read_the_payload(owner, atta
     at = layout.slot_offset(header.active_slot, header.slot_size) + header.payload_size - 1
     owner.buf[at] ^= 0xFF
     assert reader.version() == 10
-    assert reader.torn_retries == 0
+    assert reader.read_retries == 0
 
 
 def test_structure_change_is_reported_and_changes_structure_id(owner):
@@ -307,7 +307,7 @@ def test_a_corrupted_payload_is_never_returned(owner, attach, where):
     with pytest.raises(StoreError, match="no consistent read"):
         reader.read(timeout_s=0.2)
     assert time.monotonic() - began >= 0.2
-    assert reader.torn_retries > 0
+    assert reader.read_retries > 0
 
     # The next publish goes to the other slot and is readable again.
     owner.publish({"w": np.zeros(4, dtype=np.float32)}, 2)
@@ -444,7 +444,7 @@ def _torn_reader(role: str, name: str, barrier, results, duration: float) -> Non
                 problems.extend(bad[: max(0, 20 - len(problems))])
             last = max(last, v)
         store.close()
-        results.put((role, (reads, len(versions), violations, store.torn_retries, starved, spurious,
+        results.put((role, (reads, len(versions), violations, store.read_retries, starved, spurious,
                             sorted(rows_seen), problems[:5])))
     except BaseException:
         barrier.abort()
@@ -496,3 +496,30 @@ def test_concurrent_readers_never_see_a_torn_version():
         assert reads > 100, summary
         assert distinct > 50, summary
         assert rows_seen == [32, 64], summary  # both shapes were read back whole
+
+
+def test_attach_waits_while_the_creator_has_not_initialised_the_segment():
+    """Between creating a segment and writing its header, the creator's segment is all zeros: an
+    attaching worker must wait for it, not fail (nor crash on a still-empty file)."""
+    name = _unique_name()
+    raw = shared_memory.SharedMemory(name, create=True, size=4096)
+    try:
+        def initialise():
+            time.sleep(0.2)
+            raw.buf[: layout.HEADER_SIZE] = layout.HEADER.pack(layout.MAGIC, layout.LAYOUT_VERSION, 0, 0, -1, 0, 0,
+                                                               0, 0, 1984)
+
+        threading.Thread(target=initialise).start()
+        store = WeightStore.attach(name, timeout_s=5)
+        assert store.read() is None
+        store.close()
+    finally:
+        raw.close()
+        raw.unlink()
+
+
+def test_attach_gives_up_when_cancelled():
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="does not exist"):
+        WeightStore.attach(_unique_name(), timeout_s=30, cancelled=lambda: time.monotonic() - started > 0.2)
+    assert time.monotonic() - started < 10

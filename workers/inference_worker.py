@@ -23,9 +23,12 @@ from service import eventlog
 from service.config import Config
 from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, prunable_names
-from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
+from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
 from service.pruning import sparsity
 from service.weight_store import StoreError, WeightStore, segment_name
+
+
+READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
 
 
 class InferenceWorker:
@@ -36,14 +39,19 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.spec = env_spec(cfg.env_id)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
-        self.store = WeightStore.attach(segment_name(cfg.run_id), timeout_s=cfg.supervisor.start_timeout_s)
+        try:
+            self.store = WeightStore.attach(segment_name(cfg.run_id), cfg.supervisor.start_timeout_s, stop.is_set)
+        except StoreError:
+            if stop.is_set():  # stopped while waiting for the store: not an error
+                raise SystemExit(stop.exit_code()) from None
+            raise
         torch.manual_seed(cfg.seed + 1000 * (index + 1))
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
         self.out = socket(self.ctx, zmq.PUSH, hwm=1, kernel_buffer=TRAJECTORY_BUFFER)
         self.out.connect(ep.trajectories)
-        self.notify = socket(self.ctx, zmq.SUB, hwm=16)
+        self.notify = socket(self.ctx, zmq.SUB, hwm=16, max_frame=cfg.transport.max_frame_bytes)
         self.notify.subscribe(b"")
         self.notify.connect(ep.weights)
         self.encoder = Encoder(cfg.run_id, f"worker-{index}")
@@ -51,6 +59,7 @@ class InferenceWorker:
         self.actor = None
         self.version, self.structure_id, self.sparsity = -1, None, 0.0
         self.rejected_version = -1  # a store version that did not load as a policy
+        self.failed_version = -1  # the last store version a read failed on (logged once)
         self.latencies: list[float] = []  # swap latencies not yet reported to the trainer
         self.stopping = False
 
@@ -59,9 +68,12 @@ class InferenceWorker:
         if self.store.version() <= max(self.version, self.rejected_version):
             return
         try:
-            got = self.store.read()
+            got = self.store.read(timeout_s=READ_TIMEOUT_S)
         except StoreError as exc:  # keep running the weights we have; the next safe point tries again
-            self.log.warning("store_read_failed", reason=str(exc), version=self.version)
+            failed = self.store.version()
+            if failed != self.failed_version:  # once per version, not at every step
+                self.log.warning("store_read_failed", reason=str(exc), version=self.version, store_version=failed)
+                self.failed_version = failed
             return
         if got is None or got[0].version <= self.version:
             return
@@ -83,7 +95,7 @@ class InferenceWorker:
         self.latencies.append(latency_ms)
         self.log.info("worker_swapped", version=header.version, previous_version=previous, latency_ms=latency_ms,
                       sparsity=self.sparsity, structure_changed=structure_changed and previous >= 0,
-                      torn_retries=self.store.torn_retries)
+                      read_retries=self.store.read_retries)
 
     def drain_notifications(self, timeout_ms: int = 0) -> None:
         """weights_ready is only a hint (the store is the truth); control `stop` ends the worker."""
@@ -91,7 +103,8 @@ class InferenceWorker:
             timeout_ms = 0
             frames = self.notify.recv_multipart(copy=False)
             try:
-                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"weights_ready", "control"})
+                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"weights_ready", "control"},
+                             max_frame_bytes=self.cfg.transport.max_frame_bytes)
             except MessageRejected as exc:
                 self.log.warning("message_rejected", reason=exc.reason, expected="weights_ready")
                 continue
@@ -153,14 +166,10 @@ class InferenceWorker:
         }
         return fields, tensors, obs
 
-    def send(self, frames: list) -> bool:
-        """Push a chunk, waiting while the trainer's queue is full (backpressure) unless stopping."""
-        while self.running():
-            if self.out.poll(100, zmq.POLLOUT):
-                self.out.send_multipart(frames, copy=False)
-                return True
-            self.drain_notifications()
-        return False
+    def still_running(self) -> bool:
+        """While blocked on the trainer: take in hints and a possible `stop`."""
+        self.drain_notifications()
+        return self.running()
 
     def run(self) -> int:
         obs, _ = self.envs.reset(seed=self.cfg.seed + 1000 * self.index)
@@ -174,7 +183,8 @@ class InferenceWorker:
                 if chunk is None:
                     break
                 fields, tensors, obs = chunk
-                if not self.send(self.encoder.encode("trajectory", fields, tensors)):
+                if not send_when_ready(self.out, self.encoder.encode("trajectory", fields, tensors),
+                                       self.still_running):
                     break
                 self.drain_notifications()
         finally:
