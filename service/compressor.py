@@ -24,7 +24,7 @@ from service.config import Config
 from service.envs import env_spec
 from service.policy import actor_arrays, expected_spec, make_actor, prunable_names
 from service.process import StopFlag, run_dir_parser, send_when_ready, socket, start
-from service.pruning import apply_masks, compute_masks, scheduled_sparsity, sparsity
+from service.pruning import apply_masks, compression_target, compute_masks, sparsity
 from service.weight_store import StoreError, WeightStore, segment_name
 
 
@@ -96,9 +96,7 @@ class Compressor:
         self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
                       sender=msg.sender, transit_ms=(time.time_ns() - msg.ts_ns) / 1e6)
         weights = {n: msg.tensors[n] for n in self.weight_spec}
-        target = None if p.method == "none" else scheduled_sparsity(
-            epoch, target=p.target_sparsity, start_epoch=p.start_epoch, every=p.every, schedule=p.schedule,
-            initial=p.initial_sparsity, end_epoch=self.cfg.pruning_end_epoch)
+        target = compression_target(self.cfg, epoch)
         compressed = target is not None
         if compressed:
             self.log.info("compression_started", version=version, epoch=epoch, method=p.method, target_sparsity=target)

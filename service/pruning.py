@@ -11,6 +11,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from service.config import Config
+
 Criterion = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 CRITERIA: dict[str, Criterion] = {
@@ -81,3 +83,12 @@ def scheduled_sparsity(
         raise ValueError(f"cubic schedule needs end_epoch > start_epoch, got {end_epoch} <= {start_epoch}")
     progress = min(1.0, (epoch - start_epoch) / (end_epoch - start_epoch))
     return target + (initial - target) * (1.0 - progress) ** 3
+
+
+def compression_target(cfg: Config, epoch: int) -> float | None:
+    """The sparsity this run prunes the snapshot of `epoch` to, or None when it passes unpruned."""
+    p = cfg.pruning
+    if p.method == "none":
+        return None
+    return scheduled_sparsity(epoch, target=p.target_sparsity, start_epoch=p.start_epoch, every=p.every,
+                              schedule=p.schedule, initial=p.initial_sparsity, end_epoch=cfg.pruning_end_epoch)

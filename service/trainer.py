@@ -28,7 +28,7 @@ from service.config import Config
 from service.envs import env_spec
 from service.policy import actor_arrays, make_actor, make_critic, prunable_names
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
-from service.pruning import scheduled_sparsity, sparsity
+from service.pruning import compression_target, sparsity
 from service.training_masks import TrainingMasks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
@@ -186,9 +186,7 @@ class Trainer:
         training_sparsity = sparsity(weights, self.prunable)
         tensors = {**weights, **{f"grad:{n}": g for n, g in grads.items()}}
         fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity}
-        p = self.cfg.pruning
-        scheduled = p.method != "none" and scheduled_sparsity(
-            epoch, target=p.target_sparsity, start_epoch=p.start_epoch, every=p.every) is not None
+        scheduled = compression_target(self.cfg, epoch) is not None
         # Logged before sending, so the log never shows the compressor receiving it first.
         self.log.info("snapshot_published", **fields, compression_scheduled=scheduled, after_masks=self.after_masks)
         self.after_masks = False
