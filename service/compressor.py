@@ -45,6 +45,7 @@ class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
+        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         actor = make_actor(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)
         self.weight_spec = expected_spec(actor)
         self.prunable = prunable_names(self.weight_spec, cfg.pruning.prune_output_layer)
@@ -64,6 +65,7 @@ class Compressor:
 
         self.masks: dict[str, np.ndarray] = {}
         self.last_version = -1
+        self.dropped = 0  # snapshots skipped for a newer one
         self.stopping = False
 
     def _newest(self) -> Message | None:
@@ -88,6 +90,7 @@ class Compressor:
             newest = msg
         for version in dropped:
             self.log.info("snapshot_dropped", version=version, newer=newest.fields["version"])
+        self.dropped += len(dropped)
         return newest
 
     def handle(self, msg: Message) -> None:
@@ -129,6 +132,7 @@ class Compressor:
     def run(self) -> int:
         try:
             while self.running():
+                self.heartbeat.beat(version=self.last_version, dropped=self.dropped)
                 msg = self._newest()
                 if msg is not None:
                     self.handle(msg)

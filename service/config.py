@@ -63,6 +63,7 @@ class TransportConfig:
 class SupervisorConfig:
     stop_grace_s: float = 10.0  # after training ends or on a stop signal, before SIGKILL
     start_timeout_s: float = 120.0  # how long a worker waits for the weight store to appear
+    heartbeat_s: float = 5.0  # every process logs a `heartbeat` (proof of life, counters) this often
 
 
 @dataclass
@@ -226,6 +227,7 @@ def validate(c: Config) -> None:
     need(t.max_frame_bytes >= 1024, "transport.max_frame_bytes", "must be >= 1024")
     need(c.supervisor.stop_grace_s > 0, "supervisor.stop_grace_s", "must be > 0")
     need(c.supervisor.start_timeout_s > 0, "supervisor.start_timeout_s", "must be > 0")
+    need(c.supervisor.heartbeat_s > 0, "supervisor.heartbeat_s", "must be > 0")
 
 
 def _lookup(c: Config, key: str) -> Any:

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,20 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_
     if index is not None:
         context["worker_id"] = index
     return structlog.get_logger().bind(**context)
+
+
+class Heartbeat:
+    """A `heartbeat` event at most every `every_s` seconds: proof of life, with the caller's counters.
+
+    Call `beat` from the process's busiest loop; it costs a clock read when nothing is due.
+    """
+
+    def __init__(self, log, every_s: float):
+        self.log, self.every_s = log, every_s
+        self.due = time.monotonic() + every_s
+
+    def beat(self, **counters) -> None:
+        now = time.monotonic()
+        if now >= self.due:
+            self.due = now + self.every_s
+            self.log.info("heartbeat", **counters)

@@ -115,7 +115,9 @@ class Supervisor:
         against the run if the trainer has not finished within the grace period.
         """
         clean_exit: tuple[str, float] | None = None  # (name, deadline)
+        heartbeat = eventlog.Heartbeat(self.log, self.cfg.supervisor.heartbeat_s)
         while self.signal is None:
+            heartbeat.beat(running=[c.name for c in self.children if c.exitcode is None])
             for child in self.children:
                 if not self._reap(child):
                     continue

@@ -40,6 +40,7 @@ class Trainer:
     def __init__(self, cfg: Config, stop: StopFlag):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer", echo_human=True)
+        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -136,6 +137,7 @@ class Trainer:
         while len(chunks) * c.chunk_samples < c.samples_per_epoch or (sync and len(workers_current) < c.num_workers):
             if self.stop.is_set():
                 return None
+            self.heartbeat.beat(version=self.version, chunks=len(chunks), masks_version=self.masks_version)
             if time.monotonic() - last_usable > REPUBLISH_S:
                 self.snapshots.send_multipart(self.last_snapshot, copy=False)
                 last_usable = time.monotonic()

@@ -20,6 +20,7 @@ SMALL = [
     "pruning.start_epoch=2",
     "pruning.every=3",
     "supervisor.stop_grace_s=5.0",
+    "supervisor.heartbeat_s=0.2",
 ]
 
 

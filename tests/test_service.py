@@ -57,6 +57,15 @@ def test_every_log_line_carries_the_common_fields(both_pruned):
                 assert e["worker_id"] == int(role[-1])
 
 
+def test_every_process_logs_heartbeats(both_pruned):
+    _, run_dir = both_pruned
+    for role in ROLES:
+        beats = of(events(run_dir, role), "heartbeat")
+        assert beats, f"{role} logged no heartbeat"
+    worker_beats = of(events(run_dir, "worker-0"), "heartbeat")
+    assert [b["steps"] for b in worker_beats] == sorted(b["steps"] for b in worker_beats)
+
+
 def test_event_chain_of_the_first_compression(both_pruned):
     _, run_dir = both_pruned
     v = FIRST_COMPRESSION  # the snapshot of epoch 2 is version 2

@@ -37,6 +37,7 @@ class InferenceWorker:
             raise SystemExit(f"worker index {index} outside [0, {cfg.num_workers}) (num_workers)")
         self.cfg, self.index, self.stop = cfg, index, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
+        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
         try:
@@ -62,6 +63,7 @@ class InferenceWorker:
         self.failed_version = -1  # the last store version a read failed on (logged once)
         self.latencies: list[float] = []  # swap latencies not yet reported to the trainer
         self.stopping = False
+        self.steps = self.chunks_sent = 0  # vector steps taken, trajectory chunks sent
 
     def maybe_swap(self) -> None:
         """The safe point: take up a newer version from the store, if there is one."""
@@ -130,6 +132,8 @@ class InferenceWorker:
             self.maybe_swap()
             if not self.running():
                 return None
+            self.beat()
+            self.steps += 1
             first = first or (self.version, self.sparsity)
             obs_buf[t] = obs
             with torch.no_grad():
@@ -166,8 +170,12 @@ class InferenceWorker:
         }
         return fields, tensors, obs
 
+    def beat(self) -> None:
+        self.heartbeat.beat(version=self.version, steps=self.steps, chunks_sent=self.chunks_sent)
+
     def still_running(self) -> bool:
         """While blocked on the trainer: take in hints and a possible `stop`."""
+        self.beat()
         self.drain_notifications()
         return self.running()
 
@@ -176,6 +184,7 @@ class InferenceWorker:
         episode = {"return": np.zeros(self.cfg.envs_per_worker), "length": np.zeros(self.cfg.envs_per_worker, int)}
         try:
             while self.actor is None and self.running():  # wait for the first weights
+                self.beat()
                 self.drain_notifications(timeout_ms=100)
                 self.maybe_swap()
             while self.running():
@@ -186,6 +195,7 @@ class InferenceWorker:
                 if not send_when_ready(self.out, self.encoder.encode("trajectory", fields, tensors),
                                        self.still_running):
                     break
+                self.chunks_sent += 1
                 self.drain_notifications()
         finally:
             self.ctx.destroy(linger=0)
