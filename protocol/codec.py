@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTO_VERSION = 1
+PROTO_VERSION = 2
 
 # dtypes allowed on the wire; anything else (object arrays above all) is refused.
 WIRE_DTYPES = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool"})
@@ -27,19 +27,23 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # kind -> the header fields it must carry, with their types.
 KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "snapshot": {"version": int, "epoch": int, "training_sparsity": (int, float)},
+    # masks_version: the newest masks the trainer had applied when it took the snapshot (-1: none).
+    "snapshot": {"version": int, "epoch": int, "training_sparsity": (int, float), "masks_version": int},
     "masks": {"version": int, "epoch": int, "target_sparsity": (int, float)},
     "weights_ready": {"version": int, "slot": int, "structure_changed": bool},
     "trajectory": {
         "worker_id": int,
         "policy_version": int,
         "policy_sparsity": (int, float),
+        "policy_nonzero_params": int,
         "episode_returns": list,
         "episode_lengths": list,
         "swap_latencies_ms": list,
     },
     "control": {"command": str},
 }
+GRAD_PREFIX = "grad:"  # a snapshot's gradient statistics travel as tensors named grad:<weight name>
+
 ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "proto": int,
     "kind": str,

@@ -34,10 +34,13 @@ def check_trajectory(tensors: Mapping[str, np.ndarray], steps: int, envs: int, o
         raise MessageRejected(f"trajectory: discrete actions outside [0, {act_dim})")
 
 
-def check_trajectory_fields(fields: Mapping, steps: int, envs: int) -> None:
-    """The per-chunk statistics: bounded lists of finite numbers, a sparsity in [0, 1]."""
+def check_trajectory_fields(fields: Mapping, steps: int, envs: int, max_params: int) -> None:
+    """The per-chunk statistics: bounded lists of finite numbers, a sparsity in [0, 1], a parameter
+    count no larger than the dense policy's."""
     if not 0.0 <= fields["policy_sparsity"] <= 1.0:
         raise MessageRejected("trajectory: policy_sparsity outside [0, 1]")
+    if not 0 <= fields["policy_nonzero_params"] <= max_params:
+        raise MessageRejected(f"trajectory: policy_nonzero_params outside [0, {max_params}]")
     limits = {"episode_returns": steps * envs, "episode_lengths": steps * envs, "swap_latencies_ms": steps}
     for name, limit in limits.items():
         values = fields[name]

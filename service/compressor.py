@@ -1,7 +1,8 @@
 """The compressor: prunes the trainer's newest snapshot and publishes it to the workers.
 
-For each snapshot (older queued ones are dropped, each logged): on a scheduled epoch, compute new
-masks; otherwise keep the current ones. Apply them, write the result into the weight store,
+For each snapshot (older queued ones are dropped, each logged): when a compression step is due
+(service.schedule: due from its epoch on, never skipped), compute new masks, nested in the current
+ones (service.pruning); otherwise keep the current ones. Apply them, write the result into the weight store,
 announce `weights_ready`, and in both-pruned mode send the masks back to the trainer. Before the
 first compression, weights pass through unchanged: every policy update reaches the workers.
 
@@ -17,20 +18,18 @@ import time
 import numpy as np
 import zmq
 
-from protocol.codec import Encoder, Message, MessageRejected, check_tensors, decode
-from protocol.store_layout import payload_size
+from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from service import eventlog
 from service.config import Config
 from service.envs import env_spec
-from service.policy import actor_arrays, expected_spec, make_actor, prunable_names
+from service.policy import expected_spec, make_actor
 from service.process import StopFlag, run_dir_parser, send_when_ready, socket, start
-from service.pruning import apply_masks, compression_target, compute_masks, sparsity
-from service.weight_store import StoreError, WeightStore, segment_name
+from service.pruning import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, pruner_for, \
+    sparsity
+from service.schedule import Schedule, Step, plan
+from service.weight_store import StoreError, WeightStore, segment_name, store_slot_size
 
-
-def store_slot_size(cfg: Config) -> int:
-    """A slot holds the dense actor: every later (pruned or smaller) version fits too."""
-    return payload_size(actor_arrays(make_actor(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)))
+MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned weights are still zero
 
 
 def open_store(cfg: Config) -> WeightStore:
@@ -44,12 +43,22 @@ def open_store(cfg: Config) -> WeightStore:
 class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag):
         self.cfg, self.stop = cfg, stop
-        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
+        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor", echo_human=True)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         actor = make_actor(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)
         self.weight_spec = expected_spec(actor)
-        self.prunable = prunable_names(self.weight_spec, cfg.pruning.prune_output_layer)
-        self.snapshot_spec = {**self.weight_spec, **{f"grad:{n}": self.weight_spec[n] for n in self.prunable}}
+        p = cfg.pruning
+        self.pruner = pruner_for(self.weight_spec, p)
+        self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
+        grads = self.pruner.grad_names if self.pruner else []
+        self.snapshot_spec = {**self.weight_spec, **{GRAD_PREFIX + n: self.weight_spec[n] for n in grads}}
+        steps, warnings = plan(cfg)
+        self.schedule = Schedule(steps)
+        self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,
+                      distribution=p.distribution, regrow=p.regrow, schedule=p.schedule,
+                      steps=[[s.epoch, s.sparsity] for s in steps], warnings=warnings)
+        for warning in warnings:
+            self.log.warning("schedule_degenerate", reason=warning)
         self.store = open_store(cfg)
 
         ep = cfg.endpoints()
@@ -63,8 +72,10 @@ class Compressor:
         self.notify.bind(ep.weights)
         self.encoder = Encoder(cfg.run_id, "compressor")
 
-        self.masks: dict[str, np.ndarray] = {}
+        self.masks: Masks | None = None
+        self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = -1
+        self.last_shapes: dict[str, tuple[int, ...]] | None = None
         self.dropped = 0  # snapshots skipped for a newer one
         self.stopping = False
 
@@ -93,38 +104,71 @@ class Compressor:
         self.dropped += len(dropped)
         return newest
 
+    def _pruned_nonzero(self, weights: dict[str, np.ndarray], masks_version: int) -> int | None:
+        """Weights the trainer's applied masks prune but that are non-zero in its snapshot (0 when
+        both-pruned mode works); None when those masks are not known here."""
+        masks = self.history.get(masks_version)
+        if masks is None:
+            return None
+        return sum(int(np.count_nonzero(weights[n][~m])) for n, m in masks.elements.items())
+
     def handle(self, msg: Message) -> None:
         f, p = msg.fields, self.cfg.pruning
         version, epoch = f["version"], f["epoch"]
-        self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
-                      sender=msg.sender, transit_ms=(time.time_ns() - msg.ts_ns) / 1e6)
         weights = {n: msg.tensors[n] for n in self.weight_spec}
-        target = compression_target(self.cfg, epoch)
-        compressed = target is not None
-        if compressed:
-            self.log.info("compression_started", version=version, epoch=epoch, method=p.method, target_sparsity=target)
-            t0 = time.perf_counter()
-            grads = {n: msg.tensors[f"grad:{n}"] for n in self.prunable}
-            self.masks = compute_masks({n: weights[n] for n in self.prunable}, target, criterion=p.method,
-                                       scope=p.scope, grads=grads)
+        self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
+                      masks_version=f["masks_version"], pruned_nonzero=self._pruned_nonzero(weights, f["masks_version"]),
+                      sender=msg.sender, transit_ms=(time.time_ns() - msg.ts_ns) / 1e6)
+        if p.delay_s:
+            time.sleep(p.delay_s)
+        due = self.schedule.due(epoch) if self.pruner else None
+        compressed = self._compress(msg, weights, *due) if due is not None else None
         out = apply_masks(weights, self.masks)
-        achieved = sparsity(out, self.prunable)
-        if compressed:
-            self.log.info("compression_finished", version=version, epoch=epoch, method=p.method,
-                          target_sparsity=target, achieved_sparsity=achieved,
-                          duration_ms=(time.perf_counter() - t0) * 1e3, structure_changed=False)
-        slot, nbytes, structure_changed = self.store.publish(out, version)
+        shapes = {n: a.shape for n, a in out.items()}
+        structure_changed = self.last_shapes is not None and shapes != self.last_shapes
+        achieved = sparsity(out, self.weight_spec, self.sparsity_names)
+        if compressed is not None:
+            step = due[0]
+            stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
+            self.log.info("compression_finished", version=version, epoch=epoch, due_epoch=step.epoch,
+                          method=p.method, structure=p.structure, target_sparsity=step.sparsity,
+                          achieved_sparsity=stats["unit_sparsity"] if self.masks.units else achieved,
+                          weight_sparsity=achieved, **stats, **compressed, structure_changed=structure_changed)
+        slot, nbytes, _ = self.store.publish(out, version)
+        self.last_shapes = shapes
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
-                      masked=bool(self.masks), structure_changed=structure_changed)
+                      masked=self.masks is not None, structure_changed=structure_changed)
         ready = {"version": version, "slot": slot, "structure_changed": structure_changed}
         self.notify.send_multipart(self.encoder.encode("weights_ready", ready))
-        if compressed and self.cfg.prune_training_model:  # the workers first, then the trainer
-            fields = {"version": version, "epoch": epoch, "target_sparsity": target}
+        if compressed is not None and self.cfg.prune_training_model:  # the workers first, then the trainer
+            fields = {"version": version, "epoch": epoch, "target_sparsity": due[0].sparsity}
             self.log.info("masks_sent", **fields)
-            frames = self.encoder.encode("masks", fields, self.masks)
+            frames = self.encoder.encode("masks", fields, self.masks.elements)
             if not send_when_ready(self.masks_out, frames, self.running):
                 self.log.warning("masks_not_sent", version=version, reason="stopped while the trainer's queue was full")
         self.last_version = version
+
+    def _compress(self, msg: Message, weights: dict[str, np.ndarray], step: Step, folded: list[int]) -> dict | None:
+        """Compute the masks of a due step on this snapshot; returns what it changed, or None (the
+        previous masks stay in force and the step stays due) if the criterion could not rank."""
+        version, epoch, p = msg.fields["version"], msg.fields["epoch"], self.cfg.pruning
+        self.log.info("compression_started", version=version, epoch=epoch, due_epoch=step.epoch,
+                      folded_due_epochs=folded, method=p.method, structure=p.structure, target_sparsity=step.sparsity)
+        t0 = time.perf_counter()
+        grads = {n: msg.tensors[GRAD_PREFIX + n] for n in self.pruner.grad_names}
+        try:
+            masks = self.pruner.compute(weights, step.sparsity, grads, previous=self.masks)
+        except CompressionFailed as exc:
+            self.log.warning("compression_failed", version=version, epoch=epoch, due_epoch=step.epoch,
+                             method=p.method, reason=str(exc), masks_in_force=self.masks is not None)
+            return None
+        changed, regrown = churn(self.masks, masks)
+        self.masks = masks
+        self.history[version] = masks
+        for old in sorted(self.history)[:-MASKS_KEPT]:
+            del self.history[old]
+        self.schedule.done(step)
+        return {"mask_churn": changed, "regrown": regrown, "duration_ms": (time.perf_counter() - t0) * 1e3}
 
     def running(self) -> bool:
         return not (self.stop.is_set() or self.stopping)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from protocol.endpoints import Endpoints, endpoints
+from service.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
+from service.schedule import SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -40,15 +42,21 @@ class PPOConfig:
 
 @dataclass
 class PruningConfig:
-    method: str = "magnitude"  # none | magnitude
-    target_sparsity: float = 0.8
-    start_epoch: int = 3  # first compression, on the snapshot of this epoch
+    method: str = "magnitude"  # none | a criterion of service.criteria: magnitude |w|, taylor |w*g|, gradient g
+    structure: str = "weight"  # weight (single weights) | neuron (whole hidden units, smaller tensors)
+    target_sparsity: float = 0.8  # fraction of prunable weights (neuron: of hidden units) removed
+    start_epoch: int = 3  # first compression, due from the snapshot of this epoch
     every: int = 10  # then every K epochs
     schedule: str = "constant"  # constant | cubic (Zhu & Gupta 2017)
     initial_sparsity: float = 0.0  # cubic: sparsity at start_epoch
     end_epoch: int = 0  # cubic: epoch the target is reached (0: half the run)
-    scope: str = "global"  # global (one threshold) | layer (each layer to the target)
+    scope: str = "global"  # global (one threshold) | layer (each layer its own count)
+    distribution: str = "uniform"  # layer scope: uniform (each layer to the target) | erk (Erdos-Renyi-kernel)
     prune_output_layer: bool = False
+    regrow: bool = False  # false: masks are nested, a pruned weight stays pruned; true: each compression re-selects
+    num_gradient_batches: int = 32  # taylor / gradient: g = mean |dL/dw| over the last N PPO minibatches
+    gradient_batch_size: int = 0  # samples per such minibatch: 0 or PPO's minibatch size (g needs no extra pass)
+    delay_s: float = 0.0  # testing: the compressor sleeps this long per snapshot (a slow compressor)
 
 
 @dataclass
@@ -94,6 +102,12 @@ class Config:
         return self.chunk_steps * self.envs_per_worker
 
     @property
+    def minibatch_size(self) -> int:
+        """Samples in a PPO minibatch (an epoch collects whole chunks)."""
+        epoch_samples = math.ceil(self.samples_per_epoch / self.chunk_samples) * self.chunk_samples
+        return epoch_samples // self.ppo.minibatches
+
+    @property
     def total_epochs(self) -> int:
         if self.total_steps > 0:
             return math.ceil(self.total_steps / self.samples_per_epoch)
@@ -111,9 +125,11 @@ class Config:
 
 CHOICES = {
     "mode": ("async", "sync"),
-    "pruning.method": ("none", "magnitude"),
-    "pruning.schedule": ("constant", "cubic"),
-    "pruning.scope": ("global", "layer"),
+    "pruning.method": METHODS,
+    "pruning.structure": STRUCTURES,
+    "pruning.schedule": SCHEDULES,
+    "pruning.scope": SCOPES,
+    "pruning.distribution": DISTRIBUTIONS,
     "transport.kind": ("ipc", "tcp"),
 }
 
@@ -222,6 +238,15 @@ def validate(c: Config) -> None:
     need(q.start_epoch >= 1, "pruning.start_epoch", "must be >= 1")
     need(q.every >= 1, "pruning.every", "must be >= 1")
     need(q.end_epoch == 0 or q.end_epoch > q.start_epoch, "pruning.end_epoch", "must be 0 or > start_epoch")
+    need(q.distribution == "uniform" or (q.scope == "layer" and q.structure == "weight"), "pruning.distribution",
+         "erk needs pruning.scope=layer and pruning.structure=weight")
+    need(not (q.prune_output_layer and q.structure == "neuron"), "pruning.prune_output_layer",
+         "must be false with pruning.structure=neuron (output units are the actions)")
+    need(q.num_gradient_batches >= 1, "pruning.num_gradient_batches", "must be >= 1")
+    minibatch = c.minibatch_size
+    need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
+         f"must be 0 or PPO's minibatch size {minibatch} (g comes from the trainer's own minibatches)")
+    need(q.delay_s >= 0, "pruning.delay_s", "must be >= 0")
     t = c.transport
     need(1024 <= t.base_port <= 65535 - 4, "transport.base_port", "must be in [1024, 65531]")
     need(t.max_frame_bytes >= 1024, "transport.max_frame_bytes", "must be >= 1024")

@@ -39,6 +39,9 @@ def _snapshot(e: dict) -> str | None:
 
 
 def _masks_applied(e: dict) -> str:
+    if not e.get("newly_pruned") and not e.get("revived"):
+        return (f"[trainer] Masks v{e['version']} applied: no change (nested, training sparsity "
+                f"{_pct(e['training_sparsity_verified'])})")
     return (
         f"[trainer] Both Pruned mode: training pruned to {_pct(e['target_sparsity'])} (masks v{e['version']}); "
         f"inference last ran v{e['inference_version']} at sparsity {_pct(e['inference_sparsity'])}\n"
@@ -58,12 +61,26 @@ def _summary(e: dict) -> str:
             f"  Rollout time avg: {e['rollout_s_mean']:.2f}s | Train time avg: {e['train_s_mean']:.2f}s",
             f"Throughput (avg samples/s): {e['samples_per_s_mean']:.1f}",
             f"Final sparsity: training {_pct(e['final_training_sparsity'])} | "
-            f"inference {_pct(e['final_inference_sparsity'])} (target {_pct(e['target_sparsity'])})",
+            f"inference {_pct(e['final_inference_sparsity'])} (target {_pct(e['target_sparsity'])}"
+            + (" of hidden units)" if e.get("structure") == "neuron" else ")"),
+            f"Parameters: training {e['training_params_kept']:,} kept | inference {e['inference_nonzero_params']:,} "
+            f"non-zero | of {e['params_total']:,}",
             f"Swap latency: median {_num(e['swap_latency_ms_median'], '.2f')} ms | "
             f"p99 {_num(e['swap_latency_ms_p99'], '.2f')} ms ({e['swaps']} swaps)",
             f"Policy lag (versions): mean {e['policy_lag_mean']:.2f} | max {e['policy_lag_max']}",
         ]
     )
+
+
+def _pruning_planned(e: dict) -> str:
+    if e["method"] == "none":
+        return "[compressor] Dense baseline: nothing is pruned"
+    steps = e["steps"]
+    shown = ", ".join(f"{epoch} -> {_pct(s)}" for epoch, s in steps[:6]) + (", ..." if len(steps) > 6 else "")
+    where = e["scope"] if e["scope"] == "global" else f"layer/{e['distribution']}"
+    return (f"[compressor] Pruning plan: {e['method']} {e['structure']}s, {where}, {e['schedule']}"
+            f"{', regrowth' if e['regrow'] else ', nested'}; epoch -> sparsity: {shown or 'none'} "
+            f"({len(steps)} compressions)")
 
 
 def _process(e: dict) -> str:
@@ -79,6 +96,7 @@ FORMATS: dict[str, Callable[[dict], str | None]] = {
     "epoch": _epoch,
     "snapshot_published": _snapshot,
     "masks_applied": _masks_applied,
+    "pruning_planned": _pruning_planned,
     "summary": _summary,
     "process_exited": _process,
     "run_finished": _run_finished,

@@ -68,11 +68,6 @@ def linear_weight_names(names) -> list[str]:
     return [n for _, n in sorted(found)]
 
 
-def prunable_names(names, prune_output_layer: bool) -> list[str]:
-    weights = linear_weight_names(names)
-    return weights if prune_output_layer else weights[:-1]
-
-
 def actor_from_tensors(tensors: dict[str, np.ndarray], discrete: bool) -> Actor:
     """Build an actor whose layer sizes are those of `tensors` and load them into it."""
     weights = linear_weight_names(tensors)

@@ -8,7 +8,7 @@ here and values the observations the workers sent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 
 from service.config import PPOConfig
 from service.policy import Actor
-from service.training_masks import TrainingMasks
+from service.update_hooks import UpdateHooks
 
 
 @dataclass
@@ -75,16 +75,17 @@ def update(
     actor: Actor,
     critic: nn.Module,
     optimizer: torch.optim.Optimizer,
-    masks: TrainingMasks,
     batch: Batch,
     cfg: PPOConfig,
-    grad_names: list[str],
     generator: torch.Generator,
-    before_minibatch: Callable[[], None] | None = None,
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """One PPO update; returns loss statistics and mean |dL/dw| of `grad_names` over its minibatches.
+    hooks: Sequence[UpdateHooks] = (),
+) -> dict[str, float]:
+    """One PPO update; returns loss statistics and `skipped_steps`.
 
-    `before_minibatch` runs before each minibatch: the trainer takes up masks there.
+    `hooks` run at each minibatch's update points (service.update_hooks): the trainer takes up masks
+    before a minibatch, gradient statistics and mask keeping happen after backward and after the
+    step. A minibatch whose gradients are not all finite takes no optimizer step (clipping would
+    spread one NaN to every weight) and is counted in `skipped_steps`.
     """
     adv, returns = advantages(batch, critic, cfg.gamma, cfg.gae_lambda)
     t, n = batch.rewards.shape
@@ -93,36 +94,40 @@ def update(
     old_logp = torch.from_numpy(batch.logprobs).reshape(-1)
     adv, returns = adv.reshape(-1), returns.reshape(-1)
 
-    params = dict(actor.named_parameters())
-    grad_sums = {name: torch.zeros_like(params[name]) for name in grad_names}
     all_params = [*actor.parameters(), *critic.parameters()]
     size = t * n
     mb_size = size // cfg.minibatches
-    steps, stats = 0, {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
+    steps, skipped = 0, 0
+    stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
     for _ in range(cfg.update_epochs):
         order = torch.randperm(size, generator=generator)
         for start in range(0, size - mb_size + 1, mb_size):
-            if before_minibatch is not None:
-                before_minibatch()
+            for hook in hooks:
+                hook.before_minibatch()
             mb = order[start : start + mb_size]
             dist = actor.distribution(obs[mb])
             logp = actor.log_prob(dist, actions[mb])
             log_ratio = logp - old_logp[mb]
             ratio = log_ratio.exp()
             mb_adv = (adv[mb] - adv[mb].mean()) / (adv[mb].std() + 1e-8)
-            policy_loss = torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            pg_loss1 = -mb_adv * ratio
+            pg_loss2 = -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+            policy_loss = torch.max(pg_loss1, pg_loss2).mean()
             value_loss = 0.5 * (critic(obs[mb]).squeeze(-1) - returns[mb]).pow(2).mean()
             entropy = actor.entropy(dist).mean()
             loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
 
             optimizer.zero_grad()
             loss.backward()
-            for name, total in grad_sums.items():  # saliency statistics: the unmasked gradient
-                total += params[name].grad.abs()
-            masks.mask_grads()  # before clipping, so pruned weights do not shrink the others' step
+            if not all_finite_grads(all_params):
+                skipped += 1
+                continue
+            for hook in hooks:
+                hook.after_backward()
             nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
             optimizer.step()
-            masks.after_step()
+            for hook in hooks:
+                hook.after_step()
 
             with torch.no_grad():
                 steps += 1
@@ -131,5 +136,11 @@ def update(
                 stats["entropy"] += entropy.item()
                 stats["approx_kl"] += ((ratio - 1) - log_ratio).mean().item()
                 stats["clip_frac"] += ((ratio - 1).abs() > cfg.clip_coef).float().mean().item()
-    grads = {name: (total / steps).numpy() for name, total in grad_sums.items()}
-    return {k: v / steps for k, v in stats.items()}, grads
+    optimizer.zero_grad()
+    means = {k: v / steps if steps else None for k, v in stats.items()}
+    return {**means, "skipped_steps": skipped}
+
+
+def all_finite_grads(params) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True

@@ -1,94 +1,304 @@
-"""Pruning math: importance criteria, exact-count masks, the schedule, and measured sparsity.
+"""The pruning engine: importance criteria, exact-count nested masks, ERK, whole-neuron removal.
 
-A criterion is one small function from (weights, gradient statistics) to importance scores; adding
-one is adding an entry to CRITERIA. Masks prune exactly k = round(s * n) weights, lowest score first,
-ties broken by position (stable sort), so the same inputs always give the same mask.
+Two separate choices, as in Torch-Pruning's importance / pruner split:
+
+- a **criterion** turns weights (and, if it needs them, gradient statistics) into one importance
+  score per weight: `magnitude` |w|, `taylor` |w * g|, `gradient` g, where g = mean |dL/dw| over
+  recent minibatches. Adding one is adding an entry to CRITERIA; the config's choices come from it.
+- a **structure** decides what is removed: single weights (`weight`) or whole hidden units
+  (`neuron`, scored by the mean of its incoming weights' scores: within a layer that ranks exactly
+  like their sum, i.e. like `torch.nn.utils.prune.ln_structured(n=1, dim=0)` for magnitude, and
+  across layers of different fan-in it stays comparable).
+
+Guarantees of `Pruner.compute`:
+- exactly k = round(s * n) items pruned per scope (global: all prunable items; layer: each layer, or
+  the ERK allocation whose per-layer counts sum to round(s * n)), lowest score first, ties broken by
+  position (stable sort): the same inputs always give the same masks;
+- nested unless asked to regrow: items the previous masks pruned score lowest, so a mask never
+  un-prunes (masks only grow, whatever order snapshots and masks arrive in);
+- a criterion that cannot rank (non-finite scores, or all candidates equal) raises CompressionFailed
+  and changes nothing.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from service.config import Config
+from service.criteria import CRITERIA
+from service.policy import linear_weight_names
 
-Criterion = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
-
-CRITERIA: dict[str, Criterion] = {
-    "magnitude": lambda weight, grad: np.abs(weight),
-}
+Spec = Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
 
 
-def compute_masks(
-    weights: Mapping[str, np.ndarray],
-    sparsity: float,
-    *,
-    criterion: str = "magnitude",
-    scope: str = "global",
-    grads: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Boolean keep-masks for `weights` (True = kept) at the given sparsity."""
-    score_fn = CRITERIA[criterion]
-    scores = {name: score_fn(w, grads.get(name) if grads else None).astype(np.float64) for name, w in weights.items()}
+class CompressionFailed(ValueError):
+    """The criterion cannot rank these weights; the previous masks stay in force."""
+
+
+
+
+@dataclass
+class Masks:
+    """Keep-masks (True = kept) in the dense shapes, and for `neuron` the kept units of each hidden layer.
+
+    `elements` is what the trainer applies and what a snapshot is multiplied by; `units` is what a
+    neuron-pruned snapshot is sliced by (layer weight name -> bool per output unit).
+    """
+
+    elements: dict[str, np.ndarray]
+    units: dict[str, np.ndarray] | None = None
+
+    def pruned(self) -> int:
+        return sum(int(np.count_nonzero(~m)) for m in self.elements.values())
+
+
+def hidden_weight_names(names) -> list[str]:
+    """The linear weights whose output units are hidden (every layer but the last)."""
+    return linear_weight_names(names)[:-1]
+
+
+def prunable_names(names, prune_output_layer: bool) -> list[str]:
+    """The weight matrices sparsity is measured over (and, for `weight`, pruned): biases never."""
+    weights = linear_weight_names(names)
+    return weights if prune_output_layer else weights[:-1]
+
+
+class Pruner:
+    """Computes masks for one model's tensor table under one run's pruning settings."""
+
+    def __init__(self, spec: Spec, *, method: str, structure: str = "weight", scope: str = "global",
+                 distribution: str = "uniform", prune_output_layer: bool = False, regrow: bool = False):
+        if method not in CRITERIA:
+            raise ValueError(f"unknown criterion {method!r} (known: {', '.join(CRITERIA)})")
+        self.spec = dict(spec)
+        self.criterion = CRITERIA[method]
+        self.structure, self.scope, self.distribution, self.regrow = structure, scope, distribution, regrow
+        self.linear = linear_weight_names(self.spec)
+        # What gets scored: for `weight` the prunable matrices, for `neuron` the hidden layers' incoming weights.
+        self.scored = prunable_names(self.spec, prune_output_layer) if structure == "weight" else self.linear[:-1]
+
+    @property
+    def grad_names(self) -> list[str]:
+        """Tensors whose gradient statistics a snapshot must carry (none for magnitude)."""
+        return list(self.scored) if self.criterion.needs_grads else []
+
+    def mask_names(self) -> list[str]:
+        return mask_names(self.spec, self.structure, self.scored)
+
+    def compute(self, weights: Mapping[str, np.ndarray], sparsity: float, grads: Mapping[str, np.ndarray] | None = None,
+                previous: Masks | None = None) -> Masks:
+        """Masks pruning `sparsity` of the items (weights or hidden units), nested in `previous`
+        unless this pruner regrows. Raises CompressionFailed when the criterion cannot rank."""
+        scores = {}
+        for name in self.scored:
+            g = None if grads is None else grads.get(name)
+            if self.criterion.needs_grads and g is None:
+                raise CompressionFailed(f"criterion {self.criterion.name} needs gradient statistics for {name}")
+            s = np.asarray(self.criterion.score(weights[name].astype(np.float64),
+                                                None if g is None else g.astype(np.float64)), np.float64)
+            if not np.isfinite(s).all():
+                raise CompressionFailed(f"criterion {self.criterion.name} gave non-finite scores in {name}")
+            scores[name] = s.mean(axis=1) if self.structure == "neuron" else s.reshape(-1)
+        before = None
+        if previous is not None and not self.regrow:
+            before = previous.units if self.structure == "neuron" else previous.elements
+            before = {n: before[n].reshape(-1) for n in self.scored}
+        counts = self._counts(sparsity)
+        keep = select(scores, counts, self.scope, previous=before, min_keep=1 if self.structure == "neuron" else 0)
+        if self.structure == "weight":
+            return Masks({n: keep[n].reshape(self.spec[n][1]) for n in self.scored})
+        return Masks(unit_element_masks(self.spec, keep), keep)
+
+    def _counts(self, sparsity: float) -> dict[str, int] | int:
+        """Items to prune: one count for global scope, one per layer for layer scope."""
+        sizes = {n: self._items(n) for n in self.scored}
+        if self.scope == "global":
+            return int(round(sparsity * sum(sizes.values())))
+        if self.distribution == "erk":
+            shapes = {n: self.spec[n][1] for n in self.scored}
+            return allocate(sizes, erk_densities(shapes, sparsity), int(round(sparsity * sum(sizes.values()))))
+        return {n: int(round(sparsity * size)) for n, size in sizes.items()}
+
+    def _items(self, name: str) -> int:
+        shape = self.spec[name][1]
+        return shape[0] if self.structure == "neuron" else int(np.prod(shape))
+
+
+def mask_names(spec: Spec, structure: str, scored: Sequence[str]) -> list[str]:
+    """The tensors a Masks carries: the scored weights, or for `neuron` every tensor a unit touches
+    (its incoming weights and bias, the next layer's weights)."""
+    if structure == "weight":
+        return list(scored)
+    linear = linear_weight_names(spec)
+    return [*linear, *(_bias(n) for n in linear[:-1])]
+
+
+def _bias(weight_name: str) -> str:
+    return weight_name.removesuffix("weight") + "bias"
+
+
+def select(scores: Mapping[str, np.ndarray], counts: Mapping[str, int] | int, scope: str, *,
+           previous: Mapping[str, np.ndarray] | None = None, min_keep: int = 0) -> dict[str, np.ndarray]:
+    """Keep-masks over 1-D score arrays: prune `counts` lowest-scored items (an int for one global
+    threshold, or a count per layer), lowest first, ties by position. Items `previous` pruned stay
+    pruned (they count towards the total); each layer keeps at least `min_keep` items."""
+    names = list(scores)
     if scope == "layer":
-        return {name: _keep_mask(s.reshape(-1), sparsity).reshape(s.shape) for name, s in scores.items()}
-    flat = np.concatenate([s.reshape(-1) for s in scores.values()])
-    keep = _keep_mask(flat, sparsity)
-    masks, start = {}, 0
-    for name, s in scores.items():
-        masks[name] = keep[start : start + s.size].reshape(s.shape)
-        start += s.size
+        assert isinstance(counts, Mapping)
+        return {n: _select_one({n: scores[n]}, counts[n], previous, min_keep)[n] for n in names}
+    assert isinstance(counts, int)
+    return _select_one(scores, counts, previous, min_keep)
+
+
+def _select_one(scores: Mapping[str, np.ndarray], k: int, previous: Mapping[str, np.ndarray] | None,
+                min_keep: int) -> dict[str, np.ndarray]:
+    names = list(scores)
+    ranked, candidate, sizes = [], [], []
+    for n in names:
+        s = scores[n].astype(np.float64, copy=True)
+        was_pruned = ~previous[n] if previous is not None else np.zeros(s.size, bool)
+        s[was_pruned] = -np.inf  # already pruned: first in line, so masks are nested
+        cand = np.ones(s.size, bool)
+        if min_keep:  # the layer's best min_keep items still standing are never candidates
+            cand[np.argsort(-s, kind="stable")[:min_keep]] = False
+        cand |= was_pruned
+        ranked.append(s)
+        candidate.append(cand)
+        sizes.append(s.size)
+    flat, cand = np.concatenate(ranked), np.concatenate(candidate)
+    k = min(max(k, int(np.count_nonzero(flat == -np.inf))), int(np.count_nonzero(cand)))
+    new = k - int(np.count_nonzero(flat == -np.inf))
+    if new > 0:
+        live = flat[cand & np.isfinite(flat)]
+        if live.size > 1 and live.min() == live.max():
+            raise CompressionFailed(f"all {live.size} candidate scores are equal ({live[0]:g}): nothing to rank by")
+    order = np.argsort(np.where(cand, flat, np.inf), kind="stable")
+    keep = np.ones(flat.size, bool)
+    keep[order[:k]] = False
+    out, start = {}, 0
+    for n, size in zip(names, sizes):
+        out[n] = keep[start : start + size]
+        start += size
+    return out
+
+
+def erk_densities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dict[str, float]:
+    """Erdős–Rényi-kernel layer densities (Evci et al. 2020, RigL's sparse_utils): density of a layer
+    proportional to (fan_in + fan_out) / (fan_in * fan_out), scaled so the total is 1 - sparsity;
+    a layer whose density would exceed 1 stays dense and the rest are rescaled."""
+    sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
+    raw = {n: sum(s) / np.prod(s) for n, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        rhs = sum((1 - sparsity) * sizes[n] if n not in dense else -sparsity * sizes[n] for n in shapes)
+        divisor = sum(raw[n] * sizes[n] for n in shapes if n not in dense)
+        eps = rhs / divisor if divisor else 0.0
+        over = {n for n in shapes if n not in dense and eps * raw[n] > 1}
+        if not over:
+            return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
+        dense |= over
+
+
+def allocate(sizes: Mapping[str, int], densities: Mapping[str, float], total: int) -> dict[str, int]:
+    """Per-layer pruned counts near sizes * (1 - density) that sum exactly to `total` (largest remainder)."""
+    want = {n: sizes[n] * (1 - densities[n]) for n in sizes}
+    counts = {n: min(sizes[n], int(np.floor(w))) for n, w in want.items()}
+    by_remainder = sorted(sizes, key=lambda n: (-(want[n] - counts[n]), list(sizes).index(n)))
+    short = total - sum(counts.values())
+    while short > 0:
+        progressed = False
+        for n in by_remainder:
+            if short and counts[n] < sizes[n]:
+                counts[n] += 1
+                short -= 1
+                progressed = True
+        if not progressed:
+            break
+    return counts
+
+
+def unit_element_masks(spec: Spec, units: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Element masks of removed hidden units: their incoming weights and bias, the next layer's inputs."""
+    linear = linear_weight_names(spec)
+    masks = {}
+    for i, name in enumerate(linear):
+        out_shape = spec[name][1]
+        rows = units.get(name, np.ones(out_shape[0], bool))
+        cols = units.get(linear[i - 1], np.ones(out_shape[1], bool)) if i else np.ones(out_shape[1], bool)
+        masks[name] = np.outer(rows, cols)
+        if i < len(linear) - 1:
+            masks[_bias(name)] = rows.copy()
     return masks
 
 
-def _keep_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
-    k = int(round(sparsity * scores.size))
-    keep = np.ones(scores.size, dtype=bool)
-    keep[np.argsort(scores, kind="stable")[:k]] = False
-    return keep
+def apply_masks(weights: Mapping[str, np.ndarray], masks: Masks | None) -> dict[str, np.ndarray]:
+    """The weights as workers run them: masked entries +0.0, and removed units sliced out."""
+    if masks is None:
+        return dict(weights)
+    out = {n: np.where(masks.elements[n], w, 0).astype(w.dtype) if n in masks.elements else w
+           for n, w in weights.items()}
+    return shrink(out, masks.units) if masks.units is not None else out
 
 
-def apply_masks(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A copy of `weights` with masked entries zeroed (tensors without a mask pass unchanged)."""
-    return {name: np.where(masks[name], w, 0).astype(w.dtype) if name in masks else w for name, w in weights.items()}
+def shrink(weights: Mapping[str, np.ndarray], units: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Physically smaller tensors without the removed hidden units (a new tensor table)."""
+    linear = linear_weight_names(weights)
+    out = dict(weights)
+    for i, name in enumerate(linear):
+        w = weights[name]
+        if name in units:
+            w = w[units[name]]
+            out[_bias(name)] = weights[_bias(name)][units[name]]
+        if i and linear[i - 1] in units:
+            w = w[:, units[linear[i - 1]]]
+        out[name] = np.ascontiguousarray(w)
+    return out
 
 
-def sparsity(tensors: Mapping[str, np.ndarray], names: list[str]) -> float:
-    """Fraction of exact zeros over the named tensors."""
-    total = sum(tensors[n].size for n in names)
-    zeros = sum(int(np.count_nonzero(tensors[n] == 0)) for n in names)
-    return zeros / total if total else 0.0
+def sparsity(tensors: Mapping[str, np.ndarray], dense: Spec, names: Sequence[str]) -> float:
+    """Fraction of the named tensors' dense positions that are zero or gone (removed units count as pruned)."""
+    total = sum(int(np.prod(dense[n][1])) for n in names)
+    nonzero = sum(int(np.count_nonzero(tensors[n])) for n in names)
+    return 1 - nonzero / total if total else 0.0
 
 
-def scheduled_sparsity(
-    epoch: int,
-    *,
-    target: float,
-    start_epoch: int,
-    every: int,
-    schedule: str = "constant",
-    initial: float = 0.0,
-    end_epoch: int | None = None,
-) -> float | None:
-    """The sparsity to prune to at `epoch`, or None when this epoch is not a compression point.
-
-    cubic: s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3, held at s_f after t1.
-    """
-    if epoch < start_epoch or (epoch - start_epoch) % every:
-        return None
-    if schedule == "constant":
-        return target
-    if end_epoch is None or end_epoch <= start_epoch:
-        raise ValueError(f"cubic schedule needs end_epoch > start_epoch, got {end_epoch} <= {start_epoch}")
-    progress = min(1.0, (epoch - start_epoch) / (end_epoch - start_epoch))
-    return target + (initial - target) * (1.0 - progress) ** 3
+def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:
+    """What a compression leaves: per layer of `names` its sparsity and kept / total weights, the
+    whole model's kept / total parameters (every tensor: weights, biases, log std), and for `neuron`
+    the fraction of hidden units removed."""
+    layers, pruned_all = {}, 0
+    elements = masks.elements if masks is not None else {}
+    for n, (_, shape) in spec.items():
+        total = int(np.prod(shape))
+        pruned = int(np.count_nonzero(~elements[n])) if n in elements else 0
+        pruned_all += pruned
+        if n in names:
+            layers[n] = {"sparsity": pruned / total, "kept": total - pruned, "total": total}
+    total_all = sum(int(np.prod(shape)) for _, shape in spec.values())
+    units = masks.units if masks is not None else None
+    unit_sparsity = 1 - sum(int(u.sum()) for u in units.values()) / sum(u.size for u in units.values()) if units \
+        else None
+    return {"layers": layers, "params_kept": total_all - pruned_all, "params_total": total_all,
+            "unit_sparsity": unit_sparsity}
 
 
-def compression_target(cfg: Config, epoch: int) -> float | None:
-    """The sparsity this run prunes the snapshot of `epoch` to, or None when it passes unpruned."""
-    p = cfg.pruning
+def churn(previous: Masks | None, new: Masks) -> tuple[int, int]:
+    """(positions whose keep/prune state changed, positions revived) between two masks."""
+    if previous is None:
+        return new.pruned(), 0
+    changed = revived = 0
+    for n, m in new.elements.items():
+        old = previous.elements[n]
+        changed += int(np.count_nonzero(old != m))
+        revived += int(np.count_nonzero(~old & m))
+    return changed, revived
+
+
+def pruner_for(spec: Spec, p) -> Pruner | None:
+    """The run's pruner (p: the config's `pruning` section); None for the dense baseline."""
     if p.method == "none":
         return None
-    return scheduled_sparsity(epoch, target=p.target_sparsity, start_epoch=p.start_epoch, every=p.every,
-                              schedule=p.schedule, initial=p.initial_sparsity, end_epoch=cfg.pruning_end_epoch)
+    return Pruner(spec, method=p.method, structure=p.structure, scope=p.scope, distribution=p.distribution,
+                  prune_output_layer=p.prune_output_layer, regrow=p.regrow)

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service import eventlog, rundir
-from service.compressor import store_slot_size
 from service.config import Config
-from service.weight_store import WeightStore, segment_name
+from service.weight_store import WeightStore, segment_name, store_slot_size
 
 POLL_S = 0.2
 # A child that exited by itself, or stopped gracefully on our SIGTERM or the terminal's SIGINT.

@@ -11,7 +11,6 @@ Run it: `hotprune trainer --run-dir runs/<run_id>` or `python -m service.trainer
 
 from __future__ import annotations
 
-import functools
 import statistics
 import sys
 import time
@@ -21,19 +20,32 @@ import numpy as np
 import torch
 import zmq
 
-from protocol.codec import Encoder, Message, MessageRejected, check_tensors, decode
+from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
 from service import eventlog, ppo
 from service.config import Config
 from service.envs import env_spec
-from service.policy import actor_arrays, make_actor, make_critic, prunable_names
+from service.gradient_stats import GradientStats
+from service.policy import actor_arrays, expected_spec, make_actor, make_critic
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
-from service.pruning import compression_target, sparsity
+from service.pruning import prunable_names, pruner_for, sparsity
+from service.schedule import Schedule, plan
 from service.training_masks import TrainingMasks
+from service.update_hooks import UpdateHooks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
 SUMMARY_LAST_EPOCHS = 10
+
+
+class MaskIntake(UpdateHooks):
+    """Both-pruned mode: masks that have arrived are taken up before every minibatch."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+
+    def before_minibatch(self) -> None:
+        self.trainer.take_up_masks()
 
 
 class Trainer:
@@ -48,9 +60,22 @@ class Trainer:
         self.critic = make_critic(self.spec, cfg.ppo.hidden_sizes)
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
                                           lr=cfg.ppo.learning_rate, eps=1e-5)
+        p = cfg.pruning
+        self.weight_spec = expected_spec(self.actor)
+        self.params_total = sum(int(np.prod(shape)) for _, shape in self.weight_spec.values())
+        self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
+        pruner = pruner_for(self.weight_spec, p)
         params = dict(self.actor.named_parameters())
-        self.prunable = prunable_names(params, cfg.pruning.prune_output_layer)
-        self.masks = TrainingMasks({n: params[n] for n in self.prunable}, self.optimizer)
+        masked = pruner.mask_names() if pruner and cfg.prune_training_model else []
+        self.masks = TrainingMasks({n: params[n] for n in masked}, self.optimizer, regrow=p.regrow)
+        grad_names = pruner.grad_names if pruner else []
+        self.grad_stats = GradientStats({n: params[n] for n in grad_names}, p.num_gradient_batches) \
+            if grad_names else None
+        # Update hooks, in this order: take up masks, gradient statistics (unmasked), mask keeping.
+        intake, keeping = ([MaskIntake(self)], [self.masks]) if cfg.prune_training_model else ([], [])
+        stats = [self.grad_stats] if self.grad_stats else []
+        self.hooks: list[UpdateHooks] = [*intake, *stats, *keeping]
+        self.schedule = Schedule(plan(cfg)[0])
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
@@ -68,9 +93,11 @@ class Trainer:
         self.last_snapshot: list = []
         self.pending_masks: Message | None = None
         self.masks_version = -1  # newest masks accepted, pending or applied
+        self.applied_masks_version = -1  # newest masks applied (what a snapshot's masks_version says)
+        self.epoch = 0
         self.after_masks = False
         self.episodes: deque[float] = deque(maxlen=REWARD_WINDOW)
-        self.inference = (-1, 0.0)  # newest (version, sparsity) a worker reported running
+        self.inference = (-1, 0.0, self.params_total)  # newest (version, sparsity, non-zero params) a worker ran
         self.swap_latencies: list[float] = []
         self.max_lag = 0
         self.records: list[dict] = []
@@ -96,7 +123,7 @@ class Trainer:
                 raise MessageRejected(f"worker_id {f['worker_id']} outside [0, {c.num_workers})")
             if not 0 <= f["policy_version"] <= self.version:
                 raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
-            check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker)
+            check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker, self.params_total)
             check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, self.spec.obs_dim,
                              self.spec.act_dim, self.spec.discrete)
         except MessageRejected as exc:
@@ -108,7 +135,7 @@ class Trainer:
         msg = self._receive(self.mask_inbox, "masks")
         if msg is None:
             return
-        shapes = {n: ("bool", tuple(p.shape)) for n, p in self.actor.named_parameters() if n in self.prunable}
+        shapes = {n: ("bool", tuple(p.shape)) for n, p in self.masks.params.items()}
         version = msg.fields["version"]
         try:
             if not self.cfg.prune_training_model:
@@ -153,7 +180,7 @@ class Trainer:
             self.episodes.extend(f["episode_returns"])
             self.swap_latencies.extend(f["swap_latencies_ms"])
             if f["policy_version"] >= self.inference[0]:
-                self.inference = (f["policy_version"], f["policy_sparsity"])
+                self.inference = (f["policy_version"], f["policy_sparsity"], f["policy_nonzero_params"])
             if sync and f["policy_version"] != self.version:
                 continue  # produced before this version reached the worker: the sync baseline waits
             last_usable = time.monotonic()
@@ -163,7 +190,7 @@ class Trainer:
             versions.append(f["policy_version"])
         return chunks, versions, episodes
 
-    def take_up_masks(self, epoch: int) -> None:
+    def take_up_masks(self) -> None:
         """Both-pruned mode: apply the newest masks that have arrived, without waiting for any.
 
         Called after collecting and before every minibatch of the update, so masks take effect at
@@ -175,20 +202,29 @@ class Trainer:
         msg, self.pending_masks = self.pending_masks, None
         if msg is None:
             return
-        self.masks.apply(msg.tensors)
+        counts = self.masks.apply(msg.tensors)
         self.after_masks = True
-        self.log.info("masks_applied", version=msg.fields["version"], epoch=epoch,
+        self.applied_masks_version = msg.fields["version"]
+        self.log.info("masks_applied", version=msg.fields["version"], epoch=self.epoch,
                       target_sparsity=msg.fields["target_sparsity"],
-                      training_sparsity_verified=sparsity(actor_arrays(self.actor), self.prunable),
+                      training_sparsity_verified=sparsity(actor_arrays(self.actor), self.weight_spec,
+                                                          self.sparsity_names),
+                      pruned=self.masks.count(), **counts,
                       inference_version=self.inference[0], inference_sparsity=self.inference[1])
+        if counts["refused_revivals"]:
+            self.log.warning("masks_not_nested", version=msg.fields["version"], refused_revivals=counts["refused_revivals"],
+                             reason="the new masks would revive pruned weights; they stay pruned (pruning.regrow=false)")
 
-    def publish(self, epoch: int, grads: dict[str, np.ndarray]) -> float:
-        """Publish the snapshot of `epoch`; returns the training sparsity it measured."""
+    def publish(self, epoch: int) -> float:
+        """Publish the snapshot of `epoch` (with gradient statistics when a criterion needs them);
+        returns the training sparsity it measured."""
         weights = actor_arrays(self.actor)
-        training_sparsity = sparsity(weights, self.prunable)
-        tensors = {**weights, **{f"grad:{n}": g for n, g in grads.items()}}
-        fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity}
-        scheduled = compression_target(self.cfg, epoch) is not None
+        training_sparsity = sparsity(weights, self.weight_spec, self.sparsity_names)
+        grads = self.grad_stats.mean() if self.grad_stats else {}
+        tensors = {**weights, **{GRAD_PREFIX + n: g for n, g in grads.items()}}
+        fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity,
+                  "masks_version": self.applied_masks_version}
+        scheduled = self.schedule.is_step(epoch)
         # Logged before sending, so the log never shows the compressor receiving it first.
         self.log.info("snapshot_published", **fields, compression_scheduled=scheduled, after_masks=self.after_masks)
         self.after_masks = False
@@ -199,28 +235,29 @@ class Trainer:
     def run(self) -> int:
         c = self.cfg
         epochs = c.total_epochs
-        zero_grads = {n: np.zeros(p.shape, np.float32) for n, p in self.actor.named_parameters() if n in self.prunable}
-        self.publish(0, zero_grads)
+        self.publish(0)
         for epoch in range(1, epochs + 1):
+            self.epoch = epoch
             t0 = time.perf_counter()
             collected = self.collect()
             if collected is None:
                 break
             chunks, versions, episodes = collected
             t1 = time.perf_counter()
-            take_up_masks = functools.partial(self.take_up_masks, epoch) if c.prune_training_model else None
-            if take_up_masks:
-                take_up_masks()
+            if c.prune_training_model:
+                self.take_up_masks()
             if c.ppo.anneal_lr:
                 self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / epochs)
             batch = ppo.Batch.stack(chunks)
-            losses, grads = ppo.update(self.actor, self.critic, self.optimizer, self.masks, batch, c.ppo,
-                                       self.prunable, self.generator, take_up_masks)
+            losses = ppo.update(self.actor, self.critic, self.optimizer, batch, c.ppo, self.generator, self.hooks)
+            if losses["skipped_steps"]:
+                self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],
+                                 reason="non-finite gradients")
             lags = [self.version - v for v in versions]
             self.max_lag = max(self.max_lag, *lags)
             self.version += 1
             t2 = time.perf_counter()
-            training_sparsity = self.publish(epoch, grads)
+            training_sparsity = self.publish(epoch)
             record = {
                 "epoch": epoch,
                 "epochs": epochs,
@@ -234,6 +271,7 @@ class Trainer:
                 "training_sparsity": training_sparsity,
                 "inference_sparsity": self.inference[1],
                 "inference_version": self.inference[0],
+                "inference_nonzero_params": self.inference[2],
                 "policy_lag": statistics.fmean(lags),
                 **losses,
             }
@@ -273,6 +311,10 @@ class Trainer:
             "final_training_sparsity": r[-1]["training_sparsity"],
             "final_inference_sparsity": r[-1]["inference_sparsity"],
             "target_sparsity": c.pruning.target_sparsity if c.pruning.method != "none" else 0.0,
+            "structure": c.pruning.structure,
+            "training_params_kept": self.params_total - self.masks.count(),
+            "inference_nonzero_params": r[-1]["inference_nonzero_params"],
+            "params_total": self.params_total,
             "swaps": len(lat),
             "swap_latency_ms_median": statistics.median(lat) if lat else None,
             "swap_latency_ms_p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,

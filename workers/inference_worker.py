@@ -22,9 +22,9 @@ from protocol.codec import Encoder, MessageRejected, decode
 from service import eventlog
 from service.config import Config
 from service.envs import clip_actions, env_spec, make_vector_env
-from service.policy import actor_from_tensors, prunable_names
+from service.policy import actor_from_tensors, expected_spec, make_actor
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
-from service.pruning import sparsity
+from service.pruning import prunable_names, sparsity
 from service.weight_store import StoreError, WeightStore, segment_name
 
 
@@ -39,6 +39,8 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
+        self.dense_spec = expected_spec(make_actor(self.spec, cfg.ppo.hidden_sizes))
+        self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
         try:
             self.store = WeightStore.attach(segment_name(cfg.run_id), cfg.supervisor.start_timeout_s, stop.is_set)
@@ -58,7 +60,7 @@ class InferenceWorker:
         self.encoder = Encoder(cfg.run_id, f"worker-{index}")
 
         self.actor = None
-        self.version, self.structure_id, self.sparsity = -1, None, 0.0
+        self.version, self.structure_id, self.sparsity, self.nonzero_params = -1, None, 0.0, 0
         self.rejected_version = -1  # a store version that did not load as a policy
         self.failed_version = -1  # the last store version a read failed on (logged once)
         self.latencies: list[float] = []  # swap latencies not yet reported to the trainer
@@ -93,10 +95,13 @@ class InferenceWorker:
             return
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
-        self.sparsity = sparsity(tensors, prunable_names(tensors, self.cfg.pruning.prune_output_layer))
+        self.sparsity = sparsity(tensors, self.dense_spec, self.sparsity_names)
+        self.nonzero_params = sum(int(np.count_nonzero(t)) for t in tensors.values())
         self.latencies.append(latency_ms)
         self.log.info("worker_swapped", version=header.version, previous_version=previous, latency_ms=latency_ms,
-                      sparsity=self.sparsity, structure_changed=structure_changed and previous >= 0,
+                      sparsity=self.sparsity, nonzero_params=self.nonzero_params,
+                      shapes={n: list(t.shape) for n, t in tensors.items()} if structure_changed else None,
+                      structure_changed=structure_changed and previous >= 0,
                       read_retries=self.store.read_retries)
 
     def drain_notifications(self, timeout_ms: int = 0) -> None:
@@ -127,14 +132,14 @@ class InferenceWorker:
         term_buf = np.zeros((steps, n), bool)
         trunc_buf = np.zeros((steps, n), bool)
         final_obs, returns, lengths = [], [], []
-        first = None  # (version, sparsity) of the policy that took the chunk's first step
+        first = None  # (version, sparsity, non-zero params) of the policy that took the chunk's first step
         for t in range(steps):
             self.maybe_swap()
             if not self.running():
                 return None
             self.beat()
             self.steps += 1
-            first = first or (self.version, self.sparsity)
+            first = first or (self.version, self.sparsity, self.nonzero_params)
             obs_buf[t] = obs
             with torch.no_grad():
                 dist = self.actor.distribution(torch.from_numpy(obs_buf[t]))
@@ -158,6 +163,7 @@ class InferenceWorker:
             "worker_id": self.index,
             "policy_version": first[0],
             "policy_sparsity": first[1],
+            "policy_nonzero_params": first[2],
             "episode_returns": returns,
             "episode_lengths": lengths,
             "swap_latencies_ms": self.latencies,
