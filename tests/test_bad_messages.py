@@ -21,8 +21,8 @@ from protocol.codec import Encoder, decode
 from protocol.endpoints import endpoints
 from protocol.trajectory import check_trajectory
 from service.envs import env_spec
-from service.policy import actor_arrays, make_actor, prunable_names
-from service.pruning import apply_masks, compute_masks
+from service.policy import actor_arrays, expected_spec, make_actor
+from service.pruning import Pruner, apply_masks, prunable_names
 from service.weight_store import WeightStore, segment_name
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
 
@@ -55,7 +55,7 @@ def rejections(run_dir: Path, name: str) -> list[str]:
 
 
 def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_path, ctx):
-    run_dir = init_run(tmp_path, "comp", "pruning.start_epoch=50")
+    run_dir = init_run(tmp_path, "comp", "pruning.start_epoch=50", "pruning.method=taylor")
     ep = endpoints(run_dir)
     trainer_pub = ctx.socket(zmq.PUB)
     trainer_pub.bind(ep.snapshots)
@@ -65,9 +65,11 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
         encoder = Encoder("comp", "test-trainer")
         weights = DENSE
         grads = {f"grad:{n}": np.zeros_like(weights[n]) for n in prunable_names(weights, False)}
+        nan_grads = {**grads, "grad:net.0.weight": np.full_like(weights["net.0.weight"], np.inf)}
 
         def snapshot(version, tensors, enc=encoder):
-            return enc.encode("snapshot", {"version": version, "epoch": version, "training_sparsity": 0.0}, tensors)
+            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1}
+            return enc.encode("snapshot", fields, tensors)
 
         def lands(frames, version):
             trainer_pub.send_multipart(frames)
@@ -80,6 +82,7 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
             "not msgpack": [b"\xc1garbage"],
             "unsupported proto 99": with_header(snapshot(2, {**weights, **grads}), proto=99),
             "non-finite": snapshot(2, {**nan, **grads}),
+            "'grad:net.0.weight' has non-finite": snapshot(2, {**weights, **nan_grads}),
             "is float32[3, 3], expected float32[64, 4]": snapshot(2, {**wrong_shape, **grads}),
             "missing tensors": snapshot(2, weights),
             "not this run's": snapshot(2, {**weights, **grads}, Encoder("another-run", "x")),
@@ -119,7 +122,8 @@ def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, **fie
         "truncated": np.zeros((steps, envs), bool),
         "final_obs": np.zeros((0, 4), np.float32),
     }
-    head = {"worker_id": worker_id, "policy_version": 0, "policy_sparsity": 0.0, "episode_returns": [],
+    head = {"worker_id": worker_id, "policy_version": 0, "policy_sparsity": 0.0, "policy_nonzero_params": 4610,
+            "episode_returns": [],
             "episode_lengths": [], "swap_latencies_ms": [], **fields}
     return encoder.encode("trajectory", head, tensors)
 
@@ -143,6 +147,7 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
                 intruder, obs=np.zeros((33, 2, 4), np.float32)),
             "non-finite": _trajectory(intruder, obs=nan_obs),
             "worker_id 7 outside": _trajectory(intruder, worker_id=7),
+            "policy_nonzero_params outside [0, 4610]": _trajectory(intruder, policy_nonzero_params=10**9),
             "policy_version 999999": _trajectory(intruder, policy_version=999999),
             "not this run's": _trajectory(Encoder("other", "intruder")),
             "unexpected kind 'masks'": intruder.encode("masks", {"version": 1, "epoch": 1, "target_sparsity": 0.5}),
@@ -211,8 +216,8 @@ def test_worker_ignores_garbage_hints_and_hot_swaps_new_weights(tmp_path, ctx):
                  what="the worker to reject a garbage hint")
         assert peers.worker.poll() is None
 
-        prunable = prunable_names(DENSE, False)
-        pruned = apply_masks(DENSE, compute_masks({n: DENSE[n] for n in prunable}, 0.8))
+        spec = expected_spec(make_actor(CARTPOLE, [64, 64]))
+        pruned = apply_masks(DENSE, Pruner(spec, method="magnitude").compute(DENSE, 0.8))
         peers.store.publish(pruned, 1)  # no weights_ready hint at all: the store is the truth
         fields = wait_for(lambda: (f := next_chunk(peers))["policy_version"] == 1 and f, what="a chunk of version 1")
         assert fields["policy_sparsity"] == pytest.approx(0.8, abs=0.005)

@@ -23,13 +23,14 @@ from tests.arrays import assert_same_tensors
 
 RUN = "run-7"
 
-SNAPSHOT = {"version": 3, "epoch": 2, "training_sparsity": 0.5}
+SNAPSHOT = {"version": 3, "epoch": 2, "training_sparsity": 0.5, "masks_version": -1}
 MASKS = {"version": 3, "epoch": 2, "target_sparsity": 0.75}
 WEIGHTS_READY = {"version": 4, "slot": 1, "structure_changed": True}
 TRAJECTORY = {
     "worker_id": 1,
     "policy_version": 2,
     "policy_sparsity": 0,
+    "policy_nonzero_params": 1128,
     "episode_returns": [1.5, -2.0],
     "episode_lengths": [10, 20],
     "swap_latencies_ms": [0.25],
@@ -475,12 +476,12 @@ def test_encoder_does_not_mislabel_big_endian_arrays():
 
 
 def _chunk_fields(**changes):
-    return {"policy_sparsity": 0.8, "episode_returns": [21.0, 9], "episode_lengths": [21, 9],
+    return {"policy_sparsity": 0.8, "policy_nonzero_params": 1128, "episode_returns": [21.0, 9], "episode_lengths": [21, 9],
             "swap_latencies_ms": [0.5], **changes}
 
 
 def test_trajectory_statistics_are_accepted_when_sane():
-    check_trajectory_fields(_chunk_fields(), steps=32, envs=4)
+    check_trajectory_fields(_chunk_fields(), steps=32, envs=4, max_params=4610)
 
 
 @pytest.mark.parametrize("changes, reason", [
@@ -490,10 +491,12 @@ def test_trajectory_statistics_are_accepted_when_sane():
     ({"swap_latencies_ms": [1.0] * 33}, "swap_latencies_ms has 33 entries, at most 32"),
     ({"episode_returns": [1.0] * 129}, "episode_returns has 129 entries"),
     ({"policy_sparsity": 1.5}, "policy_sparsity outside [0, 1]"),
+    ({"policy_nonzero_params": 4611}, "policy_nonzero_params outside [0, 4610]"),
+    ({"policy_nonzero_params": -1}, "policy_nonzero_params outside [0, 4610]"),
 ])
 def test_trajectory_statistics_that_would_poison_the_summary_are_rejected(changes, reason):
     with pytest.raises(MessageRejected, match=re.escape(reason)):
-        check_trajectory_fields(_chunk_fields(**changes), steps=32, envs=4)
+        check_trajectory_fields(_chunk_fields(**changes), steps=32, envs=4, max_params=4610)
 
 
 @pytest.mark.parametrize("value", [2**63, 2**64 - 1])  # msgpack's uint64; below int64 it cannot go
@@ -506,6 +509,6 @@ def test_header_integers_outside_int64_are_rejected(value):
 
 
 def test_non_finite_header_floats_are_rejected():
-    frames = Encoder("r", "s").encode("snapshot", {"version": 1, "epoch": 1, "training_sparsity": float("nan")})
+    frames = Encoder("r", "s").encode("snapshot", {**SNAPSHOT, "training_sparsity": float("nan")})
     with pytest.raises(MessageRejected, match="'training_sparsity' is not finite"):
         decode(frames)

@@ -134,6 +134,11 @@ def test_wrong_type_in_file_names_the_key(tmp_path):
     ("transport.base_port=80", "transport.base_port"),
     ("run_id=a/b", "run_id"),
     ("env_id=", "env_id"),
+    ("pruning.structure=channel", "pruning.structure"),
+    ("pruning.distribution=erk", "pruning.distribution"),  # erk needs layer scope
+    ("pruning.num_gradient_batches=0", "pruning.num_gradient_batches"),
+    ("pruning.gradient_batch_size=64", "pruning.gradient_batch_size"),  # PPO's minibatch is 256
+    ("pruning.delay_s=-1", "pruning.delay_s"),
 ])
 def test_out_of_range_values_are_rejected(override, key):
     with pytest.raises(ConfigError) as info:
@@ -141,6 +146,31 @@ def test_out_of_range_values_are_rejected(override, key):
     message = str(info.value)
     assert message.startswith(key + " "), message
     assert "got" in message
+
+
+def test_pruning_choices_come_from_the_criteria_registry():
+    from service.criteria import CRITERIA
+
+    for name in CRITERIA:
+        assert load_config(overrides=[f"pruning.method={name}"]).pruning.method == name
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["pruning.method=random"])
+    assert all(name in str(info.value) for name in ("none", *CRITERIA))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["pruning.scope=layer", "pruning.distribution=erk", "pruning.structure=neuron"], "pruning.distribution"),
+    (["pruning.structure=neuron", "pruning.prune_output_layer=true"], "pruning.prune_output_layer"),
+])
+def test_combinations_that_cannot_work_are_refused_at_start(overrides, key):
+    with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + " "):
+        load_config(overrides=overrides)
+
+
+def test_gradient_batch_size_may_name_the_ppo_minibatch_size():
+    c = load_config(overrides=["pruning.gradient_batch_size=256", "pruning.method=taylor"])
+    assert c.minibatch_size == 256 and c.pruning.gradient_batch_size == 256
+    assert load_config(overrides=["pruning.scope=layer", "pruning.distribution=erk"]).pruning.distribution == "erk"
 
 
 def test_samples_per_epoch_of_exactly_one_chunk_is_accepted():

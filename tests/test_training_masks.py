@@ -3,10 +3,12 @@ import torch
 
 from service.config import PPOConfig
 from service.envs import EnvSpec
-from service.policy import make_actor, make_critic, prunable_names
+from service.gradient_stats import GradientStats
+from service.policy import expected_spec, make_actor, make_critic
 from service.ppo import Batch, update
-from service.pruning import compute_masks
+from service.pruning import Pruner, prunable_names
 from service.training_masks import TrainingMasks
+from service.update_hooks import UpdateHooks
 
 torch.set_num_threads(1)
 
@@ -40,8 +42,8 @@ def warm_up(actor, critic, optimizer, gen, steps=5):
 
 
 def magnitude_masks(actor, names, s=0.8):
-    weights = {n: p.detach().numpy().copy() for n, p in actor.named_parameters() if n in names}
-    return compute_masks(weights, s)
+    weights = {n: p.detach().numpy().copy() for n, p in actor.named_parameters()}
+    return Pruner(expected_spec(actor), method="magnitude").compute(weights, s).elements
 
 
 def test_masked_weights_stay_exactly_zero_under_adam_after_warm_up():
@@ -58,7 +60,7 @@ def test_masked_weights_stay_exactly_zero_under_adam_after_warm_up():
     for _ in range(50):
         optimizer.zero_grad()
         loss_on_random_batch(actor, critic, gen).backward()
-        tm.mask_grads()
+        tm.after_backward()
         optimizer.step()
         tm.after_step()
         for n in names:
@@ -132,7 +134,7 @@ def synthetic_batch(rng, t=16, n=4):
     )
 
 
-def test_ppo_update_keeps_masked_weights_zero_and_returns_grad_magnitudes():
+def test_ppo_update_with_hooks_keeps_masked_weights_zero_and_accumulates_unmasked_gradients():
     actor, critic, optimizer, names = setup()
     gen = torch.Generator().manual_seed(3)
     warm_up(actor, critic, optimizer, gen)
@@ -140,18 +142,129 @@ def test_ppo_update_keeps_masked_weights_zero_and_returns_grad_magnitudes():
     masks = magnitude_masks(actor, names)
     tm = TrainingMasks({n: params[n] for n in names}, optimizer)
     tm.apply(masks)
+    stats_hook = GradientStats({n: params[n] for n in names}, num_batches=6)
     before = {n: params[n].detach().clone() for n in names}
     cfg = PPOConfig(hidden_sizes=HIDDEN, update_epochs=2, minibatches=4)
     rng = np.random.default_rng(0)
     for _ in range(2):
-        stats, grads = update(actor, critic, optimizer, tm, synthetic_batch(rng), cfg, names, gen)
+        stats = update(actor, critic, optimizer, synthetic_batch(rng), cfg, gen, [stats_hook, tm])
         for n in names:
             assert (params[n].detach()[~torch.from_numpy(masks[n])] == 0).all(), n
+    assert stats["skipped_steps"] == 0
     assert all(np.isfinite(v) for v in stats.values())
+    assert stats_hook.batches() == 6  # 2 updates x 8 minibatches, the last 6 kept
+    grads = stats_hook.mean()
     assert set(grads) == set(names)
     for n in names:
-        assert isinstance(grads[n], np.ndarray)
-        assert grads[n].shape == tuple(params[n].shape)
-        assert (grads[n] >= 0).all() and grads[n].sum() > 0
         keep = torch.from_numpy(masks[n])
+        assert grads[n].shape == tuple(params[n].shape) and grads[n].dtype == np.float32
+        assert (grads[n] >= 0).all()
+        # taken before masking: a pruned weight has value 0 but a gradient
+        assert grads[n][~masks[n]].sum() > 0
         assert not torch.equal(params[n].detach()[keep], before[n][keep])
+
+
+def test_gradient_stats_are_the_mean_of_abs_gradients_over_the_last_n_minibatches():
+    w = torch.nn.Parameter(torch.zeros(3))
+    stats = GradientStats({"w": w}, num_batches=2)
+    assert (stats.mean()["w"] == 0).all() and stats.batches() == 0
+    for g in ([1.0, -2.0, 3.0], [-3.0, 0.0, 1.0], [5.0, 5.0, -5.0]):
+        w.grad = torch.tensor(g)
+        stats.after_backward()
+    np.testing.assert_allclose(stats.mean()["w"], [4.0, 2.5, 3.0])  # |g| of the last two, averaged
+
+
+class InjectNonFinite(UpdateHooks):
+    """A hook that puts one NaN (or inf) into a kept weight's gradient at the first minibatch, as a
+    numerically unlucky batch would."""
+
+    def __init__(self, param, position, value=float("nan")):
+        self.param, self.position, self.value, self.done = param, position, value, False
+
+    def before_minibatch(self):
+        if not self.done:
+            self.done = True
+            self.param.register_hook(self._inject)
+
+    def _inject(self, grad):
+        if self.done is True:
+            self.done = "fired"
+            grad = grad.clone()
+            grad[self.position] = self.value
+        return grad
+
+
+def test_a_non_finite_gradient_skips_the_step_and_leaves_masked_weights_at_plus_zero():
+    actor, critic, optimizer, names = setup()
+    gen = torch.Generator().manual_seed(4)
+    warm_up(actor, critic, optimizer, gen)
+    params = dict(actor.named_parameters())
+    masks = magnitude_masks(actor, names)
+    tm = TrainingMasks({n: params[n] for n in names}, optimizer)
+    tm.apply(masks)
+    kept = tuple(int(i) for i in np.argwhere(masks[names[0]])[0])
+    cfg = PPOConfig(hidden_sizes=HIDDEN, update_epochs=1, minibatches=4)
+    stats = update(actor, critic, optimizer, synthetic_batch(np.random.default_rng(1)), cfg, gen,
+                   [InjectNonFinite(params[names[0]], kept), tm])
+    assert stats["skipped_steps"] == 1
+    for p in [*actor.parameters(), *critic.parameters()]:
+        assert torch.isfinite(p).all()
+    for n in names:
+        pruned = params[n].detach()[~torch.from_numpy(masks[n])]
+        assert (pruned == 0).all() and not torch.signbit(pruned).any(), f"{n}: masked weights must be +0.0"
+
+
+def test_masks_are_nested_a_later_mask_cannot_revive_a_pruned_weight():
+    actor, critic, optimizer, names = setup()
+    gen = torch.Generator().manual_seed(5)
+    warm_up(actor, critic, optimizer, gen)
+    params = dict(actor.named_parameters())
+    first = magnitude_masks(actor, names, s=0.5)
+    # a second mask computed on other (dense) weights: it does not cover the first
+    with torch.no_grad():
+        other = {n: torch.randn_like(p).numpy() for n, p in params.items()}
+    second = Pruner(expected_spec(actor), method="magnitude").compute(other, 0.5).elements
+    assert any((~first[n] & second[n]).any() for n in names)
+    tm = TrainingMasks({n: params[n] for n in names}, optimizer)
+    tm.apply(first)
+    counts = tm.apply(second)
+    assert counts["refused_revivals"] == sum(int((~first[n] & second[n]).sum()) for n in names)
+    assert counts["revived"] == 0
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss_on_random_batch(actor, critic, gen).backward()
+        tm.after_backward()
+        optimizer.step()
+        tm.after_step()
+    for n in names:
+        union = torch.from_numpy(~first[n] | ~second[n])
+        assert (params[n].detach()[union] == 0).all()
+    assert tm.count() == sum(int((~first[n] | ~second[n]).sum()) for n in names)
+
+
+def test_with_regrowth_revived_weights_start_at_zero_with_cleared_adam_state_and_then_train():
+    actor, critic, optimizer, names = setup()
+    gen = torch.Generator().manual_seed(6)
+    warm_up(actor, critic, optimizer, gen)
+    params = dict(actor.named_parameters())
+    first = magnitude_masks(actor, names, s=0.5)
+    second = {n: ~m for n, m in first.items()}  # everything pruned comes back, everything kept goes
+    tm = TrainingMasks({n: params[n] for n in names}, optimizer, regrow=True)
+    tm.apply(first)
+    counts = tm.apply(second)
+    assert counts["revived"] == sum(int((~first[n]).sum()) for n in names) and counts["refused_revivals"] == 0
+    for n in names:
+        revived = torch.from_numpy(~first[n])
+        assert (params[n].detach()[revived] == 0).all()
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert (optimizer.state[params[n]][k][revived] == 0).all()
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss_on_random_batch(actor, critic, gen).backward()
+        tm.after_backward()
+        optimizer.step()
+        tm.after_step()
+    for n in names:
+        revived = torch.from_numpy(~first[n])
+        assert (params[n].detach()[revived] != 0).any(), "revived weights train again"
+        assert (params[n].detach()[torch.from_numpy(first[n])] == 0).all()
