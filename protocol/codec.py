@@ -29,7 +29,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     # masks_version: the newest masks the trainer had applied when it took the snapshot (-1: none).
     "snapshot": {"version": int, "epoch": int, "training_sparsity": (int, float), "masks_version": int},
-    "masks": {"version": int, "epoch": int, "target_sparsity": (int, float)},
+    # masks: computed on snapshot `version` (of `epoch`) for the schedule step due at `due_epoch`.
+    "masks": {"version": int, "epoch": int, "due_epoch": int, "target_sparsity": (int, float)},
     "weights_ready": {"version": int, "slot": int, "structure_changed": bool},
     "trajectory": {
         "worker_id": int,

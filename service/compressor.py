@@ -141,7 +141,7 @@ class Compressor:
         ready = {"version": version, "slot": slot, "structure_changed": structure_changed}
         self.notify.send_multipart(self.encoder.encode("weights_ready", ready))
         if compressed is not None and self.cfg.prune_training_model:  # the workers first, then the trainer
-            fields = {"version": version, "epoch": epoch, "target_sparsity": due[0].sparsity}
+            fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity}
             self.log.info("masks_sent", **fields)
             frames = self.encoder.encode("masks", fields, self.masks.elements)
             if not send_when_ready(self.masks_out, frames, self.running):

@@ -7,8 +7,10 @@ Two separate choices, as in Torch-Pruning's importance / pruner split:
   recent minibatches. Adding one is adding an entry to CRITERIA; the config's choices come from it.
 - a **structure** decides what is removed: single weights (`weight`) or whole hidden units
   (`neuron`, scored by the mean of its incoming weights' scores: within a layer that ranks exactly
-  like their sum, i.e. like `torch.nn.utils.prune.ln_structured(n=1, dim=0)` for magnitude, and
-  across layers of different fan-in it stays comparable).
+  like their sum, i.e. like `torch.nn.utils.prune.ln_structured(n=1, dim=0)` for magnitude). Under
+  one global threshold, unit scores are divided by their layer's mean first (Torch-Pruning's "mean"
+  normalizer), so layers of different fan-in and gradient scale compete fairly; every hidden layer
+  keeps at least one unit. `target_sparsity` is then the fraction of hidden units removed.
 
 Guarantees of `Pruner.compute`:
 - exactly k = round(s * n) items pruned per scope (global: all prunable items; layer: each layer, or
@@ -105,25 +107,36 @@ class Pruner:
         if previous is not None and not self.regrow:
             before = previous.units if self.structure == "neuron" else previous.elements
             before = {n: before[n].reshape(-1) for n in self.scored}
-        counts = self._counts(sparsity)
+        if self.structure == "neuron" and self.scope == "global":
+            scores = {n: _normalized(s, None if before is None else before[n]) for n, s in scores.items()}
+        counts = self._counts(sparsity, before)
         keep = select(scores, counts, self.scope, previous=before, min_keep=1 if self.structure == "neuron" else 0)
         if self.structure == "weight":
             return Masks({n: keep[n].reshape(self.spec[n][1]) for n in self.scored})
         return Masks(unit_element_masks(self.spec, keep), keep)
 
-    def _counts(self, sparsity: float) -> dict[str, int] | int:
+    def _counts(self, sparsity: float, before: Mapping[str, np.ndarray] | None) -> dict[str, int] | int:
         """Items to prune: one count for global scope, one per layer for layer scope."""
         sizes = {n: self._items(n) for n in self.scored}
         if self.scope == "global":
             return int(round(sparsity * sum(sizes.values())))
         if self.distribution == "erk":
             shapes = {n: self.spec[n][1] for n in self.scored}
-            return allocate(sizes, erk_densities(shapes, sparsity), int(round(sparsity * sum(sizes.values()))))
+            already = {n: int(np.count_nonzero(~k)) for n, k in before.items()} if before is not None else None
+            return allocate(sizes, erk_densities(shapes, sparsity), int(round(sparsity * sum(sizes.values()))), already)
         return {n: int(round(sparsity * size)) for n, size in sizes.items()}
 
     def _items(self, name: str) -> int:
         shape = self.spec[name][1]
         return shape[0] if self.structure == "neuron" else int(np.prod(shape))
+
+
+def _normalized(unit_scores: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+    """Unit scores over their layer's mean (over units still kept): layers of different fan-in and
+    gradient scale become comparable under one global threshold (Torch-Pruning's "mean" normalizer)."""
+    live = unit_scores if kept is None else unit_scores[kept]
+    mean = live.mean() if live.size else 0.0
+    return unit_scores / mean if mean > 0 else unit_scores
 
 
 def mask_names(spec: Spec, structure: str, scored: Sequence[str]) -> list[str]:
@@ -201,21 +214,24 @@ def erk_densities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dic
         dense |= over
 
 
-def allocate(sizes: Mapping[str, int], densities: Mapping[str, float], total: int) -> dict[str, int]:
-    """Per-layer pruned counts near sizes * (1 - density) that sum exactly to `total` (largest remainder)."""
-    want = {n: sizes[n] * (1 - densities[n]) for n in sizes}
-    counts = {n: min(sizes[n], int(np.floor(w))) for n, w in want.items()}
-    by_remainder = sorted(sizes, key=lambda n: (-(want[n] - counts[n]), list(sizes).index(n)))
+def allocate(sizes: Mapping[str, int], densities: Mapping[str, float], total: int,
+             minimum: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Per-layer pruned counts near sizes * (1 - density) that sum exactly to `total` (largest
+    remainder first, ties by layer order), none below `minimum` (what nested masks already prune:
+    the rounding of a higher sparsity may not take a weight back from a layer)."""
+    names = list(sizes)
+    low = {n: (minimum or {}).get(n, 0) for n in names}
+    want = {n: sizes[n] * (1 - densities[n]) for n in names}
+    counts = {n: min(sizes[n], max(low[n], int(np.floor(want[n])))) for n in names}
+    by_remainder = sorted(names, key=lambda n: -(want[n] - np.floor(want[n])))  # stable: layer order on ties
     short = total - sum(counts.values())
-    while short > 0:
-        progressed = False
-        for n in by_remainder:
-            if short and counts[n] < sizes[n]:
-                counts[n] += 1
-                short -= 1
-                progressed = True
-        if not progressed:
-            break
+    for step, order, can in ((1, by_remainder, lambda n: counts[n] < sizes[n]),
+                             (-1, by_remainder[::-1], lambda n: counts[n] > low[n])):
+        while short * step > 0 and any(can(n) for n in order):
+            for n in order:
+                if short * step > 0 and can(n):
+                    counts[n] += step
+                    short -= step
     return counts
 
 

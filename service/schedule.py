@@ -80,7 +80,7 @@ class Schedule:
         return due[-1], [s.epoch for s in due[:-1]]
 
     def done(self, step: Step) -> None:
-        self.served = self.steps.index(step) + 1
+        self.served = max(self.served, self.steps.index(step) + 1)
 
     def pending(self) -> list[Step]:
         return self.steps[self.served :]

@@ -34,6 +34,7 @@ from service.training_masks import TrainingMasks
 from service.update_hooks import UpdateHooks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
+FINAL_MASKS_WAIT_S = 30.0  # after the last epoch, how long to wait for the masks of the last due step
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
 SUMMARY_LAST_EPOCHS = 10
 
@@ -76,6 +77,9 @@ class Trainer:
         stats = [self.grad_stats] if self.grad_stats else []
         self.hooks: list[UpdateHooks] = [*intake, *stats, *keeping]
         self.schedule = Schedule(plan(cfg)[0])
+        # Both-pruned: the run ends only once the masks of the last scheduled step are in.
+        self.final_due_epoch = self.schedule.steps[-1].epoch if self.schedule.steps and masked else -1
+        self.applied_due_epoch = -1
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
@@ -205,6 +209,7 @@ class Trainer:
         counts = self.masks.apply(msg.tensors)
         self.after_masks = True
         self.applied_masks_version = msg.fields["version"]
+        self.applied_due_epoch = max(self.applied_due_epoch, msg.fields["due_epoch"])
         self.log.info("masks_applied", version=msg.fields["version"], epoch=self.epoch,
                       target_sparsity=msg.fields["target_sparsity"],
                       training_sparsity_verified=sparsity(actor_arrays(self.actor), self.weight_spec,
@@ -280,7 +285,29 @@ class Trainer:
         self.finish()
         return 0 if len(self.records) == epochs else self.stop.exit_code()
 
+    def await_final_masks(self) -> None:
+        """Both-pruned mode, after the last epoch: take up the masks of the last scheduled step if
+        they are still on their way (a slow compressor), so the run ends at its planned sparsity."""
+        deadline = time.monotonic() + FINAL_MASKS_WAIT_S
+        republish = time.monotonic() + REPUBLISH_S
+        waited = False
+        while self.applied_due_epoch < self.final_due_epoch and not self.stop.is_set():
+            if time.monotonic() > deadline:
+                self.log.warning("final_masks_missing", due_epoch=self.final_due_epoch, waited_s=FINAL_MASKS_WAIT_S,
+                                 reason="the compressor sent no masks for the last scheduled step")
+                return
+            if not waited:
+                self.log.info("awaiting_final_masks", due_epoch=self.final_due_epoch)
+                waited = True
+            if time.monotonic() > republish:  # the final snapshot may have been dropped
+                self.snapshots.send_multipart(self.last_snapshot, copy=False)
+                republish = time.monotonic() + REPUBLISH_S
+            self.mask_inbox.poll(100)
+            self.take_up_masks()
+
     def finish(self) -> None:
+        if self.records and len(self.records) == self.cfg.total_epochs:
+            self.await_final_masks()
         stop = self.encoder.encode("control", {"command": "stop"})
         self.snapshots.send_multipart(stop)
         if self.records:
@@ -308,7 +335,7 @@ class Trainer:
             "rollout_s_mean": mean("rollout_s"),
             "train_s_mean": mean("train_s"),
             "samples_per_s_mean": mean("samples_per_s"),
-            "final_training_sparsity": r[-1]["training_sparsity"],
+            "final_training_sparsity": sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names),
             "final_inference_sparsity": r[-1]["inference_sparsity"],
             "target_sparsity": c.pruning.target_sparsity if c.pruning.method != "none" else 0.0,
             "structure": c.pruning.structure,

@@ -26,6 +26,8 @@ from service.pruning import Pruner, apply_masks, prunable_names
 from service.weight_store import WeightStore, segment_name
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
 
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 CARTPOLE = env_spec("CartPole-v1")
 DENSE = actor_arrays(make_actor(CARTPOLE, [64, 64]))  # a fresh policy's weights
@@ -150,7 +152,7 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
             "policy_nonzero_params outside [0, 4610]": _trajectory(intruder, policy_nonzero_params=10**9),
             "policy_version 999999": _trajectory(intruder, policy_version=999999),
             "not this run's": _trajectory(Encoder("other", "intruder")),
-            "unexpected kind 'masks'": intruder.encode("masks", {"version": 1, "epoch": 1, "target_sparsity": 0.5}),
+            "unexpected kind 'masks'": intruder.encode("masks", {"version": 1, "epoch": 1, "due_epoch": 1, "target_sparsity": 0.5}),
         }
         for frames in bad.values():
             to_trainer.send_multipart(frames)
@@ -158,9 +160,9 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
         all_pruned = {"net.0.weight": np.zeros((64, 4), bool), "net.2.weight": np.zeros((64, 64), bool)}
         bad_masks = {
             "tensor 'net.0.weight' is bool[3, 3]": intruder.encode(
-                "masks", {"version": 1, "epoch": 1, "target_sparsity": 0.5}, wrong_shape),
+                "masks", {"version": 1, "epoch": 1, "due_epoch": 1, "target_sparsity": 0.5}, wrong_shape),
             "masks version 1000000 is not one of this trainer's snapshots": intruder.encode(
-                "masks", {"version": 10**6, "epoch": 1, "target_sparsity": 1.0}, all_pruned),
+                "masks", {"version": 10**6, "epoch": 1, "due_epoch": 1, "target_sparsity": 1.0}, all_pruned),
         }
         for frames in bad_masks.values():
             masks_to_trainer.send_multipart(frames)

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, of, settings
+
+pytestmark = pytest.mark.slow
 
 
 def test_processes_started_by_hand_make_the_same_service(tmp_path):

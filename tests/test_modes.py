@@ -15,6 +15,8 @@ import pytest
 
 from tests.servicekit import HOTPRUNE, assert_clean, logged, settings, wait_for
 
+pytestmark = pytest.mark.slow
+
 
 def _freeze_compressor(tmp_path, run_id, mode):
     run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, f"mode={mode}", "epochs=40")],

@@ -90,7 +90,7 @@ def test_global_magnitude_masks_equal_torch_global_unstructured_l1(s, prune_outp
     prune.global_unstructured([(m, "weight") for m in modules], pruning_method=prune.L1Unstructured,
                               amount=round(s * n))
     assert sorted(masks.elements) == sorted(names)
-    for name, module in zip(names, modules):
+    for name, module in zip(names, modules, strict=True):
         np.testing.assert_array_equal(masks.elements[name], module.weight_mask.numpy().astype(bool), err_msg=name)
 
 
@@ -101,7 +101,7 @@ def test_layer_scope_uniform_masks_equal_torch_l1_unstructured_per_layer(s):
     masks = Pruner(spec, method="magnitude", scope="layer", distribution="uniform",
                    prune_output_layer=True).compute(weights, s)
     actor = load(make_actor(CARTPOLE, [64, 64]), weights)
-    for name, module in zip(linear_weight_names(spec), linear_modules(actor)):
+    for name, module in zip(linear_weight_names(spec), linear_modules(actor), strict=True):
         prune.l1_unstructured(module, "weight", amount=round(s * module.weight.numel()))
         np.testing.assert_array_equal(masks.elements[name], module.weight_mask.numpy().astype(bool), err_msg=name)
 
@@ -115,7 +115,7 @@ def test_neuron_structure_with_layer_scope_equals_torch_ln_structured_on_rows(s,
     actor = load(make_actor(CARTPOLE, list(hidden)), weights)
     hidden_names = linear_weight_names(spec)[:-1]
     assert sorted(masks.units) == sorted(hidden_names)
-    for name, module in zip(hidden_names, linear_modules(actor)[:-1]):
+    for name, module in zip(hidden_names, linear_modules(actor)[:-1], strict=True):
         rows = module.weight.shape[0]
         prune.ln_structured(module, "weight", amount=round(s * rows), n=1, dim=0)
         torch_rows = module.weight_mask.numpy().astype(bool)[:, 0]
@@ -188,7 +188,7 @@ def test_gradient_criterion_needs_grads_and_magnitude_does_not():
         Pruner(spec, method="random")
 
 
-# ---------------------------------------------------------------------------------------------- exact counts (properties)
+# ------------------------------------------------------------------------------------- exact counts (properties)
 
 
 @PROPERTY
@@ -231,15 +231,16 @@ def test_erk_layer_counts_sum_exactly_to_round_s_n_and_stay_within_layer_sizes(a
     assert {name: pruned_count(masks.elements[name]) for name in names} == counts
 
 
-def tie_weights(spec, seed, names):
-    """Weights drawn from {-1, 0, 1, 2}: magnitudes {0, 1, 2}, many ties. Every scored layer of two or
-    more weights holds at least two distinct magnitudes (else the criterion rightly cannot rank it)."""
+def tie_weights(spec, seed, groups):
+    """Weights drawn from {-1, 0, 1, 2}: magnitudes {0, 1, 2}, many ties. Each group of layers ranked
+    together (all scored layers for global scope, each layer for layer scope) holding two or more
+    weights has at least two distinct magnitudes (else the criterion rightly cannot rank it)."""
     rng = np.random.default_rng(seed)
     weights = {n: rng.choice([-1.0, 0.0, 1.0, 2.0], shape).astype(np.float32) for n, (_, shape) in spec.items()}
-    for name in names:
-        flat = weights[name].reshape(-1)
-        if flat.size >= 2:
-            flat[0], flat[-1] = 0.0, 2.0
+    for names in groups:
+        if sum(weights[n].size for n in names) >= 2:
+            weights[names[0]].reshape(-1)[0] = 0.0
+            weights[names[-1]].reshape(-1)[-1] = 2.0
     return weights
 
 
@@ -248,7 +249,8 @@ def tie_weights(spec, seed, names):
 def test_ties_give_the_same_masks_twice_and_exact_counts(arch, seed, s, scope):
     spec = spec_of(arch)
     pruner = Pruner(spec, method="magnitude", scope=scope)
-    weights = tie_weights(spec, seed, pruner.scored)
+    groups = [pruner.scored] if scope == "global" else [[n] for n in pruner.scored]
+    weights = tie_weights(spec, seed, groups)
     first = pruner.compute(weights, s)
     second = pruner.compute({n: w.copy() for n, w in weights.items()}, s)
     for name in pruner.scored:
@@ -430,11 +432,19 @@ def test_erk_layer_scope_keeps_the_right_total_on_the_cartpole_actor():
 def test_neuron_global_keeps_at_least_one_unit_per_hidden_layer_at_95_percent():
     spec = actor_spec()
     weights = random_weights(spec, seed=8)
-    weights["net.2.weight"] *= 1e-3  # the whole second layer ranks below every unit of the first
+    rng = np.random.default_rng(8)
+    # net.0: 64 units of about the same score; net.2: 32 near-dead units and 32 strong ones. Ranked
+    # raw or over each layer's mean, every net.0 unit falls between net.2's weak and strong units, so
+    # 122 of 128 would remove the whole of net.0 but for the one unit each layer keeps.
+    signs = rng.choice([-1.0, 1.0], (64, 4))
+    weights["net.0.weight"] = (signs * (1 + 1e-3 * rng.random((64, 4)))).astype(np.float32)
+    scale = np.r_[np.full(32, 1e-3), np.full(32, 10.0)][:, None]
+    weights["net.2.weight"] = (scale * rng.standard_normal((64, 64))).astype(np.float32)
     masks = Pruner(spec, method="magnitude", structure="neuron", scope="global").compute(weights, 0.95)
-    assert masks.units["net.2.weight"].sum() == 1
-    assert masks.units["net.0.weight"].sum() >= 1
-    assert sum(pruned_count(u) for u in masks.units.values()) == round(0.95 * 128)
+    assert masks.units["net.0.weight"].sum() == 1
+    assert not masks.units["net.2.weight"][:32].any()
+    assert masks.units["net.2.weight"].sum() == 64 - (122 - 63)
+    assert sum(pruned_count(u) for u in masks.units.values()) == round(0.95 * 128) == 122
     # too few units for round(s * n): each layer still keeps one
     small = actor_spec(CARTPOLE, (4, 4))
     masks = Pruner(small, method="magnitude", structure="neuron", scope="global").compute(

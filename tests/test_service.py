@@ -12,6 +12,8 @@ import pytest
 
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
 
+pytestmark = pytest.mark.slow
+
 TARGET = 0.8
 FIRST_COMPRESSION = 2  # pruning.start_epoch in servicekit.SMALL
 ROLES = ("supervisor", "trainer", "compressor", "worker-0", "worker-1")

@@ -1,0 +1,148 @@
+"""The pruning engine through the whole service: a slow compressor, every criterion, whole neurons.
+
+Real processes started through `hotprune run`; a slow compressor is the real compressor with
+`pruning.delay_s` (it sleeps that long per snapshot). Where a check must not trust the service's own
+logs, the test listens to the trainer's snapshots itself, on a SUB socket of its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from protocol.codec import decode
+from protocol.endpoints import endpoints
+from service.pruning import prunable_names
+from tests.servicekit import assert_clean, events, hotprune, of, settings
+
+pytestmark = pytest.mark.slow
+
+
+def summary(run_dir) -> dict:
+    return of(events(run_dir, "trainer"), "summary")[0]
+
+
+def test_a_due_compression_is_served_by_a_newer_snapshot_when_its_own_was_dropped(tmp_path):
+    """The issue's case: 12 epochs, start 3, every 10. The compressor is still busy when the snapshot
+    of epoch 3 arrives, so that snapshot is dropped; the step stays due and a newer snapshot serves it."""
+    result = hotprune("run", *settings(tmp_path, "due", "epochs=12", "pruning.start_epoch=3", "pruning.every=10",
+                                       "pruning.delay_s=1.0"))
+    run_dir = tmp_path / "runs" / "due"
+    assert result.returncode == 0, result.stderr
+    compressor = events(run_dir, "compressor")
+    assert 3 in [e["version"] for e in of(compressor, "snapshot_dropped")], "the fault's condition did not occur"
+    [finished] = of(compressor, "compression_finished")
+    assert finished["due_epoch"] == 3 and finished["epoch"] > 3
+    assert finished["achieved_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    [started] = of(compressor, "compression_started")
+    assert started["due_epoch"] == 3 and started["folded_due_epochs"] == []
+    s = summary(run_dir)
+    assert s["completed"] and s["final_training_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert_clean(run_dir)
+
+
+def test_under_a_slow_compressor_masks_only_grow_and_no_pruned_weight_comes_back(tmp_path):
+    """Compressing takes longer than `every` epochs, so masks are computed on snapshots the previous
+    masks have not reached yet. Listening to every snapshot the trainer publishes: once the trainer
+    is masked, the set of zero weights never shrinks."""
+    run_id = "nest"
+    run_dir = tmp_path / "runs" / run_id
+    ctx = zmq.Context()
+    listener = ctx.socket(zmq.SUB)
+    listener.rcvhwm = 0  # keep every snapshot until read
+    listener.subscribe(b"")
+    listener.connect(endpoints(run_dir).snapshots)  # connects once the trainer binds
+    try:
+        result = hotprune("run", *settings(tmp_path, run_id, "epochs=40", "pruning.start_epoch=2", "pruning.every=1",
+                                           "pruning.schedule=cubic", "pruning.end_epoch=30",
+                                           "pruning.target_sparsity=0.9", "pruning.delay_s=0.4"))
+        assert result.returncode == 0, result.stderr
+        snapshots = []
+        while listener.poll(0):
+            msg = decode(listener.recv_multipart(), run_id=run_id)
+            if msg.kind == "snapshot":
+                snapshots.append(msg)
+    finally:
+        ctx.destroy(linger=0)
+    names = prunable_names(snapshots[0].tensors, prune_output_layer=False)
+    masked = [m for m in snapshots if m.fields["masks_version"] >= 0]
+    assert len(masked) >= 5, "too few masked snapshots to check"
+    zeros = [np.concatenate([m.tensors[n].reshape(-1) == 0 for n in names]) for m in masked]
+    for earlier, later, msg in zip(zeros, zeros[1:], masked[1:]):
+        revived = int(np.count_nonzero(earlier & ~later))
+        assert revived == 0, f"{revived} pruned weights came back in snapshot v{msg.fields['version']}"
+    assert zeros[-1].mean() > 0.5  # the schedule's last masks may reach the trainer after its last snapshot
+
+    compressor = events(run_dir, "compressor")
+    finished = of(compressor, "compression_finished")
+    assert len(finished) >= 2 and all(e["regrown"] == 0 for e in finished)
+    assert of(compressor, "snapshot_dropped"), "the compressor was never behind: the test did not test anything"
+    checked = [e["pruned_nonzero"] for e in of(compressor, "snapshot_received") if e["pruned_nonzero"] is not None]
+    assert checked and set(checked) == {0}
+    assert all(e["refused_revivals"] == 0 for e in of(events(run_dir, "trainer"), "masks_applied"))
+    assert summary(run_dir)["final_training_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert_clean(run_dir)
+
+
+@pytest.mark.parametrize("method", ["taylor", "gradient"])
+def test_saliency_criteria_prune_exactly_through_the_service(tmp_path, method):
+    run_id = f"crit-{method}"
+    result = hotprune("run", *settings(tmp_path, run_id, "epochs=6", f"pruning.method={method}",
+                                       "pruning.num_gradient_batches=8"))
+    run_dir = tmp_path / "runs" / run_id
+    assert result.returncode == 0, result.stderr
+    compressor = events(run_dir, "compressor")
+    [planned] = of(compressor, "pruning_planned")
+    assert planned["method"] == method and planned["steps"][0] == [2, 0.8]
+    finished = of(compressor, "compression_finished")
+    assert finished and all(e["method"] == method for e in finished)
+    assert finished[0]["achieved_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert finished[0]["params_kept"] == 1128 and finished[0]["params_total"] == 4610
+    s = summary(run_dir)
+    assert s["final_training_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert s["training_params_kept"] == 1128
+    assert f"Pruning plan: {method} weights" in result.stdout
+    assert_clean(run_dir)
+
+
+@pytest.mark.parametrize("prune_training_model", [True, False])
+def test_neuron_pruning_publishes_smaller_tensors_that_workers_run(tmp_path, prune_training_model):
+    run_id = f"neuron-{prune_training_model}"
+    result = hotprune("run", *settings(tmp_path, run_id, "epochs=6", "pruning.structure=neuron",
+                                       "pruning.scope=layer", "pruning.target_sparsity=0.75",
+                                       f"prune_training_model={str(prune_training_model).lower()}"))
+    run_dir = tmp_path / "runs" / run_id
+    assert result.returncode == 0, result.stderr
+    compressor = events(run_dir, "compressor")
+    first = of(compressor, "compression_finished")[0]
+    assert first["structure"] == "neuron" and first["structure_changed"] is True
+    assert first["achieved_sparsity"] == 0.75  # 48 of 64 units in each hidden layer
+    # 16 units per layer: 16*4 + 16 + 16*16 + 16 + 2*16 + 2 weights and biases
+    assert first["params_kept"] == 64 + 16 + 256 + 16 + 32 + 2
+    swaps = [e for e in of(events(run_dir, "worker-0"), "worker_swapped") if e["structure_changed"]]
+    assert swaps, "the worker never rebuilt a smaller actor"
+    assert swaps[0]["shapes"]["net.0.weight"] == [16, 4] and swaps[0]["shapes"]["net.2.weight"] == [16, 16]
+    assert swaps[0]["shapes"]["net.4.weight"] == [2, 16]
+    assert swaps[0]["sparsity"] == pytest.approx(first["weight_sparsity"])
+    s = summary(run_dir)
+    if prune_training_model:  # the trainer keeps its shapes, with the removed units masked
+        assert s["final_training_sparsity"] == pytest.approx(first["weight_sparsity"])
+        assert s["training_params_kept"] == first["params_kept"]
+        assert "of hidden units" in result.stdout
+    else:
+        assert s["final_training_sparsity"] == 0.0
+    assert_clean(run_dir)
+
+
+def test_a_degenerate_schedule_is_warned_about_at_start(tmp_path):
+    result = hotprune("run", *settings(tmp_path, "degen", "epochs=5", "pruning.schedule=cubic",
+                                       "pruning.start_epoch=2", "pruning.every=3", "pruning.end_epoch=4"))
+    run_dir = tmp_path / "runs" / "degen"
+    assert result.returncode == 0, result.stderr
+    [planned] = of(events(run_dir, "compressor"), "pruning_planned")
+    assert planned["steps"] == [[5, 0.8]]  # the first step (epoch 2) would prune 0%: left out
+    assert any("prunes 0%" in w for w in planned["warnings"])
+    assert "schedule_degenerate" in result.stderr
+    assert "training pruned to 0.0%" not in result.stdout
+    assert_clean(run_dir)
