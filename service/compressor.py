@@ -116,8 +116,9 @@ class Compressor:
         f, p = msg.fields, self.cfg.pruning
         version, epoch = f["version"], f["epoch"]
         weights = {n: msg.tensors[n] for n in self.weight_spec}
+        masks_version = f["masks_version"]
         self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
-                      masks_version=f["masks_version"], pruned_nonzero=self._pruned_nonzero(weights, f["masks_version"]),
+                      masks_version=masks_version, pruned_nonzero=self._pruned_nonzero(weights, masks_version),
                       sender=msg.sender, transit_ms=(time.time_ns() - msg.ts_ns) / 1e6)
         if p.delay_s:
             time.sleep(p.delay_s)

@@ -210,15 +210,16 @@ class Trainer:
         self.after_masks = True
         self.applied_masks_version = msg.fields["version"]
         self.applied_due_epoch = max(self.applied_due_epoch, msg.fields["due_epoch"])
-        self.log.info("masks_applied", version=msg.fields["version"], epoch=self.epoch,
-                      target_sparsity=msg.fields["target_sparsity"],
+        f = msg.fields
+        self.log.info("masks_applied", version=f["version"], due_epoch=f["due_epoch"], epoch=self.epoch,
+                      target_sparsity=f["target_sparsity"],
                       training_sparsity_verified=sparsity(actor_arrays(self.actor), self.weight_spec,
                                                           self.sparsity_names),
                       pruned=self.masks.count(), **counts,
                       inference_version=self.inference[0], inference_sparsity=self.inference[1])
         if counts["refused_revivals"]:
-            self.log.warning("masks_not_nested", version=msg.fields["version"], refused_revivals=counts["refused_revivals"],
-                             reason="the new masks would revive pruned weights; they stay pruned (pruning.regrow=false)")
+            self.log.warning("masks_not_nested", version=f["version"], refused_revivals=counts["refused_revivals"],
+                             reason="these masks would revive pruned weights; they stay pruned (pruning.regrow=false)")
 
     def publish(self, epoch: int) -> float:
         """Publish the snapshot of `epoch` (with gradient statistics when a criterion needs them);

@@ -152,7 +152,8 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
             "policy_nonzero_params outside [0, 4610]": _trajectory(intruder, policy_nonzero_params=10**9),
             "policy_version 999999": _trajectory(intruder, policy_version=999999),
             "not this run's": _trajectory(Encoder("other", "intruder")),
-            "unexpected kind 'masks'": intruder.encode("masks", {"version": 1, "epoch": 1, "due_epoch": 1, "target_sparsity": 0.5}),
+            "unexpected kind 'masks'": intruder.encode(
+                "masks", {"version": 1, "epoch": 1, "due_epoch": 1, "target_sparsity": 0.5}),
         }
         for frames in bad.values():
             to_trainer.send_multipart(frames)

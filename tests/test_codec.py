@@ -476,8 +476,8 @@ def test_encoder_does_not_mislabel_big_endian_arrays():
 
 
 def _chunk_fields(**changes):
-    return {"policy_sparsity": 0.8, "policy_nonzero_params": 1128, "episode_returns": [21.0, 9], "episode_lengths": [21, 9],
-            "swap_latencies_ms": [0.5], **changes}
+    return {"policy_sparsity": 0.8, "policy_nonzero_params": 1128, "episode_returns": [21.0, 9],
+            "episode_lengths": [21, 9], "swap_latencies_ms": [0.5], **changes}
 
 
 def test_trajectory_statistics_are_accepted_when_sane():
