@@ -65,6 +65,8 @@ def _summary(e: dict) -> str:
             + (" of hidden units)" if e.get("structure") == "neuron" else ")"),
             f"Parameters: training {e['training_params_kept']:,} kept | inference {e['inference_nonzero_params']:,} "
             f"non-zero | of {e['params_total']:,}",
+            "Training layers: " + ", ".join(f"{name} {_pct(v['sparsity'])} ({v['nonzero']:,}/{v['total']:,})"
+                                            for name, v in e["training_layers"].items()),
             f"Swap latency: median {_num(e['swap_latency_ms_median'], '.2f')} ms | "
             f"p99 {_num(e['swap_latency_ms_p99'], '.2f')} ms ({e['swaps']} swaps)",
             f"Policy lag (versions): mean {e['policy_lag_mean']:.2f} | max {e['policy_lag_max']}",

@@ -315,6 +315,15 @@ class Trainer:
             self.log.info("summary", **self.summary())
         self.ctx.destroy(linger=1000)  # let the stop go out
 
+    def layer_stats(self) -> dict[str, dict]:
+        """Per prunable layer of the training model: sparsity and non-zero / total weights."""
+        weights = actor_arrays(self.actor)
+        out = {}
+        for name in self.sparsity_names:
+            total, nonzero = weights[name].size, int(np.count_nonzero(weights[name]))
+            out[name] = {"sparsity": 1 - nonzero / total, "nonzero": nonzero, "total": total}
+        return out
+
     def summary(self) -> dict:
         r, c = self.records, self.cfg
 
@@ -337,6 +346,7 @@ class Trainer:
             "train_s_mean": mean("train_s"),
             "samples_per_s_mean": mean("samples_per_s"),
             "final_training_sparsity": sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names),
+            "training_layers": self.layer_stats(),
             "final_inference_sparsity": r[-1]["inference_sparsity"],
             "target_sparsity": c.pruning.target_sparsity if c.pruning.method != "none" else 0.0,
             "structure": c.pruning.structure,
