@@ -56,11 +56,6 @@ class Masks:
         return sum(int(np.count_nonzero(~m)) for m in self.elements.values())
 
 
-def hidden_weight_names(names) -> list[str]:
-    """The linear weights whose output units are hidden (every layer but the last)."""
-    return linear_weight_names(names)[:-1]
-
-
 def prunable_names(names, prune_output_layer: bool) -> list[str]:
     """The weight matrices sparsity is measured over (and, for `weight`, pruned): biases never."""
     weights = linear_weight_names(names)
@@ -77,9 +72,9 @@ class Pruner:
         self.spec = dict(spec)
         self.criterion = CRITERIA[method]
         self.structure, self.scope, self.distribution, self.regrow = structure, scope, distribution, regrow
-        self.linear = linear_weight_names(self.spec)
         # What gets scored: for `weight` the prunable matrices, for `neuron` the hidden layers' incoming weights.
-        self.scored = prunable_names(self.spec, prune_output_layer) if structure == "weight" else self.linear[:-1]
+        hidden = linear_weight_names(self.spec)[:-1]
+        self.scored = prunable_names(self.spec, prune_output_layer) if structure == "weight" else hidden
 
     @property
     def grad_names(self) -> list[str]:

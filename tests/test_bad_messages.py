@@ -114,6 +114,48 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
     assert_clean(run_dir)
 
 
+def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapshot_serves_the_step(tmp_path, ctx):
+    """taylor with all-zero gradient statistics: every score is 0, nothing to rank by. The compressor
+    logs compression_failed, publishes the snapshot unpruned (no masks were in force), keeps the step
+    due, and the next snapshot with real gradients serves it."""
+    run_dir = init_run(tmp_path, "cfail", "pruning.start_epoch=2", "pruning.every=10", "pruning.method=taylor",
+                       "prune_training_model=false")
+    trainer_pub = ctx.socket(zmq.PUB)
+    trainer_pub.bind(endpoints(run_dir).snapshots)
+    compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
+    try:
+        store = WeightStore.attach(segment_name("cfail"), timeout_s=60)
+        encoder = Encoder("cfail", "test-trainer")
+        names = prunable_names(DENSE, False)
+
+        def snapshot(version, grads):
+            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1}
+            return encoder.encode("snapshot", fields, {**DENSE, **{f"grad:{n}": g for n, g in grads.items()}})
+
+        def lands(frames, version):
+            trainer_pub.send_multipart(frames)
+            return store.version() == version
+
+        zero = {n: np.zeros_like(DENSE[n]) for n in names}
+        wait_for(lambda: lands(snapshot(2, zero), 2), what="the snapshot of the due epoch")
+        [failed] = wait_for(lambda: logged(run_dir, "compressor", "compression_failed"), what="compression_failed")
+        assert failed["due_epoch"] == 2 and "equal" in failed["reason"] and failed["masks_in_force"] is False
+        assert (store.read()[1]["net.2.weight"] != 0).all()  # published unpruned: no masks were in force
+        rng = np.random.default_rng(0)
+        real = {n: np.abs(rng.standard_normal(DENSE[n].shape)).astype(np.float32) for n in names}
+        wait_for(lambda: lands(snapshot(3, real), 3), what="the next snapshot")
+        [finished] = of(events(run_dir, "compressor"), "compression_finished")
+        assert finished["due_epoch"] == 2 and finished["epoch"] == 3 and finished["method"] == "taylor"
+        stored = store.read()[1]
+        assert sum(int((stored[n] == 0).sum()) for n in names) == round(0.8 * sum(DENSE[n].size for n in names))
+        store.close()
+        trainer_pub.send_multipart(encoder.encode("control", {"command": "stop"}))
+        assert compressor.wait(timeout=30) == 0
+    finally:
+        compressor.kill()
+    assert_clean(run_dir)
+
+
 def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, **fields):
     tensors = {
         "obs": np.zeros((steps + 1, envs, 4), np.float32) if obs is None else obs,
