@@ -29,8 +29,11 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     # masks_version: the newest masks the trainer had applied when it took the snapshot (-1: none).
     "snapshot": {"version": int, "epoch": int, "training_sparsity": (int, float), "masks_version": int},
-    # masks: computed on snapshot `version` (of `epoch`) for the schedule step due at `due_epoch`.
-    "masks": {"version": int, "epoch": int, "due_epoch": int, "target_sparsity": (int, float)},
+    # masks: the outcome of the compression for the schedule step due at `due_epoch`, computed on
+    # snapshot `version` (of `epoch`), sent in every mode; the mask tensors ride along in both-pruned
+    # mode unless it `failed`. weight_sparsity and params_kept describe the pruned policy.
+    "masks": {"version": int, "epoch": int, "due_epoch": int, "target_sparsity": (int, float), "failed": bool,
+              "weight_sparsity": (int, float), "params_kept": int},
     "weights_ready": {"version": int, "slot": int, "structure_changed": bool},
     "trajectory": {
         "worker_id": int,

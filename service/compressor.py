@@ -2,9 +2,10 @@
 
 For each snapshot (older queued ones are dropped, each logged): when a compression step is due
 (service.schedule: due from its epoch on, never skipped), compute new masks, nested in the current
-ones (service.pruning); otherwise keep the current ones. Apply them, write the result into the weight store,
-announce `weights_ready`, and in both-pruned mode send the masks back to the trainer. Before the
-first compression, weights pass through unchanged: every policy update reaches the workers.
+ones (service.pruning); otherwise keep the current ones. Apply them, write the result into the weight
+store, announce `weights_ready`, and report each compression to the trainer on the masks channel
+(with the masks themselves in both-pruned mode; `failed` when the criterion could not rank). Before
+the first compression, weights pass through unchanged: every policy update reaches the workers.
 
 Run it: `hotprune compressor --run-dir runs/<run_id>` or `python -m service.compressor --run-dir ...`.
 Run by hand, it creates the weight store if the supervisor has not, and then owns and unlinks it.
@@ -74,8 +75,7 @@ class Compressor:
 
         self.masks: Masks | None = None
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
-        self.last_version = -1
-        self.last_shapes: dict[str, tuple[int, ...]] | None = None
+        self.last_version = self.last_epoch = -1
         self.dropped = 0  # snapshots skipped for a newer one
         self.stopping = False
 
@@ -91,11 +91,12 @@ class Compressor:
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
                 check_tensors(msg.tensors, self.snapshot_spec)
+                self._check_fields(msg.fields)
             except MessageRejected as exc:
                 self.log.warning("message_rejected", reason=exc.reason, expected="snapshot")
                 continue
-            if msg.fields["version"] <= self.last_version:
-                continue  # a republished snapshot already handled
+            if msg.fields["version"] <= max(self.last_version, newest.fields["version"] if newest else -1):
+                continue  # a republished snapshot already handled or already queued
             if newest is not None:
                 dropped.append(newest.fields["version"])
             newest = msg
@@ -103,6 +104,16 @@ class Compressor:
             self.log.info("snapshot_dropped", version=version, newer=newest.fields["version"])
         self.dropped += len(dropped)
         return newest
+
+    def _check_fields(self, f: dict) -> None:
+        """A snapshot's fields drive the schedule: an epoch past the run's end or going backwards
+        would serve (and so skip) steps that are not due yet."""
+        if not self.last_epoch <= f["epoch"] <= self.cfg.total_epochs:
+            raise MessageRejected(f"snapshot epoch {f['epoch']} outside [{self.last_epoch}, {self.cfg.total_epochs}]")
+        if not -1 <= f["masks_version"] < f["version"]:
+            raise MessageRejected(f"snapshot masks_version {f['masks_version']} is not older than its version")
+        if not 0 <= f["training_sparsity"] <= 1:
+            raise MessageRejected("snapshot training_sparsity outside [0, 1]")
 
     def _pruned_nonzero(self, weights: dict[str, np.ndarray], masks_version: int) -> int | None:
         """Weights the trainer's applied masks prune but that are non-zero in its snapshot (0 when
@@ -123,31 +134,31 @@ class Compressor:
         if p.delay_s:
             time.sleep(p.delay_s)
         due = self.schedule.due(epoch) if self.pruner else None
-        compressed = self._compress(msg, weights, *due) if due is not None else None
+        outcome = self._compress(msg, weights, *due) if due is not None else None
         out = apply_masks(weights, self.masks)
-        shapes = {n: a.shape for n, a in out.items()}
-        structure_changed = self.last_shapes is not None and shapes != self.last_shapes
+        structure_changed = self.store.changes_structure(out)
         achieved = sparsity(out, self.weight_spec, self.sparsity_names)
-        if compressed is not None:
+        stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
+        if outcome is not None:
             step = due[0]
-            stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
             self.log.info("compression_finished", version=version, epoch=epoch, due_epoch=step.epoch,
                           method=p.method, structure=p.structure, target_sparsity=step.sparsity,
                           achieved_sparsity=stats["unit_sparsity"] if self.masks.units else achieved,
-                          weight_sparsity=achieved, **stats, **compressed, structure_changed=structure_changed)
+                          weight_sparsity=achieved, **stats, **outcome, structure_changed=structure_changed)
         slot, nbytes, _ = self.store.publish(out, version)
-        self.last_shapes = shapes
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
         ready = {"version": version, "slot": slot, "structure_changed": structure_changed}
         self.notify.send_multipart(self.encoder.encode("weights_ready", ready))
-        if compressed is not None and self.cfg.prune_training_model:  # the workers first, then the trainer
-            fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity}
-            self.log.info("masks_sent", **fields)
-            frames = self.encoder.encode("masks", fields, self.masks.elements)
-            if not send_when_ready(self.masks_out, frames, self.running):
+        if due is not None:  # the workers first, then the trainer
+            failed = outcome is None
+            fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity,
+                      "failed": failed, "weight_sparsity": achieved, "params_kept": stats["params_kept"]}
+            tensors = self.masks.elements if self.cfg.prune_training_model and not failed else {}
+            self.log.info("masks_sent", **fields, tensors=bool(tensors))
+            if not send_when_ready(self.masks_out, self.encoder.encode("masks", fields, tensors), self.running):
                 self.log.warning("masks_not_sent", version=version, reason="stopped while the trainer's queue was full")
-        self.last_version = version
+        self.last_version, self.last_epoch = version, epoch
 
     def _compress(self, msg: Message, weights: dict[str, np.ndarray], step: Step, folded: list[int]) -> dict | None:
         """Compute the masks of a due step on this snapshot; returns what it changed, or None (the

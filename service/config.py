@@ -242,6 +242,8 @@ def validate(c: Config) -> None:
          "erk needs pruning.scope=layer and pruning.structure=weight")
     need(not (q.prune_output_layer and q.structure == "neuron"), "pruning.prune_output_layer",
          "must be false with pruning.structure=neuron (output units are the actions)")
+    need(not (q.regrow and q.structure == "neuron"), "pruning.regrow",
+         "must be false with pruning.structure=neuron (a revived unit has no weights in or out: it cannot learn)")
     need(q.num_gradient_batches >= 1, "pruning.num_gradient_batches", "must be >= 1")
     minibatch = c.minibatch_size
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",

@@ -18,6 +18,10 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
 def _epoch(e: dict) -> str:
     return (
         f"epoch {e['epoch']:>4}/{e['epochs']} | reward {_num(e['reward_mean']):>6} | "
@@ -61,12 +65,13 @@ def _summary(e: dict) -> str:
             f"  Rollout time avg: {e['rollout_s_mean']:.2f}s | Train time avg: {e['train_s_mean']:.2f}s",
             f"Throughput (avg samples/s): {e['samples_per_s_mean']:.1f}",
             f"Final sparsity: training {_pct(e['final_training_sparsity'])} | "
-            f"inference {_pct(e['final_inference_sparsity'])} (target {_pct(e['target_sparsity'])}"
-            + (" of hidden units)" if e.get("structure") == "neuron" else ")"),
-            f"Parameters: training {e['training_params_kept']:,} kept | inference {e['inference_nonzero_params']:,} "
-            f"non-zero | of {e['params_total']:,}",
-            "Training layers: " + ", ".join(f"{name} {_pct(v['sparsity'])} ({v['nonzero']:,}/{v['total']:,})"
-                                            for name, v in e["training_layers"].items()),
+            f"inference {_pct(e['final_inference_sparsity'])} | pruned policy {_pct(e['pruned_sparsity'])} "
+            f"(target {_pct(e['target_sparsity'])}" + (" of hidden units)" if e["structure"] == "neuron" else ")"),
+            f"Parameters: pruned policy {_count(e['pruned_params_kept'])} kept of {e['params_total']:,} | "
+            f"training {e['training_params_kept']:,} kept | inference ran {e['inference_nonzero_params']:,} non-zero",
+            "Training layers: " + ", ".join(f"{name} {_pct(v['sparsity'])} ({v['kept']:,}/{v['total']:,} kept)"
+                                            for name, v in e["training_layers"].items())
+            + (f"\nCompressions that failed: {e['compression_failures']}" if e["compression_failures"] else ""),
             f"Swap latency: median {_num(e['swap_latency_ms_median'], '.2f')} ms | "
             f"p99 {_num(e['swap_latency_ms_p99'], '.2f')} ms ({e['swaps']} swaps)",
             f"Policy lag (versions): mean {e['policy_lag_mean']:.2f} | max {e['policy_lag_max']}",

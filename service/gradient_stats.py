@@ -26,9 +26,6 @@ class GradientStats(UpdateHooks):
     def after_backward(self) -> None:
         self.window.append({n: p.grad.abs() for n, p in self.params.items() if p.grad is not None})
 
-    def batches(self) -> int:
-        return len(self.window)
-
     @torch.no_grad()
     def mean(self) -> dict[str, np.ndarray]:
         """g per tensor, float32; zeros before the first minibatch."""

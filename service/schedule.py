@@ -7,7 +7,9 @@ skipped because its snapshot was dropped.
 
 Steps: from `start_epoch` every `every` epochs up to the run's last epoch, each at the constant
 target or on the cubic schedule s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3 (Zhu & Gupta
-2017), held at s_f after t1. A step to 0% prunes nothing and is left out of the plan.
+2017), held at s_f after t1. A step to 0% prunes nothing and is left out of the plan; so is, with
+nested masks (no `regrow`), a step that does not raise the sparsity: it would select nothing new, so
+a constant schedule prunes once.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def plan(cfg) -> tuple[list[Step], list[str]]:
                                             schedule=p.schedule, initial=p.initial_sparsity, end_epoch=end))
                  for e in epochs]
     steps = [s for s in all_steps if s.sparsity > 0]
+    if not p.regrow:  # nested masks: a step that does not raise the sparsity selects nothing new
+        steps = [s for i, s in enumerate(steps) if i == 0 or s.sparsity > steps[i - 1].sparsity]
     warnings = []
     if not all_steps:
         warnings.append(f"no compression: start_epoch {p.start_epoch} is after the last epoch {cfg.total_epochs}")
@@ -52,10 +56,10 @@ def plan(cfg) -> tuple[list[Step], list[str]]:
         warnings.append(f"the first step (epoch {all_steps[0].epoch}) prunes 0% and is left out"
                         + (f"; the first compression is at epoch {steps[0].epoch}" if steps else ""))
     if p.schedule == "cubic":
-        ramp = [s for s in all_steps if s.epoch <= end]
+        ramp = [s for s in all_steps if s.epoch <= end and s.sparsity > 0]
         if len(ramp) <= 2:
-            warnings.append(f"the cubic schedule has {len(ramp)} step(s) between epochs {p.start_epoch} and {end}: "
-                            f"it is not gradual (every={p.every}, end_epoch={end})")
+            warnings.append(f"the cubic schedule prunes in {len(ramp)} step(s) between epochs {p.start_epoch} and "
+                            f"{end}: it is not gradual (every={p.every}, end_epoch={end})")
     if all_steps and not steps:
         warnings.append("every step prunes 0%: nothing will be pruned")
     return steps, warnings
@@ -82,5 +86,3 @@ class Schedule:
     def done(self, step: Step) -> None:
         self.served = max(self.served, self.steps.index(step) + 1)
 
-    def pending(self) -> list[Step]:
-        return self.steps[self.served :]

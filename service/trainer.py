@@ -28,13 +28,13 @@ from service.envs import env_spec
 from service.gradient_stats import GradientStats
 from service.policy import actor_arrays, expected_spec, make_actor, make_critic
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
-from service.pruning import prunable_names, pruner_for, sparsity
+from service.pruning import Masks, masked_stats, prunable_names, pruner_for, sparsity
 from service.schedule import Schedule, plan
 from service.training_masks import TrainingMasks
 from service.update_hooks import UpdateHooks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
-FINAL_MASKS_WAIT_S = 30.0  # after the last epoch, how long to wait for the masks of the last due step
+FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
 SUMMARY_LAST_EPOCHS = 10
 
@@ -77,9 +77,13 @@ class Trainer:
         stats = [self.grad_stats] if self.grad_stats else []
         self.hooks: list[UpdateHooks] = [*intake, *stats, *keeping]
         self.schedule = Schedule(plan(cfg)[0])
-        # Both-pruned: the run ends only once the masks of the last scheduled step are in.
-        self.final_due_epoch = self.schedule.steps[-1].epoch if self.schedule.steps and masked else -1
-        self.applied_due_epoch = -1
+        self.steps = {s.epoch: s for s in self.schedule.steps}
+        # The run ends once the compressor has reported on the last scheduled step (and, in both-pruned
+        # mode, its masks are applied), so it ends at the sparsity it planned even if the compressor is slow.
+        self.final_due_epoch = self.schedule.steps[-1].epoch if self.schedule.steps else -1
+        self.reported_due_epoch = -1  # newest step the compressor reported on
+        self.pruned_policy: dict | None = None  # the newest compression's weight_sparsity, params_kept, due_epoch
+        self.compression_failures = 0
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
@@ -136,22 +140,42 @@ class Trainer:
         return msg
 
     def _receive_masks(self) -> None:
+        """A compressor's report on one schedule step; in both-pruned mode it carries the masks."""
         msg = self._receive(self.mask_inbox, "masks")
         if msg is None:
             return
-        shapes = {n: ("bool", tuple(p.shape)) for n, p in self.masks.params.items()}
-        version = msg.fields["version"]
+        f = msg.fields
         try:
-            if not self.cfg.prune_training_model:
-                raise MessageRejected("masks received in teacher-student mode")
-            if not 0 <= version <= self.version:
-                raise MessageRejected(f"masks version {version} is not one of this trainer's snapshots")
-            check_tensors(msg.tensors, shapes)
+            self._check_report(msg)
         except MessageRejected as exc:
             self.log.warning("message_rejected", reason=exc.reason, expected="masks", sender=msg.sender)
             return
-        if version > self.masks_version:  # newest wins; an older one arriving late is ignored
-            self.pending_masks, self.masks_version = msg, version
+        self.reported_due_epoch = max(self.reported_due_epoch, f["due_epoch"])
+        if f["failed"]:
+            self.compression_failures += 1
+            return
+        if self.pruned_policy is None or f["due_epoch"] >= self.pruned_policy["due_epoch"]:
+            self.pruned_policy = {k: f[k] for k in ("weight_sparsity", "params_kept", "due_epoch")}
+        if self.cfg.prune_training_model and f["version"] > self.masks_version:  # newest wins
+            self.pending_masks, self.masks_version = msg, f["version"]
+
+    def _check_report(self, msg: Message) -> None:
+        f = msg.fields
+        step = self.steps.get(f["due_epoch"])
+        if step is None:
+            raise MessageRejected(f"masks due_epoch {f['due_epoch']} is not a step of this run's schedule")
+        if not (0 <= f["version"] <= self.version and step.epoch <= f["epoch"] <= self.epoch):
+            raise MessageRejected(f"masks version {f['version']} (epoch {f['epoch']}) is not one of this trainer's "
+                                  f"snapshots at or after epoch {step.epoch}")
+        if abs(f["target_sparsity"] - step.sparsity) > 1e-9:
+            raise MessageRejected(f"masks target_sparsity {f['target_sparsity']} is not the planned {step.sparsity}")
+        if not (0 <= f["weight_sparsity"] <= 1 and 0 <= f["params_kept"] <= self.params_total):
+            raise MessageRejected("masks weight_sparsity or params_kept out of range")
+        if f["failed"] or not self.cfg.prune_training_model:
+            if msg.tensors:
+                raise MessageRejected("masks tensors in a failed report or in teacher-student mode")
+        else:
+            check_tensors(msg.tensors, {n: ("bool", tuple(p.shape)) for n, p in self.masks.params.items()})
 
     # --- one epoch ------------------------------------------------------------------------
 
@@ -170,7 +194,7 @@ class Trainer:
                 return None
             self.heartbeat.beat(version=self.version, chunks=len(chunks), masks_version=self.masks_version)
             if time.monotonic() - last_usable > REPUBLISH_S:
-                self.snapshots.send_multipart(self.last_snapshot, copy=False)
+                self.republish()
                 last_usable = time.monotonic()
             ready = dict(poller.poll(100))
             if self.mask_inbox in ready:
@@ -209,7 +233,6 @@ class Trainer:
         counts = self.masks.apply(msg.tensors)
         self.after_masks = True
         self.applied_masks_version = msg.fields["version"]
-        self.applied_due_epoch = max(self.applied_due_epoch, msg.fields["due_epoch"])
         f = msg.fields
         self.log.info("masks_applied", version=f["version"], due_epoch=f["due_epoch"], epoch=self.epoch,
                       target_sparsity=f["target_sparsity"],
@@ -286,43 +309,38 @@ class Trainer:
         self.finish()
         return 0 if len(self.records) == epochs else self.stop.exit_code()
 
-    def await_final_masks(self) -> None:
-        """Both-pruned mode, after the last epoch: take up the masks of the last scheduled step if
-        they are still on their way (a slow compressor), so the run ends at its planned sparsity."""
-        deadline = time.monotonic() + FINAL_MASKS_WAIT_S
-        republish = time.monotonic() + REPUBLISH_S
-        waited = False
-        while self.applied_due_epoch < self.final_due_epoch and not self.stop.is_set():
+    def await_final_report(self) -> None:
+        """After the last epoch: wait for the compressor's report on the last scheduled step if it is
+        still on its way (a slow compressor), and in both-pruned mode take up its masks, so the run
+        ends at the sparsity it planned. The only wait in training, and only once it is over."""
+        wait_s = FINAL_REPORT_WAIT_S + 2 * self.cfg.pruning.delay_s
+        deadline = time.monotonic() + wait_s
+        if self.reported_due_epoch < self.final_due_epoch:
+            self.log.info("awaiting_final_masks", due_epoch=self.final_due_epoch)
+        while self.reported_due_epoch < self.final_due_epoch and not self.stop.is_set():
             if time.monotonic() > deadline:
-                self.log.warning("final_masks_missing", due_epoch=self.final_due_epoch, waited_s=FINAL_MASKS_WAIT_S,
-                                 reason="the compressor sent no masks for the last scheduled step")
-                return
-            if not waited:
-                self.log.info("awaiting_final_masks", due_epoch=self.final_due_epoch)
-                waited = True
-            if time.monotonic() > republish:  # the final snapshot may have been dropped
-                self.snapshots.send_multipart(self.last_snapshot, copy=False)
-                republish = time.monotonic() + REPUBLISH_S
-            self.mask_inbox.poll(100)
+                self.log.warning("final_masks_missing", due_epoch=self.final_due_epoch, waited_s=wait_s,
+                                 reason="the compressor did not report on the last scheduled step")
+                break
+            self.heartbeat.beat(version=self.version, awaiting_due_epoch=self.final_due_epoch)
+            if not self.mask_inbox.poll(int(REPUBLISH_S * 1000)):
+                self.republish()  # the last snapshot may have been dropped
+            while self.mask_inbox.poll(0):
+                self._receive_masks()
+        if self.cfg.prune_training_model:
             self.take_up_masks()
+
+    def republish(self) -> None:
+        self.snapshots.send_multipart(self.last_snapshot, copy=False)
 
     def finish(self) -> None:
         if self.records and len(self.records) == self.cfg.total_epochs:
-            self.await_final_masks()
+            self.await_final_report()
         stop = self.encoder.encode("control", {"command": "stop"})
         self.snapshots.send_multipart(stop)
         if self.records:
             self.log.info("summary", **self.summary())
         self.ctx.destroy(linger=1000)  # let the stop go out
-
-    def layer_stats(self) -> dict[str, dict]:
-        """Per prunable layer of the training model: sparsity and non-zero / total weights."""
-        weights = actor_arrays(self.actor)
-        out = {}
-        for name in self.sparsity_names:
-            total, nonzero = weights[name].size, int(np.count_nonzero(weights[name]))
-            out[name] = {"sparsity": 1 - nonzero / total, "nonzero": nonzero, "total": total}
-        return out
 
     def summary(self) -> dict:
         r, c = self.records, self.cfg
@@ -332,6 +350,8 @@ class Trainer:
             return statistics.fmean(values) if values else None
 
         lat = sorted(self.swap_latencies)
+        training = masked_stats(Masks(self.masks.keep_masks()), self.weight_spec, self.sparsity_names)
+        pruned = self.pruned_policy or {}
         return {
             "mode": c.mode,
             "prune_training_model": c.prune_training_model,
@@ -346,12 +366,16 @@ class Trainer:
             "train_s_mean": mean("train_s"),
             "samples_per_s_mean": mean("samples_per_s"),
             "final_training_sparsity": sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names),
-            "training_layers": self.layer_stats(),
-            "final_inference_sparsity": r[-1]["inference_sparsity"],
+            "training_layers": training["layers"],
+            "training_params_kept": training["params_kept"],
+            "final_inference_sparsity": r[-1]["inference_sparsity"],  # what the workers last reported running
+            "inference_nonzero_params": r[-1]["inference_nonzero_params"],
+            # the pruned policy the compressor last produced (what the workers run from then on)
+            "pruned_sparsity": pruned.get("weight_sparsity"),
+            "pruned_params_kept": pruned.get("params_kept"),
+            "compression_failures": self.compression_failures,
             "target_sparsity": c.pruning.target_sparsity if c.pruning.method != "none" else 0.0,
             "structure": c.pruning.structure,
-            "training_params_kept": self.params_total - self.masks.count(),
-            "inference_nonzero_params": r[-1]["inference_nonzero_params"],
             "params_total": self.params_total,
             "swaps": len(lat),
             "swap_latency_ms_median": statistics.median(lat) if lat else None,

@@ -68,3 +68,7 @@ class TrainingMasks(UpdateHooks):
     def count(self) -> int:
         """Positions pruned now."""
         return sum(int(p.sum()) for p in self.pruned.values())
+
+    def keep_masks(self) -> dict[str, np.ndarray]:
+        """The masks in force, as keep-masks (True = kept)."""
+        return {name: (~pruned).numpy() for name, pruned in self.pruned.items()}

@@ -134,7 +134,12 @@ class WeightStore:
         self._set_seq(odd)  # header update in progress
         self.buf[: layout.HEADER_SIZE] = header
         self._set_seq(odd + 1)  # even: consistent again
-        return slot, size, h.version >= 0 and sid != h.structure_id
+        return slot, size, h.version >= 0 and sid != h.structure_id  # as changes_structure()
+
+    def changes_structure(self, tensors: Mapping[str, np.ndarray]) -> bool:
+        """Would publishing `tensors` change the tensor table (what `publish` reports)?"""
+        h = self.header()
+        return h.version >= 0 and structure_id(tensors) != h.structure_id
 
     def version(self) -> int:
         """The newest published version (-1 before the first); a cheap check, not a consistent read."""

@@ -69,8 +69,8 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
         grads = {f"grad:{n}": np.zeros_like(weights[n]) for n in prunable_names(weights, False)}
         nan_grads = {**grads, "grad:net.0.weight": np.full_like(weights["net.0.weight"], np.inf)}
 
-        def snapshot(version, tensors, enc=encoder):
-            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1}
+        def snapshot(version, tensors, enc=encoder, **changes):
+            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1, **changes}
             return enc.encode("snapshot", fields, tensors)
 
         def lands(frames, version):
@@ -84,6 +84,9 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
             "not msgpack": [b"\xc1garbage"],
             "unsupported proto 99": with_header(snapshot(2, {**weights, **grads}), proto=99),
             "non-finite": snapshot(2, {**nan, **grads}),
+            # an epoch from the far future would serve (and so skip) every remaining schedule step
+            "snapshot epoch 1000000000 outside": snapshot(2, {**weights, **grads}, epoch=10**9),
+            "masks_version 2 is not older than its version": snapshot(2, {**weights, **grads}, masks_version=2),
             "'grad:net.0.weight' has non-finite": snapshot(2, {**weights, **nan_grads}),
             "is float32[3, 3], expected float32[64, 4]": snapshot(2, {**wrong_shape, **grads}),
             "missing tensors": snapshot(2, weights),
@@ -156,6 +159,11 @@ def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapsho
     assert_clean(run_dir)
 
 
+# A compressor's report on the first step of servicekit.SMALL's schedule (epoch 2, 80%).
+REPORT = {"version": 2, "epoch": 2, "due_epoch": 2, "target_sparsity": 0.8, "failed": False, "weight_sparsity": 0.8,
+          "params_kept": 1128}
+
+
 def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, **fields):
     tensors = {
         "obs": np.zeros((steps + 1, envs, 4), np.float32) if obs is None else obs,
@@ -177,7 +185,7 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "inj"
     try:
-        wait_for(lambda: logged(run_dir, "trainer", "epoch"), timeout=90, what="the first epoch")
+        wait_for(lambda: len(logged(run_dir, "trainer", "epoch")) >= 3, timeout=90, what="three epochs")
         ep = endpoints(run_dir)
         to_trainer, masks_to_trainer = ctx.socket(zmq.PUSH), ctx.socket(zmq.PUSH)
         to_trainer.connect(ep.trajectories)
@@ -195,17 +203,21 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
             "policy_version 999999": _trajectory(intruder, policy_version=999999),
             "not this run's": _trajectory(Encoder("other", "intruder")),
             "unexpected kind 'masks'": intruder.encode(
-                "masks", {"version": 1, "epoch": 1, "due_epoch": 1, "target_sparsity": 0.5}),
+                "masks", {**REPORT, "version": 1, "epoch": 1}),
         }
         for frames in bad.values():
             to_trainer.send_multipart(frames)
         wrong_shape = {"net.0.weight": np.ones((3, 3), bool), "net.2.weight": np.ones((64, 64), bool)}
         all_pruned = {"net.0.weight": np.zeros((64, 4), bool), "net.2.weight": np.zeros((64, 64), bool)}
         bad_masks = {
-            "tensor 'net.0.weight' is bool[3, 3]": intruder.encode(
-                "masks", {"version": 1, "epoch": 1, "due_epoch": 1, "target_sparsity": 0.5}, wrong_shape),
-            "masks version 1000000 is not one of this trainer's snapshots": intruder.encode(
-                "masks", {"version": 10**6, "epoch": 1, "due_epoch": 1, "target_sparsity": 1.0}, all_pruned),
+            "tensor 'net.0.weight' is bool[3, 3]": intruder.encode("masks", REPORT, wrong_shape),
+            "due_epoch 7 is not a step of this run's schedule": intruder.encode(
+                "masks", {**REPORT, "due_epoch": 7}, all_pruned),
+            "target_sparsity 1.0 is not the planned 0.8": intruder.encode(
+                "masks", {**REPORT, "target_sparsity": 1.0}, all_pruned),
+            "masks tensors in a failed report": intruder.encode("masks", {**REPORT, "failed": True}, all_pruned),
+            "masks version 1000000 (epoch 2) is not one of this trainer's snapshots": intruder.encode(
+                "masks", {**REPORT, "version": 10**6}, all_pruned),
         }
         for frames in bad_masks.values():
             masks_to_trainer.send_multipart(frames)

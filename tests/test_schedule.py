@@ -12,6 +12,11 @@ def config(*overrides):
     return load_config(None, list(overrides))
 
 
+def grid(*overrides):
+    """A config whose plan keeps every grid step: with regrowth a step at an unchanged sparsity re-selects."""
+    return config("pruning.regrow=true", *overrides)
+
+
 def cubic(t, t0, t1, s_i, s_f):
     """Zhu & Gupta: s_t = s_f + (s_i - s_f)(1 - (t - t0) / (t1 - t0))^3, held at s_f after t1."""
     progress = min(1.0, (t - t0) / (t1 - t0))
@@ -22,26 +27,26 @@ def cubic(t, t0, t1, s_i, s_f):
 
 
 def test_constant_plan_steps_from_start_epoch_every_k_epochs_up_to_the_last_epoch():
-    cfg = config("pruning.start_epoch=3", "pruning.every=10", "pruning.target_sparsity=0.7", "epochs=45")
+    cfg = grid("pruning.start_epoch=3", "pruning.every=10", "pruning.target_sparsity=0.7", "epochs=45")
     steps, warnings = plan(cfg)
     assert steps == [Step(3, 0.7), Step(13, 0.7), Step(23, 0.7), Step(33, 0.7), Step(43, 0.7)]
     assert warnings == []
 
 
 def test_the_last_epoch_is_a_step_when_it_falls_on_the_grid():
-    steps, _ = plan(config("pruning.start_epoch=2", "pruning.every=5", "epochs=22"))
+    steps, _ = plan(grid("pruning.start_epoch=2", "pruning.every=5", "epochs=22"))
     assert [s.epoch for s in steps] == [2, 7, 12, 17, 22]
     assert all(s.sparsity == 0.8 for s in steps)  # the default target
 
 
 def test_plan_follows_total_steps_when_set():
-    cfg = config("pruning.start_epoch=1", "pruning.every=2", "total_steps=20000", "samples_per_epoch=2048")
+    cfg = grid("pruning.start_epoch=1", "pruning.every=2", "total_steps=20000", "samples_per_epoch=2048")
     assert cfg.total_epochs == 10
     assert [s.epoch for s in plan(cfg)[0]] == [1, 3, 5, 7, 9]
 
 
 def test_cubic_plan_follows_the_zhu_gupta_formula_and_holds_the_target_after_the_end():
-    cfg = config("pruning.schedule=cubic", "pruning.start_epoch=2", "pruning.every=1", "pruning.end_epoch=12",
+    cfg = grid("pruning.schedule=cubic", "pruning.start_epoch=2", "pruning.every=1", "pruning.end_epoch=12",
                  "pruning.initial_sparsity=0.1", "pruning.target_sparsity=0.9", "epochs=30")
     steps, warnings = plan(cfg)
     assert warnings == []
@@ -58,7 +63,7 @@ def test_cubic_plan_follows_the_zhu_gupta_formula_and_holds_the_target_after_the
 
 
 def test_cubic_plan_with_the_config_derived_end_epoch():
-    cfg = config("pruning.schedule=cubic", "pruning.start_epoch=4", "pruning.every=4", "pruning.initial_sparsity=0.2",
+    cfg = grid("pruning.schedule=cubic", "pruning.start_epoch=4", "pruning.every=4", "pruning.initial_sparsity=0.2",
                  "epochs=40")
     assert cfg.pruning_end_epoch == 20
     steps, _ = plan(cfg)
@@ -69,7 +74,7 @@ def test_cubic_plan_with_the_config_derived_end_epoch():
 
 def test_cubic_on_a_short_run_does_not_divide_by_zero():
     """6 epochs and start_epoch 3: the derived end epoch is start + 1, never start itself."""
-    cfg = config("pruning.schedule=cubic", "epochs=6", "pruning.initial_sparsity=0.1", "pruning.every=1")
+    cfg = grid("pruning.schedule=cubic", "epochs=6", "pruning.initial_sparsity=0.1", "pruning.every=1")
     assert cfg.pruning_end_epoch > cfg.pruning.start_epoch
     steps, _ = plan(cfg)
     assert [s.epoch for s in steps] == [3, 4, 5, 6]
@@ -78,7 +83,7 @@ def test_cubic_on_a_short_run_does_not_divide_by_zero():
 
 
 def test_a_zero_percent_first_step_is_left_out_and_warned_about():
-    cfg = config("pruning.schedule=cubic", "pruning.start_epoch=3", "pruning.every=2", "pruning.end_epoch=11",
+    cfg = grid("pruning.schedule=cubic", "pruning.start_epoch=3", "pruning.every=2", "pruning.end_epoch=11",
                  "epochs=20")  # initial_sparsity defaults to 0
     steps, warnings = plan(cfg)
     assert [s.epoch for s in steps] == [5, 7, 9, 11, 13, 15, 17, 19]
@@ -101,7 +106,7 @@ def test_a_cubic_with_one_or_two_ramp_steps_warns(every, ramp):
 
 
 def test_a_cubic_with_three_ramp_steps_does_not_warn():
-    cfg = config("pruning.schedule=cubic", "pruning.start_epoch=3", "pruning.every=3", "pruning.initial_sparsity=0.1",
+    cfg = grid("pruning.schedule=cubic", "pruning.start_epoch=3", "pruning.every=3", "pruning.initial_sparsity=0.1",
                  "epochs=20")
     steps, warnings = plan(cfg)
     assert [s.epoch for s in steps] == [3, 6, 9, 12, 15, 18]
@@ -115,6 +120,17 @@ def test_a_single_zero_percent_cubic_step_leaves_an_empty_plan_with_warnings():
     assert any("left out" in w for w in warnings)
     assert any("nothing will be pruned" in w for w in warnings)
     assert any("not gradual" in w for w in warnings)
+
+
+def test_with_nested_masks_steps_that_do_not_raise_the_sparsity_are_left_out():
+    """Nested masks select nothing new at an unchanged sparsity: constant prunes once, cubic stops at its end."""
+    steps, _ = plan(config("pruning.start_epoch=3", "pruning.every=10", "epochs=150"))
+    assert steps == [Step(3, 0.8)]
+    steps, _ = plan(config("pruning.schedule=cubic", "pruning.start_epoch=2", "pruning.every=2",
+                           "pruning.end_epoch=10", "pruning.initial_sparsity=0.1", "epochs=30"))
+    assert [s.epoch for s in steps] == [2, 4, 6, 8, 10]
+    assert steps[-1].sparsity == pytest.approx(0.8)
+    assert all(b.sparsity > a.sparsity for a, b in pairwise(steps))
 
 
 def test_method_none_gives_no_steps():
@@ -164,19 +180,19 @@ def test_the_newest_snapshot_past_several_due_steps_serves_the_latest_and_folds_
     schedule = Schedule(STEPS)
     assert schedule.due(24) == (Step(23, 0.7), [3, 13])
     schedule.done(Step(23, 0.7))
-    assert schedule.pending() == []
+    assert schedule.due(10**6) is None
     assert schedule.due(24) is None and schedule.due(1000) is None
     partial = Schedule(STEPS)
     assert partial.due(15) == (Step(13, 0.6), [3])
     partial.done(Step(13, 0.6))
-    assert partial.pending() == [Step(23, 0.7)]
+    assert partial.due(10**6) == (Step(23, 0.7), [])
 
 
 def test_a_served_step_is_not_due_again():
     schedule = Schedule(STEPS)
     step, folded = schedule.due(3)
     schedule.done(step)
-    assert schedule.pending() == STEPS[1:]
+    assert schedule.due(10**6) == (STEPS[-1], [s.epoch for s in STEPS[1:-1]])
     for epoch in (3, 4, 12):
         assert schedule.due(epoch) is None
     assert schedule.due(13) == (Step(13, 0.6), [])

@@ -152,7 +152,7 @@ def test_ppo_update_with_hooks_keeps_masked_weights_zero_and_accumulates_unmaske
             assert (params[n].detach()[~torch.from_numpy(masks[n])] == 0).all(), n
     assert stats["skipped_steps"] == 0
     assert all(np.isfinite(v) for v in stats.values())
-    assert stats_hook.batches() == 6  # 2 updates x 8 minibatches, the last 6 kept
+    assert len(stats_hook.window) == 6  # 2 updates x 8 minibatches, the last 6 kept
     grads = stats_hook.mean()
     assert set(grads) == set(names)
     for n in names:
@@ -167,7 +167,7 @@ def test_ppo_update_with_hooks_keeps_masked_weights_zero_and_accumulates_unmaske
 def test_gradient_stats_are_the_mean_of_abs_gradients_over_the_last_n_minibatches():
     w = torch.nn.Parameter(torch.zeros(3))
     stats = GradientStats({"w": w}, num_batches=2)
-    assert (stats.mean()["w"] == 0).all() and stats.batches() == 0
+    assert (stats.mean()["w"] == 0).all() and len(stats.window) == 0
     for g in ([1.0, -2.0, 3.0], [-3.0, 0.0, 1.0], [5.0, 5.0, -5.0]):
         w.grad = torch.tensor(g)
         stats.after_backward()
