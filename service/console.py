@@ -87,7 +87,7 @@ def _pruning_planned(e: dict) -> str:
     where = e["scope"] if e["scope"] == "global" else f"layer/{e['distribution']}"
     return (f"[compressor] Pruning plan: {e['method']} {e['structure']}s, {where}, {e['schedule']}"
             f"{', regrowth' if e['regrow'] else ', nested'}; epoch -> sparsity: {shown or 'none'} "
-            f"({len(steps)} compressions)")
+            f"({len(steps)} compression{'' if len(steps) == 1 else 's'})")
 
 
 def _process(e: dict) -> str:

@@ -1,12 +1,13 @@
 import numpy as np
+import pytest
 import torch
 
 from service.config import PPOConfig
 from service.envs import EnvSpec
 from service.gradient_stats import GradientStats
-from service.policy import expected_spec, make_actor, make_critic
+from service.policy import actor_arrays, actor_from_tensors, expected_spec, make_actor, make_critic
 from service.ppo import Batch, update
-from service.pruning import Pruner, prunable_names
+from service.pruning import Pruner, apply_masks, prunable_names
 from service.training_masks import TrainingMasks
 from service.update_hooks import UpdateHooks
 
@@ -268,3 +269,34 @@ def test_with_regrowth_revived_weights_start_at_zero_with_cleared_adam_state_and
         revived = torch.from_numpy(~first[n])
         assert (params[n].detach()[revived] != 0).any(), "revived weights train again"
         assert (params[n].detach()[torch.from_numpy(first[n])] == 0).all()
+
+
+@pytest.mark.parametrize("spec", [SPEC, EnvSpec("Pendulum-v1", 3, 1, False)], ids=["discrete", "continuous"])
+def test_a_neuron_pruned_trainer_and_the_workers_small_actor_compute_the_same_function(spec):
+    """Both-pruned neuron pruning: the trainer keeps full shapes with removed units masked (rows,
+    biases, next-layer columns) through real PPO updates; the workers rebuild a smaller actor from
+    the compressor's sliced tensors. Both give the same outputs."""
+    torch.manual_seed(7)
+    actor, critic = make_actor(spec, HIDDEN), make_critic(spec, HIDDEN)
+    optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=1e-2, eps=1e-5)
+    pruner = Pruner(expected_spec(actor), method="magnitude", structure="neuron", scope="layer")
+    masks = pruner.compute(actor_arrays(actor), 0.75)
+    params = dict(actor.named_parameters())
+    tm = TrainingMasks({n: params[n] for n in pruner.mask_names()}, optimizer)
+    tm.apply(masks.elements)
+    rng = np.random.default_rng(2)
+    batch = synthetic_batch(rng)
+    if not spec.discrete:
+        batch.obs = batch.obs[..., :3].copy()
+        batch.final_obs = batch.final_obs[..., :3].copy()
+        batch.actions = rng.standard_normal((*batch.rewards.shape, 1)).astype(np.float32)
+    cfg = PPOConfig(hidden_sizes=HIDDEN, update_epochs=2, minibatches=4)
+    stats = update(actor, critic, optimizer, batch, cfg, torch.Generator().manual_seed(0), [tm])
+    assert stats["skipped_steps"] == 0
+    small = actor_from_tensors(apply_masks(actor_arrays(actor), masks), spec.discrete)
+    assert small.net[0].weight.shape == (8, spec.obs_dim) and small.net[2].weight.shape == (8, 8)
+    obs = torch.randn(100, spec.obs_dim)
+    with torch.no_grad():
+        assert torch.allclose(actor.net(obs), small.net(obs), atol=1e-6)
+        if not spec.discrete:
+            assert torch.equal(actor.log_std, small.log_std)
