@@ -213,7 +213,8 @@ def allocate(sizes: Mapping[str, int], densities: Mapping[str, float], total: in
              minimum: Mapping[str, int] | None = None) -> dict[str, int]:
     """Per-layer pruned counts near sizes * (1 - density) that sum exactly to `total` (largest
     remainder first, ties by layer order), none below `minimum` (what nested masks already prune:
-    the rounding of a higher sparsity may not take a weight back from a layer)."""
+    the rounding of a higher sparsity may not take a weight back from a layer). Only minimums that
+    sum past `total` (a lower sparsity than already pruned) can make the sum exceed it."""
     names = list(sizes)
     low = {n: (minimum or {}).get(n, 0) for n in names}
     want = {n: sizes[n] * (1 - densities[n]) for n in names}

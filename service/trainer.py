@@ -2,9 +2,10 @@
 
 An epoch is: collect `samples_per_epoch` samples -> one PPO update -> publish the snapshot -> log
 the `epoch` line. In both-pruned mode, masks that have arrived are applied after collecting and
-before every minibatch (never waited for). In async mode any chunk is used
-(its behaviour log-probs correct for staleness); in sync mode only chunks of the newest version,
-and the trainer waits until every worker has sent one.
+before every minibatch (never waited for during training; after the last epoch the trainer waits
+for the compressor's report on the last scheduled step, so the run ends at its planned sparsity).
+In async mode any chunk is used (its behaviour log-probs correct for staleness); in sync mode only
+chunks of the newest version, and the trainer waits until every worker has sent one.
 
 Run it: `hotprune trainer --run-dir runs/<run_id>` or `python -m service.trainer --run-dir ...`.
 """
