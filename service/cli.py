@@ -5,18 +5,23 @@
     hotprune trainer    --run-dir DIR                           one process by hand, against DIR
     hotprune compressor --run-dir DIR
     hotprune worker     --run-dir DIR --index I
+    hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
+    hotprune show       RUN_DIR                                 the pruning timeline and the summary again
+    hotprune list       [RUNS_DIR]                              one line per run
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 import zmq
 
 from service.config import ConfigError, load_config
 from service.process import ignore_stop_signals
+from service.runlog import RunError
 from service.weight_store import StoreError
 
 PROCESSES = {
@@ -40,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     _config_args(sub.add_parser("init", help="create a run directory for processes started by hand"))
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
+    sub.add_parser("diagnose", help="check from a run's logs that pruning happened and persisted "
+                   "(exit 1 on any FAIL)").add_argument("run_dir", type=Path)
+    sub.add_parser("show", help="a run's pruning timeline and summary, again").add_argument("run_dir", type=Path)
+    sub.add_parser("list", help="one line per run").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
     args, rest = parser.parse_known_args(argv)
     # Many processes share a few cores: one torch thread each keeps them from fighting.
     torch.set_num_threads(1)
@@ -49,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return module.main(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command in ("diagnose", "show", "list"):
+            return _inspect(args)
         cfg = load_config(args.config, args.set)
         if args.command == "init":
             from service import rundir
@@ -58,8 +69,25 @@ def main(argv: list[str] | None = None) -> int:
         from service.supervisor import Supervisor
 
         return Supervisor(cfg).run()
-    except (ConfigError, StoreError, zmq.ZMQError) as exc:  # e.g. a tcp port already in use
+    except (ConfigError, StoreError, RunError, zmq.ZMQError) as exc:  # e.g. a tcp port already in use
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         ignore_stop_signals()
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """The commands on finished runs: they read logs, and start no process."""
+    from service import diagnose, show
+    from service.runlog import load
+
+    if args.command == "list":
+        print(show.list_runs(args.runs_dir))
+        return 0
+    run = load(args.run_dir)
+    if args.command == "show":
+        print(show.show(run))
+        return 0
+    checks = diagnose.diagnose(run)
+    print(diagnose.report(checks))
+    return 1 if any(c.status == "FAIL" for c in checks) else 0

@@ -234,6 +234,11 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
     assert len(of(trainer, "epoch")) == 60
     assert all(m["version"] < 60 for m in of(trainer, "masks_applied"))  # the intruder's masks never applied
     assert of(trainer, "epoch")[-1]["training_sparsity"] == pytest.approx(0.8, abs=0.005)
+    # diagnose sees the attack in the logs, and nothing else wrong
+    diagnosed = hotprune("diagnose", str(run_dir))
+    assert diagnosed.returncode == 1
+    assert [line.split(":")[0] for line in diagnosed.stdout.splitlines() if line.startswith("FAIL")] == [
+        "FAIL  no rejected messages"], diagnosed.stdout
     assert_clean(run_dir)
 
 

@@ -240,3 +240,5 @@ def test_a_process_ending_early_fails_the_run_and_nothing_is_left(tmp_path, vict
     exits = {e["name"]: e["exitcode"] for e in of(events(run_dir, "supervisor"), "process_exited")}
     expected = -sig if sig == signal.SIGKILL else 128 + sig  # SIGTERM is handled: a graceful stop
     assert exits.pop(victim) == expected and set(exits.values()) <= {0, 128 + signal.SIGTERM}, exits
+    diagnosed = hotprune("diagnose", str(run_dir))
+    assert diagnosed.returncode == 1 and "FAIL  run completed:" in diagnosed.stdout

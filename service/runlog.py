@@ -1,0 +1,74 @@
+"""Reading a run back from its directory: config and JSON-line events, without the service running.
+
+One reader for everything that looks at finished (or running) runs: `hotprune diagnose`, `show`,
+`list`, and the tests. A missing directory, a directory that is not a run, or a run with no logs yet
+raise RunError with one line that says which.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.config import Config, ConfigError, load_config
+
+
+class RunError(ValueError):
+    """The directory is not a readable hotprune run."""
+
+
+@dataclass
+class Run:
+    path: Path
+    config: Config
+    logs: dict[str, list[dict]] = field(default_factory=dict)  # file stem (trainer, worker-0, ...) -> events
+
+    def events(self, name: str, event: str | None = None) -> list[dict]:
+        """Events of one log file (by stem), optionally only those named `event`."""
+        lines = self.logs.get(name, [])
+        return lines if event is None else [e for e in lines if e["event"] == event]
+
+    def workers(self) -> list[str]:
+        return sorted(n for n in self.logs if n.startswith("worker-"))
+
+    def all(self, event: str) -> list[dict]:
+        """Every process's events of one name, in file order per process."""
+        return [e for lines in self.logs.values() for e in lines if e["event"] == event]
+
+    @property
+    def summary(self) -> dict | None:
+        found = self.events("trainer", "summary")
+        return found[-1] if found else None
+
+    @property
+    def finished(self) -> dict | None:
+        found = self.events("supervisor", "run_finished")
+        return found[-1] if found else None
+
+
+def load(path: str | Path) -> Run:
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a directory")
+    if not (run_dir / "config.toml").is_file():
+        raise RunError(f"{run_dir} is not a hotprune run (no config.toml)")
+    try:
+        config = load_config(run_dir / "config.toml")
+    except ConfigError as exc:
+        raise RunError(f"{run_dir}: {exc}") from None
+    config.runs_dir, config.run_id = str(run_dir.parent), run_dir.name
+    logs = {}
+    for file in sorted((run_dir / "logs").glob("*.jsonl")):
+        lines = []
+        for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line being written, or cut off by a kill
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                lines.append(event)
+        logs[file.stem] = lines
+    if not any(logs.values()):
+        raise RunError(f"{run_dir} has no log events yet")
+    return Run(run_dir, config, logs)

@@ -1,0 +1,160 @@
+"""`hotprune diagnose`, `show` and `list` on real runs, and each diagnose check failing on a run that
+has its fault: tampered copies of a real run's logs (the faults the service no longer makes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.diagnose import diagnose
+from service.runlog import RunError, load
+from tests.servicekit import hotprune, settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("diag")
+    both = hotprune("run", *settings(tmp, "both", "epochs=7", "pruning.schedule=cubic", "pruning.every=2",
+                                     "pruning.end_epoch=6", "pruning.initial_sparsity=0.3"))
+    ts = hotprune("run", *settings(tmp, "ts", "epochs=6", "prune_training_model=false"))
+    assert both.returncode == 0 and ts.returncode == 0, both.stderr + ts.stderr
+    return tmp / "runs"
+
+
+def statuses(run_dir: Path) -> dict[str, str]:
+    return {c.name: c.status for c in diagnose(load(run_dir))}
+
+
+def test_a_good_both_pruned_run_passes_every_check(runs):
+    result = hotprune("diagnose", str(runs / "both"))
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert lines and all(line.startswith(("PASS", "INFO")) for line in lines), result.stdout
+    for name in ("snapshot FULL before the first masks", "masks applied once per compression",
+                 "training sparsity never falls back", "pruned weights stay exactly zero",
+                 "no scheduled compression skipped"):
+        assert any(f"PASS  {name}:" in line for line in lines), name
+    assert "INFO  trainer's masks lag (async)" in result.stdout
+
+
+def test_a_good_teacher_student_run_passes_and_checks_the_trainer_stays_dense(runs):
+    result = hotprune("diagnose", str(runs / "ts"))
+    assert result.returncode == 0, result.stdout
+    assert "PASS  teacher-student: trainer stays dense" in result.stdout
+    assert "masks applied once" not in result.stdout  # a both-pruned check, not this mode's
+
+
+def test_show_and_list_read_finished_runs_again(runs):
+    shown = hotprune("show", str(runs / "both"))
+    assert shown.returncode == 0
+    assert "Pruning plan: magnitude weights" in shown.stdout and "=== Summary (async, both pruned) ===" in shown.stdout
+    assert shown.stdout.count("due epoch") == len(load(runs / "both").events("compressor", "compression_finished"))
+    listed = hotprune("list", str(runs))
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["both", "ts"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["diagnose", "/nonexistent/run"], "is not a directory"),
+    (["show", "/tmp"], "is not a hotprune run"),
+    (["list", "/nonexistent"], "is not a directory"),
+])
+def test_a_directory_that_is_not_a_run_is_one_line(args, message):
+    result = hotprune(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
+def tampered(runs: Path, source: str, tmp_path: Path, name: str, edit) -> Path:
+    """A copy of a real run whose `name`.jsonl events went through `edit(events) -> events`."""
+    copy = tmp_path / source
+    shutil.copytree(runs / source, copy, ignore=shutil.ignore_patterns("sock"))
+    path = copy / "logs" / f"{name}.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(e) + "\n" for e in edit(events)))
+    return copy
+
+
+def first_after(events, event, after):
+    """Index of the first `event` after the first `after` event."""
+    start = next(i for i, e in enumerate(events) if e["event"] == after)
+    return next(i for i, e in enumerate(events) if i > start and e["event"] == event)
+
+
+def set_field(event_name, field, value, after=None, last=False):
+    def edit(events):
+        if after:
+            i = first_after(events, event_name, after)
+        else:
+            found = [i for i, e in enumerate(events) if e["event"] == event_name]
+            i = found[-1] if last else found[0]
+        events[i][field] = value
+        return events
+    return edit
+
+
+def drop(*names):
+    return lambda events: [e for e in events if e["event"] not in names]
+
+
+def drop_last(name):
+    def edit(events):
+        i = max(i for i, e in enumerate(events) if e["event"] == name)
+        return events[:i] + events[i + 1 :]
+    return edit
+
+
+def append(event):
+    return lambda events: [*events, {**events[-1], **event}]
+
+
+def duplicate(event_name):
+    def edit(events):
+        i = next(i for i, e in enumerate(events) if e["event"] == event_name)
+        return [*events[: i + 1], events[i], *events[i + 1 :]]
+    return edit
+
+
+FAULTS = [
+    ("both", "trainer", set_field("epoch", "training_sparsity", 0.0, after="masks_applied"),
+     "training sparsity never falls back"),
+    ("both", "trainer", set_field("snapshot_published", "training_sparsity", 0.1, after="masks_applied"),
+     "snapshots after the masks show them"),
+    ("both", "trainer", duplicate("masks_applied"), "masks applied once per compression"),
+    ("both", "trainer", drop_last("masks_applied"), "masks applied once per compression"),
+    ("both", "trainer", drop("summary"), "run completed"),
+    ("both", "compressor", drop("compression_finished", "compression_started"), "no scheduled compression skipped",
+     {"workers run the pruned policy", "training sparsity never falls back"}),  # they compare with a compression
+    ("both", "compressor", set_field("snapshot_received", "pruned_nonzero", 5, last=True),
+     "pruned weights stay exactly zero"),
+    ("both", "worker-1", append({"event": "worker_swapped", "version": 0, "previous_version": 99, "sparsity": 0.8}),
+     "workers swap forward to every version or a newer one"),
+    ("both", "worker-0", append({"event": "message_rejected", "reason": "x" * 10_000}), "no rejected messages"),
+    ("both", "worker-0", append({"event": "store_read_failed", "reason": "torn"}), "no failed store reads"),
+    ("ts", "trainer", set_field("epoch", "training_sparsity", 0.5, last=True), "teacher-student: trainer stays dense"),
+    ("ts", "worker-0", set_field("worker_swapped", "sparsity", 0.0, last=True), "workers run the pruned policy"),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f[3] + "-" + f[1] for f in FAULTS])
+def test_each_check_fails_on_a_run_with_its_fault(runs, tmp_path, fault):
+    source, log, edit, check, *also = fault
+    faulty = tampered(runs, source, tmp_path, log, edit)
+    found = statuses(faulty)
+    assert found[check] == "FAIL", found
+    failed = {name for name, status in found.items() if status == "FAIL"}
+    assert failed == {check, *(also[0] if also else ())}, found  # and nothing else
+    result = hotprune("diagnose", str(faulty))
+    assert result.returncode == 1 and f"FAIL  {check}:" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) < 400  # attacker strings are cut
+
+
+def test_a_run_with_no_logs_yet_is_refused(tmp_path):
+    init = hotprune("init", *settings(tmp_path, "empty"))
+    with pytest.raises(RunError, match="no log events yet"):
+        load(Path(init.stdout.strip()))
