@@ -8,6 +8,8 @@
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
     hotprune list       [RUNS_DIR]                              one line per run
+    hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S]
+    hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zmq
 
 from service.config import ConfigError, load_config
 from service.process import ignore_stop_signals
+from service.artifacts import ArtifactError
 from service.runlog import RunError
 from service.weight_store import StoreError
 
@@ -49,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
                    "(exit 1 on any FAIL)").add_argument("run_dir", type=Path)
     sub.add_parser("show", help="a run's pruning timeline and summary, again").add_argument("run_dir", type=Path)
     sub.add_parser("list", help="one line per run").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
+    evaluate = sub.add_parser("eval", help="run a kept policy on its environment: mean ± std return")
+    evaluate.add_argument("policy", type=Path, help="a run directory or a policy .safetensors file")
+    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--deterministic", action="store_true", help="most likely action / the mean, not a sample")
+    evaluate.add_argument("--seed", type=int, default=0)
+    export = sub.add_parser("export", help="write a run's pruned policy for other code (safetensors)")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", default="state_dict", help="state_dict | torch-prune | masks")
+    export.add_argument("--out", type=Path, help="default: export_<format>.safetensors in the run directory")
     args, rest = parser.parse_known_args(argv)
     # Many processes share a few cores: one torch thread each keeps them from fighting.
     torch.set_num_threads(1)
@@ -58,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             return module.main(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.command in ("diagnose", "show", "list"):
+        if args.command in ("diagnose", "show", "list", "eval", "export"):
             return _inspect(args)
         cfg = load_config(args.config, args.set)
         if args.command == "init":
@@ -69,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from service.supervisor import Supervisor
 
         return Supervisor(cfg).run()
-    except (ConfigError, StoreError, RunError, zmq.ZMQError) as exc:  # e.g. a tcp port already in use
+    except (ConfigError, StoreError, RunError, ArtifactError, zmq.ZMQError) as exc:  # e.g. a tcp port in use
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -78,9 +90,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     """The commands on finished runs: they read logs, and start no process."""
-    from service import diagnose, show
+    from service import diagnose, evaluate, export, show
     from service.runlog import load
 
+    if args.command == "eval":
+        try:
+            print(evaluate.report(evaluate.evaluate(args.policy, args.episodes, args.deterministic, args.seed)))
+        except ValueError as exc:  # a bad --episodes
+            raise ConfigError(str(exc)) from None
+        return 0
+    if args.command == "export":
+        try:
+            print(export.export(args.run_dir, args.format, args.out))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return 0
     if args.command == "list":
         print(show.list_runs(args.runs_dir))
         return 0

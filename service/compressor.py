@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
-from service import eventlog
+from service import artifacts, eventlog
 from service.config import Config
 from service.envs import env_spec
 from service.policy import expected_spec, make_actor
@@ -46,7 +46,9 @@ class Compressor:
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor", echo_human=True)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
-        actor = make_actor(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)
+        spec = env_spec(cfg.env_id)
+        self.discrete = spec.discrete
+        actor = make_actor(spec, cfg.ppo.hidden_sizes)
         self.weight_spec = expected_spec(actor)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
@@ -76,6 +78,7 @@ class Compressor:
         self.masks: Masks | None = None
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = self.last_epoch = -1
+        self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
         self.dropped = 0  # snapshots skipped for a newer one
         self.stopping = False
 
@@ -148,6 +151,10 @@ class Compressor:
         slot, nbytes, _ = self.store.publish(out, version)
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
+        self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
+                                   "params_kept": stats["params_kept"]})
+        if outcome is not None:
+            self.keep_policy(due_epoch=due[0].epoch)
         ready = {"version": version, "slot": slot, "structure_changed": structure_changed}
         self.notify.send_multipart(self.encoder.encode("weights_ready", ready))
         if due is not None:  # the workers first, then the trainer
@@ -182,6 +189,19 @@ class Compressor:
         self.schedule.done(step)
         return {"mask_churn": changed, "regrown": regrown, "duration_ms": (time.perf_counter() - t0) * 1e3}
 
+    def keep_policy(self, **extra) -> None:
+        """Write the policy last published (and the masks in force) into the run directory."""
+        if self.last_written is None:
+            return
+        out, fields = self.last_written
+        c = self.cfg
+        meta = {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.discrete, "method": c.pruning.method,
+                "structure": c.pruning.structure, "hidden_sizes": c.ppo.hidden_sizes, **fields, **extra}
+        artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
+        if self.masks is not None:
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta)
+        self.log.info("policy_saved", path=str(c.run_dir / artifacts.POLICY), **fields, **extra)
+
     def running(self) -> bool:
         return not (self.stop.is_set() or self.stopping)
 
@@ -193,6 +213,7 @@ class Compressor:
                 if msg is not None:
                     self.handle(msg)
         finally:
+            self.keep_policy(final=True)
             # Pass the stop on to the workers (a run started by hand has no supervisor to do it).
             if self.stopping:
                 self.notify.send_multipart(self.encoder.encode("control", {"command": "stop"}))

@@ -23,7 +23,7 @@ import zmq
 
 from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
-from service import eventlog, ppo
+from service import artifacts, eventlog, ppo
 from service.config import Config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
@@ -110,6 +110,7 @@ class Trainer:
         self.swap_latencies: list[float] = []
         self.max_lag = 0
         self.records: list[dict] = []
+        self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS)
 
     # --- messages -------------------------------------------------------------------------
 
@@ -262,9 +263,16 @@ class Trainer:
         self.snapshots.send_multipart(self.last_snapshot, copy=False)
         return training_sparsity
 
+    def policy_meta(self, **extra) -> dict:
+        """What a policy file says about itself (service.artifacts)."""
+        c = self.cfg
+        return {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.spec.discrete,
+                "hidden_sizes": c.ppo.hidden_sizes, **extra}
+
     def run(self) -> int:
         c = self.cfg
         epochs = c.total_epochs
+        artifacts.save(c.run_dir / artifacts.INITIAL, actor_arrays(self.actor), **self.policy_meta(version=0, epoch=0))
         self.publish(0)
         for epoch in range(1, epochs + 1):
             self.epoch = epoch
@@ -306,6 +314,7 @@ class Trainer:
                 **losses,
             }
             self.records.append(record)
+            self.progress.write({"global_step": sum(row["samples"] for row in self.records), **record})
             self.log.info("epoch", **record)
         self.finish()
         return 0 if len(self.records) == epochs else self.stop.exit_code()
@@ -339,6 +348,7 @@ class Trainer:
             self.await_final_report()
         stop = self.encoder.encode("control", {"command": "stop"})
         self.snapshots.send_multipart(stop)
+        self.progress.close()
         if self.records:
             self.log.info("summary", **self.summary())
         self.ctx.destroy(linger=1000)  # let the stop go out

@@ -1,0 +1,105 @@
+"""What a run keeps (policy, masks, initial weights, progress.csv) and the commands on it: eval, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from service.artifacts import ArtifactError, load, load_policy
+from service.export import load_torch_prune
+from tests.servicekit import events, hotprune, of, settings
+
+pytestmark = pytest.mark.slow
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", params=["weight", "neuron"])
+def run_dir(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param)
+    extra = ["pruning.structure=neuron", "pruning.scope=layer"] if request.param == "neuron" else []
+    result = hotprune("run", *settings(tmp, request.param, "epochs=5", *extra))
+    assert result.returncode == 0, result.stderr
+    return tmp / "runs" / request.param
+
+
+def test_a_run_keeps_its_pruned_policy_masks_initial_weights_and_progress(run_dir):
+    for name in ("policy.safetensors", "masks.safetensors", "initial.safetensors", "progress.csv"):
+        assert (run_dir / name).is_file(), name
+        if name.endswith(".safetensors"):  # safetensors: an 8-byte header length, then a JSON header
+            head = (run_dir / name).read_bytes()[:9]
+            assert head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 0, "not a safetensors file"
+    summary = of(events(run_dir, "trainer"), "summary")[0]
+    policy, meta = load(run_dir / "policy.safetensors")
+    masks, _ = load(run_dir / "masks.safetensors")
+    assert meta["final"] is True and meta["env_id"] == "CartPole-v1" and meta["run_id"] == run_dir.name
+    assert meta["params_kept"] == summary["pruned_params_kept"]
+    assert meta["weight_sparsity"] == pytest.approx(summary["pruned_sparsity"])
+    for name, keep in masks.items():
+        if policy[name].shape == keep.shape:  # weight structure: pruned weights are exactly +0.0
+            assert (policy[name][~keep] == 0).all() and not np.signbit(policy[name][~keep]).any()
+        else:  # neuron structure: the policy holds only the kept units
+            assert policy[name].size == int(keep.sum())
+    initial, initial_meta = load(run_dir / "initial.safetensors")
+    assert initial_meta["epoch"] == 0 and (initial["net.0.weight"] != 0).all()  # dense, before any update
+    rows = list(csv.DictReader(open(run_dir / "progress.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    steps = [int(r["global_step"]) for r in rows]
+    assert steps == list(np.cumsum([int(r["samples"]) for r in rows]))
+
+
+def test_eval_runs_the_kept_policy_and_reports_its_parameters(run_dir):
+    result = hotprune("eval", str(run_dir), "--episodes", "3", "--deterministic")
+    assert result.returncode == 0, result.stderr
+    assert "CartPole-v1: return" in result.stdout and "over 3 episode(s) (deterministic actions)" in result.stdout
+    actor, _ = load_policy(run_dir)
+    nonzero = sum(int(torch.count_nonzero(p)) for p in actor.parameters())
+    assert f"{nonzero:,} non-zero" in result.stdout
+
+
+def test_torch_prune_export_rebuilds_the_same_policy_with_prune_reparametrisation(run_dir, tmp_path):
+    out = tmp_path / "tp.safetensors"
+    result = hotprune("export", str(run_dir), "--format", "torch-prune", "--out", str(out))
+    assert result.returncode == 0 and result.stdout.strip() == str(out)
+    exported = load_torch_prune(out)
+    assert hasattr(exported.net[0], "weight_orig") and hasattr(exported.net[0], "weight_mask")
+    assert exported.net[2].weight.shape == (64, 64)  # dense shapes, whatever the structure
+    kept, _ = load_policy(run_dir)
+    obs = torch.randn(200, 4)
+    with torch.no_grad():
+        assert torch.allclose(exported.net(obs), kept.net(obs), atol=1e-6)
+    state = safetensors.torch.load_file(str(out))
+    assert {"net.0.weight_orig", "net.0.weight_mask"} <= set(state)
+
+
+def test_state_dict_export_loads_into_an_actor_of_its_shapes(run_dir):
+    result = hotprune("export", str(run_dir), "--format", "state_dict")
+    path = result.stdout.strip()
+    assert result.returncode == 0 and path.endswith("export_state_dict.safetensors")
+    kept, _ = load_policy(run_dir)
+    kept.load_state_dict(safetensors.torch.load_file(path))  # same names and shapes
+
+
+def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    cases = [
+        (["eval", str(garbage)], "is not a hotprune tensor file"),
+        (["eval", str(tmp_path / "missing.safetensors")], "does not exist"),
+        (["eval", str(run_dir), "--episodes", "0"], "--episodes must be in"),
+        (["export", str(run_dir), "--format", "onnx"], "--format must be one of"),
+        (["export", str(tmp_path)], "does not exist"),
+    ]
+    for args, message in cases:
+        result = hotprune(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.count("\n") == 1 and message in result.stderr, (args, result.stderr)
+    with pytest.raises(ArtifactError, match="is a policy for CartPole-v1, not Pendulum-v1"):
+        load_policy(run_dir, env_id="Pendulum-v1")
+    _, meta = load(run_dir / "policy.safetensors")
+    json.dumps(meta)  # plain JSON metadata, no objects
