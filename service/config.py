@@ -220,6 +220,7 @@ def validate(c: Config) -> None:
     need(c.seed >= 0, "seed", "must be >= 0")
     need(all(ch.isalnum() or ch in "-_." for ch in c.run_id) and not c.run_id.startswith("."), "run_id",
          "may hold only letters, digits, - _ . and must not start with .")
+    need(c.run_id != "latest", "run_id", "must not be latest (runs_dir/latest links to the newest run)")
     p = c.ppo
     need(p.learning_rate > 0, "ppo.learning_rate", "must be > 0")
     need(0 < p.gamma <= 1, "ppo.gamma", "must be in (0, 1]")

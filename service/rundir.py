@@ -1,4 +1,5 @@
-"""A run directory: runs/<run_id>/ with config.toml, logs/ and the private socket directory."""
+"""A run directory: runs/<run_id>/ with config.toml, logs/ and the private socket directory; and
+runs/latest, a link to the newest run (`hotprune diagnose runs/latest`)."""
 
 from __future__ import annotations
 
@@ -24,4 +25,19 @@ def prepare(cfg: Config) -> Path:
     socket_dir(run_dir).mkdir(mode=0o700, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
+    _point_latest(run_dir)
     return run_dir
+
+
+LATEST = "latest"
+
+
+def _point_latest(run_dir: Path) -> None:
+    """runs_dir/latest -> the newest run (replaced atomically; a real directory of that name is left alone)."""
+    link = run_dir.parent / LATEST
+    if link.exists() and not link.is_symlink():
+        return
+    tmp = run_dir.parent / f".{LATEST}.{run_dir.name}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(link)

@@ -127,6 +127,7 @@ def test_wrong_type_in_file_names_the_key(tmp_path):
     ("ppo.minibatches=1025", "ppo.minibatches"),  # 2048 samples: a minibatch of one has no std
     ("run_id=..", "run_id"),  # would make the run directory runs_dir itself
     ("run_id=.hidden", "run_id"),
+    ("run_id=latest", "run_id"),
     ("ppo.gamma=0", "ppo.gamma"),
     ("ppo.hidden_sizes=[]", "ppo.hidden_sizes"),
     ("pruning.initial_sparsity=0.9", "pruning.initial_sparsity"),

@@ -54,6 +54,8 @@ def test_show_and_list_read_finished_runs_again(runs):
     assert shown.returncode == 0
     assert "Pruning plan: magnitude weights" in shown.stdout and "=== Summary (async, both pruned) ===" in shown.stdout
     assert shown.stdout.count("due epoch") == len(load(runs / "both").events("compressor", "compression_finished"))
+    assert (runs / "latest").resolve() == (runs / "ts").resolve()  # the newest run
+    assert hotprune("diagnose", str(runs / "latest")).returncode == 0
     listed = hotprune("list", str(runs))
     assert listed.returncode == 0
     assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["both", "ts"]
