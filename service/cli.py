@@ -10,6 +10,8 @@
     hotprune list       [RUNS_DIR]                              one line per run
     hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S]
     hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
+    hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
+    hotprune experiments --experiment NAME [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("run_dir", type=Path)
     export.add_argument("--format", default="state_dict", help="state_dict | torch-prune | masks")
     export.add_argument("--out", type=Path, help="default: export_<format>.safetensors in the run directory")
+    plots = sub.add_parser("report", help="PNG plots of runs, overlaid (needs matplotlib: the plots extra)")
+    plots.add_argument("run_dirs", type=Path, nargs="+")
+    plots.add_argument("--out", type=Path, help="default: report/ in the (first) run directory")
+    grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
+    grid.add_argument("--experiment", required=True, help="basic | modes | methods | sparsity | schedules")
+    grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
+    grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
+    grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="an override for every run of the grid, e.g. --set epochs=50")
     args, rest = parser.parse_known_args(argv)
     # Many processes share a few cores: one torch thread each keeps them from fighting.
     torch.set_num_threads(1)
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return module.main(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.command in ("diagnose", "show", "list", "eval", "export"):
+        if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
         cfg = load_config(args.config, args.set)
         if args.command == "init":
@@ -90,9 +102,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     """The commands on finished runs: they read logs, and start no process."""
-    from service import diagnose, evaluate, export, show
+    from service import diagnose, evaluate, export, report, show
     from service.runlog import load
 
+    if args.command == "experiments":
+        from service import experiments
+
+        results = experiments.run_grid(args.experiment, args.seeds, args.root, args.jobs, args.set)
+        print(results.read_text())
+        print(f"results: {results} and {results.with_suffix('.csv')}")
+        return 0
+    if args.command == "report":
+        runs = [load(d) for d in args.run_dirs]
+        try:
+            paths = report.report(runs, args.out or args.run_dirs[0] / "report")
+        except RuntimeError as exc:  # matplotlib missing
+            raise ConfigError(str(exc)) from None
+        print("\n".join(str(p) for p in paths))
+        return 0
     if args.command == "eval":
         try:
             print(evaluate.report(evaluate.evaluate(args.policy, args.episodes, args.deterministic, args.seed)))
@@ -115,3 +142,7 @@ def _inspect(args: argparse.Namespace) -> int:
     checks = diagnose.diagnose(run)
     print(diagnose.report(checks))
     return 1 if any(c.status == "FAIL" for c in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

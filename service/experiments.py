@@ -1,0 +1,249 @@
+"""`hotprune experiments --experiment NAME`: a grid of service runs, resumable, ending in a results table.
+
+Each variant is a set of config overrides; each (variant, seed) is one `hotprune run` whose run
+directory is `<root>/pruning_<experiment>/<variant>/s<seed>` (the seed's `logs/pruning_basic/...`
+layout with root `logs`). A (variant, seed) whose run completed is not run again, so an interrupted
+grid resumes where it stopped; a failed or unfinished one is moved aside and run again.
+
+The table (results.md and results.csv next to the variants) has, per variant over its seeds: last-10
+return mean ± std, samples to the environment's reward threshold, epoch time with its rollout/train
+split, throughput, final sparsities, the pruned policy's parameters, swap latency and policy lag.
+Whether a variant's return differs from the first variant's beyond seed-to-seed noise is decided by a
+bootstrap: resample each variant's per-seed returns with replacement (10,000 times), and call the
+difference real when the 95% interval of the difference of means excludes 0. With 3 seeds this is
+a coarse test; it errs towards "not distinguishable".
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from service.config import ConfigError, load_config
+from service.runlog import Run, RunError, load
+
+BOOTSTRAP_SAMPLES = 10_000
+MIN_SEEDS_TO_COMPARE = 3  # with two values a bootstrap has three possible means: no interval worth the name
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...]
+
+
+def _v(name: str, *overrides: str) -> Variant:
+    return Variant(name, overrides)
+
+
+EXPERIMENTS: dict[str, list[Variant]] = {
+    # the seed's basic experiment: both modes, both pruning placements, and the dense baseline
+    "basic": [
+        _v("async_both_pruned"), _v("async_teacher_student", "prune_training_model=false"),
+        _v("sync_both_pruned", "mode=sync"), _v("sync_teacher_student", "mode=sync", "prune_training_model=false"),
+        _v("async_dense", "pruning.method=none"),
+    ],
+    "modes": [
+        _v(f"{mode}_{place}_{structure}", f"mode={mode}", f"prune_training_model={str(place == 'both').lower()}",
+           f"pruning.structure={structure}", *(["pruning.scope=layer"] if structure == "neuron" else []))
+        for mode in ("async", "sync") for place in ("both", "teacher_student") for structure in ("weight", "neuron")
+    ],
+    "methods": [
+        _v(f"{method}_{structure}", f"pruning.method={method}", f"pruning.structure={structure}",
+           "pruning.target_sparsity=0.9", *(["pruning.scope=layer"] if structure == "neuron" else []))
+        for structure in ("weight", "neuron") for method in ("magnitude", "taylor", "gradient")
+    ] + [_v("dense", "pruning.method=none")],
+    "sparsity": [_v(f"s{round(s * 100)}", f"pruning.target_sparsity={s}") for s in (0.5, 0.8, 0.9, 0.95, 0.98)]
+    + [_v("dense", "pruning.method=none")],
+    "schedules": [
+        _v("constant_90", "pruning.target_sparsity=0.9"),
+        _v("cubic_90", "pruning.target_sparsity=0.9", "pruning.schedule=cubic", "pruning.every=2"),
+        _v("cubic_90_regrow", "pruning.target_sparsity=0.9", "pruning.schedule=cubic", "pruning.every=2",
+           "pruning.regrow=true"),
+        _v("late_constant_90", "pruning.target_sparsity=0.9", "pruning.start_epoch=50"),
+    ],
+}
+
+
+def hotprune_command() -> list[str]:
+    return [sys.executable, "-m", "service.cli"]
+
+
+def completed(run_dir: Path) -> bool:
+    try:
+        summary = load(run_dir).summary
+    except RunError:
+        return False
+    return bool(summary and summary["completed"])
+
+
+def plan(experiment: str, seeds: list[int], root: Path, extra: list[str]) -> list[tuple[Variant, int, Path]]:
+    if experiment not in EXPERIMENTS:
+        raise ConfigError(f"--experiment must be one of {'|'.join(EXPERIMENTS)}, got {experiment!r}")
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
+    base = root / f"pruning_{experiment}"
+    grid = [(v, s, base / v.name / f"s{s}") for v in EXPERIMENTS[experiment] for s in seeds]
+    for v, s, run_dir in grid:  # every variant's config is valid before anything runs
+        load_config(None, [*v.overrides, *extra, f"seed={s}", f"runs_dir={run_dir.parent}", f"run_id={run_dir.name}"])
+    return grid
+
+
+def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -> bool:
+    if completed(run_dir):
+        log(f"{variant.name} seed {seed}: done already ({run_dir})")
+        return True
+    if run_dir.exists():  # a run that failed or was interrupted: keep it aside, run again
+        aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(run_dir), aside)
+        log(f"{variant.name} seed {seed}: an unfinished run moved to {aside.name}")
+    args = [*variant.overrides, *extra, f"seed={seed}", f"runs_dir={run_dir.parent}", f"run_id={run_dir.name}"]
+    command = hotprune_command() + ["run", *(x for a in args for x in ("--set", a))]
+    t0 = time.monotonic()
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "console.txt", "w") as console:  # what the run printed
+        code = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT).returncode
+    log(f"{variant.name} seed {seed}: exit {code} in {time.monotonic() - t0:.0f}s")
+    return code == 0
+
+
+def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str], log=print) -> Path:
+    cores = os.cpu_count() or 1
+    if not 1 <= jobs <= cores:
+        raise ConfigError(f"--jobs must be in [1, {cores}] (cores here), got {jobs}")
+    grid = plan(experiment, seeds, root, extra)
+    (root / f"pruning_{experiment}").mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(lambda item: run_one(*item, extra, log), grid))
+    results = write_results(experiment, seeds, root)
+    plot(experiment, seeds, root, log)
+    return results
+
+
+def plot(experiment: str, seeds: list[int], root: Path, log) -> None:
+    """The report plots, the first completed seed of each variant overlaid (matplotlib, if installed)."""
+    from service import report  # noqa: PLC0415 -- only here: it brings in matplotlib
+
+    base = root / f"pruning_{experiment}"
+    runs = []
+    for variant in EXPERIMENTS[experiment]:
+        for s in seeds:
+            if completed(base / variant.name / f"s{s}"):
+                run = load(base / variant.name / f"s{s}")
+                run.path = base / variant.name  # the legend names the variant
+                runs.append(run)
+                break
+    try:
+        paths = report.report(runs, base / "report")
+    except RuntimeError as exc:
+        log(f"no plots: {exc}")
+        return
+    log(f"plots: {', '.join(p.name for p in paths)} in {base / 'report'}")
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def seed_row(run: Run, threshold: float | None) -> dict:
+    s = run.summary
+    samples, reached = 0, None
+    for e in run.events("trainer", "epoch"):
+        samples += e["samples"]
+        if reached is None and threshold is not None and e["reward_mean"] is not None and e["reward_mean"] >= threshold:
+            reached = samples
+    return {"return": s["reward_mean_last"], "samples_to_threshold": reached, "epoch_s": s["epoch_s_mean"],
+            "rollout_s": s["rollout_s_mean"], "train_s": s["train_s_mean"], "samples_per_s": s["samples_per_s_mean"],
+            "training_sparsity": s["final_training_sparsity"], "inference_sparsity": s["final_inference_sparsity"],
+            "pruned_sparsity": s["pruned_sparsity"], "params_kept": s["pruned_params_kept"],
+            "params_total": s["params_total"], "swap_ms": s["swap_latency_ms_median"],
+            "policy_lag": s["policy_lag_mean"]}
+
+
+def bootstrap_difference(a: list[float], b: list[float], rng: np.random.Generator) -> tuple[float, float]:
+    """95% interval of mean(b) - mean(a) when each is resampled with replacement."""
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    diffs = rng.choice(b_, (BOOTSTRAP_SAMPLES, b_.size)).mean(1) - rng.choice(a_, (BOOTSTRAP_SAMPLES, a_.size)).mean(1)
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def write_results(experiment: str, seeds: list[int], root: Path) -> Path:
+    base = root / f"pruning_{experiment}"
+    rng = np.random.default_rng(0)
+    rows, reference = [], None
+    for variant in EXPERIMENTS[experiment]:
+        runs = []
+        for s in seeds:
+            try:
+                run = load(base / variant.name / f"s{s}")
+            except RunError:
+                continue
+            if run.summary and run.summary["completed"]:
+                runs.append(run)
+        if not runs:
+            rows.append({"variant": variant.name, "seeds": 0})
+            continue
+        threshold = gym.spec(runs[0].config.env_id).reward_threshold
+        per_seed = [seed_row(r, threshold) for r in runs]
+        returns = [p["return"] for p in per_seed]
+        row = {"variant": variant.name, "seeds": len(runs), "return_mean": statistics.fmean(returns),
+               "return_std": statistics.stdev(returns) if len(returns) > 1 else 0.0, "returns": returns,
+               "threshold": threshold,
+               "samples_to_threshold": [p["samples_to_threshold"] for p in per_seed],
+               **{k: _mean(p[k] for p in per_seed) for k in per_seed[0] if k not in ("return", "samples_to_threshold")}}
+        if reference is None:
+            reference, row["vs_first"] = row, "reference"
+        elif min(len(returns), len(reference["returns"])) < MIN_SEEDS_TO_COMPARE:
+            row["vs_first"] = f"too few seeds to tell (need {MIN_SEEDS_TO_COMPARE})"
+        else:
+            low, high = bootstrap_difference(reference["returns"], returns, rng)
+            row["vs_first"] = f"{'differs' if low > 0 or high < 0 else 'within noise'} [{low:+.1f}, {high:+.1f}]"
+        rows.append(row)
+    columns = ["variant", "seeds", "return_mean", "return_std", "samples_to_threshold", "epoch_s", "rollout_s",
+               "train_s", "samples_per_s", "training_sparsity", "inference_sparsity", "pruned_sparsity", "params_kept",
+               "params_total", "swap_ms", "policy_lag", "vs_first"]
+    with open(base / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (";".join("" if x is None else str(x) for x in v) if isinstance(v, list) else v)
+                             for k, v in row.items()})
+    lines = [f"# pruning_{experiment}: {len(seeds)} seed(s) per variant ({', '.join(map(str, seeds))})", "",
+             "| variant | seeds | return (last 10) mean ± std | samples to threshold per seed "
+             "| epoch s (rollout / train) | samples/s | sparsity train / infer / pruned | params kept "
+             "| swap ms (median) | policy lag | vs first variant (95% bootstrap of the return difference) |",
+             "| --- " * 11 + "|"]
+    for r in rows:
+        if not r["seeds"]:
+            lines.append(f"| {r['variant']} | 0 | no completed run | | | | | | | | |")
+            continue
+        reach = ", ".join(f"{x // 1000}k" if x else "never" for x in r["samples_to_threshold"])
+        lines.append(
+            f"| {r['variant']} | {r['seeds']} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | {reach} "
+            f"(>= {_fmt(r['threshold'], '.0f')}) | {_fmt(r['epoch_s'])} "
+            f"({_fmt(r['rollout_s'])} / {_fmt(r['train_s'])}) "
+            f"| {_fmt(r['samples_per_s'], '.0f')} | {_fmt(r['training_sparsity'], '.1%')} / "
+            f"{_fmt(r['inference_sparsity'], '.1%')} / {_fmt(r['pruned_sparsity'], '.1%')} "
+            f"| {_fmt(r['params_kept'], ',.0f')} of {_fmt(r['params_total'], ',.0f')} | {_fmt(r['swap_ms'])} "
+            f"| {_fmt(r['policy_lag'])} | {r['vs_first']} |")
+    (base / "results.md").write_text("\n".join(lines) + "\n")
+    return base / "results.md"

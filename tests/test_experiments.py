@@ -1,0 +1,97 @@
+"""`hotprune experiments` (a real grid of short runs: resumable, a results table) and `hotprune report`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import experiments, report
+from service.config import ConfigError
+from service.runlog import load
+from tests.servicekit import SMALL, hotprune
+
+pytestmark = pytest.mark.slow
+ROOT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "run_pruning_experiments.py"
+TINY = [x for item in [*SMALL, "epochs=3"] for x in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    result = subprocess.run([sys.executable, str(ROOT_SCRIPT), "--experiment", "basic", "--seeds", "1",
+                             "--root", str(root), *TINY], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "pruning_basic", result
+
+
+def test_the_grid_runs_every_variant_in_the_seeds_layout_and_ends_with_a_table(grid):
+    base, result = grid
+    names = [v.name for v in experiments.EXPERIMENTS["basic"]]
+    for name in names:
+        assert load(base / name / "s1").summary["completed"], name
+    rows = list(csv.DictReader(open(base / "results.csv")))
+    assert [r["variant"] for r in rows] == names
+    assert all(r["seeds"] == "1" for r in rows)
+    table = (base / "results.md").read_text()
+    assert table in result.stdout and table.count("\n| ") == len(names) + 2  # header, rule, a row per variant
+    both = next(r for r in rows if r["variant"] == "async_both_pruned")
+    assert float(both["training_sparsity"]) == pytest.approx(0.8, abs=1e-3) and both["params_kept"] == "1128"
+    assert "too few seeds to tell" in table  # one seed: no noise estimate, no verdict
+
+
+def test_an_interrupted_grid_resumes_and_runs_only_what_is_missing(grid, tmp_path):
+    base, _ = grid
+    unfinished = base / "sync_teacher_student" / "s1" / "logs" / "trainer.jsonl"
+    lines = [line for line in unfinished.read_text().splitlines() if json.loads(line)["event"] != "summary"]
+    unfinished.write_text("\n".join(lines) + "\n")  # as if the run had been killed before its end
+    result = hotprune("experiments", "--experiment", "basic", "--seeds", "1", "--root", str(base.parent), *TINY)
+    assert result.returncode == 0, result.stderr
+    done = [line for line in result.stdout.splitlines() if "done already" in line]
+    assert len(done) == len(experiments.EXPERIMENTS["basic"]) - 1
+    assert "sync_teacher_student seed 1: an unfinished run moved to" in result.stdout
+    assert "sync_teacher_student seed 1: exit 0" in result.stdout
+    assert load(base / "sync_teacher_student" / "s1").summary["completed"]
+    assert list((base / "sync_teacher_student").glob("s1.failed-*"))
+
+
+def test_the_grid_plots_every_variant_and_the_plots_are_drawn_from_the_data(grid):
+    base, _ = grid
+    for name in report.PLOTS:
+        png = (base / "report" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+    runs = [load(base / v.name / "s1") for v in experiments.EXPERIMENTS["basic"]]
+    fig = report.figure("return", runs)
+    lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert [line.get_label() for line in lines] == ["s1"] * len(runs) or len(lines) == len(runs)
+    for line, run in zip(lines, runs):
+        epochs = run.events("trainer", "epoch")
+        expected = [e["reward_mean"] for e in epochs if e["reward_mean"] is not None]
+        np.testing.assert_allclose(line.get_ydata(), expected)
+        assert list(line.get_xdata()) == list(np.cumsum([e["samples"] for e in epochs]))[-len(expected):]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experiment", "everything"], "--experiment must be one of"),
+    (["--experiment", "basic", "--jobs", "999"], "--jobs must be in"),
+    (["--experiment", "basic", "--set", "pruning.target_sparsity=2"], "pruning.target_sparsity must be in"),
+])
+def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, args, message):
+    result = hotprune("experiments", "--root", str(tmp_path), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_bootstrap_tells_noise_from_a_difference():
+    rng = np.random.default_rng(0)
+    low, high = experiments.bootstrap_difference([100, 102, 98], [200, 201, 199], rng)
+    assert low > 90 and high < 110
+    low, high = experiments.bootstrap_difference([100, 200, 150], [120, 180, 160], rng)
+    assert low < 0 < high
+    with pytest.raises(ConfigError):
+        experiments.plan("basic", [], Path("/tmp"), [])
