@@ -19,13 +19,22 @@ pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module", params=["weight", "neuron"])
-def run_dir(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(request.param)
-    extra = ["pruning.structure=neuron", "pruning.scope=layer"] if request.param == "neuron" else []
-    result = hotprune("run", *settings(tmp, request.param, "epochs=5", *extra))
-    assert result.returncode == 0, result.stderr
-    return tmp / "runs" / request.param
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short run per structure."""
+    out = {}
+    for structure in ("weight", "neuron"):
+        tmp = tmp_path_factory.mktemp(structure)
+        extra = ["pruning.structure=neuron", "pruning.scope=layer"] if structure == "neuron" else []
+        result = hotprune("run", *settings(tmp, structure, "epochs=5", *extra))
+        assert result.returncode == 0, result.stderr
+        out[structure] = tmp / "runs" / structure
+    return out
+
+
+@pytest.fixture(params=["weight", "neuron"])
+def run_dir(request, runs):
+    return runs[request.param]
 
 
 def test_a_run_keeps_its_pruned_policy_masks_initial_weights_and_progress(run_dir):
@@ -85,7 +94,8 @@ def test_state_dict_export_loads_into_an_actor_of_its_shapes(run_dir):
     kept.load_state_dict(safetensors.torch.load_file(path))  # same names and shapes
 
 
-def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
+def test_bad_inputs_are_one_line_errors(runs, tmp_path):
+    run_dir = runs["weight"]
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
     cases = [

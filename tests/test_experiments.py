@@ -41,7 +41,7 @@ def test_the_grid_runs_every_variant_in_the_seeds_layout_and_ends_with_a_table(g
     table = (base / "results.md").read_text()
     assert table in result.stdout and table.count("\n| ") == len(names) + 2  # header, rule, a row per variant
     both = next(r for r in rows if r["variant"] == "async_both_pruned")
-    assert float(both["training_sparsity"]) == pytest.approx(0.8, abs=1e-3) and both["params_kept"] == "1128"
+    assert float(both["training_sparsity"]) == pytest.approx(0.8, abs=1e-3) and float(both["params_kept"]) == 1128
     assert "too few seeds to tell" in table  # one seed: no noise estimate, no verdict
 
 
