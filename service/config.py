@@ -88,6 +88,7 @@ class Config:
     chunk_steps: int = 64  # vector steps per trajectory chunk
     runs_dir: str = "runs"
     run_id: str = ""  # empty: a fresh id from the time
+    tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard extra)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)

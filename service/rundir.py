@@ -7,12 +7,15 @@ from pathlib import Path
 
 from protocol.endpoints import socket_dir
 from service.config import Config, ConfigError, to_toml
+from service import metrics
 from service.envs import env_spec
 
 
 def prepare(cfg: Config) -> Path:
     """Check what can only be checked against the machine, then create the run directory."""
     env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
+    if cfg.tensorboard and not metrics.available():
+        raise ConfigError("tensorboard = true needs TensorBoard: pip install -e '.[tensorboard]'")
     run_dir = cfg.run_dir
     try:
         cfg.endpoints()

@@ -23,7 +23,7 @@ import zmq
 
 from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
-from service import artifacts, eventlog, ppo
+from service import artifacts, eventlog, metrics, ppo
 from service.config import Config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
@@ -111,6 +111,7 @@ class Trainer:
         self.max_lag = 0
         self.records: list[dict] = []
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS)
+        self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
 
     # --- messages -------------------------------------------------------------------------
 
@@ -314,7 +315,11 @@ class Trainer:
                 **losses,
             }
             self.records.append(record)
-            self.progress.write({"global_step": sum(row["samples"] for row in self.records), **record})
+            global_step = sum(row["samples"] for row in self.records)
+            self.progress.write({"global_step": global_step, **record})
+            if self.tensorboard:
+                layers = masked_stats(Masks(self.masks.keep_masks()), self.weight_spec, self.sparsity_names)["layers"]
+                self.tensorboard.epoch(record, global_step, {n: v["sparsity"] for n, v in layers.items()})
             self.log.info("epoch", **record)
         self.finish()
         return 0 if len(self.records) == epochs else self.stop.exit_code()
@@ -349,6 +354,8 @@ class Trainer:
         stop = self.encoder.encode("control", {"command": "stop"})
         self.snapshots.send_multipart(stop)
         self.progress.close()
+        if self.tensorboard:
+            self.tensorboard.close()
         if self.records:
             self.log.info("summary", **self.summary())
         self.ctx.destroy(linger=1000)  # let the stop go out

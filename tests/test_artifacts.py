@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
     out = {}
     for structure in ("weight", "neuron"):
         tmp = tmp_path_factory.mktemp(structure)
-        extra = ["pruning.structure=neuron", "pruning.scope=layer"] if structure == "neuron" else []
+        extra = ["pruning.structure=neuron", "pruning.scope=layer"] if structure == "neuron" else ["tensorboard=true"]
         result = hotprune("run", *settings(tmp, structure, "epochs=5", *extra))
         assert result.returncode == 0, result.stderr
         out[structure] = tmp / "runs" / structure
@@ -113,3 +113,18 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path):
         load_policy(run_dir, env_id="Pendulum-v1")
     _, meta = load(run_dir / "policy.safetensors")
     json.dumps(meta)  # plain JSON metadata, no objects
+
+
+def test_tensorboard_event_files_hold_cleanrl_and_pruning_tags_against_env_steps(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = runs["weight"]
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"charts/episodic_return", "charts/SPS", "losses/policy_loss", "losses/approx_kl", "sparsity/training",
+            "sparsity/inference", "sparsity/net.0.weight", "sparsity/net.2.weight", "async/policy_lag"} <= tags
+    rows = list(csv.DictReader(open(run_dir / "progress.csv")))
+    logged = [(e.step, e.value) for e in acc.Scalars("sparsity/training")]
+    assert logged == [(int(r["global_step"]), pytest.approx(float(r["training_sparsity"]), abs=1e-6)) for r in rows]
+    assert not (runs["neuron"] / "tensorboard").exists()  # only when asked for

@@ -1,0 +1,46 @@
+"""Per-epoch metrics for TensorBoard (`tensorboard = true`; the optional `tensorboard` extra).
+
+CleanRL's tags, against env steps (`global_step`): `charts/episodic_return`, `charts/SPS`,
+`losses/*`; and hotprune's: `sparsity/training`, `sparsity/inference`, `sparsity/<layer>` (the
+training model's), `async/policy_lag`, `time/rollout_s`, `time/train_s`. The event files go to
+runs/<id>/tensorboard/: `tensorboard --logdir runs`. TensorBoard is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Mapping
+
+LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")
+DIRECTORY = "tensorboard"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class TensorBoard:
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 -- optional, only when asked for
+
+        self.writer = SummaryWriter(str(run_dir / DIRECTORY))
+
+    def epoch(self, record: Mapping, global_step: int, layers: Mapping[str, float]) -> None:
+        scalars = {
+            "charts/episodic_return": record["reward_mean"],
+            "charts/SPS": record["samples_per_s"],
+            **{f"losses/{k}": record.get(k) for k in LOSSES},
+            "sparsity/training": record["training_sparsity"],
+            "sparsity/inference": record["inference_sparsity"],
+            **{f"sparsity/{name}": value for name, value in layers.items()},
+            "async/policy_lag": record["policy_lag"],
+            "time/rollout_s": record["rollout_s"],
+            "time/train_s": record["train_s"],
+        }
+        for tag, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(tag, value, global_step)
+
+    def close(self) -> None:
+        self.writer.close()
