@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import secrets
 import time
 import tomllib
@@ -156,9 +157,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         node[leaf] = value
     config = _build(Config, data, "")
     if not config.run_id:
-        config.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        config.run_id = describe(config) + "-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     validate(config)
     return config
+
+
+def describe(c: Config) -> str:
+    """What a run is, for its generated id: env, mode, placement, pruning, seed; e.g.
+    cartpole-async-bp-mag80-s1 (bp: both pruned, ts: teacher-student; an n after the method: neurons).
+    Short on purpose: ipc socket paths under the run directory are capped at 107 bytes."""
+    env = re.sub(r"[^a-z0-9]+", "-", re.sub(r"-v\d+$", "", c.env_id.lower())).strip("-")[:16] or "env"
+    p = c.pruning
+    pruning = "dense" if p.method == "none" else \
+        f"{p.method[:3]}{'n' if p.structure == 'neuron' else ''}{round(p.target_sparsity * 100)}"
+    return f"{env}-{c.mode}-{'bp' if c.prune_training_model else 'ts'}-{pruning}-s{c.seed}"
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

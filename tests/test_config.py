@@ -24,6 +24,15 @@ def test_defaults():
     assert c.run_dir.name == c.run_id
 
 
+def test_a_generated_run_id_says_what_the_run_is():
+    c = load_config(overrides=["mode=sync", "prune_training_model=false", "pruning.method=taylor",
+                               "pruning.structure=neuron", "pruning.target_sparsity=0.9", "seed=3"])
+    assert c.run_id.startswith("cartpole-sync-ts-tayn90-s3-")
+    assert load_config(overrides=["pruning.method=none"]).run_id.startswith("cartpole-async-bp-dense-s1-")
+    odd = load_config(overrides=["env_id=ALE/Weird:Env_Name-v5"])  # only the id's allowed characters
+    assert odd.run_id.startswith("ale-weird-env-na-async-") and len(odd.run_id) < 64
+
+
 def test_generated_run_ids_differ_and_an_explicit_one_is_kept():
     assert load_config().run_id != load_config().run_id
     assert load_config(overrides=["run_id=my-run_1"]).run_id == "my-run_1"
