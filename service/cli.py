@@ -8,7 +8,7 @@
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
     hotprune list       [RUNS_DIR]                              one line per run
-    hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S]
+    hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S] [--video OUT.mp4]
     hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
     hotprune experiments --experiment NAME [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--episodes", type=int, default=10)
     evaluate.add_argument("--deterministic", action="store_true", help="most likely action / the mean, not a sample")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--video", type=Path, help="write the first episode to this mp4 (needs the video extra)")
     export = sub.add_parser("export", help="write a run's pruned policy for other code (safetensors)")
     export.add_argument("run_dir", type=Path)
     export.add_argument("--format", default="state_dict", help="state_dict | torch-prune | masks")
@@ -122,7 +123,8 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         try:
-            print(evaluate.report(evaluate.evaluate(args.policy, args.episodes, args.deterministic, args.seed)))
+            print(evaluate.report(evaluate.evaluate(args.policy, args.episodes, args.deterministic, args.seed,
+                                                    args.video)))
         except ValueError as exc:  # a bad --episodes
             raise ConfigError(str(exc)) from None
         return 0

@@ -128,3 +128,12 @@ def test_tensorboard_event_files_hold_cleanrl_and_pruning_tags_against_env_steps
     logged = [(e.step, e.value) for e in acc.Scalars("sparsity/training")]
     assert logged == [(int(r["global_step"]), pytest.approx(float(r["training_sparsity"]), abs=1e-6)) for r in rows]
     assert not (runs["neuron"] / "tensorboard").exists()  # only when asked for
+
+
+def test_eval_records_the_first_episode_as_a_video(runs, tmp_path):
+    out = tmp_path / "episode.mp4"
+    result = hotprune("eval", str(runs["weight"]), "--episodes", "2", "--video", str(out))
+    assert result.returncode == 0, result.stderr
+    frames = int(result.stdout.split("video of the first episode (")[1].split(" frames")[0])
+    assert frames >= 10 and out.read_bytes()[4:8] == b"ftyp"  # an mp4 container
+    assert "WARNING" not in result.stderr
