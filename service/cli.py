@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--deterministic", action="store_true", help="most likely action / the mean, not a sample")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--video", type=Path, help="write the first episode to this mp4 (needs the video extra)")
+    evaluate.add_argument("--env", help="refuse a policy trained on another environment than this id")
     export = sub.add_parser("export", help="write a run's pruned policy for other code (safetensors)")
     export.add_argument("run_dir", type=Path)
     export.add_argument("--format", default="state_dict", help="state_dict | torch-prune | masks")
@@ -124,7 +125,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.command == "eval":
         try:
             print(evaluate.report(evaluate.evaluate(args.policy, args.episodes, args.deterministic, args.seed,
-                                                    args.video)))
+                                                    args.video, args.env)))
         except ValueError as exc:  # a bad --episodes
             raise ConfigError(str(exc)) from None
         return 0

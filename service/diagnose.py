@@ -36,7 +36,8 @@ def _versions(values) -> str:
 def run_completed(run: Run) -> Check:
     s, fin = run.summary, run.finished
     if s is None:
-        return _ok("run completed", False, "no summary in trainer.jsonl: the trainer did not finish")
+        return _ok("run completed", False, "no summary in trainer.jsonl: the trainer has not finished "
+                   "(still running, or stopped before its end)")
     outcome = fin["outcome"] if fin else "no supervisor log (processes started by hand)"
     ok = s["completed"] and (fin is None or fin["outcome"] == "completed")
     return _ok("run completed", ok, f"{s['epochs']} epochs, completed={s['completed']}, outcome: {outcome}")

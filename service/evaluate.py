@@ -40,11 +40,12 @@ def _frame(env) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, seed: int = 0,
-             video: Path | None = None) -> dict:
-    """Returns over `episodes`; with `video`, the first episode is also written there as an mp4."""
+             video: Path | None = None, env_id: str | None = None) -> dict:
+    """Returns over `episodes`; with `video`, the first episode is also written there as an mp4.
+    With `env_id`, a policy trained on another environment is refused."""
     if not 1 <= episodes <= MAX_EPISODES:
         raise ValueError(f"--episodes must be in [1, {MAX_EPISODES}], got {episodes}")
-    actor, meta = load_policy(path)
+    actor, meta = load_policy(path, env_id)
     spec = env_spec(meta["env_id"])
     imageio = _video_writer() if video else None
     torch.manual_seed(seed)

@@ -104,6 +104,7 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path):
         (["eval", str(run_dir), "--episodes", "0"], "--episodes must be in"),
         (["export", str(run_dir), "--format", "onnx"], "--format must be one of"),
         (["export", str(tmp_path)], "does not exist"),
+        (["eval", str(run_dir), "--env", "Pendulum-v1"], "is a policy for CartPole-v1, not Pendulum-v1"),
     ]
     for args, message in cases:
         result = hotprune(*args)
