@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import secrets
 import time
@@ -20,6 +21,11 @@ from typing import Any, get_type_hints
 from protocol.endpoints import Endpoints, endpoints
 from service.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from service.schedule import SCHEDULES
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy bound; worker seeds add at most 1000 * (MAX_WORKERS + 1)
+MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table is the wrong tool
+WORKERS_PER_CORE = 4
 
 
 class ConfigError(ValueError):
@@ -141,9 +147,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for item in overrides:
@@ -157,7 +169,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         node[leaf] = value
     config = _build(Config, data, "")
     if not config.run_id:
-        config.run_id = describe(config) + "-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        config.run_id = f"{describe(config)}-{stamp}"
+        try:
+            config.endpoints()
+        except ValueError:  # ipc paths under a deep runs_dir would be too long: the short form
+            config.run_id = stamp
     validate(config)
     return config
 
@@ -226,11 +243,13 @@ def validate(c: Config) -> None:
     need(bool(c.env_id), "env_id", "must name a gymnasium environment")
     need(c.epochs >= 1, "epochs", "must be >= 1")
     need(c.total_steps >= 0, "total_steps", "must be >= 0")
-    need(c.num_workers >= 1, "num_workers", "must be >= 1")
+    max_workers = min(MAX_WORKERS, WORKERS_PER_CORE * (os.cpu_count() or 1))
+    need(1 <= c.num_workers <= max_workers, "num_workers",
+         f"must be in [1, {max_workers}] ({WORKERS_PER_CORE} per core here, at most {MAX_WORKERS})")
     need(c.envs_per_worker >= 1, "envs_per_worker", "must be >= 1")
     need(c.chunk_steps >= 1, "chunk_steps", "must be >= 1")
     need(c.samples_per_epoch >= c.chunk_samples, "samples_per_epoch", f"must be >= one chunk ({c.chunk_samples})")
-    need(c.seed >= 0, "seed", "must be >= 0")
+    need(0 <= c.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
     need(all(ch.isalnum() or ch in "-_." for ch in c.run_id) and not c.run_id.startswith("."), "run_id",
          "may hold only letters, digits, - _ . and must not start with .")
     need(c.run_id != "latest", "run_id", "must not be latest (runs_dir/latest links to the newest run)")

@@ -21,9 +21,16 @@ def prepare(cfg: Config) -> Path:
         cfg.endpoints()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    needed = largest_frame(cfg)
+    if cfg.transport.max_frame_bytes < needed:
+        raise ConfigError(f"transport.max_frame_bytes must be >= {needed} (the largest tensor frame this run sends), "
+                          f"got {cfg.transport.max_frame_bytes}")
     if (run_dir / "config.toml").exists():
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another run_id")
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"runs_dir {cfg.runs_dir}: cannot create {run_dir}: {exc.strerror}") from None
     run_dir.chmod(0o700)  # sockets and logs of a run are its user's only
     socket_dir(run_dir).mkdir(mode=0o700, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
@@ -33,6 +40,16 @@ def prepare(cfg: Config) -> Path:
 
 
 LATEST = "latest"
+
+
+def largest_frame(cfg: Config) -> int:
+    """Bytes of the largest single tensor any process of this run sends: an actor weight (and its
+    gradient statistics) in a snapshot, or a trajectory chunk's observations."""
+    spec = env_spec(cfg.env_id)
+    sizes = [spec.obs_dim, *cfg.ppo.hidden_sizes, spec.act_dim]
+    weight = max(a * b for a, b in zip(sizes[:-1], sizes[1:])) * 4
+    chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * spec.obs_dim * 4
+    return max(weight, chunk_obs)
 
 
 def _point_latest(run_dir: Path) -> None:

@@ -29,6 +29,8 @@ def test_a_generated_run_id_says_what_the_run_is():
                                "pruning.structure=neuron", "pruning.target_sparsity=0.9", "seed=3"])
     assert c.run_id.startswith("cartpole-sync-ts-tayn90-s3-")
     assert load_config(overrides=["pruning.method=none"]).run_id.startswith("cartpole-async-bp-dense-s1-")
+    deep = load_config(overrides=["runs_dir=/tmp/" + "d" * 60])  # the short form where ipc paths would not fit
+    assert deep.run_id[:8].isdigit() and deep.endpoints()
     odd = load_config(overrides=["env_id=ALE/Weird:Env_Name-v5"])  # only the id's allowed characters
     assert odd.run_id.startswith("ale-weird-env-na-async-") and len(odd.run_id) < 64
 

@@ -190,6 +190,9 @@ def test_dense_baseline_passes_every_update_through_unpruned(tmp_path):
         ("env_id=NoSuchEnv-v0", "NoSuchEnv-v0"),
         ("prune_training_model=maybe", "prune_training_model"),
         ("no_such_key=1", "no_such_key"),
+        ("transport.max_frame_bytes=1024", "transport.max_frame_bytes must be >= 16384"),  # 64x64 float32
+        ("seed=99999999999999999999", "seed"),
+        ("num_workers=10000", "num_workers"),
     ],
 )
 def test_bad_config_fails_at_start_with_one_line(tmp_path, override, named):
@@ -198,6 +201,20 @@ def test_bad_config_fails_at_start_with_one_line(tmp_path, override, named):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and "error" in lines[0], result.stderr
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda tmp: ["--config", str(tmp)], "is a directory"),
+    (lambda tmp: ["--config", str((tmp / "latin1.toml").write_bytes(b"\xff\xfe = 1") and tmp / "latin1.toml")],
+     "is not UTF-8 text"),
+    (lambda tmp: ["--set", "run_id=x", "--set", f"runs_dir={(tmp / 'a-file').write_text('x') and tmp / 'a-file'}"],
+     "cannot create"),
+])
+def test_unusable_paths_fail_at_start_with_one_line(tmp_path, make, named):
+    result = hotprune("run", *make(tmp_path), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
 
 
 def _start(tmp_path, run_id, *extra):
