@@ -25,13 +25,21 @@ def trajectory_spec(steps: int, envs: int, obs_dim: int, act_dim: int, discrete:
 
 
 def check_trajectory(tensors: Mapping[str, np.ndarray], steps: int, envs: int, obs_dim: int, act_dim: int,
-                     discrete: bool) -> None:
+                     discrete: bool, bound: float = math.inf) -> None:
+    """Names, shapes, dtypes, finite values; actions in the action space; observations, rewards and
+    log-probabilities within +-`bound` (finite but huge values, e.g. a forged 3e38 reward, would
+    still turn the update's logits into NaN); discrete log-probabilities <= 0."""
     truncated = tensors.get("truncated")
     if truncated is None or truncated.dtype != np.bool_ or truncated.shape != (steps, envs):
         raise MessageRejected(f"trajectory: truncated must be bool[{steps}, {envs}]")
     check_tensors(tensors, trajectory_spec(steps, envs, obs_dim, act_dim, discrete, int(truncated.sum())))
     if discrete and not ((tensors["actions"] >= 0) & (tensors["actions"] < act_dim)).all():
         raise MessageRejected(f"trajectory: discrete actions outside [0, {act_dim})")
+    for name in ("obs", "final_obs", "rewards", "logprobs"):
+        if tensors[name].size and np.abs(tensors[name]).max() > bound:
+            raise MessageRejected(f"trajectory: {name} outside +-{bound:g}")
+    if discrete and tensors["logprobs"].size and tensors["logprobs"].max() > 0:
+        raise MessageRejected("trajectory: a discrete log-probability above 0")
 
 
 def check_trajectory_fields(fields: Mapping, steps: int, envs: int, max_params: int) -> None:

@@ -45,6 +45,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    input_bound: float = 1e6  # chunks whose observations, rewards or log-probs exceed +-this are rejected
 
 
 @dataclass
@@ -264,6 +265,7 @@ def validate(c: Config) -> None:
     need(p.ent_coef >= 0, "ppo.ent_coef", "must be >= 0")
     need(p.vf_coef >= 0, "ppo.vf_coef", "must be >= 0")
     need(p.max_grad_norm > 0, "ppo.max_grad_norm", "must be > 0")
+    need(p.input_bound > 0, "ppo.input_bound", "must be > 0")
     need(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes), "ppo.hidden_sizes", "must be positive sizes")
     q = c.pruning
     need(0 <= q.target_sparsity < 1, "pruning.target_sparsity", "must be in [0, 1)")

@@ -136,7 +136,7 @@ class Trainer:
                 raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
             check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker, self.params_total)
             check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, self.spec.obs_dim,
-                             self.spec.act_dim, self.spec.discrete)
+                             self.spec.act_dim, self.spec.discrete, c.ppo.input_bound)
         except MessageRejected as exc:
             self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
             return None

@@ -164,12 +164,12 @@ REPORT = {"version": 2, "epoch": 2, "due_epoch": 2, "target_sparsity": 0.8, "fai
           "params_kept": 1128}
 
 
-def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, **fields):
+def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, rewards=None, logprobs=None, **fields):
     tensors = {
         "obs": np.zeros((steps + 1, envs, 4), np.float32) if obs is None else obs,
         "actions": np.zeros((steps, envs), np.int64),
-        "logprobs": np.full((steps, envs), -0.69, np.float32),
-        "rewards": np.ones((steps, envs), np.float32),
+        "logprobs": np.full((steps, envs), -0.69, np.float32) if logprobs is None else logprobs,
+        "rewards": np.ones((steps, envs), np.float32) if rewards is None else rewards,
         "terminated": np.zeros((steps, envs), bool),
         "truncated": np.zeros((steps, envs), bool),
         "final_obs": np.zeros((0, 4), np.float32),
@@ -199,6 +199,9 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
                 intruder, obs=np.zeros((33, 2, 4), np.float32)),
             "non-finite": _trajectory(intruder, obs=nan_obs),
             "worker_id 7 outside": _trajectory(intruder, worker_id=7),
+            # finite but absurd: one such reward made the trainer's logits NaN and failed the run
+            "rewards outside +-1e+06": _trajectory(intruder, rewards=np.full((32, 4), 3e38, np.float32)),
+            "a discrete log-probability above 0": _trajectory(intruder, logprobs=np.full((32, 4), 5.0, np.float32)),
             "policy_nonzero_params outside [0, 4610]": _trajectory(intruder, policy_nonzero_params=10**9),
             "policy_version 999999": _trajectory(intruder, policy_version=999999),
             "not this run's": _trajectory(Encoder("other", "intruder")),
