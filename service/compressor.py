@@ -227,7 +227,9 @@ class Compressor:
 def main(argv: list[str] | None = None) -> int:
     args = run_dir_parser("compressor", "prunes snapshots into the shared weight store").parse_args(argv)
     cfg, stop = start(args.run_dir)
-    return Compressor(cfg, stop).run()
+    role = Compressor(cfg, stop)
+    with eventlog.crashes_logged(role.log):
+        return role.run()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ of any process go to stderr. Arrays never reach a log line whole: they are writt
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+import structlog.tracebacks
 
 from service import console
 
@@ -36,7 +38,11 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not loggable")
 
 
-_NOT_ECHOED = ("event", "level", "ts", "pid", "run_id")
+_NOT_ECHOED = ("event", "level", "ts", "pid", "run_id", "exception")
+# A crash's traceback goes into the JSON line as structured frames, without local variables (they
+# could hold whole tensors, or a message's bytes).
+_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False, use_rich=False, max_frames=20))
 
 
 def _echo(echo_human: bool):
@@ -68,6 +74,7 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _TRACEBACKS,
             _echo(echo_human),
             _leading_fields,
             structlog.processors.JSONRenderer(serializer=functools.partial(json.dumps, default=_jsonable)),
@@ -79,6 +86,17 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_
     if index is not None:
         context["worker_id"] = index
     return structlog.get_logger().bind(**context)
+
+
+@contextmanager
+def crashes_logged(log):
+    """An exception escaping the block is logged as `process_crashed` (type, message, frames) in the
+    process's own file, then raised on: a process that dies leaves its reason in its log."""
+    try:
+        yield
+    except Exception as exc:
+        log.error("process_crashed", error=f"{type(exc).__name__}: {str(exc)[:200]}", exc_info=True)
+        raise
 
 
 class Heartbeat:

@@ -406,7 +406,9 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     args = run_dir_parser("trainer", "PPO learner that publishes weight snapshots").parse_args(argv)
     cfg, stop = start(args.run_dir)
-    return Trainer(cfg, stop).run()
+    role = Trainer(cfg, stop)
+    with eventlog.crashes_logged(role.log):
+        return role.run()
 
 
 if __name__ == "__main__":

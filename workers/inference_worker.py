@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0, help="worker index, 0 .. num_workers-1")
     args = parser.parse_args(argv)
     cfg, stop = start(args.run_dir)
-    return InferenceWorker(cfg, args.index, stop).run()
+    worker = InferenceWorker(cfg, args.index, stop)
+    with eventlog.crashes_logged(worker.log):
+        return worker.run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""Event logs: a crash leaves its reason in the process's own JSON file, without local variables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from service import eventlog
+
+
+def test_a_crash_is_logged_with_its_frames_but_no_locals_and_raised_on(tmp_path):
+    log = eventlog.setup(tmp_path, "run-x", "trainer")
+    secret = np.full(1000, 7.0)  # a local a traceback with locals would print
+
+    def broken(weights):
+        raise RuntimeError("the update went wrong")
+
+    with pytest.raises(RuntimeError, match="the update went wrong"):
+        with eventlog.crashes_logged(log):
+            broken(secret)
+    [line] = [json.loads(x) for x in (tmp_path / "logs" / "trainer.jsonl").read_text().splitlines()]
+    assert line["event"] == "process_crashed" and line["level"] == "error" and line["role"] == "trainer"
+    assert line["error"] == "RuntimeError: the update went wrong"
+    [exc] = line["exception"]
+    assert exc["exc_type"] == "RuntimeError" and [f["name"] for f in exc["frames"]][-1] == "broken"
+    assert all("locals" not in frame for frame in exc["frames"])
+    assert "7.0" not in json.dumps(line)
