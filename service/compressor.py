@@ -213,7 +213,10 @@ class Compressor:
                 if msg is not None:
                     self.handle(msg)
         finally:
-            self.keep_policy(final=True)
+            try:
+                self.keep_policy(final=True)
+            except OSError as exc:  # e.g. a full disk: the stop must still reach the workers
+                self.log.error("policy_not_saved", reason=str(exc)[:200])
             # Pass the stop on to the workers (a run started by hand has no supervisor to do it).
             if self.stopping:
                 self.notify.send_multipart(self.encoder.encode("control", {"command": "stop"}))

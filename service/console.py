@@ -54,6 +54,19 @@ def _masks_applied(e: dict) -> str:
     )
 
 
+def _parameters(e: dict) -> list[str]:
+    """The summary's parameter lines; a summary from a version before them has none."""
+    if not {"pruned_params_kept", "training_params_kept", "training_layers"} <= set(e):
+        return []
+    lines = [f"Parameters: pruned policy {_count(e['pruned_params_kept'])} kept of {e['params_total']:,} | "
+             f"training {e['training_params_kept']:,} kept | inference ran {e['inference_nonzero_params']:,} non-zero",
+             "Training layers: " + ", ".join(f"{name} {_pct(v['sparsity'])} ({v['kept']:,}/{v['total']:,} kept)"
+                                             for name, v in e["training_layers"].items())]
+    if e.get("compression_failures"):
+        lines.append(f"Compressions that failed: {e['compression_failures']}")
+    return lines
+
+
 def _summary(e: dict) -> str:
     return "\n".join(
         [
@@ -65,13 +78,9 @@ def _summary(e: dict) -> str:
             f"  Rollout time avg: {e['rollout_s_mean']:.2f}s | Train time avg: {e['train_s_mean']:.2f}s",
             f"Throughput (avg samples/s): {e['samples_per_s_mean']:.1f}",
             f"Final sparsity: training {_pct(e['final_training_sparsity'])} | "
-            f"inference {_pct(e['final_inference_sparsity'])} | pruned policy {_pct(e['pruned_sparsity'])} "
-            f"(target {_pct(e['target_sparsity'])}" + (" of hidden units)" if e["structure"] == "neuron" else ")"),
-            f"Parameters: pruned policy {_count(e['pruned_params_kept'])} kept of {e['params_total']:,} | "
-            f"training {e['training_params_kept']:,} kept | inference ran {e['inference_nonzero_params']:,} non-zero",
-            "Training layers: " + ", ".join(f"{name} {_pct(v['sparsity'])} ({v['kept']:,}/{v['total']:,} kept)"
-                                            for name, v in e["training_layers"].items())
-            + (f"\nCompressions that failed: {e['compression_failures']}" if e["compression_failures"] else ""),
+            f"inference {_pct(e['final_inference_sparsity'])} | pruned policy {_pct(e.get('pruned_sparsity'))} "
+            f"(target {_pct(e['target_sparsity'])}" + (" of hidden units)" if e.get("structure") == "neuron" else ")"),
+            *_parameters(e),
             f"Swap latency: median {_num(e['swap_latency_ms_median'], '.2f')} ms | "
             f"p99 {_num(e['swap_latency_ms_p99'], '.2f')} ms ({e['swaps']} swaps)",
             f"Policy lag (versions): mean {e['policy_lag_mean']:.2f} | max {e['policy_lag_max']}",

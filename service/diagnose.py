@@ -195,15 +195,16 @@ def async_lag(run: Run) -> Check:
 
 def no_rejected_messages(run: Run) -> Check:
     rejected = run.all("message_rejected")
-    first = rejected[0]["reason"][:REASON_CHARS] if rejected else ""
+    first = repr(str(rejected[0]["reason"])[:REASON_CHARS]) if rejected else ""
     return _ok("no rejected messages", not rejected,
                f"{len(rejected)} rejected; first: {first}" if rejected else "0 in all logs")
 
 
 def no_failed_reads(run: Run) -> Check:
     failed = run.all("store_read_failed")
+    first = repr(str(failed[0]["reason"])[:REASON_CHARS]) if failed else ""
     return _ok("no failed store reads", not failed,
-               f"{len(failed)} failed; first: {failed[0]['reason'][:REASON_CHARS]}" if failed else "0 in all logs")
+               f"{len(failed)} failed; first: {first}" if failed else "0 in all logs")
 
 
 def compression_failures(run: Run) -> Check:

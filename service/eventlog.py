@@ -75,6 +75,7 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             _TRACEBACKS,
+            _cut_exception_values,
             _echo(echo_human),
             _leading_fields,
             structlog.processors.JSONRenderer(serializer=functools.partial(json.dumps, default=_jsonable)),
@@ -88,6 +89,19 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_
     return structlog.get_logger().bind(**context)
 
 
+EXCEPTION_VALUE_CHARS = 200  # an exception's message may hold anything (a message's bytes): cut
+
+
+def _cut_exception_values(logger, method_name, event_dict):
+    stack = list(event_dict.get("exception", []))
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, dict):
+            exc["exc_value"] = str(exc.get("exc_value", ""))[:EXCEPTION_VALUE_CHARS]
+            stack.extend(exc.get("exceptions", []))
+    return event_dict
+
+
 @contextmanager
 def crashes_logged(log):
     """An exception escaping the block is logged as `process_crashed` (type, message, frames) in the
@@ -95,7 +109,7 @@ def crashes_logged(log):
     try:
         yield
     except Exception as exc:
-        log.error("process_crashed", error=f"{type(exc).__name__}: {str(exc)[:200]}", exc_info=True)
+        log.error("process_crashed", error=f"{type(exc).__name__}: {str(exc)[:EXCEPTION_VALUE_CHARS]}", exc_info=True)
         raise
 
 

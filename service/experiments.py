@@ -165,7 +165,7 @@ def seed_row(run: Run, threshold: float | None) -> dict:
     return {"return": s["reward_mean_last"], "samples_to_threshold": reached, "epoch_s": s["epoch_s_mean"],
             "rollout_s": s["rollout_s_mean"], "train_s": s["train_s_mean"], "samples_per_s": s["samples_per_s_mean"],
             "training_sparsity": s["final_training_sparsity"], "inference_sparsity": s["final_inference_sparsity"],
-            "pruned_sparsity": s["pruned_sparsity"], "params_kept": s["pruned_params_kept"],
+            "pruned_sparsity": s.get("pruned_sparsity"), "params_kept": s.get("pruned_params_kept"),
             "params_total": s["params_total"], "swap_ms": s["swap_latency_ms_median"],
             "policy_lag": s["policy_lag_mean"]}
 

@@ -3,6 +3,7 @@ runs/latest, a link to the newest run (`hotprune diagnose runs/latest`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from protocol.endpoints import socket_dir
@@ -21,6 +22,10 @@ def prepare(cfg: Config) -> Path:
         cfg.endpoints()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    cores = os.cpu_count() or 1
+    if cfg.num_workers > WORKERS_PER_CORE * cores:
+        raise ConfigError(f"num_workers must be <= {WORKERS_PER_CORE * cores} on this machine "
+                          f"({WORKERS_PER_CORE} per core, {cores} cores), got {cfg.num_workers}")
     needed = largest_frame(cfg)
     if cfg.transport.max_frame_bytes < needed:
         raise ConfigError(f"transport.max_frame_bytes must be >= {needed} (the largest tensor frame this run sends), "
@@ -40,6 +45,7 @@ def prepare(cfg: Config) -> Path:
 
 
 LATEST = "latest"
+WORKERS_PER_CORE = 4  # more inference workers than this per core only fight over the CPU
 
 
 def largest_frame(cfg: Config) -> int:

@@ -57,7 +57,8 @@ def load(path: str | Path) -> Run:
         config = load_config(run_dir / "config.toml")
     except ConfigError as exc:
         raise RunError(f"{run_dir}: {exc}") from None
-    config.runs_dir, config.run_id = str(run_dir.parent), run_dir.name
+    resolved = run_dir.resolve()  # runs/latest is a link: the run's own name
+    config.runs_dir, config.run_id = str(resolved.parent), resolved.name
     logs = {}
     for file in sorted((run_dir / "logs").glob("*.jsonl")):
         lines = []

@@ -28,7 +28,10 @@ def show(run: Run) -> str:
     parts = [f"run {run.config.run_id}: {run.config.env_id}, {run.config.mode}, "
              f"{'both pruned' if run.config.prune_training_model else 'teacher-student'}"]
     parts += timeline(run)
-    parts.append(console.human_line(run.summary) if run.summary else "no summary: the run did not finish (yet)")
+    try:
+        parts.append(console.human_line(run.summary) if run.summary else "no summary: the run did not finish (yet)")
+    except (KeyError, TypeError, ValueError):
+        parts.append("the summary was written by another hotprune version and cannot be shown")
     if run.finished:
         parts.append(console.human_line(run.finished))
     return "\n".join(parts)

@@ -27,3 +27,12 @@ def test_a_crash_is_logged_with_its_frames_but_no_locals_and_raised_on(tmp_path)
     assert exc["exc_type"] == "RuntimeError" and [f["name"] for f in exc["frames"]][-1] == "broken"
     assert all("locals" not in frame for frame in exc["frames"])
     assert "7.0" not in json.dumps(line)
+
+
+def test_a_crash_message_is_cut_so_a_log_line_stays_small(tmp_path):
+    log = eventlog.setup(tmp_path, "run-y", "worker", 0)
+    with pytest.raises(ValueError):
+        with eventlog.crashes_logged(log):
+            raise ValueError("A" * 100_000)
+    line = (tmp_path / "logs" / "worker-0.jsonl").read_text()
+    assert len(line) < 5_000 and json.loads(line)["exception"][0]["exc_value"] == "A" * 200
