@@ -87,11 +87,15 @@ def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, args, message):
     assert not any(tmp_path.iterdir())
 
 
-def test_bootstrap_tells_noise_from_a_difference():
-    rng = np.random.default_rng(0)
-    low, high = experiments.bootstrap_difference([100, 102, 98], [200, 201, 199], rng)
-    assert low > 90 and high < 110
-    low, high = experiments.bootstrap_difference([100, 200, 150], [120, 180, 160], rng)
-    assert low < 0 < high
+def test_welch_tells_noise_from_a_difference_and_keeps_false_alarms_near_five_percent():
+    diff, p = experiments.welch([100, 102, 98], [200, 201, 199])
+    assert diff == 100 and p < 1e-4
+    diff, p = experiments.welch([1, 2, 3, 4], [2, 3, 4, 5.5])  # scipy.stats.ttest_ind(equal_var=False): 0.2986
+    assert diff == 1.125 and p == pytest.approx(0.2986, abs=1e-3)
+    assert experiments.welch([500, 500, 500], [500, 500, 500]) == (0.0, 1.0)  # every seed at the maximum
+    rng = np.random.default_rng(0)  # 3 seeds against 3 from the same distribution
+    alarms = sum(experiments.welch(list(rng.normal(0, 1, 3)), list(rng.normal(0, 1, 3)))[1] < 0.05
+                 for _ in range(2000))
+    assert alarms / 2000 < 0.07
     with pytest.raises(ConfigError):
         experiments.plan("basic", [], Path("/tmp"), [])
