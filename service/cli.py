@@ -110,10 +110,13 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.command == "experiments":
         from service import experiments
 
-        results = experiments.run_grid(args.experiment, args.seeds, args.root, args.jobs, args.set)
+        results, failed = experiments.run_grid(args.experiment, args.seeds, args.root, args.jobs, args.set)
         print(results.read_text())
         print(f"results: {results} and {results.with_suffix('.csv')}")
-        return 0
+        if failed:
+            print(f"hotprune experiments: {failed} run(s) failed; their console output is in console.txt "
+                  "in their run directories", file=sys.stderr)
+        return 1 if failed else 0
     if args.command == "report":
         runs = [load(d) for d in args.run_dirs]
         try:

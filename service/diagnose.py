@@ -47,7 +47,7 @@ def no_skipped_compression(run: Run) -> Check:
     [plan] = run.events("compressor", "pruning_planned")[-1:] or [None]
     if plan is None:
         return _ok("no scheduled compression skipped", False, "no pruning_planned in compressor.jsonl")
-    last_epoch = run.summary["epochs"] if run.summary else run.config.total_epochs
+    last_epoch = max((e["epoch"] for e in run.events("trainer", "epoch")), default=0)
     planned = [epoch for epoch, _ in plan["steps"] if epoch <= last_epoch]
     served = {}
     for e in run.events("compressor", "compression_finished"):
@@ -157,20 +157,33 @@ def trainer_stays_dense(run: Run) -> Check:
                f"epoch {dense[0]['epoch']} at {dense[0]['training_sparsity']:.2%}")
 
 
-def workers_run_the_target(run: Run) -> Check:
+def _runnable(run: Run) -> tuple[dict | None, str]:
+    """The last compression the workers could have run, and a note when a later one came only at the
+    run's end (a snapshot of the last epoch: the workers stop before they could swap to it)."""
+    last_epoch = max((e["epoch"] for e in run.events("trainer", "epoch")), default=0)
     compressions = _compressions(run)
-    if not compressions:
-        return _ok("workers run the pruned policy", False, "no compression finished")
-    target = compressions[-1]["weight_sparsity"]
+    runnable = [c for c in compressions if c["epoch"] < last_epoch]
+    late = [c for c in compressions if c["epoch"] >= last_epoch]
+    note = f" (v{late[-1]['version']}, compressed at the run's end, was never runnable)" if late else ""
+    return (runnable[-1] if runnable else None), note
+
+
+def workers_run_the_target(run: Run) -> Check:
+    compression, note = _runnable(run)
+    if compression is None:
+        return Check("INFO" if note else "FAIL", "workers run the pruned policy",
+                     "no compression finished" + note)
+    target = compression["weight_sparsity"]
     last = {w: (run.events(w, "worker_swapped") or [None])[-1] for w in run.workers()}
     wrong = {w: s for w, s in last.items() if s is None or abs(s["sparsity"] - target) > 1e-3}
     shown = ", ".join(f"{w} v{s['version']} at {s['sparsity']:.2%}" for w, s in last.items() if s)
     return _ok("workers run the pruned policy", bool(last) and not wrong,
-               f"last compression {target:.2%}; last swaps: {shown or 'none'}")
+               f"last compression {target:.2%}{note}; last swaps: {shown or 'none'}")
 
 
 def workers_never_go_backwards(run: Run) -> Check:
-    final = max((e["version"] for e in _compressions(run)), default=None)
+    last, _ = _runnable(run)
+    final = last["version"] if last else None
     problems, shown = [], []
     for w in run.workers():
         versions = [e["version"] for e in run.events(w, "worker_swapped")]

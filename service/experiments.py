@@ -32,7 +32,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from service.config import ConfigError, load_config
+from service.config import ConfigError, load_config, to_toml
 from service.runlog import Run, RunError, load
 
 ALPHA = 0.05
@@ -96,21 +96,34 @@ def plan(experiment: str, seeds: list[int], root: Path, extra: list[str]) -> lis
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     base = root / f"pruning_{experiment}"
+    seeds = list(dict.fromkeys(seeds))  # a seed given twice is one run
     grid = [(v, s, base / v.name / f"s{s}") for v in EXPERIMENTS[experiment] for s in seeds]
     for v, s, run_dir in grid:  # every variant's config is valid before anything runs
-        load_config(None, [*v.overrides, *extra, f"seed={s}", f"runs_dir={run_dir.parent}", f"run_id={run_dir.name}"])
+        planned_config(v, s, run_dir, extra)
     return grid
 
 
+def _overrides(variant: Variant, seed: int, run_dir: Path, extra: list[str]) -> list[str]:
+    return [*variant.overrides, *extra, f"seed={seed}", f"runs_dir={run_dir.parent}", f"run_id={run_dir.name}"]
+
+
+def planned_config(variant: Variant, seed: int, run_dir: Path, extra: list[str]) -> str:
+    """The config.toml this (variant, seed) run has: a kept run with another one is not reused."""
+    return to_toml(load_config(None, _overrides(variant, seed, run_dir, extra)))
+
+
 def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -> bool:
-    if completed(run_dir):
+    same = (run_dir / "config.toml").is_file() and \
+        (run_dir / "config.toml").read_text() == planned_config(variant, seed, run_dir, extra)
+    if completed(run_dir) and same:
         log(f"{variant.name} seed {seed}: done already ({run_dir})")
         return True
-    if run_dir.exists():  # a run that failed or was interrupted: keep it aside, run again
+    if run_dir.exists():  # failed, interrupted, or made with other settings: keep it aside, run again
+        why = "an unfinished run" if same or not (run_dir / "config.toml").is_file() else "a run with other settings"
         aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(str(run_dir), aside)
-        log(f"{variant.name} seed {seed}: an unfinished run moved to {aside.name}")
-    args = [*variant.overrides, *extra, f"seed={seed}", f"runs_dir={run_dir.parent}", f"run_id={run_dir.name}"]
+        log(f"{variant.name} seed {seed}: {why} moved to {aside.name}")
+    args = _overrides(variant, seed, run_dir, extra)
     command = hotprune_command() + ["run", *(x for a in args for x in ("--set", a))]
     t0 = time.monotonic()
     run_dir.mkdir(parents=True)
@@ -120,17 +133,20 @@ def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -
     return code == 0
 
 
-def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str], log=print) -> Path:
+def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str],
+             log=print) -> tuple[Path, int]:
+    """Run the grid; returns the results table and how many runs failed."""
     cores = os.cpu_count() or 1
     if not 1 <= jobs <= cores:
         raise ConfigError(f"--jobs must be in [1, {cores}] (cores here), got {jobs}")
     grid = plan(experiment, seeds, root, extra)
     (root / f"pruning_{experiment}").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(lambda item: run_one(*item, extra, log), grid))
+        ok = list(pool.map(lambda item: run_one(*item, extra, log), grid))
+    seeds = list(dict.fromkeys(seeds))
     results = write_results(experiment, seeds, root)
     plot(experiment, seeds, root, log)
-    return results
+    return results, ok.count(False)
 
 
 def plot(experiment: str, seeds: list[int], root: Path, log) -> None:

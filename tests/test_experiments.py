@@ -58,6 +58,12 @@ def test_an_interrupted_grid_resumes_and_runs_only_what_is_missing(grid, tmp_pat
     assert "sync_teacher_student seed 1: exit 0" in result.stdout
     assert load(base / "sync_teacher_student" / "s1").summary["completed"]
     assert list((base / "sync_teacher_student").glob("s1.failed-*"))
+    # other settings than the kept run's: it is not reused (here one variant only, to stay short)
+    other = hotprune("experiments", "--experiment", "basic", "--seeds", "1", "1", "--root", str(base.parent),
+                     *TINY, "--set", "epochs=2")
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.count("a run with other settings moved to") == len(experiments.EXPERIMENTS["basic"])
+    assert other.stdout.count("seed 1: exit 0") == len(experiments.EXPERIMENTS["basic"])  # seed 1 given twice: once
 
 
 def test_the_grid_plots_every_variant_and_the_plots_are_drawn_from_the_data(grid):
