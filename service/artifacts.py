@@ -39,10 +39,18 @@ class ArtifactError(ValueError):
 
 def save(path: Path, tensors: Mapping[str, np.ndarray], **meta: Any) -> None:
     """Write tensors and JSON-encoded metadata atomically."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a directory; give a file name")
     tmp = path.with_name(f".{path.name}.tmp")
     arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
-    safetensors.numpy.save_file(arrays, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    try:
+        safetensors.numpy.save_file(arrays, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+        os.replace(tmp, path)
+    except (safetensors.SafetensorError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ArtifactError(f"cannot write {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -72,7 +80,8 @@ def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dic
     try:
         return actor_from_tensors(tensors, meta["discrete"]), meta
     except (KeyError, IndexError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} does not hold an actor: {exc}") from None
+        raise ArtifactError(f"{path} does not hold an actor: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+            from None
 
 
 class Progress:

@@ -152,7 +152,7 @@ class Compressor:
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
         self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
-                                   "params_kept": stats["params_kept"]})
+                                   "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
         if outcome is not None:
             self.keep_policy(due_epoch=due[0].epoch)
         ready = {"version": version, "slot": slot, "structure_changed": structure_changed}

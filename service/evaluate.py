@@ -45,6 +45,8 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
     With `env_id`, a policy trained on another environment is refused."""
     if not 1 <= episodes <= MAX_EPISODES:
         raise ValueError(f"--episodes must be in [1, {MAX_EPISODES}], got {episodes}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
     actor, meta = load_policy(path, env_id)
     spec = env_spec(meta["env_id"])
     imageio = _video_writer() if video else None
@@ -78,7 +80,9 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
     return {
         "env_id": meta["env_id"], "episodes": episodes, "deterministic": deterministic,
         "return_mean": statistics.fmean(returns), "return_std": statistics.pstdev(returns),
-        "nonzero_params": int(sum(np.count_nonzero(p) for p in params)), "params": int(sum(p.size for p in params)),
+        "nonzero_params": int(sum(np.count_nonzero(p) for p in params)),
+        # of the dense policy: a neuron-pruned one is smaller than its dense shape
+        "params": int(meta.get("params_total", sum(p.size for p in params))),
         "version": meta.get("version"), "structure": meta.get("structure"),
         "video": str(video) if video else None, "video_frames": len(frames),
     }

@@ -35,7 +35,10 @@ def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     if fmt == "state_dict":
         artifacts.save(out, tensors, **meta, format=fmt)
     else:
-        masks, _ = artifacts.load(run_dir / artifacts.MASKS)
+        masks, masks_meta = artifacts.load(run_dir / artifacts.MASKS)
+        if masks_meta.get("version") != meta.get("version"):  # written one after the other: a live run
+            raise artifacts.ArtifactError(f"{run_dir}: the policy (v{meta.get('version')}) and the masks "
+                                          f"(v{masks_meta.get('version')}) differ; export again when the run is done")
         if fmt == "masks":
             artifacts.save(out, masks, **meta, format=fmt)
         else:

@@ -117,7 +117,13 @@ def figure(name: str, runs: list[Run]):
 def report(runs: list[Run], out: Path) -> list[Path]:
     """Write one PNG per plot into `out`; returns their paths."""
     plt = _pyplot()
-    out.mkdir(parents=True, exist_ok=True)
+    empty = [run.path.name for run in runs if not _epochs(run)]
+    if empty:
+        raise RuntimeError(f"no epochs to plot in {', '.join(empty)}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(f"cannot write plots to {out}: {exc.strerror}") from None
     paths = []
     for name in PLOTS:
         fig = figure(name, runs)

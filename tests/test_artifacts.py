@@ -105,6 +105,10 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path):
         (["export", str(run_dir), "--format", "onnx"], "--format must be one of"),
         (["export", str(tmp_path)], "does not exist"),
         (["eval", str(run_dir), "--env", "Pendulum-v1"], "is a policy for CartPole-v1, not Pendulum-v1"),
+        (["eval", str(run_dir / "masks.safetensors")], "does not hold an actor"),
+        (["eval", str(run_dir), "--seed", "-1"], "--seed must be >= 0"),
+        (["export", str(run_dir), "--out", str(tmp_path)], "is a directory"),
+        (["export", str(run_dir), "--out", str(tmp_path / "no" / "such" / "dir.safetensors")], "cannot write"),
     ]
     for args, message in cases:
         result = hotprune(*args)
