@@ -36,6 +36,7 @@ from service.config import ConfigError, load_config, to_toml
 from service.runlog import Run, RunError, load
 
 ALPHA = 0.05
+CORES_PER_RUN = 2  # trainer + compressor + workers: a run keeps about two cores busy
 MIN_SEEDS_TO_COMPARE = 2  # a sample variance needs two
 
 
@@ -136,9 +137,10 @@ def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -
 def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str],
              log=print) -> tuple[Path, int]:
     """Run the grid; returns the results table and how many runs failed."""
-    cores = os.cpu_count() or 1
-    if not 1 <= jobs <= cores:
-        raise ConfigError(f"--jobs must be in [1, {cores}] (cores here), got {jobs}")
+    most = max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
+    if not 1 <= jobs <= most:
+        raise ConfigError(f"--jobs must be in [1, {most}] here (a run keeps about {CORES_PER_RUN} cores busy), "
+                          f"got {jobs}")
     grid = plan(experiment, seeds, root, extra)
     (root / f"pruning_{experiment}").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:

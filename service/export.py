@@ -23,7 +23,6 @@ from service.envs import EnvSpec
 from service.policy import Actor, linear_weight_names, make_actor
 
 FORMATS = ("state_dict", "torch-prune", "masks")
-SUFFIXES = {"state_dict": "state_dict", "torch-prune": "torch_prune", "masks": "masks"}
 
 
 def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
@@ -31,7 +30,7 @@ def export(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
         raise ValueError(f"--format must be one of {'|'.join(FORMATS)}, got {fmt!r}")
     run_dir = Path(run_dir)
     tensors, meta = artifacts.load(run_dir / artifacts.POLICY)
-    out = out or run_dir / f"export_{SUFFIXES[fmt]}.safetensors"
+    out = out or run_dir / f"export_{fmt.replace('-', '_')}.safetensors"
     if fmt == "state_dict":
         artifacts.save(out, tensors, **meta, format=fmt)
     else:
