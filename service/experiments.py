@@ -177,11 +177,8 @@ def plot(experiment: str, seeds: list[int], root: Path, log) -> None:
 
 def seed_row(run: Run, threshold: float | None) -> dict:
     s = run.summary
-    samples, reached = 0, None
-    for e in run.events("trainer", "epoch"):
-        samples += e["samples"]
-        if reached is None and threshold is not None and e["reward_mean"] is not None and e["reward_mean"] >= threshold:
-            reached = samples
+    reached = next((e["global_step"] for e in run.epochs() if threshold is not None and e["reward_mean"] is not None
+                    and e["reward_mean"] >= threshold), None)
     return {"return": s["reward_mean_last"], "samples_to_threshold": reached, "epoch_s": s["epoch_s_mean"],
             "rollout_s": s["rollout_s_mean"], "train_s": s["train_s_mean"], "samples_per_s": s["samples_per_s_mean"],
             "training_sparsity": s["final_training_sparsity"], "inference_sparsity": s["final_inference_sparsity"],

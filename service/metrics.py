@@ -26,7 +26,7 @@ class TensorBoard:
 
         self.writer = SummaryWriter(str(run_dir / DIRECTORY))
 
-    def epoch(self, record: Mapping, global_step: int, layers: Mapping[str, float]) -> None:
+    def epoch(self, record: Mapping, layers: Mapping[str, float]) -> None:
         scalars = {
             "charts/episodic_return": record["reward_mean"],
             "charts/SPS": record["samples_per_s"],
@@ -40,7 +40,7 @@ class TensorBoard:
         }
         for tag, value in scalars.items():
             if value is not None:
-                self.writer.add_scalar(tag, value, global_step)
+                self.writer.add_scalar(tag, value, record["global_step"])
 
     def close(self) -> None:
         self.writer.close()

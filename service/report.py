@@ -29,26 +29,17 @@ PLOTS: dict[str, tuple[str, str, str]] = {  # file -> title, x label, y label
 }
 
 
-def _epochs(run: Run) -> list[dict]:
-    return run.events("trainer", "epoch")
-
-
 def _label(run: Run, runs: list[Run]) -> str:
     return run.path.name if len({r.path.name for r in runs}) == len(runs) else str(run.path)
 
 
 def _return(ax, run: Run, label: str, color) -> None:
-    epochs = _epochs(run)
-    steps, total = [], 0
-    for e in epochs:
-        total += e["samples"]
-        steps.append(total)
-    points = [(s, e["reward_mean"]) for s, e in zip(steps, epochs) if e["reward_mean"] is not None]
+    points = [(e["global_step"], e["reward_mean"]) for e in run.epochs() if e["reward_mean"] is not None]
     ax.plot([p[0] for p in points], [p[1] for p in points], label=label, color=color)
 
 
 def _sparsity(ax, run: Run, label: str, color) -> None:
-    epochs = _epochs(run)
+    epochs = run.epochs()
     x = [e["epoch"] for e in epochs]
     ax.plot(x, [e["training_sparsity"] for e in epochs], label=label, color=color)
     ax.plot(x, [e["inference_sparsity"] for e in epochs], linestyle=":", color=color)
@@ -59,14 +50,14 @@ def _sparsity(ax, run: Run, label: str, color) -> None:
 
 
 def _time(ax, run: Run, label: str, color) -> None:
-    epochs = _epochs(run)
+    epochs = run.epochs()
     x = [e["epoch"] for e in epochs]
     ax.plot(x, [e["train_s"] for e in epochs], label=label, color=color)
     ax.plot(x, [e["rollout_s"] for e in epochs], linestyle=":", color=color)
 
 
 def _throughput(ax, run: Run, label: str, color) -> None:
-    epochs = _epochs(run)
+    epochs = run.epochs()
     ax.plot([e["epoch"] for e in epochs], [e["samples_per_s"] for e in epochs], label=label, color=color)
 
 
@@ -79,7 +70,7 @@ def _swaps(ax, run: Run, label: str, color) -> None:
 
 
 def _lag(ax, run: Run, label: str, color) -> None:
-    epochs = _epochs(run)
+    epochs = run.epochs()
     ax.plot([e["epoch"] for e in epochs], [e["policy_lag"] for e in epochs], label=label, color=color)
 
 
@@ -117,7 +108,7 @@ def figure(name: str, runs: list[Run]):
 def report(runs: list[Run], out: Path) -> list[Path]:
     """Write one PNG per plot into `out`; returns their paths."""
     plt = _pyplot()
-    empty = [run.path.name for run in runs if not _epochs(run)]
+    empty = [run.path.name for run in runs if not run.epochs()]
     if empty:
         raise RuntimeError(f"no epochs to plot in {', '.join(empty)}")
     try:

@@ -29,6 +29,15 @@ class Run:
         lines = self.logs.get(name, [])
         return lines if event is None else [e for e in lines if e["event"] == event]
 
+    def epochs(self) -> list[dict]:
+        """The trainer's `epoch` events, each with `global_step` (env samples so far; summed here for
+        logs written before the field existed)."""
+        out, total = [], 0
+        for e in self.events("trainer", "epoch"):
+            total += e["samples"]
+            out.append({"global_step": total, **e})
+        return out
+
     def workers(self) -> list[str]:
         return sorted(n for n in self.logs if n.startswith("worker-"))
 

@@ -110,6 +110,7 @@ class Trainer:
         self.swap_latencies: list[float] = []
         self.max_lag = 0
         self.records: list[dict] = []
+        self.samples_total = 0
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
 
@@ -297,8 +298,10 @@ class Trainer:
             self.version += 1
             t2 = time.perf_counter()
             training_sparsity = self.publish(epoch)
+            self.samples_total += batch.size
             record = {
                 "epoch": epoch,
+                "global_step": self.samples_total,  # env samples trained on so far (CleanRL's x axis)
                 "epochs": epochs,
                 "reward_mean": statistics.fmean(self.episodes) if self.episodes else None,
                 "episodes": episodes,
@@ -315,11 +318,10 @@ class Trainer:
                 **losses,
             }
             self.records.append(record)
-            global_step = sum(row["samples"] for row in self.records)
-            self.progress.write({"global_step": global_step, **record})
+            self.progress.write(record)
             if self.tensorboard:
                 layers = masked_stats(Masks(self.masks.keep_masks()), self.weight_spec, self.sparsity_names)["layers"]
-                self.tensorboard.epoch(record, global_step, {n: v["sparsity"] for n, v in layers.items()})
+                self.tensorboard.epoch(record, {n: v["sparsity"] for n, v in layers.items()})
             self.log.info("epoch", **record)
         self.finish()
         return 0 if len(self.records) == epochs else self.stop.exit_code()

@@ -47,6 +47,18 @@ def magnitude_masks(actor, names, s=0.8):
     return Pruner(expected_spec(actor), method="magnitude").compute(weights, s).elements
 
 
+def masked_after_warm_up(seed):
+    """A warmed-up actor whose 80% magnitude masks TrainingMasks has applied."""
+    actor, critic, optimizer, names = setup()
+    gen = torch.Generator().manual_seed(seed)
+    warm_up(actor, critic, optimizer, gen)
+    params = dict(actor.named_parameters())
+    masks = magnitude_masks(actor, names)
+    tm = TrainingMasks({n: params[n] for n in names}, optimizer)
+    tm.apply(masks)
+    return actor, critic, optimizer, names, gen, params, masks, tm
+
+
 def test_masked_weights_stay_exactly_zero_under_adam_after_warm_up():
     actor, critic, optimizer, names = setup()
     gen = torch.Generator().manual_seed(1)
@@ -136,13 +148,7 @@ def synthetic_batch(rng, t=16, n=4):
 
 
 def test_ppo_update_with_hooks_keeps_masked_weights_zero_and_accumulates_unmasked_gradients():
-    actor, critic, optimizer, names = setup()
-    gen = torch.Generator().manual_seed(3)
-    warm_up(actor, critic, optimizer, gen)
-    params = dict(actor.named_parameters())
-    masks = magnitude_masks(actor, names)
-    tm = TrainingMasks({n: params[n] for n in names}, optimizer)
-    tm.apply(masks)
+    actor, critic, optimizer, names, gen, params, masks, tm = masked_after_warm_up(3)
     stats_hook = GradientStats({n: params[n] for n in names}, num_batches=6)
     before = {n: params[n].detach().clone() for n in names}
     cfg = PPOConfig(hidden_sizes=HIDDEN, update_epochs=2, minibatches=4)
@@ -196,13 +202,7 @@ class InjectNonFinite(UpdateHooks):
 
 
 def test_a_non_finite_gradient_skips_the_step_and_leaves_masked_weights_at_plus_zero():
-    actor, critic, optimizer, names = setup()
-    gen = torch.Generator().manual_seed(4)
-    warm_up(actor, critic, optimizer, gen)
-    params = dict(actor.named_parameters())
-    masks = magnitude_masks(actor, names)
-    tm = TrainingMasks({n: params[n] for n in names}, optimizer)
-    tm.apply(masks)
+    actor, critic, optimizer, names, gen, params, masks, tm = masked_after_warm_up(4)
     kept = tuple(int(i) for i in np.argwhere(masks[names[0]])[0])
     cfg = PPOConfig(hidden_sizes=HIDDEN, update_epochs=1, minibatches=4)
     stats = update(actor, critic, optimizer, synthetic_batch(np.random.default_rng(1)), cfg, gen,
