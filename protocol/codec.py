@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTO_VERSION = 2
+PROTO_VERSION = 3
 
 # dtypes allowed on the wire; anything else (object arrays above all) is refused.
 WIRE_DTYPES = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool"})
@@ -28,7 +28,9 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # kind -> the header fields it must carry, with their types.
 KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     # masks_version: the newest masks the trainer had applied when it took the snapshot (-1: none).
-    "snapshot": {"version": int, "epoch": int, "training_sparsity": (int, float), "masks_version": int},
+    # trainer_start: 0 for the run's first trainer, +1 for each that resumed from a checkpoint.
+    "snapshot": {"version": int, "epoch": int, "training_sparsity": (int, float), "masks_version": int,
+                 "trainer_start": int},
     # masks: the outcome of the compression for the schedule step due at `due_epoch`, computed on
     # snapshot `version` (of `epoch`), sent in every mode; the mask tensors ride along in both-pruned
     # mode unless it `failed`. weight_sparsity and params_kept describe the pruned policy.

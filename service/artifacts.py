@@ -19,7 +19,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import safetensors
@@ -85,12 +85,15 @@ def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dic
 
 
 class Progress:
-    """progress.csv: one row per epoch, columns fixed by the first row, flushed as written."""
+    """progress.csv: one row per epoch, columns fixed by the first row, flushed as written. A resumed
+    trainer starts it again from the rows its checkpoint kept (dropping the epochs it redoes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, rows: Iterable[Mapping[str, Any]] = ()):
         self.path = path
         self.file = None
         self.writer: csv.DictWriter | None = None
+        for row in rows:
+            self.write(row)
 
     def write(self, row: Mapping[str, Any]) -> None:
         if self.writer is None:

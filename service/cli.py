@@ -1,9 +1,10 @@
 """`hotprune`: one entry point, a subcommand per job.
 
     hotprune run        [--config FILE] [--set key=value ...]   the whole service, under the supervisor
+    hotprune run        --resume RUN_DIR                        continue a stopped run from its checkpoint
     hotprune init       [--config FILE] [--set key=value ...]   make a run directory, print its path
-    hotprune trainer    --run-dir DIR                           one process by hand, against DIR
-    hotprune compressor --run-dir DIR
+    hotprune trainer    --run-dir DIR [--resume]                one process by hand, against DIR
+    hotprune compressor --run-dir DIR [--resume]
     hotprune worker     --run-dir DIR --index I
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import zmq
 from service.config import ConfigError, load_config
 from service.process import ignore_stop_signals
 from service.artifacts import ArtifactError
+from service.checkpoints import CheckpointError
 from service.runlog import RunError
 from service.weight_store import StoreError
 
@@ -46,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="hotprune", description="Prune an RL policy while it trains.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _config_args(sub.add_parser("run", help="run trainer, compressor and workers under the supervisor"))
+    run = sub.add_parser("run", help="run trainer, compressor and workers under the supervisor")
+    _config_args(run)
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue a stopped run from its trainer checkpoint, with its own config")
     _config_args(sub.add_parser("init", help="create a run directory for processes started by hand"))
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
@@ -86,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
+        if getattr(args, "resume", None):
+            if args.config or args.set:
+                parser.error("--resume continues a run with its own config: no --config or --set")
+            from service.supervisor import Supervisor
+
+            return Supervisor.resume(args.resume).run()
         cfg = load_config(args.config, args.set)
         if args.command == "init":
             from service import rundir
@@ -95,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         from service.supervisor import Supervisor
 
         return Supervisor(cfg).run()
-    except (ConfigError, StoreError, RunError, ArtifactError, zmq.ZMQError) as exc:  # e.g. a tcp port in use
+    # ZMQError: e.g. a tcp port in use
+    except (ConfigError, StoreError, RunError, ArtifactError, CheckpointError, zmq.ZMQError) as exc:
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the process installed its own handlers
+        print(f"hotprune {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         ignore_stop_signals()
 

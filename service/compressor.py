@@ -7,7 +7,13 @@ store, announce `weights_ready`, and report each compression to the trainer on t
 (with the masks themselves in both-pruned mode; `failed` when the criterion could not rank). Before
 the first compression, weights pass through unchanged: every policy update reaches the workers.
 
-Run it: `hotprune compressor --run-dir runs/<run_id>` or `python -m service.compressor --run-dir ...`.
+A restarted compressor (`--resume`) takes up the masks of the run's last compression from
+masks.safetensors (written after every compression), counts the steps up to its due epoch as done, and
+sends that report again: the trainer may have lost it. It also sends its newest report again when a
+resumed trainer takes over (a snapshot with a higher `trainer_start`), whose epochs then restart from
+its checkpoint: steps already served stay served, and masks stay nested.
+
+Run it: `hotprune compressor --run-dir runs/<run_id> [--resume]` or `python -m service.compressor ...`.
 Run by hand, it creates the weight store if the supervisor has not, and then owns and unlinks it.
 """
 
@@ -42,7 +48,7 @@ def open_store(cfg: Config) -> WeightStore:
 
 
 class Compressor:
-    def __init__(self, cfg: Config, stop: StopFlag):
+    def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor", echo_human=True)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
@@ -76,11 +82,45 @@ class Compressor:
         self.encoder = Encoder(cfg.run_id, "compressor")
 
         self.masks: Masks | None = None
+        self.masks_source: tuple[int, int, Step] | None = None  # (version, epoch, step) the masks were computed for
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = self.last_epoch = -1
         self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
+        self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
+        self.trainer_start = 0  # the newest trainer_start seen in a snapshot
         self.dropped = 0  # snapshots skipped for a newer one
         self.stopping = False
+        if resume:
+            self.recover()
+
+    def recover(self) -> None:
+        """A restarted compressor: the masks in force are those of the run's last compression."""
+        path = self.cfg.run_dir / artifacts.MASKS
+        if not path.exists():
+            self.log.info("compressor_resumed", masks=False, reason="no compression yet")
+            return
+        tensors, meta = artifacts.load(path)
+        steps = {s.epoch: s for s in self.schedule.steps}
+        try:
+            if meta.get("run_id") != self.cfg.run_id or meta.get("masks_due_epoch") not in steps:
+                raise MessageRejected("written by another run or another schedule")
+            masks = Masks.from_elements(tensors, self.cfg.pruning.structure)
+            check_tensors(masks.elements, {n: ("bool", self.weight_spec[n][1]) for n in self.pruner.mask_names()})
+        except MessageRejected as exc:
+            raise artifacts.ArtifactError(f"{path} cannot be resumed from: {exc.reason}") from None
+        step = steps[meta["masks_due_epoch"]]
+        self.masks, self.masks_source = masks, (meta["masks_version"], meta["masks_epoch"], step)
+        self.schedule.done(step)
+        stats = masked_stats(masks, self.weight_spec, self.sparsity_names)
+        weights = apply_masks({n: np.ones(shape, np.float32) for n, (_, shape) in self.weight_spec.items()}, masks)
+        fields = {"version": meta["masks_version"], "epoch": meta["masks_epoch"], "due_epoch": step.epoch,
+                  "target_sparsity": step.sparsity, "failed": False,
+                  "weight_sparsity": sparsity(weights, self.weight_spec, self.sparsity_names),
+                  "params_kept": stats["params_kept"]}
+        self.last_report = (fields, masks.elements if self.cfg.prune_training_model else {})
+        self.log.info("compressor_resumed", masks=True, version=fields["version"], due_epoch=step.epoch,
+                      pruned=masks.pruned())
+        self.send_report(*self.last_report, again=True)
 
     def _newest(self) -> Message | None:
         """Drain the socket: the newest valid snapshot (older ones are dropped), acting on control."""
@@ -110,7 +150,17 @@ class Compressor:
 
     def _check_fields(self, f: dict) -> None:
         """A snapshot's fields drive the schedule: an epoch past the run's end or going backwards
-        would serve (and so skip) steps that are not due yet."""
+        would serve (and so skip) steps that are not due yet. Epochs go back only when a resumed
+        trainer (a higher `trainer_start`) takes over from its checkpoint."""
+        if not 0 <= f["trainer_start"] <= self.trainer_start + 1:
+            raise MessageRejected(f"snapshot trainer_start {f['trainer_start']} is not this run's {self.trainer_start} "
+                                  "or the next")
+        if f["trainer_start"] > self.trainer_start:
+            self.trainer_start, self.last_epoch = f["trainer_start"], -1
+            self.log.info("trainer_restarted", trainer_start=f["trainer_start"], version=f["version"],
+                          epoch=f["epoch"])
+            if self.last_report:
+                self.send_report(*self.last_report, again=True)
         if not self.last_epoch <= f["epoch"] <= self.cfg.total_epochs:
             raise MessageRejected(f"snapshot epoch {f['epoch']} outside [{self.last_epoch}, {self.cfg.total_epochs}]")
         if not -1 <= f["masks_version"] < f["version"]:
@@ -162,10 +212,16 @@ class Compressor:
             fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity,
                       "failed": failed, "weight_sparsity": achieved, "params_kept": stats["params_kept"]}
             tensors = self.masks.elements if self.cfg.prune_training_model and not failed else {}
-            self.log.info("masks_sent", **fields, tensors=bool(tensors))
-            if not send_when_ready(self.masks_out, self.encoder.encode("masks", fields, tensors), self.running):
-                self.log.warning("masks_not_sent", version=version, reason="stopped while the trainer's queue was full")
+            self.send_report(fields, tensors)
+            if not failed:
+                self.last_report = (fields, tensors)
         self.last_version, self.last_epoch = version, epoch
+
+    def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
+        self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)
+        if not send_when_ready(self.masks_out, self.encoder.encode("masks", fields, tensors), self.running):
+            self.log.warning("masks_not_sent", version=fields["version"],
+                             reason="stopped while the trainer's queue was full")
 
     def _compress(self, msg: Message, weights: dict[str, np.ndarray], step: Step, folded: list[int]) -> dict | None:
         """Compute the masks of a due step on this snapshot; returns what it changed, or None (the
@@ -182,7 +238,7 @@ class Compressor:
                              method=p.method, reason=str(exc), masks_in_force=self.masks is not None)
             return None
         changed, regrown = churn(self.masks, masks)
-        self.masks = masks
+        self.masks, self.masks_source = masks, (version, epoch, step)
         self.history[version] = masks
         for old in sorted(self.history)[:-MASKS_KEPT]:
             del self.history[old]
@@ -199,7 +255,9 @@ class Compressor:
                 "structure": c.pruning.structure, "hidden_sizes": c.ppo.hidden_sizes, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
         if self.masks is not None:
-            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta)
+            version, epoch, step = self.masks_source
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, masks_version=version,
+                           masks_epoch=epoch, masks_due_epoch=step.epoch)
         self.log.info("policy_saved", path=str(c.run_dir / artifacts.POLICY), **fields, **extra)
 
     def running(self) -> bool:
@@ -228,9 +286,11 @@ class Compressor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = run_dir_parser("compressor", "prunes snapshots into the shared weight store").parse_args(argv)
+    parser = run_dir_parser("compressor", "prunes snapshots into the shared weight store")
+    parser.add_argument("--resume", action="store_true", help="take up the masks of the run's last compression")
+    args = parser.parse_args(argv)
     cfg, stop = start(args.run_dir)
-    role = Compressor(cfg, stop)
+    role = Compressor(cfg, stop, args.resume)
     with eventlog.crashes_logged(role.log):
         return role.run()
 

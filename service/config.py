@@ -79,6 +79,10 @@ class SupervisorConfig:
     stop_grace_s: float = 10.0  # after training ends or on a stop signal, before SIGKILL
     start_timeout_s: float = 120.0  # how long a worker waits for the weight store to appear
     heartbeat_s: float = 5.0  # every process logs a `heartbeat` (proof of life, counters) this often
+    hang_timeout_s: float = 60.0  # a process silent this long (no liveness ping) is hung: killed and restarted
+    max_restarts: int = 3  # restarts allowed per process within restart_window_s; 0: any crash ends the run
+    restart_window_s: float = 300.0
+    restart_backoff_s: float = 1.0  # wait before a restart, doubled per restart in the window (at most 30 s)
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Config:
     runs_dir: str = "runs"
     run_id: str = ""  # empty: a fresh id from the time
     tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard extra)
+    checkpoint_every: int = 1  # the trainer checkpoints every N epochs (and at epochs 0 and the last)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
@@ -287,6 +292,12 @@ def validate(c: Config) -> None:
     need(c.supervisor.stop_grace_s > 0, "supervisor.stop_grace_s", "must be > 0")
     need(c.supervisor.start_timeout_s > 0, "supervisor.start_timeout_s", "must be > 0")
     need(c.supervisor.heartbeat_s > 0, "supervisor.heartbeat_s", "must be > 0")
+    need(c.supervisor.hang_timeout_s == 0 or c.supervisor.hang_timeout_s >= 1, "supervisor.hang_timeout_s",
+         "must be 0 (off) or >= 1")
+    need(0 <= c.supervisor.max_restarts <= 100, "supervisor.max_restarts", "must be in [0, 100]")
+    need(c.supervisor.restart_window_s > 0, "supervisor.restart_window_s", "must be > 0")
+    need(0 <= c.supervisor.restart_backoff_s <= 30, "supervisor.restart_backoff_s", "must be in [0, 30]")
+    need(c.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
 
 
 def _lookup(c: Config, key: str) -> Any:

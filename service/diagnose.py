@@ -82,10 +82,12 @@ def snapshot_full_before_first_masks(run: Run) -> Check:
 
 
 def masks_applied_once_per_compression(run: Run) -> Check:
-    sent = [e["version"] for e in run.events("compressor", "masks_sent") if e.get("tensors", True)
-            and not e.get("failed", False)]
-    applied = [e["version"] for e in run.events("trainer", "masks_applied")]
-    duplicates = sorted({v for v in applied if applied.count(v) > 1})
+    # A report sent again (to a restarted trainer, or by a restarted compressor) is not a new compression.
+    sent = [e["version"] for e in run.events("compressor", "masks_sent")
+            if e.get("tensors", True) and not e.get("again") and not e.get("failed", False)]
+    by_trainer = [(e["pid"], e["version"]) for e in run.events("trainer", "masks_applied")]
+    applied = [v for _, v in by_trainer]
+    duplicates = sorted({v for p, v in by_trainer if by_trainer.count((p, v)) > 1})  # twice by one trainer
     lost = [v for v in sent if v not in applied and not any(a > v for a in applied)]
     unknown = [v for v in applied if v not in sent]
     ok = bool(sent) and not duplicates and not lost and not unknown

@@ -20,7 +20,7 @@ import numpy as np
 import structlog
 import structlog.tracebacks
 
-from service import console
+from service import console, liveness
 
 
 def log_path(run_dir: Path, role: str, index: int | None = None) -> Path:
@@ -114,7 +114,8 @@ def crashes_logged(log):
 
 
 class Heartbeat:
-    """A `heartbeat` event at most every `every_s` seconds: proof of life, with the caller's counters.
+    """A `heartbeat` event at most every `every_s` seconds: proof of life, with the caller's counters;
+    and, more often, the liveness ping the supervisor watches for hangs (service.liveness).
 
     Call `beat` from the process's busiest loop; it costs a clock read when nothing is due.
     """
@@ -122,8 +123,11 @@ class Heartbeat:
     def __init__(self, log, every_s: float):
         self.log, self.every_s = log, every_s
         self.due = time.monotonic() + every_s
+        self.pulse = liveness.Pulse.inherited()
+        self.pulse.ping()
 
     def beat(self, **counters) -> None:
+        self.pulse.ping()
         now = time.monotonic()
         if now >= self.due:
             self.due = now + self.every_s

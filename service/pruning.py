@@ -55,6 +55,15 @@ class Masks:
     def pruned(self) -> int:
         return sum(int(np.count_nonzero(~m)) for m in self.elements.values())
 
+    @classmethod
+    def from_elements(cls, elements: Mapping[str, np.ndarray], structure: str) -> "Masks":
+        """Masks rebuilt from their element masks (a masks file): for `neuron`, a unit is kept iff its bias is."""
+        elements = {n: np.asarray(m, bool) for n, m in elements.items()}
+        if structure != "neuron":
+            return cls(elements)
+        return cls(elements, {n: elements[_bias(n)].copy() for n in elements if n.endswith("weight")
+                              and _bias(n) in elements})
+
 
 def prunable_names(names, prune_output_layer: bool) -> list[str]:
     """The weight matrices sparsity is measured over (and, for `weight`, pruned): biases never."""

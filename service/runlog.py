@@ -30,10 +30,12 @@ class Run:
         return lines if event is None else [e for e in lines if e["event"] == event]
 
     def epochs(self) -> list[dict]:
-        """The trainer's `epoch` events, each with `global_step` (env samples so far; summed here for
-        logs written before the field existed)."""
+        """The trainer's `epoch` events, one per epoch, each with `global_step` (env samples so far;
+        summed here for logs written before the field existed). A resumed trainer redoes the epochs
+        after its checkpoint: the later line of an epoch wins."""
+        latest = {e["epoch"]: e for e in self.events("trainer", "epoch")}
         out, total = [], 0
-        for e in self.events("trainer", "epoch"):
+        for _, e in sorted(latest.items()):
             total += e["samples"]
             out.append({"global_step": total, **e})
         return out

@@ -1,13 +1,23 @@
-"""The supervisor: runs the whole service from one config, and stops all of it cleanly.
+"""The supervisor: runs the whole service from one config, restarts what crashes or hangs, and
+stops all of it cleanly.
 
 It creates the run directory and the weight store, starts the compressor, the trainer and the
-workers as separate OS processes through their own CLIs (what a user could type), watches them, and
-when training ends, a process exits early, or it gets SIGINT/SIGTERM, stops them all: SIGTERM, a grace
-period, SIGTERM again, another grace period, then SIGKILL. It unlinks the store last. Exit code: 0
-when training completed and every process exited cleanly, 1 when a process failed (any exit before
-training ended counts), 128 + signal number when stopped by a signal.
+workers as separate OS processes through their own CLIs (what a user could type), each in its own
+session (the terminal's Ctrl-C reaches the supervisor alone, which then stops the children in order),
+and watches them:
 
-Each process table entry is one child; a restart policy can later hang off it.
+- A child that exits with a non-zero code, is killed, or stops pinging for `hang_timeout_s` (a frozen
+  or deadlocked process; service.liveness) is restarted, after a backoff that doubles with each
+  restart, as long as it has had fewer than `max_restarts` restarts within `restart_window_s` (the
+  restart intensity of Erlang/OTP supervisors, systemd's StartLimitBurst). A trainer or compressor
+  comes back with `--resume`: the trainer from its checkpoint, the compressor with the run's masks.
+  Workers re-attach to the store and run its newest version.
+- An exhausted budget, or the end of training, or SIGINT/SIGTERM, stops them all: SIGTERM, a grace
+  period, SIGTERM again, another grace period, then SIGKILL. The store is unlinked last.
+
+Exit code: 0 when training completed and every process exited cleanly, 1 when a process failed for
+good (its restarts exhausted, or a clean exit before training ended), 128 + signal number when
+stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
 """
 
 from __future__ import annotations
@@ -20,14 +30,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service import eventlog, rundir
-from service.config import Config
+from service import artifacts, checkpoints, eventlog, liveness, rundir
+from service.config import Config, ConfigError
+from service.process import load_run_config
 from service.weight_store import WeightStore, segment_name, store_slot_size
 
 POLL_S = 0.2
-# A child that exited by itself, or stopped gracefully on our SIGTERM or the terminal's SIGINT.
-CLEAN_EXITS = {0, 128 + signal.SIGINT, 128 + signal.SIGTERM}
+# A child that exited by itself, or stopped on our SIGTERM (gracefully, or before its handlers were in).
+CLEAN_EXITS = {0, 128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM}
 PR_SET_PDEATHSIG = 1
+MAX_BACKOFF_S = 30.0
 
 
 def _die_with_parent() -> None:
@@ -39,9 +51,15 @@ def _die_with_parent() -> None:
 class Child:
     name: str
     argv: list[str]
+    resumable: bool = False  # restarted (and started for `run --resume`) with --resume
     proc: subprocess.Popen | None = None
     exitcode: int | None = None
     started_at: float = field(default=0.0)
+    listener: liveness.Listener | None = None
+    starts: int = 0
+    restarts: list[float] = field(default_factory=list)  # when, within the restart window
+    restart_at: float | None = None  # a restart waiting out its backoff
+    hung: bool = False  # killed by us for not pinging
 
 
 def process_table(cfg: Config, run_dir: Path) -> list[Child]:
@@ -49,19 +67,35 @@ def process_table(cfg: Config, run_dir: Path) -> list[Child]:
         return [sys.executable, "-m", module, "--run-dir", str(run_dir), *extra]
 
     return [
-        Child("compressor", cli("service.compressor")),
-        Child("trainer", cli("service.trainer")),
+        Child("compressor", cli("service.compressor"), resumable=True),
+        Child("trainer", cli("service.trainer"), resumable=True),
         *(Child(f"worker-{i}", cli("workers.inference_worker", "--index", str(i))) for i in range(cfg.num_workers)),
     ]
 
 
 class Supervisor:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, run_dir: Path | None = None):
+        """A new run (its directory made here), or with `run_dir` one to resume (see `resume`)."""
         self.cfg = cfg
-        self.run_dir = rundir.prepare(cfg)
+        self.resuming = run_dir is not None
+        self.run_dir = run_dir if run_dir is not None else rundir.prepare(cfg)
         self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo_human=True)
         self.children = process_table(cfg, self.run_dir)
         self.signal: int | None = None
+
+    @classmethod
+    def resume(cls, run_dir: Path) -> "Supervisor":
+        """Continue a stopped run with its own config, from its trainer checkpoint."""
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(f"{run_dir} is not a hotprune run (no config.toml)")
+        cfg = load_run_config(run_dir)
+        try:
+            _, meta = artifacts.load(checkpoints.path(run_dir))
+        except artifacts.ArtifactError as exc:
+            raise ConfigError(f"cannot resume {run_dir}: {exc}") from None
+        if meta.get("epoch") == cfg.total_epochs:
+            raise ConfigError(f"{run_dir} already completed its {cfg.total_epochs} epochs")
+        return cls(cfg, run_dir)
 
     def _on_signal(self, signum, frame) -> None:
         self.signal = self.signal or signum
@@ -71,19 +105,22 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
         self.log.info("run_started", run_dir=str(self.run_dir), store=store.name,
-                      config=str(self.run_dir / "config.toml"))
+                      config=str(self.run_dir / "config.toml"), resumed=self.resuming)
         early = None
         try:
             for child in self.children:
-                child.proc = subprocess.Popen(child.argv, preexec_fn=_die_with_parent)
-                child.started_at = time.monotonic()
-                self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=child.argv)
+                self._spawn(child)
             early = self.watch()
         finally:
             killed = self.stop_all()
+            for child in self.children:
+                if child.listener:
+                    child.listener.close()
             store.close()
             store.unlink()
-        failed = {c.name for c in self.children if c.proc and c.exitcode not in CLEAN_EXITS} | set(killed)
+        # A child waiting out a restart's backoff when the run ended has been dealt with.
+        failed = {c.name for c in self.children if c.proc and c.restart_at is None and c.exitcode not in CLEAN_EXITS}
+        failed |= set(killed)
         if early and not self.signal:
             failed.add(early)
         failed = sorted(failed)
@@ -94,8 +131,56 @@ class Supervisor:
         else:
             outcome, code = "completed", 0
         self.log.info("run_finished", outcome=outcome, exitcode=code, failed=failed,
+                      restarts={c.name: c.starts - 1 for c in self.children if c.starts > 1},
                       logs=str(self.run_dir / "logs"))
         return code
+
+    def _spawn(self, child: Child) -> None:
+        resume = child.resumable and (self.resuming or child.starts > 0)
+        argv = child.argv + ["--resume"] * resume
+        listener = liveness.Listener()
+        child.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, start_new_session=True,
+                                      pass_fds=(listener.write_fd,), env=listener.child_env())
+        listener.started()
+        if child.listener:
+            child.listener.close()
+        child.listener, child.exitcode, child.hung, child.restart_at = listener, None, False, None
+        child.started_at = time.monotonic()
+        child.starts += 1
+        self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=argv, start=child.starts)
+
+    def _crashed(self, child: Child) -> bool:
+        """A child failed (exited non-zero, was killed, or hung): schedule its restart if the budget
+        allows; False when it is exhausted."""
+        s, now = self.cfg.supervisor, time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < s.restart_window_s]
+        reason = "hung" if child.hung else f"exit {child.exitcode}"
+        if len(child.restarts) >= s.max_restarts:
+            self.log.error("restart_budget_exhausted", name=child.name, reason=reason, restarts=len(child.restarts),
+                           max_restarts=s.max_restarts, window_s=s.restart_window_s)
+            return False
+        backoff = min(MAX_BACKOFF_S, s.restart_backoff_s * 2 ** len(child.restarts))
+        child.restarts.append(now)
+        child.restart_at = now + backoff
+        self.log.warning("process_restarting", name=child.name, reason=reason, attempt=len(child.restarts),
+                         backoff_s=backoff)
+        return True
+
+    def _hung(self, child: Child) -> bool:
+        """Kill a child silent for hang_timeout_s (start_timeout_s before its first ping: imports and
+        set-up take a while on a busy machine); True if it was."""
+        s = self.cfg.supervisor
+        if not s.hang_timeout_s or child.hung:
+            return False
+        silent = child.listener.silent_s()
+        timeout = s.hang_timeout_s if child.listener.pinged else max(s.hang_timeout_s, s.start_timeout_s)
+        if silent <= timeout:
+            return False
+        self.log.error("process_hung", name=child.name, child_pid=child.proc.pid, silent_s=silent,
+                       hang_timeout_s=timeout)
+        child.hung = True
+        child.proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+        return True
 
     def _reap(self, child: Child) -> bool:
         """Record a child's exit once; True if it has exited."""
@@ -106,8 +191,8 @@ class Supervisor:
         return child.exitcode is not None
 
     def watch(self) -> str | None:
-        """Until training ends or a signal comes. Returns the child that ended before the trainer
-        finished (a failure, whatever its exit code), or None.
+        """Until training ends or a signal comes, restarting children that fail. Returns the child
+        that failed for good (restarts exhausted, or a clean exit before the trainer finished), or None.
 
         A child exiting cleanly just before the trainer is the normal end: the trainer's `stop`
         reaches the others while it is still writing its summary. So a clean exit is only held
@@ -118,12 +203,19 @@ class Supervisor:
         while self.signal is None:
             heartbeat.beat(running=[c.name for c in self.children if c.exitcode is None])
             for child in self.children:
+                if child.restart_at is not None:
+                    if time.monotonic() >= child.restart_at:
+                        self._spawn(child)
+                    continue
                 if not self._reap(child):
+                    self._hung(child)
+                    continue
+                if child.exitcode != 0 or child.hung:
+                    if not self._crashed(child):
+                        return child.name
                     continue
                 if child.name == "trainer":
-                    return None if child.exitcode == 0 else child.name
-                if child.exitcode != 0:
-                    return child.name
+                    return None
                 clean_exit = clean_exit or (child.name, time.monotonic() + self.cfg.supervisor.stop_grace_s)
             if clean_exit and time.monotonic() > clean_exit[1]:
                 return clean_exit[0]

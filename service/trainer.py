@@ -7,7 +7,12 @@ for the compressor's report on the last scheduled step, so the run ends at its p
 In async mode any chunk is used (its behaviour log-probs correct for staleness); in sync mode only
 chunks of the newest version, and the trainer waits until every worker has sent one.
 
-Run it: `hotprune trainer --run-dir runs/<run_id>` or `python -m service.trainer --run-dir ...`.
+It checkpoints (service.checkpoints) at epoch 0, every `checkpoint_every` epochs and at the end,
+before publishing that epoch's snapshot. With `--resume` it goes on from its checkpoint: it redoes the
+epochs after it, and its versions start above any its lost epochs could have published, so workers
+never swap backwards; the snapshot's `trainer_start` tells the compressor a new trainer took over.
+
+Run it: `hotprune trainer --run-dir runs/<run_id> [--resume]` or `python -m service.trainer ...`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import zmq
 
 from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
-from service import artifacts, eventlog, metrics, ppo
+from service import artifacts, checkpoints, eventlog, metrics, ppo
 from service.config import Config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
@@ -51,8 +56,11 @@ class MaskIntake(UpdateHooks):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, stop: StopFlag):
+    def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
+        if not resume and checkpoints.path(cfg.run_dir).exists():
+            raise checkpoints.CheckpointError(f"{cfg.run_dir} already has a trainer checkpoint: pass --resume "
+                                              "to go on from it")
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer", echo_human=True)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
@@ -111,7 +119,10 @@ class Trainer:
         self.max_lag = 0
         self.records: list[dict] = []
         self.samples_total = 0
-        self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS)
+        self.trainer_start = 0  # how many trainers ran this run before this one (resumes)
+        self.epoch_ceiling = 0  # the newest epoch any trainer of this run may have published
+        self.resumed = resume and self.restore()
+        self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
 
     # --- messages -------------------------------------------------------------------------
@@ -168,7 +179,7 @@ class Trainer:
         step = self.steps.get(f["due_epoch"])
         if step is None:
             raise MessageRejected(f"masks due_epoch {f['due_epoch']} is not a step of this run's schedule")
-        if not (0 <= f["version"] <= self.version and step.epoch <= f["epoch"] <= self.epoch):
+        if not (0 <= f["version"] <= self.version and step.epoch <= f["epoch"] <= max(self.epoch, self.epoch_ceiling)):
             raise MessageRejected(f"masks version {f['version']} (epoch {f['epoch']}) is not one of this trainer's "
                                   f"snapshots at or after epoch {step.epoch}")
         if abs(f["target_sparsity"] - step.sparsity) > 1e-9:
@@ -180,6 +191,21 @@ class Trainer:
                 raise MessageRejected("masks tensors in a failed report or in teacher-student mode")
         else:
             check_tensors(msg.tensors, {n: ("bool", tuple(p.shape)) for n, p in self.masks.params.items()})
+            self._check_mask_sparsity(msg.tensors, step.sparsity)
+
+    def _check_mask_sparsity(self, masks: dict[str, np.ndarray], planned: float) -> None:
+        """Masks may prune what the schedule step plans and no more (forged all-False masks would
+        empty the policy): every tensor keeps something, and the pruned share of the items the run
+        prunes (weights, or for `neuron` the hidden units, one bias entry each) is within 1% of it."""
+        for name, keep in masks.items():
+            if not keep.any():
+                raise MessageRejected(f"masks prune all of {name}")
+        ndim = 1 if self.cfg.pruning.structure == "neuron" else 2
+        items = [keep for keep in masks.values() if keep.ndim == ndim]
+        pruned = sum(int(np.count_nonzero(~keep)) for keep in items) / sum(keep.size for keep in items)
+        if pruned > planned + 0.01:
+            raise MessageRejected(f"masks prune {pruned:.4f} of the {'units' if ndim == 1 else 'weights'}, "
+                                  f"more than the planned {planned}")
 
     # --- one epoch ------------------------------------------------------------------------
 
@@ -248,22 +274,68 @@ class Trainer:
             self.log.warning("masks_not_nested", version=f["version"], refused_revivals=counts["refused_revivals"],
                              reason="these masks would revive pruned weights; they stay pruned (pruning.regrow=false)")
 
-    def publish(self, epoch: int) -> float:
-        """Publish the snapshot of `epoch` (with gradient statistics when a criterion needs them);
-        returns the training sparsity it measured."""
+    def training_sparsity(self) -> float:
+        return sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names)
+
+    def publish(self, epoch: int, training_sparsity: float) -> None:
+        """Publish the snapshot of `epoch` (with gradient statistics when a criterion needs them)."""
         weights = actor_arrays(self.actor)
-        training_sparsity = sparsity(weights, self.weight_spec, self.sparsity_names)
         grads = self.grad_stats.mean() if self.grad_stats else {}
         tensors = {**weights, **{GRAD_PREFIX + n: g for n, g in grads.items()}}
         fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity,
-                  "masks_version": self.applied_masks_version}
+                  "masks_version": self.applied_masks_version, "trainer_start": self.trainer_start}
         scheduled = self.schedule.is_step(epoch)
         # Logged before sending, so the log never shows the compressor receiving it first.
         self.log.info("snapshot_published", **fields, compression_scheduled=scheduled, after_masks=self.after_masks)
         self.after_masks = False
         self.last_snapshot = self.encoder.encode("snapshot", fields, tensors)
         self.snapshots.send_multipart(self.last_snapshot, copy=False)
-        return training_sparsity
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    COUNTERS = ("epoch", "version", "trainer_start", "epoch_ceiling", "applied_masks_version", "masks_version",
+                "reported_due_epoch", "pruned_policy", "compression_failures", "samples_total", "max_lag")
+
+    def checkpoint(self) -> None:
+        """Write the state to go on from (before this epoch's snapshot is published)."""
+        c = self.cfg
+        tensors = checkpoints.state_tensors(self.actor, self.critic, self.optimizer, self.generator)
+        tensors |= {f"mask.{n}": keep for n, keep in self.masks.keep_masks().items()}
+        tensors["swap_latencies_ms"] = np.asarray(self.swap_latencies, np.float64)
+        t0 = time.perf_counter()
+        checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.ppo.hidden_sizes,
+                         param_groups=self.optimizer.state_dict()["param_groups"],
+                         episodes=list(self.episodes), inference=list(self.inference), records=self.records,
+                         **{k: getattr(self, k) for k in self.COUNTERS})
+        self.log.info("checkpoint_saved", epoch=self.epoch, version=self.version,
+                      duration_ms=(time.perf_counter() - t0) * 1e3)
+
+    def restore(self) -> bool:
+        """Go on from the run's checkpoint; False when there is none (the trainer died before its first)."""
+        c = self.cfg
+        if not checkpoints.path(c.run_dir).exists():
+            self.log.warning("checkpoint_missing", reason="no checkpoint to resume from: starting at epoch 0")
+            return False
+        tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.ppo.hidden_sizes)
+        checkpoints.restore(tensors, self.actor, self.critic, self.optimizer, self.generator, meta["param_groups"])
+        for key in self.COUNTERS:
+            setattr(self, key, meta[key])
+        self.masks.apply({n[len("mask."):]: a for n, a in tensors.items() if n.startswith("mask.")})
+        self.episodes.extend(meta["episodes"])
+        self.inference = tuple(meta["inference"])
+        self.records = meta["records"]
+        self.swap_latencies = tensors["swap_latencies_ms"].tolist()
+        # The lost epochs published at most checkpoint_every - 1 snapshots after this one (the next
+        # checkpoint comes before the next publish): start above them, and accept their reports.
+        k = c.checkpoint_every
+        checkpoint_version = self.version
+        self.version += k
+        self.epoch_ceiling = max(self.epoch_ceiling, self.epoch + k - 1)
+        self.trainer_start += 1
+        self.log.info("trainer_resumed", epoch=self.epoch, checkpoint_version=checkpoint_version,
+                      version=self.version, trainer_start=self.trainer_start,
+                      training_sparsity=self.training_sparsity(), pruned=self.masks.count())
+        return True
 
     def policy_meta(self, **extra) -> dict:
         """What a policy file says about itself (service.artifacts)."""
@@ -274,9 +346,12 @@ class Trainer:
     def run(self) -> int:
         c = self.cfg
         epochs = c.total_epochs
-        artifacts.save(c.run_dir / artifacts.INITIAL, actor_arrays(self.actor), **self.policy_meta(version=0, epoch=0))
-        self.publish(0)
-        for epoch in range(1, epochs + 1):
+        if not self.resumed:
+            artifacts.save(c.run_dir / artifacts.INITIAL, actor_arrays(self.actor),
+                           **self.policy_meta(version=0, epoch=0))
+        self.checkpoint()  # epoch 0, or the resumed state under its new version
+        self.publish(self.epoch, self.training_sparsity())
+        for epoch in range(self.epoch + 1, epochs + 1):
             self.epoch = epoch
             t0 = time.perf_counter()
             collected = self.collect()
@@ -297,7 +372,7 @@ class Trainer:
             self.max_lag = max(self.max_lag, *lags)
             self.version += 1
             t2 = time.perf_counter()
-            training_sparsity = self.publish(epoch)
+            training_sparsity = self.training_sparsity()
             self.samples_total += batch.size
             record = {
                 "epoch": epoch,
@@ -318,6 +393,9 @@ class Trainer:
                 **losses,
             }
             self.records.append(record)
+            if epoch % c.checkpoint_every == 0 or epoch == epochs:
+                self.checkpoint()
+            self.publish(epoch, training_sparsity)
             self.progress.write(record)
             if self.tensorboard:
                 layers = masked_stats(Masks(self.masks.keep_masks()), self.weight_spec, self.sparsity_names)["layers"]
@@ -385,7 +463,7 @@ class Trainer:
             "rollout_s_mean": mean("rollout_s"),
             "train_s_mean": mean("train_s"),
             "samples_per_s_mean": mean("samples_per_s"),
-            "final_training_sparsity": sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names),
+            "final_training_sparsity": self.training_sparsity(),
             "training_layers": training["layers"],
             "training_params_kept": training["params_kept"],
             "final_inference_sparsity": r[-1]["inference_sparsity"],  # what the workers last reported running
@@ -402,13 +480,16 @@ class Trainer:
             "swap_latency_ms_p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
             "policy_lag_mean": mean("policy_lag"),
             "policy_lag_max": self.max_lag,
+            "trainer_starts": self.trainer_start + 1,
         }
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = run_dir_parser("trainer", "PPO learner that publishes weight snapshots").parse_args(argv)
+    parser = run_dir_parser("trainer", "PPO learner that publishes weight snapshots")
+    parser.add_argument("--resume", action="store_true", help="go on from the run's checkpoint")
+    args = parser.parse_args(argv)
     cfg, stop = start(args.run_dir)
-    role = Trainer(cfg, stop)
+    role = Trainer(cfg, stop, args.resume)
     with eventlog.crashes_logged(role.log):
         return role.run()
 

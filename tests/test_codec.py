@@ -23,7 +23,7 @@ from tests.arrays import assert_same_tensors
 
 RUN = "run-7"
 
-SNAPSHOT = {"version": 3, "epoch": 2, "training_sparsity": 0.5, "masks_version": -1}
+SNAPSHOT = {"version": 3, "epoch": 2, "training_sparsity": 0.5, "masks_version": -1, "trainer_start": 0}
 MASKS = {"version": 3, "epoch": 2, "due_epoch": 2, "target_sparsity": 0.75, "failed": False, "weight_sparsity": 0.75,
          "params_kept": 100}
 WEIGHTS_READY = {"version": 4, "slot": 1, "structure_changed": True}

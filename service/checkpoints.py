@@ -1,0 +1,82 @@
+"""Trainer checkpoints: what a trainer needs to go on after a crash, in one safetensors file.
+
+runs/<id>/checkpoint.safetensors is rewritten atomically (service.artifacts.save: a temporary file,
+then a rename) at epoch 0, every `checkpoint_every` epochs, after the last epoch, and when a trainer
+resumes. It is written before that epoch's snapshot is published, so a resumed trainer knows an upper
+bound on the versions its lost epochs published, and starts above it: workers never swap backwards.
+
+Tensors: the actor and critic parameters (`actor.<name>`, `critic.<name>`), Adam's state
+(`adam.<param index>.<key>`), the training masks (`mask.<name>`, True = kept), the RNG states
+(`rng.torch`, `rng.generator`) and the swap latencies so far. Metadata (JSON): the run, environment
+and model it belongs to, and the trainer's counters and epoch records. Not `torch.save`: that is a
+pickle, and nothing hotprune writes is one; `safetensors.torch.load_file` reads it without running
+any code, which is what `weights_only` loading is for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service import artifacts
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint: missing, unreadable, or from another run or model."""
+
+
+def path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT
+
+
+def state_tensors(actor: torch.nn.Module, critic: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  generator: torch.Generator) -> dict[str, np.ndarray]:
+    """The learning state as named arrays (parameters, optimizer moments, RNG states)."""
+    out = {f"actor.{n}": p.detach().numpy().copy() for n, p in actor.state_dict().items()}
+    out |= {f"critic.{n}": p.detach().numpy().copy() for n, p in critic.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        out |= {f"adam.{index}.{key}": value.numpy().copy() for key, value in state.items() if torch.is_tensor(value)}
+    out["rng.torch"] = torch.get_rng_state().numpy()
+    out["rng.generator"] = generator.get_state().numpy()
+    return out
+
+
+def restore(tensors: dict[str, np.ndarray], actor: torch.nn.Module, critic: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, param_groups: list[dict]) -> None:
+    """Load what `state_tensors` wrote back into freshly built modules (same shapes)."""
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {n[len(prefix):]: torch.from_numpy(a.copy()) for n, a in tensors.items() if n.startswith(prefix)}
+
+    try:
+        actor.load_state_dict(part("actor."))
+        critic.load_state_dict(part("critic."))
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in part("adam.").items():
+            index, key = name.split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+        torch.set_rng_state(torch.from_numpy(tensors["rng.torch"].copy()))
+        generator.set_state(torch.from_numpy(tensors["rng.generator"].copy()))
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint does not fit this model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def save(run_dir: Path, tensors: dict[str, np.ndarray], **meta: Any) -> None:
+    artifacts.save(path(run_dir), tensors, **meta)
+
+
+def load(run_dir: Path, run_id: str, env_id: str, hidden_sizes: list[int]) -> tuple[dict[str, np.ndarray], dict]:
+    """The run's checkpoint; refuses one written by another run or for another model."""
+    try:
+        tensors, meta = artifacts.load(path(run_dir))
+    except artifacts.ArtifactError as exc:
+        raise CheckpointError(str(exc)) from None
+    for key, expected in (("run_id", run_id), ("env_id", env_id), ("hidden_sizes", hidden_sizes)):
+        if meta.get(key) != expected:
+            raise CheckpointError(f"{path(run_dir)} is a checkpoint of {key} {meta.get(key)!r}, not {expected!r}")
+    return tensors, meta
