@@ -1,7 +1,9 @@
 """Reading a run back from its directory: config and JSON-line events, without the service running.
 
 One reader for everything that looks at finished (or running) runs: `hotprune diagnose`, `show`,
-`list`, and the tests. A missing directory, a directory that is not a run, or a run with no logs yet
+`list`, and the tests. The trainer's events are read as the run's history: after a trainer resumed
+from a checkpoint, the lines of the epochs it redid replace those of the trainer before it. A missing
+directory, a directory that is not a run, or a run with no logs yet
 raise RunError with one line that says which.
 """
 
@@ -30,12 +32,10 @@ class Run:
         return lines if event is None else [e for e in lines if e["event"] == event]
 
     def epochs(self) -> list[dict]:
-        """The trainer's `epoch` events, one per epoch, each with `global_step` (env samples so far;
-        summed here for logs written before the field existed). A resumed trainer redoes the epochs
-        after its checkpoint: the later line of an epoch wins."""
-        latest = {e["epoch"]: e for e in self.events("trainer", "epoch")}
+        """The trainer's `epoch` events, each with `global_step` (env samples so far; summed here for
+        logs written before the field existed)."""
         out, total = [], 0
-        for _, e in sorted(latest.items()):
+        for e in self.events("trainer", "epoch"):
             total += e["samples"]
             out.append({"global_step": total, **e})
         return out
@@ -80,7 +80,18 @@ def load(path: str | Path) -> Run:
                 continue  # a line being written, or cut off by a kill
             if isinstance(event, dict) and isinstance(event.get("event"), str):
                 lines.append(event)
-        logs[file.stem] = lines
+        logs[file.stem] = _rewound(lines) if file.stem == "trainer" else lines
     if not any(logs.values()):
         raise RunError(f"{run_dir} has no log events yet")
     return Run(run_dir, config, logs)
+
+
+def _rewound(lines: list[dict]) -> list[dict]:
+    """The trainer's log as the run's history. A resumed trainer goes on from its checkpoint's epoch
+    and redoes the epochs after it: what earlier trainers logged for those epochs is superseded."""
+    out: list[dict] = []
+    for e in lines:
+        if e["event"] == "trainer_resumed" and isinstance(e.get("epoch"), int):
+            out = [x for x in out if not isinstance(x.get("epoch"), int) or x["epoch"] <= e["epoch"]]
+        out.append(e)
+    return out

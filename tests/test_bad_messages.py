@@ -70,7 +70,8 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
         nan_grads = {**grads, "grad:net.0.weight": np.full_like(weights["net.0.weight"], np.inf)}
 
         def snapshot(version, tensors, enc=encoder, **changes):
-            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1, "trainer_start": 0, **changes}
+            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1,
+                      "trainer_start": 0, **changes}
             return enc.encode("snapshot", fields, tensors)
 
         def lands(frames, version):
@@ -132,7 +133,8 @@ def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapsho
         names = prunable_names(DENSE, False)
 
         def snapshot(version, grads):
-            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1, "trainer_start": 0}
+            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1,
+                      "trainer_start": 0}
             return encoder.encode("snapshot", fields, {**DENSE, **{f"grad:{n}": g for n, g in grads.items()}})
 
         def lands(frames, version):

@@ -1,0 +1,133 @@
+"""Crashes and hangs of every role, survived: restarts under a budget, trainer checkpoints, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from service import runlog
+from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
+
+pytestmark = pytest.mark.slow
+
+# Short backoffs and hang timeout so a test sees several faults in seconds.
+FAST = ["supervisor.hang_timeout_s=3", "supervisor.restart_backoff_s=0.2"]
+
+
+def _start(tmp_path, run_id, *extra):
+    proc = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, *FAST, *extra)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return proc, tmp_path / "runs" / run_id
+
+
+def _pid(run_dir, name) -> int:
+    """The newest process of that name."""
+    return [e["child_pid"] for e in logged(run_dir, "supervisor", "process_started") if e["name"] == name][-1]
+
+
+def _epochs(run_dir) -> int:
+    return len(logged(run_dir, "trainer", "epoch"))
+
+
+def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_and_the_run_completes(tmp_path):
+    epochs = 160
+    proc, run_dir = _start(tmp_path, "faults", f"epochs={epochs}", "pruning.schedule=\"cubic\"",
+                           "pruning.end_epoch=120")
+    wait_for(lambda: _epochs(run_dir) >= 5, timeout=90, what="epoch 5")
+    os.kill(_pid(run_dir, "trainer"), signal.SIGKILL)
+    wait_for(lambda: logged(run_dir, "trainer", "trainer_resumed"), timeout=60, what="the trainer to resume")
+    wait_for(lambda: logged(run_dir, "compressor", "trainer_restarted"), timeout=30, what="the compressor to notice")
+    os.kill(_pid(run_dir, "compressor"), signal.SIGKILL)
+    wait_for(lambda: logged(run_dir, "compressor", "compressor_resumed"), timeout=60, what="the compressor to resume")
+    frozen = _pid(run_dir, "worker-0")
+    os.kill(frozen, signal.SIGSTOP)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    assert_clean(run_dir)
+
+    sup = events(run_dir, "supervisor")
+    assert of(sup, "run_finished")[-1]["restarts"] == {"trainer": 1, "compressor": 1, "worker-0": 1}
+    assert [e["name"] for e in of(sup, "process_hung")] == ["worker-0"]
+    assert {(e["name"], e["reason"]) for e in of(sup, "process_restarting")} == \
+        {("trainer", "exit -9"), ("compressor", "exit -9"), ("worker-0", "hung")}
+    run = runlog.load(run_dir)
+    # Every epoch exactly once in the run's record (the redone ones replace the lost ones), and the
+    # summary of the resumed trainer covers them all.
+    assert [e["epoch"] for e in run.epochs()] == list(range(1, epochs + 1))
+    summary = run.summary
+    assert summary["completed"] and summary["epochs"] == epochs and summary["trainer_starts"] == 2
+    resumed = of(events(run_dir, "trainer"), "trainer_resumed")[0]
+    published = of(events(run_dir, "trainer"), "snapshot_published")
+    before = [e["version"] for e in published if e["ts"] < resumed["ts"]]
+    after = [e["version"] for e in published if e["ts"] > resumed["ts"]]
+    assert resumed["version"] > max(before) and after[0] == resumed["version"], "versions must keep increasing"
+    # No worker process ever swapped backwards, across the trainer's restart.
+    for name in run.workers():
+        by_pid: dict[int, list[int]] = {}
+        for e in run.events(name, "worker_swapped"):
+            by_pid.setdefault(e["pid"], []).append(e["version"])
+        assert all(v == sorted(set(v)) for v in by_pid.values()), name
+    # The run still ends at its planned sparsity, with the trainer's pruned weights exactly zero.
+    assert summary["final_training_sparsity"] == pytest.approx(0.8, abs=0.002)
+    checked = [e["pruned_nonzero"] for e in of(events(run_dir, "compressor"), "snapshot_received")
+               if e["pruned_nonzero"] is not None]
+    assert checked and not any(checked)
+    diagnosed = hotprune("diagnose", str(run_dir))
+    assert diagnosed.returncode == 0, diagnosed.stdout
+
+
+def test_an_exhausted_restart_budget_stops_the_run_with_exit_1_and_names_the_process(tmp_path):
+    proc, run_dir = _start(tmp_path, "budget", "epochs=500", "supervisor.max_restarts=1")
+    wait_for(lambda: _epochs(run_dir) >= 2, timeout=90, what="epoch 2")
+    def starts() -> int:
+        return len([e for e in logged(run_dir, "supervisor", "process_started") if e["name"] == "compressor"])
+
+    for start in (1, 2):
+        wait_for(lambda: starts() == start, timeout=60, what=f"compressor start {start}")  # noqa: B023
+        wait_for(lambda: logged(run_dir, "compressor", "heartbeat") and
+                 logged(run_dir, "compressor", "heartbeat")[-1]["pid"] == _pid(run_dir, "compressor"),
+                 timeout=60, what="the compressor to run")
+        os.kill(_pid(run_dir, "compressor"), signal.SIGKILL)
+    assert proc.wait(timeout=60) == 1
+    assert_clean(run_dir)
+    sup = events(run_dir, "supervisor")
+    exhausted = of(sup, "restart_budget_exhausted")
+    assert [(e["name"], e["restarts"], e["max_restarts"]) for e in exhausted] == [("compressor", 1, 1)]
+    assert of(sup, "run_finished")[-1]["failed"] == ["compressor"]
+
+
+def test_a_run_whose_supervisor_was_killed_resumes_from_its_checkpoint(tmp_path):
+    epochs = 40
+    proc, run_dir = _start(tmp_path, "resume", f"epochs={epochs}", "checkpoint_every=4")
+    wait_for(lambda: _epochs(run_dir) >= 10, timeout=90, what="epoch 10")
+    proc.kill()  # the supervisor; its children get SIGTERM (parent-death signal) and stop
+    proc.wait()
+    wait_for(lambda: logged(run_dir, "trainer", "summary"), timeout=30, what="the trainer to stop")
+    assert_clean(run_dir)
+    stopped_at = _epochs(run_dir)
+    assert stopped_at < epochs
+
+    # A trainer started again without --resume would start over: refused.
+    again = hotprune("trainer", "--run-dir", str(run_dir))
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    resumed = hotprune("run", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_clean(run_dir)
+    trainer = events(run_dir, "trainer")
+    start = of(trainer, "trainer_resumed")[0]
+    assert start["epoch"] % 4 == 0 and stopped_at - 4 <= start["epoch"] <= stopped_at
+    # checkpoint_every=4: the lost epochs published at most 3 versions past the checkpoint's.
+    assert start["version"] == start["checkpoint_version"] + 4
+    run = runlog.load(run_dir)
+    assert [e["epoch"] for e in run.epochs()] == list(range(1, epochs + 1))
+    assert run.summary["completed"] and run.finished["outcome"] == "completed"
+    rows = (run_dir / "progress.csv").read_text().splitlines()
+    assert len(rows) == 1 + epochs  # the header, then each epoch once
+
+    done = hotprune("run", "--resume", str(run_dir))
+    assert done.returncode == 2 and "already completed" in done.stderr
+    other = hotprune("run", "--resume", str(run_dir), "--set", "seed=2")
+    assert other.returncode == 2 and "own config" in other.stderr
