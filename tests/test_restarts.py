@@ -85,7 +85,7 @@ def test_an_exhausted_restart_budget_stops_the_run_with_exit_1_and_names_the_pro
         return len([e for e in logged(run_dir, "supervisor", "process_started") if e["name"] == "compressor"])
 
     for start in (1, 2):
-        wait_for(lambda: starts() == start, timeout=60, what=f"compressor start {start}")  # noqa: B023
+        wait_for(lambda n=start: starts() == n, timeout=60, what=f"compressor start {start}")
         wait_for(lambda: logged(run_dir, "compressor", "heartbeat") and
                  logged(run_dir, "compressor", "heartbeat")[-1]["pid"] == _pid(run_dir, "compressor"),
                  timeout=60, what="the compressor to run")

@@ -1,0 +1,105 @@
+"""Trainer checkpoints and liveness pings, in-process: what a restart relies on."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import safetensors.torch
+import torch
+
+from service import checkpoints, liveness
+from service.envs import env_spec
+from service.policy import make_actor, make_critic
+
+
+def _learner(seed: int):
+    torch.manual_seed(seed)
+    spec = env_spec("CartPole-v1")
+    actor, critic = make_actor(spec, [16, 16]), make_critic(spec, [16, 16])
+    optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=1e-2, eps=1e-5)
+    return actor, critic, optimizer, torch.Generator().manual_seed(seed)
+
+
+def _steps(actor, critic, optimizer, generator, n: int) -> torch.Tensor:
+    """n Adam steps on random batches drawn from both RNGs; returns the last loss."""
+    for _ in range(n):
+        obs = torch.randn(32, 4, generator=generator) + torch.rand(1)  # the global RNG too
+        loss = actor.net(obs).pow(2).mean() + critic(obs).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
+def test_a_restored_learner_continues_exactly_as_the_original(tmp_path):
+    actor, critic, optimizer, generator = _learner(1)
+    _steps(actor, critic, optimizer, generator, 5)
+    tensors = checkpoints.state_tensors(actor, critic, optimizer, generator)
+    checkpoints.save(tmp_path, tensors, run_id="r", env_id="CartPole-v1", hidden_sizes=[16, 16],
+                     param_groups=optimizer.state_dict()["param_groups"])
+    expected = _steps(actor, critic, optimizer, generator, 5)
+
+    other = _learner(2)  # different weights, no optimizer state, other RNG states
+    loaded, meta = checkpoints.load(tmp_path, "r", "CartPole-v1", [16, 16])
+    checkpoints.restore(loaded, *other, meta["param_groups"])
+    got = _steps(*other, 5)
+    assert torch.equal(got, expected)
+    for (name, a), b in zip(actor.state_dict().items(), other[0].state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_is_plain_safetensors_and_refused_by_another_run_or_model(tmp_path):
+    actor, critic, optimizer, generator = _learner(1)
+    _steps(actor, critic, optimizer, generator, 1)
+    checkpoints.save(tmp_path, checkpoints.state_tensors(actor, critic, optimizer, generator), run_id="r",
+                     env_id="CartPole-v1", hidden_sizes=[16, 16], param_groups=[])
+    plain = safetensors.torch.load_file(str(checkpoints.path(tmp_path)))  # no hotprune, no pickle
+    assert torch.equal(plain["actor.net.0.weight"], actor.state_dict()["net.0.weight"])
+    assert "adam.0.exp_avg" in plain and "rng.generator" in plain
+    with pytest.raises(checkpoints.CheckpointError, match="run_id 'r', not 'other'"):
+        checkpoints.load(tmp_path, "other", "CartPole-v1", [16, 16])
+    with pytest.raises(checkpoints.CheckpointError, match="hidden_sizes"):
+        checkpoints.load(tmp_path, "r", "CartPole-v1", [64, 64])
+    checkpoints.path(tmp_path).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(checkpoints.CheckpointError, match="not a hotprune tensor file"):
+        checkpoints.load(tmp_path, "r", "CartPole-v1", [16, 16])
+
+
+def test_restoring_into_a_model_of_another_shape_is_one_clear_error(tmp_path):
+    actor, critic, optimizer, generator = _learner(1)
+    tensors = checkpoints.state_tensors(actor, critic, optimizer, generator)
+    spec = env_spec("CartPole-v1")
+    bigger = make_actor(spec, [32, 32]), make_critic(spec, [32, 32])
+    opt = torch.optim.Adam([*bigger[0].parameters(), *bigger[1].parameters()])
+    with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
+        checkpoints.restore(tensors, *bigger, opt, torch.Generator(), opt.state_dict()["param_groups"])
+
+
+def test_pings_through_the_inherited_pipe_reset_the_silence(monkeypatch):
+    listener = liveness.Listener()
+    monkeypatch.setenv(liveness.ENV, str(listener.write_fd))
+    pulse = liveness.Pulse.inherited()
+    assert pulse.fd == listener.write_fd
+    time.sleep(0.3)
+    assert listener.silent_s() >= 0.3 and not listener.pinged
+    pulse.ping()
+    assert listener.silent_s() < 0.1 and listener.pinged
+    time.sleep(0.3)
+    pulse.ping()  # within PING_S of the last: not sent
+    assert listener.silent_s() >= 0.3
+    listener.close()
+    pulse.due = 0.0
+    pulse.ping()  # the reader is gone: the pulse goes quiet instead of failing
+    assert pulse.fd is None
+    os.close(listener.write_fd)
+
+
+@pytest.mark.parametrize("value", ["", "not-a-number", "99999", "a regular file"])
+def test_a_process_without_a_liveness_pipe_pings_nothing(monkeypatch, tmp_path, value):
+    if value == "a regular file":  # an open descriptor, but not a pipe
+        fd = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY)
+        value = str(fd)
+    monkeypatch.setenv(liveness.ENV, value)
+    assert liveness.Pulse.inherited().fd is None
