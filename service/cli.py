@@ -22,16 +22,6 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
-import zmq
-
-from service.config import ConfigError, load_config
-from service.process import ignore_stop_signals
-from service.artifacts import ArtifactError
-from service.checkpoints import CheckpointError
-from service.runlog import RunError
-from service.weight_store import StoreError
-
 PROCESSES = {
     "trainer": "service.trainer",
     "compressor": "service.compressor",
@@ -46,7 +36,20 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Heavy imports (torch, zmq) happen inside: a Ctrl-C while they load is one line, not a traceback."""
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # before this process installed its own handlers
+        print("hotprune: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        # Python restores default handlers while it shuts down, and a SIGTERM then would kill an
+        # already finished process with -15 (as if it had failed).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hotprune", description="Prune an RL policy while it trains.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run trainer, compressor and workers under the supervisor")
@@ -82,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run of the grid, e.g. --set epochs=50")
     args, rest = parser.parse_known_args(argv)
+    import torch
+    import zmq
+
+    from service.artifacts import ArtifactError
+    from service.checkpoints import CheckpointError
+    from service.config import ConfigError, load_config
+    from service.runlog import RunError
+    from service.weight_store import StoreError
+
     # Many processes share a few cores: one torch thread each keeps them from fighting.
     torch.set_num_threads(1)
     try:
@@ -111,16 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, RunError, ArtifactError, CheckpointError, zmq.ZMQError) as exc:
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before the process installed its own handlers
-        print(f"hotprune {args.command}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
-    finally:
-        ignore_stop_signals()
 
 
 def _inspect(args: argparse.Namespace) -> int:
     """The commands on finished runs: they read logs, and start no process."""
     from service import diagnose, evaluate, export, report, show
+    from service.config import ConfigError
     from service.runlog import load
 
     if args.command == "experiments":

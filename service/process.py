@@ -50,13 +50,6 @@ def start(run_dir: Path) -> tuple[Config, StopFlag]:
     return config, stop
 
 
-def ignore_stop_signals() -> None:
-    """Called on the way out: Python restores default handlers while it shuts down, and a SIGTERM
-    then would kill an already finished process with -15 (as if it had failed)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-
-
 TRAJECTORY_BUFFER = 16 * 1024  # bytes of OS socket buffer at each end of a trajectory pipe
 
 

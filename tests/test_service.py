@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from datetime import datetime
 
 import pytest
@@ -261,3 +262,17 @@ def test_without_restarts_a_process_ending_early_fails_the_run_and_nothing_is_le
     assert exits.pop(victim) == expected and set(exits.values()) <= {0, 128 + signal.SIGTERM}, exits
     diagnosed = hotprune("diagnose", str(run_dir))
     assert diagnosed.returncode == 1 and "FAIL  run completed:" in diagnosed.stdout
+
+
+@pytest.mark.parametrize("after_s", [0.3, 1.5, 4.0])
+def test_ctrl_c_at_any_moment_of_start_up_is_one_clean_stop(tmp_path, after_s):
+    # Ctrl-C from a terminal signals the whole foreground process group.
+    run_id = f"ctrlc{int(after_s * 10)}"
+    proc = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, "epochs=500")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(after_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, (out, err)
+    assert "Traceback" not in out + err and len(err.splitlines()) <= 2, err
+    assert_clean(tmp_path / "runs" / run_id)
