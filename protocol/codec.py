@@ -8,6 +8,7 @@ fit raises `MessageRejected` with a reason the receiver logs as `message_rejecte
 from __future__ import annotations
 
 import math
+import reprlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -24,6 +25,10 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_BUFFERS = 256
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_SENDER_CHARS = 64  # a sender's name is logged with what it sent; real ones are "trainer", "worker-3"
+# Every rejection is logged (and echoed): its reason must not carry what an attacker sent, whole.
+REASON_CHARS = 200
+SHOWN_CHARS = 60
 
 # kind -> the header fields it must carry, with their types.
 KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -62,11 +67,31 @@ ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 class MessageRejected(ValueError):
-    """A message failed validation; `reason` is a short machine-friendly phrase."""
+    """A message failed validation; `reason` is a short machine-friendly phrase, cut to REASON_CHARS
+    whatever built it, so that no message can make its own rejection's log line long."""
 
     def __init__(self, reason: str):
+        reason = _cut(reason, REASON_CHARS)
         super().__init__(reason)
         self.reason = reason
+
+
+# reprlib cuts long strings, long and deep containers and huge ints while it builds the repr, so
+# showing a 1 MB field costs no more than showing a short one.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 3
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+_SHOWN.maxstring = _SHOWN.maxother = 40
+_SHOWN.maxlong = 24
+
+
+def shown(value: Any) -> str:
+    """A received value as a reason may quote it: its repr, cut to SHOWN_CHARS."""
+    return _cut(_SHOWN.repr(value), SHOWN_CHARS)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -143,15 +168,17 @@ def decode(
     if not isinstance(header, dict):
         raise MessageRejected("header is not a map")
     _check_fields(header, ENVELOPE_FIELDS)
+    if len(header["sender"]) > MAX_SENDER_CHARS:
+        raise MessageRejected(f"sender name of {len(header['sender'])} characters (at most {MAX_SENDER_CHARS})")
     if header["proto"] != PROTO_VERSION:
         raise MessageRejected(f"unsupported proto {header['proto']} (expected {PROTO_VERSION})")
     kind = header["kind"]
     if kind not in KIND_FIELDS:
-        raise MessageRejected(f"unknown kind {kind!r}")
+        raise MessageRejected(f"unknown kind {shown(kind)}")
     if kinds is not None and kind not in kinds:
-        raise MessageRejected(f"unexpected kind {kind!r} on this socket")
+        raise MessageRejected(f"unexpected kind {shown(kind)} on this socket")
     if run_id is not None and header["run_id"] != run_id:
-        raise MessageRejected(f"run_id {header['run_id']!r} is not this run's")
+        raise MessageRejected(f"run_id {shown(header['run_id'])} is not this run's")
     _check_fields(header, KIND_FIELDS[kind])
 
     specs = header["buffers"]
@@ -161,7 +188,7 @@ def decode(
     for spec, frame in zip(specs, frames[1:]):
         name, array = _tensor_from_frame(spec, frame, max_frame_bytes)
         if name in tensors:
-            raise MessageRejected(f"duplicate buffer {name!r}")
+            raise MessageRejected(f"duplicate buffer {shown(name)}")
         tensors[name] = array
 
     fields = {k: v for k, v in header.items() if k not in ENVELOPE_FIELDS}
@@ -190,20 +217,20 @@ def _tensor_from_frame(spec: Any, frame: bytes | memoryview, max_frame_bytes: in
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
     if not isinstance(name, str) or not name:
         raise MessageRejected("buffer without a name")
-    if dtype not in WIRE_DTYPES:
-        raise MessageRejected(f"buffer {name!r}: dtype {dtype!r} not allowed")
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:  # a list or map would not even hash
+        raise MessageRejected(f"buffer {shown(name)}: dtype {shown(dtype)} not allowed")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise MessageRejected(f"buffer {name!r}: bad shape {shape!r}")
+        raise MessageRejected(f"buffer {shown(name)}: bad shape {shown(shape)}")
     if len(frame) > max_frame_bytes:
-        raise MessageRejected(f"buffer {name!r}: frame of {len(frame)} bytes exceeds {max_frame_bytes}")
+        raise MessageRejected(f"buffer {shown(name)}: frame of {len(frame)} bytes exceeds {max_frame_bytes}")
     np_dtype = np.dtype(dtype).newbyteorder("<")
     expected = math.prod(shape) * np_dtype.itemsize  # Python ints: no overflow on crafted shapes
     if expected != len(frame):
-        raise MessageRejected(f"buffer {name!r}: {len(frame)} bytes do not match {dtype}{shape}")
+        raise MessageRejected(f"buffer {shown(name)}: {len(frame)} bytes do not match {dtype}{shown(shape)}")
     try:
         return name, np.frombuffer(frame, dtype=np_dtype).reshape(shape)
     except ValueError:  # e.g. a zero-size shape with a dimension numpy cannot represent
-        raise MessageRejected(f"buffer {name!r}: shape {shape} not representable") from None
+        raise MessageRejected(f"buffer {shown(name)}: shape {shown(shape)} not representable") from None
 
 
 def check_tensors(
@@ -218,7 +245,7 @@ def check_tensors(
     if missing:
         raise MessageRejected(f"missing tensors {missing[:3]}")
     if extra:
-        raise MessageRejected(f"unexpected tensors {extra[:3]}")
+        raise MessageRejected(f"unexpected tensors {shown(extra)}")
     for name, (dtype, shape) in expected.items():
         array = tensors[name]
         if array.dtype.name != dtype or tuple(array.shape) != tuple(shape):

@@ -2,7 +2,8 @@
 
 Every line carries ts (ISO 8601 UTC), event, role, pid and run_id. The process that owns the
 terminal (trainer, supervisor) also echoes the human lines of service.console; warnings and errors
-of any process go to stderr. Arrays never reach a log line whole: they are written as a summary.
+of any process go to stderr, a warning that repeats only its first few times and then once per
+interval. Arrays never reach a log line whole: they are written as a summary.
 """
 
 from __future__ import annotations
@@ -45,12 +46,49 @@ _TRACEBACKS = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False, use_rich=False, max_frames=20))
 
 
+ECHO_FIRST = 5  # a repeating warning is echoed its first ECHO_FIRST times,
+ECHO_EVERY_S = 10.0  # then at most once per ECHO_EVERY_S seconds
+
+
+class _Repeats:
+    """Throttles the console echo of a warning that repeats, e.g. `message_rejected` under a flood of
+    forged messages: the first few, then one line per interval saying how many were held back. Only
+    the echo: the JSON log keeps every event (diagnose counts them, and each one is evidence)."""
+
+    def __init__(self, first: int, every_s: float):
+        self.first, self.every_s = first, every_s
+        self.echoed: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.due: dict[str, float] = {}
+
+    def admit(self, event: str) -> str | None:
+        """None to hold this one back; else a note to append to its line ("" for none)."""
+        now = time.monotonic()
+        echoed = self.echoed.get(event, 0)
+        if echoed >= self.first and now < self.due[event]:
+            self.held[event] = self.held.get(event, 0) + 1
+            return None
+        self.echoed[event] = echoed + 1
+        if echoed + 1 < self.first:
+            return ""
+        self.due[event] = now + self.every_s
+        held = self.held.pop(event, 0)
+        if echoed + 1 == self.first:
+            return f" (from now on at most one line per {self.every_s:g} s; the JSON log has every one)"
+        return f" ({held} more since the last shown; the JSON log has every one)" if held else ""
+
+
 def _echo(echo_human: bool):
+    repeats = _Repeats(ECHO_FIRST, ECHO_EVERY_S)
+
     def processor(logger, method_name, event_dict):
         level = event_dict.get("level", "info")
         if level in ("warning", "error", "critical"):
-            fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in _NOT_ECHOED)
-            print(f"[{event_dict.get('role')}] {level}: {event_dict['event']} {fields}", file=sys.stderr, flush=True)
+            note = repeats.admit(event_dict["event"]) if level == "warning" else ""
+            if note is not None:
+                fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in _NOT_ECHOED)
+                print(f"[{event_dict.get('role')}] {level}: {event_dict['event']} {fields}{note}", file=sys.stderr,
+                      flush=True)
         elif echo_human:
             line = console.human_line(event_dict)
             if line:

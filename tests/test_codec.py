@@ -12,7 +12,9 @@ import pytest
 from protocol.codec import (
     MAX_BUFFERS,
     MAX_HEADER_BYTES,
+    MAX_SENDER_CHARS,
     PROTO_VERSION,
+    REASON_CHARS,
     Encoder,
     MessageRejected,
     check_tensors,
@@ -334,6 +336,46 @@ def test_rejects_shapes_whose_size_overflows(shape):
         pytest.fail(f"BUG: shape {shape} escaped decode as {type(exc).__name__}: {exc}")
     else:
         pytest.fail(f"BUG: shape {shape} accepted for an empty frame")
+
+
+HUGE = "A" * 100_000
+
+
+@pytest.mark.parametrize("change", [
+    {"kind": HUGE},
+    {"run_id": HUGE},
+    {"buffers": [{"name": HUGE, "dtype": "float32", "shape": [3]}]},
+    {"buffers": [{"name": "w", "dtype": HUGE, "shape": [2]}]},
+    {"buffers": [{"name": "w", "dtype": "float32", "shape": [1] * 100_000}]},
+    {"buffers": [{"name": "w", "dtype": "float32", "shape": [[[[HUGE]]]]}]},
+], ids=["kind", "run_id", "buffer name", "dtype", "long shape", "nested shape"])
+def test_a_100_kb_field_makes_a_short_reason(change):
+    """Every rejection is logged: a reason that echoed the field whole would make a 100 kB log line."""
+    frames = reframe(encode("control", CONTROL, {"w": np.zeros(2, np.float32)}), **change)
+    reason = rejected(frames, "", run_id=RUN).reason
+    assert len(reason) <= 120 and "..." in reason, reason  # the field is shown, cut
+
+
+@pytest.mark.parametrize("dtype", [["float32"], {"a": 1}], ids=["list", "map"])
+def test_rejects_an_unhashable_dtype(dtype):
+    """A list or map as dtype used to escape decode as TypeError (found by tests/test_fuzz.py)."""
+    rejected(with_buffer(encode("control", CONTROL, {"w": np.zeros(2, np.float32)}), dtype=dtype), "not allowed")
+
+
+def test_rejects_a_long_sender_name():
+    """The trainer logs a rejected chunk's sender; the codec keeps that name short."""
+    assert decode(encode(sender="s" * MAX_SENDER_CHARS)).sender == "s" * MAX_SENDER_CHARS
+    rejected(encode(sender="s" * 100_000), f"sender name of 100000 characters (at most {MAX_SENDER_CHARS})")
+
+
+def test_a_reason_is_cut_whoever_built_it():
+    assert len(MessageRejected("x" * 10_000).reason) == REASON_CHARS
+
+
+def test_check_tensors_shows_unexpected_names_cut():
+    with pytest.raises(MessageRejected) as info:
+        check_tensors({**good_tensors(), HUGE: np.zeros(1, np.float32)}, EXPECTED)
+    assert info.value.reason.startswith("unexpected tensors ['AAAA") and len(info.value.reason) < 100
 
 
 # --- check_tensors ------------------------------------------------------------------------

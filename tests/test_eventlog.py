@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -36,3 +37,22 @@ def test_a_crash_message_is_cut_so_a_log_line_stays_small(tmp_path):
             raise ValueError("A" * 100_000)
     line = (tmp_path / "logs" / "worker-0.jsonl").read_text()
     assert len(line) < 5_000 and json.loads(line)["exception"][0]["exc_value"] == "A" * 200
+
+
+def test_a_flood_of_warnings_is_echoed_throttled_and_logged_whole(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(eventlog, "ECHO_EVERY_S", 0.5)
+    log = eventlog.setup(tmp_path, "run-z", "trainer")
+    for i in range(1000):
+        log.warning("message_rejected", reason=f"forgery {i}")
+    log.warning("masks_not_nested", version=3)  # another warning has its own count
+    log.error("process_crashed", error="shown whatever came before")
+    time.sleep(0.6)
+    log.warning("message_rejected", reason="after the interval")
+    shown = capsys.readouterr().err.splitlines()
+    assert [line.split(" reason=")[-1] for line in shown if "message_rejected" in line] == [
+        "forgery 0", "forgery 1", "forgery 2", "forgery 3",
+        "forgery 4 (from now on at most one line per 0.5 s; the JSON log has every one)",
+        "after the interval (995 more since the last shown; the JSON log has every one)"]
+    assert any("masks_not_nested" in line for line in shown) and any("process_crashed" in line for line in shown)
+    lines = [json.loads(x) for x in (tmp_path / "logs" / "trainer.jsonl").read_text().splitlines()]
+    assert len([e for e in lines if e["event"] == "message_rejected"]) == 1001
