@@ -198,7 +198,7 @@ class Gatekeeper(threading.Thread):
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             reason = PROTOCOL_REASONS.get(event["value"], f"protocol error 0x{event['value']:x}")
         else:
-            reason = f"handshake failed: {os.strerror(event['value'])}"
+            reason = f"handshake broke off: {os.strerror(event['value'])}"  # e.g. a retrying peer hung up first
         self.refusals.refused(name, reason, peer=None, mechanism=None)
 
 
