@@ -35,7 +35,7 @@ from service.config import Config, ConfigError
 
 KEYS = "keys"  # <run_dir>/keys/
 SERVER, CLIENT = "server", "client"
-MECHANISMS = {zmq.NULL: "NULL", zmq.PLAIN: "PLAIN", zmq.CURVE: "CURVE"}
+MECHANISMS = {zmq.NULL: "NULL", zmq.CURVE: "CURVE"}  # the two a socket of a run can have
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks a context's ZAP handler (RFC 27)
 POLL_MS = 100  # the gatekeeper's poll: how soon it watches a socket bound after it started
 REFUSAL_LINE_S = 1.0  # at most one peer_refused line per socket and reason this often
@@ -72,7 +72,7 @@ def generate(directory: Path) -> Path:
     directory.chmod(0o700)  # mkdir's mode is cut by the umask
     for name in (SERVER, CLIENT):
         _, secret = zmq.auth.create_certificates(directory, name)
-        os.chmod(secret, 0o600)
+        os.chmod(secret, 0o600)  # written with the umask's mode, inside a directory only we can enter
     return directory
 
 
@@ -175,9 +175,10 @@ class Gatekeeper(threading.Thread):
         except zmq.ContextTerminated:  # the process is ending
             pass
         finally:
+            handed_over = []  # not watched yet, closed all the same
             while not self.watched.empty():
-                names[self.watched.get()[0]] = ""
-            for sock in [self.zap, *names]:
+                handed_over.append(self.watched.get()[0])
+            for sock in [self.zap, *names, *handed_over]:
                 sock.close(linger=0)
             self.refusals.close()
 
@@ -192,7 +193,7 @@ class Gatekeeper(threading.Thread):
         if not admitted:
             self.refusals.refused(domain.decode(errors="replace"), "unknown client key",
                                   peer=address.decode(errors="replace"), mechanism=mechanism.decode(errors="replace"),
-                                  client_key=z85.encode(key).decode() if key and len(key) == 32 else None)
+                                  client_key=z85.encode(key).decode() if key else None)
 
     def _handshake_failed(self, name: str, event: dict) -> None:
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
