@@ -1,7 +1,10 @@
 """Endpoint names: where each socket of a run lives.
 
 By default every socket is an `ipc://` path inside the run's private directory (mode 0700), so only
-this user can connect. With `tcp`, sockets listen on consecutive ports of a loopback host.
+this user can connect. With `tcp`, sockets listen on consecutive ports of one IPv4 host: loopback by
+default, or an address beyond it (e.g. 0.0.0.0, or a LAN address) when configured. Every tcp socket
+speaks CURVE with the run's keys (service/transport_security.py), so a peer without them is refused
+at the handshake wherever the port can be reached.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def endpoints(run_dir: Path, transport: str = "ipc", host: str = "127.0.0.1", ba
             )
         return Endpoints(*(f"ipc://{p}" for p in paths))
     if transport == "tcp":
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"tcp host {host} is not loopback; binding beyond loopback needs CURVE keys")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:  # ZeroMQ would need brackets and its ipv6 option for IPv6
+            raise ValueError(f"transport.host must be an IPv4 address, got {host!r}") from None
         return Endpoints(*(f"tcp://{host}:{base_port + i}" for i in range(len(SOCKETS))))
     raise ValueError(f"unknown transport {transport!r} (ipc or tcp)")

@@ -13,6 +13,7 @@
     hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
     hotprune experiments --experiment NAME [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
+    hotprune keys       DIR                                     a CURVE key set for tcp runs across hosts
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def _main(argv: list[str]) -> int:
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run of the grid, e.g. --set epochs=50")
+    sub.add_parser("keys", help="write a new CURVE key set (server and client key pairs) into DIR, for tcp runs "
+                   "whose processes share it: copy DIR to each host's <run_dir>/keys").add_argument("dir", type=Path)
     args, rest = parser.parse_known_args(argv)
     import torch
     import zmq
@@ -104,6 +107,11 @@ def _main(argv: list[str]) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
+        if args.command == "keys":
+            from service import transport_security
+
+            print(transport_security.generate(args.dir))
+            return 0
         if getattr(args, "resume", None):
             if args.config or args.set:
                 parser.error("--resume continues a run with its own config: no --config or --set")

@@ -34,6 +34,7 @@ from service.process import StopFlag, run_dir_parser, send_when_ready, socket, s
 from service.pruning import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, pruner_for, \
     sparsity
 from service.schedule import Schedule, Step, plan
+from service.transport_security import SocketSecurity
 from service.weight_store import StoreError, WeightStore, segment_name, store_slot_size
 
 MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned weights are still zero
@@ -72,13 +73,14 @@ class Compressor:
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
+        self.security = SocketSecurity(cfg, self.ctx, self.log)
         self.snapshots = socket(self.ctx, zmq.SUB, hwm=16, max_frame=cfg.transport.max_frame_bytes)
         self.snapshots.subscribe(b"")
-        self.snapshots.connect(ep.snapshots)
+        self.security.connect(self.snapshots, ep.snapshots)
         self.masks_out = socket(self.ctx, zmq.PUSH, hwm=4)
-        self.masks_out.connect(ep.masks)
+        self.security.connect(self.masks_out, ep.masks)
         self.notify = socket(self.ctx, zmq.PUB, hwm=16)
-        self.notify.bind(ep.weights)
+        self.security.bind(self.notify, ep.weights)
         self.encoder = Encoder(cfg.run_id, "compressor")
 
         self.masks: Masks | None = None

@@ -1,5 +1,5 @@
-"""A run directory: runs/<run_id>/ with config.toml, logs/ and the private socket directory; and
-runs/latest, a link to the newest run (`hotprune diagnose runs/latest`)."""
+"""A run directory: runs/<run_id>/ with config.toml, logs/, the private socket directory and, for a
+tcp run, its CURVE keys (keys/); and runs/latest, a link to the newest run (`hotprune diagnose runs/latest`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from protocol.endpoints import socket_dir
 from service.config import Config, ConfigError, to_toml
-from service import metrics
+from service import metrics, transport_security
 from service.envs import env_spec
 
 
@@ -38,6 +38,11 @@ def prepare(cfg: Config) -> Path:
         raise ConfigError(f"runs_dir {cfg.runs_dir}: cannot create {run_dir}: {exc.strerror}") from None
     run_dir.chmod(0o700)  # sockets and logs of a run are its user's only
     socket_dir(run_dir).mkdir(mode=0o700, exist_ok=True)
+    if cfg.transport.kind == "tcp":
+        keys = transport_security.keys_dir(run_dir)
+        if not keys.exists():  # a key set copied in beforehand (multi-host) is kept
+            transport_security.generate(keys)
+        transport_security.load(keys)  # a bad copied-in set fails here, before any process starts
     (run_dir / "logs").mkdir(exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     _point_latest(run_dir)

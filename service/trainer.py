@@ -37,6 +37,7 @@ from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket,
 from service.pruning import Masks, masked_stats, prunable_names, pruner_for, sparsity
 from service.schedule import Schedule, plan
 from service.training_masks import TrainingMasks
+from service.transport_security import SocketSecurity
 from service.update_hooks import UpdateHooks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
@@ -96,14 +97,15 @@ class Trainer:
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
+        self.security = SocketSecurity(cfg, self.ctx, self.log)
         self.snapshots = socket(self.ctx, zmq.PUB, hwm=16)
         # Small queues: workers block instead of running ahead, which bounds the policy lag.
         max_frame = cfg.transport.max_frame_bytes
         self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER, max_frame=max_frame)
         self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4, max_frame=max_frame)
-        self.snapshots.bind(ep.snapshots)
-        self.trajectories.bind(ep.trajectories)
-        self.mask_inbox.bind(ep.masks)
+        self.security.bind(self.snapshots, ep.snapshots)
+        self.security.bind(self.trajectories, ep.trajectories)
+        self.security.bind(self.mask_inbox, ep.masks)
         self.encoder = Encoder(cfg.run_id, "trainer")
 
         self.version = 0  # number of PPO updates so far; snapshot v is the policy after update v

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
@@ -80,3 +83,19 @@ def assert_clean(run_dir: Path) -> None:
     """No shared memory segment and no process of the run left behind."""
     assert not Path(f"/dev/shm/hotprune-{run_dir.name}").exists(), "weight store segment left behind"
     wait_for(lambda: not processes_mentioning(str(run_dir)), timeout=10, what="the run's processes to exit")
+
+
+def free_base_port(count: int = 4) -> int:
+    """A base port with `count` consecutive free loopback ports (for tcp runs beside other tests)."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 60000 - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise AssertionError(f"no {count} consecutive free ports found")

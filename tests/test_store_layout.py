@@ -341,9 +341,15 @@ def test_tcp_endpoints_use_consecutive_loopback_ports(tmp_path, host):
     assert ep.snapshots.endswith(":6000") and ep.weights.endswith(":6003")
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "10.0.0.1", "::"])
-def test_tcp_refuses_non_loopback_host(tmp_path, host):
-    with pytest.raises(ValueError, match="CURVE"):
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "10.0.0.1"])
+def test_tcp_may_listen_beyond_loopback_when_configured(tmp_path, host):
+    """Every tcp socket speaks CURVE with the run's keys (service/transport_security.py)."""
+    assert endpoints(tmp_path, "tcp", host, 6000).snapshots == f"tcp://{host}:6000"
+
+
+@pytest.mark.parametrize("host", ["::", "::1", "localhost", "192.168.1", ""])
+def test_tcp_host_must_be_an_ipv4_address(tmp_path, host):
+    with pytest.raises(ValueError, match=f"transport.host must be an IPv4 address, got {host!r}"):
         endpoints(tmp_path, "tcp", host)
 
 

@@ -25,6 +25,7 @@ from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, expected_spec, make_actor
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
 from service.pruning import prunable_names, sparsity
+from service.transport_security import SocketSecurity
 from service.weight_store import StoreError, WeightStore, segment_name
 
 
@@ -52,11 +53,12 @@ class InferenceWorker:
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
+        self.security = SocketSecurity(cfg, self.ctx, self.log)
         self.out = socket(self.ctx, zmq.PUSH, hwm=1, kernel_buffer=TRAJECTORY_BUFFER)
-        self.out.connect(ep.trajectories)
+        self.security.connect(self.out, ep.trajectories)
         self.notify = socket(self.ctx, zmq.SUB, hwm=16, max_frame=cfg.transport.max_frame_bytes)
         self.notify.subscribe(b"")
-        self.notify.connect(ep.weights)
+        self.security.connect(self.notify, ep.weights)
         self.encoder = Encoder(cfg.run_id, f"worker-{index}")
 
         self.actor = None
