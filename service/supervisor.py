@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service import eventlog, rundir
+from service import cleanup, eventlog, rundir
 from service.config import Config
-from service.weight_store import WeightStore, segment_name, store_slot_size
+from service.weight_store import StoreError, WeightStore, segment_name, store_slot_size
 
 POLL_S = 0.2
 # A child that exited by itself, or stopped gracefully on our SIGTERM or the terminal's SIGINT.
@@ -58,7 +58,9 @@ def process_table(cfg: Config, run_dir: Path) -> list[Child]:
 class Supervisor:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.made_run_dir = not cfg.run_dir.exists()  # a failed start removes the directory only if it made it
         self.run_dir = rundir.prepare(cfg)
+        cleanup.record_supervisor(self.run_dir)
         self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo_human=True)
         self.children = process_table(cfg, self.run_dir)
         self.signal: int | None = None
@@ -69,7 +71,12 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
-        store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
+        try:
+            store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
+        except StoreError:
+            rundir.discard(self.run_dir, self.made_run_dir)
+            raise
+        rundir.point_latest(self.run_dir)
         self.log.info("run_started", run_dir=str(self.run_dir), store=store.name,
                       config=str(self.run_dir / "config.toml"))
         early = None
@@ -83,6 +90,7 @@ class Supervisor:
             killed = self.stop_all()
             store.close()
             store.unlink()
+            cleanup.remove_sockets(self.run_dir)
         failed = {c.name for c in self.children if c.proc and c.exitcode not in CLEAN_EXITS} | set(killed)
         if early and not self.signal:
             failed.add(early)
