@@ -8,6 +8,7 @@
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
     hotprune list       [RUNS_DIR]                              one line per run
+    hotprune clean      [RUNS_DIR]                              remove what dead runs left: segments, sockets
     hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S] [--video OUT.mp4]
     hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(exit 1 on any FAIL)").add_argument("run_dir", type=Path)
     sub.add_parser("show", help="a run's pruning timeline and summary, again").add_argument("run_dir", type=Path)
     sub.add_parser("list", help="one line per run").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
+    sub.add_parser("clean", help="remove the shared memory and socket files of runs with no live process "
+                   "(nothing of a live run)").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
     evaluate = sub.add_parser("eval", help="run a kept policy on its environment: mean ± std return")
     evaluate.add_argument("policy", type=Path, help="a run directory or a policy .safetensors file")
     evaluate.add_argument("--episodes", type=int, default=10)
@@ -86,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
+        if args.command == "clean":
+            return _clean(args.runs_dir)
         cfg = load_config(args.config, args.set)
         if args.command == "init":
             from service import rundir
 
-            print(rundir.prepare(cfg))
+            run_dir = rundir.prepare(cfg)
+            rundir.point_latest(run_dir)
+            print(run_dir)
             return 0
         from service.supervisor import Supervisor
 
@@ -100,6 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         ignore_stop_signals()
+
+
+def _clean(runs_dir: Path) -> int:
+    from service import cleanup
+
+    removed, kept = cleanup.clean(runs_dir)
+    for path in removed:
+        print(f"removed {path}")
+    for reason in kept:
+        print(f"kept {reason}")
+    if not removed and not kept:
+        print("nothing to clean")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
