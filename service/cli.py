@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             from service import rundir
 
-            run_dir = rundir.prepare(cfg)
+            run_dir = rundir.prepare(cfg, check_ports=False)
             rundir.point_latest(run_dir)
             print(run_dir)
             return 0

@@ -20,11 +20,12 @@ from service.config import Config, ConfigError, to_toml
 from service.envs import env_spec
 
 
-def prepare(cfg: Config) -> Path:
+def prepare(cfg: Config, check_ports: bool = True) -> Path:
     """Check what can only be checked against the machine, then create the run directory.
 
     A shared-memory segment of this run id that no live process uses (left by a run whose every
-    process was killed) is removed; one in use is refused.
+    process was killed) is removed; one in use is refused. With tcp, the ports are checked free
+    unless `check_ports` is false (`hotprune init`: processes started by hand later bind them).
     """
     env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
     if cfg.tensorboard and not metrics.available():
@@ -44,7 +45,8 @@ def prepare(cfg: Config) -> Path:
                           f"got {cfg.transport.max_frame_bytes}")
     if (run_dir / "config.toml").exists():
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another run_id")
-    _check_ports_free(cfg)
+    if check_ports:
+        _check_ports_free(cfg)
     try:
         if cleanup.remove_stale_segment(cfg.run_id):
             print(f"hotprune: removed {cleanup.segment_path(cfg.run_id)}, left by a run with no live process",
