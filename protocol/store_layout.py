@@ -21,6 +21,7 @@ import numpy as np
 
 from protocol.codec import WIRE_DTYPES, little_endian
 
+SEGMENT_PREFIX = "hotprune-"  # a run's segment is /dev/shm/hotprune-<run_id>
 MAGIC = b"HOTPRUNE"
 LAYOUT_VERSION = 1
 HEADER = struct.Struct("<8sIIQqQQIIQ")

@@ -9,6 +9,7 @@
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
     hotprune list       [RUNS_DIR]                              one line per run
+    hotprune clean      [RUNS_DIR]                              remove what dead runs left: segments, sockets
     hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S] [--video OUT.mp4]
     hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
@@ -64,6 +65,8 @@ def _main(argv: list[str]) -> int:
                    "(exit 1 on any FAIL)").add_argument("run_dir", type=Path)
     sub.add_parser("show", help="a run's pruning timeline and summary, again").add_argument("run_dir", type=Path)
     sub.add_parser("list", help="one line per run").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
+    sub.add_parser("clean", help="remove the shared memory and socket files of runs with no live process "
+                   "(nothing of a live run)").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
     evaluate = sub.add_parser("eval", help="run a kept policy on its environment: mean ± std return")
     evaluate.add_argument("policy", type=Path, help="a run directory or a policy .safetensors file")
     evaluate.add_argument("--episodes", type=int, default=10)
@@ -118,11 +121,15 @@ def _main(argv: list[str]) -> int:
             from service.supervisor import Supervisor
 
             return Supervisor.resume(args.resume).run()
+        if args.command == "clean":
+            return _clean(args.runs_dir)
         cfg = load_config(args.config, args.set)
         if args.command == "init":
             from service import rundir
 
-            print(rundir.prepare(cfg))
+            run_dir = rundir.prepare(cfg, check_ports=False)
+            rundir.point_latest(run_dir)
+            print(run_dir)
             return 0
         from service.supervisor import Supervisor
 
@@ -131,6 +138,19 @@ def _main(argv: list[str]) -> int:
     except (ConfigError, StoreError, RunError, ArtifactError, CheckpointError, zmq.ZMQError) as exc:
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _clean(runs_dir: Path) -> int:
+    from service import cleanup
+
+    removed, kept = cleanup.clean(runs_dir)
+    for path in removed:
+        print(f"removed {path}")
+    for reason in kept:
+        print(f"kept {reason}")
+    if not removed and not kept:
+        print("nothing to clean")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from protocol.endpoints import Endpoints, endpoints
+from protocol.store_layout import SEGMENT_PREFIX
 from service.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from service.schedule import SCHEDULES
 
 
+MAX_RUN_ID = 255 - len(SEGMENT_PREFIX)  # the shared memory segment hotprune-<run_id> is a file name: 255 bytes
 MAX_SEED = 2**32 - 1  # numpy's legacy bound; worker seeds add at most 1000 * (MAX_WORKERS + 1)
 MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table is the wrong tool (rundir
 # also holds it to 4 per core of the machine that starts the run)
@@ -256,6 +258,7 @@ def validate(c: Config) -> None:
     need(all(ch.isalnum() or ch in "-_." for ch in c.run_id) and not c.run_id.startswith("."), "run_id",
          "may hold only letters, digits, - _ . and must not start with .")
     need(c.run_id != "latest", "run_id", "must not be latest (runs_dir/latest links to the newest run)")
+    need(len(c.run_id) <= MAX_RUN_ID, "run_id", f"must be at most {MAX_RUN_ID} characters")
     p = c.ppo
     need(p.learning_rate > 0, "ppo.learning_rate", "must be > 0")
     need(0 < p.gamma <= 1, "ppo.gamma", "must be in (0, 1]")

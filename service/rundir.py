@@ -1,19 +1,33 @@
 """A run directory: runs/<run_id>/ with config.toml, logs/, the private socket directory and, for a
-tcp run, its CURVE keys (keys/); and runs/latest, a link to the newest run (`hotprune diagnose runs/latest`)."""
+tcp run, its CURVE keys (keys/); and runs/latest, a link to the newest run (`hotprune diagnose
+runs/latest`).
+
+Everything that can be checked before a run starts is checked before its directory is made, and a
+start that fails after that removes what it made: a run id that failed to start can be tried again.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import shutil
+import socket
+import sys
 from pathlib import Path
 
-from protocol.endpoints import socket_dir
+from protocol.endpoints import SOCKETS, socket_dir
+from service import cleanup, metrics, transport_security
 from service.config import Config, ConfigError, to_toml
-from service import metrics, transport_security
 from service.envs import env_spec
 
 
-def prepare(cfg: Config) -> Path:
-    """Check what can only be checked against the machine, then create the run directory."""
+def prepare(cfg: Config, check_ports: bool = True) -> Path:
+    """Check what can only be checked against the machine, then create the run directory.
+
+    A shared-memory segment of this run id that no live process uses (left by a run whose every
+    process was killed) is removed; one in use is refused. With tcp, the ports are checked free
+    unless `check_ports` is false (`hotprune init`: processes started by hand later bind them).
+    """
     env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
     if cfg.tensorboard and not metrics.available():
         raise ConfigError("tensorboard = true needs TensorBoard: pip install -e '.[tensorboard]'")
@@ -32,6 +46,14 @@ def prepare(cfg: Config) -> Path:
                           f"got {cfg.transport.max_frame_bytes}")
     if (run_dir / "config.toml").exists():
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another run_id")
+    if check_ports:
+        _check_ports_free(cfg)
+    try:
+        if cleanup.remove_stale_segment(cfg.run_id):
+            print(f"hotprune: removed {cleanup.segment_path(cfg.run_id)}, left by a run with no live process",
+                  file=sys.stderr)
+    except cleanup.SegmentKept as exc:
+        raise ConfigError(f"{exc}; choose another run_id") from None
     try:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -45,8 +67,37 @@ def prepare(cfg: Config) -> Path:
         transport_security.load(keys)  # a bad copied-in set fails here, before any process starts
     (run_dir / "logs").mkdir(exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
-    _point_latest(run_dir)
     return run_dir
+
+
+def discard(run_dir: Path, made: bool) -> None:
+    """Undo `prepare` after a start failed before any process ran, so the run id can be tried again:
+    the whole directory if this start made it, else only what the start put in it (a directory
+    made beforehand, e.g. by `hotprune experiments` with its console.txt, stays)."""
+    if made:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in ("config.toml", cleanup.PID_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("logs", socket_dir(run_dir).name):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _check_ports_free(cfg: Config) -> None:
+    """With tcp, bind each port the run will listen on, as ZeroMQ will (SO_REUSEADDR: a port left
+    in TIME_WAIT is free), so a busy port fails here and not after every process started."""
+    if cfg.transport.kind != "tcp":
+        return
+    for name, endpoint in zip(SOCKETS, cfg.endpoints()):
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                raise ConfigError(f"transport.base_port: port {port} on {host} (the {name} socket) cannot be "
+                                  f"bound: {exc.strerror}; choose another transport.base_port") from None
 
 
 LATEST = "latest"
@@ -63,7 +114,7 @@ def largest_frame(cfg: Config) -> int:
     return max(weight, chunk_obs)
 
 
-def _point_latest(run_dir: Path) -> None:
+def point_latest(run_dir: Path) -> None:
     """runs_dir/latest -> the newest run (replaced atomically; a real directory of that name is left alone)."""
     link = run_dir.parent / LATEST
     if link.exists() and not link.is_symlink():

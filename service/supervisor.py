@@ -30,10 +30,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service import artifacts, checkpoints, eventlog, liveness, rundir
+from service import artifacts, checkpoints, cleanup, eventlog, liveness, rundir
 from service.config import Config, ConfigError
 from service.process import load_run_config
-from service.weight_store import WeightStore, segment_name, store_slot_size
+from service.weight_store import StoreError, WeightStore, segment_name, store_slot_size
 
 POLL_S = 0.2
 # A child that exited by itself, or stopped on our SIGTERM (gracefully, or before its handlers were in).
@@ -78,7 +78,9 @@ class Supervisor:
         """A new run (its directory made here), or with `run_dir` one to resume (see `resume`)."""
         self.cfg = cfg
         self.resuming = run_dir is not None
+        self.made_run_dir = not cfg.run_dir.exists()  # a failed start removes the directory only if it made it
         self.run_dir = run_dir if run_dir is not None else rundir.prepare(cfg)
+        cleanup.record_supervisor(self.run_dir)
         self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo_human=True)
         self.children = process_table(cfg, self.run_dir)
         self.signal: int | None = None
@@ -95,6 +97,11 @@ class Supervisor:
             raise ConfigError(f"cannot resume {run_dir}: {exc}") from None
         if meta.get("epoch") == cfg.total_epochs:
             raise ConfigError(f"{run_dir} already completed its {cfg.total_epochs} epochs")
+        alive = cleanup.run_pids(run_dir)
+        if alive:
+            raise ConfigError(f"{run_dir} is still running (pid {', '.join(map(str, alive))})")
+        for path in cleanup.clean_run(run_dir):  # what the dead run left: its segment and socket files
+            print(f"hotprune: removed {path}, left by the stopped run", file=sys.stderr)
         return cls(cfg, run_dir)
 
     def _on_signal(self, signum, frame) -> None:
@@ -103,7 +110,13 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
-        store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
+        try:
+            store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
+        except StoreError:
+            if not self.resuming:  # a resumed run's directory is its record: nothing to undo
+                rundir.discard(self.run_dir, self.made_run_dir)
+            raise
+        rundir.point_latest(self.run_dir)
         self.log.info("run_started", run_dir=str(self.run_dir), store=store.name,
                       config=str(self.run_dir / "config.toml"), resumed=self.resuming)
         early = None
@@ -118,6 +131,7 @@ class Supervisor:
                     child.listener.close()
             store.close()
             store.unlink()
+            cleanup.remove_sockets(self.run_dir)
         # A child waiting out a restart's backoff when the run ended has been dealt with.
         failed = {c.name for c in self.children if c.proc and c.restart_at is None and c.exitcode not in CLEAN_EXITS}
         failed |= set(killed)

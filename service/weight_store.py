@@ -34,7 +34,7 @@ class StoreError(RuntimeError):
 
 
 def segment_name(run_id: str) -> str:
-    return f"hotprune-{run_id}"
+    return f"{layout.SEGMENT_PREFIX}{run_id}"
 
 
 def store_slot_size(cfg) -> int:
@@ -63,6 +63,8 @@ class WeightStore:
             shm = shared_memory.SharedMemory(name, create=True, size=layout.segment_size(slot_size))
         except FileExistsError:
             raise StoreError(f"shared memory segment {name} already exists (another run with this run_id?)") from None
+        except OSError as exc:  # e.g. a name longer than the file system takes
+            raise StoreError(f"cannot create shared memory segment {name}: {exc.strerror}") from None
         header = layout.HEADER.pack(layout.MAGIC, layout.LAYOUT_VERSION, 0, 0, -1, 0, 0, 0, 0, slot_size)
         shm.buf[: layout.HEADER_SIZE] = header
         return cls(name, shm.buf, shm.close, shm.unlink)

@@ -79,6 +79,34 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def resource_tracker(pid: int) -> int:
+    """The multiprocessing resource tracker started by process `pid` (the supervisor's unlinks the
+    weight store if the supervisor dies)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat, cmdline = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid and b"resource_tracker" in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"process {pid} has no resource tracker")
+
+
+def socket_files(path: Path) -> list[Path]:
+    """Socket files anywhere under `path` (the runs' sock/ directories)."""
+    return [p for p in path.rglob("*") if p.is_socket()]
+
+
 def assert_clean(run_dir: Path) -> None:
     """No shared memory segment and no process of the run left behind."""
     assert not Path(f"/dev/shm/hotprune-{run_dir.name}").exists(), "weight store segment left behind"

@@ -139,6 +139,7 @@ def test_wrong_type_in_file_names_the_key(tmp_path):
     ("run_id=..", "run_id"),  # would make the run directory runs_dir itself
     ("run_id=.hidden", "run_id"),
     ("run_id=latest", "run_id"),
+    ("run_id=" + "x" * 247, "run_id"),  # hotprune-<run_id> would not fit a file name
     ("ppo.gamma=0", "ppo.gamma"),
     ("ppo.hidden_sizes=[]", "ppo.hidden_sizes"),
     ("pruning.initial_sparsity=0.9", "pruning.initial_sparsity"),

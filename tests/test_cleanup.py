@@ -1,0 +1,167 @@
+"""Telling a dead run's leftovers from a live run's, and the start-time checks that use it: real
+processes, real shared memory, real socket files."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import _posixshmem
+import pytest
+
+from service import cleanup, rundir
+from service.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sleeper(*argv: str, code: str = "", cwd: Path | None = None) -> subprocess.Popen:
+    """A python process that runs `code`, says ready and sleeps; `argv` ends up in its command line."""
+    proc = subprocess.Popen([sys.executable, "-c", f"{code}\nprint('ready', flush=True)\nimport time; time.sleep(60)",
+                             *argv], stdout=subprocess.PIPE, text=True, cwd=cwd or ROOT)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def stopped(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def make_segment(run_id: str) -> Path:
+    """A segment as a killed run leaves it: created, and no process holds it."""
+    fd = _posixshmem.shm_open(f"/hotprune-{run_id}", os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+    os.ftruncate(fd, 4096)
+    os.close(fd)
+    return cleanup.segment_path(run_id)
+
+
+@pytest.fixture
+def run_id():
+    """A segment name no other test on this machine uses; its segment is gone afterwards."""
+    name = f"t{os.getpid()}-{secrets.token_hex(3)}"
+    yield name
+    cleanup.segment_path(name).unlink(missing_ok=True)
+
+
+def config(tmp_path: Path, run_id: str, *overrides: str):
+    return load_config(overrides=[f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", f"run_id={run_id}", *overrides])
+
+
+@pytest.mark.parametrize("holds", ["mapped", "open"])
+def test_a_segment_is_in_use_while_a_process_holds_it_and_stale_once_it_is_gone(run_id, holds):
+    path = make_segment(run_id)
+    code = (f"import _posixshmem, mmap, os\nfd = _posixshmem.shm_open('/{path.name}', os.O_RDWR, mode=0o600)\n"
+            + ("m = mmap.mmap(fd, 4096)\nos.close(fd)" if holds == "mapped" else ""))
+    holder = sleeper(code=code)
+    assert cleanup.segment_users(run_id) == [holder.pid]
+    with pytest.raises(cleanup.SegmentKept, match=f"in use by a live run \\(pid {holder.pid}\\)"):
+        cleanup.remove_stale_segment(run_id)
+    assert path.exists()
+    stopped(holder)
+    assert cleanup.segment_users(run_id) == []
+    assert cleanup.remove_stale_segment(run_id) and not path.exists()
+    assert not cleanup.remove_stale_segment(run_id)  # nothing left to remove
+
+
+def test_a_process_started_with_run_dir_belongs_to_that_run_wherever_it_was_started(tmp_path, run_id):
+    (tmp_path / "runs" / run_id).mkdir(parents=True)
+    worker = sleeper("--run-dir", f"runs/{run_id}", cwd=tmp_path)  # relative to its own working directory
+    by_hand = sleeper(f"--run-dir={tmp_path / 'runs' / run_id}")
+    try:
+        assert cleanup.run_pids(tmp_path / "runs" / run_id) == sorted([worker.pid, by_hand.pid])
+        assert cleanup.run_pids(tmp_path / "runs" / "other") == []
+        assert cleanup.segment_users(run_id) == sorted([worker.pid, by_hand.pid])  # it would attach by name
+    finally:
+        stopped(worker)
+        stopped(by_hand)
+    assert cleanup.run_pids(tmp_path / "runs" / run_id) == []
+
+
+def test_the_recorded_supervisor_counts_only_while_that_very_process_lives(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    supervisor = sleeper(code=f"from pathlib import Path\nfrom service import cleanup\n"
+                              f"cleanup.record_supervisor(Path({str(run_dir)!r}))")
+    pid_file = run_dir / cleanup.PID_FILE
+    recorded = pid_file.read_text()
+    assert cleanup.run_pids(run_dir) == [supervisor.pid]
+    pid, started = map(int, recorded.split())
+    pid_file.write_text(f"{pid} {started + 1}\n")  # the same pid, another process: reused
+    assert cleanup.run_pids(run_dir) == []
+    pid_file.write_text(recorded)
+    supervisor.send_signal(signal.SIGKILL)
+    os.waitid(os.P_PID, supervisor.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
+    assert cleanup.run_pids(run_dir) == []
+    supervisor.wait()
+
+
+def bound_socket_files(run_dir: Path) -> list[Path]:
+    """Socket files as ZeroMQ leaves them when its process dies: bound, never unlinked."""
+    paths = [run_dir / "sock" / name for name in ("snapshots", "weights")]
+    for path in paths:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    return paths
+
+
+def test_clean_run_removes_the_socket_files_and_segment_of_a_dead_run_and_nothing_of_a_live_one(tmp_path, run_id):
+    run_dir = rundir.prepare(config(tmp_path, run_id))
+    sockets = bound_socket_files(run_dir)
+    (run_dir / "sock" / "notes.txt").write_text("not a socket")
+    segment = make_segment(run_id)
+    trainer = sleeper("--run-dir", str(run_dir))
+    assert cleanup.clean_run(run_dir) == []
+    assert all(p.exists() for p in [*sockets, segment])
+    stopped(trainer)
+    assert cleanup.clean_run(run_dir) == [*sockets, segment]
+    assert not any(p.exists() for p in [*sockets, segment])
+    assert (run_dir / "sock" / "notes.txt").exists() and (run_dir / "config.toml").exists()
+    assert cleanup.clean_run(run_dir) == []
+
+
+def test_a_start_removes_a_stale_segment_of_its_run_id_and_refuses_one_in_use(tmp_path, run_id, capsys):
+    segment = make_segment(run_id)
+    holder = sleeper(code=f"import _posixshmem, os\nfd = _posixshmem.shm_open('/{segment.name}', os.O_RDWR)")
+    try:
+        with pytest.raises(ConfigError, match=f"^shared memory segment {segment} is in use by a live run "
+                                              f"\\(pid {holder.pid}\\); choose another run_id$"):
+            rundir.prepare(config(tmp_path, run_id))
+        assert segment.exists() and not (tmp_path / "runs" / run_id).exists()
+    finally:
+        stopped(holder)
+    assert rundir.prepare(config(tmp_path, run_id)).is_dir()
+    assert not segment.exists()
+    assert f"removed {segment}, left by a run with no live process" in capsys.readouterr().err
+
+
+def test_a_start_refuses_a_busy_tcp_port_before_making_anything(tmp_path, run_id):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"^transport.base_port: port {port} on 127.0.0.1 \\(the masks socket\\) "
+                                              "cannot be bound: Address already in use"):
+            rundir.prepare(config(tmp_path, run_id, "transport.kind=tcp", f"transport.base_port={port - 1}"))
+    assert not (tmp_path / "runs").exists()
+    assert rundir.prepare(config(tmp_path, run_id, "transport.kind=tcp", f"transport.base_port={port - 1}")).is_dir()
+
+
+def test_a_failed_start_leaves_the_run_id_free_and_a_directory_made_before_it_as_it_was(tmp_path, run_id):
+    cfg = config(tmp_path, run_id)
+    rundir.discard(rundir.prepare(cfg), made=True)
+    assert not cfg.run_dir.exists()
+    cfg.run_dir.mkdir()
+    (cfg.run_dir / "console.txt").write_text("what the run printed")
+    run_dir = rundir.prepare(cfg)
+    (run_dir / "logs" / "supervisor.jsonl").write_text("{}\n")
+    cleanup.record_supervisor(run_dir)
+    rundir.discard(run_dir, made=False)
+    assert [p.name for p in run_dir.iterdir()] == ["console.txt"]
+    assert rundir.prepare(cfg) == run_dir  # tried again
