@@ -65,6 +65,15 @@ class WeightStore:
             raise StoreError(f"shared memory segment {name} already exists (another run with this run_id?)") from None
         except OSError as exc:  # e.g. a name longer than the file system takes
             raise StoreError(f"cannot create shared memory segment {name}: {exc.strerror}") from None
+        try:
+            # A segment is sparse until written: on a full /dev/shm the compressor's first write would
+            # die of SIGBUS. Reserve every page now, so a machine without room fails here, in one line.
+            os.posix_fallocate(shm._fd, 0, shm.size)
+        except OSError as exc:
+            shm.close()
+            shm.unlink()
+            raise StoreError(f"cannot reserve {shm.size} bytes of shared memory for {name} in /dev/shm: "
+                             f"{exc.strerror}") from None
         header = layout.HEADER.pack(layout.MAGIC, layout.LAYOUT_VERSION, 0, 0, -1, 0, 0, 0, 0, slot_size)
         shm.buf[: layout.HEADER_SIZE] = header
         return cls(name, shm.buf, shm.close, shm.unlink)
