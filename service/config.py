@@ -136,9 +136,9 @@ class Config:
     runs_dir: str = setting("runs", "where run directories go: runs_dir/run_id")
     run_id: str = setting("", "empty: a fresh id from env, mode, pruning, seed and the time; a run's config.toml "
                               "leaves it out (the directory's name is the id), so --config of it starts a new run")
-    tensorboard: bool = setting(False, "also write TensorBoard event files to runs/<id>/tensorboard/ (CleanRL's "
-                                       "tags and sparsity/*, async/policy_lag, against env steps); needs "
-                                       "pip install -e \".[tensorboard]\"")
+    tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
+                                       "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
+                                       "needs the tensorboard extra: pip install -e \".[tensorboard]\"")
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
                                        "checkpoint.safetensors; a restarted trainer redoes the epochs since")
     ppo: PPOConfig = field(default_factory=PPOConfig)
