@@ -189,7 +189,8 @@ CHOICES = {
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the TOML file, then `key=value` overrides; validated."""
+    """Defaults, then the TOML file, then `key=value` overrides; resolved (the epochs total_steps gives, a
+    fresh run_id when none is named) and validated."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
