@@ -3,6 +3,7 @@
     hotprune run        [--config FILE] [--set key=value ...]   the whole service, under the supervisor
     hotprune run        --resume RUN_DIR                        continue a stopped run from its checkpoint
     hotprune init       [--config FILE] [--set key=value ...]   make a run directory, print its path
+    hotprune config show [--config FILE] [--set key=value ...]  the config.toml such a run would keep
     hotprune trainer    --run-dir DIR [--resume]                one process by hand, against DIR
     hotprune compressor --run-dir DIR [--resume]
     hotprune worker     --run-dir DIR --index I
@@ -20,8 +21,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 PROCESSES = {
@@ -31,10 +34,60 @@ PROCESSES = {
 }
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+# The keys people type most, as options of their own.
+ALIASES = {"--env": "env_id", "--seed": "seed", "--total-steps": "total_steps", "--sparsity": "pruning.target_sparsity"}
+
+
+class _PrintAndExit(argparse.Action):
+    """An option that prints `text(parser)` and exits. The text is made only when asked: making it
+    imports what `hotprune --help` need not (the config pulls in numpy, the version importlib.metadata)."""
+
+    def __init__(self, option_strings, dest, text, help):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, help=help)
+        self.text = text
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(self.text(parser))
+        parser.exit()
+
+
+def _version(parser: argparse.ArgumentParser) -> str:
+    from importlib.metadata import version
+
+    return f"hotprune {version('hotprune')}\n"
+
+
+def _help_with_settings(parser: argparse.ArgumentParser) -> str:
+    from service.config import settings
+
+    def wrap(text: str, indent: int) -> list[str]:
+        return textwrap.wrap(text, width, initial_indent=" " * indent, subsequent_indent=" " * indent,
+                             break_on_hyphens=False)
+
+    width = min(shutil.get_terminal_size().columns, 100) - 2
+    lines = wrap("settings: every key has a default; set one with --set KEY=VALUE, or in the --config TOML "
+                 "file (the keys of a section under [section])", 0)
+    for section, what, rows in settings():
+        lines += ["", f"[{section}] {what}:" if section else f"{what}:"]
+        for s in rows:
+            lines += [f"  {s.key} = {s.default}  ({s.kind})", *wrap(s.meaning, 6)]
+    parser.epilog = "\n".join(lines)
+    return parser.format_help()
+
+
+def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand that reads a config: --config, --set, the aliases, and a --help that lists every setting."""
+    parser = sub.add_parser(name, help=help, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-h", "--help", action=_PrintAndExit, text=_help_with_settings,
+                        help="show this help and every setting: its type, default and meaning")
     parser.add_argument("--config", help="TOML file; every key has a built-in default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key, e.g. --set mode=sync --set pruning.target_sparsity=0.9")
+                        help="override one key, e.g. --set mode=sync --set pruning.target_sparsity=0.9 "
+                        "(1e5 for an int, 256,256 for a list)")
+    for flag, key in ALIASES.items():
+        parser.add_argument(flag, dest="set", action="append", type=lambda value, key=key: f"{key}={value}",
+                            metavar="VALUE", help=f"same as --set {key}=VALUE")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hotprune", description="Prune an RL policy while it trains.")
+    parser.add_argument("--version", action=_PrintAndExit, text=_version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run trainer, compressor and workers under the supervisor")
-    _config_args(run)
+    run = _config_parser(sub, "run", "run trainer, compressor and workers under the supervisor")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue a stopped run from its trainer checkpoint, with its own config")
-    _config_args(sub.add_parser("init", help="create a run directory for processes started by hand"))
+    _config_parser(sub, "init", "create a run directory for processes started by hand")
+    show = _config_parser(sub.add_parser("config", help="the settings a run would use").add_subparsers(
+        dest="action", required=True), "show", "print the resolved config: the config.toml a run would keep")
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
     sub.add_parser("diagnose", help="check from a run's logs that pruning happened and persisted "
@@ -91,6 +146,11 @@ def _main(argv: list[str]) -> int:
     sub.add_parser("keys", help="write a new CURVE key set (server and client key pairs) into DIR, for tcp runs "
                    "whose processes share it: copy DIR to each host's <run_dir>/keys").add_argument("dir", type=Path)
     args, rest = parser.parse_known_args(argv)
+    command = show if args.command == "config" else sub.choices[args.command]
+    if rest and args.command not in PROCESSES:
+        command.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "config":  # settings only: no torch
+        return _config_show(args)
     import torch
     import zmq
 
@@ -106,8 +166,6 @@ def _main(argv: list[str]) -> int:
         if args.command in PROCESSES:
             module = __import__(PROCESSES[args.command], fromlist=["main"])
             return module.main(rest)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
         if args.command == "keys":
@@ -117,7 +175,7 @@ def _main(argv: list[str]) -> int:
             return 0
         if getattr(args, "resume", None):
             if args.config or args.set:
-                parser.error("--resume continues a run with its own config: no --config or --set")
+                command.error("--resume continues a run with its own config: no --config or --set")
             from service.supervisor import Supervisor
 
             return Supervisor.resume(args.resume).run()
@@ -136,8 +194,23 @@ def _main(argv: list[str]) -> int:
         return Supervisor(cfg).run()
     # ZMQError: e.g. a tcp port in use
     except (ConfigError, StoreError, RunError, ArtifactError, CheckpointError, zmq.ZMQError) as exc:
-        print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args.command, exc)
+
+
+def _error(command: str, exc: Exception) -> int:
+    """The one form of every subcommand's errors, as argparse's own: a line and exit code 2."""
+    print(f"hotprune {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from service.config import ConfigError, load_config, to_toml
+
+    try:
+        print(to_toml(load_config(args.config, args.set)), end="")
+    except ConfigError as exc:
+        return _error("config show", exc)
+    return 0
 
 
 def _clean(runs_dir: Path) -> int:

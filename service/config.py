@@ -33,76 +33,118 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
+def setting(default: Any, meaning: str) -> Any:
+    """A config field and what it means, said once: `hotprune run --help` and the README's table are
+    generated from it (`settings()`); its bounds are checked in `validate`."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": meaning})
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass
 class PPOConfig:
-    learning_rate: float = 1e-3
-    anneal_lr: bool = True
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    update_epochs: int = 4
-    minibatches: int = 8
-    clip_coef: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    input_bound: float = 1e6  # chunks whose observations, rewards or log-probs exceed +-this are rejected
+    """the PPO learner, as CleanRL's ppo.py"""
+
+    learning_rate: float = setting(1e-3, "Adam's step size")
+    anneal_lr: bool = setting(True, "decay the learning rate linearly towards 0 over the run")
+    gamma: float = setting(0.99, "discount factor")
+    gae_lambda: float = setting(0.95, "lambda of the generalized advantage estimate")
+    update_epochs: int = setting(4, "passes over an epoch's samples in each PPO update")
+    minibatches: int = setting(8, "minibatches per pass (advantages are normalised per minibatch)")
+    clip_coef: float = setting(0.2, "PPO's clip of the probability ratio")
+    ent_coef: float = setting(0.01, "weight of the entropy bonus")
+    vf_coef: float = setting(0.5, "weight of the value loss")
+    max_grad_norm: float = setting(0.5, "gradients are clipped to this global norm")
+    hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of actor and critic (tanh), e.g. 256,256")
+    input_bound: float = setting(1e6, "a trajectory chunk whose observations, rewards or log-probabilities "
+                                      "exceed +-this is rejected")
 
 
 @dataclass
 class PruningConfig:
-    method: str = "magnitude"  # none | a criterion of service.criteria: magnitude |w|, taylor |w*g|, gradient g
-    structure: str = "weight"  # weight (single weights) | neuron (whole hidden units, smaller tensors)
-    target_sparsity: float = 0.8  # fraction of prunable weights (neuron: of hidden units) removed
-    start_epoch: int = 3  # first compression, due from the snapshot of this epoch
-    every: int = 10  # then every K epochs
-    schedule: str = "constant"  # constant | cubic (Zhu & Gupta 2017)
-    initial_sparsity: float = 0.0  # cubic: sparsity at start_epoch
-    end_epoch: int = 0  # cubic: epoch the target is reached (0: half the run)
-    scope: str = "global"  # global (one threshold) | layer (each layer its own count)
-    distribution: str = "uniform"  # layer scope: uniform (each layer to the target) | erk (Erdos-Renyi-kernel)
-    prune_output_layer: bool = False
-    regrow: bool = False  # false: masks are nested, a pruned weight stays pruned; true: each compression re-selects
-    num_gradient_batches: int = 32  # taylor / gradient: g = mean |dL/dw| over the last N PPO minibatches
-    gradient_batch_size: int = 0  # samples per such minibatch: 0 or PPO's minibatch size (g needs no extra pass)
-    delay_s: float = 0.0  # testing: the compressor sleeps this long per snapshot (a slow compressor)
+    """what the compressor prunes, how and when"""
+
+    method: str = setting("magnitude", "none: the dense baseline; magnitude abs(w); taylor abs(w * g); gradient g; "
+                                       "g is the mean abs(dL/dw) over recent PPO minibatches")
+    structure: str = setting("weight", "weight: single weights; neuron: whole hidden units, which the workers then "
+                                       "run as smaller matrices")
+    target_sparsity: float = setting(0.8, "fraction of prunable weights (neuron: of hidden units) removed, exactly "
+                                          "round(s * n) per scope")
+    start_epoch: int = setting(3, "the first compression is due from the snapshot of this epoch; a due step is "
+                                  "served by the newest snapshot at or past its epoch, never skipped")
+    every: int = setting(10, "then one compression every K epochs")
+    schedule: str = setting("constant", "constant: the target at every step (masks are nested: it prunes once); "
+                                        "cubic (Zhu & Gupta 2017): from initial_sparsity at start_epoch to the "
+                                        "target at end_epoch; a step to 0% is left out")
+    initial_sparsity: float = setting(0.0, "cubic: the sparsity at start_epoch")
+    end_epoch: int = setting(0, "cubic: the epoch the target is reached (0: half the run)")
+    scope: str = setting("global", "global: one threshold over all prunable layers; layer: each layer its own count")
+    distribution: str = setting("uniform", "layer scope: uniform (each layer to the target) or erk "
+                                           "(Erdos-Renyi-kernel, RigL: denser small layers, same total)")
+    prune_output_layer: bool = setting(False, "prune the output layer's weights too (not with neuron); biases are "
+                                              "never pruned")
+    regrow: bool = setting(False, "false: masks are nested, a pruned weight stays pruned; true: each compression "
+                                  "re-selects, and revived weights restart at zero with no optimizer history")
+    num_gradient_batches: int = setting(32, "taylor, gradient: g is averaged over the last N minibatches of the "
+                                            "trainer's own PPO updates (no extra passes)")
+    gradient_batch_size: int = setting(0, "samples in each such minibatch: 0 or PPO's minibatch size")
+    delay_s: float = setting(0.0, "testing: the compressor sleeps this long per snapshot, to try the service under "
+                                  "a slow compressor")
 
 
 @dataclass
 class TransportConfig:
-    kind: str = "ipc"  # ipc | tcp
-    host: str = "127.0.0.1"
-    base_port: int = 5550
-    max_frame_bytes: int = 64 * 1024 * 1024
+    """the sockets between the processes"""
+
+    kind: str = setting("ipc", "ipc: sockets in the run's private directory; tcp: ports of one host, always "
+                                   "CURVE-encrypted and authenticated with the run's keys")
+    host: str = setting("127.0.0.1", "tcp: the IPv4 address to listen on: loopback, or 0.0.0.0 or a LAN "
+                                    "address to listen beyond it")
+    base_port: int = setting(5550, "tcp: the first of 4 consecutive ports")
+    max_frame_bytes: int = setting(64 * 1024 * 1024, "a received frame larger than this is refused")
 
 
 @dataclass
 class SupervisorConfig:
-    stop_grace_s: float = 10.0  # after training ends or on a stop signal, before SIGKILL
-    start_timeout_s: float = 120.0  # how long a worker waits for the weight store to appear
-    heartbeat_s: float = 5.0  # every process logs a `heartbeat` (proof of life, counters) this often
-    hang_timeout_s: float = 60.0  # a process silent this long (no liveness ping) is hung: killed and restarted
-    max_restarts: int = 3  # restarts allowed per process within restart_window_s; 0: any crash ends the run
-    restart_window_s: float = 300.0
-    restart_backoff_s: float = 1.0  # wait before a restart, doubled per restart in the window (at most 30 s)
+    """starting, watching, restarting and stopping the processes"""
+
+    stop_grace_s: float = setting(10.0, "how long the supervisor waits for processes to stop before SIGKILL")
+    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear")
+    heartbeat_s: float = setting(5.0, "every process logs a heartbeat event (proof of life, counters) this often")
+    hang_timeout_s: float = setting(60.0, "a process that sends no liveness ping for this long (frozen, deadlocked) "
+                                          "is killed and restarted; start_timeout_s before its first ping; 0: off")
+    max_restarts: int = setting(3, "a crashed or hung process is restarted unless it has had this many restarts "
+                                   "within restart_window_s; then the run stops, exit 1 (0: any crash ends the run)")
+    restart_window_s: float = setting(300.0, "the window max_restarts counts in")
+    restart_backoff_s: float = setting(1.0, "wait before a restart, doubled for each restart in the window "
+                                            "(at most 30 s)")
 
 
 @dataclass
 class Config:
-    env_id: str = "CartPole-v1"
-    mode: str = "async"  # async | sync
-    prune_training_model: bool = True  # true: both pruned; false: teacher-student
-    seed: int = 1
-    epochs: int = 150
-    total_steps: int = 0  # when > 0, sets epochs = ceil(total_steps / samples_per_epoch)
-    samples_per_epoch: int = 2048
-    num_workers: int = 2
-    envs_per_worker: int = 4
-    chunk_steps: int = 64  # vector steps per trajectory chunk
-    runs_dir: str = "runs"
-    run_id: str = ""  # empty: a fresh id from the time
-    tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard extra)
-    checkpoint_every: int = 1  # the trainer checkpoints every N epochs (and at epochs 0 and the last)
+    env_id: str = setting("CartPole-v1", "any gymnasium id with a flat Box observation and Discrete or flat Box "
+                                         "actions")
+    mode: str = setting("async", "async: training never waits for the compressor or the workers; sync: each epoch "
+                                 "uses only data from the newest version, after every worker has swapped to it")
+    prune_training_model: bool = setting(True, "true: both pruned (the masks go back to the trainer); false: "
+                                               "teacher-student (the trainer stays dense)")
+    seed: int = setting(1, "random seed of the trainer; worker i adds 1000 * (i + 1)")
+    epochs: int = setting(150, "PPO updates to train for (a run's config.toml holds the number total_steps gave)")
+    total_steps: int = setting(0, "when > 0, the length in env samples instead: epochs = "
+                                  "ceil(total_steps / samples_per_epoch)")
+    samples_per_epoch: int = setting(2048, "samples per PPO update, at least (whole chunks; in sync mode one chunk "
+                                           "from every worker)")
+    num_workers: int = setting(2, "inference worker processes")
+    envs_per_worker: int = setting(4, "environments in each worker's vector env")
+    chunk_steps: int = setting(64, "vector steps per trajectory chunk a worker sends")
+    runs_dir: str = setting("runs", "where run directories go: runs_dir/run_id")
+    run_id: str = setting("", "empty: a fresh id from env, mode, pruning, seed and the time; a run's config.toml "
+                              "leaves it out (the directory's name is the id), so --config of it starts a new run")
+    tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
+                                       "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
+                                       "needs the tensorboard extra: pip install -e \".[tensorboard]\"")
+    checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
+                                       "checkpoint.safetensors; a restarted trainer redoes the epochs since")
     ppo: PPOConfig = field(default_factory=PPOConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
@@ -124,6 +166,7 @@ class Config:
 
     @property
     def total_epochs(self) -> int:
+        """The run's length (load_config also writes it into `epochs`, so a run's config.toml says it)."""
         if self.total_steps > 0:
             return math.ceil(self.total_steps / self.samples_per_epoch)
         return self.epochs
@@ -150,7 +193,8 @@ CHOICES = {
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the TOML file, then `key=value` overrides; validated."""
+    """Defaults, then the TOML file, then `key=value` overrides; resolved (the epochs total_steps gives, a
+    fresh run_id when none is named) and validated."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -175,6 +219,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
                 raise ConfigError(f"{key}: {section} is not a section")
         node[leaf] = value
     config = _build(Config, data, "")
+    config.epochs = config.total_epochs
     if not config.run_id:
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         config.run_id = f"{describe(config)}-{stamp}"
@@ -202,10 +247,15 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set expects key=value, got {item!r}")
-    try:  # a TOML literal (number, bool, list, quoted string); anything else is a bare string
-        return key, tomllib.loads(f"v = {raw.strip()}")["v"]
+    return key, _literal(raw)
+
+
+def _literal(raw: str) -> Any:
+    """A TOML literal (number, bool, list, quoted string); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        return key, raw.strip()
+        return raw.strip()
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -227,17 +277,33 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """`value` as a `kind`, in the forms people write: an int where a float belongs, an integral float
+    where an int belongs (total_steps=1e5, as RL Zoo writes step counts), a comma list (256,256)."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is int:
+        value = _integral(value)
     if kind == list[int]:
-        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return value
-        raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+        items = [_literal(v) for v in value.split(",")] if isinstance(value, str) else value
+        if isinstance(items, list):
+            items = [_integral(v) for v in items]
+            if all(_is_int(v) for v in items):
+                return items
+        raise ConfigError(f"{key} must be a list of integers (e.g. 64,64 or [64, 64]), got {value!r}")
     if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
         raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
     if kind is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be finite, got {value!r}")
     return value
+
+
+def _integral(value: Any) -> Any:
+    """1e5 -> 100000; anything else as it is (1.5 stays a float, and is refused where an int belongs)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate(c: Config) -> None:
@@ -311,14 +377,18 @@ def _lookup(c: Config, key: str) -> Any:
 
 
 def to_toml(c: Config) -> str:
-    """The resolved configuration as TOML (what a run directory keeps as config.toml)."""
+    """The resolved configuration as TOML: what a run directory keeps as config.toml.
+
+    Without run_id: a run directory's name is its id (every process takes it from there), and a
+    config file that named a taken run would refuse to start; so `--config runs/<id>/config.toml`
+    starts a new run with the same settings."""
     top, sections = [], []
     for f in dataclasses.fields(c):
         value = getattr(c, f.name)
         if dataclasses.is_dataclass(value):
             body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(value).items())
             sections.append(f"[{f.name}]\n{body}\n")
-        else:
+        elif f.name != "run_id":
             top.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(top) + "\n\n" + "\n".join(sections)
 
@@ -333,3 +403,37 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted: pruning.target_sparsity
+    kind: str  # int, float, bool, str, list[int], or the choices: {async,sync}
+    default: str  # as TOML writes it
+    meaning: str
+
+
+def settings() -> list[tuple[str, str, list[Setting]]]:
+    """Every key with its type, default and meaning, by section: (name, what it is, its keys), the
+    top-level keys first (name ""). What `hotprune run --help` and the README's table show."""
+    defaults = Config()
+    top, sections = [], []
+    for f in dataclasses.fields(defaults):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows = [_setting(f"{f.name}.{g.name}", type(value), g, getattr(value, g.name))
+                    for g in dataclasses.fields(value)]
+            sections.append((f.name, type(value).__doc__, rows))
+        else:
+            top.append(_setting(f.name, Config, f, value))
+    return [("", "the run", top), *sections]
+
+
+def _setting(key: str, owner: type, f: dataclasses.Field, default: Any) -> Setting:
+    kind = get_type_hints(owner)[f.name]
+    if key in CHOICES:
+        name = "{" + ",".join(CHOICES[key]) + "}"
+    else:  # list[int] is no type: its str is its name
+        name = kind.__name__ if isinstance(kind, type) else str(kind)
+    return Setting(key, name, _toml_value(default), f.metadata["help"])

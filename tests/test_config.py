@@ -1,7 +1,9 @@
+import dataclasses
 import math
 
 import pytest
 
+from service import rundir
 from service.config import Config, ConfigError, load_config, to_toml
 from service.envs import env_spec
 
@@ -110,7 +112,12 @@ def test_unknown_key_in_file_is_rejected(tmp_path):
     ("ppo.learning_rate=true", "ppo.learning_rate"),  # bool for float
     ("pruning.target_sparsity=high", "pruning.target_sparsity"),  # bare string for float
     ("ppo.hidden_sizes=[64, 1.5]", "ppo.hidden_sizes"),
-    ("ppo.hidden_sizes=64", "ppo.hidden_sizes"),
+    ("ppo.hidden_sizes=64", "ppo.hidden_sizes"),  # one layer of 64, or 64,64? Say it as a list.
+    ("ppo.hidden_sizes=a,b", "ppo.hidden_sizes"),
+    ("ppo.hidden_sizes=64,1.5", "ppo.hidden_sizes"),
+    ("ppo.hidden_sizes=64,", "ppo.hidden_sizes"),
+    ("total_steps=1.5", "total_steps"),  # an int key takes only integral floats
+    ("seed=inf", "seed"),
     ("ppo.learning_rate=nan", "ppo.learning_rate"),
     ("ppo=3", "ppo"),  # a value where a section belongs
     ("env_id.x=1", "env_id"),  # a section where a value belongs
@@ -119,6 +126,19 @@ def test_wrong_types_are_rejected(override, key):
     with pytest.raises(ConfigError) as info:
         load_config(overrides=[override])
     assert str(info.value).startswith(key + " ") or str(info.value).startswith(key + ":")
+
+
+def test_an_int_key_takes_an_integral_float_as_rl_zoo_writes_step_counts(tmp_path):
+    c = load_config(overrides=["total_steps=1e5", "seed=2.0"])
+    assert c.total_steps == 100000 and isinstance(c.total_steps, int) and c.seed == 2 and isinstance(c.seed, int)
+    assert load_config(write(tmp_path, "total_steps = 2.5e4\n")).total_steps == 25000
+
+
+def test_a_list_of_ints_may_be_written_with_commas(tmp_path):
+    assert load_config(overrides=["ppo.hidden_sizes=256,256"]).ppo.hidden_sizes == [256, 256]
+    assert load_config(overrides=["ppo.hidden_sizes= 32, 16 ,8"]).ppo.hidden_sizes == [32, 16, 8]
+    assert load_config(overrides=["ppo.hidden_sizes=[1e2, 50]"]).ppo.hidden_sizes == [100, 50]
+    assert load_config(write(tmp_path, '[ppo]\nhidden_sizes = "128,64"\n')).ppo.hidden_sizes == [128, 64]
 
 
 def test_wrong_type_in_file_names_the_key(tmp_path):
@@ -229,19 +249,42 @@ def test_to_toml_round_trips(tmp_path):
     path = write(tmp_path, to_toml(c), name="config.toml")
     again = load_config(path)
     assert isinstance(again, Config)
-    assert again == c
+    assert same_but_run_id(again, c)
     assert again.runs_dir == 'some dir/with "quotes" and \\ backslash'
+
+
+def same_but_run_id(a: Config, b: Config) -> bool:
+    """A run's config.toml leaves out run_id (the directory's name is the id)."""
+    return dataclasses.replace(a, run_id=b.run_id) == b
 
 
 def test_to_toml_round_trips_defaults(tmp_path):
     c = load_config()
-    assert load_config(write(tmp_path, to_toml(c))) == c
+    assert same_but_run_id(load_config(write(tmp_path, to_toml(c))), c)
 
 
 def test_to_toml_round_trips_non_ascii_strings(tmp_path):
     """runs_dir is written to the run's config.toml and read back by every child process."""
     c = load_config(overrides=['runs_dir="runs/ünïcode/\U0001F600"'])
-    assert load_config(write(tmp_path, to_toml(c))) == c
+    assert same_but_run_id(load_config(write(tmp_path, to_toml(c))), c)
+
+
+def test_the_config_of_a_saved_run_starts_a_new_run(tmp_path):
+    first = load_config(overrides=[f"runs_dir={tmp_path}", "run_id=first", "epochs=9"])
+    saved = rundir.prepare(first) / "config.toml"
+    assert "run_id" not in saved.read_text()
+    again = load_config(saved)
+    assert again.run_id != "first" and same_but_run_id(again, first)
+    assert rundir.prepare(again) == tmp_path / again.run_id  # not refused as taken
+    # An id the user names is still theirs: a taken one is refused.
+    with pytest.raises(ConfigError, match="already holds a run"):
+        rundir.prepare(load_config(saved, ["run_id=first"]))
+
+
+def test_a_run_s_config_records_the_epochs_total_steps_gave():
+    c = load_config(overrides=["total_steps=10000", "epochs=150"])
+    assert c.epochs == c.total_epochs == 5
+    assert "\nepochs = 5\n" in to_toml(c) and "\ntotal_steps = 10000\n" in to_toml(c)
 
 
 def test_total_steps_sets_total_epochs():

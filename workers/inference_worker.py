@@ -20,7 +20,7 @@ import zmq
 
 from protocol.codec import Encoder, MessageRejected, decode
 from service import eventlog
-from service.config import Config
+from service.config import Config, ConfigError
 from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, expected_spec, make_actor
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
@@ -35,7 +35,7 @@ READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next on
 class InferenceWorker:
     def __init__(self, cfg: Config, index: int, stop: StopFlag):
         if not 0 <= index < cfg.num_workers:
-            raise SystemExit(f"worker index {index} outside [0, {cfg.num_workers}) (num_workers)")
+            raise ConfigError(f"--index must be in [0, {cfg.num_workers}) (the run's num_workers), got {index}")
         self.cfg, self.index, self.stop = cfg, index, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
