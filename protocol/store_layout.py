@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from pathlib import Path
 from typing import Mapping, NamedTuple
 
 import msgpack
@@ -21,7 +22,15 @@ import numpy as np
 
 from protocol.codec import WIRE_DTYPES, little_endian
 
-SEGMENT_PREFIX = "hotprune-"  # a run's segment is /dev/shm/hotprune-<run_id>
+SEGMENT_PREFIX = "hotprune-"  # a run's segment is /dev/shm/hotprune-<run_id>-<hash of its run directory>
+SEGMENT_SUFFIX_LEN = 9  # "-" and 8 hex digits
+
+
+def segment_name(run_dir: Path) -> str:
+    """The run's segment, named after its run directory's absolute path as well as its id: two
+    runs of one id in different runs_dirs (two experiment grids' s1) do not share a segment."""
+    path = str(Path(run_dir).resolve())
+    return f"{SEGMENT_PREFIX}{Path(path).name}-{zlib.crc32(path.encode()):08x}"
 MAGIC = b"HOTPRUNE"
 LAYOUT_VERSION = 1
 HEADER = struct.Struct("<8sIIQqQQIIQ")

@@ -1,17 +1,18 @@
 """What a dead run leaves behind, and removing it without touching a live run.
 
 Besides its records (config, logs, policies), a run holds two things that only make sense while it
-runs: the weight store's shared-memory segment (/dev/shm/hotprune-<run_id>) and the ipc socket files
-in run_dir/sock/. A run stopped normally or by a signal unlinks its segment; if its supervisor is
-SIGKILLed, the supervisor's multiprocessing resource tracker unlinks it; if the tracker dies too (a
-SIGKILL of every process), the segment stays, and would refuse the next run of the same id.
+runs: the weight store's shared-memory segment (/dev/shm/hotprune-<run_id>-<hash of its directory>)
+and the ipc socket files in run_dir/sock/. A run stopped normally or by a signal unlinks its
+segment; if its supervisor is SIGKILLed, the supervisor's multiprocessing resource tracker unlinks
+it; if the tracker dies too (a SIGKILL of every process), the segment stays, and would refuse the
+next run in that directory.
 
 Alive, from /proc, never from a pid alone (pids are reused):
 - a run is alive while its supervisor lives (run_dir/supervisor.pid holds its pid and start time)
   or any process started with `--run-dir` naming its directory (every child, and processes run by
   hand) - a zombie counts as dead;
-- a segment is in use while a live process has it open or mapped, or was started for a run of its
-  id (each process names its segment after its run directory's name).
+- a segment is in use while a live process has it open or mapped, or was started for its run
+  (each process names its segment after its run directory: protocol.store_layout.segment_name).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import stat
 from pathlib import Path
 
 from protocol.endpoints import socket_dir
-from protocol.store_layout import SEGMENT_PREFIX
+from protocol.store_layout import SEGMENT_PREFIX, segment_name
 
 SHM_DIR = Path("/dev/shm")
 PID_FILE = "supervisor.pid"
 
 
-def segment_path(run_id: str) -> Path:
-    return SHM_DIR / f"{SEGMENT_PREFIX}{run_id}"
+def segment_path(run_dir: Path) -> Path:
+    return SHM_DIR / segment_name(run_dir)
 
 
 def record_supervisor(run_dir: Path) -> None:
@@ -47,21 +48,19 @@ def run_pids(run_dir: Path) -> list[int]:
     return sorted({*pids, supervisor} - {None})
 
 
-def segment_users(run_id: str) -> list[int]:
-    """The live processes that use the run id's segment: they hold it open or mapped, or were
-    started for a run directory of that name."""
-    path = str(segment_path(run_id))
-    return sorted({pid for pid, arg in _run_dir_args() if Path(arg).name == run_id}
-                  | {pid for pid in _pids() if _holds(pid, path)})
+def segment_users(path: Path) -> list[int]:
+    """The live processes that use a segment: they hold it open or mapped, or were started for the
+    run it belongs to."""
+    by_run = {pid for pid, arg in _run_dir_args() if (d := _resolve(pid, arg)) and SHM_DIR / segment_name(d) == path}
+    return sorted(by_run | {pid for pid in _pids() if _holds(pid, str(path))})
 
 
-def remove_stale_segment(run_id: str) -> bool:
-    """Unlink the run id's segment if it exists and no live process uses it; True if it did.
-    Raises SegmentKept if it exists and must stay."""
-    path = segment_path(run_id)
+def remove_stale_segment(path: Path) -> bool:
+    """Unlink a segment (/dev/shm/hotprune-...) if it exists and no live process uses it; True if it
+    did. Raises SegmentKept if it exists and must stay."""
     if not path.is_file():  # none (a directory of that name is no segment: creating the store says so)
         return False
-    users = segment_users(run_id)
+    users = segment_users(path)
     if users:
         raise SegmentKept(path, f"is in use by a live run (pid {_listed(users)})")
     try:
@@ -87,9 +86,9 @@ def clean_run(run_dir: Path) -> list[Path]:
         return []
     removed = remove_sockets(run_dir)
     try:
-        if remove_stale_segment(run_dir.name):
-            removed.append(segment_path(run_dir.name))
-    except SegmentKept:  # used by a live run of the same id in another runs_dir
+        if remove_stale_segment(segment_path(run_dir)):
+            removed.append(segment_path(run_dir))
+    except SegmentKept:  # held open by a process of no run (its own reasons)
         pass
     return removed
 
@@ -107,7 +106,7 @@ def clean(runs_dir: Path) -> tuple[list[Path], list[str]]:
                         f"(pid {_listed(run_pids(run_dir))})")
     for segment in sorted(SHM_DIR.glob(f"{SEGMENT_PREFIX}*")):
         try:
-            if remove_stale_segment(segment.name.removeprefix(SEGMENT_PREFIX)):
+            if remove_stale_segment(segment):
                 removed.append(segment)
         except SegmentKept as exc:
             kept.append(str(exc))

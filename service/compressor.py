@@ -35,7 +35,8 @@ from service.pruning import CompressionFailed, Masks, apply_masks, churn, masked
     sparsity
 from service.schedule import Schedule, Step, plan
 from service.transport_security import SocketSecurity
-from service.weight_store import StoreError, WeightStore, segment_name, store_slot_size
+from protocol.store_layout import segment_name
+from service.weight_store import StoreError, WeightStore, store_slot_size
 
 MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned weights are still zero
 
@@ -43,9 +44,9 @@ MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned wei
 def open_store(cfg: Config) -> WeightStore:
     """Attach to the run's store, or create it (and own it) when no supervisor made one."""
     try:
-        return WeightStore.attach(segment_name(cfg.run_id))
+        return WeightStore.attach(segment_name(cfg.run_dir))
     except StoreError:
-        return WeightStore.create(segment_name(cfg.run_id), store_slot_size(cfg))
+        return WeightStore.create(segment_name(cfg.run_dir), store_slot_size(cfg))
 
 
 class Compressor:

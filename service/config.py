@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from protocol.endpoints import Endpoints, endpoints
-from protocol.store_layout import SEGMENT_PREFIX
+from protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
 from service.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from service.schedule import SCHEDULES
 
 
-MAX_RUN_ID = 255 - len(SEGMENT_PREFIX)  # the shared memory segment hotprune-<run_id> is a file name: 255 bytes
+# the shared memory segment hotprune-<run_id>-<hash> is a file name: 255 bytes
+MAX_RUN_ID = 255 - len(SEGMENT_PREFIX) - SEGMENT_SUFFIX_LEN
 MAX_SEED = 2**32 - 1  # numpy's legacy bound; worker seeds add at most 1000 * (MAX_WORKERS + 1)
 MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table is the wrong tool (rundir
 # also holds it to 4 per core of the machine that starts the run)

@@ -49,8 +49,8 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     if check_ports:
         _check_ports_free(cfg)
     try:
-        if cleanup.remove_stale_segment(cfg.run_id):
-            print(f"hotprune: removed {cleanup.segment_path(cfg.run_id)}, left by a run with no live process",
+        if cleanup.remove_stale_segment(cleanup.segment_path(cfg.run_dir)):
+            print(f"hotprune: removed {cleanup.segment_path(cfg.run_dir)}, left by a run with no live process",
                   file=sys.stderr)
     except cleanup.SegmentKept as exc:
         raise ConfigError(f"{exc}; choose another run_id") from None

@@ -33,7 +33,8 @@ from pathlib import Path
 from service import artifacts, checkpoints, cleanup, eventlog, liveness, rundir
 from service.config import Config, ConfigError
 from service.process import load_run_config
-from service.weight_store import StoreError, WeightStore, segment_name, store_slot_size
+from protocol.store_layout import segment_name
+from service.weight_store import StoreError, WeightStore, store_slot_size
 
 POLL_S = 0.2
 # A child that exited by itself, or stopped on our SIGTERM (gracefully, or before its handlers were in).
@@ -111,7 +112,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         try:
-            store = WeightStore.create(segment_name(self.cfg.run_id), store_slot_size(self.cfg))
+            store = WeightStore.create(segment_name(self.run_dir), store_slot_size(self.cfg))
         except StoreError:
             if not self.resuming:  # a resumed run's directory is its record: nothing to undo
                 rundir.discard(self.run_dir, self.made_run_dir)

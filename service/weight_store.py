@@ -33,10 +33,6 @@ class StoreError(RuntimeError):
     """The segment is missing, not a hotprune store, or could not be read consistently."""
 
 
-def segment_name(run_id: str) -> str:
-    return f"{layout.SEGMENT_PREFIX}{run_id}"
-
-
 def store_slot_size(cfg) -> int:
     """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
     return layout.payload_size(actor_arrays(make_actor(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)))

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from protocol.store_layout import segment_name
+
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
 
 # Small enough for a few seconds per run on two cores, big enough to exercise every path.
@@ -109,7 +111,7 @@ def socket_files(path: Path) -> list[Path]:
 
 def assert_clean(run_dir: Path) -> None:
     """No shared memory segment and no process of the run left behind."""
-    assert not Path(f"/dev/shm/hotprune-{run_dir.name}").exists(), "weight store segment left behind"
+    assert not (Path("/dev/shm") / segment_name(run_dir)).exists(), "weight store segment left behind"
     wait_for(lambda: not processes_mentioning(str(run_dir)), timeout=10, what="the run's processes to exit")
 
 

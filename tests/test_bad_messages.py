@@ -23,7 +23,8 @@ from protocol.trajectory import check_trajectory
 from service.envs import env_spec
 from service.policy import actor_arrays, expected_spec, make_actor
 from service.pruning import Pruner, apply_masks, prunable_names
-from service.weight_store import WeightStore, segment_name
+from protocol.store_layout import segment_name
+from service.weight_store import WeightStore
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
     trainer_pub.bind(ep.snapshots)
     compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
     try:
-        store = WeightStore.attach(segment_name("comp"), timeout_s=60)
+        store = WeightStore.attach(segment_name(run_dir), timeout_s=60)
         encoder = Encoder("comp", "test-trainer")
         weights = DENSE
         grads = {f"grad:{n}": np.zeros_like(weights[n]) for n in prunable_names(weights, False)}
@@ -128,7 +129,7 @@ def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapsho
     trainer_pub.bind(endpoints(run_dir).snapshots)
     compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
     try:
-        store = WeightStore.attach(segment_name("cfail"), timeout_s=60)
+        store = WeightStore.attach(segment_name(run_dir), timeout_s=60)
         encoder = Encoder("cfail", "test-trainer")
         names = prunable_names(DENSE, False)
 
@@ -256,7 +257,7 @@ def lone_worker(tmp_path: Path, ctx: zmq.Context, run_id: str):
     peers = SimpleNamespace(run_dir=run_dir, compressor=ctx.socket(zmq.PUB), trainer=ctx.socket(zmq.PULL))
     peers.compressor.bind(ep.weights)
     peers.trainer.bind(ep.trajectories)
-    peers.store = WeightStore.create(segment_name(run_id), 1 << 16)
+    peers.store = WeightStore.create(segment_name(run_dir), 1 << 16)
     peers.store.publish(DENSE, 0)
     peers.worker = subprocess.Popen([HOTPRUNE, "worker", "--run-dir", str(run_dir), "--index", "0"])
     try:

@@ -34,20 +34,26 @@ def stopped(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def make_segment(run_id: str) -> Path:
+def make_segment(path: Path) -> Path:
     """A segment as a killed run leaves it: created, and no process holds it."""
-    fd = _posixshmem.shm_open(f"/hotprune-{run_id}", os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+    fd = _posixshmem.shm_open(f"/{path.name}", os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
     os.ftruncate(fd, 4096)
     os.close(fd)
-    return cleanup.segment_path(run_id)
+    return path
 
 
 @pytest.fixture
-def run_id():
-    """A segment name no other test on this machine uses; its segment is gone afterwards."""
+def run_id(tmp_path):
+    """A run id whose segment (in tmp_path/runs) is gone afterwards."""
     name = f"t{os.getpid()}-{secrets.token_hex(3)}"
     yield name
-    cleanup.segment_path(name).unlink(missing_ok=True)
+    cleanup.segment_path(tmp_path / "runs" / name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def seg(tmp_path, run_id) -> Path:
+    """The segment of the run `run_id` in tmp_path/runs."""
+    return cleanup.segment_path(tmp_path / "runs" / run_id)
 
 
 def config(tmp_path: Path, run_id: str, *overrides: str):
@@ -55,29 +61,32 @@ def config(tmp_path: Path, run_id: str, *overrides: str):
 
 
 @pytest.mark.parametrize("holds", ["mapped", "open"])
-def test_a_segment_is_in_use_while_a_process_holds_it_and_stale_once_it_is_gone(run_id, holds):
-    path = make_segment(run_id)
+def test_a_segment_is_in_use_while_a_process_holds_it_and_stale_once_it_is_gone(seg, holds):
+    path = make_segment(seg)
     code = (f"import _posixshmem, mmap, os\nfd = _posixshmem.shm_open('/{path.name}', os.O_RDWR, mode=0o600)\n"
             + ("m = mmap.mmap(fd, 4096)\nos.close(fd)" if holds == "mapped" else ""))
     holder = sleeper(code=code)
-    assert cleanup.segment_users(run_id) == [holder.pid]
+    assert cleanup.segment_users(path) == [holder.pid]
     with pytest.raises(cleanup.SegmentKept, match=f"in use by a live run \\(pid {holder.pid}\\)"):
-        cleanup.remove_stale_segment(run_id)
+        cleanup.remove_stale_segment(path)
     assert path.exists()
     stopped(holder)
-    assert cleanup.segment_users(run_id) == []
-    assert cleanup.remove_stale_segment(run_id) and not path.exists()
-    assert not cleanup.remove_stale_segment(run_id)  # nothing left to remove
+    assert cleanup.segment_users(path) == []
+    assert cleanup.remove_stale_segment(path) and not path.exists()
+    assert not cleanup.remove_stale_segment(path)  # nothing left to remove
 
 
-def test_a_process_started_with_run_dir_belongs_to_that_run_wherever_it_was_started(tmp_path, run_id):
+def test_a_process_started_with_run_dir_belongs_to_that_run_wherever_it_was_started(tmp_path, run_id, seg):
     (tmp_path / "runs" / run_id).mkdir(parents=True)
     worker = sleeper("--run-dir", f"runs/{run_id}", cwd=tmp_path)  # relative to its own working directory
     by_hand = sleeper(f"--run-dir={tmp_path / 'runs' / run_id}")
     try:
         assert cleanup.run_pids(tmp_path / "runs" / run_id) == sorted([worker.pid, by_hand.pid])
         assert cleanup.run_pids(tmp_path / "runs" / "other") == []
-        assert cleanup.segment_users(run_id) == sorted([worker.pid, by_hand.pid])  # it would attach by name
+        assert cleanup.segment_users(seg) == sorted([worker.pid, by_hand.pid])  # it would attach by name
+        # The same run id in another runs_dir is another run, with a segment of its own.
+        other = cleanup.segment_path(tmp_path / "elsewhere" / run_id)
+        assert other != seg and cleanup.segment_users(other) == []
     finally:
         stopped(worker)
         stopped(by_hand)
@@ -111,11 +120,12 @@ def bound_socket_files(run_dir: Path) -> list[Path]:
     return paths
 
 
-def test_clean_run_removes_the_socket_files_and_segment_of_a_dead_run_and_nothing_of_a_live_one(tmp_path, run_id):
+def test_clean_run_removes_the_socket_files_and_segment_of_a_dead_run_and_nothing_of_a_live_one(tmp_path, run_id,
+                                                                                                 seg):
     run_dir = rundir.prepare(config(tmp_path, run_id))
     sockets = bound_socket_files(run_dir)
     (run_dir / "sock" / "notes.txt").write_text("not a socket")
-    segment = make_segment(run_id)
+    segment = make_segment(seg)
     trainer = sleeper("--run-dir", str(run_dir))
     assert cleanup.clean_run(run_dir) == []
     assert all(p.exists() for p in [*sockets, segment])
@@ -126,8 +136,8 @@ def test_clean_run_removes_the_socket_files_and_segment_of_a_dead_run_and_nothin
     assert cleanup.clean_run(run_dir) == []
 
 
-def test_a_start_removes_a_stale_segment_of_its_run_id_and_refuses_one_in_use(tmp_path, run_id, capsys):
-    segment = make_segment(run_id)
+def test_a_start_removes_a_stale_segment_of_its_run_id_and_refuses_one_in_use(tmp_path, run_id, seg, capsys):
+    segment = make_segment(seg)
     holder = sleeper(code=f"import _posixshmem, os\nfd = _posixshmem.shm_open('/{segment.name}', os.O_RDWR)")
     try:
         with pytest.raises(ConfigError, match=f"^shared memory segment {segment} is in use by a live run "

@@ -26,7 +26,8 @@ from service.policy import actor_from_tensors, expected_spec, make_actor
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
 from service.pruning import prunable_names, sparsity
 from service.transport_security import SocketSecurity
-from service.weight_store import StoreError, WeightStore, segment_name
+from protocol.store_layout import segment_name
+from service.weight_store import StoreError, WeightStore
 
 
 READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
@@ -44,7 +45,7 @@ class InferenceWorker:
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
         try:
-            self.store = WeightStore.attach(segment_name(cfg.run_id), cfg.supervisor.start_timeout_s, stop.is_set)
+            self.store = WeightStore.attach(segment_name(cfg.run_dir), cfg.supervisor.start_timeout_s, stop.is_set)
         except StoreError:
             if stop.is_set():  # stopped while waiting for the store: not an error
                 raise SystemExit(stop.exit_code()) from None
