@@ -1,11 +1,13 @@
 """`hotprune`: one entry point, a subcommand per job.
 
-    hotprune run        [--config FILE] [--set key=value ...]   the whole service, under the supervisor
+    hotprune run        [--config FILE] [--set key=value ...] [--quiet | --verbose]
+                                                                the whole service, under the supervisor
     hotprune run        --resume RUN_DIR                        continue a stopped run from its checkpoint
     hotprune init       [--config FILE] [--set key=value ...]   make a run directory, print its path
     hotprune trainer    --run-dir DIR [--resume]                one process by hand, against DIR
     hotprune compressor --run-dir DIR [--resume]
     hotprune worker     --run-dir DIR --index I
+    hotprune watch      RUN_DIR [--quiet | --verbose]           the console of a run started elsewhere
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
     hotprune list       [RUNS_DIR]                              one line per run
@@ -35,6 +37,20 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one key, e.g. --set mode=sync --set pruning.target_sparsity=0.9")
 
 
+def _verbosity_args(parser: argparse.ArgumentParser) -> None:
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true",
+                      help="only the first lines, warnings and errors, and the final summary")
+    loud.add_argument("--verbose", action="store_true",
+                      help="every console line, also each epoch's under the live view and each process start/exit")
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    from service import view
+
+    return view.QUIET if args.quiet else view.VERBOSE if args.verbose else view.NORMAL
+
+
 def main(argv: list[str] | None = None) -> int:
     """Heavy imports (torch, zmq) happen inside: a Ctrl-C while they load is one line, not a traceback."""
     try:
@@ -56,6 +72,11 @@ def _main(argv: list[str]) -> int:
     _config_args(run)
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue a stopped run from its trainer checkpoint, with its own config")
+    _verbosity_args(run)
+    watching = sub.add_parser("watch", help="the console of a run started elsewhere, until it ends (Ctrl-C: "
+                              "stop watching); of a finished run, its summary")
+    watching.add_argument("run_dir", type=Path)
+    _verbosity_args(watching)
     _config_args(sub.add_parser("init", help="create a run directory for processes started by hand"))
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
@@ -104,12 +125,18 @@ def _main(argv: list[str]) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
+        if args.command == "watch":
+            from service import view
+
+            if not (args.run_dir / "config.toml").is_file():
+                raise RunError(f"{args.run_dir} is not a hotprune run (no config.toml)")
+            return view.watch(args.run_dir, _verbosity(args))
         if getattr(args, "resume", None):
             if args.config or args.set:
                 parser.error("--resume continues a run with its own config: no --config or --set")
             from service.supervisor import Supervisor
 
-            return Supervisor.resume(args.resume).run()
+            return _supervise(Supervisor.resume(args.resume), _verbosity(args))
         cfg = load_config(args.config, args.set)
         if args.command == "init":
             from service import rundir
@@ -118,11 +145,19 @@ def _main(argv: list[str]) -> int:
             return 0
         from service.supervisor import Supervisor
 
-        return Supervisor(cfg).run()
+        return _supervise(Supervisor(cfg), _verbosity(args))
     # ZMQError: e.g. a tcp port in use
     except (ConfigError, StoreError, RunError, ArtifactError, CheckpointError, zmq.ZMQError) as exc:
         print(f"hotprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _supervise(supervisor, verbosity: int) -> int:
+    """The run, with its console (service.view) drawn from the first line, before any process starts."""
+    from service import view
+
+    with view.showing(supervisor.cfg, supervisor.run_dir, verbosity):
+        return supervisor.run()
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -79,7 +79,7 @@ class Supervisor:
         self.cfg = cfg
         self.resuming = run_dir is not None
         self.run_dir = run_dir if run_dir is not None else rundir.prepare(cfg)
-        self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo_human=True)
+        self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo=False)  # service.view draws it
         self.children = process_table(cfg, self.run_dir)
         self.signal: int | None = None
 
@@ -139,8 +139,9 @@ class Supervisor:
         resume = child.resumable and (self.resuming or child.starts > 0)
         argv = child.argv + ["--resume"] * resume
         listener = liveness.Listener()
+        env = {**listener.child_env(), eventlog.SUPERVISED: "1"}  # the view draws the console from its log
         child.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, start_new_session=True,
-                                      pass_fds=(listener.write_fd,), env=listener.child_env())
+                                      pass_fds=(listener.write_fd,), env=env)
         listener.started()
         if child.listener:
             child.listener.close()
