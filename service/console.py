@@ -24,12 +24,12 @@ def _count(value: int | None) -> str:
 
 
 def _epoch(e: dict) -> str:
-    """The rollout / train split of the epoch's time is in the log, progress.csv and the summary: not
-    here, where it made the line 135 columns."""
+    """The epoch's time and its rollout / train split are in the log, progress.csv and the summary:
+    not here, where they made the line 135 columns."""
     return (
-        f"epoch {e['epoch']:>4}/{e['epochs']} | reward {_num(e['reward_mean']):>6} | "
-        f"{e['epoch_s']:.2f}s {e['samples_per_s']:.0f}/s | sparsity train {_pct(e['training_sparsity'])} "
-        f"infer {_pct(e['inference_sparsity'])} | v{e['inference_version']} lag {e['policy_lag']:.2f}"
+        f"epoch {e['epoch']:>4}/{e['epochs']} | reward {_num(e['reward_mean']):>6} | {e['samples_per_s']:.0f}/s | "
+        f"sparsity train {_pct(e['training_sparsity'])} infer {_pct(e['inference_sparsity'])} | "
+        f"v{e['inference_version']} lag {e['policy_lag']:.2f}"
     )
 
 
@@ -116,14 +116,14 @@ PLAN_STEPS_SHOWN = 4  # the plan's second line stays within 100 columns
 
 def _compression_finished(e: dict) -> str:
     units = f" ({_pct(e['unit_sparsity'])} of units)" if e["structure"] == "neuron" else ""
-    return (f"[compressor] Compressed v{e['version']} (due epoch {e['due_epoch']}): "
-            f"weights {_pct(e['weight_sparsity'])}{units}, {e['params_kept']:,} of {e['params_total']:,} kept, "
-            f"{e['duration_ms']:.0f} ms")
+    return (f"[compressor] Pruned v{e['version']} to {_pct(e['weight_sparsity'])}{units}, due epoch {e['due_epoch']}: "
+            f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms")
 
 
 def _store_waiting(e: dict) -> str:
-    return (f"[worker-{e['worker_id']}] waiting for the weight store of run {e['run_id']} ({e['waited_s']:.0f} s; "
-            f"gives up at {e['timeout_s']:.0f} s): start its compressor, or use hotprune run")
+    who = f"[worker-{e['worker_id']}]"
+    return (f"{who} waiting for the weight store of run {e['run_id']}\n"
+            f"{who}   {e['waited_s']:.0f} s of {e['timeout_s']:.0f} s: start the run's compressor (or hotprune run)")
 
 
 def _process(e: dict) -> str:

@@ -38,12 +38,14 @@ SWAPS_SHOWN = 20  # the live view's swap latency: median of the newest swaps of 
 
 
 def header(cfg: Config, run_dir: Path) -> list[str]:
-    """The first lines, before any process starts: where the run is, and what it will do."""
+    """The first lines, before any process starts: where the run is (its last part is the run id),
+    and what it will do."""
     p = cfg.pruning
     epoch_samples = math.ceil(cfg.samples_per_epoch / cfg.chunk_samples) * cfg.chunk_samples
+    mode = f"{cfg.mode}, {'both pruned' if cfg.prune_training_model else 'teacher-student'}"
     pruning = "dense baseline" if p.method == "none" else f"{p.method} {p.structure}s to {p.target_sparsity:.1%}"
-    return [f"{run_dir}: {cfg.env_id}, {cfg.mode}, {'both pruned' if cfg.prune_training_model else 'teacher-student'}",
-            f"  {pruning}, {cfg.total_epochs} epochs = {cfg.total_epochs * epoch_samples:,} env steps, "
+    return [f"run {run_dir}", f"  {cfg.env_id}, {mode}, {pruning}",
+            f"  {cfg.total_epochs} epochs = {cfg.total_epochs * epoch_samples:,} env steps, "
             f"{cfg.num_workers} workers x {cfg.envs_per_worker} envs"]
 
 
