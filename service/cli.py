@@ -1,12 +1,14 @@
 """`hotprune`: one entry point, a subcommand per job.
 
-    hotprune run        [--config FILE] [--set key=value ...]   the whole service, under the supervisor
+    hotprune run        [--config FILE] [--set key=value ...] [--quiet | --verbose]
+                                                                the whole service, under the supervisor
     hotprune run        --resume RUN_DIR                        continue a stopped run from its checkpoint
     hotprune init       [--config FILE] [--set key=value ...]   make a run directory, print its path
     hotprune config show [--config FILE] [--set key=value ...]  the config.toml such a run would keep
     hotprune trainer    --run-dir DIR [--resume]                one process by hand, against DIR
     hotprune compressor --run-dir DIR [--resume]
     hotprune worker     --run-dir DIR --index I
+    hotprune watch      RUN_DIR [--quiet | --verbose]           the console of a run started elsewhere
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
     hotprune list       [RUNS_DIR]                              one line per run
@@ -90,6 +92,20 @@ def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _verbosity_args(parser: argparse.ArgumentParser) -> None:
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true",
+                      help="only the first lines, warnings and errors, and the final summary")
+    loud.add_argument("--verbose", action="store_true",
+                      help="every console line, also each epoch's under the live view and each process start/exit")
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    from service import view
+
+    return view.QUIET if args.quiet else view.VERBOSE if args.verbose else view.NORMAL
+
+
 def main(argv: list[str] | None = None) -> int:
     """Heavy imports (torch, zmq) happen inside: a Ctrl-C while they load is one line, not a traceback."""
     try:
@@ -111,6 +127,11 @@ def _main(argv: list[str]) -> int:
     run = _config_parser(sub, "run", "run trainer, compressor and workers under the supervisor")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue a stopped run from its trainer checkpoint, with its own config")
+    _verbosity_args(run)
+    watching = sub.add_parser("watch", help="the console of a run started elsewhere, until it ends (Ctrl-C: "
+                              "stop watching); of a finished run, its summary")
+    watching.add_argument("run_dir", type=Path)
+    _verbosity_args(watching)
     _config_parser(sub, "init", "create a run directory for processes started by hand")
     show = _config_parser(sub.add_parser("config", help="the settings a run would use").add_subparsers(
         dest="action", required=True), "show", "print the resolved config: the config.toml a run would keep")
@@ -151,6 +172,11 @@ def _main(argv: list[str]) -> int:
         command.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "config":  # settings only: no torch
         return _config_show(args)
+    announced = None  # `hotprune run`: its config, loaded and announced before torch loads
+    if args.command == "run" and not args.resume:
+        announced = _announce(args)
+        if announced is None:
+            return 2
     import torch
     import zmq
 
@@ -173,15 +199,21 @@ def _main(argv: list[str]) -> int:
 
             print(transport_security.generate(args.dir))
             return 0
+        if args.command == "watch":
+            from service import view
+
+            if not (args.run_dir / "config.toml").is_file():
+                raise RunError(f"{args.run_dir} is not a hotprune run (no config.toml)")
+            return view.watch(args.run_dir, _verbosity(args))
         if getattr(args, "resume", None):
             if args.config or args.set:
                 command.error("--resume continues a run with its own config: no --config or --set")
             from service.supervisor import Supervisor
 
-            return Supervisor.resume(args.resume).run()
+            return _supervise(Supervisor.resume(args.resume), _verbosity(args))
         if args.command == "clean":
             return _clean(args.runs_dir)
-        cfg = load_config(args.config, args.set)
+        cfg = announced or load_config(args.config, args.set)
         if args.command == "init":
             from service import rundir
 
@@ -191,7 +223,7 @@ def _main(argv: list[str]) -> int:
             return 0
         from service.supervisor import Supervisor
 
-        return Supervisor(cfg).run()
+        return _supervise(Supervisor(cfg), _verbosity(args), header_shown=announced is not None)
     # ZMQError: e.g. a tcp port in use
     except (ConfigError, StoreError, RunError, ArtifactError, CheckpointError, zmq.ZMQError) as exc:
         return _error(args.command, exc)
@@ -224,6 +256,30 @@ def _clean(runs_dir: Path) -> int:
     if not removed and not kept:
         print("nothing to clean")
     return 0
+
+
+def _announce(args: argparse.Namespace):
+    """`hotprune run`: its config, and its first lines printed at once, before torch loads (seconds
+    on a busy machine); None after an error in the settings (printed)."""
+    from service import view
+    from service.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as exc:
+        _error(args.command, exc)
+        return None
+    for line in view.header(cfg, cfg.run_dir):
+        print(line, flush=True)
+    return cfg
+
+
+def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
+    """The run, with its console (service.view) drawn from the first line, before any process starts."""
+    from service import view
+
+    with view.showing(supervisor.cfg, supervisor.run_dir, verbosity, header_shown):
+        return supervisor.run()
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def open_store(cfg: Config) -> WeightStore:
 class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
-        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor", echo_human=True)
+        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         spec = env_spec(cfg.env_id)
         self.discrete = spec.discrete

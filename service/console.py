@@ -1,8 +1,9 @@
 """Human console lines, drawn from the same events the JSON logs hold.
 
 These are the diagnostics a user watches while a run goes: one progress line per epoch, the
-snapshot / both-pruned / masks-applied lines that show pruning happening and persisting, and the
-end-of-run summary.
+snapshot / both-pruned / masks-applied lines that show pruning happening and persisting, each
+compression, and the end-of-run summary. Each line fits in 100 columns for a usual run (a plain
+console, service.view, wraps what does not).
 """
 
 from __future__ import annotations
@@ -23,12 +24,22 @@ def _count(value: int | None) -> str:
 
 
 def _epoch(e: dict) -> str:
+    """The epoch's time and its rollout / train split are in the log, progress.csv and the summary:
+    not here, where they made the line 135 columns."""
     return (
-        f"epoch {e['epoch']:>4}/{e['epochs']} | reward {_num(e['reward_mean']):>6} | "
-        f"{e['samples']} samples {e['epoch_s']:.2f}s (rollout {e['rollout_s']:.2f}s, train {e['train_s']:.2f}s) "
-        f"{e['samples_per_s']:.0f}/s | sparsity train {_pct(e['training_sparsity'])} "
-        f"infer {_pct(e['inference_sparsity'])} (v{e['inference_version']}, lag {e['policy_lag']:.2f})"
+        f"epoch {e['epoch']:>4}/{e['epochs']} | reward {_num(e['reward_mean']):>6} | {e['samples_per_s']:.0f}/s | "
+        f"sparsity train {_pct(e['training_sparsity'])} infer {_pct(e['inference_sparsity'])} | "
+        f"v{e['inference_version']} lag {e['policy_lag']:.2f}"
     )
+
+
+def live_stats(e: dict, swap_ms: float | None) -> str:
+    """The two lines under the live view's progress bar (service.view): the newest epoch, and the
+    median latency of the workers' newest swaps."""
+    return (f"reward {_num(e['reward_mean'])} | sparsity train {_pct(e['training_sparsity'])} "
+            f"infer {_pct(e['inference_sparsity'])} | {e['samples_per_s']:,.0f} samples/s\n"
+            f"swap {_num(swap_ms, '.2f')} ms | policy lag {e['policy_lag']:.2f} (v{e['inference_version']}) | "
+            f"last epoch {e['epoch_s']:.2f}s (rollout {e['rollout_s']:.2f}s)")
 
 
 def _snapshot(e: dict) -> str | None:
@@ -48,7 +59,7 @@ def _masks_applied(e: dict) -> str:
                 f"{_pct(e['training_sparsity_verified'])})")
     return (
         f"[trainer] Both Pruned mode: training pruned to {_pct(e['target_sparsity'])} (masks v{e['version']}); "
-        f"inference last ran v{e['inference_version']} at sparsity {_pct(e['inference_sparsity'])}\n"
+        f"inference ran v{e['inference_version']} at {_pct(e['inference_sparsity'])}\n"
         f"[trainer] Masks applied to training model (v{e['version']}, Both Pruned mode)\n"
         f"[trainer] Training model sparsity verified: {_pct(e['training_sparsity_verified'])}"
     )
@@ -92,11 +103,27 @@ def _pruning_planned(e: dict) -> str:
     if e["method"] == "none":
         return "[compressor] Dense baseline: nothing is pruned"
     steps = e["steps"]
-    shown = ", ".join(f"{epoch} -> {_pct(s)}" for epoch, s in steps[:6]) + (", ..." if len(steps) > 6 else "")
+    shown = ", ".join(f"{epoch} -> {_pct(s)}" for epoch, s in steps[:PLAN_STEPS_SHOWN])
+    more = ", ..." if len(steps) > PLAN_STEPS_SHOWN else ""
     where = e["scope"] if e["scope"] == "global" else f"layer/{e['distribution']}"
     return (f"[compressor] Pruning plan: {e['method']} {e['structure']}s, {where}, {e['schedule']}"
-            f"{', regrowth' if e['regrow'] else ', nested'}; epoch -> sparsity: {shown or 'none'} "
-            f"({len(steps)} compression{'' if len(steps) == 1 else 's'})")
+            f"{', regrowth' if e['regrow'] else ', nested'} ({len(steps)} compression{'s' * (len(steps) != 1)})\n"
+            f"[compressor]   epoch -> sparsity: {shown or 'none'}{more}")
+
+
+PLAN_STEPS_SHOWN = 4  # the plan's second line stays within 100 columns
+
+
+def _compression_finished(e: dict) -> str:
+    units = f" ({_pct(e['unit_sparsity'])} of units)" if e["structure"] == "neuron" else ""
+    return (f"[compressor] Pruned v{e['version']} to {_pct(e['weight_sparsity'])}{units}, due epoch {e['due_epoch']}: "
+            f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms")
+
+
+def _store_waiting(e: dict) -> str:
+    who = f"[worker-{e['worker_id']}]"
+    return (f"{who} waiting for the weight store of run {e['run_id']}\n"
+            f"{who}   {e['waited_s']:.0f} s of {e['timeout_s']:.0f} s: start the run's compressor (or hotprune run)")
 
 
 def _process(e: dict) -> str:
@@ -113,7 +140,10 @@ FORMATS: dict[str, Callable[[dict], str | None]] = {
     "snapshot_published": _snapshot,
     "masks_applied": _masks_applied,
     "pruning_planned": _pruning_planned,
+    "compression_finished": _compression_finished,
+    "store_waiting": _store_waiting,
     "summary": _summary,
+    "process_started": _process,
     "process_exited": _process,
     "run_finished": _run_finished,
 }

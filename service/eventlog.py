@@ -1,9 +1,10 @@
 """Structured event logs: one JSON line per event, one file per process, under <run_dir>/logs/.
 
-Every line carries ts (ISO 8601 UTC), event, role, pid and run_id. The process that owns the
-terminal (trainer, supervisor) also echoes the human lines of service.console; warnings and errors
-of any process go to stderr, a warning that repeats only its first few times and then once per
-interval. Arrays never reach a log line whole: they are written as a summary.
+Every line carries ts (ISO 8601 UTC), event, role, pid and run_id. A process started by hand also
+echoes: the human lines of service.console to stdout, warnings and errors to stderr (a warning that
+repeats only its first few times, then once per interval). Under a supervisor nothing is echoed:
+the supervisor's view (service.view) draws the console of the whole run from these files, so one
+process owns the terminal. Arrays never reach a log line whole: they are written as a summary.
 """
 
 from __future__ import annotations
@@ -78,18 +79,34 @@ class _Repeats:
         return f" ({held} more since the last shown; the JSON log has every one)" if held else ""
 
 
-def _echo(echo_human: bool):
-    repeats = _Repeats(ECHO_FIRST, ECHO_EVERY_S)
+class Problems:
+    """The stderr lines of warnings and errors, `[role] level: event key=value ...`, a repeating warning
+    throttled. A process started by hand prints its own; the supervisor's view those of a whole run."""
+
+    def __init__(self):
+        self.repeats = _Repeats(ECHO_FIRST, ECHO_EVERY_S)
+
+    def line(self, event_dict: dict, key: str | None = None) -> str | None:
+        """The line for a warning or error (None for other events, and for a repeat held back); `key`
+        names what counts as a repeat (default: the event's name)."""
+        level = event_dict.get("level", "info")
+        if level not in ("warning", "error", "critical"):
+            return None
+        note = self.repeats.admit(key or event_dict["event"]) if level == "warning" else ""
+        if note is None:
+            return None
+        fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in _NOT_ECHOED)
+        return f"[{event_dict.get('role')}] {level}: {event_dict['event']} {fields}{note}"
+
+
+def _echo():
+    problems = Problems()
 
     def processor(logger, method_name, event_dict):
-        level = event_dict.get("level", "info")
-        if level in ("warning", "error", "critical"):
-            note = repeats.admit(event_dict["event"]) if level == "warning" else ""
-            if note is not None:
-                fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in _NOT_ECHOED)
-                print(f"[{event_dict.get('role')}] {level}: {event_dict['event']} {fields}{note}", file=sys.stderr,
-                      flush=True)
-        elif echo_human:
+        problem = problems.line(event_dict)
+        if problem:
+            print(problem, file=sys.stderr, flush=True)
+        elif event_dict.get("level") == "info":
             line = console.human_line(event_dict)
             if line:
                 print(line, flush=True)
@@ -98,23 +115,29 @@ def _echo(echo_human: bool):
     return processor
 
 
+SUPERVISED = "HOTPRUNE_SUPERVISED"  # set by the supervisor in its children's environment: they do not echo
+
+
 def _leading_fields(logger, method_name, event_dict):
     # ts and event first: the lines read well with grep and head.
     return {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
 
 
-def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo_human: bool = False):
-    """Configure structlog for this process and return its logger, bound to role, pid and run_id."""
+def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo: bool = True):
+    """Configure structlog for this process and return its logger, bound to role, pid and run_id.
+
+    It echoes to the terminal (see the module's doc) if `echo` and no supervisor started it."""
     path = log_path(run_dir, role, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     stream = open(path, "a", buffering=1, encoding="utf-8")
+    echoing = [_echo()] if echo and not os.environ.get(SUPERVISED) else []
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             _TRACEBACKS,
             _cut_exception_values,
-            _echo(echo_human),
+            *echoing,
             _leading_fields,
             structlog.processors.JSONRenderer(serializer=functools.partial(json.dumps, default=_jsonable)),
         ],

@@ -82,7 +82,7 @@ class Supervisor:
         self.made_run_dir = not cfg.run_dir.exists()  # a failed start removes the directory only if it made it
         self.run_dir = run_dir if run_dir is not None else rundir.prepare(cfg)
         cleanup.record_supervisor(self.run_dir)
-        self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo_human=True)
+        self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo=False)  # service.view draws it
         self.children = process_table(cfg, self.run_dir)
         self.signal: int | None = None
 
@@ -154,8 +154,9 @@ class Supervisor:
         resume = child.resumable and (self.resuming or child.starts > 0)
         argv = child.argv + ["--resume"] * resume
         listener = liveness.Listener()
+        env = {**listener.child_env(), eventlog.SUPERVISED: "1"}  # the view draws the console from its log
         child.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, start_new_session=True,
-                                      pass_fds=(listener.write_fd,), env=listener.child_env())
+                                      pass_fds=(listener.write_fd,), env=env)
         listener.started()
         if child.listener:
             child.listener.close()

@@ -62,7 +62,7 @@ class Trainer:
         if not resume and checkpoints.path(cfg.run_dir).exists():
             raise checkpoints.CheckpointError(f"{cfg.run_dir} already has a trainer checkpoint: pass --resume "
                                               "to go on from it")
-        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer", echo_human=True)
+        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer")
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
         torch.manual_seed(cfg.seed)

@@ -31,6 +31,7 @@ from service.weight_store import StoreError, WeightStore
 
 
 READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
+STORE_WAIT_NOTE_S = 5.0  # while the weight store is missing, a `store_waiting` line this often
 
 
 class InferenceWorker:
@@ -44,12 +45,7 @@ class InferenceWorker:
         self.dense_spec = expected_spec(make_actor(self.spec, cfg.ppo.hidden_sizes))
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
-        try:
-            self.store = WeightStore.attach(segment_name(cfg.run_dir), cfg.supervisor.start_timeout_s, stop.is_set)
-        except StoreError:
-            if stop.is_set():  # stopped while waiting for the store: not an error
-                raise SystemExit(stop.exit_code()) from None
-            raise
+        self.store = self.attach_store()
         torch.manual_seed(cfg.seed + 1000 * (index + 1))
 
         ep = cfg.endpoints()
@@ -69,6 +65,22 @@ class InferenceWorker:
         self.latencies: list[float] = []  # swap latencies not yet reported to the trainer
         self.stopping = False
         self.steps = self.chunks_sent = 0  # vector steps taken, trajectory chunks sent
+
+    def attach_store(self) -> WeightStore:
+        """The run's weight store, waiting up to `start_timeout_s` for it to appear, and saying so
+        every STORE_WAIT_NOTE_S: a worker started by hand before its compressor is not stuck."""
+        name, timeout = segment_name(self.cfg.run_dir), self.cfg.supervisor.start_timeout_s
+        waited = 0.0
+        while True:
+            try:
+                return WeightStore.attach(name, min(STORE_WAIT_NOTE_S, timeout - waited), self.stop.is_set)
+            except StoreError:
+                if self.stop.is_set():  # stopped while waiting for the store: not an error
+                    raise SystemExit(self.stop.exit_code()) from None
+                waited += STORE_WAIT_NOTE_S
+                if waited >= timeout:
+                    raise
+                self.log.info("store_waiting", store=name, waited_s=waited, timeout_s=timeout)
 
     def maybe_swap(self) -> None:
         """The safe point: take up a newer version from the store, if there is one."""
