@@ -172,6 +172,8 @@ def _main(argv: list[str]) -> int:
         command.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "config":  # settings only: no torch
         return _config_show(args)
+    if args.command == "watch":  # logs only: no torch
+        return _watch(args)
     announced = None  # `hotprune run`: its config, loaded and announced before torch loads
     if args.command == "run" and not args.resume:
         announced = _announce(args)
@@ -199,12 +201,6 @@ def _main(argv: list[str]) -> int:
 
             print(transport_security.generate(args.dir))
             return 0
-        if args.command == "watch":
-            from service import view
-
-            if not (args.run_dir / "config.toml").is_file():
-                raise RunError(f"{args.run_dir} is not a hotprune run (no config.toml)")
-            return view.watch(args.run_dir, _verbosity(args))
         if getattr(args, "resume", None):
             if args.config or args.set:
                 command.error("--resume continues a run with its own config: no --config or --set")
@@ -229,7 +225,7 @@ def _main(argv: list[str]) -> int:
         return _error(args.command, exc)
 
 
-def _error(command: str, exc: Exception) -> int:
+def _error(command: str, exc: Exception | str) -> int:
     """The one form of every subcommand's errors, as argparse's own: a line and exit code 2."""
     print(f"hotprune {command}: error: {exc}", file=sys.stderr)
     return 2
@@ -256,6 +252,14 @@ def _clean(runs_dir: Path) -> int:
     if not removed and not kept:
         print("nothing to clean")
     return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from service import view
+
+    if not (args.run_dir / "config.toml").is_file():
+        return _error(args.command, f"{args.run_dir} is not a hotprune run (no config.toml)")
+    return view.watch(args.run_dir, _verbosity(args))
 
 
 def _announce(args: argparse.Namespace):
