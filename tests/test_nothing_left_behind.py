@@ -28,7 +28,9 @@ def segment(run_dir: Path) -> Path:
 
 
 def start(tmp_path, run_id, *extra) -> subprocess.Popen:
-    return subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, "epochs=500", "num_workers=1", *extra)],
+    # No restarts: a killed child ends the run at once (what is left behind is the question here).
+    return subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, "epochs=500", "num_workers=1",
+                                                        "supervisor.max_restarts=0", *extra)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
