@@ -110,7 +110,9 @@ def one(role: str, sig: str, runs: Path, index: int) -> dict:
     run = runlog.load(run_dir)
     epochs = [e["epoch"] for e in run.epochs()]
     starts = [e for e in run.events("trainer", "trainer_resumed")]
-    dead_last = max((e["epoch"] for e in lines(run_dir, "trainer") if e["event"] == "epoch" and ts(e) < injected),
+    # The newest epoch a trainer logged before another resumed from its checkpoint.
+    resumed_at = ts(starts[0]) if starts else injected
+    dead_last = max((e["epoch"] for e in lines(run_dir, "trainer") if e["event"] == "epoch" and ts(e) < resumed_at),
                     default=0)
     compressor = lines(run_dir, "compressor")
     nonzero = [e["pruned_nonzero"] for e in compressor if e["event"] == "snapshot_received"
