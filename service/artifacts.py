@@ -19,17 +19,20 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
-from service.policy import Actor, actor_from_tensors
+if TYPE_CHECKING:
+    from service.policy import Actor
+
 
 POLICY = "policy.safetensors"
 MASKS = "masks.safetensors"
 INITIAL = "initial.safetensors"
+CHECKPOINT = "checkpoint.safetensors"  # the trainer's, to resume from (service.checkpoints)
 PROGRESS = "progress.csv"
 
 
@@ -68,7 +71,10 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dict[str, Any]]:
     """The actor a policy file holds (a run directory means its policy.safetensors), and its metadata.
-    With `env_id`, a policy trained on another environment is refused."""
+    With `env_id`, a policy trained on another environment is refused. (torch is imported here, not
+    with this module: the supervisor reads these files and starts faster without it.)"""
+    from service.policy import actor_from_tensors
+
     path = Path(path)
     if path.is_dir():
         path = path / POLICY

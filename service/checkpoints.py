@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from service import artifacts
+from service.artifacts import CHECKPOINT
 
-CHECKPOINT = "checkpoint.safetensors"
 
-
-class CheckpointError(ValueError):
+class CheckpointError(artifacts.ArtifactError):
     """No usable checkpoint: missing, unreadable, or from another run or model."""
 
 

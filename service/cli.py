@@ -34,6 +34,9 @@ PROCESSES = {
     "compressor": "service.compressor",
     "worker": "workers.inference_worker",
 }
+# The commands that run a model. The others (the supervisor above all: it starts sooner) never load
+# torch, so they need no thread setting.
+TORCH_COMMANDS = {*PROCESSES, "eval", "export", "experiments", "report"}
 
 
 # The keys people type most, as options of their own.
@@ -179,17 +182,18 @@ def _main(argv: list[str]) -> int:
         announced = _announce(args)
         if announced is None:
             return 2
-    import torch
+    if args.command in TORCH_COMMANDS:
+        import torch
+
+        # Many processes share a few cores: one torch thread each keeps them from fighting.
+        torch.set_num_threads(1)
     import zmq
 
     from service.artifacts import ArtifactError
-    from service.checkpoints import CheckpointError
     from service.config import ConfigError, load_config
     from service.runlog import RunError
     from service.weight_store import StoreError
 
-    # Many processes share a few cores: one torch thread each keeps them from fighting.
-    torch.set_num_threads(1)
     try:
         if args.command in PROCESSES:
             module = __import__(PROCESSES[args.command], fromlist=["main"])
@@ -221,7 +225,7 @@ def _main(argv: list[str]) -> int:
 
         return _supervise(Supervisor(cfg), _verbosity(args), header_shown=announced is not None)
     # ZMQError: e.g. a tcp port in use
-    except (ConfigError, StoreError, RunError, ArtifactError, CheckpointError, zmq.ZMQError) as exc:
+    except (ConfigError, StoreError, RunError, ArtifactError, zmq.ZMQError) as exc:  # CheckpointError too
         return _error(args.command, exc)
 
 

@@ -36,7 +36,8 @@ from service.pruning import CompressionFailed, Masks, apply_masks, churn, masked
 from service.schedule import Schedule, Step, plan
 from service.transport_security import SocketSecurity
 from protocol.store_layout import segment_name
-from service.weight_store import StoreError, WeightStore, store_slot_size
+from service.rundir import store_slot_size
+from service.weight_store import StoreError, WeightStore
 
 MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned weights are still zero
 

@@ -30,11 +30,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service import artifacts, checkpoints, cleanup, eventlog, liveness, rundir
+from service import artifacts, cleanup, eventlog, liveness, rundir
+from service.artifacts import CHECKPOINT
 from service.config import Config, ConfigError
 from service.process import load_run_config
 from protocol.store_layout import segment_name
-from service.weight_store import StoreError, WeightStore, store_slot_size
+from service.weight_store import StoreError, WeightStore
 
 POLL_S = 0.2
 # A child that exited by itself, or stopped on our SIGTERM (gracefully, or before its handlers were in).
@@ -93,7 +94,7 @@ class Supervisor:
             raise ConfigError(f"{run_dir} is not a hotprune run (no config.toml)")
         cfg = load_run_config(run_dir)
         try:
-            _, meta = artifacts.load(checkpoints.path(run_dir))
+            _, meta = artifacts.load(run_dir / CHECKPOINT)
         except artifacts.ArtifactError as exc:
             raise ConfigError(f"cannot resume {run_dir}: {exc}") from None
         if meta.get("epoch") == cfg.total_epochs:
@@ -112,7 +113,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         try:
-            store = WeightStore.create(segment_name(self.run_dir), store_slot_size(self.cfg))
+            store = WeightStore.create(segment_name(self.run_dir), rundir.store_slot_size(self.cfg))
         except StoreError:
             if not self.resuming:  # a resumed run's directory is its record: nothing to undo
                 rundir.discard(self.run_dir, self.made_run_dir)

@@ -25,17 +25,10 @@ import msgpack
 import numpy as np
 
 from protocol import store_layout as layout
-from service.envs import env_spec
-from service.policy import actor_arrays, make_actor
 
 
 class StoreError(RuntimeError):
     """The segment is missing, not a hotprune store, or could not be read consistently."""
-
-
-def store_slot_size(cfg) -> int:
-    """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
-    return layout.payload_size(actor_arrays(make_actor(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)))
 
 
 def structure_id(tensors: Mapping[str, np.ndarray]) -> int:

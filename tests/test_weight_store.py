@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 
 from protocol import store_layout as layout
+from service import rundir
+from service.config import load_config
+from service.envs import env_spec
+from service.policy import actor_arrays, expected_spec, make_actor
 from service.weight_store import StoreError, WeightStore, structure_id
 from tests.arrays import assert_same_tensors
 
@@ -523,3 +527,11 @@ def test_attach_gives_up_when_cancelled():
     with pytest.raises(StoreError, match="does not exist"):
         WeightStore.attach(_unique_name(), timeout_s=30, cancelled=lambda: time.monotonic() - started > 0.2)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_the_store_is_sized_for_the_dense_actor_from_shapes_computed_without_torch(env_id):
+    cfg = load_config(overrides=[f"env_id={env_id}", "ppo.hidden_sizes=[32, 16]"])
+    actor = make_actor(env_spec(env_id), [32, 16])
+    assert rundir.actor_shapes(cfg) == {n: shape for n, (_, shape) in expected_spec(actor).items()}
+    assert rundir.store_slot_size(cfg) == layout.payload_size(actor_arrays(actor))
