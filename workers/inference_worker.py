@@ -1,7 +1,8 @@
 """An inference worker: steps a gymnasium vector env with the newest pruned policy.
 
-Between two vector steps (the safe point) it checks the weight store's version; when a newer one is
-there it copies it out consistently and swaps it in, so a step always runs one whole version.
+Between two vector steps (the safe point), and while a finished chunk waits for the trainer to take
+it, it checks the weight store's version; when a newer one is there it copies it out consistently
+and swaps it in, so a step always runs one whole version.
 Every `chunk_steps` steps it pushes a trajectory chunk to the trainer, tagged with the version (and
 sparsity) of the policy that took its first step, the oldest in it, and carrying the behaviour
 log-probabilities PPO corrects with.
@@ -182,9 +183,13 @@ class InferenceWorker:
         self.heartbeat.beat(version=self.version, steps=self.steps, chunks_sent=self.chunks_sent)
 
     def still_running(self) -> bool:
-        """While blocked on the trainer: take in hints and a possible `stop`."""
+        """While blocked on the trainer: take in hints and a possible `stop`, and swap to a newer
+        version. Between chunks is a safe point too (no step is running), and the chunk waiting to
+        go was encoded with the version of its first step: a worker the trainer is slow to read
+        from still runs the newest weights the moment it steps again."""
         self.beat()
         self.drain_notifications()
+        self.maybe_swap()
         return self.running()
 
     def run(self) -> int:
@@ -201,7 +206,7 @@ class InferenceWorker:
                     break
                 fields, tensors, obs = chunk
                 if not send_when_ready(self.out, self.encoder.encode("trajectory", fields, tensors),
-                                       self.still_running):
+                                       self.still_running, wake=self.notify):
                     break
                 self.chunks_sent += 1
                 self.drain_notifications()
