@@ -265,9 +265,17 @@ def apply_masks(weights: Mapping[str, np.ndarray], masks: Masks | None) -> dict[
     """The weights as workers run them: masked entries +0.0, and removed units sliced out."""
     if masks is None:
         return dict(weights)
-    out = {n: np.where(masks.elements[n], w, 0).astype(w.dtype) if n in masks.elements else w
-           for n, w in weights.items()}
+    out = {n: _masked(w, masks.elements[n]) if n in masks.elements else w for n, w in weights.items()}
     return shrink(out, masks.units) if masks.units is not None else out
+
+
+def _masked(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """w with the entries `keep` prunes set to +0.0. A multiply, not np.where, which branches per
+    element and takes 10x longer on a random mask; adding +0.0 turns the -0.0 of a negative weight
+    times False into +0.0. For finite w only (a snapshot with a non-finite value is rejected)."""
+    out = np.multiply(w, keep, dtype=w.dtype)
+    out += 0
+    return out
 
 
 def shrink(weights: Mapping[str, np.ndarray], units: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
