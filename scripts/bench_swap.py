@@ -17,7 +17,11 @@ torch thread, checking for new weights between steps, as a hotprune worker does)
   mp_queue     the state_dict as numpy arrays, pickled through one multiprocessing.Queue per worker.
   sample_factory  Sample Factory's pattern: shared-memory tensors, a lock, a version counter; the
                writer copies in under the lock, a worker that sees a newer version copies out under it.
-  torchrl      TorchRL's MultiSyncDataCollector... is measured by scripts/bench_swap_torchrl.py.
+  torchrl      TorchRL 0.14's MultiAsyncCollector (one CartPole env per worker process, always
+               collecting); the writer updates its policy in place (not timed) and calls
+               update_policy_weights_(), which syncs the workers' shared-memory weights. Each step
+               stamps the version it ran, the time and a torn flag (first and last element of every
+               tensor on one version; a lower bound on torn reads).
 
 Latency rounds: publish, wait until every worker has reported that version, wait 5-20 ms (so the
 next publish lands at a random point of the workers' steps), repeat; the first 2 of each block are
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import random
 import subprocess
 import sys
@@ -58,7 +63,8 @@ from service.weight_store import WeightStore, segment_name, store_slot_size  # n
 from workers.inference_worker import InferenceWorker  # noqa: E402
 
 SIZES = {"10K": [96, 96], "1M": [1024, 1024], "10M": [3162, 3162]}
-SYSTEMS = ("floor", "floor_shm", "hotprune", "via_compressor", "via_compressor_every", "mp_queue", "sample_factory")
+SYSTEMS = ("floor", "floor_shm", "hotprune", "via_compressor", "via_compressor_every", "mp_queue", "sample_factory",
+           "torchrl")
 WARMUP = 2
 CTX = mp.get_context("fork")  # the workers start in well under a second from a parent that has torch
 
@@ -302,99 +308,198 @@ def worker_main(system, index, hidden, base, conn, stop, check_torn):
             conn.send((version, stepped, torn(actor, base) if check_torn else None))
 
 
-def run_block(system, hidden, base, workers, publishes, stress_s, version, check_torn):
-    """Start the workers, measure `publishes` versions (after warm-up) and a stress phase; stop them."""
-    stop = CTX.Event()
-    pipes = [CTX.Pipe(duplex=False) for _ in range(workers)]
-    procs = [CTX.Process(target=worker_main, args=(system, i, hidden, base, pipes[i][1], stop, check_torn),
-                         daemon=True) for i in range(workers)]
-    for p in procs:
-        p.start()
-    for recv, _ in pipes:
-        if not recv.poll(120):
-            raise RuntimeError("a worker did not start")
-        recv.recv()
-    latencies, publish_ms, swaps, torn_reads = [], [], 0, 0
-    for i in range(WARMUP + publishes):
-        version += 1
-        weights = weights_of(base, version)
-        t0 = time.monotonic_ns()
-        system.publish(weights, version)
-        published = time.monotonic_ns()
-        done = [None] * workers
-        deadline = time.monotonic() + 30
-        while None in done and time.monotonic() < deadline:
-            mp.connection.wait([recv for recv, _ in pipes], timeout=1.0)  # sleeps: the workers have the cores
-            for w, (recv, _) in enumerate(pipes):
-                while recv.poll(0):
-                    v, t, bad = recv.recv()
+class Forked:
+    """A block's workers for the systems above: forked processes reporting over pipes."""
+
+    def __init__(self, system, hidden, base, workers, check_torn):
+        self.system, self.stop = system, CTX.Event()
+        pipes = [CTX.Pipe(duplex=False) for _ in range(workers)]
+        self.conns = [recv for recv, _ in pipes]
+        self.procs = [CTX.Process(target=worker_main, args=(system, i, hidden, base, pipes[i][1], self.stop,
+                                                            check_torn), daemon=True) for i in range(workers)]
+        for p in self.procs:
+            p.start()
+        for recv in self.conns:
+            if not recv.poll(120):
+                raise RuntimeError("a worker did not start")
+            recv.recv()
+        time.sleep(0.5)  # notification subscriptions settle (a PUB drops what it sends before they have)
+
+    def stage(self, weights):
+        pass
+
+    def publish(self, weights, version):
+        self.system.publish(weights, version)
+
+    def reports(self, timeout):
+        """(worker, version, time after its next step, torn) of the swaps reported so far."""
+        mp.connection.wait(self.conns, timeout=timeout)  # sleeps: the workers have the cores
+        out = []
+        for w, recv in enumerate(self.conns):
+            while recv.poll(0):
+                out.append((w, *recv.recv()))
+        return out
+
+    def close(self):
+        self.stop.set()
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+
+
+class StampedPolicy(torch.nn.Module):
+    """For TorchRL: the actor's MLP, greedy, writing into each step's tensordict what a report needs:
+    the version its weights are at (first weight - its base), the time after the forward, the worker's
+    pid, and whether the first and last element of every tensor agree on that version (torn)."""
+
+    def __init__(self, hidden, base):
+        super().__init__()
+        self.net = make_actor(env_spec("CartPole-v1"), hidden).net
+        ends = [(b.flat[0], b.flat[-1]) for b in base.values()]
+        self.register_buffer("ends", torch.tensor(ends, dtype=torch.float32))
+
+    def forward(self, obs):
+        action = self.net(obs).argmax(-1)
+        params = list(self.net.parameters())
+        firsts = torch.stack([p.detach().flatten()[0] for p in params]) - self.ends[:, 0]
+        lasts = torch.stack([p.detach().flatten()[-1] for p in params]) - self.ends[:, 1]
+        version = torch.round(firsts[0])
+        torn = bool(((torch.round(firsts) != version) | (torch.round(lasts) != version)).any())
+        stamp = dict(size=obs.shape[:-1], dtype=torch.int64)
+        return (action, version.expand(obs.shape[:-1]).clone(), torch.full(**stamp, fill_value=time.monotonic_ns()),
+                torch.full(**stamp, fill_value=os.getpid()), torch.full(obs.shape[:-1], torn))
+
+
+def cartpole():
+    from torchrl.envs import GymEnv
+    return GymEnv("CartPole-v1", categorical_action_encoding=True)
+
+
+class TorchRL:
+    """TorchRL's MultiAsyncCollector: busy workers collecting; the writer updates its policy in place
+    and calls update_policy_weights_() (its default shared-memory weight sync for CPU workers)."""
+
+    def __init__(self, hidden, base, workers):
+        from tensordict.nn import TensorDictModule
+        from torchrl.collectors import MultiAsyncCollector
+        module = StampedPolicy(hidden, base)
+        self.policy = TensorDictModule(module, in_keys=["observation"], out_keys=["action", "ver", "t", "pid", "torn"])
+        self.params = dict(module.net.named_parameters())
+        self.names = {f"net.{n}": n for n in self.params}
+        self._load(weights_of(base, 0))
+        self.collector = MultiAsyncCollector([cartpole] * workers, self.policy, frames_per_batch=16, total_frames=-1)
+        self.batches = iter(self.collector)
+        self.pids: dict[int, int] = {}
+        while len(self.pids) < workers:  # every worker has stepped
+            self.reports(timeout=0)
+
+    def _load(self, weights):
+        with torch.no_grad():
+            for n, w in weights.items():
+                self.params[self.names[n]].copy_(torch.from_numpy(w))
+
+    def stage(self, weights):
+        self._load(weights)  # the learner's own update of its policy: before the clock starts
+
+    def publish(self, weights, version):
+        self.collector.update_policy_weights_()
+
+    def reports(self, timeout):
+        """Per batch (one worker's 16 steps), the first step at each version it ran."""
+        batch = next(self.batches)
+        out = []
+        for version in batch["ver"].unique().tolist():
+            at = batch["ver"] == version
+            pid = int(batch["pid"][at][0])
+            worker = self.pids.setdefault(pid, len(self.pids))
+            out.append((worker, int(version), int(batch["t"][at].min()), bool(batch["torn"][at].any())))
+        return out
+
+    def close(self):
+        self.collector.shutdown()
+
+
+def run_block(block, base, workers, publishes, stress_s, version):
+    """Measure `publishes` versions (after warm-up) and a back-to-back stress phase on started workers."""
+    latencies, publish_ms, swaps, torn_reads, republished = [], [], 0, 0, 0
+    try:
+        for i in range(WARMUP + publishes):
+            version += 1
+            weights = weights_of(base, version)
+            block.stage(weights)
+            t0 = time.monotonic_ns()
+            block.publish(weights, version)
+            published = time.monotonic_ns()
+            done = [None] * workers
+            deadline = time.monotonic() + 30
+            while None in done:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a worker did not swap to version {version} within 30 s")
+                if time.monotonic() > deadline - 25:  # a notification lost to a late subscription: again
+                    block.publish(weights, version)
+                    republished += 1
+                    deadline += 5
+                for w, v, t, bad in block.reports(timeout=1.0):
                     swaps += 1
                     torn_reads += bool(bad)
                     if v >= version and done[w] is None:
                         done[w] = t
-        if None in done:
-            raise RuntimeError(f"a worker did not swap to version {version} within 30 s")
-        if i >= WARMUP:
-            latencies.append((max(done) - t0) / 1e6)
-            publish_ms.append((published - t0) / 1e6)
-        time.sleep(random.uniform(0.005, 0.02))
-    end = time.monotonic() + stress_s
-    stress_swaps = stress_torn = 0
-    while time.monotonic() < end:  # back to back: readers copy while the writer writes
-        version += 1
-        system.publish(weights_of(base, version), version)
-        for recv, _ in pipes:
-            while recv.poll(0):
-                _, _, bad = recv.recv()
-                stress_swaps += 1
-                stress_torn += bool(bad)
-    stop.set()
-    for p in procs:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.kill()
-    for recv, _ in pipes:
-        while recv.poll(0):
-            _, _, bad = recv.recv()
-            stress_swaps += 1
-            stress_torn += bool(bad)
-    return latencies, publish_ms, {"swaps": swaps + stress_swaps, "torn": torn_reads + stress_torn}, version
+            if i >= WARMUP:
+                latencies.append((max(done) - t0) / 1e6)
+                publish_ms.append((published - t0) / 1e6)
+            time.sleep(random.uniform(0.005, 0.02))
+        end = time.monotonic() + stress_s
+        while time.monotonic() < end:  # back to back: readers copy while the writer writes
+            version += 1
+            weights = weights_of(base, version)
+            block.stage(weights)
+            block.publish(weights, version)
+            for _, _, _, bad in block.reports(timeout=0):
+                swaps += 1
+                torn_reads += bool(bad)
+    finally:
+        block.close()
+    return latencies, publish_ms, {"swaps": swaps, "torn": torn_reads, "republished": republished}, version
 
 
 def measure(size, hidden, workers, args, tmp):
     actor = make_actor(env_spec("CartPole-v1"), hidden)
     base = {n: (a * 0.01).astype(np.float32) for n, a in actor_arrays(actor).items()}
     ctx = zmq.Context()
-    systems = {
-        "floor": Floor(base, f"ipc://{tmp}/floor-{random.getrandbits(32):x}"),
-        "floor_shm": Floor(base),
-        "hotprune": Hotprune(base, hidden, workers, False, tmp),
-        "via_compressor": Hotprune(base, hidden, workers, True, tmp, every=100000),
-        "via_compressor_every": Hotprune(base, hidden, workers, True, tmp),
-        "mp_queue": MpQueue(workers),
-        "sample_factory": SampleFactory(base),
+    makers = {
+        "floor": lambda: Floor(base, f"ipc://{tmp}/floor-{random.getrandbits(32):x}"),
+        "floor_shm": lambda: Floor(base),
+        "hotprune": lambda: Hotprune(base, hidden, workers, False, tmp),
+        "via_compressor": lambda: Hotprune(base, hidden, workers, True, tmp, every=100000),
+        "via_compressor_every": lambda: Hotprune(base, hidden, workers, True, tmp),
+        "mp_queue": lambda: MpQueue(workers),
+        "sample_factory": lambda: SampleFactory(base),
     }
-    systems = {k: v for k, v in systems.items() if k in args.systems}
-    latencies = {k: [] for k in systems}
-    publish = {k: [] for k in systems}  # the writer's own cost: publish called -> returned
-    reads = {k: {"swaps": 0, "torn": 0} for k in systems}
-    versions = dict.fromkeys(systems, 0)
+    names = [k for k in SYSTEMS if k in args.systems]
+    systems = {k: makers[k]() for k in names if k in makers}  # torchrl: a collector per block
+    latencies = {k: [] for k in names}
+    publish = {k: [] for k in names}  # the writer's own cost: publish called -> returned
+    reads = {k: {"swaps": 0, "torn": 0, "republished": 0} for k in names}
+    versions = dict.fromkeys(names, 0)
     try:
         for system in systems.values():
             system.start_writer(ctx)
             system.publish(weights_of(base, 0), 0)
         time.sleep(1.0)  # subscriptions connect; the compressor imports and writes v0
-        order = list(systems)
+        order = names
         for r in range(args.rounds):
             for name in order[r % len(order):] + order[: r % len(order)]:  # rotate: no system always first
                 checked = not name.startswith("via_compressor")
                 stress = args.stress_s if checked and name != "mp_queue" else 0.0  # a queue's are copies
-                lat, pub, counts, versions[name] = run_block(systems[name], hidden, base, workers, args.publishes,
-                                                        stress, versions[name], checked)
+                block = TorchRL(hidden, base, workers) if name == "torchrl" else \
+                    Forked(systems[name], hidden, base, workers, checked)
+                lat, pub, counts, versions[name] = run_block(block, base, workers, args.publishes, stress,
+                                                             versions[name])
                 latencies[name] += lat
                 publish[name] += pub
-                reads[name]["swaps"] += counts["swaps"]
-                reads[name]["torn"] += counts["torn"]
+                for key in reads[name]:
+                    reads[name][key] += counts[key]
                 print(f"  {size} x{workers} round {r} {name}: median {np.median(lat):.2f} ms", flush=True)
     finally:
         for system in systems.values():
@@ -404,7 +509,7 @@ def measure(size, hidden, workers, args, tmp):
     return {"size": size, "params": params, "hidden": hidden, "workers": workers,
             "systems": {k: {**benchkit.summary(latencies[k]), **reads[k],
                             "publish_median_ms": float(np.median(publish[k])) if publish[k] else None}
-                        for k in systems}}
+                        for k in names}}
 
 
 def main() -> None:
@@ -420,7 +525,7 @@ def main() -> None:
     quick = args.quick
     sizes = (args.sizes or ("10K,1M" if quick else "10K,1M,10M")).split(",")
     counts = [int(w) for w in (args.workers or ("2" if quick else "2,4")).split(",")]
-    args.rounds = args.rounds or (2 if quick else 4)
+    args.rounds = args.rounds or (2 if quick else 3)
     args.publishes = args.publishes or (8 if quick else 15)
     args.stress_s = args.stress_s if args.stress_s is not None else (0.5 if quick else 1.0)
     args.systems = args.systems.split(",")
@@ -450,12 +555,14 @@ def main() -> None:
             lines.append(f"| {r['size']} ({r['params']:,}) | {r['workers']} | {name} | {s['median_ms']:.2f} | "
                          f"{s['p99_ms']:.2f} | {ratio} | {p99} | {s['publish_median_ms']:.2f} | {s['swaps']} | "
                          f"{torn_cell} |")
-    lines += ["", "via_compressor: trainer snapshot over ZeroMQ -> compressor (magnitude, a compression due every "
-              "version) -> store -> workers; its torn reads are those of `hotprune` (same reader), not checked "
-              "again because masked weights are no longer base + version. mp_queue: every version is a pickled "
-              "copy, so it cannot tear; no back-to-back phase (the queues would hold every version in memory). "
-              f"Torn reads are counted over every swap, including {args.stress_s} s of back-to-back publishing per "
-              "block."]
+    lines += ["", "via_compressor: trainer snapshot over ZeroMQ -> a real compressor (masks in force, pruned once) "
+              "-> store -> workers; via_compressor_every: a new compression (magnitude, nested, 80%) at every "
+              "version. Their torn reads are those of `hotprune` (the same reader), not checked again: masked "
+              "weights are no longer base + version. mp_queue: every version is a pickled copy and cannot tear; "
+              "no back-to-back phase (its queues would hold every version). torchrl: torn = a step whose tensors' "
+              "first and last elements disagree on the version (a lower bound). Torn reads are counted over every "
+              f"swap, including {args.stress_s} s of back-to-back publishing per block. p99 over "
+              f"{args.rounds * args.publishes} versions is close to their maximum."]
     benchkit.write("swap", {"meta": meta, "results": results}, lines)
 
 
