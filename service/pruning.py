@@ -295,9 +295,13 @@ def shrink(weights: Mapping[str, np.ndarray], units: Mapping[str, np.ndarray]) -
 
 def sparsity(tensors: Mapping[str, np.ndarray], dense: Spec, names: Sequence[str]) -> float:
     """Fraction of the named tensors' dense positions that are zero or gone (removed units count as pruned)."""
+    return sparsity_of_counts({n: int(np.count_nonzero(tensors[n])) for n in names}, dense, names)
+
+
+def sparsity_of_counts(nonzero: Mapping[str, int], dense: Spec, names: Sequence[str]) -> float:
+    """`sparsity` from each tensor's count of non-zeros, for a caller that needs the counts too."""
     total = sum(int(np.prod(dense[n][1])) for n in names)
-    nonzero = sum(int(np.count_nonzero(tensors[n])) for n in names)
-    return 1 - nonzero / total if total else 0.0
+    return 1 - sum(nonzero[n] for n in names) / total if total else 0.0
 
 
 def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:

@@ -25,7 +25,7 @@ from service.config import Config
 from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, expected_spec, make_actor
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
-from service.pruning import prunable_names, sparsity
+from service.pruning import prunable_names, sparsity_of_counts
 from service.transport_security import SocketSecurity
 from service.weight_store import StoreError, WeightStore, segment_name
 
@@ -89,8 +89,8 @@ class InferenceWorker:
         try:
             if self.actor is None or structure_changed:
                 self.actor = actor_from_tensors(tensors, self.spec.discrete)
-            else:
-                self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+            else:  # assign: the actor runs on this read's own copy (a fresh one per read), not a copy of it
+                self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, assign=True)
         except (KeyError, IndexError, ValueError, RuntimeError) as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
                              version=self.version)
@@ -98,8 +98,9 @@ class InferenceWorker:
             return
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
-        self.sparsity = sparsity(tensors, self.dense_spec, self.sparsity_names)
-        self.nonzero_params = sum(int(np.count_nonzero(t)) for t in tensors.values())
+        nonzero = {n: int(np.count_nonzero(t)) for n, t in tensors.items()}  # one pass for both figures
+        self.sparsity = sparsity_of_counts(nonzero, self.dense_spec, self.sparsity_names)
+        self.nonzero_params = sum(nonzero.values())
         self.latencies.append(latency_ms)
         self.log.info("worker_swapped", version=header.version, previous_version=previous, latency_ms=latency_ms,
                       sparsity=self.sparsity, nonzero_params=self.nonzero_params,
