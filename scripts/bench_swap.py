@@ -21,7 +21,8 @@ torch thread, checking for new weights between steps, as a hotprune worker does)
                collecting); the writer updates its policy in place (not timed) and calls
                update_policy_weights_(), which syncs the workers' shared-memory weights. Each step
                stamps the version it ran, the time and a torn flag (first and last element of every
-               tensor on one version; a lower bound on torn reads).
+               tensor on one version; a lower bound on torn reads); a worker has swapped at its first
+               step on a whole new version (a step on weights still being copied does not count).
 
 Latency rounds: publish, wait until every worker has reported that version, wait 5-20 ms (so the
 next publish lands at a random point of the workers' steps), repeat; the first 2 of each block are
@@ -406,14 +407,18 @@ class TorchRL:
         self.collector.update_policy_weights_()
 
     def reports(self, timeout):
-        """Per batch (one worker's 16 steps), the first step at each version it ran."""
+        """Per batch (one worker's 16 steps), the first step at each version it ran whole: a step on
+        weights still being copied (torn) is reported as torn, and not as having swapped."""
         batch = next(self.batches)
+        worker = self.pids.setdefault(int(batch["pid"][0]), len(self.pids))
         out = []
         for version in batch["ver"].unique().tolist():
             at = batch["ver"] == version
-            pid = int(batch["pid"][at][0])
-            worker = self.pids.setdefault(pid, len(self.pids))
-            out.append((worker, int(version), int(batch["t"][at].min()), bool(batch["torn"][at].any())))
+            whole = at & ~batch["torn"]
+            if bool(batch["torn"][at].any()):
+                out.append((worker, -1, 0, True))
+            if bool(whole.any()):
+                out.append((worker, int(version), int(batch["t"][whole].min()), False))
         return out
 
     def close(self):
@@ -521,6 +526,7 @@ def main() -> None:
     parser.add_argument("--publishes", type=int, default=None, help="measured versions per block")
     parser.add_argument("--stress-s", type=float, default=None, help="back-to-back publishing per block")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--out", default="swap", help="benchmarks/<out>.json and .md")
     args = parser.parse_args()
     quick = args.quick
     sizes = (args.sizes or ("10K,1M" if quick else "10K,1M,10M")).split(",")
@@ -563,7 +569,7 @@ def main() -> None:
               "first and last elements disagree on the version (a lower bound). Torn reads are counted over every "
               f"swap, including {args.stress_s} s of back-to-back publishing per block. p99 over "
               f"{args.rounds * args.publishes} versions is close to their maximum."]
-    benchkit.write("swap", {"meta": meta, "results": results}, lines)
+    benchkit.write(args.out, {"meta": meta, "results": results}, lines)
 
 
 if __name__ == "__main__":
