@@ -193,12 +193,8 @@ def lowest(keys: np.ndarray, k: int) -> np.ndarray:
     """A bool mask of the k lowest keys, ties broken by position: the first k of a stable argsort,
     found in O(n) (a partition for the k-th value, then the first of its ties) rather than a sort,
     which takes 40x longer on a 1M-weight layer. Keys must not be NaN."""
-    out = np.zeros(keys.size, bool)
-    if k <= 0:
-        return out
-    if k >= keys.size:
-        out[:] = True
-        return out
+    if k <= 0 or k >= keys.size:
+        return np.full(keys.size, k > 0)
     kth = np.partition(keys, k - 1)[k - 1]
     out = keys < kth
     ties = np.flatnonzero(keys == kth)

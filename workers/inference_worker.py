@@ -89,7 +89,7 @@ class InferenceWorker:
         try:
             if self.actor is None or structure_changed:
                 self.actor = actor_from_tensors(tensors, self.spec.discrete)
-            else:  # assign: the actor runs on this read's own copy (a fresh one per read), not a copy of it
+            else:  # same names, dtypes, shapes: the actor runs on this read's own (fresh) copy, not a copy of it
                 self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, assign=True)
         except (KeyError, IndexError, ValueError, RuntimeError) as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
