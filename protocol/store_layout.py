@@ -6,7 +6,7 @@
 
 `seq` is the seqlock counter (odd while the writer updates the header). The tensor table lists
 (name, dtype, shape, offset) per tensor, so a slot can hold a model of a different shape than the
-other one: a structure change is just another version. The checksum (CRC-32) covers the payload.
+other one: a structure change is just another version. The checksum (`checksum`) covers the payload.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def segment_name(run_dir: Path) -> str:
     path = str(Path(run_dir).resolve())
     return f"{SEGMENT_PREFIX}{Path(path).name}-{zlib.crc32(path.encode()):08x}"
 MAGIC = b"HOTPRUNE"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: the payload checksum is a word sum, no longer CRC-32
 HEADER = struct.Struct("<8sIIQqQQIIQ")
 HEADER_SIZE = 64
 SEQ = struct.Struct("<Q")
@@ -84,7 +84,7 @@ def payload_size(tensors: Mapping[str, np.ndarray]) -> int:
 
 
 def write_payload(buf: memoryview, tensors: Mapping[str, np.ndarray]) -> tuple[int, int]:
-    """Write tensors into `buf`; return (payload size, CRC-32 of the payload)."""
+    """Write tensors into `buf`; return (payload size, checksum of the payload)."""
     for name, array in tensors.items():
         if array.dtype.name not in WIRE_DTYPES:
             raise LayoutError(f"tensor {name!r}: dtype {array.dtype.name} cannot be stored")
@@ -97,7 +97,7 @@ def write_payload(buf: memoryview, tensors: Mapping[str, np.ndarray]) -> tuple[i
     for array, offset in zip(tensors.values(), offsets):
         flat = array.reshape(-1).view(np.uint8)
         buf[offset : offset + flat.size] = flat.data
-    return size, zlib.crc32(buf[:size])
+    return size, checksum(buf[:size])
 
 
 def read_payload(payload: bytes | memoryview) -> dict[str, np.ndarray]:
@@ -131,7 +131,15 @@ def read_payload(payload: bytes | memoryview) -> dict[str, np.ndarray]:
 
 
 def checksum(payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload)
+    """The payload's little-endian 64-bit words summed mod 2^64 (a short tail as one more word),
+    folded to 32 bits. It is there to catch a torn copy, a stretch of another version's bytes that
+    slipped past the seqlock: that changes the sum unless the changed words' differences cancel
+    exactly, which a training step's changes do not. Not CRC-32: zlib's takes 1.0-1.3 ms for 4 MB
+    against 0.16 ms here (half a memcpy), paid by the writer and by every reader at every version."""
+    words = len(payload) // 8
+    total = int(np.add.reduce(np.frombuffer(payload, "<u8", count=words), dtype=np.uint64))
+    total += int.from_bytes(bytes(payload[words * 8 :]), "little")
+    return (total ^ (total >> 32)) & 0xFFFFFFFF
 
 
 def segment_size(slot_size: int) -> int:

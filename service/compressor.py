@@ -178,7 +178,7 @@ class Compressor:
         masks = self.history.get(masks_version)
         if masks is None:
             return None
-        return sum(int(np.count_nonzero(weights[n][~m])) for n, m in masks.elements.items())
+        return sum(int(np.count_nonzero(weights[n] * ~m)) for n, m in masks.elements.items())  # no fancy index
 
     def handle(self, msg: Message) -> None:
         f, p = msg.fields, self.cfg.pruning

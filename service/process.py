@@ -72,11 +72,19 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, ma
     return sock
 
 
-def send_when_ready(sock: zmq.Socket, frames: list, keep_waiting: Callable[[], bool]) -> bool:
+def send_when_ready(sock: zmq.Socket, frames: list, keep_waiting: Callable[[], bool],
+                    wake: zmq.Socket | None = None) -> bool:
     """Send once the socket takes the message (its queue may be full: backpressure). Between waits
-    of 100 ms, `keep_waiting()` decides whether to go on; False gives up without sending."""
+    of at most 100 ms, `keep_waiting()` decides whether to go on; False gives up without sending.
+    A message arriving on `wake` ends a wait at once, so `keep_waiting` can act on it (a worker
+    whose trajectory waits for the trainer still swaps to new weights within a millisecond);
+    `keep_waiting` must take that message, or the next wait ends at once again."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLOUT)
+    if wake is not None:
+        poller.register(wake, zmq.POLLIN)
     while True:
-        if sock.poll(100, zmq.POLLOUT):
+        if dict(poller.poll(100)).get(sock, 0) & zmq.POLLOUT:
             sock.send_multipart(frames, copy=False)
             return True
         if not keep_waiting():

@@ -15,7 +15,7 @@ Two separate choices, as in Torch-Pruning's importance / pruner split:
 Guarantees of `Pruner.compute`:
 - exactly k = round(s * n) items pruned per scope (global: all prunable items; layer: each layer, or
   the ERK allocation whose per-layer counts sum to round(s * n)), lowest score first, ties broken by
-  position (stable sort): the same inputs always give the same masks;
+  position (as a stable sort would): the same inputs always give the same masks;
 - nested unless asked to regrow: items the previous masks pruned score lowest, so a mask never
   un-prunes (masks only grow, whatever order snapshots and masks arrive in);
 - a criterion that cannot rank (non-finite scores, or all candidates equal) raises CompressionFailed
@@ -172,32 +172,33 @@ def select(scores: Mapping[str, np.ndarray], counts: Mapping[str, int] | int, sc
 def _select_one(scores: Mapping[str, np.ndarray], k: int, previous: Mapping[str, np.ndarray] | None,
                 min_keep: int) -> dict[str, np.ndarray]:
     names = list(scores)
-    ranked, candidate, sizes = [], [], []
-    for n in names:
-        s = scores[n].astype(np.float64, copy=True)
-        was_pruned = ~previous[n] if previous is not None else np.zeros(s.size, bool)
-        s[was_pruned] = -np.inf  # already pruned: first in line, so masks are nested
-        cand = np.ones(s.size, bool)
-        if min_keep:  # the layer's best min_keep items still standing are never candidates
-            cand[np.argsort(-s, kind="stable")[:min_keep]] = False
-        cand |= was_pruned
-        ranked.append(s)
-        candidate.append(cand)
-        sizes.append(s.size)
-    flat, cand = np.concatenate(ranked), np.concatenate(candidate)
-    k = min(max(k, int(np.count_nonzero(flat == -np.inf))), int(np.count_nonzero(cand)))
-    new = k - int(np.count_nonzero(flat == -np.inf))
-    if new > 0:
-        live = flat[cand & np.isfinite(flat)]
+    sizes = [scores[n].size for n in names]
+    keys = np.concatenate([scores[n] for n in names]).astype(np.float64, copy=False)  # a new array: ours to edit
+    if previous is not None:
+        keys[~np.concatenate([previous[n] for n in names])] = -np.inf  # already pruned: first in line (nested)
+    if min_keep:  # the layer's best min_keep items still standing are never candidates: they rank last
+        for layer in np.split(keys, np.cumsum(sizes)[:-1]):  # views into keys
+            layer[lowest(-layer, min_keep) & (layer > -np.inf)] = np.inf
+    already = int(np.count_nonzero(keys == -np.inf))
+    k = min(max(k, already), keys.size - int(np.count_nonzero(keys == np.inf)))
+    if k > already:
+        live = keys[np.isfinite(keys)]  # a copy: min(where=...) is 15x slower than min() on it
         if live.size > 1 and live.min() == live.max():
             raise CompressionFailed(f"all {live.size} candidate scores are equal ({live[0]:g}): nothing to rank by")
-    order = np.argsort(np.where(cand, flat, np.inf), kind="stable")
-    keep = np.ones(flat.size, bool)
-    keep[order[:k]] = False
-    out, start = {}, 0
-    for n, size in zip(names, sizes):
-        out[n] = keep[start : start + size]
-        start += size
+    keep = ~lowest(keys, k)
+    return dict(zip(names, np.split(keep, np.cumsum(sizes)[:-1])))
+
+
+def lowest(keys: np.ndarray, k: int) -> np.ndarray:
+    """A bool mask of the k lowest keys, ties broken by position: the first k of a stable argsort,
+    found in O(n) (a partition for the k-th value, then the first of its ties) rather than a sort,
+    which takes 40x longer on a 1M-weight layer. Keys must not be NaN."""
+    if k <= 0 or k >= keys.size:
+        return np.full(keys.size, k > 0)
+    kth = np.partition(keys, k - 1)[k - 1]
+    out = keys < kth
+    ties = np.flatnonzero(keys == kth)
+    out[ties[: k - np.count_nonzero(out)]] = True
     return out
 
 
@@ -258,9 +259,17 @@ def apply_masks(weights: Mapping[str, np.ndarray], masks: Masks | None) -> dict[
     """The weights as workers run them: masked entries +0.0, and removed units sliced out."""
     if masks is None:
         return dict(weights)
-    out = {n: np.where(masks.elements[n], w, 0).astype(w.dtype) if n in masks.elements else w
-           for n, w in weights.items()}
+    out = {n: _masked(w, masks.elements[n]) if n in masks.elements else w for n, w in weights.items()}
     return shrink(out, masks.units) if masks.units is not None else out
+
+
+def _masked(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """w with the entries `keep` prunes set to +0.0. A multiply, not np.where, which branches per
+    element and takes 10x longer on a random mask; adding +0.0 turns the -0.0 of a negative weight
+    times False into +0.0. For finite w only (a snapshot with a non-finite value is rejected)."""
+    out = np.multiply(w, keep, dtype=w.dtype)
+    out += 0
+    return out
 
 
 def shrink(weights: Mapping[str, np.ndarray], units: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -280,9 +289,13 @@ def shrink(weights: Mapping[str, np.ndarray], units: Mapping[str, np.ndarray]) -
 
 def sparsity(tensors: Mapping[str, np.ndarray], dense: Spec, names: Sequence[str]) -> float:
     """Fraction of the named tensors' dense positions that are zero or gone (removed units count as pruned)."""
+    return sparsity_of_counts({n: int(np.count_nonzero(tensors[n])) for n in names}, dense, names)
+
+
+def sparsity_of_counts(nonzero: Mapping[str, int], dense: Spec, names: Sequence[str]) -> float:
+    """`sparsity` from each tensor's count of non-zeros, for a caller that needs the counts too."""
     total = sum(int(np.prod(dense[n][1])) for n in names)
-    nonzero = sum(int(np.count_nonzero(tensors[n])) for n in names)
-    return 1 - nonzero / total if total else 0.0
+    return 1 - sum(nonzero[n] for n in names) / total if total else 0.0
 
 
 def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:

@@ -21,6 +21,7 @@ from service.pruning import (
     erk_densities,
     masked_stats,
     prunable_names,
+    select,
     sparsity,
 )
 
@@ -700,3 +701,44 @@ def test_apply_masks_zeroes_exactly_masked_entries_keeps_dtype_and_leaves_the_in
     assert all((w != 0).all() for w in weights.values())  # the input is not modified
     unmasked = apply_masks(weights, None)
     assert list(unmasked) == list(weights) and all(unmasked[n] is w for n, w in weights.items())
+
+
+def stable_sort_select(scores, k, previous, min_keep):
+    """The selection as the engine first did it, by a stable argsort: the oracle for the O(n) one."""
+    flat = np.concatenate([np.asarray(scores[n], np.float64) for n in scores])
+    was_pruned = np.concatenate([~previous[n] for n in scores]) if previous else np.zeros(flat.size, bool)
+    flat[was_pruned] = -np.inf
+    cand, start = np.ones(flat.size, bool), 0
+    for n in scores:
+        size = scores[n].size
+        if min_keep:
+            cand[start + np.argsort(-flat[start : start + size], kind="stable")[:min_keep]] = False
+        start += size
+    cand |= was_pruned
+    k = min(max(k, int(np.count_nonzero(was_pruned))), int(np.count_nonzero(cand)))
+    order = np.argsort(np.where(cand, flat, np.inf), kind="stable")
+    keep = np.ones(flat.size, bool)
+    keep[order[:k]] = False
+    return keep
+
+
+@PROPERTY
+@given(seeds, st.lists(st.integers(1, 300), min_size=1, max_size=4), fractions, st.sampled_from([0, 1, 3]),
+       st.booleans(), st.booleans())
+def test_select_equals_a_stable_argsort_on_random_and_tied_scores(seed, sizes, s, min_keep, nested, tied):
+    rng = np.random.default_rng(seed)
+    scores = {f"l{i}": rng.integers(0, 3, n).astype(np.float64) if tied else rng.standard_normal(n)
+              for i, n in enumerate(sizes)}  # tied: 3 values, so the tie-break by position decides most items
+    previous = {n: rng.random(v.size) > 0.3 for n, v in scores.items()} if nested else None
+    layer_counts = {n: int(round(s * v.size)) for n, v in scores.items()}
+    for scope, counts, groups in (("global", int(round(s * sum(sizes))), [list(scores)]),
+                                  ("layer", layer_counts, [[n] for n in scores])):
+        try:
+            fast = select(scores, counts, scope, previous=previous, min_keep=min_keep)
+        except CompressionFailed:
+            continue  # all candidates equal: the oracle does not check that
+        for names in groups:
+            k = counts if scope == "global" else counts[names[0]]
+            expected = stable_sort_select({n: scores[n] for n in names}, k,
+                                          previous and {n: previous[n] for n in names}, min_keep)
+            np.testing.assert_array_equal(np.concatenate([fast[n] for n in names]), expected)

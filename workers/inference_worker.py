@@ -1,7 +1,8 @@
 """An inference worker: steps a gymnasium vector env with the newest pruned policy.
 
-Between two vector steps (the safe point) it checks the weight store's version; when a newer one is
-there it copies it out consistently and swaps it in, so a step always runs one whole version.
+Between two vector steps (the safe point), and while a finished chunk waits for the trainer to take
+it, it checks the weight store's version; when a newer one is there it copies it out consistently
+and swaps it in, so a step always runs one whole version.
 Every `chunk_steps` steps it pushes a trajectory chunk to the trainer, tagged with the version (and
 sparsity) of the policy that took its first step, the oldest in it, and carrying the behaviour
 log-probabilities PPO corrects with.
@@ -24,7 +25,7 @@ from service.config import Config, ConfigError
 from service.envs import clip_actions, env_spec, make_vector_env
 from service.policy import actor_from_tensors, expected_spec, make_actor
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
-from service.pruning import prunable_names, sparsity
+from service.pruning import prunable_names, sparsity_of_counts
 from service.transport_security import SocketSecurity
 from protocol.store_layout import segment_name
 from service.weight_store import StoreError, WeightStore
@@ -101,8 +102,8 @@ class InferenceWorker:
         try:
             if self.actor is None or structure_changed:
                 self.actor = actor_from_tensors(tensors, self.spec.discrete)
-            else:
-                self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+            else:  # same names, dtypes, shapes: the actor runs on this read's own (fresh) copy, not a copy of it
+                self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, assign=True)
         except (KeyError, IndexError, ValueError, RuntimeError) as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
                              version=self.version)
@@ -110,8 +111,9 @@ class InferenceWorker:
             return
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
-        self.sparsity = sparsity(tensors, self.dense_spec, self.sparsity_names)
-        self.nonzero_params = sum(int(np.count_nonzero(t)) for t in tensors.values())
+        nonzero = {n: int(np.count_nonzero(t)) for n, t in tensors.items()}  # one pass for both figures
+        self.sparsity = sparsity_of_counts(nonzero, self.dense_spec, self.sparsity_names)
+        self.nonzero_params = sum(nonzero.values())
         self.latencies.append(latency_ms)
         self.log.info("worker_swapped", version=header.version, previous_version=previous, latency_ms=latency_ms,
                       sparsity=self.sparsity, nonzero_params=self.nonzero_params,
@@ -195,9 +197,13 @@ class InferenceWorker:
         self.heartbeat.beat(version=self.version, steps=self.steps, chunks_sent=self.chunks_sent)
 
     def still_running(self) -> bool:
-        """While blocked on the trainer: take in hints and a possible `stop`."""
+        """While blocked on the trainer: take in hints and a possible `stop`, and swap to a newer
+        version. Between chunks is a safe point too (no step is running), and the chunk waiting to
+        go was encoded with the version of its first step: a worker the trainer is slow to read
+        from still runs the newest weights the moment it steps again."""
         self.beat()
         self.drain_notifications()
+        self.maybe_swap()
         return self.running()
 
     def run(self) -> int:
@@ -214,7 +220,7 @@ class InferenceWorker:
                     break
                 fields, tensors, obs = chunk
                 if not send_when_ready(self.out, self.encoder.encode("trajectory", fields, tensors),
-                                       self.still_running):
+                                       self.still_running, wake=self.notify):
                     break
                 self.chunks_sent += 1
                 self.drain_notifications()
