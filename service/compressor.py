@@ -91,7 +91,8 @@ class Compressor:
         self.last_version = self.last_epoch = -1
         self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
         self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
-        self.trainer_start = 0  # the newest trainer_start seen in a snapshot
+        # The newest trainer_start seen in a snapshot; a resumed compressor takes the first it sees.
+        self.trainer_start: int | None = None if resume else 0
         self.dropped = 0  # snapshots skipped for a newer one
         self.stopping = False
         if resume:
@@ -156,21 +157,24 @@ class Compressor:
         """A snapshot's fields drive the schedule: an epoch past the run's end or going backwards
         would serve (and so skip) steps that are not due yet. Epochs go back only when a resumed
         trainer (a higher `trainer_start`) takes over from its checkpoint."""
-        if not 0 <= f["trainer_start"] <= self.trainer_start + 1:
-            raise MessageRejected(f"snapshot trainer_start {f['trainer_start']} is not this run's {self.trainer_start} "
-                                  "or the next")
-        if f["trainer_start"] > self.trainer_start:
-            self.trainer_start, self.last_epoch = f["trainer_start"], -1
-            self.log.info("trainer_restarted", trainer_start=f["trainer_start"], version=f["version"],
-                          epoch=f["epoch"])
-            if self.last_report:
-                self.send_report(*self.last_report, again=True)
-        if not self.last_epoch <= f["epoch"] <= self.cfg.total_epochs:
-            raise MessageRejected(f"snapshot epoch {f['epoch']} outside [{self.last_epoch}, {self.cfg.total_epochs}]")
+        known = self.trainer_start
+        if f["trainer_start"] < (known or 0):
+            raise MessageRejected(f"snapshot trainer_start {f['trainer_start']} is older than this run's {known}")
+        new_trainer = known is not None and f["trainer_start"] > known
+        floor = -1 if new_trainer or known is None else self.last_epoch
+        if not floor <= f["epoch"] <= self.cfg.total_epochs:
+            raise MessageRejected(f"snapshot epoch {f['epoch']} outside [{floor}, {self.cfg.total_epochs}]")
         if not -1 <= f["masks_version"] < f["version"]:
             raise MessageRejected(f"snapshot masks_version {f['masks_version']} is not older than its version")
         if not 0 <= f["training_sparsity"] <= 1:
             raise MessageRejected("snapshot training_sparsity outside [0, 1]")
+        self.trainer_start = f["trainer_start"]
+        if new_trainer:  # only once the snapshot is valid
+            self.last_epoch = -1
+            self.log.info("trainer_restarted", trainer_start=f["trainer_start"], version=f["version"],
+                          epoch=f["epoch"])
+            if self.last_report:
+                self.send_report(*self.last_report, again=True)
 
     def _pruned_nonzero(self, weights: dict[str, np.ndarray], masks_version: int) -> int | None:
         """Weights the trainer's applied masks prune but that are non-zero in its snapshot (0 when

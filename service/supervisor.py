@@ -30,8 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service import artifacts, cleanup, eventlog, liveness, rundir
-from service.artifacts import CHECKPOINT
+from service import cleanup, eventlog, liveness, rundir, runlog
 from service.config import Config, ConfigError
 from service.process import load_run_config
 from protocol.store_layout import segment_name
@@ -89,15 +88,18 @@ class Supervisor:
 
     @classmethod
     def resume(cls, run_dir: Path) -> "Supervisor":
-        """Continue a stopped run with its own config, from its trainer checkpoint."""
+        """Continue a stopped run with its own config, from its trainer checkpoint (a trainer that
+        died before its first starts over). A run counts as completed once its supervisor said so:
+        one stopped while the trainer waited for its final masks still has them to take up."""
+        run_dir = run_dir.resolve()  # runs/latest is a link: never hand the link to the children
         if not (run_dir / "config.toml").is_file():
             raise ConfigError(f"{run_dir} is not a hotprune run (no config.toml)")
         cfg = load_run_config(run_dir)
         try:
-            _, meta = artifacts.load(run_dir / CHECKPOINT)
-        except artifacts.ArtifactError as exc:
-            raise ConfigError(f"cannot resume {run_dir}: {exc}") from None
-        if meta.get("epoch") == cfg.total_epochs:
+            finished = runlog.load(run_dir).finished
+        except runlog.RunError:  # no logs yet
+            finished = None
+        if finished and finished["outcome"] == "completed":
             raise ConfigError(f"{run_dir} already completed its {cfg.total_epochs} epochs")
         alive = cleanup.run_pids(run_dir)
         if alive:
@@ -134,8 +136,10 @@ class Supervisor:
             store.close()
             store.unlink()
             cleanup.remove_sockets(self.run_dir)
-        # A child waiting out a restart's backoff when the run ended has been dealt with.
-        failed = {c.name for c in self.children if c.proc and c.restart_at is None and c.exitcode not in CLEAN_EXITS}
+        # A child waiting out a restart's backoff, or killed by us as hung (its restart not yet due),
+        # when the run ended has been dealt with.
+        failed = {c.name for c in self.children
+                  if c.proc and c.restart_at is None and not c.hung and c.exitcode not in CLEAN_EXITS}
         failed |= set(killed)
         if early and not self.signal:
             failed.add(early)

@@ -17,6 +17,7 @@ Run it: `hotprune trainer --run-dir runs/<run_id> [--resume]` or `python -m serv
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -431,10 +432,14 @@ class Trainer:
         self.snapshots.send_multipart(self.last_snapshot, copy=False)
 
     def finish(self) -> None:
-        if self.records and len(self.records) == self.cfg.total_epochs:
+        completed = len(self.records) == self.cfg.total_epochs
+        if completed:
             self.await_final_report()
-        stop = self.encoder.encode("control", {"command": "stop"})
-        self.snapshots.send_multipart(stop)
+        # The run's `stop` goes out when training is done, or from a trainer run by hand. A supervised
+        # trainer stopped early (a signal) does not stop the others: the supervisor restarts it, or
+        # stops them all itself.
+        if completed or not os.environ.get(eventlog.SUPERVISED):
+            self.snapshots.send_multipart(self.encoder.encode("control", {"command": "stop"}))
         self.progress.close()
         if self.tensorboard:
             self.tensorboard.close()

@@ -98,32 +98,50 @@ def test_an_exhausted_restart_budget_stops_the_run_with_exit_1_and_names_the_pro
     assert of(sup, "run_finished")[-1]["failed"] == ["compressor"]
 
 
-def test_a_run_whose_supervisor_was_killed_resumes_from_its_checkpoint(tmp_path):
-    epochs = 40
+def _kill_supervisor(proc, run_dir, stopped_runs: int) -> int:
+    """SIGKILL the supervisor (its children get SIGTERM, parent-death signal, and stop); the epochs
+    logged by then."""
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: len(logged(run_dir, "trainer", "summary")) == stopped_runs, timeout=30,
+             what="the trainer to stop")
+    assert_clean(run_dir)
+    return _epochs(run_dir)
+
+
+def test_a_run_whose_supervisor_was_killed_twice_resumes_from_its_checkpoint_each_time(tmp_path):
+    epochs = 60
     proc, run_dir = _start(tmp_path, "resume", f"epochs={epochs}", "checkpoint_every=4")
     wait_for(lambda: _epochs(run_dir) >= 10, timeout=90, what="epoch 10")
-    proc.kill()  # the supervisor; its children get SIGTERM (parent-death signal) and stop
-    proc.wait()
-    wait_for(lambda: logged(run_dir, "trainer", "summary"), timeout=30, what="the trainer to stop")
-    assert_clean(run_dir)
-    stopped_at = _epochs(run_dir)
+    stopped_at = _kill_supervisor(proc, run_dir, 1)
     assert stopped_at < epochs
 
     # A trainer started again without --resume would start over: refused.
     again = hotprune("trainer", "--run-dir", str(run_dir))
     assert again.returncode == 2 and "--resume" in again.stderr
 
-    resumed = hotprune("run", "--resume", str(run_dir))
-    assert resumed.returncode == 0, resumed.stderr
+    first = subprocess.Popen([HOTPRUNE, "run", "--resume", str(run_dir)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _epochs(run_dir) >= stopped_at + 8, timeout=90, what="the resumed run to go on")
+    _kill_supervisor(first, run_dir, 2)
+    # The second time through runs/latest (a link): the run's own directory is resumed.
+    second = hotprune("run", "--resume", str(tmp_path / "runs" / "latest"))
+    assert second.returncode == 0, second.stderr
     assert_clean(run_dir)
+    assert (tmp_path / "runs" / "latest").resolve() == run_dir.resolve()
     trainer = events(run_dir, "trainer")
-    start = of(trainer, "trainer_resumed")[0]
-    assert start["epoch"] % 4 == 0 and stopped_at - 4 <= start["epoch"] <= stopped_at
+    starts = of(trainer, "trainer_resumed")
+    assert [s["trainer_start"] for s in starts] == [1, 2]
+    assert starts[0]["epoch"] % 4 == 0 and stopped_at - 4 <= starts[0]["epoch"] <= stopped_at
     # checkpoint_every=4: the lost epochs published at most 3 versions past the checkpoint's.
-    assert start["version"] == start["checkpoint_version"] + 4
+    assert all(s["version"] == s["checkpoint_version"] + 4 for s in starts)
+    # The restarted compressor took up the third trainer's snapshots (trainer_start 2).
+    assert not [e for e in logged(run_dir, "compressor", "message_rejected") if "trainer_start" in e["reason"]]
     run = runlog.load(run_dir)
     assert [e["epoch"] for e in run.epochs()] == list(range(1, epochs + 1))
-    assert run.summary["completed"] and run.finished["outcome"] == "completed"
+    assert run.summary["completed"] and run.summary["trainer_starts"] == 3
+    assert run.finished["outcome"] == "completed"
+    assert run.summary["final_training_sparsity"] == pytest.approx(0.8, abs=0.002)
     rows = (run_dir / "progress.csv").read_text().splitlines()
     assert len(rows) == 1 + epochs  # the header, then each epoch once
 
