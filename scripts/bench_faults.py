@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -30,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import runlog  # noqa: E402
+import benchkit  # noqa: E402
+from service import cleanup, runlog  # noqa: E402
 
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
 EPOCHS = 120
@@ -65,18 +65,6 @@ def wait(predicate, timeout: float):
     raise TimeoutError
 
 
-def alive(run_dir: Path) -> bool:
-    needle = str(run_dir).encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes():
-                    return True
-            except OSError:
-                pass
-    return False
-
-
 def one(role: str, sig: str, runs: Path, index: int) -> dict:
     run_id = f"{role}-{sig.lower()}-{index}"
     args = [a for s in [f"runs_dir={json.dumps(str(runs))}", f"run_id={run_id}", *SETTINGS] for a in ("--set", s)]
@@ -97,7 +85,7 @@ def one(role: str, sig: str, runs: Path, index: int) -> dict:
         os.kill(pid, signal.SIGCONT)
     if role == "supervisor" and sig == "SIGKILL":
         proc.wait()
-        wait(lambda: not alive(run_dir), 60)
+        wait(lambda: not cleanup.run_pids(run_dir), 60)
         resumed = subprocess.run([HOTPRUNE, "run", "--resume", str(run_dir)], capture_output=True, timeout=600)
         code = resumed.returncode
     else:
@@ -165,17 +153,13 @@ def main() -> int:
                 row = one(role, sig, Path(tmp), index)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    out = ROOT / "benchmarks"
-    out.mkdir(exist_ok=True)
-    machine = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    (out / "faults.json").write_text(json.dumps({"machine": machine, "settings": SETTINGS, "rows": rows}, indent=1))
+    machine = benchkit.machine()
     md = (f"# Fault injection ({datetime.now():%Y-%m-%d}, {machine['cpus']} cores, `scripts/bench_faults.py"
           f"{' --quick' if args.quick else f' --repeats {repeats}'}`)\n\n"
           f"{EPOCHS} epochs of 512 samples, CartPole-v1, both pruned, cubic to 80%; fault at epoch 10; "
           "hang_timeout_s=5, restart_backoff_s=0.5. SIGSTOP of the supervisor: continued after 3 s.\n\n"
-          + table(rows) + "\n")
-    (out / "faults.md").write_text(md)
-    print(md)
+          + table(rows))
+    benchkit.write("faults", {"machine": machine, "settings": SETTINGS, "rows": rows}, md.splitlines())
     return 0
 
 
