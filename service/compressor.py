@@ -27,9 +27,9 @@ import zmq
 
 from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from service import artifacts, eventlog
+from service.actor_spec import actor_spec
 from service.config import Config
 from service.envs import env_spec
-from service.policy import expected_spec, make_actor
 from service.process import StopFlag, run_dir_parser, send_when_ready, socket, start
 from service.pruning import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, pruner_for, \
     sparsity
@@ -57,8 +57,7 @@ class Compressor:
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         spec = env_spec(cfg.env_id)
         self.discrete = spec.discrete
-        actor = make_actor(spec, cfg.ppo.hidden_sizes)
-        self.weight_spec = expected_spec(actor)
+        self.weight_spec = actor_spec(spec, cfg.ppo.hidden_sizes)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)

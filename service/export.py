@@ -20,7 +20,8 @@ from torch.nn.utils import prune
 
 from service import artifacts
 from service.envs import EnvSpec
-from service.policy import Actor, linear_weight_names, make_actor
+from service.actor_spec import linear_weight_names
+from service.policy import Actor, make_actor
 
 FORMATS = ("state_dict", "torch-prune", "masks")
 

@@ -6,16 +6,13 @@ The actor is a tanh MLP. Its layer sizes are read back from the weights themselv
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
+from service.actor_spec import linear_weight_names
 from service.envs import EnvSpec
-
-_LINEAR_WEIGHT = re.compile(r"^net\.(\d+)\.weight$")
 
 
 def _mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
@@ -60,12 +57,6 @@ def make_actor(spec: EnvSpec, hidden_sizes: list[int]) -> Actor:
 
 def make_critic(spec: EnvSpec, hidden_sizes: list[int]) -> nn.Sequential:
     return _mlp([spec.obs_dim, *hidden_sizes, 1], out_gain=1.0)
-
-
-def linear_weight_names(names) -> list[str]:
-    """The actor's linear weight names, input layer first."""
-    found = [(int(m.group(1)), n) for n in names if (m := _LINEAR_WEIGHT.match(n))]
-    return [n for _, n in sorted(found)]
 
 
 def actor_from_tensors(tensors: dict[str, np.ndarray], discrete: bool) -> Actor:

@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from service.criteria import CRITERIA
-from service.policy import linear_weight_names
+from service.actor_spec import linear_weight_names
 
 Spec = Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
 

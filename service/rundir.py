@@ -21,6 +21,7 @@ import numpy as np
 from protocol import store_layout as layout
 from protocol.endpoints import SOCKETS, socket_dir
 from service import cleanup, metrics, transport_security
+from service.actor_spec import actor_shapes
 from service.config import Config, ConfigError, to_toml
 from service.envs import env_spec
 
@@ -108,27 +109,16 @@ LATEST = "latest"
 WORKERS_PER_CORE = 4  # more inference workers than this per core only fight over the CPU
 
 
-def actor_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
-    """The shapes of the run's dense actor (float32; service.policy.make_actor builds it), computed
-    without torch: the supervisor sizes the store and checks frames before any process starts, and
-    importing torch would cost it over a second (a test holds the two to the same table)."""
-    spec = env_spec(cfg.env_id)
-    sizes = [spec.obs_dim, *cfg.ppo.hidden_sizes, spec.act_dim]
-    shapes: dict[str, tuple[int, ...]] = {}
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):  # Linear, Tanh, Linear, ...
-        shapes |= {f"net.{2 * i}.weight": (n_out, n_in), f"net.{2 * i}.bias": (n_out,)}
-    return shapes if spec.discrete else {**shapes, "log_std": (spec.act_dim,)}
-
-
 def store_slot_size(cfg: Config) -> int:
     """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
-    return layout.payload_size({n: np.zeros(shape, np.float32) for n, shape in actor_shapes(cfg).items()})
+    shapes = actor_shapes(env_spec(cfg.env_id), cfg.ppo.hidden_sizes)
+    return layout.payload_size({n: np.zeros(shape, np.float32) for n, shape in shapes.items()})
 
 
 def largest_frame(cfg: Config) -> int:
     """Bytes of the largest single tensor any process of this run sends: an actor weight (and its
     gradient statistics) in a snapshot, or a trajectory chunk's observations."""
-    weight = max(math.prod(shape) for shape in actor_shapes(cfg).values()) * 4
+    weight = max(math.prod(shape) for shape in actor_shapes(env_spec(cfg.env_id), cfg.ppo.hidden_sizes).values()) * 4
     chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * env_spec(cfg.env_id).obs_dim * 4
     return max(weight, chunk_obs)
 

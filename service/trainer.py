@@ -42,6 +42,7 @@ from service.transport_security import SocketSecurity
 from service.update_hooks import UpdateHooks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
+ANSWER_EVERY_S = 0.1  # a new subscriber gets the newest snapshot at once, but not more often than this
 FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
 SUMMARY_LAST_EPOCHS = 10
@@ -99,7 +100,11 @@ class Trainer:
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
         self.security = SocketSecurity(cfg, self.ctx, self.log)
-        self.snapshots = socket(self.ctx, zmq.PUB, hwm=16)
+        # XPUB: a compressor's subscription reaches the trainer, which answers it with its newest
+        # snapshot at once (a PUB drops what it sends before a subscriber has joined; every process
+        # of a run starts at once, and a restarted compressor joins late).
+        self.snapshots = socket(self.ctx, zmq.XPUB, hwm=16)
+        self.snapshots.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only a topic's first
         # Small queues: workers block instead of running ahead, which bounds the policy lag.
         max_frame = cfg.transport.max_frame_bytes
         self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER, max_frame=max_frame)
@@ -111,6 +116,7 @@ class Trainer:
 
         self.version = 0  # number of PPO updates so far; snapshot v is the policy after update v
         self.last_snapshot: list = []
+        self.answered_at = -ANSWER_EVERY_S  # when a subscriber last got the newest snapshot
         self.pending_masks: Message | None = None
         self.masks_version = -1  # newest masks accepted, pending or applied
         self.applied_masks_version = -1  # newest masks applied (what a snapshot's masks_version says)
@@ -221,6 +227,7 @@ class Trainer:
         poller = zmq.Poller()
         poller.register(self.trajectories, zmq.POLLIN)
         poller.register(self.mask_inbox, zmq.POLLIN)
+        poller.register(self.snapshots, zmq.POLLIN)
         last_usable = time.monotonic()
         while len(chunks) * c.chunk_samples < c.samples_per_epoch or (sync and len(workers_current) < c.num_workers):
             if self.stop.is_set():
@@ -232,6 +239,8 @@ class Trainer:
             ready = dict(poller.poll(100))
             if self.mask_inbox in ready:
                 self._receive_masks()
+            if self.snapshots in ready:
+                self.answer_subscribers()
             if self.trajectories not in ready:
                 continue
             msg = self._receive_trajectory()
@@ -423,6 +432,7 @@ class Trainer:
             self.heartbeat.beat(version=self.version, awaiting_due_epoch=self.final_due_epoch)
             if not self.mask_inbox.poll(int(REPUBLISH_S * 1000)):
                 self.republish()  # the last snapshot may have been dropped
+            self.answer_subscribers()
             while self.mask_inbox.poll(0):
                 self._receive_masks()
         if self.cfg.prune_training_model:
@@ -430,6 +440,18 @@ class Trainer:
 
     def republish(self) -> None:
         self.snapshots.send_multipart(self.last_snapshot, copy=False)
+
+    def answer_subscribers(self) -> None:
+        """A subscriber joined (the compressor, started or restarted): it gets the newest snapshot
+        now rather than at the next epoch or REPUBLISH_S. One snapshot for however many
+        subscriptions are waiting, and at most one every ANSWER_EVERY_S (a peer that subscribes in a
+        loop gets no snapshot storm); unsubscriptions and anything else a peer sends are ignored."""
+        joined = False
+        while self.snapshots.poll(0):
+            joined |= self.snapshots.recv()[:1] == b"\x01"
+        if joined and self.last_snapshot and time.monotonic() - self.answered_at >= ANSWER_EVERY_S:
+            self.answered_at = time.monotonic()
+            self.republish()
 
     def finish(self) -> None:
         completed = len(self.records) == self.cfg.total_epochs

@@ -16,6 +16,7 @@ import pytest
 
 from protocol import store_layout as layout
 from service import rundir
+from service.actor_spec import actor_spec
 from service.config import load_config
 from service.envs import env_spec
 from service.policy import actor_arrays, expected_spec, make_actor
@@ -530,8 +531,8 @@ def test_attach_gives_up_when_cancelled():
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_the_store_is_sized_for_the_dense_actor_from_shapes_computed_without_torch(env_id):
+def test_the_store_is_sized_for_the_dense_actor_from_a_table_computed_without_torch(env_id):
     cfg = load_config(overrides=[f"env_id={env_id}", "ppo.hidden_sizes=[32, 16]"])
     actor = make_actor(env_spec(env_id), [32, 16])
-    assert rundir.actor_shapes(cfg) == {n: shape for n, (_, shape) in expected_spec(actor).items()}
+    assert actor_spec(env_spec(env_id), [32, 16]) == expected_spec(actor)
     assert rundir.store_slot_size(cfg) == layout.payload_size(actor_arrays(actor))
