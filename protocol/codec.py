@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTO_VERSION = 3
+PROTO_VERSION = 4
 
 # dtypes allowed on the wire; anything else (object arrays above all) is refused.
 WIRE_DTYPES = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool"})
@@ -44,6 +44,7 @@ KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "weights_ready": {"version": int, "slot": int, "structure_changed": bool},
     "trajectory": {
         "worker_id": int,
+        "worker_start": int,  # the sending worker process's start (ns): credits count per worker process
         "policy_version": int,
         "policy_sparsity": (int, float),
         "policy_nonzero_params": int,
@@ -51,6 +52,10 @@ KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "episode_lengths": list,
         "swap_latencies_ms": list,
     },
+    # credits: the chunks trainer process `trainer_id` (its start, ns) has taken from each worker
+    # process, as [worker_start, count] per worker index; a worker sends a chunk only while fewer than
+    # its window of its chunks are in flight, so the pipes never hold more than about one epoch.
+    "credits": {"trainer_id": int, "taken": list},
     "control": {"command": str},
 }
 GRAD_PREFIX = "grad:"  # a snapshot's gradient statistics travel as tensors named grad:<weight name>

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-SOCKETS = ("snapshots", "masks", "trajectories", "weights")
+SOCKETS = ("snapshots", "masks", "trajectories", "weights", "credits")
 # Linux caps a unix socket path at 107 bytes (sun_path is 108 with its NUL).
 MAX_IPC_PATH = 107
 
@@ -24,6 +24,7 @@ class Endpoints(NamedTuple):
     masks: str  # compressor PUSH -> trainer PULL: masks for both-pruned mode
     trajectories: str  # workers PUSH -> trainer PULL: trajectory chunks
     weights: str  # compressor PUB -> workers SUB: weights_ready hints and control
+    credits: str  # trainer PUB -> workers SUB: the chunks the trainer has taken (flow control)
 
 
 def socket_dir(run_dir: Path) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from protocol.endpoints import Endpoints, endpoints
+from protocol.endpoints import SOCKETS, Endpoints, endpoints
 from protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
 from service.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from service.schedule import SCHEDULES
@@ -126,15 +126,19 @@ class Config:
     env_id: str = setting("CartPole-v1", "any gymnasium id with a flat Box observation and Discrete or flat Box "
                                          "actions")
     mode: str = setting("async", "async: training never waits for the compressor or the workers; sync: each epoch "
-                                 "uses only data from the newest version, after every worker has swapped to it")
+                                 "trains on data of the newest version only: every worker sends its share of "
+                                 "the epoch, then pauses until the next version is in the store")
+    max_policy_lag: int = setting(4, "async: the trainer drops chunks more than this many versions older than its "
+                                     "policy (counted as dropped_stale); the workers' flow control keeps the "
+                                     "lag at 1-2 unless the compressor falls behind")
     prune_training_model: bool = setting(True, "true: both pruned (the masks go back to the trainer); false: "
                                                "teacher-student (the trainer stays dense)")
     seed: int = setting(1, "random seed of the trainer; worker i adds 1000 * (i + 1)")
     epochs: int = setting(150, "PPO updates to train for (a run's config.toml holds the number total_steps gave)")
     total_steps: int = setting(0, "when > 0, the length in env samples instead: epochs = "
                                   "ceil(total_steps / samples_per_epoch)")
-    samples_per_epoch: int = setting(2048, "samples per PPO update, at least (whole chunks; in sync mode one chunk "
-                                           "from every worker)")
+    samples_per_epoch: int = setting(2048, "samples per PPO update, at least (whole chunks; in sync mode the same "
+                                           "number of chunks from every worker)")
     num_workers: int = setting(2, "inference worker processes")
     envs_per_worker: int = setting(4, "environments in each worker's vector env")
     chunk_steps: int = setting(64, "vector steps per trajectory chunk a worker sends")
@@ -160,10 +164,23 @@ class Config:
         return self.chunk_steps * self.envs_per_worker
 
     @property
+    def chunks_per_worker(self) -> int:
+        """A worker's share of an epoch, in chunks: how many of its chunks may be in flight to the
+        trainer at once (so the pipes hold about one epoch, whatever the sizes), and in sync mode
+        how many it sends of each version before it pauses for the next."""
+        return math.ceil(math.ceil(self.samples_per_epoch / self.chunk_samples) / self.num_workers)
+
+    @property
+    def epoch_samples(self) -> int:
+        """Samples an epoch trains on: whole chunks (async), the same number from every worker (sync)."""
+        if self.mode == "sync":
+            return self.num_workers * self.chunks_per_worker * self.chunk_samples
+        return math.ceil(self.samples_per_epoch / self.chunk_samples) * self.chunk_samples
+
+    @property
     def minibatch_size(self) -> int:
-        """Samples in a PPO minibatch (an epoch collects whole chunks)."""
-        epoch_samples = math.ceil(self.samples_per_epoch / self.chunk_samples) * self.chunk_samples
-        return epoch_samples // self.ppo.minibatches
+        """Samples in a PPO minibatch."""
+        return self.epoch_samples // self.ppo.minibatches
 
     @property
     def total_epochs(self) -> int:
@@ -317,6 +334,7 @@ def validate(c: Config) -> None:
     need(bool(c.env_id), "env_id", "must name a gymnasium environment")
     need(c.epochs >= 1, "epochs", "must be >= 1")
     need(c.total_steps >= 0, "total_steps", "must be >= 0")
+    need(c.max_policy_lag >= 1, "max_policy_lag", "must be >= 1 (lag 0 only: mode=sync)")
     need(1 <= c.num_workers <= MAX_WORKERS, "num_workers", f"must be in [1, {MAX_WORKERS}]")
     need(c.envs_per_worker >= 1, "envs_per_worker", "must be >= 1")
     need(c.chunk_steps >= 1, "chunk_steps", "must be >= 1")
@@ -357,7 +375,8 @@ def validate(c: Config) -> None:
          f"must be 0 or PPO's minibatch size {minibatch} (g comes from the trainer's own minibatches)")
     need(q.delay_s >= 0, "pruning.delay_s", "must be >= 0")
     t = c.transport
-    need(1024 <= t.base_port <= 65535 - 4, "transport.base_port", "must be in [1024, 65531]")
+    last_base = 65536 - len(SOCKETS)  # the run's sockets take consecutive ports from base_port
+    need(1024 <= t.base_port <= last_base, "transport.base_port", f"must be in [1024, {last_base}]")
     need(t.max_frame_bytes >= 1024, "transport.max_frame_bytes", "must be >= 1024")
     need(c.supervisor.stop_grace_s > 0, "supervisor.stop_grace_s", "must be > 0")
     need(c.supervisor.start_timeout_s > 0, "supervisor.start_timeout_s", "must be > 0")

@@ -4,8 +4,11 @@ An epoch is: collect `samples_per_epoch` samples -> one PPO update -> publish th
 the `epoch` line. In both-pruned mode, masks that have arrived are applied after collecting and
 before every minibatch (never waited for during training; after the last epoch the trainer waits
 for the compressor's report on the last scheduled step, so the run ends at its planned sparsity).
-In async mode any chunk is used (its behaviour log-probs correct for staleness); in sync mode only
-chunks of the newest version, and the trainer waits until every worker has sent one.
+In async mode a chunk at most `max_policy_lag` versions old is used (its behaviour log-probs correct
+for the staleness) and older ones are dropped (`dropped_stale`); in sync mode only chunks of the
+newest version, a share from every worker. Either way the workers' chunks are flow-controlled: the
+trainer publishes on `credits` how many chunks it has taken from each worker process, and a worker
+keeps at most its share of an epoch in flight, so the pipes never buffer more than about one epoch.
 
 It checkpoints (service.checkpoints) at epoch 0, every `checkpoint_every` epochs and at the end,
 before publishing that epoch's snapshot. With `--resume` it goes on from its checkpoint: it redoes the
@@ -22,6 +25,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,9 +47,22 @@ from service.update_hooks import UpdateHooks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
 ANSWER_EVERY_S = 0.1  # a new subscriber gets the newest snapshot at once, but not more often than this
+CREDITS_EVERY_S = 0.2  # while collecting, the credits go out at least this often (PUB may drop one)
 FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
 SUMMARY_LAST_EPOCHS = 10
+
+
+@dataclass
+class Collected:
+    """An epoch's chunks (their tensors, policy versions and finished episodes), and the samples of
+    the valid chunks taken: `received` = the chunks' samples + `dropped_stale`."""
+
+    chunks: list[dict]
+    versions: list[int]
+    episodes: int
+    received: int
+    dropped_stale: int
 
 
 class MaskIntake(UpdateHooks):
@@ -109,7 +126,9 @@ class Trainer:
         max_frame = cfg.transport.max_frame_bytes
         self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER, max_frame=max_frame)
         self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4, max_frame=max_frame)
+        self.credits = socket(self.ctx, zmq.PUB, hwm=16)
         self.security.bind(self.snapshots, ep.snapshots)
+        self.security.bind(self.credits, ep.credits)
         self.security.bind(self.trajectories, ep.trajectories)
         self.security.bind(self.mask_inbox, ep.masks)
         self.encoder = Encoder(cfg.run_id, "trainer")
@@ -127,7 +146,12 @@ class Trainer:
         self.swap_latencies: list[float] = []
         self.max_lag = 0
         self.records: list[dict] = []
-        self.samples_total = 0
+        self.samples_total = 0  # samples trained on
+        self.samples_received = 0  # samples in the valid chunks taken: trained on, or dropped as stale
+        self.samples_dropped_stale = 0
+        self.trainer_id = time.time_ns()  # this trainer process, for the workers' credits
+        self.taken = [[0, 0] for _ in range(cfg.num_workers)]  # per worker: [its process's start, chunks taken]
+        self.credits_sent_at = 0.0
         self.trainer_start = 0  # how many trainers ran this run before this one (resumes)
         self.epoch_ceiling = 0  # the newest epoch any trainer of this run may have published
         self.resumed = resume and self.restore()
@@ -153,6 +177,7 @@ class Trainer:
         try:
             if not 0 <= f["worker_id"] < c.num_workers:
                 raise MessageRejected(f"worker_id {f['worker_id']} outside [0, {c.num_workers})")
+            self.count_taken(f["worker_id"], f["worker_start"])  # even if rejected below: its sender may send on
             if not 0 <= f["policy_version"] <= self.version:
                 raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
             check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker, self.params_total)
@@ -162,6 +187,21 @@ class Trainer:
             self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
             return None
         return msg
+
+    def count_taken(self, worker_id: int, worker_start: int) -> None:
+        """One more chunk taken from worker process `worker_start` (a replacement starts from 0; a chunk
+        a dead one left in the pipe credits nobody), and the credits go out at once."""
+        start, count = self.taken[worker_id]
+        if worker_start > start:
+            self.taken[worker_id] = [worker_start, 1]
+        elif worker_start == start:
+            self.taken[worker_id][1] = count + 1
+        self.send_credits()
+
+    def send_credits(self) -> None:
+        fields = {"trainer_id": self.trainer_id, "taken": self.taken}
+        self.credits.send_multipart(self.encoder.encode("credits", fields))
+        self.credits_sent_at = time.monotonic()
 
     def _receive_masks(self) -> None:
         """A compressor's report on one schedule step; in both-pruned mode it carries the masks."""
@@ -218,24 +258,33 @@ class Trainer:
 
     # --- one epoch ------------------------------------------------------------------------
 
-    def collect(self) -> tuple[list[dict], list[int], int] | None:
-        """One epoch's trajectory chunks, their policy versions and the number of episodes they
-        finished; None if asked to stop."""
+    def collect(self) -> Collected | None:
+        """One epoch's trajectory chunks; None if asked to stop. Async: `samples_per_epoch` of chunks
+        at most `max_policy_lag` versions old. Sync: `chunks_per_worker` chunks of the newest version
+        from every worker (the workers pause after sending them, so none are thrown away)."""
         c = self.cfg
         sync = c.mode == "sync"
-        chunks, versions, workers_current, episodes = [], [], set(), 0
+        got = Collected([], [], 0, 0, 0)
+        current = [0] * c.num_workers  # sync: chunks of the newest version from each worker
         poller = zmq.Poller()
         poller.register(self.trajectories, zmq.POLLIN)
         poller.register(self.mask_inbox, zmq.POLLIN)
         poller.register(self.snapshots, zmq.POLLIN)
         last_usable = time.monotonic()
-        while len(chunks) * c.chunk_samples < c.samples_per_epoch or (sync and len(workers_current) < c.num_workers):
+        def more() -> bool:
+            if sync:
+                return min(current) < c.chunks_per_worker
+            return len(got.chunks) * c.chunk_samples < c.samples_per_epoch
+
+        while more():
             if self.stop.is_set():
                 return None
-            self.heartbeat.beat(version=self.version, chunks=len(chunks), masks_version=self.masks_version)
+            self.heartbeat.beat(version=self.version, chunks=len(got.chunks), masks_version=self.masks_version)
             if time.monotonic() - last_usable > REPUBLISH_S:
                 self.republish()
                 last_usable = time.monotonic()
+            if time.monotonic() - self.credits_sent_at > CREDITS_EVERY_S:
+                self.send_credits()
             ready = dict(poller.poll(100))
             if self.mask_inbox in ready:
                 self._receive_masks()
@@ -251,14 +300,17 @@ class Trainer:
             self.swap_latencies.extend(f["swap_latencies_ms"])
             if f["policy_version"] >= self.inference[0]:
                 self.inference = (f["policy_version"], f["policy_sparsity"], f["policy_nonzero_params"])
-            if sync and f["policy_version"] != self.version:
-                continue  # produced before this version reached the worker: the sync baseline waits
+            got.received += c.chunk_samples
+            lag = self.version - f["policy_version"]
+            if lag > (0 if sync else c.max_policy_lag):
+                got.dropped_stale += c.chunk_samples
+                continue
             last_usable = time.monotonic()
-            episodes += len(f["episode_returns"])
-            workers_current.add(f["worker_id"])
-            chunks.append(msg.tensors)
-            versions.append(f["policy_version"])
-        return chunks, versions, episodes
+            got.episodes += len(f["episode_returns"])
+            current[f["worker_id"]] += 1
+            got.chunks.append(msg.tensors)
+            got.versions.append(f["policy_version"])
+        return got
 
     def take_up_masks(self) -> None:
         """Both-pruned mode: apply the newest masks that have arrived, without waiting for any.
@@ -306,7 +358,8 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     COUNTERS = ("epoch", "version", "trainer_start", "epoch_ceiling", "applied_masks_version", "masks_version",
-                "reported_due_epoch", "pruned_policy", "compression_failures", "samples_total", "max_lag")
+                "reported_due_epoch", "pruned_policy", "compression_failures", "samples_total", "samples_received",
+                "samples_dropped_stale", "max_lag")
 
     def checkpoint(self) -> None:
         """Write the state to go on from (before this epoch's snapshot is published)."""
@@ -369,7 +422,7 @@ class Trainer:
             collected = self.collect()
             if collected is None:
                 break
-            chunks, versions, episodes = collected
+            chunks, versions, episodes = collected.chunks, collected.versions, collected.episodes
             t1 = time.perf_counter()
             if c.prune_training_model:
                 self.take_up_masks()
@@ -386,6 +439,8 @@ class Trainer:
             t2 = time.perf_counter()
             training_sparsity = self.training_sparsity()
             self.samples_total += batch.size
+            self.samples_received += collected.received
+            self.samples_dropped_stale += collected.dropped_stale
             record = {
                 "epoch": epoch,
                 "global_step": self.samples_total,  # env samples trained on so far (CleanRL's x axis)
@@ -393,6 +448,8 @@ class Trainer:
                 "reward_mean": statistics.fmean(self.episodes) if self.episodes else None,
                 "episodes": episodes,
                 "samples": batch.size,
+                "samples_received": collected.received,  # = samples + samples_dropped_stale
+                "samples_dropped_stale": collected.dropped_stale,
                 "rollout_s": t1 - t0,
                 "train_s": t2 - t1,
                 "epoch_s": t2 - t0,
@@ -492,6 +549,10 @@ class Trainer:
             "rollout_s_mean": mean("rollout_s"),
             "train_s_mean": mean("train_s"),
             "samples_per_s_mean": mean("samples_per_s"),
+            "samples_received": self.samples_received,  # = samples_used + samples_dropped_stale
+            "samples_used": self.samples_total,
+            "samples_dropped_stale": self.samples_dropped_stale,
+            "max_policy_lag": c.max_policy_lag if c.mode == "async" else 0,
             "final_training_sparsity": self.training_sparsity(),
             "training_layers": training["layers"],
             "training_params_kept": training["params_kept"],

@@ -12,7 +12,6 @@ repeating one throttled as in eventlog. Only this module imports rich: no traini
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 import textwrap
@@ -41,11 +40,10 @@ def header(cfg: Config, run_dir: Path) -> list[str]:
     """The first lines, before any process starts: where the run is (its last part is the run id),
     and what it will do."""
     p = cfg.pruning
-    epoch_samples = math.ceil(cfg.samples_per_epoch / cfg.chunk_samples) * cfg.chunk_samples
     mode = f"{cfg.mode}, {'both pruned' if cfg.prune_training_model else 'teacher-student'}"
     pruning = "dense baseline" if p.method == "none" else f"{p.method} {p.structure}s to {p.target_sparsity:.1%}"
     return [f"run {run_dir}", f"  {cfg.env_id}, {mode}, {pruning}",
-            f"  {cfg.total_epochs} epochs = {cfg.total_epochs * epoch_samples:,} env steps, "
+            f"  {cfg.total_epochs} epochs = {cfg.total_epochs * cfg.epoch_samples:,} env steps, "
             f"{cfg.num_workers} workers x {cfg.envs_per_worker} envs"]
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from protocol.endpoints import SOCKETS
 from protocol.store_layout import segment_name
 
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
@@ -115,7 +116,7 @@ def assert_clean(run_dir: Path) -> None:
     wait_for(lambda: not processes_mentioning(str(run_dir)), timeout=10, what="the run's processes to exit")
 
 
-def free_base_port(count: int = 4) -> int:
+def free_base_port(count: int = len(SOCKETS)) -> int:
     """A base port with `count` consecutive free loopback ports (for tcp runs beside other tests)."""
     rng = random.Random()
     for _ in range(100):

@@ -177,7 +177,8 @@ def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, rewar
         "truncated": np.zeros((steps, envs), bool),
         "final_obs": np.zeros((0, 4), np.float32),
     }
-    head = {"worker_id": worker_id, "policy_version": 0, "policy_sparsity": 0.0, "policy_nonzero_params": 4610,
+    head = {"worker_id": worker_id, "worker_start": 1,
+            "policy_version": 0, "policy_sparsity": 0.0, "policy_nonzero_params": 4610,
             "episode_returns": [],
             "episode_lengths": [], "swap_latencies_ms": [], **fields}
     return encoder.encode("trajectory", head, tensors)
@@ -251,12 +252,14 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
 @contextmanager
 def lone_worker(tmp_path: Path, ctx: zmq.Context, run_id: str):
     """A real worker process whose peers are the test: it binds the compressor's PUB and the
-    trainer's PULL, and owns a weight store holding dense weights as version 0."""
+    trainer's PULL and credits PUB, and owns a weight store holding dense weights as version 0."""
     run_dir = init_run(tmp_path, run_id)
     ep = endpoints(run_dir)
-    peers = SimpleNamespace(run_dir=run_dir, compressor=ctx.socket(zmq.PUB), trainer=ctx.socket(zmq.PULL))
+    peers = SimpleNamespace(run_dir=run_dir, compressor=ctx.socket(zmq.PUB), trainer=ctx.socket(zmq.PULL),
+                            credits=ctx.socket(zmq.PUB), taken=[0, 0])
     peers.compressor.bind(ep.weights)
     peers.trainer.bind(ep.trajectories)
+    peers.credits.bind(ep.credits)
     peers.store = WeightStore.create(segment_name(run_dir), 1 << 16)
     peers.store.publish(DENSE, 0)
     peers.worker = subprocess.Popen([HOTPRUNE, "worker", "--run-dir", str(run_dir), "--index", "0"])
@@ -269,11 +272,38 @@ def lone_worker(tmp_path: Path, ctx: zmq.Context, run_id: str):
         peers.store.unlink()
 
 
-def next_chunk(peers) -> dict:
+def next_chunk(peers, credit: bool = True) -> dict:
+    """The worker's next chunk; with `credit`, the test tells it the chunk was taken, as the trainer does."""
     assert peers.trainer.poll(60_000), "no trajectory chunk from the worker"
     msg = decode(peers.trainer.recv_multipart(), run_id=peers.run_dir.name, kinds={"trajectory"})
     check_trajectory(msg.tensors, 32, 4, 4, 2, True)
+    peers.taken = [msg.fields["worker_start"], peers.taken[1] + 1]
+    if credit:
+        send_credits(peers)
     return msg.fields
+
+
+def send_credits(peers) -> None:
+    encoder = Encoder(peers.run_dir.name, "trainer")
+    peers.credits.send_multipart(encoder.encode("credits", {"trainer_id": 1, "taken": [peers.taken, [0, 0]]}))
+
+
+def test_a_worker_keeps_at_most_its_share_of_an_epoch_in_flight(tmp_path, ctx):
+    """SMALL: 512-sample epochs of 128-sample chunks from 2 workers: 2 chunks each in flight."""
+    with lone_worker(tmp_path, ctx, "credit") as peers:
+        first, second = next_chunk(peers, credit=False), next_chunk(peers, credit=False)
+        assert not peers.trainer.poll(3000), "a third chunk went out with two in flight"
+        heartbeats = logged(peers.run_dir, "worker-0", "heartbeat")
+        assert heartbeats and heartbeats[-1]["chunks_sent"] == 2
+        forged = Encoder(peers.run_dir.name, "trainer").encode("credits", {"trainer_id": 2, "taken": [[1, 2, 3]]})
+        wait_for(lambda: peers.credits.send_multipart(forged) or rejections(peers.run_dir, "worker-0"),
+                 what="the worker to reject malformed credits")
+        assert "credits: taken must be 2 [worker_start, count] pairs" in rejections(peers.run_dir, "worker-0")[0]
+        assert not peers.trainer.poll(500)  # and they changed nothing
+        send_credits(peers)  # both taken
+        third = next_chunk(peers)
+        assert first["worker_start"] == second["worker_start"] == third["worker_start"]
+        assert peers.worker.poll() is None
 
 
 def test_worker_ignores_garbage_hints_and_hot_swaps_new_weights(tmp_path, ctx):

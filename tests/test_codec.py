@@ -31,6 +31,7 @@ MASKS = {"version": 3, "epoch": 2, "due_epoch": 2, "target_sparsity": 0.75, "fai
 WEIGHTS_READY = {"version": 4, "slot": 1, "structure_changed": True}
 TRAJECTORY = {
     "worker_id": 1,
+    "worker_start": 1,
     "policy_version": 2,
     "policy_sparsity": 0,
     "policy_nonzero_params": 1128,

@@ -79,7 +79,8 @@ def valid_messages() -> list[list[bytes]]:
     return [[bytes(memoryview(f)) for f in m] for m in messages]
 
 
-TRAJECTORY_FIELDS = {"worker_id": 0, "policy_version": 3, "policy_sparsity": 0.5, "policy_nonzero_params": 1128,
+TRAJECTORY_FIELDS = {"worker_id": 0, "worker_start": 1,
+                     "policy_version": 3, "policy_sparsity": 0.5, "policy_nonzero_params": 1128,
                      "episode_returns": [21.0, 9], "episode_lengths": [21, 9], "swap_latencies_ms": [0.5]}
 
 

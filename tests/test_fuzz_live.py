@@ -57,7 +57,8 @@ def chunk(encoder: Encoder = INTRUDER, tensors: dict | None = None, **fields) ->
         "truncated": np.zeros((STEPS, ENVS), bool),
         "final_obs": np.zeros((0, OBS_DIM), np.float32),
     }
-    head = {"worker_id": 0, "policy_version": 0, "policy_sparsity": 0.0, "policy_nonzero_params": 4610,
+    head = {"worker_id": 0, "worker_start": 1,
+            "policy_version": 0, "policy_sparsity": 0.0, "policy_nonzero_params": 4610,
             "episode_returns": [], "episode_lengths": [], "swap_latencies_ms": [], **fields}
     return encoder.encode("trajectory", head, {**good, **(tensors or {})})
 

@@ -1,7 +1,9 @@
-"""Async never waits for the compressor; sync waits until every worker runs the newest version.
+"""Async never waits for the compressor while its data is at most `max_policy_lag` versions old;
+sync waits until every worker runs the newest version.
 
 Freezing the compressor (SIGSTOP) shows the difference on the real service: async training goes on
-with the weights the workers already have, sync training stops until the compressor is back.
+with the weights the workers already have until their chunks grow too old (then it drops them and
+says so), sync training stops until the compressor is back.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from tests.servicekit import HOTPRUNE, assert_clean, logged, settings, wait_for
 pytestmark = pytest.mark.slow
 
 
-def _freeze_compressor(tmp_path, run_id, mode):
-    run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, f"mode={mode}", "epochs=40")],
+def _freeze_compressor(tmp_path, run_id, mode, *extra):
+    run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, f"mode={mode}", "epochs=40", *extra)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / run_id
     try:
@@ -39,12 +41,24 @@ def _freeze_compressor(tmp_path, run_id, mode):
 
 
 def test_async_training_goes_on_while_the_compressor_is_frozen(tmp_path):
-    progressed, epochs = _freeze_compressor(tmp_path, "afrz", "async")
+    progressed, epochs = _freeze_compressor(tmp_path, "afrz", "async", "max_policy_lag=1000")
     assert progressed >= 5, f"only {progressed} epochs in 3 s with the compressor frozen"
     assert len(epochs) == 40 and max(e["policy_lag"] for e in epochs) > 2  # the workers fell behind meanwhile
+    assert sum(e["samples_dropped_stale"] for e in epochs) == 0
+
+
+def test_async_drops_chunks_older_than_max_policy_lag_and_counts_them(tmp_path):
+    progressed, epochs = _freeze_compressor(tmp_path, "alag", "async", "max_policy_lag=2")
+    # The workers keep the weights of the freeze: their chunks are 1, then 2 versions old, then too old.
+    assert 1 <= progressed <= 3, f"{progressed} epochs in 3 s with the compressor frozen and max_policy_lag=2"
+    assert len(epochs) == 40
+    assert sum(e["samples_dropped_stale"] for e in epochs) > 0
+    assert all(e["policy_lag"] <= 2 for e in epochs)
+    assert all(e["samples_received"] == e["samples"] + e["samples_dropped_stale"] for e in epochs)
 
 
 def test_sync_training_waits_for_the_newest_weights(tmp_path):
     progressed, epochs = _freeze_compressor(tmp_path, "sfrz", "sync")
     assert progressed <= 1, f"{progressed} epochs went on without the compressor in sync mode"
     assert len(epochs) == 40 and all(e["policy_lag"] == pytest.approx(0) for e in epochs)
+    assert sum(e["samples_dropped_stale"] for e in epochs) == 0  # the workers paused instead

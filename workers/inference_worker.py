@@ -5,7 +5,11 @@ it, it checks the weight store's version; when a newer one is there it copies it
 and swaps it in, so a step always runs one whole version.
 Every `chunk_steps` steps it pushes a trajectory chunk to the trainer, tagged with the version (and
 sparsity) of the policy that took its first step, the oldest in it, and carrying the behaviour
-log-probabilities PPO corrects with.
+log-probabilities PPO corrects with. Flow control: it sends only while fewer than its share of an
+epoch (`chunks_per_worker`) of its chunks are in flight, counting what the trainer's `credits` say
+it has taken, so the policy lag stays bounded in versions whatever the chunk and epoch sizes. In
+sync mode it sends that share of each version, then pauses until the next version is in the store:
+no env step is thrown away.
 
 Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m workers.inference_worker ...`.
 """
@@ -57,6 +61,7 @@ class InferenceWorker:
         self.notify = socket(self.ctx, zmq.SUB, hwm=16, max_frame=cfg.transport.max_frame_bytes)
         self.notify.subscribe(b"")
         self.security.connect(self.notify, ep.weights)
+        self.security.connect(self.notify, ep.credits)  # one SUB, two publishers: compressor and trainer
         self.encoder = Encoder(cfg.run_id, f"worker-{index}")
 
         self.actor = None
@@ -66,6 +71,11 @@ class InferenceWorker:
         self.latencies: list[float] = []  # swap latencies not yet reported to the trainer
         self.stopping = False
         self.steps = self.chunks_sent = 0  # vector steps taken, trajectory chunks sent
+        self.start_ns = time.time_ns()  # this worker process, in its chunks: the trainer credits it
+        self.trainer_id = 0  # the trainer process whose credits count (the newest seen)
+        self.sent_before = 0  # chunks sent before that trainer's first credits: lost with the one before
+        self.taken = 0  # of this process's chunks, those the trainer says it has taken
+        self.sent_of_version = (-1, 0)  # sync: (version, chunks of it sent)
 
     def attach_store(self) -> WeightStore:
         """The run's weight store, waiting up to `start_timeout_s` for it to appear, and saying so
@@ -127,13 +137,41 @@ class InferenceWorker:
             timeout_ms = 0
             frames = self.notify.recv_multipart(copy=False)
             try:
-                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"weights_ready", "control"},
+                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id,
+                             kinds={"weights_ready", "control", "credits"},
                              max_frame_bytes=self.cfg.transport.max_frame_bytes)
+                if msg.kind == "credits":
+                    self.take_credits(msg.fields)
             except MessageRejected as exc:
-                self.log.warning("message_rejected", reason=exc.reason, expected="weights_ready")
+                self.log.warning("message_rejected", reason=exc.reason, expected="weights_ready, control or credits")
                 continue
             if msg.kind == "control" and msg.fields["command"] == "stop":
                 self.stopping = True
+
+    def take_credits(self, fields: dict) -> None:
+        """The trainer's count of chunks taken from each worker process; MessageRejected if malformed.
+        A newer trainer process (a restart) holds none of the chunks sent before its first credits."""
+        taken = fields["taken"]
+        if len(taken) != self.cfg.num_workers or not all(
+                isinstance(t, list) and len(t) == 2 and all(type(x) is int for x in t) for t in taken):
+            raise MessageRejected(f"credits: taken must be {self.cfg.num_workers} [worker_start, count] pairs")
+        if fields["trainer_id"] < self.trainer_id:
+            return  # from a trainer that has been replaced
+        if fields["trainer_id"] > self.trainer_id:  # the first trainer seen holds them all
+            self.sent_before = self.chunks_sent if self.trainer_id else 0
+            self.trainer_id, self.taken = fields["trainer_id"], 0
+        start, count = taken[self.index]
+        if start == self.start_ns:
+            self.taken = max(self.taken, count)
+
+    def may_send(self) -> bool:
+        """Fewer than this worker's share of an epoch of its chunks in flight."""
+        return self.chunks_sent - self.sent_before - self.taken < self.cfg.chunks_per_worker
+
+    def sync_share_sent(self) -> bool:
+        """Sync mode: this worker has sent its share of the version it runs."""
+        version, sent = self.sent_of_version
+        return self.cfg.mode == "sync" and version == self.version and sent >= self.cfg.chunks_per_worker
 
     def running(self) -> bool:
         return not (self.stop.is_set() or self.stopping)
@@ -178,6 +216,7 @@ class InferenceWorker:
         obs_buf[steps] = obs
         fields = {
             "worker_id": self.index,
+            "worker_start": self.start_ns,
             "policy_version": first[0],
             "policy_sparsity": first[1],
             "policy_nonzero_params": first[2],
@@ -206,6 +245,14 @@ class InferenceWorker:
         self.maybe_swap()
         return self.running()
 
+    def wait_until(self, ready) -> bool:
+        """Wait, still swapping and answering `stop`, until `ready()`; False if stopped first."""
+        while not ready():
+            if not self.still_running():
+                return False
+            self.notify.poll(100)  # a weights_ready or credits message ends the wait at once
+        return True
+
     def run(self) -> int:
         obs, _ = self.envs.reset(seed=self.cfg.seed + 1000 * self.index)
         episode = {"return": np.zeros(self.cfg.envs_per_worker), "length": np.zeros(self.cfg.envs_per_worker, int)}
@@ -215,16 +262,25 @@ class InferenceWorker:
                 self.drain_notifications(timeout_ms=100)
                 self.maybe_swap()
             while self.running():
+                if not self.wait_until(lambda: not self.sync_share_sent()):  # sync: until the next version
+                    break
                 chunk = self.rollout(obs, episode)
                 if chunk is None:
                     break
                 fields, tensors, obs = chunk
+                if not self.wait_until(self.may_send):
+                    break
                 if not send_when_ready(self.out, self.encoder.encode("trajectory", fields, tensors),
                                        self.still_running, wake=self.notify):
                     break
                 self.chunks_sent += 1
+                version, sent = self.sent_of_version
+                self.sent_of_version = (version, sent + 1) if version == fields["policy_version"] \
+                    else (fields["policy_version"], 1)
                 self.drain_notifications()
         finally:
+            self.log.info("worker_stopped", steps=self.steps, samples=self.steps * self.cfg.envs_per_worker,
+                          chunks_sent=self.chunks_sent, version=self.version)
             self.ctx.destroy(linger=0)
             self.store.close()
             self.envs.close()
