@@ -94,7 +94,10 @@ def _summary(e: dict) -> str:
             *_parameters(e),
             f"Swap latency: median {_num(e['swap_latency_ms_median'], '.2f')} ms | "
             f"p99 {_num(e['swap_latency_ms_p99'], '.2f')} ms ({e['swaps']} swaps)",
-            f"Policy lag (versions): mean {e['policy_lag_mean']:.2f} | max {e['policy_lag_max']}",
+            f"Policy lag (versions): mean {e['policy_lag_mean']:.2f} | max {e['policy_lag_max']}"
+            + (f" (chunks older than {e['max_policy_lag']} dropped)" if e["mode"] == "async" else ""),
+            f"Samples: received {e['samples_received']:,} = trained on {e['samples_used']:,} + dropped as stale "
+            f"{e['samples_dropped_stale']:,}",
         ]
     )
 

@@ -238,11 +238,12 @@ def test_a_tcp_run_completes_with_every_socket_curve(tmp_path):
         assert not of(lines, "peer_refused"), name  # the run's own processes are all admitted
         opened[name] = sorted((o["socket"], o["side"], o["mechanism"], o["curve_server"])
                               for o in of(lines, "socket_opened"))
-    assert opened["trainer"] == [("masks", "bind", "CURVE", True), ("snapshots", "bind", "CURVE", True),
-                                 ("trajectories", "bind", "CURVE", True)]
+    assert opened["trainer"] == [("credits", "bind", "CURVE", True), ("masks", "bind", "CURVE", True),
+                                 ("snapshots", "bind", "CURVE", True), ("trajectories", "bind", "CURVE", True)]
     assert opened["compressor"] == [("masks", "connect", "CURVE", False), ("snapshots", "connect", "CURVE", False),
                                     ("weights", "bind", "CURVE", True)]
-    assert opened["worker-0"] == opened["worker-1"] == [("trajectories", "connect", "CURVE", False),
+    assert opened["worker-0"] == opened["worker-1"] == [("credits", "connect", "CURVE", False),
+                                                        ("trajectories", "connect", "CURVE", False),
                                                         ("weights", "connect", "CURVE", False)]
     assert stat.S_IMODE((run_dir / "keys").stat().st_mode) == 0o700
     assert_clean(run_dir)

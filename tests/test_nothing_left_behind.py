@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from protocol.endpoints import SOCKETS
 from protocol.store_layout import segment_name
 from tests.servicekit import (HOTPRUNE, alive, assert_clean, hotprune, logged, processes_mentioning,
                               resource_tracker, settings, socket_files, wait_for)
@@ -95,7 +96,7 @@ def test_clean_leaves_a_live_run_alone_and_cleans_after_it(tmp_path):
     run_dir = tmp_path / "runs" / run_id
     pids = started(proc, run_dir, wait_for_event="heartbeat")  # every socket bound, the segment mapped
     sockets = socket_files(run_dir)
-    assert len(sockets) == 4
+    assert len(sockets) == len(SOCKETS)
 
     cleaned = hotprune("clean", str(tmp_path / "runs"))
     assert cleaned.returncode == 0 and "removed" not in cleaned.stdout, cleaned.stdout
