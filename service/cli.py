@@ -139,6 +139,9 @@ def _main(argv: list[str]) -> int:
     _config_parser(sub, "init", "create a run directory for processes started by hand")
     show = _config_parser(sub.add_parser("config", help="the settings a run would use").add_subparsers(
         dest="action", required=True), "show", "print the resolved config: the config.toml a run would keep")
+    listing = sub.add_parser("presets", help="the tuned settings shipped per environment: a run of env_id uses "
+                             "its preset under your settings (preset = auto)")
+    listing.add_argument("name", nargs="?", help="print this preset's TOML")
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
     sub.add_parser("diagnose", help="check from a run's logs that pruning happened and persisted "
@@ -162,7 +165,8 @@ def _main(argv: list[str]) -> int:
     plots.add_argument("run_dirs", type=Path, nargs="+")
     plots.add_argument("--out", type=Path, help="default: report/ in the (first) run directory")
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
-    grid.add_argument("--experiment", required=True, help="basic | modes | methods | sparsity | schedules")
+    grid.add_argument("--experiment", required=True,
+                      help="basic | modes | methods | sparsity | schedules | presets (with --set env_id=...)")
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
@@ -176,6 +180,8 @@ def _main(argv: list[str]) -> int:
         command.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "config":  # settings only: no torch
         return _config_show(args)
+    if args.command == "presets":  # files only: no torch
+        return _presets(args.name)
     if args.command == "watch":  # logs only: no torch
         return _watch(args)
     announced = None  # `hotprune run`: its config, loaded and announced before torch loads
@@ -243,6 +249,22 @@ def _config_show(args: argparse.Namespace) -> int:
         print(to_toml(load_config(args.config, args.set)), end="")
     except ConfigError as exc:
         return _error("config show", exc)
+    return 0
+
+
+def _presets(name: str | None) -> int:
+    from service.config import presets
+
+    shipped = presets()
+    if name is not None:
+        if name not in shipped:
+            print(f"hotprune presets: no preset {name!r} (shipped: {', '.join(shipped)})", file=sys.stderr)
+            return 2
+        print(shipped[name].read_text(encoding="utf-8"), end="")
+        return 0
+    for preset, path in shipped.items():
+        about = path.read_text(encoding="utf-8").splitlines()[0].removeprefix("# ").split(": ", 1)[-1]
+        print(f"{preset:<16} {about}")
     return 0
 
 

@@ -125,6 +125,8 @@ class SupervisorConfig:
 class Config:
     env_id: str = setting("CartPole-v1", "any gymnasium id with a flat Box observation and Discrete or flat Box "
                                          "actions")
+    preset: str = setting("auto", "tuned settings under yours: auto: env_id's shipped preset, if any (hotprune "
+                                  "presets); none: the built-in defaults; or a preset's name")
     mode: str = setting("async", "async: training never waits for the compressor or the workers; sync: each epoch "
                                  "trains on data of the newest version only: every worker sends its share of "
                                  "the epoch, then pauses until the next version is in the store")
@@ -210,9 +212,47 @@ CHOICES = {
 }
 
 
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def presets() -> dict[str, Path]:
+    """The shipped presets by name (an env id): tuned settings per environment."""
+    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.toml"))}
+
+
+def _with_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (the file and the overrides) over its preset, as RL Zoo does: the env's tuned settings
+    unless a key is given. The run's length is one thing: given `epochs` or `total_steps`, the
+    preset's length does not apply. `preset` is resolved to a name or "none"."""
+    name = data.get("preset", "auto")
+    if not isinstance(name, str):
+        raise ConfigError(f"preset must be a string (auto, none or a preset's name), got {name!r}")
+    shipped = presets()
+    if name == "auto":
+        name = data.get("env_id", Config.env_id)
+        name = name if isinstance(name, str) and name in shipped else "none"  # a bad env_id: refused later
+    if name == "none":
+        return {**data, "preset": "none"}
+    if name not in shipped:
+        raise ConfigError(f"unknown preset {name!r} (shipped: {', '.join(shipped)}; or auto, none)")
+    base = tomllib.loads(shipped[name].read_text(encoding="utf-8"))
+    if data.get("env_id", base["env_id"]) != base["env_id"]:
+        raise ConfigError(f"preset {name} is for {base['env_id']}, not env_id {data['env_id']}")
+    if "epochs" in data or "total_steps" in data:
+        base = {k: v for k, v in base.items() if k not in ("epochs", "total_steps")}
+    return {**_merged(base, data), "preset": name}
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the TOML file, then `key=value` overrides; resolved (the epochs total_steps gives, a
-    fresh run_id when none is named) and validated."""
+    """Defaults, then env_id's preset, then the TOML file, then `key=value` overrides; resolved (the
+    epochs total_steps gives, a fresh run_id when none is named) and validated."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -236,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
         node[leaf] = value
-    config = _build(Config, data, "")
+    config = _build(Config, _with_preset(data), "")
     config.epochs = config.total_epochs
     if not config.run_id:
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)

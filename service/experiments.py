@@ -69,6 +69,8 @@ EXPERIMENTS: dict[str, list[Variant]] = {
     ] + [_v("dense", "pruning.method=none")],
     "sparsity": [_v(f"s{round(s * 100)}", f"pruning.target_sparsity={s}") for s in (0.5, 0.8, 0.9, 0.95, 0.98)]
     + [_v("dense", "pruning.method=none")],
+    # an environment's preset (--set env_id=...): dense against both pruned at 90%
+    "presets": [_v("dense", "pruning.method=none"), _v("both_pruned_90", "pruning.target_sparsity=0.9")],
     "schedules": [
         _v("constant_90", "pruning.target_sparsity=0.9"),
         _v("cubic_90", "pruning.target_sparsity=0.9", "pruning.schedule=cubic", "pruning.every=2"),

@@ -19,6 +19,7 @@ HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
 
 # Small enough for a few seconds per run on two cores, big enough to exercise every path.
 SMALL = [
+    "preset=none",  # the built-in defaults, whatever the env's preset says
     "samples_per_epoch=512",
     "chunk_steps=32",
     "envs_per_worker=4",

@@ -53,7 +53,7 @@ def test_config_show_prints_what_the_run_would_keep_and_it_loads_back(capsys, tm
     assert out == to_toml(expected)
     (tmp_path / "shown.toml").write_text(out)
     again = load_config(tmp_path / "shown.toml")
-    assert again.epochs == 5 and again.ppo.hidden_sizes == [32, 16]
+    assert again.epochs == 40 and again.ppo.hidden_sizes == [32, 16]  # 10,000 steps of 256 (the preset)
     again.run_id = expected.run_id  # a fresh one each time
     assert again == expected
 
@@ -100,6 +100,7 @@ def test_version_comes_from_the_package_metadata(capsys):
     (["--version"], ("torch", "zmq", "numpy")),
     (["run", "--help"], ("torch", "zmq")),  # the settings come from service.config, which needs numpy
     (["config", "show"], ("torch", "zmq")),
+    (["presets"], ("torch", "zmq")),
     (["compressor", "--help"], ("torch",)),  # it prunes numpy arrays: start-up is one torch import less
 ])
 def test_the_cli_answers_without_importing_torch(argv, absent):

@@ -1,10 +1,12 @@
 import dataclasses
 import math
+import re
+import tomllib
 
 import pytest
 
 from service import rundir
-from service.config import Config, ConfigError, load_config, to_toml
+from service.config import Config, ConfigError, load_config, presets, to_toml
 from service.envs import env_spec
 
 
@@ -58,8 +60,9 @@ schedule = "cubic"
     assert (c.env_id, c.mode, c.num_workers) == ("Pendulum-v1", "sync", 3)
     assert c.ppo.learning_rate == 1e-3 and c.ppo.hidden_sizes == [32, 16]
     assert c.pruning.target_sparsity == 0.5 and c.pruning.schedule == "cubic"
-    # untouched keys keep their defaults
-    assert c.ppo.gamma == 0.99 and c.pruning.method == "magnitude" and c.seed == 1
+    # untouched keys come from the env's preset, then the defaults
+    assert c.preset == "Pendulum-v1" and c.ppo.gamma == 0.9
+    assert c.pruning.method == "magnitude" and c.seed == 1
 
 
 def test_set_overrides_win_over_file(tmp_path):
@@ -154,7 +157,7 @@ def test_wrong_type_in_file_names_the_key(tmp_path):
     ("pruning.method=foo", "pruning.method"),
     ("pruning.scope=row", "pruning.scope"),
     ("transport.kind=udp", "transport.kind"),
-    ("samples_per_epoch=255", "samples_per_epoch"),  # one chunk is 64 steps x 4 envs = 256
+    ("samples_per_epoch=127", "samples_per_epoch"),  # one chunk is 32 steps x 4 envs = 128 (CartPole's preset)
     ("ppo.minibatches=1025", "ppo.minibatches"),  # 2048 samples: a minibatch of one has no std
     ("run_id=..", "run_id"),  # would make the run directory runs_dir itself
     ("run_id=.hidden", "run_id"),
@@ -207,10 +210,10 @@ def test_gradient_batch_size_may_name_the_ppo_minibatch_size():
 
 
 def test_samples_per_epoch_of_exactly_one_chunk_is_accepted():
-    c = load_config(overrides=["samples_per_epoch=256"])
+    c = load_config(overrides=["preset=none", "samples_per_epoch=256"])
     assert c.samples_per_epoch == c.chunk_samples == 256
     with pytest.raises(ConfigError, match="samples_per_epoch"):
-        load_config(overrides=["samples_per_epoch=256", "envs_per_worker=5"])
+        load_config(overrides=["preset=none", "samples_per_epoch=256", "envs_per_worker=5"])
 
 
 def test_error_message_names_value_and_allowed_choices():
@@ -282,18 +285,18 @@ def test_the_config_of_a_saved_run_starts_a_new_run(tmp_path):
 
 
 def test_a_run_s_config_records_the_epochs_total_steps_gave():
-    c = load_config(overrides=["total_steps=10000", "epochs=150"])
+    c = load_config(overrides=["preset=none", "total_steps=10000", "epochs=150"])
     assert c.epochs == c.total_epochs == 5
     assert "\nepochs = 5\n" in to_toml(c) and "\ntotal_steps = 10000\n" in to_toml(c)
 
 
 def test_total_steps_sets_total_epochs():
-    default = load_config()
+    default = load_config(overrides=["preset=none"])
     assert default.total_steps == 0 and default.total_epochs == default.epochs
-    assert load_config(overrides=["epochs=7"]).total_epochs == 7
+    assert load_config(overrides=["epochs=7"]).total_epochs == 7  # a length given: not the preset's
     c = load_config(overrides=["total_steps=10000", "samples_per_epoch=2048"])
     assert c.total_epochs == math.ceil(10000 / 2048) == 5
-    assert load_config(overrides=["total_steps=4096"]).total_epochs == 2  # exact multiple: no extra epoch
+    assert load_config(overrides=["preset=none", "total_steps=4096"]).total_epochs == 2  # exact multiple
     assert load_config(overrides=["total_steps=1", "epochs=50"]).total_epochs == 1
 
 
@@ -308,3 +311,53 @@ def test_env_spec_discrete_and_continuous():
 def test_env_spec_unknown_id():
     with pytest.raises(ConfigError, match="NoSuchEnv-v0"):
         env_spec("NoSuchEnv-v0")
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(presets()))
+def test_every_shipped_preset_is_a_valid_config_of_its_env(name):
+    c = load_config(overrides=[f"env_id={name}"])
+    assert c.preset == name and c.env_id == name
+    shipped = tomllib.loads(presets()[name].read_text())
+    assert c.total_steps == shipped["total_steps"] and c.samples_per_epoch == shipped["samples_per_epoch"]
+    assert dataclasses.asdict(c.ppo).items() >= shipped["ppo"].items()
+    assert presets()[name].read_text().startswith(f"# {name}: ")  # `hotprune presets` shows that line
+
+
+def test_the_default_run_uses_cartpole_s_preset_under_the_user_s_settings(tmp_path):
+    c = load_config()
+    assert (c.preset, c.samples_per_epoch, c.ppo.update_epochs, c.ppo.gamma) == ("CartPole-v1", 256, 20, 0.98)
+    path = tmp_path / "my.toml"
+    path.write_text("[ppo]\ngamma = 0.95\n")
+    c = load_config(path, ["ppo.update_epochs=4"])
+    assert (c.ppo.gamma, c.ppo.update_epochs, c.ppo.gae_lambda) == (0.95, 4, 0.8)  # file, --set, preset
+    plain = load_config(overrides=["preset=none"])
+    assert (plain.preset, plain.samples_per_epoch, plain.ppo.gamma) == ("none", 2048, 0.99)
+    assert load_config(overrides=["env_id=MountainCar-v0"]).preset == "none"  # no preset shipped: the defaults
+
+
+def test_a_length_given_replaces_the_preset_s():
+    assert load_config(overrides=["epochs=10"]).total_epochs == 10
+    assert load_config(overrides=["total_steps=2560"]).total_epochs == 10
+    assert load_config().total_epochs == math.ceil(100_000 / 256)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["preset=Pendulum-v2"], "unknown preset 'Pendulum-v2'"),
+    (["preset=Pendulum-v1", "env_id=CartPole-v1"], "preset Pendulum-v1 is for Pendulum-v1, not env_id CartPole-v1"),
+    (["preset=3"], "preset must be a string"),
+    (["env_id.x=1"], "env_id"),
+])
+def test_bad_presets_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(overrides=overrides)
+
+
+def test_a_saved_run_s_config_keeps_its_preset_s_values(tmp_path):
+    c = load_config(overrides=["env_id=Pendulum-v1", "ppo.gamma=0.95"])
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(c))
+    again = load_config(path)
+    assert dataclasses.replace(again, run_id=c.run_id) == c
