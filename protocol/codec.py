@@ -59,6 +59,9 @@ KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "control": {"command": str},
 }
 GRAD_PREFIX = "grad:"  # a snapshot's gradient statistics travel as tensors named grad:<weight name>
+# teacher-student mode: observations of the trainer's last epoch (float32 [rows, obs_dim], 0 rows
+# before any), which the compressor distils the student on
+DISTILL_OBS = "distill:obs"
 
 ENVELOPE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "proto": int,

@@ -1,8 +1,9 @@
 """End to end on CartPole-v1: wall clock and env steps until the mean return of the last 20 episodes
 reaches 475, and samples/s, for SB3 PPO with RL Zoo's CartPole settings, hotprune dense and hotprune
-both-pruned at 90%. Each is its own process, timed from its start (imports included); start-up (to
-the first PPO update for hotprune, to the first env step for SB3) is reported separately. Systems
-alternate per seed (A B C A B C); one torch thread per process.
+both-pruned at 90%, both with hotprune's CartPole-v1 preset (RL Zoo's settings too). Each is its own
+process, timed from its start (imports included); start-up (to the first PPO update for hotprune, to
+the first env step for SB3) is reported separately. Systems alternate per seed (A B C A B C); one
+torch thread per process.
 
     .venv/bin/python scripts/bench_e2e.py [--quick]     (needs the bench extra: stable-baselines3)
 """
@@ -82,9 +83,9 @@ def stamp(event: dict) -> float:
     return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
 
 
-def hotprune(variant: str, seed: int, epochs: int, runs_dir: str) -> dict:
+def hotprune(variant: str, seed: int, total_steps: int, runs_dir: str) -> dict:
     run_id = f"e2e-{variant.split()[-1].rstrip('%')}-{seed}-{time.time_ns() % 10**6}"
-    sets = [f'runs_dir="{runs_dir}"', f"run_id={run_id}", f"seed={seed}", f"epochs={epochs}",
+    sets = [f'runs_dir="{runs_dir}"', f"run_id={run_id}", f"seed={seed}", f"total_steps={total_steps}",
             *HOTPRUNE_VARIANTS[variant]]
     t0 = time.time()
     done = subprocess.run([HOTPRUNE, "run", *[a for s in sets for a in ("--set", s)]], capture_output=True,
@@ -113,7 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed")
     parser.add_argument("--seeds", type=int, nargs="*", default=None)
-    parser.add_argument("--epochs", type=int, default=80, help="hotprune epochs of 2048 samples (enough for 475)")
+    parser.add_argument("--total-steps", type=int, default=100_000, help="each run's length in env steps (RL Zoo's "
+                        "n_timesteps for CartPole-v1)")
     args = parser.parse_args()
     seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
     benchkit.one_thread()
@@ -123,8 +125,8 @@ def main() -> None:
         for i, seed in enumerate(seeds):
             order = list(rows)[i % 3:] + list(rows)[: i % 3]
             for name in order:
-                got = sb3(seed, args.epochs * 2048) if name.startswith("sb3") else \
-                    hotprune(name, seed, args.epochs, tmp)
+                got = sb3(seed, args.total_steps) if name.startswith("sb3") else \
+                    hotprune(name, seed, args.total_steps, tmp)
                 rows[name].append({"seed": seed, **got})
                 print(f"seed {seed} {name}: {got}", flush=True)
     meta = {"start": start, "end": benchkit.machine(), "seeds": seeds, "command": " ".join(sys.argv)}

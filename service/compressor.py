@@ -25,7 +25,7 @@ import time
 import numpy as np
 import zmq
 
-from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
+from protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from service import artifacts, eventlog
 from service.actor_spec import actor_spec
 from service.config import Config
@@ -63,6 +63,12 @@ class Compressor:
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
         grads = self.pruner.grad_names if self.pruner else []
         self.snapshot_spec = {**self.weight_spec, **{GRAD_PREFIX + n: self.weight_spec[n] for n in grads}}
+        self.obs_dim = spec.obs_dim
+        self.distiller = None
+        if cfg.distills:  # teacher-student: the one use of torch in the compressor, imported only then
+            from service.distill import Distiller
+
+            self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr)
         steps, warnings = plan(cfg)
         self.schedule = Schedule(steps)
         self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,
@@ -137,7 +143,7 @@ class Compressor:
                 if msg.kind == "control":
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
-                check_tensors(msg.tensors, self.snapshot_spec)
+                check_tensors(msg.tensors, self._expected_tensors(msg.tensors))
                 self._check_fields(msg.fields)
             except MessageRejected as exc:
                 self.log.warning("message_rejected", reason=exc.reason, expected="snapshot")
@@ -151,6 +157,17 @@ class Compressor:
             self.log.info("snapshot_dropped", version=version, newer=newest.fields["version"])
         self.dropped += len(dropped)
         return newest
+
+    def _expected_tensors(self, tensors: dict[str, np.ndarray]) -> dict:
+        """The snapshot's tensor table; in teacher-student mode with observations of up to
+        `distill_samples` rows (none before the trainer's first epoch), each within +-input_bound."""
+        if self.distiller is None:
+            return self.snapshot_spec
+        obs, most = tensors.get(DISTILL_OBS), self.cfg.pruning.distill_samples
+        rows = obs.shape[0] if obs is not None and obs.ndim == 2 and obs.shape[0] <= most else most
+        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.ppo.input_bound:
+            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.ppo.input_bound:g}")
+        return {**self.snapshot_spec, DISTILL_OBS: ("float32", (rows, self.obs_dim))}
 
     def _check_fields(self, f: dict) -> None:
         """A snapshot's fields drive the schedule: an epoch past the run's end or going backwards
@@ -195,7 +212,11 @@ class Compressor:
             time.sleep(p.delay_s)
         due = self.schedule.due(epoch) if self.pruner else None
         outcome = self._compress(msg, weights, *due) if due is not None else None
-        out = apply_masks(weights, self.masks)
+        policy = weights
+        if self.distiller is not None and self.masks is not None:
+            policy, record = self.distiller.distil(weights, self.masks, msg.tensors[DISTILL_OBS])
+            self.log.info("distill_finished", version=version, epoch=epoch, **record)
+        out = apply_masks(policy, self.masks)
         structure_changed = self.store.changes_structure(out)
         achieved = sparsity(out, self.weight_spec, self.sparsity_names)
         stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)

@@ -91,6 +91,12 @@ class PruningConfig:
     gradient_batch_size: int = setting(0, "samples in each such minibatch: 0 or PPO's minibatch size")
     delay_s: float = setting(0.0, "testing: the compressor sleeps this long per snapshot, to try the service under "
                                   "a slow compressor")
+    distill_steps: int = setting(32, "teacher-student: Adam steps per version that bring the pruned student the "
+                                     "workers run to the dense teacher (KL, mask fixed); 0: the student is the "
+                                     "teacher masked, untrained")
+    distill_lr: float = setting(1e-3, "teacher-student: the student's Adam step size")
+    distill_samples: int = setting(1024, "teacher-student: observations of its last epoch the trainer ships with "
+                                         "each snapshot for distilling")
 
 
 @dataclass
@@ -195,6 +201,12 @@ class Config:
         """This run's socket endpoints (ValueError if the transport settings cannot work here)."""
         t = self.transport
         return endpoints(self.run_dir, t.kind, t.host, t.base_port)
+
+    @property
+    def distills(self) -> bool:
+        """Teacher-student mode with a pruning method and distillation steps: the compressor trains
+        the student the workers run (service.distill)."""
+        return not self.prune_training_model and self.pruning.method != "none" and self.pruning.distill_steps > 0
 
     @property
     def pruning_end_epoch(self) -> int:
@@ -414,6 +426,9 @@ def validate(c: Config) -> None:
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
          f"must be 0 or PPO's minibatch size {minibatch} (g comes from the trainer's own minibatches)")
     need(q.delay_s >= 0, "pruning.delay_s", "must be >= 0")
+    need(q.distill_steps >= 0, "pruning.distill_steps", "must be >= 0")
+    need(q.distill_lr > 0, "pruning.distill_lr", "must be > 0")
+    need(q.distill_samples >= 1, "pruning.distill_samples", "must be >= 1")
     t = c.transport
     last_base = 65536 - len(SOCKETS)  # the run's sockets take consecutive ports from base_port
     need(1024 <= t.base_port <= last_base, "transport.base_port", f"must be in [1024, {last_base}]")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import zmq
 
-from protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
+from protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
 from service import artifacts, checkpoints, eventlog, metrics, ppo
 from service.config import Config
@@ -152,6 +152,9 @@ class Trainer:
         self.trainer_id = time.time_ns()  # this trainer process, for the workers' credits
         self.taken = [[0, 0] for _ in range(cfg.num_workers)]  # per worker: [its process's start, chunks taken]
         self.credits_sent_at = 0.0
+        # teacher-student: observations of the last epoch, shipped for the compressor to distil on
+        self.distill_obs = np.zeros((0, self.spec.obs_dim), np.float32) if cfg.distills else None
+        self.obs_rng = np.random.default_rng(cfg.seed)
         self.trainer_start = 0  # how many trainers ran this run before this one (resumes)
         self.epoch_ceiling = 0  # the newest epoch any trainer of this run may have published
         self.resumed = resume and self.restore()
@@ -346,6 +349,8 @@ class Trainer:
         weights = actor_arrays(self.actor)
         grads = self.grad_stats.mean() if self.grad_stats else {}
         tensors = {**weights, **{GRAD_PREFIX + n: g for n, g in grads.items()}}
+        if self.distill_obs is not None:
+            tensors[DISTILL_OBS] = self.distill_obs
         fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity,
                   "masks_version": self.applied_masks_version, "trainer_start": self.trainer_start}
         scheduled = self.schedule.is_step(epoch)
@@ -429,6 +434,10 @@ class Trainer:
             if c.ppo.anneal_lr:
                 self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / epochs)
             batch = ppo.Batch.stack(chunks)
+            if self.distill_obs is not None:
+                seen = batch.obs[:-1].reshape(-1, self.spec.obs_dim)
+                rows = self.obs_rng.choice(len(seen), min(len(seen), c.pruning.distill_samples), replace=False)
+                self.distill_obs = np.ascontiguousarray(seen[np.sort(rows)])
             losses = ppo.update(self.actor, self.critic, self.optimizer, batch, c.ppo, self.generator, self.hooks)
             if losses["skipped_steps"]:
                 self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],

@@ -1,0 +1,86 @@
+"""Teacher-student distillation: the student follows the teacher, its mask held fixed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from service import artifacts
+from service.distill import Distiller
+from service.envs import env_spec
+from service.policy import actor_arrays, expected_spec, make_actor
+from service.pruning import Masks, Pruner
+from tests.servicekit import assert_clean, hotprune, logged, settings
+
+
+def _setup(env_id: str, structure: str = "weight", sparsity: float = 0.8):
+    torch.manual_seed(0)
+    spec = env_spec(env_id)
+    teacher = actor_arrays(make_actor(spec, [32, 32]))
+    rng = np.random.default_rng(0)
+    teacher = {n: (w + 0.3 * rng.standard_normal(w.shape)).astype(np.float32) for n, w in teacher.items()}
+    pruner = Pruner(expected_spec(make_actor(spec, [32, 32])), method="magnitude", structure=structure,
+                    scope="layer" if structure == "neuron" else "global")
+    masks = pruner.compute(teacher, sparsity)
+    obs = rng.standard_normal((256, spec.obs_dim)).astype(np.float32)
+    return spec, teacher, masks, obs
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.parametrize("structure", ["weight", "neuron"])
+def test_distilling_brings_the_student_to_the_teacher_and_keeps_its_mask(env_id, structure):
+    spec, teacher, masks, obs = _setup(env_id, structure)
+    distiller = Distiller(spec.discrete, steps=50, lr=1e-2)
+    student, record = distiller.distil(teacher, masks, obs)
+    assert record["steps"] == 50 and record["samples"] == 256
+    assert record["kl_after"] < 0.5 * record["kl_before"], record
+    for name, keep in masks.elements.items():
+        assert not np.any(student[name][~keep]), name  # pruned entries exactly zero
+        assert not np.signbit(student[name][~keep]).any()  # +0.0, not -0.0
+    assert {n: w.shape for n, w in student.items()} == {n: w.shape for n, w in teacher.items()}
+    # the next version starts from this student: closer already
+    again, second = distiller.distil(teacher, masks, obs)
+    assert second["kl_before"] == pytest.approx(record["kl_after"], rel=1e-4)
+
+
+def test_a_new_mask_restarts_the_student_from_itself_masked_further():
+    spec, teacher, masks, obs = _setup("CartPole-v1", sparsity=0.5)
+    distiller = Distiller(spec.discrete, steps=20, lr=1e-2)
+    student, _ = distiller.distil(teacher, masks, obs)
+    pruner = Pruner(expected_spec(make_actor(spec, [32, 32])), method="magnitude")
+    tighter = pruner.compute(teacher, 0.9, previous=masks)
+    student2, _ = distiller.distil(teacher, tighter, obs)
+    for name, keep in tighter.elements.items():
+        assert not np.any(student2[name][~keep])
+
+
+def test_without_observations_the_student_is_kept_as_it_is():
+    spec, teacher, masks, obs = _setup("CartPole-v1")
+    distiller = Distiller(spec.discrete, steps=20, lr=1e-2)
+    student, record = distiller.distil(teacher, masks, obs[:0])
+    assert (record["steps"], record["kl_before"], record["kl_after"]) == (0, None, None)
+    masked = {n: w * masks.elements[n] if n in masks.elements else w for n, w in teacher.items()}
+    assert all(np.array_equal(student[n], masked[n]) for n in teacher)
+    assert isinstance(masks, Masks)
+
+
+@pytest.mark.slow
+def test_a_teacher_student_run_distils_the_student_the_workers_run(tmp_path):
+    result = hotprune("run", "--quiet", *settings(tmp_path, "ts", "prune_training_model=false", "epochs=8"))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "ts"
+    first = logged(run_dir, "compressor", "compression_finished")[0]["version"]
+    distilled = logged(run_dir, "compressor", "distill_finished")
+    assert distilled and distilled[0]["version"] == first  # from the first compression on, every version
+    assert [d["version"] for d in distilled] == sorted({d["version"] for d in distilled})
+    trained = [d for d in distilled if d["steps"]]
+    assert trained and all(d["steps"] == 32 and d["kl_after"] < d["kl_before"] for d in trained)
+    # what the workers ran and what the run keeps is the student: pruned, exactly
+    policy, _ = artifacts.load(run_dir / artifacts.POLICY)
+    masks, _ = artifacts.load(run_dir / artifacts.MASKS)
+    assert all(not np.any(policy[n][~keep]) for n, keep in masks.items())
+    summary = logged(run_dir, "trainer", "summary")[-1]
+    assert summary["final_training_sparsity"] == 0
+    assert summary["final_inference_sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert_clean(run_dir)
