@@ -27,6 +27,7 @@ class NumpyActor:
 
     def __init__(self, tensors: Mapping[str, np.ndarray], spec: EnvSpec, rng: np.random.Generator):
         self.layers = checked_layers(tensors, spec)
+        self.tensors = tensors  # what it runs on, by name
         self.discrete, self.rng = spec.discrete, rng
         if not spec.discrete:
             self.log_std = tensors["log_std"]
