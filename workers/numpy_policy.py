@@ -26,7 +26,7 @@ class NumpyActor:
     already its own copy). Any layer sizes: a neuron-pruned policy comes as smaller matrices."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], spec: EnvSpec, rng: np.random.Generator):
-        self.layers = checked_layers(tensors, spec)
+        self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec)]
         self.tensors = tensors  # what it runs on, by name
         self.discrete, self.rng = spec.discrete, rng
         if not spec.discrete:
@@ -47,12 +47,14 @@ class NumpyActor:
         return self.log_prob_of(self.forward(obs), actions)
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
-        """The MLP's output: logits (discrete) or the Gaussian's mean (continuous)."""
-        h = np.asarray(obs, np.float32)
+        """The MLP's output, a row per observation: logits (discrete) or the Gaussian's mean (continuous)."""
+        # The batch as columns, weight @ h: at [1024, 1024] and batch 4 numpy's OpenBLAS (one thread)
+        # takes half the time of h @ weight.T (scripts/bench_inference.py), about 1.5 µs more on tiny layers.
+        h = np.asarray(obs, np.float32).T
         for weight, bias in self.layers[:-1]:
-            h = np.tanh(h @ weight.T + bias)
+            h = np.tanh(weight @ h + bias)
         weight, bias = self.layers[-1]
-        return h @ weight.T + bias
+        return (weight @ h + bias).T
 
     def log_prob_of(self, out: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """log pi(actions) under the distribution the MLP's output `out` makes."""
