@@ -201,10 +201,12 @@ def main() -> None:
     start = benchkit.machine()
     steps = [measure_steps(w, b, rounds, 200 // scale) for b in (1, DEFAULTS.envs_per_worker) for w in WIDTHS]
     with tempfile.TemporaryDirectory(prefix="hb-inference-", dir="/tmp") as tmp:
-        rollout = measure_rollouts(rounds, 8 // scale, tmp)
-    meta = {"start": start, "end": benchkit.machine(), "rounds": rounds, "command": " ".join(sys.argv)}
+        rollout = measure_rollouts(4 * rounds, 2, tmp)  # short blocks: a burst of load spreads over the systems
+    meta = {"start": start, "end": benchkit.machine(), "rounds": rounds, "rollout_rounds": 4 * rounds,
+            "command": " ".join(sys.argv)}
     lines = ["# Worker inference: numpy vs torch, dense vs pruned", "",
-             f"`{meta['command']}`; {rounds} alternating rounds after one warm-up, every call timed on its own; "
+             f"`{meta['command']}`; {rounds} alternating rounds after one warm-up (rollout: {4 * rounds} of 2 chunks "
+             "each), every call timed on its own; "
              f"1 thread per runtime; load average {start['loadavg']} at the start, {meta['end']['loadavg']} at the "
              f"end ({start['cpus']} cores, numpy {start['numpy']}, torch {start['torch']}).", "",
              "## Policy step", "",
