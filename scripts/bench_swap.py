@@ -2,7 +2,8 @@
 and taken its next step, for hotprune and the ways a user would otherwise ship weights to workers.
 
 Systems (each worker is a forked process stepping a CartPole vector env of 4 with the actor, one
-torch thread, checking for new weights between steps, as a hotprune worker does):
+torch thread, checking for new weights between steps, as a hotprune worker does; the hotprune
+systems' workers run its numpy actor, the others the torch Actor):
   floor        one memcpy into shared memory + one 8-byte ZeroMQ notification; the worker copies the
                shared weights into its actor when notified. No consistency protocol: a lower bound
                on the writer's side (the issue's floor); the worker waits on ZeroMQ's I/O thread.
@@ -64,6 +65,7 @@ from protocol.store_layout import segment_name  # noqa: E402
 from service.rundir import store_slot_size  # noqa: E402
 from service.weight_store import WeightStore  # noqa: E402
 from workers.inference_worker import InferenceWorker  # noqa: E402
+from workers.numpy_policy import NumpyActor  # noqa: E402
 
 SIZES = {"10K": [96, 96], "1M": [1024, 1024], "10M": [3162, 3162]}
 SYSTEMS = ("floor", "floor_shm", "hotprune", "via_compressor", "via_compressor_every", "mp_queue", "sample_factory",
@@ -77,9 +79,9 @@ def weights_of(base: dict[str, np.ndarray], version: int) -> dict[str, np.ndarra
     return {n: b + np.float32(version) for n, b in base.items()}
 
 
-def torn(actor: torch.nn.Module, base: dict[str, np.ndarray]) -> bool:
+def torn(actor: torch.nn.Module | NumpyActor, base: dict[str, np.ndarray]) -> bool:
     """True if the actor's weights are not one whole version."""
-    state = {n: t.numpy() for n, t in actor.state_dict().items()}
+    state = actor.tensors if isinstance(actor, NumpyActor) else {n: t.numpy() for n, t in actor.state_dict().items()}
     first = next(iter(state))
     version = int(round(float(state[first].flat[0] - base[first].flat[0])))
     return any(not np.array_equal(state[n], w) for n, w in weights_of(base, version).items())
@@ -302,10 +304,12 @@ def worker_main(system, index, hidden, base, conn, stop, check_torn):
     conn.send(("ready", index))
     while not stop.is_set():
         version, actor = swap()
-        with torch.no_grad():
-            dist = actor.distribution(torch.from_numpy(np.asarray(obs, np.float32)))
-            action = dist.sample()
-        obs, *_ = envs.step(action.numpy())
+        if isinstance(actor, NumpyActor):  # a hotprune worker's
+            action, _ = actor.act(obs)
+        else:
+            with torch.no_grad():
+                action = actor.distribution(torch.from_numpy(np.asarray(obs, np.float32))).sample().numpy()
+        obs, *_ = envs.step(action)
         if version is not None:
             stepped = time.monotonic_ns()
             conn.send((version, stepped, torn(actor, base) if check_torn else None))

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def one_thread() -> None:
-    """Each process computes on one core, as hotprune's processes do."""
+    """Each process computes on one core, as hotprune's processes do: torch, and numpy's BLAS (the workers')."""
     torch.set_num_threads(1)
+    threadpool_limits(1, "blas")
 
 
 def machine() -> dict:

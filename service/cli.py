@@ -34,10 +34,10 @@ PROCESSES = {
     "compressor": "service.compressor",
     "worker": "workers.inference_worker",
 }
-# The commands that run a model. The others (the supervisor and the compressor above all: every process
-# of a run starts at once, and each torch import is over a second of CPU) never load torch, so they
-# need no thread setting.
-TORCH_COMMANDS = {"trainer", "worker", "eval", "export", "experiments", "report"}
+# The commands that run a torch model. The others (the supervisor, the compressor and the workers above
+# all: every process of a run starts at once, and each torch import is over a second of CPU) never load
+# torch, so they need no thread setting (a worker limits its numpy to one thread itself).
+TORCH_COMMANDS = {"trainer", "eval", "export", "experiments", "report"}
 
 
 # The keys people type most, as options of their own.

@@ -102,6 +102,7 @@ def test_version_comes_from_the_package_metadata(capsys):
     (["config", "show"], ("torch", "zmq")),
     (["presets"], ("torch", "zmq")),
     (["compressor", "--help"], ("torch",)),  # it prunes numpy arrays: start-up is one torch import less
+    (["worker", "--help"], ("torch",)),  # it runs the actor in numpy (workers/numpy_policy.py)
 ])
 def test_the_cli_answers_without_importing_torch(argv, absent):
     """What makes `hotprune --help` take 0.1 s rather than 2 (measured in the README, not here)."""

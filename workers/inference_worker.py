@@ -11,6 +11,9 @@ it has taken, so the policy lag stays bounded in versions whatever the chunk and
 sync mode it sends that share of each version, then pauses until the next version is in the store:
 no env step is thrown away.
 
+The policy runs in numpy (`workers.numpy_policy`), on one BLAS thread: the worker never imports torch,
+which would cost it over a second of CPU at start-up, when every process of the run starts at once.
+
 Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m workers.inference_worker ...`.
 """
 
@@ -20,19 +23,20 @@ import sys
 import time
 
 import numpy as np
-import torch
 import zmq
+from threadpoolctl import threadpool_limits
 
 from protocol.codec import Encoder, MessageRejected, decode
 from service import eventlog
+from service.actor_spec import actor_spec
 from service.config import Config, ConfigError
 from service.envs import clip_actions, env_spec, make_vector_env
-from service.policy import actor_from_tensors, expected_spec, make_actor
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
 from service.pruning import prunable_names, sparsity_of_counts
 from service.transport_security import SocketSecurity
 from protocol.store_layout import segment_name
 from service.weight_store import StoreError, WeightStore
+from workers.numpy_policy import NumpyActor
 
 
 READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
@@ -47,11 +51,12 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
-        self.dense_spec = expected_spec(make_actor(self.spec, cfg.ppo.hidden_sizes))
+        self.dense_spec = actor_spec(self.spec, cfg.ppo.hidden_sizes)
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
         self.store = self.attach_store()
-        torch.manual_seed(cfg.seed + 1000 * (index + 1))
+        self.rng = np.random.default_rng(cfg.seed + 1000 * (index + 1))  # the actions' samples, across swaps
+        threadpool_limits(1, "blas")  # as every process of a run: one core each (OpenBLAS would take them all)
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
@@ -109,12 +114,9 @@ class InferenceWorker:
             return
         header, tensors = got
         structure_changed = header.structure_id != self.structure_id
-        try:
-            if self.actor is None or structure_changed:
-                self.actor = actor_from_tensors(tensors, self.spec.discrete)
-            else:  # same names, dtypes, shapes: the actor runs on this read's own (fresh) copy, not a copy of it
-                self.actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, assign=True)
-        except (KeyError, IndexError, ValueError, RuntimeError) as exc:  # not an actor: keep the last good one
+        try:  # the actor runs on this read's own (fresh) copy, not a copy of it
+            self.actor = NumpyActor(tensors, self.spec, self.rng)
+        except ValueError as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
                              version=self.version)
             self.rejected_version = header.version  # not retried at every step
@@ -196,11 +198,7 @@ class InferenceWorker:
             self.steps += 1
             first = first or (self.version, self.sparsity, self.nonzero_params)
             obs_buf[t] = obs
-            with torch.no_grad():
-                dist = self.actor.distribution(torch.from_numpy(obs_buf[t]))
-                action = dist.sample()
-                logp_buf[t] = self.actor.log_prob(dist, action).numpy()
-            act_buf[t] = action.numpy()
+            act_buf[t], logp_buf[t] = self.actor.act(obs_buf[t])
             obs, reward, terminated, truncated, info = self.envs.step(clip_actions(self.spec, act_buf[t]))
             rew_buf[t], term_buf[t], trunc_buf[t] = reward, terminated, truncated
             episode["return"] += reward
