@@ -166,7 +166,8 @@ def _main(argv: list[str]) -> int:
     plots.add_argument("--out", type=Path, help="default: report/ in the (first) run directory")
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
     grid.add_argument("--experiment", required=True,
-                      help="basic | modes | methods | sparsity | schedules | presets (with --set env_id=...)")
+                      help="basic | modes | methods | sparsity | schedules | teacher_student | presets "
+                           "(with --set env_id=...)")
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")

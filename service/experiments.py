@@ -69,6 +69,15 @@ EXPERIMENTS: dict[str, list[Variant]] = {
     ] + [_v("dense", "pruning.method=none")],
     "sparsity": [_v(f"s{round(s * 100)}", f"pruning.target_sparsity={s}") for s in (0.5, 0.8, 0.9, 0.95, 0.98)]
     + [_v("dense", "pruning.method=none")],
+    # teacher-student (the student distilled, or not) against both pruned, and async against sync
+    "teacher_student": [
+        _v("both_pruned_90", "pruning.target_sparsity=0.9"),
+        _v("teacher_student_80", "prune_training_model=false"),
+        _v("teacher_student_90", "prune_training_model=false", "pruning.target_sparsity=0.9"),
+        _v("teacher_student_90_undistilled", "prune_training_model=false", "pruning.target_sparsity=0.9",
+           "pruning.distill_steps=0"),
+        _v("sync_both_pruned_90", "mode=sync", "pruning.target_sparsity=0.9"),
+    ],
     # an environment's preset (--set env_id=...): dense against both pruned at 90%
     "presets": [_v("dense", "pruning.method=none"), _v("both_pruned_90", "pruning.target_sparsity=0.9")],
     "schedules": [

@@ -124,7 +124,7 @@ def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapsho
     logs compression_failed, publishes the snapshot unpruned (no masks were in force), keeps the step
     due, and the next snapshot with real gradients serves it."""
     run_dir = init_run(tmp_path, "cfail", "pruning.start_epoch=2", "pruning.every=10", "pruning.method=taylor",
-                       "prune_training_model=false")
+                       "prune_training_model=false", "pruning.distill_steps=0")  # snapshots without observations
     trainer_pub = ctx.socket(zmq.PUB)
     trainer_pub.bind(endpoints(run_dir).snapshots)
     compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
@@ -337,3 +337,41 @@ def test_worker_keeps_its_policy_when_the_store_holds_something_else(tmp_path, c
             assert next_chunk(peers)["policy_version"] == 0
         assert [s["version"] for s in logged(peers.run_dir, "worker-0", "worker_swapped")] == [0]
         assert peers.worker.poll() is None
+
+
+def test_teacher_student_snapshots_must_carry_bounded_observations(tmp_path, ctx):
+    """In teacher-student mode a snapshot ships observations to distil on: up to distill_samples rows
+    of the env's width, within +-input_bound; anything else is rejected and the store keeps what it had."""
+    run_dir = init_run(tmp_path, "tsobs", "prune_training_model=false", "pruning.distill_samples=16")
+    trainer_pub = ctx.socket(zmq.PUB)
+    trainer_pub.bind(endpoints(run_dir).snapshots)
+    compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
+    try:
+        store = WeightStore.attach(segment_name(run_dir), timeout_s=60)
+        encoder = Encoder("tsobs", "test-trainer")
+
+        def snapshot(version, obs):
+            fields = {"version": version, "epoch": 0, "training_sparsity": 0.0, "masks_version": -1,
+                      "trainer_start": 0}
+            return encoder.encode("snapshot", fields, {**DENSE, **({} if obs is None else {"distill:obs": obs})})
+
+        wait_for(lambda: trainer_pub.send_multipart(snapshot(1, np.zeros((0, 4), np.float32)))
+                 or store.version() == 1, what="a snapshot with no observations yet")
+        bad = [None, np.zeros((17, 4), np.float32), np.zeros((8, 5), np.float32),
+               np.full((8, 4), 2e6, np.float32), np.zeros((8, 4), np.float64)]
+        for obs in bad:
+            trainer_pub.send_multipart(snapshot(2, obs))
+        wait_for(lambda: len(rejections(run_dir, "compressor")) >= len(bad), what="the bad snapshots rejected")
+        reasons = rejections(run_dir, "compressor")
+        assert "missing tensors ['distill:obs']" in reasons[0]
+        assert "float32[17, 4], expected float32[16, 4]" in reasons[1]
+        assert "float32[8, 5], expected float32[8, 4]" in reasons[2]
+        assert "distill:obs outside +-1e+06" in reasons[3]
+        assert "float64[8, 4], expected float32[8, 4]" in reasons[4]
+        assert store.version() == 1 and compressor.poll() is None
+        store.close()
+        trainer_pub.send_multipart(encoder.encode("control", {"command": "stop"}))
+        assert compressor.wait(timeout=30) == 0
+    finally:
+        compressor.kill()
+    assert_clean(run_dir)
