@@ -216,6 +216,9 @@ class Compressor:
         if self.distiller is not None and self.masks is not None:
             policy, record = self.distiller.distil(weights, self.masks, msg.tensors[DISTILL_OBS])
             self.log.info("distill_finished", version=version, epoch=epoch, **record)
+            if record["diverged"]:
+                self.log.warning("distill_diverged", version=version, reason="the student's weights or KL went "
+                                 "non-finite: it stays as it was before this version's steps")
         out = apply_masks(policy, self.masks)
         structure_changed = self.store.changes_structure(out)
         achieved = sparsity(out, self.weight_spec, self.sparsity_names)

@@ -107,7 +107,7 @@ class TransportConfig:
                                    "CURVE-encrypted and authenticated with the run's keys")
     host: str = setting("127.0.0.1", "tcp: the IPv4 address to listen on: loopback, or 0.0.0.0 or a LAN "
                                     "address to listen beyond it")
-    base_port: int = setting(5550, "tcp: the first of 4 consecutive ports")
+    base_port: int = setting(5550, "tcp: the first of 5 consecutive ports (one per socket)")
     max_frame_bytes: int = setting(64 * 1024 * 1024, "a received frame larger than this is refused")
 
 
@@ -194,7 +194,7 @@ class Config:
     def total_epochs(self) -> int:
         """The run's length (load_config also writes it into `epochs`, so a run's config.toml says it)."""
         if self.total_steps > 0:
-            return math.ceil(self.total_steps / self.samples_per_epoch)
+            return math.ceil(self.total_steps / self.epoch_samples)
         return self.epochs
 
     def endpoints(self) -> Endpoints:
@@ -262,9 +262,11 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), with_preset: bool = True) -> Config:
     """Defaults, then env_id's preset, then the TOML file, then `key=value` overrides; resolved (the
-    epochs total_steps gives, a fresh run_id when none is named) and validated."""
+    epochs total_steps gives, a fresh run_id when none is named) and validated. A run's own
+    config.toml holds every key: it is read `with_preset=False`, so it never depends on the presets
+    shipped later."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -279,6 +281,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    given = [_parse_override(item)[0] for item in overrides]
+    for length, other in (("epochs", "total_steps"), ("total_steps", "epochs")):
+        if length in given and other not in given:  # a length given replaces the file's (and the preset's)
+            data.pop(other, None)
     for item in overrides:
         key, value = _parse_override(item)
         *sections, leaf = key.split(".")
@@ -288,7 +294,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
         node[leaf] = value
-    config = _build(Config, _with_preset(data), "")
+    config = _build(Config, _with_preset(data) if with_preset else data, "")
     config.epochs = config.total_epochs
     if not config.run_id:
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)

@@ -48,10 +48,11 @@ class Distiller:
         student = self.student
         if not len(obs):  # no observations yet (epoch 0, a resumed trainer): the student as it is
             return actor_arrays(student), {"steps": 0, "samples": 0, "kl_before": None, "kl_after": None,
-                                           "duration_ms": (time.perf_counter() - t0) * 1e3}
-        params, x = dict(student.named_parameters()), torch.from_numpy(obs)
-        with torch.no_grad():
-            target = actor_from_tensors(teacher, self.discrete).distribution(x)
+                                           "diverged": False, "duration_ms": (time.perf_counter() - t0) * 1e3}
+        params, x = dict(student.named_parameters()), torch.from_numpy(np.array(obs))
+        with torch.no_grad():  # copies: a snapshot's arrays are read-only views of its message
+            target = actor_from_tensors({n: np.array(w) for n, w in teacher.items()}, self.discrete).distribution(x)
+            last_good = {n: p.detach().clone() for n, p in params.items()}
 
         def kl() -> torch.Tensor:
             divergence = kl_divergence(target, student.distribution(x))
@@ -59,19 +60,30 @@ class Distiller:
 
         with torch.no_grad():
             before = float(kl())
-        for _ in range(self.steps):
-            loss = kl()
-            self.optimizer.zero_grad(set_to_none=False)
-            loss.backward()
+        try:
+            for _ in range(self.steps):
+                loss = kl()
+                self.optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                with torch.no_grad():
+                    for name, keep in self.keep.items():
+                        params[name].grad.masked_fill_(~keep, 0.0)
+                self.optimizer.step()
+                with torch.no_grad():
+                    for name, keep in self.keep.items():
+                        params[name].masked_fill_(~keep, 0.0)
             with torch.no_grad():
-                for name, keep in self.keep.items():
-                    params[name].grad.masked_fill_(~keep, 0.0)
-            self.optimizer.step()
+                after = float(kl())
+            diverged = not (np.isfinite(after) and all(bool(p.isfinite().all()) for p in params.values()))
+        except ValueError:  # torch.distributions refuses non-finite logits or scales
+            diverged = True
+        if diverged:  # never publish a non-finite student: the one before this version's steps
             with torch.no_grad():
-                for name, keep in self.keep.items():
-                    params[name].masked_fill_(~keep, 0.0)
-        with torch.no_grad():
-            after = float(kl())
+                for name, p in params.items():
+                    p.copy_(last_good[name])
+            self.optimizer = torch.optim.Adam(student.parameters(), lr=self.lr)
+            after = None
         return actor_arrays(student), {"steps": self.steps, "samples": len(obs), "kl_before": before,
-                                       "kl_after": after, "duration_ms": (time.perf_counter() - t0) * 1e3}
+                                       "kl_after": after, "diverged": diverged,
+                                       "duration_ms": (time.perf_counter() - t0) * 1e3}
 

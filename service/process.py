@@ -23,7 +23,7 @@ def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
 def load_run_config(run_dir: Path) -> Config:
     """The run's config.toml; the directory itself decides runs_dir and run_id."""
     run_dir = run_dir.resolve()  # runs/latest is a link: the run's own directory and name
-    config = load_config(run_dir / "config.toml")
+    config = load_config(run_dir / "config.toml", with_preset=False)  # complete: the presets do not apply
     config.runs_dir, config.run_id = str(run_dir.parent), run_dir.name
     return config
 

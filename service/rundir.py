@@ -117,10 +117,13 @@ def store_slot_size(cfg: Config) -> int:
 
 def largest_frame(cfg: Config) -> int:
     """Bytes of the largest single tensor any process of this run sends: an actor weight (and its
-    gradient statistics) in a snapshot, or a trajectory chunk's observations."""
+    gradient statistics) in a snapshot, a trajectory chunk's observations, or in teacher-student
+    mode the observations a snapshot ships for distilling."""
+    obs_dim = env_spec(cfg.env_id).obs_dim
     weight = max(math.prod(shape) for shape in actor_shapes(env_spec(cfg.env_id), cfg.ppo.hidden_sizes).values()) * 4
-    chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * env_spec(cfg.env_id).obs_dim * 4
-    return max(weight, chunk_obs)
+    chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * obs_dim * 4
+    distill_obs = min(cfg.pruning.distill_samples, cfg.epoch_samples) * obs_dim * 4 if cfg.distills else 0
+    return max(weight, chunk_obs, distill_obs)
 
 
 def point_latest(run_dir: Path) -> None:

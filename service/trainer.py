@@ -47,6 +47,8 @@ from service.update_hooks import UpdateHooks
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
 ANSWER_EVERY_S = 0.1  # a new subscriber gets the newest snapshot at once, but not more often than this
+SUBSCRIPTION_MAX_BYTES = 1024  # a subscription is a byte and a topic (ours is empty): a larger frame drops the peer
+SUBSCRIPTIONS_PER_CALL = 16
 CREDITS_EVERY_S = 0.2  # while collecting, the credits go out at least this often (PUB may drop one)
 FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
@@ -120,7 +122,7 @@ class Trainer:
         # XPUB: a compressor's subscription reaches the trainer, which answers it with its newest
         # snapshot at once (a PUB drops what it sends before a subscriber has joined; every process
         # of a run starts at once, and a restarted compressor joins late).
-        self.snapshots = socket(self.ctx, zmq.XPUB, hwm=16)
+        self.snapshots = socket(self.ctx, zmq.XPUB, hwm=16, max_frame=SUBSCRIPTION_MAX_BYTES)
         self.snapshots.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only a topic's first
         # Small queues: workers block instead of running ahead, which bounds the policy lag.
         max_frame = cfg.transport.max_frame_bytes
@@ -136,6 +138,7 @@ class Trainer:
         self.version = 0  # number of PPO updates so far; snapshot v is the policy after update v
         self.last_snapshot: list = []
         self.answered_at = -ANSWER_EVERY_S  # when a subscriber last got the newest snapshot
+        self.subscriber_waiting = False  # one joined and is still to be answered
         self.pending_masks: Message | None = None
         self.masks_version = -1  # newest masks accepted, pending or applied
         self.applied_masks_version = -1  # newest masks applied (what a snapshot's masks_version says)
@@ -172,34 +175,44 @@ class Trainer:
             self.log.warning("message_rejected", reason=exc.reason, expected=kind)
             return None
 
-    def _receive_trajectory(self) -> Message | None:
+    def _receive_trajectory(self) -> tuple[Message | None, dict | None]:
+        """(the chunk, its fields); (None, fields) for a chunk from a known worker process whose data
+        was rejected: it is still credited (its worker goes on) and in sync mode serves its share;
+        (None, None) when nothing about it can be trusted."""
         msg = self._receive(self.trajectories, "trajectory")
         if msg is None:
-            return None
+            return None, None
         f, c = msg.fields, self.cfg
         try:
             if not 0 <= f["worker_id"] < c.num_workers:
                 raise MessageRejected(f"worker_id {f['worker_id']} outside [0, {c.num_workers})")
-            self.count_taken(f["worker_id"], f["worker_start"])  # even if rejected below: its sender may send on
             if not 0 <= f["policy_version"] <= self.version:
                 raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
             check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker, self.params_total)
+        except MessageRejected as exc:
+            self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
+            return None, None
+        try:
             check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, self.spec.obs_dim,
                              self.spec.act_dim, self.spec.discrete, c.ppo.input_bound)
         except MessageRejected as exc:
             self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
-            return None
-        return msg
+            known = self.count_taken(f["worker_id"], f["worker_start"], valid=False)
+            return None, (f if known else None)
+        self.count_taken(f["worker_id"], f["worker_start"], valid=True)
+        return msg, f
 
-    def count_taken(self, worker_id: int, worker_start: int) -> None:
-        """One more chunk taken from worker process `worker_start` (a replacement starts from 0; a chunk
-        a dead one left in the pipe credits nobody), and the credits go out at once."""
+    def count_taken(self, worker_id: int, worker_start: int, valid: bool) -> bool:
+        """One more chunk taken from worker process `worker_start`, and the credits go out at once.
+        A valid chunk from a newer process (a replacement) starts its count; a chunk a dead process
+        left in the pipe credits nobody; an invalid chunk counts only for the process already known
+        (a forged one cannot take a worker's credits over). True if it was credited."""
         start, count = self.taken[worker_id]
-        if worker_start > start:
-            self.taken[worker_id] = [worker_start, 1]
-        elif worker_start == start:
-            self.taken[worker_id][1] = count + 1
-        self.send_credits()
+        credited = worker_start == start or (valid and worker_start > start)
+        if credited:
+            self.taken[worker_id] = [worker_start, count + 1 if worker_start == start else 1]
+            self.send_credits()
+        return credited
 
     def send_credits(self) -> None:
         fields = {"trainer_id": self.trainer_id, "taken": self.taken}
@@ -291,21 +304,23 @@ class Trainer:
             ready = dict(poller.poll(100))
             if self.mask_inbox in ready:
                 self._receive_masks()
-            if self.snapshots in ready:
+            if self.snapshots in ready or self.subscriber_waiting:
                 self.answer_subscribers()
             if self.trajectories not in ready:
                 continue
-            msg = self._receive_trajectory()
+            msg, f = self._receive_trajectory()
             if msg is None:
+                if sync and f is not None and f["policy_version"] == self.version:
+                    current[f["worker_id"]] += 1  # its worker sent its share and paused: it counts, without data
                 continue
-            f = msg.fields
             self.episodes.extend(f["episode_returns"])
             self.swap_latencies.extend(f["swap_latencies_ms"])
             if f["policy_version"] >= self.inference[0]:
                 self.inference = (f["policy_version"], f["policy_sparsity"], f["policy_nonzero_params"])
             got.received += c.chunk_samples
             lag = self.version - f["policy_version"]
-            if lag > (0 if sync else c.max_policy_lag):
+            beyond_share = sync and current[f["worker_id"]] >= c.chunks_per_worker  # a restarted worker's repeat
+            if lag > (0 if sync else c.max_policy_lag) or beyond_share:
                 got.dropped_stale += c.chunk_samples
                 continue
             last_usable = time.monotonic()
@@ -388,8 +403,8 @@ class Trainer:
             return False
         tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.ppo.hidden_sizes)
         checkpoints.restore(tensors, self.actor, self.critic, self.optimizer, self.generator, meta["param_groups"])
-        for key in self.COUNTERS:
-            setattr(self, key, meta[key])
+        for key in self.COUNTERS:  # a counter newer than the checkpoint keeps its initial value
+            setattr(self, key, meta.get(key, getattr(self, key)))
         self.masks.apply({n[len("mask."):]: a for n, a in tensors.items() if n.startswith("mask.")})
         self.episodes.extend(meta["episodes"])
         self.inference = tuple(meta["inference"])
@@ -512,11 +527,12 @@ class Trainer:
         now rather than at the next epoch or REPUBLISH_S. One snapshot for however many
         subscriptions are waiting, and at most one every ANSWER_EVERY_S (a peer that subscribes in a
         loop gets no snapshot storm); unsubscriptions and anything else a peer sends are ignored."""
-        joined = False
-        while self.snapshots.poll(0):
-            joined |= self.snapshots.recv()[:1] == b"\x01"
-        if joined and self.last_snapshot and time.monotonic() - self.answered_at >= ANSWER_EVERY_S:
-            self.answered_at = time.monotonic()
+        for _ in range(SUBSCRIPTIONS_PER_CALL):  # bounded: a flood cannot keep the trainer here
+            if not self.snapshots.poll(0):
+                break
+            self.subscriber_waiting |= self.snapshots.recv()[:1] == b"\x01"
+        if self.subscriber_waiting and self.last_snapshot and time.monotonic() - self.answered_at >= ANSWER_EVERY_S:
+            self.answered_at, self.subscriber_waiting = time.monotonic(), False
             self.republish()
 
     def finish(self) -> None:

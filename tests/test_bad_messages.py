@@ -7,6 +7,7 @@ peer would bind), so it can send exactly the malformed messages it wants.
 from __future__ import annotations
 
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -375,3 +376,52 @@ def test_teacher_student_snapshots_must_carry_bounded_observations(tmp_path, ctx
     finally:
         compressor.kill()
     assert_clean(run_dir)
+
+
+def test_sync_a_rejected_chunk_serves_its_worker_s_share_and_a_forged_process_takes_no_credit(tmp_path, ctx):
+    """Sync mode, one worker played by the test: its share is 4 chunks of each version. One of them
+    is rejected (a reward beyond input_bound): the worker has sent its share and paused, so the
+    trainer must not wait for a fifth; it trains epoch 1 on the 3 good chunks. A chunk claiming to be
+    a newer process of that worker, but invalid, takes none of its credits."""
+    run_dir = init_run(tmp_path, "syncrej", "mode=sync", "num_workers=1", "epochs=2", "pruning.method=none")
+    ep = endpoints(run_dir)
+    to_trainer, credits = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    to_trainer.connect(ep.trajectories)
+    credits.subscribe(b"")
+    credits.connect(ep.credits)
+    trainer = subprocess.Popen([HOTPRUNE, "trainer", "--run-dir", str(run_dir)])
+    try:
+        wait_for(lambda: logged(run_dir, "trainer", "snapshot_published"), what="the trainer's first snapshot")
+        worker = Encoder("syncrej", "worker-0")
+        huge = np.full((32, 4), 3e38, np.float32)
+        forged = _trajectory(Encoder("syncrej", "intruder"), worker_start=2**62, rewards=huge)
+        sent = [_trajectory(worker), forged, _trajectory(worker, rewards=huge), _trajectory(worker),
+                _trajectory(worker)]
+        for frames in sent:
+            to_trainer.send_multipart(frames)
+        [epoch] = wait_for(lambda: logged(run_dir, "trainer", "epoch"), timeout=60,
+                           what="epoch 1 without a 5th chunk")
+        assert (epoch["samples"], epoch["samples_received"], epoch["samples_dropped_stale"]) == (384, 384, 0)
+        last, deadline = None, time.monotonic() + 1.5  # the trainer sends them every 0.2 s while collecting
+        while time.monotonic() < deadline and credits.poll(500):
+            last = decode(credits.recv_multipart(), run_id="syncrej", kinds={"credits"}).fields
+        assert last is not None and last["taken"] == [[1, 4]]  # the forged process credited nothing
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+def test_chunks_a_collecting_trainer_never_takes_are_forgotten_not_waited_for(tmp_path, ctx):
+    """A worker's first two chunks went to a trainer that died before taking them: the trainer now
+    collecting (its credits keep coming) never counts them. After CREDITS_LOST_S the worker forgets
+    them (`credits_lost`) and sends again, instead of waiting forever."""
+    with lone_worker(tmp_path, ctx, "lost") as peers:
+        next_chunk(peers, credit=False), next_chunk(peers, credit=False)  # taken by the test, never credited
+        peers.taken = [0, 0]  # what a trainer that never saw them says
+        t0 = time.monotonic()
+        while not peers.trainer.poll(200):
+            send_credits(peers)
+            assert time.monotonic() - t0 < 30, "the worker waited for lost chunks"
+        assert time.monotonic() - t0 >= 4.5  # not before CREDITS_LOST_S
+        [lost] = logged(peers.run_dir, "worker-0", "credits_lost")
+        assert lost["in_flight"] == 2 and peers.worker.poll() is None

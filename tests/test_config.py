@@ -361,3 +361,25 @@ def test_a_saved_run_s_config_keeps_its_preset_s_values(tmp_path):
     path.write_text(to_toml(c))
     again = load_config(path)
     assert dataclasses.replace(again, run_id=c.run_id) == c
+
+
+def test_a_length_given_on_the_command_line_replaces_the_saved_config_s(tmp_path):
+    saved = tmp_path / "config.toml"
+    saved.write_text(to_toml(load_config()))  # holds total_steps = 100000 and epochs = 391
+    assert load_config(saved, ["epochs=5"]).total_epochs == 5
+    assert load_config(saved, ["total_steps=2560"]).total_epochs == 10
+    assert load_config(saved).total_epochs == 391
+
+
+def test_a_run_s_own_config_does_not_depend_on_the_presets_shipped(tmp_path):
+    saved = tmp_path / "config.toml"
+    saved.write_text(to_toml(load_config()).replace('preset = "CartPole-v1"', 'preset = "Retired-v0"'))
+    with pytest.raises(ConfigError, match="unknown preset 'Retired-v0'"):
+        load_config(saved)
+    assert load_config(saved, with_preset=False).samples_per_epoch == 256
+
+
+def test_total_steps_counts_the_samples_an_epoch_really_trains_on():
+    # sync: every worker sends the same number of chunks, so an epoch may train on more than asked
+    c = load_config(overrides=["mode=sync", "chunk_steps=64", "total_steps=100000"])
+    assert c.epoch_samples == 512 and c.total_epochs == math.ceil(100_000 / 512)

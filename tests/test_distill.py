@@ -84,3 +84,20 @@ def test_a_teacher_student_run_distils_the_student_the_workers_run(tmp_path):
     assert summary["final_training_sparsity"] == 0
     assert summary["final_inference_sparsity"] == pytest.approx(0.8, abs=0.01)
     assert_clean(run_dir)
+
+
+def test_a_student_that_diverges_is_never_published_non_finite():
+    spec, teacher, masks, obs = _setup("CartPole-v1")
+    distiller = Distiller(spec.discrete, steps=5, lr=1e-3)
+    first, _ = distiller.distil(teacher, masks, obs)
+
+    def blow_up():  # an optimizer step gone wrong: every weight NaN
+        with torch.no_grad():
+            for param in distiller.student.parameters():
+                param.fill_(float("nan"))
+
+    distiller.optimizer.step = blow_up
+    student, record = distiller.distil(teacher, masks, obs)
+    assert record["diverged"] and record["kl_after"] is None
+    assert all(np.isfinite(w).all() for w in student.values())
+    assert all(np.array_equal(student[n], first[n]) for n in first)  # kept as it was

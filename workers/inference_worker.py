@@ -41,6 +41,7 @@ from workers.numpy_policy import NumpyActor
 
 READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
 STORE_WAIT_NOTE_S = 5.0  # while the weight store is missing, a `store_waiting` line this often
+CREDITS_LOST_S = 5.0  # a trainer that keeps collecting this long without taking our chunks lost them
 
 
 class InferenceWorker:
@@ -81,6 +82,8 @@ class InferenceWorker:
         self.sent_before = 0  # chunks sent before that trainer's first credits: lost with the one before
         self.taken = 0  # of this process's chunks, those the trainer says it has taken
         self.sent_of_version = (-1, 0)  # sync: (version, chunks of it sent)
+        self.credits_at = 0.0  # when credits last came (monotonic)
+        self.blocked_since: float | None = None  # since when may_send() says no
 
     def attach_store(self) -> WeightStore:
         """The run's weight store, waiting up to `start_timeout_s` for it to appear, and saying so
@@ -159,16 +162,30 @@ class InferenceWorker:
             raise MessageRejected(f"credits: taken must be {self.cfg.num_workers} [worker_start, count] pairs")
         if fields["trainer_id"] < self.trainer_id:
             return  # from a trainer that has been replaced
-        if fields["trainer_id"] > self.trainer_id:  # the first trainer seen holds them all
+        if fields["trainer_id"] > self.trainer_id:  # the first trainer seen holds them all; a new one, none
             self.sent_before = self.chunks_sent if self.trainer_id else 0
             self.trainer_id, self.taken = fields["trainer_id"], 0
+        self.credits_at = time.monotonic()
         start, count = taken[self.index]
-        if start == self.start_ns:
-            self.taken = max(self.taken, count)
+        if start == self.start_ns:  # no more than were sent to it: a count cannot switch flow control off
+            self.taken = min(max(self.taken, count), self.chunks_sent - self.sent_before)
 
     def may_send(self) -> bool:
-        """Fewer than this worker's share of an epoch of its chunks in flight."""
-        return self.chunks_sent - self.sent_before - self.taken < self.cfg.chunks_per_worker
+        """Fewer than this worker's share of an epoch of its chunks in flight. Chunks the trainer has
+        not taken while it kept collecting for CREDITS_LOST_S are lost (e.g. with a trainer that died
+        before its first credits): forgotten, with a `credits_lost` warning, rather than waited for."""
+        in_flight = self.chunks_sent - self.sent_before - self.taken
+        if in_flight < self.cfg.chunks_per_worker:
+            self.blocked_since = None
+            return True
+        now = time.monotonic()
+        self.blocked_since = self.blocked_since or now
+        if self.credits_at - self.blocked_since > CREDITS_LOST_S:  # the trainer collects, but not ours
+            self.log.warning("credits_lost", in_flight=in_flight, waited_s=now - self.blocked_since,
+                             trainer_id=self.trainer_id)
+            self.sent_before, self.blocked_since = self.chunks_sent - self.taken, None
+            return True
+        return False
 
     def sync_share_sent(self) -> bool:
         """Sync mode: this worker has sent its share of the version it runs."""
@@ -220,7 +237,7 @@ class InferenceWorker:
             "policy_nonzero_params": first[2],
             "episode_returns": returns,
             "episode_lengths": lengths,
-            "swap_latencies_ms": self.latencies,
+            "swap_latencies_ms": self.latencies[-steps:],  # swaps while paused go too: the newest
         }
         self.latencies = []
         tensors = {
