@@ -180,8 +180,12 @@ def test_watch_follows_a_running_run_to_its_end_and_ctrl_c_leaves_it_running(tmp
     run_dir = tmp_path / "runs" / "live"
     try:
         wait_for(lambda: (run_dir / "config.toml").is_file(), timeout=60, what="the run directory")
+        # As from a terminal: Ctrl-C not ignored (a shell's background job, e.g. `./scripts/test.sh &`,
+        # starts with SIGINT ignored, which the watcher would inherit and rightly keep).
         watchers = [subprocess.Popen([HOTPRUNE, "watch", str(run_dir)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                    for _ in range(2)]
         while not watchers[1].stdout.readline().startswith("starting"):  # following the logs from here
             assert watchers[1].poll() is None
         watchers[1].send_signal(signal.SIGINT)
