@@ -28,6 +28,9 @@ from service.pruning import Masks, apply_masks
 class Distiller:
     def __init__(self, discrete: bool, steps: int, lr: float):
         torch.set_num_threads(1)  # one CPU thread per process, as the trainer and the workers
+        # torch's optimizers import torch._dynamo on first use (about a second): paid here, at start,
+        # not at the first compression, where it would hold the store back while the trainer runs on
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)]).zero_grad()
         self.discrete, self.steps, self.lr = discrete, steps, lr
         self.student: Actor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
