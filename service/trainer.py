@@ -20,6 +20,7 @@ Run it: `hotprune trainer --run-dir runs/<run_id> [--resume]` or `python -m serv
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -409,6 +410,7 @@ class Trainer:
         self.episodes.extend(meta["episodes"])
         self.inference = tuple(meta["inference"])
         self.records = meta["records"]
+        self.log_lost_epochs()
         self.swap_latencies = tensors["swap_latencies_ms"].tolist()
         # The lost epochs published at most checkpoint_every - 1 snapshots after this one (the next
         # checkpoint comes before the next publish): start above them, and accept their reports.
@@ -421,6 +423,23 @@ class Trainer:
                       version=self.version, trainer_start=self.trainer_start,
                       training_sparsity=self.training_sparsity(), pruned=self.masks.count())
         return True
+
+    def log_lost_epochs(self) -> None:
+        """The checkpoint of epoch e is written before epoch e's line is logged: a trainer killed in
+        between left a checkpoint with an epoch its log lacks. Log those epochs now (`replayed`), so
+        the run's history has every epoch exactly once."""
+        logged = set()
+        path = self.cfg.run_dir / "logs" / "trainer.jsonl"
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+            if isinstance(event, dict) and event.get("event") == "epoch":
+                logged.add(event.get("epoch"))
+        for record in self.records:
+            if record["epoch"] not in logged:
+                self.log.info("epoch", **record, replayed=True)
 
     def policy_meta(self, **extra) -> dict:
         """What a policy file says about itself (service.artifacts)."""

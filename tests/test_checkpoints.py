@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -9,9 +10,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from service import checkpoints, liveness
+from service import checkpoints, liveness, runlog
 from service.envs import env_spec
 from service.policy import make_actor, make_critic
+from service.process import StopFlag, load_run_config
+from service.trainer import Trainer
+from tests.servicekit import hotprune, logged, settings
 
 
 def _learner(seed: int):
@@ -103,3 +107,20 @@ def test_a_process_without_a_liveness_pipe_pings_nothing(monkeypatch, tmp_path, 
         value = str(fd)
     monkeypatch.setenv(liveness.ENV, value)
     assert liveness.Pulse.inherited().fd is None
+
+
+@pytest.mark.slow
+def test_a_resumed_trainer_logs_an_epoch_its_killed_predecessor_checkpointed_but_never_logged(tmp_path):
+    """The checkpoint of epoch e is written before epoch e's line: a kill in between leaves the log
+    without it. The resumed trainer logs it (`replayed`), and the run's history has every epoch once."""
+    result = hotprune("run", "--quiet", *settings(tmp_path, "lost", "epochs=3"))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "lost"
+    log = run_dir / "logs" / "trainer.jsonl"
+    lines = log.read_text().splitlines()
+    last_epoch = max(i for i, line in enumerate(lines) if json.loads(line)["event"] == "epoch")
+    log.write_text("\n".join(lines[:last_epoch] + ['{"event": "epo']) + "\n")  # cut short by the kill
+    trainer = Trainer(load_run_config(run_dir), StopFlag(), resume=True)
+    trainer.ctx.destroy(linger=0)
+    assert [e["epoch"] for e in runlog.load(run_dir).epochs()] == [1, 2, 3]
+    assert [e["epoch"] for e in logged(run_dir, "trainer", "epoch") if e.get("replayed")] == [3]
