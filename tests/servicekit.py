@@ -112,8 +112,10 @@ def socket_files(path: Path) -> list[Path]:
 
 
 def assert_clean(run_dir: Path) -> None:
-    """No shared memory segment and no process of the run left behind."""
-    assert not (Path("/dev/shm") / segment_name(run_dir)).exists(), "weight store segment left behind"
+    """No shared memory segment and no process of the run left behind. After a SIGKILLed supervisor
+    its resource tracker unlinks the segment, a moment later: waited for, as the processes are."""
+    segment = Path("/dev/shm") / segment_name(run_dir)
+    wait_for(lambda: not segment.exists(), timeout=10, what="the weight store segment to be removed")
     wait_for(lambda: not processes_mentioning(str(run_dir)), timeout=10, what="the run's processes to exit")
 
 
