@@ -3,52 +3,62 @@
 The workers record the behaviour policy's log-probabilities; the ratio is taken against those, so a
 chunk from a stale or pruned policy version is corrected by the clipped ratio. The critic lives only
 here and values the observations the workers sent.
+
+`Learner` is the algorithm as the trainer's shell (service.trainer) sees it, the same for every
+algorithm (service.sac.Learner is the other): `actor` (what the workers run and the compressor
+prunes) and its `optimizer`; the critics the trainer may prune itself (`critics`, their
+`critic_targets` and `critic_optimizer`; none for PPO); `update(batch, epoch, hooks, critic_hooks)`
+-> the losses for the `epoch` line; `modules()`, `optimizers()`, `state()` and `restore()` for
+checkpoints (service.checkpoints); `hidden_sizes`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from service.config import PPOConfig
-from service.policy import Actor
+from service.chunks import Batch
+from service.config import Config, PPOConfig
+from service.envs import EnvSpec
+from service.policy import Actor, make_actor, make_critic
 from service.update_hooks import UpdateHooks
 
 
-@dataclass
-class Batch:
-    """Chunks side by side: time-major [T, N_total, ...] arrays."""
+class Learner:
+    """PPO's learning state: actor, critic, one Adam over both (CleanRL's), and its update."""
 
-    obs: np.ndarray  # [T + 1, N, D]: the last row bootstraps the chunk's end
-    actions: np.ndarray  # [T, N] discrete, [T, N, A] continuous
-    logprobs: np.ndarray  # [T, N] behaviour log-probabilities
-    rewards: np.ndarray  # [T, N]
-    terminated: np.ndarray  # [T, N]
-    truncated: np.ndarray  # [T, N]
-    final_obs: np.ndarray  # [T, N, D]: final observation of each truncated step (zeros elsewhere)
+    def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
+        self.cfg, self.generator = cfg, generator
+        self.hidden_sizes = cfg.ppo.hidden_sizes
+        self.actor = make_actor(spec, cfg.ppo.hidden_sizes, "ppo")
+        self.critic = make_critic(spec, cfg.ppo.hidden_sizes)
+        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
+                                          lr=cfg.ppo.learning_rate, eps=1e-5)
+        self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)
+        self.critic_targets: dict[str, nn.Module] = {}
+        self.critic_optimizer = self.optimizer
 
-    @classmethod
-    def stack(cls, chunks: list[dict[str, np.ndarray]]) -> "Batch":
-        """Chunks side by side along the env axis; a chunk's compact final_obs [K, D] is spread out."""
+    def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
+               critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | None]:
+        c = self.cfg
+        if c.ppo.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / c.total_epochs)
+        return update(self.actor, self.critic, self.optimizer, batch, c.ppo, self.generator, hooks)
 
-        def cat(arrays):
-            return np.concatenate(arrays, axis=1)
+    def modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic}
 
-        final_obs = []
-        for chunk in chunks:
-            dense = np.zeros_like(chunk["obs"][:-1])
-            dense[chunk["truncated"]] = chunk["final_obs"]  # both in (t, n) order
-            final_obs.append(dense)
-        fields = ("obs", "actions", "logprobs", "rewards", "terminated", "truncated")
-        return cls(*(cat([c[f] for c in chunks]) for f in fields), cat(final_obs))
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": self.optimizer}
 
-    @property
-    def size(self) -> int:
-        return self.rewards.size
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {}, {}
+
+    def restore(self, tensors: dict[str, np.ndarray], meta: dict) -> None:
+        pass
 
 
 @torch.no_grad()

@@ -37,17 +37,22 @@ def _steps(actor, critic, optimizer, generator, n: int) -> torch.Tensor:
     return loss.detach()
 
 
+def _parts(actor, critic, optimizer):
+    """PPO's modules and optimizer, by the names its checkpoint gives them."""
+    return {"actor": actor, "critic": critic}, {"adam": optimizer}
+
+
 def test_a_restored_learner_continues_exactly_as_the_original(tmp_path):
     actor, critic, optimizer, generator = _learner(1)
     _steps(actor, critic, optimizer, generator, 5)
-    tensors = checkpoints.state_tensors(actor, critic, optimizer, generator)
+    tensors = checkpoints.state_tensors(*_parts(actor, critic, optimizer), generator)
     checkpoints.save(tmp_path, tensors, run_id="r", env_id="CartPole-v1", hidden_sizes=[16, 16],
-                     param_groups=optimizer.state_dict()["param_groups"])
+                     param_groups=checkpoints.param_groups(_parts(actor, critic, optimizer)[1]))
     expected = _steps(actor, critic, optimizer, generator, 5)
 
     other = _learner(2)  # different weights, no optimizer state, other RNG states
     loaded, meta = checkpoints.load(tmp_path, "r", "CartPole-v1", [16, 16])
-    checkpoints.restore(loaded, *other, meta["param_groups"])
+    checkpoints.restore(loaded, *_parts(*other[:3]), other[3], meta["param_groups"])
     got = _steps(*other, 5)
     assert torch.equal(got, expected)
     for (name, a), b in zip(actor.state_dict().items(), other[0].state_dict().values()):
@@ -57,8 +62,8 @@ def test_a_restored_learner_continues_exactly_as_the_original(tmp_path):
 def test_a_checkpoint_is_plain_safetensors_and_refused_by_another_run_or_model(tmp_path):
     actor, critic, optimizer, generator = _learner(1)
     _steps(actor, critic, optimizer, generator, 1)
-    checkpoints.save(tmp_path, checkpoints.state_tensors(actor, critic, optimizer, generator), run_id="r",
-                     env_id="CartPole-v1", hidden_sizes=[16, 16], param_groups=[])
+    checkpoints.save(tmp_path, checkpoints.state_tensors(*_parts(actor, critic, optimizer), generator), run_id="r",
+                     env_id="CartPole-v1", hidden_sizes=[16, 16], param_groups={})
     plain = safetensors.torch.load_file(str(checkpoints.path(tmp_path)))  # no hotprune, no pickle
     assert torch.equal(plain["actor.net.0.weight"], actor.state_dict()["net.0.weight"])
     assert "adam.0.exp_avg" in plain and "rng.generator" in plain
@@ -73,12 +78,12 @@ def test_a_checkpoint_is_plain_safetensors_and_refused_by_another_run_or_model(t
 
 def test_restoring_into_a_model_of_another_shape_is_one_clear_error(tmp_path):
     actor, critic, optimizer, generator = _learner(1)
-    tensors = checkpoints.state_tensors(actor, critic, optimizer, generator)
+    tensors = checkpoints.state_tensors(*_parts(actor, critic, optimizer), generator)
     spec = env_spec("CartPole-v1")
     bigger = make_actor(spec, [32, 32]), make_critic(spec, [32, 32])
     opt = torch.optim.Adam([*bigger[0].parameters(), *bigger[1].parameters()])
     with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
-        checkpoints.restore(tensors, *bigger, opt, torch.Generator(), opt.state_dict()["param_groups"])
+        checkpoints.restore(tensors, *_parts(*bigger, opt), torch.Generator(), checkpoints.param_groups({"adam": opt}))
 
 
 def test_pings_through_the_inherited_pipe_reset_the_silence(monkeypatch):

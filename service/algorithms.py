@@ -1,0 +1,62 @@
+"""The learning algorithms a run may use, and the actor each one trains: the one registry the config's
+`algorithm` choices, the actor's tensor table (service.actor_spec), the torch and numpy actors and
+the trainer read. torch-free and import-free, so the config, the supervisor and the workers can ask it.
+
+An actor is an MLP (`net.0`, `net.2`, ...) with one hidden activation and one head:
+- `categorical`: logits over Discrete actions;
+- `gaussian`: the mean of a diagonal Gaussian whose log std is a parameter of its own (`log_std`);
+- `squashed`: SAC's tanh-squashed Gaussian, mean and log std both outputs of the MLP (2 * act_dim
+  units), the sample tanh(mean + std * eps) rescaled to the action box (CleanRL's
+  sac_continuous_action.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEADS = ("categorical", "gaussian", "squashed")
+ACTIVATIONS = ("tanh", "relu")
+# The squashed head's log std, tanh-rescaled into [LOG_STD_MIN, LOG_STD_MAX] (CleanRL, from SpinUp).
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    module: str  # the learner: service.<module>.Learner (imported by the trainer only: torch)
+    activation: str  # between the actor's hidden layers
+    discrete_head: str | None  # None: the algorithm needs continuous actions
+    continuous_head: str
+    summary: str
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm("ppo", "ppo", "tanh", "categorical", "gaussian",
+                  "on-policy PPO (CleanRL's ppo.py) on the epoch's chunks"),
+        Algorithm("sac", "sac", "relu", None, "squashed",
+                  "off-policy SAC (CleanRL's sac_continuous_action.py) from a replay buffer; Box actions only"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ActorKind:
+    """What an actor computes besides its layer sizes: the hidden activation and the head."""
+
+    activation: str
+    head: str
+
+    @property
+    def outputs_per_action(self) -> int:
+        return 2 if self.head == "squashed" else 1  # squashed: mean and log std
+
+
+def actor_kind(algorithm: str, discrete: bool) -> ActorKind:
+    """The actor `algorithm` trains for an env with `discrete` actions; ValueError if it cannot."""
+    a = ALGORITHMS[algorithm]
+    head = a.discrete_head if discrete else a.continuous_head
+    if head is None:
+        raise ValueError(f"algorithm {algorithm} needs continuous (Box) actions")
+    return ActorKind(a.activation, head)

@@ -1,0 +1,171 @@
+"""SAC (service.sac) without processes: the replay buffer, transitions from chunks, Polyak targets,
+masks of actor and critics kept at exactly +0.0 through its steps, gradient statistics from replay
+batches, and a checkpoint that continues exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from service import checkpoints
+from service.chunks import Batch
+from service.config import load_config
+from service.critic_masks import CriticMasks
+from service.envs import env_spec
+from service.gradient_stats import GradientStats
+from service.pruning import pruner_for
+from service.policy import actor_arrays, expected_spec
+from service.sac import Learner, ReplayBuffer
+from service.training_masks import TrainingMasks
+
+torch.set_num_threads(1)
+PENDULUM = env_spec("Pendulum-v1")
+
+
+def config(*extra: str):
+    return load_config(overrides=["algorithm=sac", "env_id=Pendulum-v1", "preset=none", "sac.hidden_sizes=32,32",
+                                  "sac.batch_size=16", "sac.learning_starts=64", "samples_per_epoch=64",
+                                  "chunk_steps=16", "envs_per_worker=2", "epochs=10", *extra])
+
+
+def pendulum_batch(rng: np.random.Generator, t: int = 16, n: int = 4) -> Batch:
+    truncated = np.zeros((t, n), bool)
+    truncated[5, 1] = True
+    final_obs = np.zeros((t, n, 3), np.float32)
+    final_obs[truncated] = 7.0
+    return Batch(obs=rng.standard_normal((t + 1, n, 3)).astype(np.float32),
+                 actions=rng.uniform(-2, 2, (t, n, 1)).astype(np.float32),
+                 logprobs=np.zeros((t, n), np.float32), rewards=rng.standard_normal((t, n)).astype(np.float32),
+                 terminated=np.zeros((t, n), bool), truncated=truncated, final_obs=final_obs)
+
+
+def rows(values) -> dict[str, np.ndarray]:
+    v = np.asarray(values, np.float32)
+    return {"obs": np.stack([v, v, v], 1), "actions": v[:, None], "rewards": v, "next_obs": np.stack([v + 1] * 3, 1),
+            "terminated": np.zeros_like(v)}
+
+
+def test_the_replay_buffer_is_a_ring_of_the_newest_transitions():
+    buffer = ReplayBuffer(5, 3, 1)
+    buffer.add(rows([0, 1, 2]))
+    assert len(buffer) == 3 and buffer.pos == 3
+    buffer.add(rows([3, 4, 5, 6]))
+    assert len(buffer) == 5 and buffer.pos == 2
+    assert buffer.data["rewards"].tolist() == [5, 6, 2, 3, 4]
+    buffer.add(rows(range(10, 22)))  # more than it holds: the newest 5
+    assert sorted(buffer.data["rewards"].tolist()) == [17, 18, 19, 20, 21] and len(buffer) == 5
+
+
+def test_replay_samples_are_whole_stored_transitions_drawn_uniformly():
+    buffer = ReplayBuffer(100, 3, 1)
+    buffer.add(rows(range(10)))
+    data = buffer.sample(20_000, torch.Generator().manual_seed(0))
+    rewards = data["rewards"].numpy()
+    assert set(rewards.tolist()) == set(range(10))  # never an unwritten row
+    assert np.array_equal(data["obs"][:, 0].numpy(), rewards) and np.array_equal(data["next_obs"][:, 2].numpy(),
+                                                                                 rewards + 1)
+    counts = np.bincount(rewards.astype(int))
+    assert ((counts - 2000) ** 2 / 2000).sum() < 27.9  # chi-square, 9 degrees of freedom, 99.9%
+
+
+def test_transitions_take_the_next_observation_or_a_truncated_steps_final_one():
+    batch = pendulum_batch(np.random.default_rng(0))
+    tr = batch.transitions()
+    assert tr["obs"].shape == (64, 3) and tr["actions"].shape == (64, 1)
+    row = 5 * 4 + 1  # time-major: step 5 of env 1
+    assert (tr["next_obs"][row] == 7.0).all()
+    np.testing.assert_array_equal(tr["next_obs"][row + 1], batch.obs[6, 2])
+    np.testing.assert_array_equal(tr["obs"][row], batch.obs[5, 1])
+
+
+def test_targets_move_towards_the_critics_by_tau():
+    learner = Learner(PENDULUM, config("sac.tau=0.25"), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in learner.qf1.parameters():
+            p.add_(1.0)
+    before = [t.detach().clone() for t in learner.qf1_target.parameters()]
+    learner.update_targets()
+    for old, critic, target in zip(before, learner.qf1.parameters(), learner.qf1_target.parameters()):
+        torch.testing.assert_close(target.detach(), 0.75 * old + 0.25 * critic.detach())
+
+
+def both_pruned(cfg, learner: Learner):
+    """The trainer's arrangement: actor masks (as the compressor's would be) on the actor's optimizer,
+    the critics' own masks on theirs, gradient statistics of both."""
+    pruner = pruner_for(expected_spec(learner.actor), cfg.pruning)
+    params = dict(learner.actor.named_parameters())
+    actor_masks = TrainingMasks({n: params[n] for n in pruner.mask_names()}, learner.optimizer)
+    actor_stats = GradientStats({n: params[n] for n in pruner.grad_names}, cfg.pruning.num_gradient_batches)
+    critic = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, cfg.pruning)
+    return pruner, actor_masks, actor_stats, critic
+
+
+def test_pruned_weights_of_actor_and_critics_stay_exactly_positive_zero_through_sac_steps():
+    cfg = config("pruning.method=taylor", "pruning.targets=actor,critic")
+    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(1))
+    pruner, actor_masks, actor_stats, critic = both_pruned(cfg, learner)
+    rng = np.random.default_rng(1)
+    learner.update(pendulum_batch(rng), 1, [actor_stats, actor_masks], critic.hooks)  # gradients to prune by
+    masks = pruner.compute(actor_arrays(learner.actor), 0.8, actor_stats.mean())
+    actor_masks.apply(masks.elements)
+    report = critic.prune(0.8)
+    assert report["critic_sparsity"] == pytest.approx(0.8, abs=0.01) and report["newly_pruned"] > 0
+    for epoch in range(2, 5):
+        losses = learner.update(pendulum_batch(rng), epoch, [actor_stats, actor_masks], critic.hooks)
+        assert losses["gradient_steps"] > 0 and losses["qf_loss"] is not None
+    pruned = {"actor": (learner.actor, masks.elements)}
+    for name in ("qf1", "qf2"):
+        keep = {n.removeprefix(name + "."): m for n, m in critic.keep_masks().items() if n.startswith(name + ".")}
+        pruned[name] = (learner.critics[name], keep)
+        pruned[name + "_target"] = (learner.critic_targets[name], keep)
+    for who, (module, keep) in pruned.items():
+        params = dict(module.named_parameters())
+        assert keep, who
+        for n, k in keep.items():
+            w = params[n].detach()[~torch.from_numpy(k)]
+            assert (w == 0).all() and not torch.signbit(w).any(), f"{who}.{n}"
+            assert (params[n].detach()[torch.from_numpy(k)] != 0).any(), f"{who}.{n} did not train"
+
+
+def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():
+    cfg = config("pruning.method=gradient", "pruning.targets=actor,critic", "pruning.num_gradient_batches=4")
+    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(2))
+    _, actor_masks, actor_stats, critic = both_pruned(cfg, learner)
+    assert learner.update(pendulum_batch(np.random.default_rng(2)), 1, [actor_stats], critic.hooks)["gradient_steps"]
+    assert len(actor_stats.window) == 4 and len(critic.grad_stats.window) == 4
+    g_actor, g_critic = actor_stats.mean(), critic.grad_stats.mean()
+    assert set(g_critic) == {f"{q}.net.{i}.weight" for q in ("qf1", "qf2") for i in (0, 2)}
+    assert all((g > 0).any() for g in [*g_actor.values(), *g_critic.values()])
+    # the actor's statistics are of the actor loss: a critic-only step leaves them as they were
+    window = list(actor_stats.window)
+    learner.cfg.policy_frequency = 10**6
+    learner.update(pendulum_batch(np.random.default_rng(3)), 2, [actor_stats], critic.hooks)
+    assert list(actor_stats.window) == window
+
+
+def test_a_restored_sac_learner_continues_exactly_as_the_original(tmp_path):
+    cfg = config()
+    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(3))
+    rng = np.random.default_rng(3)
+    learner.update(pendulum_batch(rng), 1)
+    extra, meta = learner.state()
+    tensors = checkpoints.state_tensors(learner.modules(), learner.optimizers(), learner.generator) | extra
+    checkpoints.save(tmp_path, tensors, run_id="r", env_id="Pendulum-v1", hidden_sizes=[32, 32],
+                     param_groups=checkpoints.param_groups(learner.optimizers()), learner=meta)
+    buffer = copy.deepcopy(learner.buffer)  # not checkpointed: handed over here to compare the steps
+    batch = pendulum_batch(rng)
+    expected = learner.update(batch, 2)
+
+    other = Learner(PENDULUM, cfg, torch.Generator().manual_seed(99))
+    loaded, meta = checkpoints.load(tmp_path, "r", "Pendulum-v1", [32, 32])
+    checkpoints.restore(loaded, other.modules(), other.optimizers(), other.generator, meta["param_groups"])
+    other.restore(loaded, meta["learner"])
+    other.buffer = buffer
+    assert other.update(batch, 2) == expected
+    for name, module in learner.modules().items():
+        for (n, a), b in zip(module.state_dict().items(), other.modules()[name].state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{n}"
+    assert torch.equal(learner.log_alpha, other.log_alpha)
