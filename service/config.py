@@ -156,6 +156,12 @@ class Config:
     tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
                                        "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
                                        "needs the tensorboard extra: pip install -e \".[tensorboard]\"")
+    normalize_obs: bool = setting(False, "normalise observations by running mean and variance (clipped to +-10), "
+                                         "statistics kept by the trainer and shipped with the weights "
+                                         "(obs_norm.mean, obs_norm.var), so workers and policy files normalise alike")
+    normalize_reward: bool = setting(False, "the trainer divides rewards by the running std of the discounted "
+                                            "return (clipped to +-10), as gymnasium's NormalizeReward; returns "
+                                            "reported stay the environment's own")
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
                                        "checkpoint.safetensors; a restarted trainer redoes the epochs since")
     ppo: PPOConfig = field(default_factory=PPOConfig)
