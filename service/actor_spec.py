@@ -1,7 +1,8 @@
 """The actor's tensor names and shapes, without torch.
 
-`service.policy.Actor` is a tanh MLP whose linear layers are `net.0`, `net.2`, ... (a Tanh between
-each two); a continuous actor adds `log_std`; with observation normalisation (`normalize_obs`) it
+`service.policy.Actor` is an MLP whose linear layers are `net.0`, `net.2`, ... (its algorithm's
+activation between each two, service.algorithms); a Gaussian head (PPO, continuous) adds `log_std`, a
+squashed one (SAC) has 2 * act_dim outputs (mean, log std) instead; with observation normalisation (`normalize_obs`) it
 starts with `obs_norm.mean` and `obs_norm.var` (obs_dim each), the running statistics the trainer
 keeps (service.normalize): the MLP's input is clip((obs - mean) / sqrt(var + NORM_EPS), +-NORM_CLIP).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from service.algorithms import actor_kind
 from service.envs import EnvSpec
 
 _LINEAR_WEIGHT = re.compile(r"^net\.(\d+)\.weight$")
@@ -23,19 +25,21 @@ NORM_EPS = 1e-8  # gymnasium's and SB3's epsilon, for observations and rewards a
 NORM_CLIP = 10.0  # normalised observations and scaled rewards are clipped to +-this (SB3's VecNormalize, CleanRL)
 
 
-def actor_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False) -> dict[str, tuple[int, ...]]:
+def actor_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False,
+                 algorithm: str = "ppo") -> dict[str, tuple[int, ...]]:
     """name -> shape of the dense actor's tensors (all float32), in the actor's own order."""
-    sizes = [spec.obs_dim, *hidden_sizes, spec.act_dim]
+    kind = actor_kind(algorithm, spec.discrete)
+    sizes = [spec.obs_dim, *hidden_sizes, spec.act_dim * kind.outputs_per_action]
     shapes: dict[str, tuple[int, ...]] = {n: (spec.obs_dim,) for n in OBS_NORM} if normalize_obs else {}
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):  # Linear, Tanh, Linear, ...
         shapes |= {f"net.{2 * i}.weight": (n_out, n_in), f"net.{2 * i}.bias": (n_out,)}
-    return shapes if spec.discrete else {**shapes, "log_std": (spec.act_dim,)}
+    return {**shapes, "log_std": (spec.act_dim,)} if kind.head == "gaussian" else shapes
 
 
-def actor_spec(spec: EnvSpec, hidden_sizes: list[int],
-               normalize_obs: bool = False) -> dict[str, tuple[str, tuple[int, ...]]]:
+def actor_spec(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False,
+               algorithm: str = "ppo") -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype, shape): what a snapshot of this actor must carry."""
-    return {n: ("float32", shape) for n, shape in actor_shapes(spec, hidden_sizes, normalize_obs).items()}
+    return {n: ("float32", shape) for n, shape in actor_shapes(spec, hidden_sizes, normalize_obs, algorithm).items()}
 
 
 def linear_weight_names(names: Iterable[str]) -> list[str]:

@@ -73,8 +73,6 @@ def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dic
     """The actor a policy file holds (a run directory means its policy.safetensors), and its metadata.
     With `env_id`, a policy trained on another environment is refused. (torch is imported here, not
     with this module: the supervisor reads these files and starts faster without it.)"""
-    from service.policy import actor_from_tensors
-
     path = Path(path)
     if path.is_dir():
         path = path / POLICY
@@ -84,10 +82,22 @@ def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dic
     if env_id is not None and meta["env_id"] != env_id:
         raise ArtifactError(f"{path} is a policy for {meta['env_id']}, not {env_id}")
     try:
-        return actor_from_tensors(tensors, meta["discrete"]), meta
+        return policy_actor(tensors, meta), meta
     except (KeyError, IndexError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{path} does not hold an actor: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
             from None
+
+
+def policy_actor(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Actor:
+    """The actor of a policy file's tensors, as its metadata says (algorithm; for SAC's squashed head
+    the action bounds come from the environment)."""
+    from service.envs import env_spec
+    from service.policy import actor_from_tensors
+
+    algorithm = meta.get("algorithm", "ppo")  # files from before SAC are PPO's
+    spec = env_spec(meta["env_id"]) if algorithm == "sac" else None
+    return actor_from_tensors(dict(tensors), meta["discrete"], algorithm,
+                              (spec.action_low, spec.action_high) if spec else None)
 
 
 class Progress:

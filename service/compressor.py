@@ -57,7 +57,7 @@ class Compressor:
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         spec = env_spec(cfg.env_id)
         self.discrete = spec.discrete
-        self.weight_spec = actor_spec(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
+        self.weight_spec = actor_spec(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
@@ -68,7 +68,8 @@ class Compressor:
         if cfg.distills:  # teacher-student: the one use of torch in the compressor, imported only then
             from service.distill import Distiller
 
-            self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr)
+            self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr, cfg.algorithm,
+                                       (spec.action_low, spec.action_high))
         steps, warnings = plan(cfg)
         self.schedule = Schedule(steps)
         self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,
@@ -285,7 +286,8 @@ class Compressor:
         out, fields = self.last_written
         c = self.cfg
         meta = {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.discrete, "method": c.pruning.method,
-                "structure": c.pruning.structure, "hidden_sizes": c.ppo.hidden_sizes, **fields, **extra}
+                "structure": c.pruning.structure, "hidden_sizes": c.hidden_sizes, "algorithm": c.algorithm,
+                **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
         if self.masks is not None:
             version, epoch, step = self.masks_source

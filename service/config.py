@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 
 from protocol.endpoints import SOCKETS, Endpoints, endpoints
 from protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
+from service.algorithms import ALGORITHMS
 from service.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from service.schedule import SCHEDULES
 
@@ -26,6 +27,9 @@ from service.schedule import SCHEDULES
 # the shared memory segment hotprune-<run_id>-<hash> is a file name: 255 bytes
 MAX_RUN_ID = 255 - len(SEGMENT_PREFIX) - SEGMENT_SUFFIX_LEN
 MAX_SEED = 2**32 - 1  # numpy's legacy bound; worker seeds add at most 1000 * (MAX_WORKERS + 1)
+# A replay buffer takes at most this share of the machine's available memory (the rest is the run's).
+REPLAY_MEMORY_SHARE = 0.5
+PRUNING_TARGETS = ("actor", "critic")
 MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table is the wrong tool (rundir
 # also holds it to 4 per core of the machine that starts the run)
 
@@ -62,11 +66,34 @@ class PPOConfig:
 
 
 @dataclass
+class SACConfig:
+    """the SAC learner, as CleanRL's sac_continuous_action.py (algorithm = "sac")"""
+
+    q_lr: float = setting(1e-3, "Adam's step size for the twin Q critics and the entropy temperature")
+    policy_lr: float = setting(3e-4, "Adam's step size for the actor")
+    gamma: float = setting(0.99, "discount factor")
+    tau: float = setting(0.005, "target critics move this fraction of the way to the critics (Polyak averaging)")
+    batch_size: int = setting(256, "transitions per gradient step, sampled uniformly from the replay buffer")
+    buffer_size: int = setting(1_000_000, "replay buffer capacity in transitions (a ring; at most the run's "
+                                          "length is allocated, and at most half the machine's free memory)")
+    learning_starts: int = setting(5000, "env steps before the first gradient step; until then the workers act "
+                                         "uniformly at random")
+    utd: float = setting(1.0, "gradient steps per env step (update-to-data ratio): an epoch takes "
+                              "round(utd * samples) of them")
+    policy_frequency: int = setting(2, "the actor (and temperature) steps every N critic steps, N times "
+                                       "(TD3's delayed update)")
+    target_network_frequency: int = setting(1, "the target critics move every N critic steps")
+    alpha: float = setting(0.2, "entropy coefficient when autotune is false")
+    autotune: bool = setting(True, "tune the entropy coefficient towards a target entropy of -act_dim")
+    hidden_sizes: list[int] = setting([256, 256], "hidden layer widths of actor and critics (ReLU)")
+
+
+@dataclass
 class PruningConfig:
     """what the compressor prunes, how and when"""
 
     method: str = setting("magnitude", "none: the dense baseline; magnitude abs(w); taylor abs(w * g); gradient g; "
-                                       "g is the mean abs(dL/dw) over recent PPO minibatches")
+                                       "g is the mean abs(dL/dw) over recent minibatches")
     structure: str = setting("weight", "weight: single weights; neuron: whole hidden units, which the workers then "
                                        "run as smaller matrices")
     target_sparsity: float = setting(0.8, "fraction of prunable weights (neuron: of hidden units) removed, exactly "
@@ -87,8 +114,12 @@ class PruningConfig:
     regrow: bool = setting(False, "false: masks are nested, a pruned weight stays pruned; true: each compression "
                                   "re-selects, and revived weights restart at zero with no optimizer history")
     num_gradient_batches: int = setting(32, "taylor, gradient: g is averaged over the last N minibatches of the "
-                                            "trainer's own PPO updates (no extra passes)")
-    gradient_batch_size: int = setting(0, "samples in each such minibatch: 0 or PPO's minibatch size")
+                                            "trainer's own updates (no extra passes; SAC: replay batches, of the "
+                                            "actor loss for the actor, of the critic loss for the critics)")
+    gradient_batch_size: int = setting(0, "samples in each such minibatch: 0 or the algorithm's own (PPO's "
+                                          "minibatch, SAC's batch_size)")
+    targets: list[str] = setting(["actor"], "what is pruned: actor; or actor,critic (SAC, both pruned): the trainer "
+                                            "also prunes its critics, at each step's sparsity, with its own masks")
     delay_s: float = setting(0.0, "testing: the compressor sleeps this long per snapshot, to try the service under "
                                   "a slow compressor")
     distill_steps: int = setting(32, "teacher-student: Adam steps per version that bring the pruned student the "
@@ -131,8 +162,11 @@ class SupervisorConfig:
 class Config:
     env_id: str = setting("CartPole-v1", "any gymnasium id with a flat Box observation and Discrete or flat Box "
                                          "actions")
-    preset: str = setting("auto", "tuned settings under yours: auto: env_id's shipped preset, if any (hotprune "
-                                  "presets); none: the built-in defaults; or a preset's name")
+    algorithm: str = setting("ppo", "the learner: ppo (on-policy, any action space) or sac (off-policy from a "
+                                    "replay buffer, Box actions)")
+    preset: str = setting("auto", "tuned settings under yours: auto: the shipped preset of env_id (ppo) or "
+                                  "<env_id>-<algorithm>, if any (hotprune presets); none: the built-in defaults; or "
+                                  "a preset's name")
     mode: str = setting("async", "async: training never waits for the compressor or the workers; sync: each epoch "
                                  "trains on data of the newest version only: every worker sends its share of "
                                  "the epoch, then pauses until the next version is in the store")
@@ -142,11 +176,12 @@ class Config:
     prune_training_model: bool = setting(True, "true: both pruned (the masks go back to the trainer); false: "
                                                "teacher-student (the trainer stays dense)")
     seed: int = setting(1, "random seed of the trainer; worker i adds 1000 * (i + 1)")
-    epochs: int = setting(150, "PPO updates to train for (a run's config.toml holds the number total_steps gave)")
+    epochs: int = setting(150, "updates to train for (a run's config.toml holds the number total_steps gave)")
     total_steps: int = setting(0, "when > 0, the length in env samples instead: epochs = "
                                   "ceil(total_steps / samples_per_epoch)")
-    samples_per_epoch: int = setting(2048, "samples per PPO update, at least (whole chunks; in sync mode the same "
-                                           "number of chunks from every worker)")
+    samples_per_epoch: int = setting(2048, "env samples per update (PPO's batch; SAC's between two snapshots), at "
+                                           "least (whole chunks; in sync mode the same number of chunks from every "
+                                           "worker)")
     num_workers: int = setting(2, "inference worker processes")
     envs_per_worker: int = setting(4, "environments in each worker's vector env")
     chunk_steps: int = setting(64, "vector steps per trajectory chunk a worker sends")
@@ -165,6 +200,7 @@ class Config:
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
                                        "checkpoint.safetensors; a restarted trainer redoes the epochs since")
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -193,8 +229,30 @@ class Config:
 
     @property
     def minibatch_size(self) -> int:
-        """Samples in a PPO minibatch."""
-        return self.epoch_samples // self.ppo.minibatches
+        """Samples in a minibatch: PPO's, or SAC's replay batch."""
+        return self.sac.batch_size if self.algorithm == "sac" else self.epoch_samples // self.ppo.minibatches
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        """The actor's (and critics') hidden layers: those of the run's algorithm."""
+        return self.sac.hidden_sizes if self.algorithm == "sac" else self.ppo.hidden_sizes
+
+    @property
+    def replay_capacity(self) -> int:
+        """SAC's replay buffer rows: buffer_size, but never more than the run's env steps."""
+        return min(self.sac.buffer_size, self.total_epochs * self.epoch_samples)
+
+    @property
+    def random_versions(self) -> int:
+        """SAC: the policy versions the trainer publishes before its first gradient step (it takes one
+        from the first epoch that brings its samples to learning_starts on). While they run, the
+        workers act uniformly at random instead (CleanRL's warm-up): the worker knows the version it
+        runs and nothing of the trainer's step count, and this needs no new field in the store."""
+        return math.ceil(self.sac.learning_starts / self.epoch_samples) if self.algorithm == "sac" else 0
+
+    @property
+    def gamma(self) -> float:
+        return self.sac.gamma if self.algorithm == "sac" else self.ppo.gamma
 
     @property
     def total_epochs(self) -> int:
@@ -220,6 +278,7 @@ class Config:
 
 
 CHOICES = {
+    "algorithm": tuple(ALGORITHMS),
     "mode": ("async", "sync"),
     "pruning.method": METHODS,
     "pruning.structure": STRUCTURES,
@@ -246,9 +305,10 @@ def _with_preset(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(name, str):
         raise ConfigError(f"preset must be a string (auto, none or a preset's name), got {name!r}")
     shipped = presets()
-    if name == "auto":
-        name = data.get("env_id", Config.env_id)
-        name = name if isinstance(name, str) and name in shipped else "none"  # a bad env_id: refused later
+    if name == "auto":  # env_id's preset for its algorithm: <env_id> for PPO, <env_id>-<algorithm> for others
+        env, algorithm = data.get("env_id", Config.env_id), data.get("algorithm", Config.algorithm)
+        name = f"{env}-{algorithm}" if algorithm != Config.algorithm else env
+        name = name if isinstance(env, str) and isinstance(algorithm, str) and name in shipped else "none"
     if name == "none":
         return {**data, "preset": "none"}
     if name not in shipped:
@@ -256,6 +316,9 @@ def _with_preset(data: dict[str, Any]) -> dict[str, Any]:
     base = tomllib.loads(shipped[name].read_text(encoding="utf-8"))
     if data.get("env_id", base["env_id"]) != base["env_id"]:
         raise ConfigError(f"preset {name} is for {base['env_id']}, not env_id {data['env_id']}")
+    preset_algorithm = base.get("algorithm", Config.algorithm)
+    if data.get("algorithm", preset_algorithm) != preset_algorithm:
+        raise ConfigError(f"preset {name} is for algorithm {preset_algorithm}, not algorithm {data['algorithm']}")
     if "epochs" in data or "total_steps" in data:
         base = {k: v for k, v in base.items() if k not in ("epochs", "total_steps")}
     return {**_merged(base, data), "preset": name}
@@ -314,14 +377,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
 
 
 def describe(c: Config) -> str:
-    """What a run is, for its generated id: env, mode, placement, pruning, seed; e.g.
-    cartpole-async-bp-mag80-s1 (bp: both pruned, ts: teacher-student; an n after the method: neurons).
-    Short on purpose: ipc socket paths under the run directory are capped at 107 bytes."""
+    """What a run is, for its generated id: env, algorithm (unless PPO), mode, placement, pruning, seed;
+    e.g. cartpole-async-bp-mag80-s1, pendulum-sac-async-bp-mag80-s1 (bp: both pruned, ts: teacher-student;
+    an n after the method: neurons). Short on purpose: ipc socket paths under the run directory are
+    capped at 107 bytes."""
     env = re.sub(r"[^a-z0-9]+", "-", re.sub(r"-v\d+$", "", c.env_id.lower())).strip("-")[:16] or "env"
     p = c.pruning
     pruning = "dense" if p.method == "none" else \
         f"{p.method[:3]}{'n' if p.structure == 'neuron' else ''}{round(p.target_sparsity * 100)}"
-    return f"{env}-{c.mode}-{'bp' if c.prune_training_model else 'ts'}-{pruning}-s{c.seed}"
+    algorithm = "" if c.algorithm == Config.algorithm else f"{c.algorithm}-"
+    return f"{env}-{algorithm}{c.mode}-{'bp' if c.prune_training_model else 'ts'}-{pruning}-s{c.seed}"
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -365,6 +430,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         value = float(value)
     if kind is int:
         value = _integral(value)
+    if kind == list[str]:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return items
+        raise ConfigError(f"{key} must be a list of names (e.g. actor,critic or [\"actor\", \"critic\"]), "
+                          f"got {value!r}")
     if kind == list[int]:
         items = [_literal(v) for v in value.split(",")] if isinstance(value, str) else value
         if isinstance(items, list):
@@ -421,6 +492,19 @@ def validate(c: Config) -> None:
     need(p.max_grad_norm > 0, "ppo.max_grad_norm", "must be > 0")
     need(p.input_bound > 0, "ppo.input_bound", "must be > 0")
     need(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes), "ppo.hidden_sizes", "must be positive sizes")
+    a = c.sac
+    need(a.q_lr > 0, "sac.q_lr", "must be > 0")
+    need(a.policy_lr > 0, "sac.policy_lr", "must be > 0")
+    need(0 < a.gamma <= 1, "sac.gamma", "must be in (0, 1]")
+    need(0 < a.tau <= 1, "sac.tau", "must be in (0, 1]")
+    need(a.batch_size >= 1, "sac.batch_size", "must be >= 1")
+    need(a.buffer_size >= a.batch_size, "sac.buffer_size", "must be >= sac.batch_size")
+    need(a.learning_starts >= 0, "sac.learning_starts", "must be >= 0")
+    need(0 < a.utd <= 64, "sac.utd", "must be in (0, 64]")
+    need(a.policy_frequency >= 1, "sac.policy_frequency", "must be >= 1")
+    need(a.target_network_frequency >= 1, "sac.target_network_frequency", "must be >= 1")
+    need(a.alpha >= 0, "sac.alpha", "must be >= 0")
+    need(len(a.hidden_sizes) >= 1 and all(h >= 1 for h in a.hidden_sizes), "sac.hidden_sizes", "must be positive sizes")
     q = c.pruning
     need(0 <= q.target_sparsity < 1, "pruning.target_sparsity", "must be in [0, 1)")
     need(0 <= q.initial_sparsity <= q.target_sparsity, "pruning.initial_sparsity", "must be in [0, target_sparsity]")
@@ -436,7 +520,12 @@ def validate(c: Config) -> None:
     need(q.num_gradient_batches >= 1, "pruning.num_gradient_batches", "must be >= 1")
     minibatch = c.minibatch_size
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
-         f"must be 0 or PPO's minibatch size {minibatch} (g comes from the trainer's own minibatches)")
+         f"must be 0 or {'SAC' if c.algorithm == 'sac' else 'PPO'}'s minibatch size {minibatch} (g comes from the "
+         "trainer's own minibatches)")
+    need(q.targets in (["actor"], list(PRUNING_TARGETS)), "pruning.targets",
+         "must be [\"actor\"] or [\"actor\", \"critic\"]")
+    need("critic" not in q.targets or (c.algorithm == "sac" and c.prune_training_model), "pruning.targets",
+         "may hold critic only with algorithm=sac and prune_training_model=true (the critics are the trainer's)")
     need(q.delay_s >= 0, "pruning.delay_s", "must be >= 0")
     need(q.distill_steps >= 0, "pruning.distill_steps", "must be >= 0")
     need(q.distill_lr > 0, "pruning.distill_lr", "must be > 0")

@@ -27,16 +27,21 @@ from service.pruning import Masks, apply_masks
 
 
 class Distiller:
-    def __init__(self, discrete: bool, steps: int, lr: float):
+    def __init__(self, discrete: bool, steps: int, lr: float, algorithm: str = "ppo",
+                 action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
         torch.set_num_threads(1)  # one CPU thread per process, as the trainer and the workers
         # torch's optimizers import torch._dynamo on first use (about a second): paid here, at start,
         # not at the first compression, where it would hold the store back while the trainer runs on
         torch.optim.Adam([torch.zeros(1, requires_grad=True)]).zero_grad()
         self.discrete, self.steps, self.lr = discrete, steps, lr
+        self.algorithm, self.action_box = algorithm, action_box
         self.student: Actor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.masks: Masks | None = None
         self.keep: dict[str, torch.Tensor] = {}
+
+    def actor(self, tensors: dict[str, np.ndarray]) -> Actor:
+        return actor_from_tensors(tensors, self.discrete, self.algorithm, self.action_box)
 
     def distil(self, teacher: dict[str, np.ndarray], masks: Masks,
                obs: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
@@ -45,7 +50,7 @@ class Distiller:
         if masks is not self.masks:
             start = teacher if self.student is None else actor_arrays(self.student)
             full_shapes = Masks(masks.elements)  # masked in place, no unit sliced out: the student keeps its shapes
-            self.student = actor_from_tensors(apply_masks(start, full_shapes), self.discrete)
+            self.student = self.actor(apply_masks(start, full_shapes))
             self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.lr)
             self.keep = {n: torch.from_numpy(k) for n, k in masks.elements.items()}
             self.masks = masks
@@ -57,7 +62,7 @@ class Distiller:
                                            "diverged": False, "duration_ms": (time.perf_counter() - t0) * 1e3}
         params, x = dict(student.named_parameters()), torch.from_numpy(np.array(obs))
         with torch.no_grad():  # copies: a snapshot's arrays are read-only views of its message
-            target = actor_from_tensors({n: np.array(w) for n, w in teacher.items()}, self.discrete).distribution(x)
+            target = self.actor({n: np.array(w) for n, w in teacher.items()}).distribution(x)
             last_good = {n: p.detach().clone() for n, p in params.items()}
 
         def kl() -> torch.Tensor:

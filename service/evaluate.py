@@ -2,9 +2,9 @@
 
 With `video`, the first episode is rendered to an mp4 (the optional `video` extra: pygame, imageio).
 Runs `episodes` full episodes in a fresh gymnasium env (seeded `seed`, `seed + 1`, ...), sampling
-actions as the workers do, or with `deterministic` the most likely action (discrete) or the mean
-(continuous). Reports the mean and standard deviation of the return and the policy's non-zero and
-total parameters.
+actions as the workers do, or with `deterministic` the most likely action (discrete), the mean
+(PPO, continuous) or tanh of the mean in the action box (SAC). Reports the mean and standard
+deviation of the return and the policy's non-zero and total parameters.
 """
 
 from __future__ import annotations
@@ -61,11 +61,7 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
             if recording:
                 frames.append(_frame(env))
             while not done:
-                dist = actor.distribution(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
-                if deterministic:
-                    action = dist.probs.argmax(-1) if spec.discrete else dist.mean
-                else:
-                    action = dist.sample()
+                action = actor.act(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), deterministic)
                 obs, reward, terminated, truncated, _ = env.step(clip_actions(spec, action.numpy()[0]))
                 total += float(reward)
                 done = terminated or truncated

@@ -19,9 +19,7 @@ import safetensors.torch
 from torch.nn.utils import prune
 
 from service import artifacts
-from service.envs import EnvSpec
-from service.actor_spec import OBS_NORM, linear_weight_names
-from service.policy import Actor, make_actor
+from service.policy import Actor
 
 FORMATS = ("state_dict", "torch-prune", "masks")
 
@@ -68,10 +66,7 @@ def load_torch_prune(path: str | Path) -> Actor:
     _, meta = artifacts.load(Path(path))
     dense = {n.removesuffix("_orig"): t for n, t in tensors.items() if n.endswith("_orig")}
     dense.update({n: t for n, t in tensors.items() if not n.endswith(("_orig", "_mask"))})
-    weights = linear_weight_names(dense)
-    obs_dim, act_dim = int(dense[weights[0]].shape[1]), int(dense[weights[-1]].shape[0])
-    actor = make_actor(EnvSpec(meta["env_id"], obs_dim, act_dim, meta["discrete"]), meta["hidden_sizes"],
-                       normalize_obs=OBS_NORM[0] in dense)
+    actor = artifacts.policy_actor({n: t.numpy() for n, t in dense.items()}, meta)
     modules = dict(actor.named_modules())
     for name in (n.removesuffix("_orig") for n in tensors if n.endswith("_orig")):
         module_name, _, param = name.rpartition(".")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -22,8 +23,9 @@ from protocol import store_layout as layout
 from protocol.endpoints import SOCKETS, socket_dir
 from service import cleanup, metrics, transport_security
 from service.actor_spec import actor_shapes
-from service.config import Config, ConfigError, to_toml
-from service.envs import env_spec
+from service.algorithms import actor_kind
+from service.config import REPLAY_MEMORY_SHARE, Config, ConfigError, to_toml
+from service.envs import EnvSpec, env_spec
 
 
 def prepare(cfg: Config, check_ports: bool = True) -> Path:
@@ -33,7 +35,14 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     process was killed) is removed; one in use is refused. With tcp, the ports are checked free
     unless `check_ports` is false (`hotprune init`: processes started by hand later bind them).
     """
-    env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
+    spec = env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
+    try:
+        actor_kind(cfg.algorithm, spec.discrete)
+    except ValueError:
+        raise ConfigError(f"algorithm {cfg.algorithm} needs Box actions; env_id {cfg.env_id} has Discrete "
+                          "actions (use algorithm=ppo)") from None
+    if cfg.algorithm == "sac":
+        _check_replay_memory(cfg, spec)
     if cfg.tensorboard and not metrics.available():
         raise ConfigError("tensorboard = true needs TensorBoard: pip install -e '.[tensorboard]'")
     run_dir = cfg.run_dir
@@ -88,6 +97,23 @@ def discard(run_dir: Path, made: bool) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
+def _check_replay_memory(cfg: Config, spec: EnvSpec) -> None:
+    """SAC's replay buffer (float32 obs, next obs, action, reward, done per row) must fit in
+    REPLAY_MEMORY_SHARE of the memory the machine has available now."""
+    row = 4 * (2 * spec.obs_dim + spec.act_dim + 2)
+    needed = cfg.replay_capacity * row
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M).group(1)) * 1024
+    except (OSError, AttributeError):  # not Linux as we know it: nothing to check against
+        return
+    if needed > REPLAY_MEMORY_SHARE * available:
+        most = int(REPLAY_MEMORY_SHARE * available // row)
+        raise ConfigError(f"sac.buffer_size {cfg.sac.buffer_size:,} needs {needed / 2**30:.1f} GiB for this run "
+                          f"({row} bytes a transition), more than {REPLAY_MEMORY_SHARE:.0%} of the "
+                          f"{available / 2**30:.1f} GiB available; at most {most:,} here")
+
+
 def _check_ports_free(cfg: Config) -> None:
     """With tcp, bind each port the run will listen on, as ZeroMQ will (SO_REUSEADDR: a port left
     in TIME_WAIT is free), so a busy port fails here and not after every process started."""
@@ -111,7 +137,7 @@ WORKERS_PER_CORE = 4  # more inference workers than this per core only fight ove
 
 def store_slot_size(cfg: Config) -> int:
     """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
-    shapes = actor_shapes(env_spec(cfg.env_id), cfg.ppo.hidden_sizes, cfg.normalize_obs)
+    shapes = actor_shapes(env_spec(cfg.env_id), cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
     return layout.payload_size({n: np.zeros(shape, np.float32) for n, shape in shapes.items()})
 
 
@@ -120,7 +146,7 @@ def largest_frame(cfg: Config) -> int:
     gradient statistics) in a snapshot, a trajectory chunk's observations, or in teacher-student
     mode the observations a snapshot ships for distilling."""
     obs_dim = env_spec(cfg.env_id).obs_dim
-    shapes = actor_shapes(env_spec(cfg.env_id), cfg.ppo.hidden_sizes, cfg.normalize_obs)
+    shapes = actor_shapes(env_spec(cfg.env_id), cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
     weight = max(math.prod(shape) for shape in shapes.values()) * 4
     chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * obs_dim * 4
     distill_obs = min(cfg.pruning.distill_samples, cfg.epoch_samples) * obs_dim * 4 if cfg.distills else 0

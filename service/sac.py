@@ -14,7 +14,6 @@ checkpointed (a resumed trainer refills it).
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import numpy as np
@@ -48,10 +47,6 @@ class ReplayBuffer:
         self.pos = 0  # the next row written
         self.size = 0
 
-    @staticmethod
-    def nbytes(capacity: int, obs_dim: int, act_dim: int) -> int:
-        return capacity * 4 * (2 * obs_dim + act_dim + 2)
-
     def __len__(self) -> int:
         return self.size
 
@@ -73,13 +68,17 @@ class ReplayBuffer:
 
 class SoftQNetwork(nn.Module):
     """Q(s, a): an MLP (`net.0`, `net.2`, ... like the actor, so the same pruning code masks it) on
-    the observation and action side by side."""
+    the observation and action side by side; given the actor's `obs_norm`, the observation is
+    normalised as the actor's."""
 
-    def __init__(self, spec: EnvSpec, hidden_sizes: list[int]):
+    def __init__(self, spec: EnvSpec, hidden_sizes: list[int], obs_norm: nn.Module | None = None):
         super().__init__()
+        self.obs_norm = obs_norm
         self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], "relu")
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         return self.net(torch.cat([obs, actions], 1)).view(-1)
 
 
@@ -91,17 +90,19 @@ class Learner:
         s = self.cfg = cfg.sac
         self.generator = generator
         self.hidden_sizes = s.hidden_sizes
-        self.actor = make_actor(spec, s.hidden_sizes, "sac")
-        self.qf1, self.qf2 = SoftQNetwork(spec, s.hidden_sizes), SoftQNetwork(spec, s.hidden_sizes)
-        self.qf1_target, self.qf2_target = copy.deepcopy(self.qf1), copy.deepcopy(self.qf2)
+        self.actor = make_actor(spec, s.hidden_sizes, cfg.normalize_obs, "sac")
+        obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
+        self.qf1, self.qf2 = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
+        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=s.q_lr)
         self.optimizer = torch.optim.Adam(self.actor.parameters(), lr=s.policy_lr)  # the actor's
         # Automatic entropy tuning: alpha = exp(log_alpha) is driven towards entropy -act_dim.
         self.target_entropy = -float(spec.act_dim)
         self.log_alpha = torch.zeros(1, requires_grad=True)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=s.q_lr)
-        self.buffer = ReplayBuffer(min(s.buffer_size, cfg.total_epochs * cfg.epoch_samples), spec.obs_dim,
-                                   spec.act_dim)
+        self.buffer = ReplayBuffer(cfg.replay_capacity, spec.obs_dim, spec.act_dim)
         self.samples_seen = 0  # env steps added to the buffer (this trainer's, and its checkpoint's)
         self.gradient_steps = 0  # critic steps so far: the clock of the delayed actor and target updates
         # What the trainer's critic pruning masks and checkpoints: the critics and their targets by name.

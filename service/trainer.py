@@ -1,14 +1,21 @@
-"""The trainer: PPO on the workers' trajectory chunks, a weight snapshot published every epoch.
+"""The trainer: the learning algorithm's shell, a weight snapshot published every epoch.
 
-An epoch is: collect `samples_per_epoch` samples -> one PPO update -> publish the snapshot -> log
-the `epoch` line. In both-pruned mode, masks that have arrived are applied after collecting and
-before every minibatch (never waited for during training; after the last epoch the trainer waits
-for the compressor's report on the last scheduled step, so the run ends at its planned sparsity).
-In async mode a chunk at most `max_policy_lag` versions old is used (its behaviour log-probs correct
-for the staleness) and older ones are dropped (`dropped_stale`); in sync mode only chunks of the
-newest version, a share from every worker. Either way the workers' chunks are flow-controlled: the
-trainer publishes on `credits` how many chunks it has taken from each worker process, and a worker
-keeps at most its share of an epoch in flight, so the pipes never buffer more than about one epoch.
+An epoch is: collect `samples_per_epoch` samples -> one update of the run's algorithm -> publish the
+snapshot -> log the `epoch` line. The algorithm (`algorithm`: service.ppo or service.sac, a `Learner`
+each) is a plain module that knows nothing of sockets, snapshots or masks; this shell owns those, and
+reaches into its update through the update hooks. SAC keeps its replay buffer in the learner, here:
+the workers send the same trajectory chunks as for PPO.
+
+In both-pruned mode, masks that have arrived are applied after collecting and before every minibatch
+(never waited for during training; after the last epoch the trainer waits for the compressor's report
+on the last scheduled step, so the run ends at its planned sparsity). In async mode a chunk at most
+`max_policy_lag` versions old is used and older ones are dropped (`dropped_stale`): PPO's behaviour
+log-probs correct for that staleness; SAC is off-policy and needs no correction, and keeps the bound
+only for what it guards against, a stalled compressor whose workers run one old policy on and on. In
+sync mode only chunks of the newest version, a share from every worker. Either way the workers'
+chunks are flow-controlled: the trainer publishes on `credits` how many chunks it has taken from
+each worker process, and a worker keeps at most its share of an epoch in flight, so the pipes never
+buffer more than about one epoch.
 
 It checkpoints (service.checkpoints) at epoch 0, every `checkpoint_every` epochs and at the end,
 before publishing that epoch's snapshot. With `--resume` it goes on from its checkpoint: it redoes the
@@ -20,6 +27,7 @@ Run it: `hotprune trainer --run-dir runs/<run_id> [--resume]` or `python -m serv
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -34,14 +42,17 @@ import zmq
 
 from protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
-from service import artifacts, checkpoints, eventlog, metrics, ppo
-from service.normalize import RewardScaler, RunningMeanStd
+from service import artifacts, checkpoints, eventlog, metrics
+from service.algorithms import ALGORITHMS
+from service.chunks import Batch
 from service.config import Config
+from service.critic_masks import CriticMasks
+from service.normalize import RewardScaler, RunningMeanStd
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
-from service.policy import actor_arrays, expected_spec, make_actor, make_critic
+from service.policy import actor_arrays, expected_spec
 from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
-from service.pruning import Masks, masked_stats, prunable_names, pruner_for, sparsity
+from service.pruning import CompressionFailed, Masks, masked_stats, prunable_names, pruner_for, sparsity
 from service.schedule import Schedule, plan
 from service.training_masks import TrainingMasks
 from service.transport_security import SocketSecurity
@@ -90,15 +101,14 @@ class Trainer:
         self.spec = env_spec(cfg.env_id)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.actor = make_actor(self.spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
-        self.critic = make_critic(self.spec, cfg.ppo.hidden_sizes, self.actor.obs_norm)
+        algorithm = importlib.import_module(f"service.{ALGORITHMS[cfg.algorithm].module}")
+        self.learner = algorithm.Learner(self.spec, cfg, self.generator)
+        self.actor = self.learner.actor
         # Normalisation (service.normalize): the observation statistics reach the actor's buffers
         # after each update, so an epoch trains on the statistics its data was collected with.
         self.obs_stats = RunningMeanStd((self.spec.obs_dim,)) if cfg.normalize_obs else None
-        self.reward_scaler = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.ppo.gamma) \
+        self.reward_scaler = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.gamma) \
             if cfg.normalize_reward else None
-        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
-                                          lr=cfg.ppo.learning_rate, eps=1e-5)
         p = cfg.pruning
         self.weight_spec = expected_spec(self.actor)
         self.params_total = sum(int(np.prod(shape)) for _, shape in self.weight_spec.values())
@@ -106,7 +116,7 @@ class Trainer:
         pruner = pruner_for(self.weight_spec, p)
         params = dict(self.actor.named_parameters())
         masked = pruner.mask_names() if pruner and cfg.prune_training_model else []
-        self.masks = TrainingMasks({n: params[n] for n in masked}, self.optimizer, regrow=p.regrow)
+        self.masks = TrainingMasks({n: params[n] for n in masked}, self.learner.optimizer, regrow=p.regrow)
         grad_names = pruner.grad_names if pruner else []
         self.grad_stats = GradientStats({n: params[n] for n in grad_names}, p.num_gradient_batches) \
             if grad_names else None
@@ -114,6 +124,11 @@ class Trainer:
         intake, keeping = ([MaskIntake(self)], [self.masks]) if cfg.prune_training_model else ([], [])
         stats = [self.grad_stats] if self.grad_stats else []
         self.hooks: list[UpdateHooks] = [*intake, *stats, *keeping]
+        # pruning.targets with "critic" (SAC, both pruned): the critics' own masks, kept here alone.
+        self.critic_masks = CriticMasks(self.learner.critics, self.learner.critic_targets,
+                                        self.learner.critic_optimizer, p) \
+            if "critic" in p.targets and pruner else None
+        self.critic_masks_epoch = -1  # the newest schedule step the critics were pruned for
         self.schedule = Schedule(plan(cfg)[0])
         self.steps = {s.epoch: s for s in self.schedule.steps}
         # The run ends once the compressor has reported on the last scheduled step (and, in both-pruned
@@ -142,7 +157,7 @@ class Trainer:
         self.security.bind(self.mask_inbox, ep.masks)
         self.encoder = Encoder(cfg.run_id, "trainer")
 
-        self.version = 0  # number of PPO updates so far; snapshot v is the policy after update v
+        self.version = 0  # number of updates so far; snapshot v is the policy after update v
         self.last_snapshot: list = []
         self.answered_at = -ANSWER_EVERY_S  # when a subscriber last got the newest snapshot
         self.subscriber_waiting = False  # one joined and is still to be answered
@@ -367,6 +382,24 @@ class Trainer:
             self.log.warning("masks_not_nested", version=f["version"], refused_revivals=counts["refused_revivals"],
                              reason="these masks would revive pruned weights; they stay pruned (pruning.regrow=false)")
 
+    def prune_critics(self, epoch: int) -> float | None:
+        """pruning.targets with "critic": once trained through a schedule step's epoch, the critics are
+        pruned to its sparsity (the newest step's, if several are due: masks nest). A criterion that
+        cannot rank yet (no gradients before learning_starts) leaves the step due for the next epoch.
+        Returns the critics' measured sparsity (None when they are not pruned)."""
+        if self.critic_masks is None:
+            return None
+        due = [step for step in self.schedule.steps if self.critic_masks_epoch < step.epoch <= epoch]
+        if due:
+            try:
+                report = self.critic_masks.prune(due[-1].sparsity)
+            except CompressionFailed as exc:
+                self.log.warning("critic_compression_failed", epoch=epoch, due_epoch=due[-1].epoch, reason=str(exc))
+            else:
+                self.critic_masks_epoch = due[-1].epoch
+                self.log.info("critic_masks_applied", epoch=epoch, due_epoch=due[-1].epoch, **report)
+        return self.critic_masks.sparsity()
+
     def training_sparsity(self) -> float:
         return sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names)
 
@@ -390,19 +423,24 @@ class Trainer:
 
     COUNTERS = ("epoch", "version", "trainer_start", "epoch_ceiling", "applied_masks_version", "masks_version",
                 "reported_due_epoch", "pruned_policy", "compression_failures", "samples_total", "samples_received",
-                "samples_dropped_stale", "max_lag")
+                "samples_dropped_stale", "max_lag", "critic_masks_epoch")
 
     def checkpoint(self) -> None:
         """Write the state to go on from (before this epoch's snapshot is published)."""
         c = self.cfg
-        tensors = checkpoints.state_tensors(self.actor, self.critic, self.optimizer, self.generator)
+        learner_tensors, learner_meta = self.learner.state()
+        tensors = checkpoints.state_tensors(self.learner.modules(), self.learner.optimizers(), self.generator)
+        tensors |= learner_tensors
         tensors |= {f"mask.{n}": keep for n, keep in self.masks.keep_masks().items()}
+        if self.critic_masks:
+            tensors |= {f"critic_mask.{n}": keep for n, keep in self.critic_masks.keep_masks().items()}
         tensors["swap_latencies_ms"] = np.asarray(self.swap_latencies, np.float64)
         for prefix, stats in self.normalisation().items():
             tensors |= {f"{prefix}.{k}": v for k, v in stats.state().items()}
         t0 = time.perf_counter()
-        checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.ppo.hidden_sizes,
-                         param_groups=self.optimizer.state_dict()["param_groups"],
+        checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.hidden_sizes,
+                         algorithm=c.algorithm, param_groups=checkpoints.param_groups(self.learner.optimizers()),
+                         learner=learner_meta,
                          episodes=list(self.episodes), inference=list(self.inference), records=self.records,
                          **{k: getattr(self, k) for k in self.COUNTERS})
         self.log.info("checkpoint_saved", epoch=self.epoch, version=self.version,
@@ -414,11 +452,22 @@ class Trainer:
         if not checkpoints.path(c.run_dir).exists():
             self.log.warning("checkpoint_missing", reason="no checkpoint to resume from: starting at epoch 0")
             return False
-        tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.ppo.hidden_sizes)
-        checkpoints.restore(tensors, self.actor, self.critic, self.optimizer, self.generator, meta["param_groups"])
+        tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.hidden_sizes)
+        if meta.get("algorithm", "ppo") != c.algorithm:
+            raise checkpoints.CheckpointError(f"the checkpoint is of algorithm {meta.get('algorithm', 'ppo')}, "
+                                              f"not {c.algorithm}")
+        checkpoints.restore(tensors, self.learner.modules(), self.learner.optimizers(), self.generator,
+                            meta["param_groups"])
+        self.learner.restore(tensors, meta.get("learner", {}))
         for key in self.COUNTERS:  # a counter newer than the checkpoint keeps its initial value
             setattr(self, key, meta.get(key, getattr(self, key)))
         self.masks.apply({n[len("mask."):]: a for n, a in tensors.items() if n.startswith("mask.")})
+        if self.critic_masks:
+            self.critic_masks.restore({n[len("critic_mask."):]: a for n, a in tensors.items()
+                                       if n.startswith("critic_mask.")}, c.pruning.structure)
+        if c.algorithm == "sac":  # the replay buffer is not checkpointed: refilled from the next epochs
+            self.log.warning("replay_buffer_lost", epoch=self.epoch, samples_seen=self.learner.samples_seen,
+                             reason="the replay buffer is not checkpointed; it refills from the next epochs")
         self.episodes.extend(meta["episodes"])
         self.inference = tuple(meta["inference"])
         self.records = meta["records"]
@@ -467,8 +516,8 @@ class Trainer:
     def policy_meta(self, **extra) -> dict:
         """What a policy file says about itself (service.artifacts)."""
         c = self.cfg
-        return {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.spec.discrete,
-                "hidden_sizes": c.ppo.hidden_sizes, **extra}
+        return {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.spec.discrete, "algorithm": c.algorithm,
+                "hidden_sizes": c.hidden_sizes, **extra}
 
     def run(self) -> int:
         c = self.cfg
@@ -488,14 +537,13 @@ class Trainer:
             t1 = time.perf_counter()
             if c.prune_training_model:
                 self.take_up_masks()
-            if c.ppo.anneal_lr:
-                self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / epochs)
-            batch = ppo.Batch.stack(chunks)
+            batch = Batch.stack(chunks)
             if self.distill_obs is not None:
                 seen = batch.obs[:-1].reshape(-1, self.spec.obs_dim)
                 rows = self.obs_rng.choice(len(seen), min(len(seen), c.pruning.distill_samples), replace=False)
                 self.distill_obs = np.ascontiguousarray(seen[np.sort(rows)])
-            losses = ppo.update(self.actor, self.critic, self.optimizer, batch, c.ppo, self.generator, self.hooks)
+            losses = self.learner.update(batch, epoch, self.hooks, self.critic_masks.hooks if self.critic_masks else ())
+            critic_sparsity = self.prune_critics(epoch)
             if losses["skipped_steps"]:
                 self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],
                                  reason="non-finite gradients")
@@ -528,6 +576,7 @@ class Trainer:
                 "inference_version": self.inference[0],
                 "inference_nonzero_params": self.inference[2],
                 "policy_lag": statistics.fmean(lags),
+                **({"critic_sparsity": critic_sparsity} if self.critic_masks else {}),
                 **losses,
             }
             self.records.append(record)
@@ -641,11 +690,13 @@ class Trainer:
             "policy_lag_mean": mean("policy_lag"),
             "policy_lag_max": self.max_lag,
             "trainer_starts": self.trainer_start + 1,
+            "algorithm": c.algorithm,
+            **({"final_critic_sparsity": self.critic_masks.sparsity()} if self.critic_masks else {}),
         }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = run_dir_parser("trainer", "PPO learner that publishes weight snapshots")
+    parser = run_dir_parser("trainer", "learner (PPO or SAC) that publishes weight snapshots")
     parser.add_argument("--resume", action="store_true", help="go on from the run's checkpoint")
     args = parser.parse_args(argv)
     cfg, stop = start(args.run_dir)

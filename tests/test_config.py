@@ -318,11 +318,14 @@ def test_env_spec_unknown_id():
 
 @pytest.mark.parametrize("name", sorted(presets()))
 def test_every_shipped_preset_is_a_valid_config_of_its_env(name):
-    c = load_config(overrides=[f"env_id={name}"])
-    assert c.preset == name and c.env_id == name
+    """preset = auto picks it from env_id and algorithm (<env_id> for PPO, <env_id>-<algorithm> else)."""
     shipped = tomllib.loads(presets()[name].read_text())
+    algorithm = shipped.get("algorithm", "ppo")
+    c = load_config(overrides=[f"env_id={shipped['env_id']}", f"algorithm={algorithm}"])
+    assert c.preset == name and c.env_id == shipped["env_id"] and c.algorithm == algorithm
+    assert name == (c.env_id if algorithm == "ppo" else f"{c.env_id}-{algorithm}")
     assert c.total_steps == shipped["total_steps"] and c.samples_per_epoch == shipped["samples_per_epoch"]
-    assert dataclasses.asdict(c.ppo).items() >= shipped["ppo"].items()
+    assert dataclasses.asdict(getattr(c, algorithm)).items() >= shipped[algorithm].items()
     assert presets()[name].read_text().startswith(f"# {name}: ")  # `hotprune presets` shows that line
 
 

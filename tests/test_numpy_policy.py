@@ -142,3 +142,68 @@ def test_tensors_that_are_not_an_actor_for_the_env_are_refused_with_the_reason(c
     spec, tensors, reason = MALFORMED[case]
     with pytest.raises(ValueError, match=reason):
         NumpyActor(tensors, spec, np.random.default_rng(0))
+
+
+def sac_actor(spec, shape: str = "dense") -> Actor:
+    """A trained-looking SAC actor (ReLU, squashed head); dense 64-64 or its neuron-pruned 90% form."""
+    torch.manual_seed(4)
+    actor = make_actor(spec, [64, 64], algorithm="sac")
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    if shape == "dense":
+        return actor
+    weights = actor_arrays(actor)
+    masks = Pruner(expected_spec(actor), method="magnitude", structure="neuron", scope="layer").compute(weights, 0.9)
+    return actor_from_tensors(apply_masks(weights, masks), spec.discrete, "sac", (spec.action_low, spec.action_high))
+
+
+HALF_BOX = EnvSpec("Box2", 5, 2, False, (-1.0, 0.0), (3.0, 0.5))  # bounds that are neither +-1 nor alike
+
+
+@pytest.mark.parametrize("shape", ["dense", "neuron-pruned"])
+@pytest.mark.parametrize("spec", [PENDULUM, HALF_BOX], ids=lambda s: s.env_id)
+def test_squashed_gaussian_actions_and_log_probs_are_the_torch_sac_actors(spec, shape):
+    """The same noise through both: the same actions, in the box, and the same tanh-corrected
+    log-probabilities (1e-5); the log-probability of given actions too, back through the squash."""
+    actor = sac_actor(spec, shape)
+    numpy_actor = NumpyActor(actor_arrays(actor), spec, np.random.default_rng(9), "sac")
+    obs = observations(spec, 64)
+    actions, logp = numpy_actor.act(obs)
+    eps = np.random.default_rng(9).standard_normal((64, spec.act_dim), np.float32)  # the draw act() made
+    with torch.no_grad():
+        dist = actor.distribution(torch.from_numpy(obs))
+        torch_actions, torch_logp = actor.squash(dist, dist.mean + dist.stddev * torch.from_numpy(eps))
+    assert actions.dtype == np.float32 and logp.dtype == np.float32 and logp.shape == (64,)
+    np.testing.assert_allclose(actions, torch_actions.numpy(), atol=1e-5)
+    np.testing.assert_allclose(logp, torch_logp.numpy(), atol=1e-5)
+    assert (actions >= np.array(spec.action_low)).all() and (actions <= np.array(spec.action_high)).all()
+    given = np.random.default_rng(1).uniform(spec.action_low, spec.action_high, (64, spec.act_dim)).astype(np.float32)
+    np.testing.assert_allclose(numpy_actor.log_prob(obs, given), torch_log_prob(actor, obs, given), atol=1e-4,
+                               rtol=1e-5)
+
+
+def test_squashed_samples_follow_the_tanh_of_the_gaussian():
+    """atanh of 40,000 rescaled samples, standardised by the torch actor's mean and std: mean 0, variance 1;
+    and the deterministic action is tanh(mean) in the box."""
+    actor = sac_actor(PENDULUM)
+    obs = np.repeat(observations(PENDULUM, 8), 5000, axis=0)
+    actions, _ = NumpyActor(actor_arrays(actor), PENDULUM, np.random.default_rng(5), "sac").act(obs)
+    with torch.no_grad():
+        dist = actor.distribution(torch.from_numpy(obs))
+        mean, std = dist.mean.numpy(), dist.stddev.numpy()
+        deterministic = actor.act(torch.from_numpy(obs[:1]), deterministic=True).numpy()
+    x = np.arctanh(np.clip(actions / 2.0, -1 + 1e-6, 1 - 1e-6).astype(np.float64))  # Pendulum's box is +-2
+    z = (x - mean) / std
+    assert abs(z.mean()) < 0.02 and abs(z.var() - 1) < 0.03
+    np.testing.assert_allclose(deterministic, 2.0 * np.tanh(mean[:1]), atol=1e-6)
+
+
+def test_a_sac_actor_needs_its_two_outputs_per_action_and_no_log_std():
+    tensors = actor_arrays(sac_actor(PENDULUM))
+    with pytest.raises(ValueError, match="needs 2"):
+        NumpyActor(without(PENDULUM_TENSORS, "log_std"), PENDULUM, np.random.default_rng(0), "sac")
+    with pytest.raises(ValueError, match=r"unexpected \['log_std'\]"):
+        NumpyActor(tensors | {"log_std": np.zeros(1, np.float32)}, PENDULUM, np.random.default_rng(0), "sac")
+    with pytest.raises(ValueError, match="needs Box actions|continuous"):
+        NumpyActor(tensors, CARTPOLE, np.random.default_rng(0), "sac")

@@ -52,7 +52,7 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
-        self.dense_spec = actor_spec(self.spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
+        self.dense_spec = actor_spec(self.spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
         self.store = self.attach_store()
@@ -84,6 +84,7 @@ class InferenceWorker:
         self.sent_of_version = (-1, 0)  # sync: (version, chunks of it sent)
         self.credits_at = 0.0  # when credits last came (monotonic)
         self.blocked_since: float | None = None  # since when may_send() says no
+        self.collecting_since: float | None = None  # the first credits that came while blocked
 
     def attach_store(self) -> WeightStore:
         """The run's weight store, waiting up to `start_timeout_s` for it to appear, and saying so
@@ -118,7 +119,7 @@ class InferenceWorker:
         header, tensors = got
         structure_changed = header.structure_id != self.structure_id
         try:  # the actor runs on this read's own (fresh) copy, not a copy of it
-            self.actor = NumpyActor(tensors, self.spec, self.rng)
+            self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm)
         except ValueError as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
                              version=self.version)
@@ -166,24 +167,29 @@ class InferenceWorker:
             self.sent_before = self.chunks_sent if self.trainer_id else 0
             self.trainer_id, self.taken = fields["trainer_id"], 0
         self.credits_at = time.monotonic()
+        if self.blocked_since is not None and self.collecting_since is None:
+            self.collecting_since = self.credits_at  # the trainer collects (again) while we wait
         start, count = taken[self.index]
         if start == self.start_ns:  # no more than were sent to it: a count cannot switch flow control off
             self.taken = min(max(self.taken, count), self.chunks_sent - self.sent_before)
 
     def may_send(self) -> bool:
         """Fewer than this worker's share of an epoch of its chunks in flight. Chunks the trainer has
-        not taken while it kept collecting for CREDITS_LOST_S are lost (e.g. with a trainer that died
+        not taken while it kept collecting for CREDITS_LOST_S (from its first credits while this
+        worker is blocked) are lost (e.g. with a trainer that died
         before its first credits): forgotten, with a `credits_lost` warning, rather than waited for."""
         in_flight = self.chunks_sent - self.sent_before - self.taken
         if in_flight < self.cfg.chunks_per_worker:
-            self.blocked_since = None
+            self.blocked_since = self.collecting_since = None
             return True
         now = time.monotonic()
         self.blocked_since = self.blocked_since or now
-        if self.credits_at - self.blocked_since > CREDITS_LOST_S:  # the trainer collects, but not ours
+        # Counted from the first credits while blocked: a trainer busy with a long update (SAC's
+        # thousand gradient steps take seconds) sends none, and has lost nothing.
+        if self.collecting_since is not None and self.credits_at - self.collecting_since > CREDITS_LOST_S:
             self.log.warning("credits_lost", in_flight=in_flight, waited_s=now - self.blocked_since,
                              trainer_id=self.trainer_id)
-            self.sent_before, self.blocked_since = self.chunks_sent - self.taken, None
+            self.sent_before, self.blocked_since, self.collecting_since = self.chunks_sent - self.taken, None, None
             return True
         return False
 
@@ -215,7 +221,7 @@ class InferenceWorker:
             self.steps += 1
             first = first or (self.version, self.sparsity, self.nonzero_params)
             obs_buf[t] = obs
-            act_buf[t], logp_buf[t] = self.actor.act(obs_buf[t])
+            act_buf[t], logp_buf[t] = self.act(obs_buf[t])
             obs, reward, terminated, truncated, info = self.envs.step(clip_actions(self.spec, act_buf[t]))
             rew_buf[t], term_buf[t], trunc_buf[t] = reward, terminated, truncated
             episode["return"] += reward
@@ -246,6 +252,15 @@ class InferenceWorker:
             "final_obs": np.asarray(final_obs, np.float32).reshape(len(final_obs), dim),
         }
         return fields, tensors, obs
+
+    def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The policy's actions and log-probabilities; uniformly random ones (and their log-density)
+        while the version is one SAC's trainer published before its first gradient step."""
+        if self.version >= self.cfg.random_versions:
+            return self.actor.act(obs)
+        low, high = np.asarray(self.spec.action_low), np.asarray(self.spec.action_high)
+        actions = self.rng.uniform(low, high, (len(obs), self.spec.act_dim)).astype(np.float32)
+        return actions, np.full(len(obs), -np.log(high - low).sum(), np.float32)
 
     def beat(self) -> None:
         self.heartbeat.beat(version=self.version, steps=self.steps, chunks_sent=self.chunks_sent)

@@ -3,10 +3,12 @@
 Every process of a run starts at once on a few cores, and `import torch` would cost a worker over a
 second of CPU and about 250 MB for a small MLP and a sample; torch's distribution objects were most
 of its policy step, too (at batch 4 and 64-64, about 180 of 220 µs). The function is
-`service.policy.Actor`'s: linear layers `net.0`, `net.2`, ... with a tanh between each two, then
-Categorical(logits) or Normal(mean, exp(log_std)) with log-probabilities summed over the action
-dimensions; a policy trained with observation normalisation carries its statistics
-(`obs_norm.mean`, `obs_norm.var`) and normalises its input as the torch actor does.
+`service.policy.Actor`'s: linear layers `net.0`, `net.2`, ... with the algorithm's activation (tanh
+for PPO, ReLU for SAC) between each two, then Categorical(logits), Normal(mean, exp(log_std)) or SAC's
+squashed Gaussian (tanh(mean + std * eps) rescaled to the action box, its log-probability with the
+tanh correction), log-probabilities summed over the action dimensions; a policy trained with
+observation normalisation carries its statistics (`obs_norm.mean`, `obs_norm.var`) and normalises its
+input as the torch actor does.
 tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5) and its samples to
 the distribution.
 """
@@ -18,30 +20,44 @@ from typing import Mapping
 import numpy as np
 
 from service.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_names
+from service.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
 from service.envs import EnvSpec
 
 LOG_SQRT_2PI = np.float32(0.5 * np.log(2 * np.pi))
+SQUASH_EPS = np.float32(1e-6)  # as service.policy's
+LOG_2 = np.float32(np.log(2))
+ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0, out=x)}
 
 
 class NumpyActor:
     """A policy over the arrays it is given, which it keeps without copying (a worker's store read is
     already its own copy). Any layer sizes: a neuron-pruned policy comes as smaller matrices."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], spec: EnvSpec, rng: np.random.Generator):
-        self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec)]
+    def __init__(self, tensors: Mapping[str, np.ndarray], spec: EnvSpec, rng: np.random.Generator,
+                 algorithm: str = "ppo"):
+        kind = actor_kind(algorithm, spec.discrete)
+        self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec, algorithm)]
         self.tensors = tensors  # what it runs on, by name
-        self.discrete, self.rng = spec.discrete, rng
+        self.discrete, self.head, self.rng = spec.discrete, kind.head, rng
+        self.activation = ACTIVATIONS[kind.activation]
+        if self.head == "squashed":
+            low, high = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32)
+            self.action_scale, self.action_bias = (high - low) / 2, (high + low) / 2
         self.obs_norm = None
         if OBS_NORM[0] in tensors:  # (mean, 1 / std) as columns
             mean, var = (tensors[n] for n in OBS_NORM)
             self.obs_norm = (mean[:, None], (1.0 / np.sqrt(var + np.float32(NORM_EPS)))[:, None])
-        if not spec.discrete:
+        if self.head == "gaussian":
             self.log_std = tensors["log_std"]
             self.std = np.exp(self.log_std)
 
     def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A sampled action for each observation of a batch (obs_dim columns), and its log-probability."""
         out = self.forward(obs)
+        if self.head == "squashed":
+            mean, log_std = self.mean_log_std(out)
+            eps = self.rng.standard_normal(mean.shape, np.float32)
+            return self.squash(mean + np.exp(log_std) * eps, -0.5 * eps * eps - log_std - LOG_SQRT_2PI)
         if self.discrete:  # Gumbel-max: the argmax of logits + Gumbel noise is a sample of Categorical(logits)
             actions = np.argmax(out + self.rng.gumbel(size=out.shape), axis=-1)
         else:
@@ -61,12 +77,29 @@ class NumpyActor:
             mean, inv_std = self.obs_norm
             h = np.clip((h - mean) * inv_std, -NORM_CLIP, NORM_CLIP)
         for weight, bias in self.layers[:-1]:
-            h = np.tanh(weight @ h + bias)
+            h = self.activation(weight @ h + bias)
         weight, bias = self.layers[-1]
         return (weight @ h + bias).T
 
+    def mean_log_std(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The squashed head's Gaussian (before tanh): the output's halves, the log std tanh-rescaled."""
+        mean, log_std = np.split(out, 2, axis=-1)
+        return mean, np.float32(LOG_STD_MIN) + np.float32(0.5 * (LOG_STD_MAX - LOG_STD_MIN)) * (np.tanh(log_std) + 1)
+
+    def squash(self, x: np.ndarray, gaussian_logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """tanh(x) * scale + bias, and its log-probability from x's (per dimension) with the tanh
+        correction log(scale) + 2 (log 2 - x - softplus(-2x)), as service.policy's."""
+        log_det = np.log(self.action_scale) + 2 * (LOG_2 - x - np.logaddexp(np.float32(0), -2 * x))
+        return np.tanh(x) * self.action_scale + self.action_bias, (gaussian_logp - log_det).sum(axis=-1)
+
     def log_prob_of(self, out: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """log pi(actions) under the distribution the MLP's output `out` makes."""
+        if self.head == "squashed":  # back through the squash; actions at the bounds are pulled inside
+            mean, log_std = self.mean_log_std(out)
+            y = np.clip((actions - self.action_bias) / self.action_scale, -1 + SQUASH_EPS, 1 - SQUASH_EPS)
+            x = np.arctanh(y)
+            z = (x - mean) / np.exp(log_std)
+            return self.squash(x, -0.5 * z * z - log_std - LOG_SQRT_2PI)[1]
         if self.discrete:  # logit - logsumexp(logits), shifted by the max so that exp cannot overflow
             shifted = out - out.max(axis=-1, keepdims=True)
             return shifted[np.arange(len(actions)), actions] - np.log(np.exp(shifted).sum(axis=-1))
@@ -74,17 +107,21 @@ class NumpyActor:
         return (-0.5 * z * z - self.log_std - LOG_SQRT_2PI).sum(axis=-1)
 
 
-def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec) -> list[tuple[np.ndarray, np.ndarray]]:
+def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
+                   algorithm: str = "ppo") -> list[tuple[np.ndarray, np.ndarray]]:
     """The (weight, bias) of each linear layer, input first; ValueError unless `tensors` are exactly an
-    actor for `spec`: a chain net.0, net.2, ... from obs_dim inputs to act_dim outputs, 2-D weights,
-    1-D biases, `log_std` of act_dim iff the actions are continuous, optionally the observation
+    actor of `algorithm` for `spec`: a chain net.0, net.2, ... from obs_dim inputs to act_dim outputs
+    (2 * act_dim for a squashed head), 2-D weights, 1-D biases, `log_std` of act_dim iff the head is
+    Gaussian, optionally the observation
     statistics (both, of obs_dim, the variances finite and >= 0), all float32."""
     weights = linear_weight_names(tensors)
     chain = [f"net.{2 * i}.weight" for i in range(len(weights))]
     if not weights or weights != chain:
         raise ValueError(f"linear layers {weights} are not a chain net.0, net.2, ...")
+    kind = actor_kind(algorithm, spec.discrete)
+    head = kind.head
     names = {n for w in weights for n in (w, w.removesuffix("weight") + "bias")}
-    if not spec.discrete:
+    if head == "gaussian":
         names.add("log_std")
     if OBS_NORM[0] in tensors or OBS_NORM[1] in tensors:
         names.update(OBS_NORM)
@@ -106,8 +143,9 @@ def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec) -> list[tup
             raise ValueError(f"{name} {weight.shape} with bias {bias.shape} does not take {width} inputs")
         layers.append((weight, bias))
         width = weight.shape[0]
-    if width != spec.act_dim:
-        raise ValueError(f"the actor has {width} outputs, {spec.env_id} needs {spec.act_dim}")
-    if not spec.discrete and tensors["log_std"].shape != (spec.act_dim,):
+    outputs = spec.act_dim * kind.outputs_per_action
+    if width != outputs:
+        raise ValueError(f"the actor has {width} outputs, {spec.env_id} needs {outputs}")
+    if head == "gaussian" and tensors["log_std"].shape != (spec.act_dim,):
         raise ValueError(f"log_std {tensors['log_std'].shape} should be ({spec.act_dim},)")
     return layers
