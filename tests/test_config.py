@@ -386,3 +386,65 @@ def test_total_steps_counts_the_samples_an_epoch_really_trains_on():
     # sync: every worker sends the same number of chunks, so an epoch may train on more than asked
     c = load_config(overrides=["mode=sync", "chunk_steps=64", "total_steps=100000"])
     assert c.epoch_samples == 512 and c.total_epochs == math.ceil(100_000 / 512)
+
+
+SAC = ["algorithm=sac", "env_id=Pendulum-v1"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["algorithm=dqn"], "algorithm"),
+    ([*SAC, "sac.tau=0"], "sac.tau"),
+    ([*SAC, "sac.tau=1.5"], "sac.tau"),
+    ([*SAC, "sac.gamma=0"], "sac.gamma"),
+    ([*SAC, "sac.q_lr=0"], "sac.q_lr"),
+    ([*SAC, "sac.policy_lr=-1e-3"], "sac.policy_lr"),
+    ([*SAC, "sac.batch_size=0"], "sac.batch_size"),
+    ([*SAC, "sac.buffer_size=100"], "sac.buffer_size"),  # smaller than a batch
+    ([*SAC, "sac.learning_starts=-1"], "sac.learning_starts"),
+    ([*SAC, "sac.utd=0"], "sac.utd"),
+    ([*SAC, "sac.policy_frequency=0"], "sac.policy_frequency"),
+    ([*SAC, "sac.target_network_frequency=0"], "sac.target_network_frequency"),
+    ([*SAC, "sac.alpha=-0.1"], "sac.alpha"),
+    ([*SAC, "sac.hidden_sizes=[]"], "sac.hidden_sizes"),
+    ([*SAC, "pruning.targets=critic"], "pruning.targets"),  # the actor is always pruned
+    ([*SAC, "pruning.targets=actor,value"], "pruning.targets"),
+    (["pruning.targets=actor,critic"], "pruning.targets"),  # PPO's critic is not pruned
+    ([*SAC, "pruning.targets=actor,critic", "prune_training_model=false"], "pruning.targets"),  # not both pruned
+    ([*SAC, "pruning.gradient_batch_size=64"], "pruning.gradient_batch_size"),  # SAC's batch is 256
+])
+def test_bad_sac_settings_are_refused_with_the_key_the_value_and_what_is_allowed(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides)
+    message = str(info.value)
+    assert message.startswith(key + " ") and "got" in message, message
+
+
+def test_algorithm_choices_come_from_the_algorithm_registry():
+    from service.algorithms import ALGORITHMS
+
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["algorithm=dqn"])
+    assert all(name in str(info.value) for name in ALGORITHMS)
+
+
+def test_sac_takes_its_env_s_sac_preset_and_its_own_hidden_sizes_and_batch():
+    c = load_config(overrides=[*SAC, "pruning.targets=actor,critic", "pruning.gradient_batch_size=256"])
+    assert (c.preset, c.algorithm, c.samples_per_epoch, c.sac.learning_starts) == ("Pendulum-v1-sac", "sac", 512, 1000)
+    assert c.hidden_sizes == c.sac.hidden_sizes == [64, 64] and c.minibatch_size == 256
+    assert c.pruning.targets == ["actor", "critic"] and c.gamma == c.sac.gamma
+    assert c.random_versions == 2  # learning starts at 1,000 steps: the trainer's updates 1 and 2 come first
+    assert c.run_id.startswith("pendulum-sac-async-bp-")
+    assert load_config(overrides=["env_id=Pendulum-v1"]).preset == "Pendulum-v1"  # PPO keeps its own
+    assert load_config(overrides=[*SAC, "preset=none"]).sac.hidden_sizes == [256, 256]  # CleanRL's
+    with pytest.raises(ConfigError, match="preset Pendulum-v1-sac is for algorithm sac, not algorithm ppo"):
+        load_config(overrides=["preset=Pendulum-v1-sac", "algorithm=ppo"])
+
+
+def test_a_sac_run_on_discrete_actions_or_with_a_buffer_beyond_memory_is_refused_before_it_starts(tmp_path):
+    runs = f"runs_dir={tmp_path}"
+    with pytest.raises(ConfigError, match="algorithm sac needs Box actions; env_id CartPole-v1 has Discrete"):
+        rundir.prepare(load_config(overrides=["algorithm=sac", "env_id=CartPole-v1", runs]))
+    huge = load_config(overrides=[*SAC, runs, "sac.buffer_size=1e12", "total_steps=1e12"])
+    with pytest.raises(ConfigError, match=r"^sac.buffer_size 1,000,000,000,000 needs .* GiB .* at most [\d,]+ here"):
+        rundir.prepare(huge)
+    assert not list(tmp_path.iterdir())  # nothing made
