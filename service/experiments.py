@@ -114,7 +114,9 @@ def plan(experiment: str, seeds: list[int], root: Path, extra: list[str]) -> lis
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     base = root / f"pruning_{experiment}"
     seeds = list(dict.fromkeys(seeds))  # a seed given twice is one run
-    grid = [(v, s, base / v.name / f"s{s}") for v in EXPERIMENTS[experiment] for s in seeds]
+    # seed by seed, the variants alternating: a grid cut short (or a machine whose load drifts) still
+    # compares every variant on the same seeds and under the same conditions
+    grid = [(v, s, base / v.name / f"s{s}") for s in seeds for v in EXPERIMENTS[experiment]]
     for v, s, run_dir in grid:  # every variant's config is valid before anything runs
         planned_config(v, s, run_dir, extra)
     return grid
