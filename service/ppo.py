@@ -24,7 +24,7 @@ from service.chunks import Batch
 from service.config import Config, PPOConfig
 from service.envs import EnvSpec
 from service.policy import Actor, make_actor, make_critic
-from service.update_hooks import UpdateHooks
+from service.update_hooks import UpdateHooks, hooked_step
 
 
 class Learner:
@@ -127,17 +127,9 @@ def update(
             entropy = actor.entropy(dist).mean()
             loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
 
-            optimizer.zero_grad()
-            loss.backward()
-            if not all_finite_grads(all_params):
+            if not hooked_step(loss, optimizer, all_params, hooks, cfg.max_grad_norm):
                 skipped += 1
                 continue
-            for hook in hooks:
-                hook.after_backward()
-            nn.utils.clip_grad_norm_(all_params, cfg.max_grad_norm)
-            optimizer.step()
-            for hook in hooks:
-                hook.after_step()
 
             with torch.no_grad():
                 steps += 1
@@ -150,7 +142,3 @@ def update(
     means = {k: v / steps if steps else None for k, v in stats.items()}
     return {**means, "skipped_steps": skipped}
 
-
-def all_finite_grads(params) -> bool:
-    grads = [p.grad for p in params if p.grad is not None]
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True

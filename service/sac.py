@@ -25,8 +25,7 @@ from service.chunks import Batch
 from service.config import Config
 from service.envs import EnvSpec
 from service.policy import make_actor, mlp
-from service.ppo import all_finite_grads
-from service.update_hooks import UpdateHooks
+from service.update_hooks import UpdateHooks, hooked_step
 
 TRANSITION_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
@@ -142,16 +141,9 @@ class Learner:
                 hook.before_minibatch()
             qf1_a_values, qf2_a_values = self.qf1(obs, actions), self.qf2(obs, actions)
             qf_loss = F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value)
-            self.q_optimizer.zero_grad()
-            qf_loss.backward()
-            if not all_finite_grads(critic_params):
+            if not hooked_step(qf_loss, self.q_optimizer, critic_params, critic_hooks):
                 skipped += 1
                 continue
-            for hook in critic_hooks:
-                hook.after_backward()
-            self.q_optimizer.step()
-            for hook in critic_hooks:
-                hook.after_step()
             self.gradient_steps += 1
             critic_steps += 1
             sums["qf_loss"] += qf_loss.item() / 2  # CleanRL logs the mean of the twins' losses
@@ -164,16 +156,9 @@ class Learner:
                         hook.before_minibatch()
                     pi, log_pi = self.actor.sample(obs)
                     actor_loss = (alpha * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
-                    self.optimizer.zero_grad()
-                    actor_loss.backward()
-                    if not all_finite_grads(actor_params):
+                    if not hooked_step(actor_loss, self.optimizer, actor_params, hooks):
                         skipped += 1
                         continue
-                    for hook in hooks:
-                        hook.after_backward()
-                    self.optimizer.step()
-                    for hook in hooks:
-                        hook.after_step()
                     actor_steps += 1
                     actor_sums["actor_loss"] += actor_loss.item()
                     if s.autotune:

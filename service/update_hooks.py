@@ -10,6 +10,11 @@ pruning needs.
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import torch
+from torch import nn
+
 
 class UpdateHooks:
     """No-op defaults: a hook overrides the points it needs."""
@@ -22,3 +27,27 @@ class UpdateHooks:
 
     def after_step(self) -> None:
         pass
+
+
+def hooked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                hooks: Sequence[UpdateHooks], max_grad_norm: float | None = None) -> bool:
+    """One optimizer step on `loss` with the hooks' `after_backward` and `after_step` around it (the
+    caller runs `before_minibatch` before its forward pass). A step whose gradients are not all finite
+    is not taken (clipping would spread one NaN to every weight): False."""
+    optimizer.zero_grad()
+    loss.backward()
+    if not all_finite_grads(params):
+        return False
+    for hook in hooks:
+        hook.after_backward()
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    for hook in hooks:
+        hook.after_step()
+    return True
+
+
+def all_finite_grads(params: Sequence[torch.Tensor]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
