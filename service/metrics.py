@@ -1,9 +1,10 @@
 """Per-epoch metrics for TensorBoard (`tensorboard = true`; the optional `tensorboard` extra).
 
 CleanRL's tags, against env steps (`global_step`): `charts/episodic_return`, `charts/SPS`,
-`losses/*`; and hotprune's: `sparsity/training`, `sparsity/inference`, `sparsity/<layer>` (the
-training model's), `async/policy_lag`, `time/rollout_s`, `time/train_s`. The event files go to
-runs/<id>/tensorboard/: `tensorboard --logdir runs`. TensorBoard is imported only when asked for.
+`losses/*` (PPO's or SAC's); and hotprune's: `sparsity/training`, `sparsity/inference`,
+`sparsity/critic` (SAC's critics, when pruned), `sparsity/<layer>` (the training model's),
+`async/policy_lag`, `time/rollout_s`, `time/train_s`. The event files go to runs/<id>/tensorboard/:
+`tensorboard --logdir runs`. TensorBoard is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import importlib.util
 from pathlib import Path
 from typing import Mapping
 
-LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")
+LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac",  # PPO's
+          "qf_loss", "qf1_values", "qf2_values", "actor_loss", "alpha", "alpha_loss")  # SAC's (CleanRL's tags)
 DIRECTORY = "tensorboard"
 
 
@@ -33,6 +35,7 @@ class TensorBoard:
             **{f"losses/{k}": record.get(k) for k in LOSSES},
             "sparsity/training": record["training_sparsity"],
             "sparsity/inference": record["inference_sparsity"],
+            "sparsity/critic": record.get("critic_sparsity"),  # SAC with pruning.targets critic
             **{f"sparsity/{name}": value for name, value in layers.items()},
             "async/policy_lag": record["policy_lag"],
             "time/rollout_s": record["rollout_s"],

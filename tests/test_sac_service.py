@@ -4,20 +4,23 @@ machine cannot run, refused before anything starts."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import safetensors.numpy
 
-from service import checkpoints
+from service import checkpoints, runlog
 from service.config import load_config
 from service.envs import env_spec
 from service.evaluate import evaluate
 from service.policy import actor_arrays, make_actor
 from workers.inference_worker import InferenceWorker
 from workers.numpy_policy import NumpyActor
-from tests.servicekit import assert_clean, events, hotprune, of, settings
+from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +112,29 @@ def test_sac_on_discrete_actions_is_refused_in_one_line_before_anything_starts(t
     assert "algorithm sac needs Box actions; env_id CartPole-v1 has Discrete actions" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_killed_sac_trainer_resumes_with_its_nets_and_critic_masks_and_refills_its_replay_buffer(tmp_path):
+    epochs = 10
+    proc = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, "resume", *SAC, f"epochs={epochs}",
+                                                        "supervisor.restart_backoff_s=0.2")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run_dir = tmp_path / "runs" / "resume"
+    wait_for(lambda: len(logged(run_dir, "trainer", "critic_masks_applied")) and
+             len(logged(run_dir, "trainer", "epoch")) >= 4, timeout=120, what="epoch 4, pruned")
+    trainer = [e["child_pid"] for e in logged(run_dir, "supervisor", "process_started") if e["name"] == "trainer"][-1]
+    os.kill(trainer, signal.SIGKILL)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    assert_clean(run_dir)
+    log = events(run_dir, "trainer")
+    [resumed] = of(log, "trainer_resumed")
+    [lost] = of(log, "replay_buffer_lost")
+    assert lost["samples_seen"] == resumed["epoch"] * 512
+    assert resumed["training_sparsity"] == pytest.approx(0.8, abs=0.005)  # the actor's masks came back
+    run = runlog.load(run_dir)
+    assert [e["epoch"] for e in run.epochs()] == list(range(1, epochs + 1))
+    after = [e for e in of(log, "epoch") if e["ts"] > resumed["ts"] and not e.get("replayed")]
+    assert after and all(e["critic_sparsity"] == pytest.approx(0.8, abs=0.005) for e in after)
+    assert after[0]["replay_size"] == 512 and after[0]["gradient_steps"] > 0  # learning goes on, from the new data
+    assert run.summary["trainer_starts"] == 2
+    assert run.summary["final_training_sparsity"] == pytest.approx(0.8, abs=0.005)
