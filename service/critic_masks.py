@@ -56,9 +56,9 @@ class CriticMasks:
             self.previous[name] = masks
             keep = {f"{prefix}.{n}": m for prefix in (name, f"{name}_target") for n, m in masks.elements.items()}
             for key, value in self.masks.apply(keep).items():
-                counts[key] += value
+                counts[key] += value // 2  # the same positions in the critic and its target: counted once
         return {"target_sparsity": target_sparsity, "critic_sparsity": self.sparsity(),
-                "pruned": self.masks.count() // 2, **counts}  # each weight is counted in critic and target
+                "pruned": self.masks.count() // 2, **counts}
 
     def sparsity(self) -> float:
         """The critics' measured sparsity (exact zeros of their prunable weights), all critics together."""
