@@ -140,7 +140,7 @@ def _main(argv: list[str]) -> int:
     show = _config_parser(sub.add_parser("config", help="the settings a run would use").add_subparsers(
         dest="action", required=True), "show", "print the resolved config: the config.toml a run would keep")
     listing = sub.add_parser("presets", help="the tuned settings shipped per environment: a run of env_id uses "
-                             "its preset under your settings (preset = auto)")
+                             "its preset (<env_id>-sac with algorithm=sac) under your settings (preset = auto)")
     listing.add_argument("name", nargs="?", help="print this preset's TOML")
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
@@ -153,7 +153,8 @@ def _main(argv: list[str]) -> int:
     evaluate = sub.add_parser("eval", help="run a kept policy on its environment: mean ± std return")
     evaluate.add_argument("policy", type=Path, help="a run directory or a policy .safetensors file")
     evaluate.add_argument("--episodes", type=int, default=10)
-    evaluate.add_argument("--deterministic", action="store_true", help="most likely action / the mean, not a sample")
+    evaluate.add_argument("--deterministic", action="store_true",
+                          help="most likely action / the mean (SAC: tanh of it), not a sample")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--video", type=Path, help="write the first episode to this mp4 (needs the video extra)")
     evaluate.add_argument("--env", help="refuse a policy trained on another environment than this id")
@@ -166,8 +167,8 @@ def _main(argv: list[str]) -> int:
     plots.add_argument("--out", type=Path, help="default: report/ in the (first) run directory")
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
     grid.add_argument("--experiment", required=True,
-                      help="basic | modes | methods | sparsity | schedules | teacher_student | presets "
-                           "(with --set env_id=...)")
+                      help="basic | modes | methods | sparsity | schedules | teacher_student | presets | sac "
+                           "(the last two with --set env_id=...)")
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
@@ -263,9 +264,10 @@ def _presets(name: str | None) -> int:
             return 2
         print(shipped[name].read_text(encoding="utf-8"), end="")
         return 0
+    width = max(map(len, shipped))
     for preset, path in shipped.items():
         about = path.read_text(encoding="utf-8").splitlines()[0].removeprefix("# ").split(": ", 1)[-1]
-        print(f"{preset:<16} {about}")
+        print(f"{preset:<{width}} {about}")
     return 0
 
 

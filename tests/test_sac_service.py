@@ -68,15 +68,17 @@ def test_the_workers_act_uniformly_at_random_on_the_versions_before_learning_sta
     swapped = [e["version"] for e in of(events(run_dir, "worker-0"), "worker_swapped")]
     assert swapped[0] == 0 and max(swapped) >= 2
     spec = env_spec("Pendulum-v1")
-    policy = NumpyActor(actor_arrays(make_actor(spec, [32, 32], algorithm="sac")), spec, np.random.default_rng(0),
-                        "sac")
+    tensors = actor_arrays(make_actor(spec, [32, 32], algorithm="sac"))
+    policy = NumpyActor(tensors, spec, np.random.default_rng(0), "sac")
     worker = SimpleNamespace(cfg=cfg, spec=spec, rng=np.random.default_rng(1), actor=policy, version=1)
-    actions, logp = InferenceWorker.act(worker, np.zeros((20_000, 3), np.float32))
+    obs = np.zeros((20_000, 3), np.float32)
+    actions, logp = InferenceWorker.act(worker, obs)
     assert -2 <= actions.min() < -1.95 and 1.95 < actions.max() <= 2 and abs(actions.mean()) < 0.03
     assert np.allclose(logp, -np.log(4.0))  # the uniform density on [-2, 2]
     worker.version = 2
-    actions, _ = InferenceWorker.act(worker, np.zeros((20_000, 3), np.float32))
-    assert actions.std() < 0.5  # the untrained policy's narrow Gaussian around tanh(mean)
+    actions, logp = InferenceWorker.act(worker, obs)
+    same = NumpyActor(tensors, spec, np.random.default_rng(0), "sac").act(obs)  # the policy's own sample
+    assert np.array_equal(actions, same[0]) and np.array_equal(logp, same[1])
 
 
 def test_masks_reach_actor_and_critics_and_pruned_weights_are_exactly_zero(sac_run):
