@@ -80,7 +80,9 @@ def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_
     # exactly once (the resumed trainer took its checkpoint's and redid the epochs after it).
     tensors, _ = checkpoints.load(run_dir, "faults", "CartPole-v1", [64, 64])
     assert tensors["obs_stats.count"] == pytest.approx(epochs * 512)
-    assert tensors["reward_stats.count"] == pytest.approx(epochs * 512)
+    # every chunk taken moves the return statistics, used or dropped as stale (the compressor's restart
+    # can leave the workers on an old version long enough for some to be dropped)
+    assert tensors["reward_stats.count"] == pytest.approx(summary["samples_received"])
     policy, _ = artifacts.load_policy(run_dir)
     assert policy.obs_norm.mean.numpy() == pytest.approx(tensors["obs_stats.mean"], rel=1e-6)
 
