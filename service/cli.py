@@ -44,10 +44,6 @@ PROCESSES = {
 TORCH_COMMANDS = {"trainer", "eval", "export", "experiments", "report"}
 
 
-# What `hotprune lth train-dense` keeps, under the user's settings: the weights every 10 epochs (epoch 0 is
-# the rewind point), the last 8 epochs' transitions (2,048 samples of CartPole's preset), nothing pruned.
-TRAIN_DENSE = ["pruning.method=none", "keep_weights_every=10", "keep_transitions=8"]
-
 # The keys people type most, as options of their own.
 ALIASES = {"--env": "env_id", "--seed": "seed", "--total-steps": "total_steps", "--sparsity": "pruning.target_sparsity"}
 
@@ -175,7 +171,7 @@ def _main(argv: list[str]) -> int:
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
     grid.add_argument("--experiment", required=True,
                       help="basic | modes | methods | sparsity | schedules | teacher_student | presets "
-                           "(with --set env_id=...)")
+                           "(with --set env_id=...) | lth")
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
@@ -326,8 +322,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     """`hotprune lth ...`: the lottery-ticket workflow (service.lth), a parser per step."""
     lth = sub.add_parser("lth", help="lottery tickets: train dense, make masks, train the ticket, compare")
     steps = lth.add_subparsers(dest="action", required=True)
-    dense = _config_parser(steps, "train-dense", "a dense run that keeps its weights every 10 epochs (epoch 0: "
-                           "the rewind point) and its last 8 epochs' transitions (" + " ".join(TRAIN_DENSE) + ")")
+    dense = _config_parser(steps, "train-dense", "a dense run that keeps what tickets need: its weights every 10 "
+                           "epochs (epoch 0: the rewind point) and its last 8 epochs' transitions")
     _verbosity_args(dense)
     mask = steps.add_parser("create-mask", help="masks from a kept run's final weights: RUN_DIR/masks/*.safetensors, "
                             ".pt (torch.load weights_only) and .npz")
@@ -358,9 +354,11 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
 
 
 def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from service import ticket_files
+
     name = f"lth {args.action}"
     if args.action == "train-dense":
-        args.set = [*TRAIN_DENSE, *args.set]  # yours win
+        args.set = [*ticket_files.TRAIN_DENSE, *args.set]  # yours win
         announced = _announce(args)
         if announced is None:
             return 2

@@ -230,6 +230,24 @@ def write_masks(path: Path, masks: dict[str, np.ndarray], meta: dict) -> list[Pa
     return written
 
 
+def grid_masks(base: Path, seeds: list[int], methods, sparsities, where, log) -> None:
+    """The lth experiment's masks: for each seed's completed dense run (base/dense/s<seed>), one per
+    method and sparsity at `where(method, sparsity)` ({base}, {seed} filled in), unless made already."""
+    for seed in seeds:
+        dense = base / "dense" / f"s{seed}"
+        for method in methods:
+            for sparsity in sparsities:
+                out = Path(where(method, sparsity).replace("{base}", str(base)).replace("{seed}", str(seed)))
+                if out.exists():
+                    continue
+                try:
+                    create_mask(dense, method, sparsity, out=out)
+                except (ArtifactError, ConfigError, ValueError) as exc:
+                    log(f"masks {method} {sparsity:.0%} of seed {seed}: {exc}")
+                    continue
+                log(f"masks {method} {sparsity:.0%} of seed {seed}: {out}")
+
+
 # --- tickets -------------------------------------------------------------------------------------
 
 

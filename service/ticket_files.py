@@ -28,6 +28,9 @@ from service.envs import env_spec
 from service.pruning import Masks, masked_stats, prunable_names
 
 PARTS = ("actor", "critic")
+# A dense run that keeps what tickets need (hotprune lth train-dense; under the user's settings): the weights
+# every 10 epochs (epoch 0: the rewind point), the last 8 epochs' transitions (2,048 samples of CartPole's preset).
+TRAIN_DENSE = ["pruning.method=none", "keep_weights_every=10", "keep_transitions=8"]
 Parts = dict[str, dict[str, np.ndarray]]  # "actor" / "critic" -> name -> array
 
 
