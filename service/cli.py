@@ -381,8 +381,7 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("\n".join([*layers, *map(str, paths)]))
             return 0
         if args.action == "compare":
-            args.experiment = "lth"
-            return _inspect(args)
+            return _experiments("lth", args)
         if args.config:
             parser.error("a ticket takes the dense run's own settings (its config.toml): change them with --set")
         cfg = lth.ticket_config(args.run_dir, args.mask, args.rewind, args.set)
@@ -405,6 +404,18 @@ def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
         return supervisor.run()
 
 
+def _experiments(experiment: str, args: argparse.Namespace) -> int:
+    from service import experiments
+
+    results, failed = experiments.run_grid(experiment, args.seeds, args.root, args.jobs, args.set)
+    print(results.read_text())
+    print(f"results: {results} and {results.with_suffix('.csv')}")
+    if failed:
+        print(f"hotprune experiments: {failed} run(s) failed; their console output is in console.txt "
+              "in their run directories", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     """The commands on finished runs: they read logs, and start no process."""
     from service import diagnose, evaluate, export, report, show
@@ -412,15 +423,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from service.runlog import load
 
     if args.command == "experiments":
-        from service import experiments
-
-        results, failed = experiments.run_grid(args.experiment, args.seeds, args.root, args.jobs, args.set)
-        print(results.read_text())
-        print(f"results: {results} and {results.with_suffix('.csv')}")
-        if failed:
-            print(f"hotprune experiments: {failed} run(s) failed; their console output is in console.txt "
-                  "in their run directories", file=sys.stderr)
-        return 1 if failed else 0
+        return _experiments(args.experiment, args)
     if args.command == "report":
         runs = [load(d) for d in args.run_dirs]
         try:
