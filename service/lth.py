@@ -40,6 +40,7 @@ from service.envs import env_spec
 from service.gradient_stats import GradientStats
 from service.policy import make_actor, make_critic
 from service.pruning import Pruner, masked_stats, prunable_names
+from service.runlog import run_config
 
 WEIGHTS_DIR = "weights"
 TRANSITIONS = "transitions.safetensors"
@@ -160,9 +161,8 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     """Masks from a kept run's final weights; returns the files written (safetensors, .pt, .npz) and
     the per-layer sparsity lines. Nothing is written unless every input checks out."""
     from service.criteria import CRITERIA, SCOPES, STRUCTURES
-    from service.runlog import load
 
-    cfg = load(run_dir).config
+    cfg = run_config(Path(run_dir))
     if method not in CRITERIA:
         raise ConfigError(f"--method must be one of {'|'.join(CRITERIA)}, got {method!r}")
     if not 0 < sparsity < 1:
@@ -194,9 +194,11 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                               None if grads is None else {names[n]: g for n, g in grads[part].items()})
         back = {v: k for k, v in names.items()}
         masks[part] = {back[n]: m for n, m in keep.elements.items()}
-        for name, layer in masked_stats(keep, spec, prunable_names(spec, False))["layers"].items():
-            lines.append(f"{part}.{back[name]}: {layer['sparsity']:.1%} pruned ({layer['kept']:,}/{layer['total']:,} "
-                         "kept)")
+        layers = masked_stats(keep, spec, prunable_names(spec, False))["layers"]
+        kept, total = (sum(v[k] for v in layers.values()) for k in ("kept", "total"))
+        lines += [f"{part}.{back[n]}: {v['sparsity']:.1%} pruned ({v['kept']:,}/{v['total']:,} kept)"
+                  for n, v in layers.items()]
+        lines.append(f"{part}: {1 - kept / total:.1%} pruned ({kept:,}/{total:,} weights kept)")
     tensors = ticket_files.joined(masks)
     meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "hidden_sizes": cfg.ppo.hidden_sizes, "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
@@ -283,11 +285,9 @@ def _quoted(path) -> str:
 def ticket_config(run_dir: Path, mask: Path, rewind: str, sets: list[str]) -> Config:
     """The ticket's run config: the dense run's own settings (its config.toml), the ticket's, then `sets`.
     A random re-initialisation must not draw the dense run's own initial weights (same seed: the ticket)."""
-    kept = Path(run_dir) / "config.toml"
-    if not kept.is_file():
-        raise ConfigError(f"{run_dir} is not a hotprune run (no config.toml)")
-    dense = load_config(kept, with_preset=False)
-    cfg = load_config(kept, [*ticket_overrides(run_dir, mask, rewind), *sets], with_preset=False)
+    dense = run_config(Path(run_dir))
+    cfg = load_config(Path(run_dir) / "config.toml", [*ticket_overrides(run_dir, mask, rewind), *sets],
+                      with_preset=False)
     if rewind == "random" and cfg.seed == dense.seed and cfg.ppo.hidden_sizes == dense.ppo.hidden_sizes:
         raise ConfigError(f"--rewind random draws the initial weights from the run's seed, and seed {cfg.seed} "
                           "draws the dense run's own (the ticket itself): give another --seed")

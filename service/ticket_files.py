@@ -47,7 +47,10 @@ def joined(parts: Parts) -> dict[str, np.ndarray]:
 
 def read(path: str | Path, what: str, env_id: str, hidden_sizes: list[int], dtype: str) -> tuple[Parts, dict]:
     """A mask or init file's tensors by part, checked against the run's model, and its metadata."""
-    tensors, meta = artifacts.load(Path(path))
+    try:
+        tensors, meta = artifacts.load(Path(path))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{what} {exc}") from None
     if meta.get("env_id") != env_id:
         found = f"for {meta['env_id']}" if "env_id" in meta else "without an env_id in its metadata"
         raise ArtifactError(f"{what} {path} is {found}, not for this run's {env_id}")
