@@ -1,10 +1,13 @@
 """The actor's (and the critic's) tensor names and shapes, without torch.
 
 `service.policy.Actor` is a tanh MLP whose linear layers are `net.0`, `net.2`, ... (a Tanh between
-each two); a continuous actor adds `log_std`. The supervisor sizes the store and the compressor
-checks and prunes snapshots from this table alone: importing torch costs each of them over a
-second of CPU at start-up, on a machine where every process starts at once (a test holds this
-table to the one torch builds).
+each two); a continuous actor adds `log_std`; with observation normalisation (`normalize_obs`) it
+starts with `obs_norm.mean` and `obs_norm.var` (obs_dim each), the running statistics the trainer
+keeps (service.normalize): the MLP's input is clip((obs - mean) / sqrt(var + NORM_EPS), +-NORM_CLIP).
+
+The supervisor sizes the store and the compressor checks and prunes snapshots from this table
+alone: importing torch costs each of them over a second of CPU at start-up, on a machine where every
+process starts at once (a test holds this table to the one torch builds).
 """
 
 from __future__ import annotations
@@ -15,29 +18,37 @@ from typing import Iterable
 from service.envs import EnvSpec
 
 _LINEAR_WEIGHT = re.compile(r"^net\.(\d+)\.weight$")
+OBS_NORM = ("obs_norm.mean", "obs_norm.var")
+NORM_EPS = 1e-8  # gymnasium's and SB3's epsilon, for observations and rewards alike
+NORM_CLIP = 10.0  # normalised observations and scaled rewards are clipped to +-this (SB3's VecNormalize, CleanRL)
 
 
-def actor_shapes(spec: EnvSpec, hidden_sizes: list[int]) -> dict[str, tuple[int, ...]]:
+def actor_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False) -> dict[str, tuple[int, ...]]:
     """name -> shape of the dense actor's tensors (all float32), in the actor's own order."""
-    shapes = _mlp_shapes([spec.obs_dim, *hidden_sizes, spec.act_dim], "net.")
+    shapes: dict[str, tuple[int, ...]] = {n: (spec.obs_dim,) for n in OBS_NORM} if normalize_obs else {}
+    shapes |= _mlp_shapes([spec.obs_dim, *hidden_sizes, spec.act_dim], "net.")
     return shapes if spec.discrete else {**shapes, "log_std": (spec.act_dim,)}
 
 
-def critic_shapes(spec: EnvSpec, hidden_sizes: list[int]) -> dict[str, tuple[int, ...]]:
-    """name -> shape of the PPO critic's tensors (a bare tanh MLP: 0.weight, 0.bias, 2.weight, ...)."""
-    return _mlp_shapes([spec.obs_dim, *hidden_sizes, 1], "")
+def critic_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False) -> dict[str, tuple[int, ...]]:
+    """name -> shape of the PPO critic's tensors: a bare tanh MLP (0.weight, 0.bias, 2.weight, ...), after
+    the actor's observation normaliser when there is one (0.mean, 0.var, then 1.weight, 1.bias, 3.weight, ...)."""
+    norm = {"0.mean": (spec.obs_dim,), "0.var": (spec.obs_dim,)} if normalize_obs else {}
+    return {**norm, **_mlp_shapes([spec.obs_dim, *hidden_sizes, 1], "", first=1 if norm else 0)}
 
 
-def _mlp_shapes(sizes: list[int], prefix: str) -> dict[str, tuple[int, ...]]:
+def _mlp_shapes(sizes: list[int], prefix: str, first: int = 0) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):  # Linear, Tanh, Linear, ...
-        shapes |= {f"{prefix}{2 * i}.weight": (n_out, n_in), f"{prefix}{2 * i}.bias": (n_out,)}
+        k = first + 2 * i
+        shapes |= {f"{prefix}{k}.weight": (n_out, n_in), f"{prefix}{k}.bias": (n_out,)}
     return shapes
 
 
-def actor_spec(spec: EnvSpec, hidden_sizes: list[int]) -> dict[str, tuple[str, tuple[int, ...]]]:
+def actor_spec(spec: EnvSpec, hidden_sizes: list[int],
+               normalize_obs: bool = False) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype, shape): what a snapshot of this actor must carry."""
-    return {n: ("float32", shape) for n, shape in actor_shapes(spec, hidden_sizes).items()}
+    return {n: ("float32", shape) for n, shape in actor_shapes(spec, hidden_sizes, normalize_obs).items()}
 
 
 def linear_weight_names(names: Iterable[str]) -> list[str]:

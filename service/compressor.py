@@ -27,7 +27,7 @@ import zmq
 
 from protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from service import artifacts, eventlog, ticket_files
-from service.actor_spec import actor_spec
+from service.actor_spec import OBS_NORM, actor_spec
 from service.config import Config
 from service.envs import env_spec
 from service.process import StopFlag, run_dir_parser, send_when_ready, socket, start
@@ -57,7 +57,7 @@ class Compressor:
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         spec = env_spec(cfg.env_id)
         self.discrete = spec.discrete
-        self.weight_spec = actor_spec(spec, cfg.ppo.hidden_sizes)
+        self.weight_spec = actor_spec(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
@@ -151,6 +151,8 @@ class Compressor:
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
                 check_tensors(msg.tensors, self._expected_tensors(msg.tensors))
+                if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
+                    raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
                 self._check_fields(msg.fields)
             except MessageRejected as exc:
                 self.log.warning("message_rejected", reason=exc.reason, expected="snapshot")

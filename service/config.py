@@ -160,6 +160,12 @@ class Config:
     tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
                                        "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
                                        "needs the tensorboard extra: pip install -e \".[tensorboard]\"")
+    normalize_obs: bool = setting(False, "normalise observations by running mean and variance (clipped to +-10), "
+                                         "statistics kept by the trainer and shipped with the weights "
+                                         "(obs_norm.mean, obs_norm.var), so workers and policy files normalise alike")
+    normalize_reward: bool = setting(False, "the trainer divides rewards by the running std of the discounted "
+                                            "return (clipped to +-10), as gymnasium's NormalizeReward; returns "
+                                            "reported stay the environment's own")
     init_file: str = setting("", "the actor's starting weights, and the critic's if the file has them "
                                  "(weights/epoch-K.safetensors, or any policy file); empty: a fresh init from seed")
     keep_weights_every: int = setting(0, "write actor and critic to weights/epoch-K.safetensors at epoch 0, every N "

@@ -22,6 +22,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from service.policy import Actor, actor_arrays, actor_from_tensors
+from service.actor_spec import OBS_NORM
 from service.pruning import Masks, apply_masks
 
 
@@ -49,6 +50,8 @@ class Distiller:
             self.keep = {n: torch.from_numpy(k) for n, k in masks.elements.items()}
             self.masks = masks
         student = self.student
+        if student.obs_norm is not None:  # the trainer's newest statistics: the input the workers will see
+            student.obs_norm.set(teacher[OBS_NORM[0]], teacher[OBS_NORM[1]])
         if not len(obs):  # no observations yet (epoch 0, a resumed trainer): the student as it is
             return actor_arrays(student), {"steps": 0, "samples": 0, "kl_before": None, "kl_after": None,
                                            "diverged": False, "duration_ms": (time.perf_counter() - t0) * 1e3}

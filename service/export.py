@@ -20,7 +20,7 @@ from torch.nn.utils import prune
 
 from service import artifacts
 from service.envs import EnvSpec
-from service.actor_spec import linear_weight_names
+from service.actor_spec import OBS_NORM, linear_weight_names
 from service.policy import Actor, make_actor
 
 FORMATS = ("state_dict", "torch-prune", "masks")
@@ -70,7 +70,8 @@ def load_torch_prune(path: str | Path) -> Actor:
     dense.update({n: t for n, t in tensors.items() if not n.endswith(("_orig", "_mask"))})
     weights = linear_weight_names(dense)
     obs_dim, act_dim = int(dense[weights[0]].shape[1]), int(dense[weights[-1]].shape[0])
-    actor = make_actor(EnvSpec(meta["env_id"], obs_dim, act_dim, meta["discrete"]), meta["hidden_sizes"])
+    actor = make_actor(EnvSpec(meta["env_id"], obs_dim, act_dim, meta["discrete"]), meta["hidden_sizes"],
+                       normalize_obs=OBS_NORM[0] in dense)
     modules = dict(actor.named_modules())
     for name in (n.removesuffix("_orig") for n in tensors if n.endswith("_orig")):
         module_name, _, param = name.rpartition(".")

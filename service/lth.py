@@ -127,7 +127,8 @@ def gradient_statistics(cfg: Config, weights: ticket_files.Parts, batches: list[
     `batch_size` samples drawn (without replacement within one, seeded with the run's seed) from
     the kept transitions; advantages from the final critic. By part, like `weights`."""
     spec = env_spec(cfg.env_id)
-    actor, critic = make_actor(spec, cfg.ppo.hidden_sizes), make_critic(spec, cfg.ppo.hidden_sizes)
+    actor = make_actor(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
+    critic = make_critic(spec, cfg.ppo.hidden_sizes, actor.obs_norm)
     for module, part in ((actor, "actor"), (critic, "critic")):
         module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in weights[part].items()})
     flat = [ppo.samples(b, critic, cfg.ppo) for b in batches]
@@ -146,7 +147,7 @@ def gradient_statistics(cfg: Config, weights: ticket_files.Parts, batches: list[
         loss.backward()
         stats.after_backward()
     mean = stats.mean()
-    return {part: {n: mean[f"{part}.{n}"] for n in weights[part]} for part in TARGETS}
+    return {part: {n: mean[f"{part}.{n}"] for n in weights[part] if f"{part}.{n}" in mean} for part in TARGETS}
 
 
 def _engine_names(part: str, names) -> dict[str, str]:
@@ -176,7 +177,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         raise ArtifactError(f"{run_dir} kept no weights ({WEIGHTS_DIR}/epoch-K.safetensors): train it with "
                             "hotprune lth train-dense (keep_weights_every > 0)")
     final = weights_path(run_dir, epochs[-1])
-    weights, _ = ticket_files.read(final, "weights file", cfg.env_id, cfg.ppo.hidden_sizes, "float32")
+    weights, _ = ticket_files.read(final, "weights file", cfg, "float32")
     criterion = CRITERIA[method]
     grads = None
     num_batches = num_batches or cfg.pruning.num_gradient_batches

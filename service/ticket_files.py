@@ -34,10 +34,11 @@ TRAIN_DENSE = ["pruning.method=none", "keep_weights_every=10", "keep_transitions
 Parts = dict[str, dict[str, np.ndarray]]  # "actor" / "critic" -> name -> array
 
 
-def model_shapes(env_id: str, hidden_sizes: list[int]) -> dict[str, dict[str, tuple[int, ...]]]:
+def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec = env_spec(env_id)
-    return {"actor": actor_shapes(spec, hidden_sizes), "critic": critic_shapes(spec, hidden_sizes)}
+    spec, hidden = env_spec(cfg.env_id), cfg.ppo.hidden_sizes
+    return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs),
+            "critic": critic_shapes(spec, hidden, cfg.normalize_obs)}
 
 
 def joined(parts: Parts) -> dict[str, np.ndarray]:
@@ -45,8 +46,9 @@ def joined(parts: Parts) -> dict[str, np.ndarray]:
     return {f"{part}.{name}": a for part, tensors in parts.items() for name, a in tensors.items()}
 
 
-def read(path: str | Path, what: str, env_id: str, hidden_sizes: list[int], dtype: str) -> tuple[Parts, dict]:
-    """A mask or init file's tensors by part, checked against the run's model, and its metadata."""
+def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
+    """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
+    env_id, hidden_sizes = cfg.env_id, cfg.ppo.hidden_sizes
     try:
         tensors, meta = artifacts.load(Path(path))
     except ArtifactError as exc:
@@ -56,7 +58,7 @@ def read(path: str | Path, what: str, env_id: str, hidden_sizes: list[int], dtyp
         raise ArtifactError(f"{what} {path} is {found}, not for this run's {env_id}")
     if not tensors:
         raise ArtifactError(f"{what} {path} holds no tensors")
-    shapes = model_shapes(env_id, hidden_sizes)
+    shapes = model_shapes(cfg)
     parts: Parts = {part: {} for part in PARTS}
     for key, array in tensors.items():
         part, _, name = key.partition(".") if key.split(".", 1)[0] in PARTS else ("actor", "", key)
@@ -75,7 +77,7 @@ def read(path: str | Path, what: str, env_id: str, hidden_sizes: list[int], dtyp
 def read_masks(cfg) -> tuple[Parts, dict]:
     """pruning.mask_file's keep-masks by part, and its metadata."""
     path = cfg.pruning.mask_file
-    parts, meta = read(path, "mask file", cfg.env_id, cfg.ppo.hidden_sizes, "bool")
+    parts, meta = read(path, "mask file", cfg, "bool")
     for key, keep in joined(parts).items():
         if not keep.any():
             raise ArtifactError(f"mask file {path}: {key} keeps nothing (every weight of it pruned)")
@@ -84,7 +86,7 @@ def read_masks(cfg) -> tuple[Parts, dict]:
 
 def read_init(cfg) -> Parts:
     """init_file's starting weights by part."""
-    parts, _ = read(cfg.init_file, "init file", cfg.env_id, cfg.ppo.hidden_sizes, "float32")
+    parts, _ = read(cfg.init_file, "init file", cfg, "float32")
     for key, array in joined(parts).items():
         if not np.isfinite(array).all():
             raise ArtifactError(f"init file {cfg.init_file}: {key} is not finite")
@@ -116,7 +118,7 @@ def fixed_masks(cfg) -> Fixed | None:
         return None
     parts, meta = read_masks(cfg)
     masks = Masks.from_elements(parts["actor"], meta.get("structure", "weight"))
-    shapes = model_shapes(cfg.env_id, cfg.ppo.hidden_sizes)["actor"]
+    shapes = model_shapes(cfg)["actor"]
     spec = {n: ("float32", s) for n, s in shapes.items()}
     stats = masked_stats(masks, spec, prunable_names(spec, cfg.pruning.prune_output_layer))
     kept = sum(v["kept"] for v in stats["layers"].values())

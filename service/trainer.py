@@ -35,6 +35,7 @@ import zmq
 from protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
 from service import artifacts, checkpoints, eventlog, lth, metrics, ppo, ticket_files
+from service.normalize import RewardScaler, RunningMeanStd
 from service.config import Config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
@@ -89,9 +90,14 @@ class Trainer:
         self.spec = env_spec(cfg.env_id)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.actor = make_actor(self.spec, cfg.ppo.hidden_sizes)
-        self.critic = make_critic(self.spec, cfg.ppo.hidden_sizes)
+        self.actor = make_actor(self.spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
+        self.critic = make_critic(self.spec, cfg.ppo.hidden_sizes, self.actor.obs_norm)
         lth.load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
+        # Normalisation (service.normalize): the observation statistics reach the actor's buffers
+        # after each update, so an epoch trains on the statistics its data was collected with.
+        self.obs_stats = RunningMeanStd((self.spec.obs_dim,)) if cfg.normalize_obs else None
+        self.reward_scaler = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.ppo.gamma) \
+            if cfg.normalize_reward else None
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
                                           lr=cfg.ppo.learning_rate, eps=1e-5)
         p = cfg.pruning
@@ -326,6 +332,10 @@ class Trainer:
                 if sync and f is not None and f["policy_version"] == self.version:
                     current[f["worker_id"]] += 1  # its worker sent its share and paused: it counts, without data
                 continue
+            if self.reward_scaler:  # every chunk of the env's stream, used or not, moves the return
+                msg.tensors["rewards"] = self.reward_scaler.scale(
+                    f["worker_id"], f["worker_start"], msg.tensors["rewards"],
+                    msg.tensors["terminated"] | msg.tensors["truncated"])
             self.episodes.extend(f["episode_returns"])
             self.swap_latencies.extend(f["swap_latencies_ms"])
             if f["policy_version"] >= self.inference[0]:
@@ -400,6 +410,8 @@ class Trainer:
         tensors = checkpoints.state_tensors(self.actor, self.critic, self.optimizer, self.generator)
         tensors |= {f"mask.{n}": keep for n, keep in self.masks.keep_masks().items()}
         tensors["swap_latencies_ms"] = np.asarray(self.swap_latencies, np.float64)
+        for prefix, stats in self.normalisation().items():
+            tensors |= {f"{prefix}.{k}": v for k, v in stats.state().items()}
         t0 = time.perf_counter()
         checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.ppo.hidden_sizes,
                          param_groups=self.optimizer.state_dict()["param_groups"],
@@ -424,6 +436,12 @@ class Trainer:
         self.records = meta["records"]
         self.log_lost_epochs()
         self.swap_latencies = tensors["swap_latencies_ms"].tolist()
+        try:
+            for prefix, stats in self.normalisation().items():
+                stats.load({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
+        except (KeyError, ValueError) as exc:
+            raise checkpoints.CheckpointError(f"checkpoint's normalisation statistics do not fit this run: {exc}") \
+                from None
         # The lost epochs published at most checkpoint_every - 1 snapshots after this one (the next
         # checkpoint comes before the next publish): start above them, and accept their reports.
         k = c.checkpoint_every
@@ -435,6 +453,11 @@ class Trainer:
                       version=self.version, trainer_start=self.trainer_start,
                       training_sparsity=self.training_sparsity(), pruned=self.masks.count())
         return True
+
+    def normalisation(self) -> dict[str, RunningMeanStd | RewardScaler]:
+        """The normalisation statistics this run keeps, by checkpoint prefix."""
+        kept = {"obs_stats": self.obs_stats, "reward_stats": self.reward_scaler}
+        return {prefix: stats for prefix, stats in kept.items() if stats is not None}
 
     def log_lost_epochs(self) -> None:
         """The checkpoint of epoch e is written before epoch e's line is logged: a trainer killed in
@@ -489,6 +512,9 @@ class Trainer:
             if losses["skipped_steps"]:
                 self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],
                                  reason="non-finite gradients")
+            if self.obs_stats:
+                self.obs_stats.update(batch.obs[:-1].reshape(-1, self.spec.obs_dim))
+                self.actor.obs_norm.set(self.obs_stats.mean.astype(np.float32), self.obs_stats.var.astype(np.float32))
             lags = [self.version - v for v in versions]
             self.max_lag = max(self.max_lag, *lags)
             self.version += 1

@@ -58,28 +58,43 @@ def rejections(run_dir: Path, name: str) -> list[str]:
     return [e["reason"] for e in logged(run_dir, name, "message_rejected")]
 
 
-def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_path, ctx):
-    run_dir = init_run(tmp_path, "comp", "pruning.start_epoch=50", "pruning.method=taylor")
-    ep = endpoints(run_dir)
-    trainer_pub = ctx.socket(zmq.PUB)
-    trainer_pub.bind(ep.snapshots)
+@contextmanager
+def lone_compressor(tmp_path: Path, ctx: zmq.Context, run_id: str, *extra: str):
+    """A real compressor process whose trainer is the test: it binds the snapshot PUB and reads the
+    weight store the compressor creates. A test that leaves normally stops it with the trainer's
+    `stop`, which it must obey (exit 0), and nothing of the run may be left behind."""
+    run_dir = init_run(tmp_path, run_id, *extra)
+    peer = SimpleNamespace(run_dir=run_dir, trainer=ctx.socket(zmq.PUB), encoder=Encoder(run_id, "test-trainer"))
+    peer.trainer.bind(endpoints(run_dir).snapshots)
     compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
+
+    def snapshot(version, tensors, enc=peer.encoder, **changes):
+        fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1,
+                  "trainer_start": 0, **changes}
+        return enc.encode("snapshot", fields, tensors)
+
+    def lands(frames, version):
+        peer.trainer.send_multipart(frames)
+        return peer.store.version() == version
+
+    peer.snapshot, peer.lands, peer.compressor = snapshot, lands, compressor
     try:
-        store = WeightStore.attach(segment_name(run_dir), timeout_s=60)
-        encoder = Encoder("comp", "test-trainer")
+        peer.store = WeightStore.attach(segment_name(run_dir), timeout_s=60)
+        yield peer
+        peer.store.close()
+        peer.trainer.send_multipart(peer.encoder.encode("control", {"command": "stop"}))
+        assert compressor.wait(timeout=30) == 0
+    finally:
+        compressor.kill()
+    assert_clean(run_dir)
+
+
+def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_path, ctx):
+    with lone_compressor(tmp_path, ctx, "comp", "pruning.start_epoch=50", "pruning.method=taylor") as peer:
+        run_dir, store, snapshot, lands = peer.run_dir, peer.store, peer.snapshot, peer.lands
         weights = DENSE
         grads = {f"grad:{n}": np.zeros_like(weights[n]) for n in prunable_names(weights, False)}
         nan_grads = {**grads, "grad:net.0.weight": np.full_like(weights["net.0.weight"], np.inf)}
-
-        def snapshot(version, tensors, enc=encoder, **changes):
-            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1,
-                      "trainer_start": 0, **changes}
-            return enc.encode("snapshot", fields, tensors)
-
-        def lands(frames, version):
-            trainer_pub.send_multipart(frames)
-            return store.version() == version
-
         wait_for(lambda: lands(snapshot(1, {**weights, **grads}), 1), what="the first snapshot (slow joiner)")
         nan = {**weights, "net.2.weight": np.full_like(weights["net.2.weight"], np.nan)}
         wrong_shape = {**weights, "net.0.weight": np.zeros((3, 3), np.float32)}
@@ -99,49 +114,49 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
                 snapshot(2, {**weights, **grads})[0])["buffers"][1:]),
         }
         for frames in bad.values():
-            trainer_pub.send_multipart(frames)
+            peer.trainer.send_multipart(frames)
         wait_for(lambda: len(rejections(run_dir, "compressor")) >= len(bad), what="every bad snapshot rejected")
         reasons = rejections(run_dir, "compressor")
         for expected in bad:
             assert any(expected in r for r in reasons), (expected, reasons)
-        assert compressor.poll() is None and store.version() == 1  # still running, still on the last good
+        assert peer.compressor.poll() is None and store.version() == 1  # still running, still on the last good
 
         newer = {k: v + 1 for k, v in weights.items()}
         wait_for(lambda: lands(snapshot(3, {**newer, **grads}), 3), what="a good snapshot after the bad ones")
         header, stored = store.read()
         assert header.version == 3 and all(np.array_equal(stored[k], newer[k]) for k in weights)
         assert [e["version"] for e in of(events(run_dir, "compressor"), "weights_written")] == [1, 3]
-        store.close()
 
-        trainer_pub.send_multipart(encoder.encode("control", {"command": "stop"}))
-        assert compressor.wait(timeout=30) == 0
-    finally:
-        compressor.kill()
-    assert_clean(run_dir)
+
+def test_with_observation_normalisation_snapshots_must_carry_valid_statistics(tmp_path, ctx):
+    """The statistics travel with the weights: a snapshot without them, or with a negative variance,
+    is rejected; a good one reaches the store with them."""
+    with lone_compressor(tmp_path, ctx, "norm", "normalize_obs=true", "pruning.start_epoch=50") as peer:
+        stats = {"obs_norm.mean": np.arange(4, dtype=np.float32), "obs_norm.var": np.full(4, 2.0, np.float32)}
+        negative = {**stats, "obs_norm.var": np.array([1, 1, -1, 1], np.float32)}
+        for tensors in (DENSE, {**DENSE, **negative}):
+            peer.trainer.send_multipart(peer.snapshot(1, tensors))
+        wait_for(lambda: len(rejections(peer.run_dir, "compressor")) >= 2, what="both snapshots rejected")
+        reasons = rejections(peer.run_dir, "compressor")
+        assert "missing tensors ['obs_norm.mean', 'obs_norm.var']" in reasons[0]
+        assert "obs_norm.var has negative variances" in reasons[1]
+        wait_for(lambda: peer.lands(peer.snapshot(2, {**DENSE, **stats}), 2), what="a snapshot with statistics")
+        stored = peer.store.read()[1]
+        assert all(np.array_equal(stored[n], v) for n, v in stats.items())
 
 
 def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapshot_serves_the_step(tmp_path, ctx):
     """taylor with all-zero gradient statistics: every score is 0, nothing to rank by. The compressor
     logs compression_failed, publishes the snapshot unpruned (no masks were in force), keeps the step
     due, and the next snapshot with real gradients serves it."""
-    run_dir = init_run(tmp_path, "cfail", "pruning.start_epoch=2", "pruning.every=10", "pruning.method=taylor",
-                       "prune_training_model=false", "pruning.distill_steps=0")  # snapshots without observations
-    trainer_pub = ctx.socket(zmq.PUB)
-    trainer_pub.bind(endpoints(run_dir).snapshots)
-    compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
-    try:
-        store = WeightStore.attach(segment_name(run_dir), timeout_s=60)
-        encoder = Encoder("cfail", "test-trainer")
+    with lone_compressor(tmp_path, ctx, "cfail", "pruning.start_epoch=2", "pruning.every=10",
+                         "pruning.method=taylor", "prune_training_model=false",
+                         "pruning.distill_steps=0") as peer:  # snapshots without observations
+        run_dir, store, lands = peer.run_dir, peer.store, peer.lands
         names = prunable_names(DENSE, False)
 
         def snapshot(version, grads):
-            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1,
-                      "trainer_start": 0}
-            return encoder.encode("snapshot", fields, {**DENSE, **{f"grad:{n}": g for n, g in grads.items()}})
-
-        def lands(frames, version):
-            trainer_pub.send_multipart(frames)
-            return store.version() == version
+            return peer.snapshot(version, {**DENSE, **{f"grad:{n}": g for n, g in grads.items()}})
 
         zero = {n: np.zeros_like(DENSE[n]) for n in names}
         wait_for(lambda: lands(snapshot(2, zero), 2), what="the snapshot of the due epoch")
@@ -155,12 +170,6 @@ def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapsho
         assert finished["due_epoch"] == 2 and finished["epoch"] == 3 and finished["method"] == "taylor"
         stored = store.read()[1]
         assert sum(int((stored[n] == 0).sum()) for n in names) == round(0.8 * sum(DENSE[n].size for n in names))
-        store.close()
-        trainer_pub.send_multipart(encoder.encode("control", {"command": "stop"}))
-        assert compressor.wait(timeout=30) == 0
-    finally:
-        compressor.kill()
-    assert_clean(run_dir)
 
 
 # A compressor's report on the first step of servicekit.SMALL's schedule (epoch 2, 80%).
@@ -343,25 +352,18 @@ def test_worker_keeps_its_policy_when_the_store_holds_something_else(tmp_path, c
 def test_teacher_student_snapshots_must_carry_bounded_observations(tmp_path, ctx):
     """In teacher-student mode a snapshot ships observations to distil on: up to distill_samples rows
     of the env's width, within +-input_bound; anything else is rejected and the store keeps what it had."""
-    run_dir = init_run(tmp_path, "tsobs", "prune_training_model=false", "pruning.distill_samples=16")
-    trainer_pub = ctx.socket(zmq.PUB)
-    trainer_pub.bind(endpoints(run_dir).snapshots)
-    compressor = subprocess.Popen([HOTPRUNE, "compressor", "--run-dir", str(run_dir)])
-    try:
-        store = WeightStore.attach(segment_name(run_dir), timeout_s=60)
-        encoder = Encoder("tsobs", "test-trainer")
+    with lone_compressor(tmp_path, ctx, "tsobs", "prune_training_model=false", "pruning.distill_samples=16") as peer:
+        run_dir, store = peer.run_dir, peer.store
 
         def snapshot(version, obs):
-            fields = {"version": version, "epoch": 0, "training_sparsity": 0.0, "masks_version": -1,
-                      "trainer_start": 0}
-            return encoder.encode("snapshot", fields, {**DENSE, **({} if obs is None else {"distill:obs": obs})})
+            return peer.snapshot(version, {**DENSE, **({} if obs is None else {"distill:obs": obs})}, epoch=0)
 
-        wait_for(lambda: trainer_pub.send_multipart(snapshot(1, np.zeros((0, 4), np.float32)))
-                 or store.version() == 1, what="a snapshot with no observations yet")
+        wait_for(lambda: peer.lands(snapshot(1, np.zeros((0, 4), np.float32)), 1),
+                 what="a snapshot with no observations yet")
         bad = [None, np.zeros((17, 4), np.float32), np.zeros((8, 5), np.float32),
                np.full((8, 4), 2e6, np.float32), np.zeros((8, 4), np.float64)]
         for obs in bad:
-            trainer_pub.send_multipart(snapshot(2, obs))
+            peer.trainer.send_multipart(snapshot(2, obs))
         wait_for(lambda: len(rejections(run_dir, "compressor")) >= len(bad), what="the bad snapshots rejected")
         reasons = rejections(run_dir, "compressor")
         assert "missing tensors ['distill:obs']" in reasons[0]
@@ -369,13 +371,7 @@ def test_teacher_student_snapshots_must_carry_bounded_observations(tmp_path, ctx
         assert "float32[8, 5], expected float32[8, 4]" in reasons[2]
         assert "distill:obs outside +-1e+06" in reasons[3]
         assert "float64[8, 4], expected float32[8, 4]" in reasons[4]
-        assert store.version() == 1 and compressor.poll() is None
-        store.close()
-        trainer_pub.send_multipart(encoder.encode("control", {"command": "stop"}))
-        assert compressor.wait(timeout=30) == 0
-    finally:
-        compressor.kill()
-    assert_clean(run_dir)
+        assert store.version() == 1 and peer.compressor.poll() is None
 
 
 def test_sync_a_rejected_chunk_serves_its_worker_s_share_and_a_forged_process_takes_no_credit(tmp_path, ctx):

@@ -55,6 +55,22 @@ def test_a_new_mask_restarts_the_student_from_itself_masked_further():
         assert not np.any(student2[name][~keep])
 
 
+def test_a_carried_over_student_takes_each_teacher_s_observation_statistics():
+    """The statistics are the trainer's, not the student's: the student the workers run normalises
+    its input as the newest teacher does, from the version that brings them on."""
+    spec = env_spec("Pendulum-v1")
+    torch.manual_seed(0)
+    teacher = actor_arrays(make_actor(spec, [16, 16], normalize_obs=True))
+    masks = Pruner(expected_spec(make_actor(spec, [16, 16], normalize_obs=True)), method="magnitude").compute(teacher,
+                                                                                                            0.5)
+    obs = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
+    distiller = Distiller(spec.discrete, steps=5, lr=1e-2)
+    distiller.distil(teacher, masks, obs)
+    newer = {**teacher, "obs_norm.mean": np.array([1, 2, 3], np.float32), "obs_norm.var": np.full(3, 4, np.float32)}
+    student, _ = distiller.distil(newer, masks, obs)
+    assert student["obs_norm.mean"].tolist() == [1, 2, 3] and student["obs_norm.var"].tolist() == [4, 4, 4]
+
+
 def test_without_observations_the_student_is_kept_as_it_is():
     spec, teacher, masks, obs = _setup("CartPole-v1")
     distiller = Distiller(spec.discrete, steps=20, lr=1e-2)

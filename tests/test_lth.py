@@ -98,7 +98,7 @@ def test_create_mask_prunes_exactly_the_planned_count_of_actor_and_critic_and_wr
 def test_saliency_masks_are_the_pruning_engines_on_the_gradients_of_ppos_loss_and_differ_from_magnitude(tmp_path):
     run = kept_run(tmp_path)
     cfg = lth.run_config(run)
-    weights, _ = lth.ticket_files.read(lth.weights_path(run, EPOCHS), "weights", cfg.env_id, HIDDEN, "float32")
+    weights, _ = lth.ticket_files.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
     grads = lth.gradient_statistics(cfg, weights, lth.load_transitions(run, cfg), 4, 64)
     spec = {n: ("float32", a.shape) for n, a in weights["actor"].items()}
     made = {}
@@ -256,8 +256,12 @@ def test_files_without_a_part_prefix_are_the_actors_and_the_critic_table_is_torc
     cfg = load_config(None, ["ppo.hidden_sizes=16,16"])
     keep = {"net.0.weight": np.ones((16, 4), bool)}  # a run's own masks.safetensors names the actor's tensors so
     artifacts.save(tmp_path / "masks.safetensors", keep, env_id="CartPole-v1")
-    parts, _ = lth.ticket_files.read(tmp_path / "masks.safetensors", "mask file", cfg.env_id, [16, 16], "bool")
+    parts, _ = lth.ticket_files.read(tmp_path / "masks.safetensors", "mask file", cfg, "bool")
     assert set(parts["actor"]) == {"net.0.weight"} and parts["critic"] == {}
     critic = make_critic(env_spec("CartPole-v1"), [16, 16])
-    shapes = lth.ticket_files.model_shapes("CartPole-v1", [16, 16])["critic"]
-    assert shapes == {n: tuple(t.shape) for n, t in critic.state_dict().items()}
+    assert lth.ticket_files.model_shapes(cfg)["critic"] == {n: tuple(t.shape) for n, t in critic.state_dict().items()}
+    normalized = load_config(None, ["ppo.hidden_sizes=16,16", "normalize_obs=true"])
+    actor = make_actor(env_spec("CartPole-v1"), [16, 16], True)
+    critic = make_critic(env_spec("CartPole-v1"), [16, 16], actor.obs_norm)
+    assert lth.ticket_files.model_shapes(normalized)["critic"] == {n: tuple(t.shape)
+                                                                  for n, t in critic.state_dict().items()}

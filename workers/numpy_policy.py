@@ -5,8 +5,10 @@ second of CPU and about 250 MB for a small MLP and a sample; torch's distributio
 of its policy step, too (at batch 4 and 64-64, about 180 of 220 µs). The function is
 `service.policy.Actor`'s: linear layers `net.0`, `net.2`, ... with a tanh between each two, then
 Categorical(logits) or Normal(mean, exp(log_std)) with log-probabilities summed over the action
-dimensions. tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5) and its
-samples to the distribution.
+dimensions; a policy trained with observation normalisation carries its statistics
+(`obs_norm.mean`, `obs_norm.var`) and normalises its input as the torch actor does.
+tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5) and its samples to
+the distribution.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from service.actor_spec import linear_weight_names
+from service.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_names
 from service.envs import EnvSpec
 
 LOG_SQRT_2PI = np.float32(0.5 * np.log(2 * np.pi))
@@ -29,6 +31,10 @@ class NumpyActor:
         self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec)]
         self.tensors = tensors  # what it runs on, by name
         self.discrete, self.rng = spec.discrete, rng
+        self.obs_norm = None
+        if OBS_NORM[0] in tensors:  # (mean, 1 / std) as columns
+            mean, var = (tensors[n] for n in OBS_NORM)
+            self.obs_norm = (mean[:, None], (1.0 / np.sqrt(var + np.float32(NORM_EPS)))[:, None])
         if not spec.discrete:
             self.log_std = tensors["log_std"]
             self.std = np.exp(self.log_std)
@@ -51,6 +57,9 @@ class NumpyActor:
         # The batch as columns, weight @ h: at [1024, 1024] and batch 4 numpy's OpenBLAS (one thread)
         # takes half the time of h @ weight.T (scripts/bench_inference.py), about 1.5 µs more on tiny layers.
         h = np.asarray(obs, np.float32).T
+        if self.obs_norm is not None:
+            mean, inv_std = self.obs_norm
+            h = np.clip((h - mean) * inv_std, -NORM_CLIP, NORM_CLIP)
         for weight, bias in self.layers[:-1]:
             h = np.tanh(weight @ h + bias)
         weight, bias = self.layers[-1]
@@ -68,7 +77,8 @@ class NumpyActor:
 def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (weight, bias) of each linear layer, input first; ValueError unless `tensors` are exactly an
     actor for `spec`: a chain net.0, net.2, ... from obs_dim inputs to act_dim outputs, 2-D weights,
-    1-D biases, `log_std` of act_dim iff the actions are continuous, all float32."""
+    1-D biases, `log_std` of act_dim iff the actions are continuous, optionally the observation
+    statistics (both, of obs_dim, the variances finite and >= 0), all float32."""
     weights = linear_weight_names(tensors)
     chain = [f"net.{2 * i}.weight" for i in range(len(weights))]
     if not weights or weights != chain:
@@ -76,11 +86,19 @@ def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec) -> list[tup
     names = {n for w in weights for n in (w, w.removesuffix("weight") + "bias")}
     if not spec.discrete:
         names.add("log_std")
+    if OBS_NORM[0] in tensors or OBS_NORM[1] in tensors:
+        names.update(OBS_NORM)
     if set(tensors) != names:
         raise ValueError(f"missing {sorted(names - set(tensors))}, unexpected {sorted(set(tensors) - names)}")
     for name, t in tensors.items():
         if t.dtype != np.float32:
             raise ValueError(f"{name} is {t.dtype}, not float32")
+    if OBS_NORM[0] in tensors:
+        mean, var = (tensors[n] for n in OBS_NORM)
+        if mean.shape != (spec.obs_dim,) or var.shape != (spec.obs_dim,):
+            raise ValueError(f"observation statistics {mean.shape}, {var.shape} should be ({spec.obs_dim},)")
+        if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all()):
+            raise ValueError("observation statistics are not finite, or a variance is negative")
     layers, width = [], spec.obs_dim
     for name in weights:
         weight, bias = tensors[name], tensors[name.removesuffix("weight") + "bias"]
