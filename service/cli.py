@@ -304,12 +304,14 @@ def _announce(args: argparse.Namespace):
     from service import view
     from service.config import ConfigError, load_config
 
-    from service import ticket_files
     from service.artifacts import ArtifactError
 
     try:
         cfg = load_config(args.config, args.set)
-        ticket_files.check(cfg)  # its mask and init files, before anything is written
+        if cfg.pruning.mask_file or cfg.init_file:  # checked before anything is written (and only then: gymnasium)
+            from service import ticket_files
+
+            ticket_files.check(cfg)
     except (ConfigError, ArtifactError) as exc:
         _error(args.command, exc)
         return None
