@@ -39,7 +39,7 @@ from service.config import Config, ConfigError, load_config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
 from service.policy import make_actor, make_critic
-from service.pruning import Pruner, masked_stats, prunable_names
+from service.pruning import CompressionFailed, Pruner, masked_stats, prunable_names
 from service.runlog import run_config
 
 WEIGHTS_DIR = "weights"
@@ -180,8 +180,8 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     weights, _ = ticket_files.read(final, "weights file", cfg, "float32")
     criterion = CRITERIA[method]
     grads = None
-    num_batches = num_batches or cfg.pruning.num_gradient_batches
-    batch_size = batch_size or cfg.minibatch_size
+    num_batches = cfg.pruning.num_gradient_batches if num_batches is None else num_batches
+    batch_size = cfg.minibatch_size if batch_size is None else batch_size
     if criterion.needs_grads:
         if num_batches < 1:
             raise ConfigError(f"--num-batches must be >= 1, got {num_batches}")
@@ -191,8 +191,11 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         names = _engine_names(part, weights[part])
         spec = {names[n]: ("float32", a.shape) for n, a in weights[part].items()}
         pruner = Pruner(spec, method=method, structure=structure, scope=scope)
-        keep = pruner.compute({names[n]: a for n, a in weights[part].items()}, sparsity,
-                              None if grads is None else {names[n]: g for n, g in grads[part].items()})
+        try:
+            keep = pruner.compute({names[n]: a for n, a in weights[part].items()}, sparsity,
+                                  None if grads is None else {names[n]: g for n, g in grads[part].items()})
+        except CompressionFailed as exc:
+            raise ArtifactError(f"{final}: the {part} cannot be ranked: {exc}") from None
         back = {v: k for k, v in names.items()}
         masks[part] = {back[n]: m for n, m in keep.elements.items()}
         layers = masked_stats(keep, spec, prunable_names(spec, False))["layers"]
