@@ -34,6 +34,7 @@ import numpy as np
 
 from service.config import ConfigError, load_config, to_toml
 from service.runlog import Run, RunError, load
+from service.ticket_files import TRAIN_DENSE
 
 ALPHA = 0.05
 CORES_PER_RUN = 2  # trainer + compressor + workers: a run keeps about two cores busy
@@ -71,8 +72,6 @@ def _lth_variants() -> list[Variant]:
     """Dense (keeping what tickets need), pruned while training (the default both-pruned run:
     magnitude, once at epoch 3), tickets rewound to the dense run's initial weights, and the same
     (magnitude) masks from a fresh random initialisation."""
-    from service.ticket_files import TRAIN_DENSE
-
     out = [_v("dense", *TRAIN_DENSE)]
     out += [_v(f"pruned_{round(s * 100)}", f"pruning.target_sparsity={s}") for s in LTH_SPARSITIES]
     out += [_v(f"ticket_{m}_{round(s * 100)}", "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
