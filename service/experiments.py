@@ -71,15 +71,15 @@ def lth_mask(method: str, sparsity: float) -> str:
 def _lth_variants() -> list[Variant]:
     """Dense (keeping what tickets need), pruned while training (the default both-pruned run:
     magnitude, once at epoch 3), tickets rewound to the dense run's initial weights, and the same
-    (magnitude) masks from a fresh random initialisation."""
+    masks from a fresh random initialisation (is it the init or the mask's layout?)."""
     out = [_v("dense", *TRAIN_DENSE)]
     out += [_v(f"pruned_{round(s * 100)}", f"pruning.target_sparsity={s}") for s in LTH_SPARSITIES]
     out += [_v(f"ticket_{m}_{round(s * 100)}", "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
                'init_file="{base}/dense/s{seed}/weights/epoch-0.safetensors"', stage=1)
             for s in LTH_SPARSITIES for m in LTH_METHODS]
-    out += [_v(f"random_magnitude_{round(s * 100)}", "pruning.method=fixed",
-               f'pruning.mask_file="{lth_mask("magnitude", s)}"', stage=1, seed_offset=RANDOM_REINIT_SEED_OFFSET)
-            for s in LTH_SPARSITIES]
+    out += [_v(f"random_{m}_{round(s * 100)}", "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
+               stage=1, seed_offset=RANDOM_REINIT_SEED_OFFSET)
+            for s in LTH_SPARSITIES for m in LTH_METHODS]
     return out
 
 
