@@ -17,6 +17,7 @@
     hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
     hotprune experiments --experiment NAME [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
+                         [--eval-episodes N]
     hotprune keys       DIR                                     a CURVE key set for tcp runs across hosts
     hotprune lth train-dense  [--config FILE] [--set key=value ...]       a dense run that keeps what tickets need
     hotprune lth create-mask  RUN_DIR --method M --sparsity S [...]       masks from its final weights
@@ -177,6 +178,9 @@ def _main(argv: list[str]) -> int:
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run of the grid, e.g. --set epochs=50")
+    grid.add_argument("--eval-episodes", type=int, default=0, metavar="N",
+                      help="also evaluate each run's kept policy over N episodes with deterministic actions "
+                           "(how RL Zoo and SB3 report returns), a column of the table")
     sub.add_parser("keys", help="write a new CURVE key set (server and client key pairs) into DIR, for tcp runs "
                    "whose processes share it: copy DIR to each host's <run_dir>/keys").add_argument("dir", type=Path)
     lth = _lth_parsers(sub)
@@ -352,6 +356,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     compare.add_argument("--jobs", type=int, default=1)
     compare.add_argument("--root", type=Path, default=Path("logs"))
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--eval-episodes", type=int, default=0, metavar="N",
+                         help="also evaluate each kept policy over N episodes with deterministic actions")
     return steps.choices
 
 
@@ -409,7 +415,8 @@ def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
 def _experiments(experiment: str, args: argparse.Namespace) -> int:
     from service import experiments
 
-    results, failed = experiments.run_grid(experiment, args.seeds, args.root, args.jobs, args.set)
+    results, failed = experiments.run_grid(experiment, args.seeds, args.root, args.jobs, args.set,
+                                           eval_episodes=args.eval_episodes)
     print(results.read_text())
     print(f"results: {results} and {results.with_suffix('.csv')}")
     if failed:

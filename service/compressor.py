@@ -54,7 +54,6 @@ class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
-        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         spec = env_spec(cfg.env_id)
         self.discrete = spec.discrete
         self.weight_spec = actor_spec(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
@@ -69,6 +68,9 @@ class Compressor:
             from service.distill import Distiller
 
             self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr)
+        # The first liveness ping (the hang timeout runs from it) once the slow set-up is done:
+        # the distiller's optimizer warm-up imports torch._dynamo.
+        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         steps, warnings = plan(cfg)
         self.schedule = Schedule(steps)
         self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,

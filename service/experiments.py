@@ -18,6 +18,7 @@ seeds it has little power: "within noise" does not mean equal.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -33,12 +34,14 @@ import gymnasium as gym
 import numpy as np
 
 from service.config import ConfigError, load_config, to_toml
+from service.evaluate import MAX_EPISODES, evaluate
 from service.runlog import Run, RunError, load
 from service.ticket_files import TRAIN_DENSE
 
 ALPHA = 0.05
 CORES_PER_RUN = 2  # trainer + compressor + workers: a run keeps about two cores busy
 MIN_SEEDS_TO_COMPARE = 2  # a sample variance needs two
+EVAL_FILE = "eval_deterministic.json"
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,9 @@ def plan(experiment: str, seeds: list[int], root: Path, extra: list[str]) -> lis
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     base = root / f"pruning_{experiment}"
     seeds = list(dict.fromkeys(seeds))  # a seed given twice is one run
-    grid = [(v, s, base / v.name / f"s{s}") for v in EXPERIMENTS[experiment] for s in seeds]
+    # seed by seed, the variants alternating: a grid cut short (or a machine whose load drifts) still
+    # compares every variant on the same seeds and under the same conditions
+    grid = [(v, s, base / v.name / f"s{s}") for s in seeds for v in EXPERIMENTS[experiment]]
     for v, s, run_dir in grid:  # every variant's config is valid before anything runs
         planned_config(v, s, run_dir, extra)
     return grid
@@ -193,8 +198,10 @@ def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -
 
 
 def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str],
-             log=print) -> tuple[Path, int]:
+             log=print, eval_episodes: int = 0) -> tuple[Path, int]:
     """Run the grid; returns the results table and how many runs failed."""
+    if not 0 <= eval_episodes <= MAX_EPISODES:
+        raise ConfigError(f"--eval-episodes must be in [0, {MAX_EPISODES}], got {eval_episodes}")
     most = max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
     if not 1 <= jobs <= most:
         raise ConfigError(f"--jobs must be in [1, {most}] here (a run keeps about {CORES_PER_RUN} cores busy), "
@@ -209,7 +216,7 @@ def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: li
             PREPARE[experiment](base, seeds, log)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             ok += pool.map(lambda item: run_one(*item, extra, log), [g for g in grid if g[0].stage == stage])
-    results = write_results(experiment, seeds, root)
+    results = write_results(experiment, seeds, root, eval_episodes)
     plot(experiment, seeds, root, log)
     return results, ok.count(False)
 
@@ -238,7 +245,20 @@ def plot(experiment: str, seeds: list[int], root: Path, log) -> None:
 # --- results --------------------------------------------------------------------------------------
 
 
-def seed_row(run: Run, threshold: float | None) -> dict:
+def evaluated(run_dir: Path, episodes: int) -> dict:
+    """The kept policy's deterministic return over `episodes` (service.evaluate, seeds 0..episodes-1),
+    computed once and kept in the run directory (eval_deterministic.json)."""
+    path = run_dir / EVAL_FILE
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("episodes") == episodes:
+            return kept
+    result = evaluate(run_dir, episodes=episodes, deterministic=True)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def seed_row(run: Run, threshold: float | None, eval_episodes: int = 0) -> dict:
     s = run.summary
     reached = next((e["global_step"] for e in run.epochs() if threshold is not None and e["reward_mean"] is not None
                     and e["reward_mean"] >= threshold), None)
@@ -247,7 +267,8 @@ def seed_row(run: Run, threshold: float | None) -> dict:
             "training_sparsity": s["final_training_sparsity"], "inference_sparsity": s["final_inference_sparsity"],
             "pruned_sparsity": s.get("pruned_sparsity"), "params_kept": s.get("pruned_params_kept"),
             "params_total": s["params_total"], "swap_ms": s["swap_latency_ms_median"],
-            "policy_lag": s["policy_lag_mean"]}
+            "policy_lag": s["policy_lag_mean"],
+            "eval_return": evaluated(run.path, eval_episodes)["return_mean"] if eval_episodes else None}
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -295,7 +316,7 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def write_results(experiment: str, seeds: list[int], root: Path) -> Path:
+def write_results(experiment: str, seeds: list[int], root: Path, eval_episodes: int = 0) -> Path:
     base = root / f"pruning_{experiment}"
     rows, reference = [], None
     for variant in EXPERIMENTS[experiment]:
@@ -311,13 +332,15 @@ def write_results(experiment: str, seeds: list[int], root: Path) -> Path:
             rows.append({"variant": variant.name, "seeds": 0})
             continue
         threshold = gym.spec(runs[0].config.env_id).reward_threshold
-        per_seed = [seed_row(r, threshold) for r in runs]
+        per_seed = [seed_row(r, threshold, eval_episodes) for r in runs]
         returns = [p["return"] for p in per_seed]
         row = {"variant": variant.name, "seeds": len(runs), "return_mean": statistics.fmean(returns),
                "return_std": statistics.stdev(returns) if len(returns) > 1 else 0.0, "returns": returns,
                "threshold": threshold,
                "samples_to_threshold": [p["samples_to_threshold"] for p in per_seed],
-               **{k: _mean(p[k] for p in per_seed) for k in per_seed[0] if k not in ("return", "samples_to_threshold")}}
+               "eval_returns": [p["eval_return"] for p in per_seed] if eval_episodes else None,
+               **{k: _mean(p[k] for p in per_seed) for k in per_seed[0]
+                  if k not in ("return", "samples_to_threshold", "eval_return")}}
         if reference is None:
             reference, row["vs_first"] = row, "reference"
         elif min(len(returns), len(reference["returns"])) < MIN_SEEDS_TO_COMPARE:
@@ -328,7 +351,7 @@ def write_results(experiment: str, seeds: list[int], root: Path) -> Path:
         rows.append(row)
     columns = ["variant", "seeds", "return_mean", "return_std", "samples_to_threshold", "epoch_s", "rollout_s",
                "train_s", "samples_per_s", "training_sparsity", "inference_sparsity", "pruned_sparsity", "params_kept",
-               "params_total", "swap_ms", "policy_lag", "vs_first"]
+               "params_total", "swap_ms", "policy_lag", "vs_first", "eval_returns"]
     with open(base / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -353,5 +376,15 @@ def write_results(experiment: str, seeds: list[int], root: Path) -> Path:
             f"{_fmt(r['inference_sparsity'], '.1%')} / {_fmt(r['pruned_sparsity'], '.1%')} "
             f"| {_fmt(r['params_kept'], ',.0f')} of {_fmt(r['params_total'], ',.0f')} | {_fmt(r['swap_ms'])} "
             f"| {_fmt(r['policy_lag'])} | {r['vs_first']} |")
+    if eval_episodes:
+        lines += ["", f"The kept policies, deterministic actions, {eval_episodes} episodes each (`hotprune eval "
+                  f"--deterministic`; training returns above sample actions):", "",
+                  "| variant | return mean ± std over seeds | per seed |", "| --- | --- | --- |"]
+        for r in rows:
+            if r["seeds"]:
+                values = r["eval_returns"]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                lines.append(f"| {r['variant']} | {statistics.fmean(values):.1f} ± {spread:.1f} | "
+                             f"{', '.join(f'{v:.1f}' for v in values)} |")
     (base / "results.md").write_text("\n".join(lines) + "\n")
     return base / "results.md"

@@ -43,12 +43,17 @@ class RunningMeanStd:
         self.var, self.count = m2 / total, total
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": np.array(self.count)}
+        """As arrays of at least one dimension (a tensor file keeps no 0-d arrays)."""
+        return {"mean": np.atleast_1d(self.mean).copy(), "var": np.atleast_1d(self.var).copy(),
+                "count": np.array([self.count])}
 
     def load(self, state: dict[str, np.ndarray]) -> None:
-        if state["mean"].shape != self.mean.shape or state["var"].shape != self.var.shape:
-            raise ValueError(f"normalisation statistics of shape {state['mean'].shape}, expected {self.mean.shape}")
-        self.mean, self.var, self.count = state["mean"].copy(), state["var"].copy(), float(state["count"])
+        shape = np.atleast_1d(self.mean).shape
+        if state["mean"].shape != shape or state["var"].shape != shape or state["count"].shape != (1,):
+            raise ValueError(f"normalisation statistics of shape {state['mean'].shape}, expected {shape}")
+        self.mean = state["mean"].reshape(self.mean.shape).copy()
+        self.var = state["var"].reshape(self.var.shape).copy()
+        self.count = state["count"].item()
 
 
 class RewardScaler:

@@ -86,7 +86,6 @@ class Trainer:
             raise checkpoints.CheckpointError(f"{cfg.run_dir} already has a trainer checkpoint: pass --resume "
                                               "to go on from it")
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer")
-        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -182,6 +181,9 @@ class Trainer:
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
         self.keeper = lth.Keeper(cfg, self.actor, self.critic, self.policy_meta())
+        # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
+        # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
+        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
 
     # --- messages -------------------------------------------------------------------------
 

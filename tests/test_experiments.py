@@ -53,7 +53,8 @@ def test_an_interrupted_grid_resumes_and_runs_only_what_is_missing(grid, tmp_pat
     # A kept run made with other settings than the grid's is not reused.
     changed = base / "async_dense" / "s1" / "config.toml"
     changed.write_text(changed.read_text().replace("samples_per_epoch = 512", "samples_per_epoch = 1024"))
-    result = hotprune("experiments", "--experiment", "basic", "--seeds", "1", "1", "--root", str(base.parent), *TINY)
+    result = hotprune("experiments", "--experiment", "basic", "--seeds", "1", "1", "--root", str(base.parent),
+                      "--eval-episodes", "2", *TINY)
     assert result.returncode == 0, result.stderr
     done = [line for line in result.stdout.splitlines() if "done already" in line]
     assert len(done) == len(experiments.EXPERIMENTS["basic"]) - 2
@@ -63,6 +64,13 @@ def test_an_interrupted_grid_resumes_and_runs_only_what_is_missing(grid, tmp_pat
         assert result.stdout.count(f"{name} seed 1: exit 0") == 1  # seed 1 given twice: run once
         assert load(base / name / "s1").summary["completed"]
         assert list((base / name).glob("s1.failed-*"))
+    # --eval-episodes: every kept policy evaluated with deterministic actions, kept, and tabled
+    table = (base / "results.md").read_text()
+    assert "deterministic actions, 2 episodes each" in table
+    for variant in experiments.EXPERIMENTS["basic"]:
+        kept = json.loads((base / variant.name / "s1" / experiments.EVAL_FILE).read_text())
+        assert kept["episodes"] == 2 and kept["deterministic"] and kept["env_id"] == "CartPole-v1"
+        assert f"| {variant.name} | {kept['return_mean']:.1f} ± 0.0 | {kept['return_mean']:.1f} |" in table
 
 
 def test_the_grid_plots_every_variant_and_the_plots_are_drawn_from_the_data(grid):
@@ -84,6 +92,7 @@ def test_the_grid_plots_every_variant_and_the_plots_are_drawn_from_the_data(grid
 @pytest.mark.parametrize("args, message", [
     (["--experiment", "everything"], "--experiment must be one of"),
     (["--experiment", "basic", "--jobs", "999"], "--jobs must be in"),
+    (["--experiment", "basic", "--eval-episodes", "-1"], "--eval-episodes must be in"),
     (["--experiment", "basic", "--set", "pruning.target_sparsity=2"], "pruning.target_sparsity must be in"),
 ])
 def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, args, message):

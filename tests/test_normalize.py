@@ -20,7 +20,7 @@ from workers.numpy_policy import NumpyActor
 PENDULUM = env_spec("Pendulum-v1")
 
 
-def test_running_statistics_over_batches_are_those_of_all_the_data():
+def test_running_statistics_over_batches_are_those_of_all_the_data(tmp_path):
     rng = np.random.default_rng(0)
     batches = [rng.normal(3.0, 2.0, (n, 3)) for n in (1, 7, 100, 2)]
     stats = RunningMeanStd((3,))
@@ -30,14 +30,16 @@ def test_running_statistics_over_batches_are_those_of_all_the_data():
     everything = np.concatenate(batches)
     np.testing.assert_allclose(stats.mean, everything.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(stats.var, everything.var(axis=0), rtol=1e-6)
+    artifacts.save(tmp_path / "stats.safetensors", stats.state())  # as the trainer's checkpoint keeps them
     again = RunningMeanStd((3,))
-    again.load(stats.state())
+    again.load(artifacts.load(tmp_path / "stats.safetensors")[0])
     np.testing.assert_array_equal(again.mean, stats.mean)
+    assert (again.var, again.count) == (pytest.approx(stats.var), stats.count)
     with pytest.raises(ValueError, match="shape"):
         RunningMeanStd((4,)).load(stats.state())
 
 
-def test_rewards_are_scaled_by_the_std_of_the_discounted_return_which_restarts_at_episode_ends():
+def test_rewards_are_scaled_by_the_std_of_the_discounted_return_which_restarts_at_episode_ends(tmp_path):
     scaler = RewardScaler(num_workers=2, envs_per_worker=1, gamma=0.5)
     rewards = np.ones((4, 1), np.float32)
     done = np.array([[False], [True], [False], [False]])
@@ -51,6 +53,11 @@ def test_rewards_are_scaled_by_the_std_of_the_discounted_return_which_restarts_a
     np.testing.assert_allclose(scaler.returns[0], [1.5])
     scaler.scale(0, 8, np.zeros((1, 1), np.float32), np.zeros((1, 1), bool))  # worker 0 restarted
     np.testing.assert_allclose(scaler.returns[0], [0.0])
+    artifacts.save(tmp_path / "rewards.safetensors", scaler.state())
+    again = RewardScaler(num_workers=2, envs_per_worker=1, gamma=0.5)
+    again.load(artifacts.load(tmp_path / "rewards.safetensors")[0])
+    assert (again.stats.var, again.starts.tolist(), again.returns.tolist()) == \
+        (scaler.stats.var, [8, 9], scaler.returns.tolist())
 
 
 def test_scaled_rewards_are_clipped():

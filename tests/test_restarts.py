@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from service import runlog
+from service import artifacts, checkpoints, runlog
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def _epochs(run_dir) -> int:
 def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_and_the_run_completes(tmp_path):
     epochs = 160
     proc, run_dir = _start(tmp_path, "faults", f"epochs={epochs}", "pruning.schedule=\"cubic\"",
-                           "pruning.end_epoch=120")
+                           "pruning.end_epoch=120", "normalize_obs=true", "normalize_reward=true")
     wait_for(lambda: _epochs(run_dir) >= 5, timeout=90, what="epoch 5")
     os.kill(_pid(run_dir, "trainer"), signal.SIGKILL)
     wait_for(lambda: logged(run_dir, "trainer", "trainer_resumed"), timeout=60, what="the trainer to resume")
@@ -76,6 +76,13 @@ def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_
     assert checked and not any(checked)
     diagnosed = hotprune("diagnose", str(run_dir))
     assert diagnosed.returncode == 0, diagnosed.stdout
+    # The normalisation statistics came through the resume: they hold every epoch's observations
+    # exactly once (the resumed trainer took its checkpoint's and redid the epochs after it).
+    tensors, _ = checkpoints.load(run_dir, "faults", "CartPole-v1", [64, 64])
+    assert tensors["obs_stats.count"] == pytest.approx(epochs * 512)
+    assert tensors["reward_stats.count"] == pytest.approx(epochs * 512)
+    policy, _ = artifacts.load_policy(run_dir)
+    assert policy.obs_norm.mean.numpy() == pytest.approx(tensors["obs_stats.mean"], rel=1e-6)
 
 
 def test_an_exhausted_restart_budget_stops_the_run_with_exit_1_and_names_the_process(tmp_path):
