@@ -1,10 +1,11 @@
-"""The actor's tensor names and shapes, without torch.
+"""The actor's (and the critic's) tensor names and shapes, without torch.
 
 `service.policy.Actor` is an MLP whose linear layers are `net.0`, `net.2`, ... (its algorithm's
-activation between each two, service.algorithms); a Gaussian head (PPO, continuous) adds `log_std`, a
-squashed one (SAC) has 2 * act_dim outputs (mean, log std) instead; with observation normalisation (`normalize_obs`) it
-starts with `obs_norm.mean` and `obs_norm.var` (obs_dim each), the running statistics the trainer
-keeps (service.normalize): the MLP's input is clip((obs - mean) / sqrt(var + NORM_EPS), +-NORM_CLIP).
+activation between each two, service.algorithms); a Gaussian head (PPO, continuous) adds `log_std`,
+a squashed one (SAC) has 2 * act_dim outputs (mean, log std) instead; with observation normalisation
+(`normalize_obs`) it starts with `obs_norm.mean` and `obs_norm.var` (obs_dim each), the running
+statistics the trainer keeps (service.normalize): the MLP's input is clip((obs - mean) / sqrt(var +
+NORM_EPS), +-NORM_CLIP).
 
 The supervisor sizes the store and the compressor checks and prunes snapshots from this table
 alone: importing torch costs each of them over a second of CPU at start-up, on a machine where every
@@ -29,11 +30,24 @@ def actor_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = F
                  algorithm: str = "ppo") -> dict[str, tuple[int, ...]]:
     """name -> shape of the dense actor's tensors (all float32), in the actor's own order."""
     kind = actor_kind(algorithm, spec.discrete)
-    sizes = [spec.obs_dim, *hidden_sizes, spec.act_dim * kind.outputs_per_action]
     shapes: dict[str, tuple[int, ...]] = {n: (spec.obs_dim,) for n in OBS_NORM} if normalize_obs else {}
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):  # Linear, Tanh, Linear, ...
-        shapes |= {f"net.{2 * i}.weight": (n_out, n_in), f"net.{2 * i}.bias": (n_out,)}
+    shapes |= _mlp_shapes([spec.obs_dim, *hidden_sizes, spec.act_dim * kind.outputs_per_action], "net.")
     return {**shapes, "log_std": (spec.act_dim,)} if kind.head == "gaussian" else shapes
+
+
+def critic_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False) -> dict[str, tuple[int, ...]]:
+    """name -> shape of the PPO critic's tensors: a bare MLP (0.weight, 0.bias, 2.weight, ...), after
+    the actor's observation normaliser when there is one (0.mean, 0.var, then 1.weight, 1.bias, 3.weight, ...)."""
+    norm = {"0.mean": (spec.obs_dim,), "0.var": (spec.obs_dim,)} if normalize_obs else {}
+    return {**norm, **_mlp_shapes([spec.obs_dim, *hidden_sizes, 1], "", first=1 if norm else 0)}
+
+
+def _mlp_shapes(sizes: list[int], prefix: str, first: int = 0) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):  # Linear, activation, Linear, ...
+        k = first + 2 * i
+        shapes |= {f"{prefix}{k}.weight": (n_out, n_in), f"{prefix}{k}.bias": (n_out,)}
+    return shapes
 
 
 def actor_spec(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False,

@@ -11,6 +11,7 @@ written to a temporary name and renamed: a reader never sees half a file.
     runs/<id>/masks.safetensors     the keep-masks (bool, dense shapes) of the last compression
     runs/<id>/initial.safetensors   the actor before any update (epoch 0): what a lottery ticket rewinds to
     runs/<id>/progress.csv          one row per epoch, with global_step (env samples so far)
+    runs/<id>/weights/, transitions.safetensors   what a lottery ticket needs (service.lth)
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@
     hotprune experiments --experiment NAME [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
                          [--eval-episodes N]
     hotprune keys       DIR                                     a CURVE key set for tcp runs across hosts
+    hotprune lth train-dense  [--config FILE] [--set key=value ...]       a dense run that keeps what tickets need
+    hotprune lth create-mask  RUN_DIR --method M --sparsity S [...]       masks from its final weights
+    hotprune lth train-ticket RUN_DIR --mask FILE [--rewind init|epoch:K|random] [--set key=value ...]
+    hotprune lth compare      [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -169,7 +173,7 @@ def _main(argv: list[str]) -> int:
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
     grid.add_argument("--experiment", required=True,
                       help="basic | modes | methods | sparsity | schedules | teacher_student | presets | sac "
-                           "(the last two with --set env_id=...)")
+                           "(these two with --set env_id=...) | lth")
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
@@ -180,8 +184,10 @@ def _main(argv: list[str]) -> int:
                            "(how RL Zoo and SB3 report returns), a column of the table")
     sub.add_parser("keys", help="write a new CURVE key set (server and client key pairs) into DIR, for tcp runs "
                    "whose processes share it: copy DIR to each host's <run_dir>/keys").add_argument("dir", type=Path)
+    lth = _lth_parsers(sub)
     args, rest = parser.parse_known_args(argv)
-    command = show if args.command == "config" else sub.choices[args.command]
+    command = show if args.command == "config" else lth[args.action] if args.command == "lth" \
+        else sub.choices[args.command]
     if rest and args.command not in PROCESSES:
         command.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "config":  # settings only: no torch
@@ -190,6 +196,8 @@ def _main(argv: list[str]) -> int:
         return _presets(args.name)
     if args.command == "watch":  # logs only: no torch
         return _watch(args)
+    if args.command == "lth":
+        return _lth(args, command)
     announced = None  # `hotprune run`: its config, loaded and announced before torch loads
     if args.command == "run" and not args.resume:
         announced = _announce(args)
@@ -302,14 +310,100 @@ def _announce(args: argparse.Namespace):
     from service import view
     from service.config import ConfigError, load_config
 
+    from service.artifacts import ArtifactError
+
     try:
         cfg = load_config(args.config, args.set)
-    except ConfigError as exc:
+        if cfg.pruning.mask_file or cfg.init_file:  # checked before anything is written (and only then: gymnasium)
+            from service import ticket_files
+
+            ticket_files.check(cfg)
+    except (ConfigError, ArtifactError) as exc:
         _error(args.command, exc)
         return None
     for line in view.header(cfg, cfg.run_dir):
         print(line, flush=True)
     return cfg
+
+
+def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
+    """`hotprune lth ...`: the lottery-ticket workflow (service.lth), a parser per step."""
+    lth = sub.add_parser("lth", help="lottery tickets: train dense, make masks, train the ticket, compare")
+    steps = lth.add_subparsers(dest="action", required=True)
+    dense = _config_parser(steps, "train-dense", "a dense run that keeps what tickets need: its weights every 10 "
+                           "epochs (epoch 0: the rewind point) and its last 8 epochs' transitions")
+    _verbosity_args(dense)
+    mask = steps.add_parser("create-mask", help="masks from a kept run's final weights: RUN_DIR/masks/*.safetensors, "
+                            ".pt (torch.load weights_only) and .npz")
+    mask.add_argument("run_dir", type=Path)
+    mask.add_argument("--method", required=True, help="magnitude | taylor | gradient")
+    mask.add_argument("--sparsity", type=float, required=True, help="fraction pruned of each target, e.g. 0.9")
+    mask.add_argument("--num-batches", type=int, help="taylor, gradient: minibatches g is averaged over "
+                      "(default: the run's pruning.num_gradient_batches)")
+    mask.add_argument("--batch-size", type=int, help="samples per minibatch (default: the run's PPO minibatch)")
+    mask.add_argument("--targets", default="actor", help="actor, or actor,critic")
+    mask.add_argument("--structure", default="weight", help="weight | neuron")
+    mask.add_argument("--scope", default="global", help="global | layer")
+    mask.add_argument("--out", type=Path, help="default: RUN_DIR/masks/<method>-<structure>-<percent>.safetensors")
+    ticket = _config_parser(steps, "train-ticket", "a run with RUN_DIR's settings, from its rewound weights, "
+                            "pruned with the mask's fixed masks from the first step")
+    ticket.add_argument("run_dir", type=Path)
+    ticket.add_argument("--mask", type=Path, required=True, help="a mask .safetensors of create-mask")
+    ticket.add_argument("--rewind", default="init", help="init (epoch 0) | epoch:K (a kept epoch) | random "
+                        "(a fresh init from the run's seed; give a --seed other than the dense run's)")
+    _verbosity_args(ticket)
+    compare = steps.add_parser("compare", help="the lth experiment grid: tickets at 80%% and 90%% (magnitude, "
+                               "taylor, gradient), random re-init, dense and pruned during training")
+    compare.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    compare.add_argument("--jobs", type=int, default=1)
+    compare.add_argument("--root", type=Path, default=Path("logs"))
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--eval-episodes", type=int, default=0, metavar="N",
+                         help="also evaluate each kept policy over N episodes with deterministic actions")
+    return steps.choices
+
+
+def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from service import ticket_files
+
+    name = f"lth {args.action}"
+    if args.action == "train-dense":
+        args.set = [*ticket_files.TRAIN_DENSE, *args.set]  # yours win
+        announced = _announce(args)
+        if announced is None:
+            return 2
+        from service.supervisor import Supervisor
+
+        return _supervise(Supervisor(announced), _verbosity(args), header_shown=True)
+    import torch
+
+    torch.set_num_threads(1)
+    from service import lth
+    from service.artifacts import ArtifactError
+    from service.config import ConfigError
+    from service.runlog import RunError
+
+    try:
+        if args.action == "create-mask":
+            paths, layers = lth.create_mask(args.run_dir, args.method, args.sparsity, num_batches=args.num_batches,
+                                            batch_size=args.batch_size, targets=tuple(args.targets.split(",")),
+                                            structure=args.structure, scope=args.scope, out=args.out)
+            print("\n".join([*layers, *map(str, paths)]))
+            return 0
+        if args.action == "compare":
+            return _experiments("lth", args)
+        if args.config:
+            parser.error("a ticket takes the dense run's own settings (its config.toml): change them with --set")
+        cfg = lth.ticket_config(args.run_dir, args.mask, args.rewind, args.set)
+        from service import ticket_files, view
+        from service.supervisor import Supervisor
+
+        ticket_files.check(cfg)
+        for line in view.header(cfg, cfg.run_dir):
+            print(line, flush=True)
+        return _supervise(Supervisor(cfg), _verbosity(args), header_shown=True)
+    except (ConfigError, ArtifactError, RunError) as exc:
+        return _error(name, exc)
 
 
 def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
@@ -320,6 +414,19 @@ def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
         return supervisor.run()
 
 
+def _experiments(experiment: str, args: argparse.Namespace) -> int:
+    from service import experiments
+
+    results, failed = experiments.run_grid(experiment, args.seeds, args.root, args.jobs, args.set,
+                                           eval_episodes=args.eval_episodes)
+    print(results.read_text())
+    print(f"results: {results} and {results.with_suffix('.csv')}")
+    if failed:
+        print(f"hotprune experiments: {failed} run(s) failed; their console output is in console.txt "
+              "in their run directories", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     """The commands on finished runs: they read logs, and start no process."""
     from service import diagnose, evaluate, export, report, show
@@ -327,16 +434,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from service.runlog import load
 
     if args.command == "experiments":
-        from service import experiments
-
-        results, failed = experiments.run_grid(args.experiment, args.seeds, args.root, args.jobs, args.set,
-                                               eval_episodes=args.eval_episodes)
-        print(results.read_text())
-        print(f"results: {results} and {results.with_suffix('.csv')}")
-        if failed:
-            print(f"hotprune experiments: {failed} run(s) failed; their console output is in console.txt "
-                  "in their run directories", file=sys.stderr)
-        return 1 if failed else 0
+        return _experiments(args.experiment, args)
     if args.command == "report":
         runs = [load(d) for d in args.run_dirs]
         try:

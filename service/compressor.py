@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 
 from protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
-from service import artifacts, eventlog
+from service import artifacts, eventlog, ticket_files
 from service.actor_spec import OBS_NORM, actor_spec
 from service.config import Config
 from service.envs import env_spec
@@ -93,7 +93,11 @@ class Compressor:
         self.security.bind(self.notify, ep.weights)
         self.encoder = Encoder(cfg.run_id, "compressor")
 
-        self.masks: Masks | None = None
+        fixed = ticket_files.fixed_masks(cfg)  # method fixed: the file's masks, on every snapshot from the first
+        self.masks: Masks | None = fixed.masks if fixed else None
+        if fixed:
+            self.log.info("masks_loaded", mask_file=p.mask_file, weight_sparsity=fixed.stats["weight_sparsity"],
+                          params_kept=fixed.stats["params_kept"], params_total=fixed.stats["params_total"])
         self.masks_source: tuple[int, int, Step] | None = None  # (version, epoch, step) the masks were computed for
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = self.last_epoch = -1
@@ -109,6 +113,9 @@ class Compressor:
     def recover(self) -> None:
         """A restarted compressor: the masks in force are those of the run's last compression."""
         path = self.cfg.run_dir / artifacts.MASKS
+        if self.cfg.pruning.method == "fixed":
+            self.log.info("compressor_resumed", masks=True, reason="the fixed masks of pruning.mask_file")
+            return
         if not path.exists():
             self.log.info("compressor_resumed", masks=False, reason="no compression yet")
             return
@@ -291,10 +298,12 @@ class Compressor:
                 "structure": c.pruning.structure, "hidden_sizes": c.hidden_sizes, "algorithm": c.algorithm,
                 **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
-        if self.masks is not None:
+        if self.masks_source is not None:
             version, epoch, step = self.masks_source
             artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, masks_version=version,
                            masks_epoch=epoch, masks_due_epoch=step.epoch)
+        elif self.masks is not None:  # method fixed
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, mask_file=c.pruning.mask_file)
         self.log.info("policy_saved", path=str(c.run_dir / artifacts.POLICY), **fields, **extra)
 
     def running(self) -> bool:

@@ -92,8 +92,12 @@ class SACConfig:
 class PruningConfig:
     """what the compressor prunes, how and when"""
 
-    method: str = setting("magnitude", "none: the dense baseline; magnitude abs(w); taylor abs(w * g); gradient g; "
-                                       "g is the mean abs(dL/dw) over recent minibatches")
+    method: str = setting("magnitude", "none: the dense baseline; fixed: the masks of mask_file, no schedule; "
+                                       "magnitude abs(w); taylor abs(w * g); gradient g; g is the mean abs(dL/dw) "
+                                       "over recent minibatches")
+    mask_file: str = setting("", "keep-masks in force from the first step, in training and inference, never "
+                                 "changed (a lottery ticket: hotprune lth create-mask); given without a method, it "
+                                 "makes the method fixed, which needs it")
     structure: str = setting("weight", "weight: single weights; neuron: whole hidden units, which the workers then "
                                        "run as smaller matrices")
     target_sparsity: float = setting(0.8, "fraction of prunable weights (neuron: of hidden units) removed, exactly "
@@ -197,6 +201,13 @@ class Config:
     normalize_reward: bool = setting(False, "the trainer divides rewards by the running std of the discounted "
                                             "return (clipped to +-10), as gymnasium's NormalizeReward; returns "
                                             "reported stay the environment's own")
+    init_file: str = setting("", "the actor's starting weights, and the critic's if the file has them "
+                                 "(weights/epoch-K.safetensors, or any policy file); empty: a fresh init from seed")
+    keep_weights_every: int = setting(0, "write actor and critic to weights/epoch-K.safetensors at epoch 0, every N "
+                                         "epochs and the last (what hotprune lth rewinds to and prunes); 0: never")
+    keep_transitions: int = setting(0, "at the end, write the last N epochs' trajectory chunks to "
+                                       "transitions.safetensors (what hotprune lth create-mask's gradient criteria "
+                                       "read); 0: none")
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
                                        "checkpoint.safetensors; a restarted trainer redoes the epochs since")
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -363,7 +374,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
         node[leaf] = value
-    config = _build(Config, _with_preset(data) if with_preset else data, "")
+    data = _with_preset(data) if with_preset else data
+    pruning = data.get("pruning")
+    if isinstance(pruning, dict) and pruning.get("mask_file") and "method" not in pruning:
+        data = {**data, "pruning": {**pruning, "method": "fixed"}}  # a mask file alone means: prune with it
+    config = _build(Config, data, "")
     config.epochs = config.total_epochs
     if not config.run_id:
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -383,7 +398,7 @@ def describe(c: Config) -> str:
     capped at 107 bytes."""
     env = re.sub(r"[^a-z0-9]+", "-", re.sub(r"-v\d+$", "", c.env_id.lower())).strip("-")[:16] or "env"
     p = c.pruning
-    pruning = "dense" if p.method == "none" else \
+    pruning = "dense" if p.method == "none" else "fixed" if p.method == "fixed" else \
         f"{p.method[:3]}{'n' if p.structure == 'neuron' else ''}{round(p.target_sparsity * 100)}"
     algorithm = "" if c.algorithm == Config.algorithm else f"{c.algorithm}-"
     return f"{env}-{algorithm}{c.mode}-{'bp' if c.prune_training_model else 'ts'}-{pruning}-s{c.seed}"
@@ -517,6 +532,13 @@ def validate(c: Config) -> None:
          "must be false with pruning.structure=neuron (output units are the actions)")
     need(not (q.regrow and q.structure == "neuron"), "pruning.regrow",
          "must be false with pruning.structure=neuron (a revived unit has no weights in or out: it cannot learn)")
+    need((q.method == "fixed") == bool(q.mask_file), "pruning.mask_file",
+         "is what method fixed prunes with, and only it (a mask file given without a method makes it fixed)")
+    need(c.keep_weights_every >= 0, "keep_weights_every", "must be >= 0")
+    need(c.keep_transitions >= 0, "keep_transitions", "must be >= 0")
+    for key in ("pruning.mask_file", "init_file", "keep_weights_every", "keep_transitions"):
+        need(c.algorithm == "ppo" or not _lookup(c, key), key, "is PPO's for now (the lottery-ticket files hold "
+             "PPO's actor and critic), so algorithm=sac must leave it unset")
     need(q.num_gradient_batches >= 1, "pruning.num_gradient_batches", "must be >= 1")
     minibatch = c.minibatch_size
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",

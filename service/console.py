@@ -102,9 +102,19 @@ def _summary(e: dict) -> str:
     )
 
 
-def _pruning_planned(e: dict) -> str:
+def _masks_loaded(e: dict) -> str:
+    if "training_sparsity_verified" in e:
+        return (f"[trainer] Masks of {e['mask_file']} applied before the first update: training sparsity "
+                f"{_pct(e['training_sparsity_verified'])}")
+    return (f"[compressor] Fixed masks of {e['mask_file']} on every snapshot: {_pct(e['weight_sparsity'])} "
+            f"({e['params_kept']:,}/{e['params_total']:,} kept)")
+
+
+def _pruning_planned(e: dict) -> str | None:
     if e["method"] == "none":
         return "[compressor] Dense baseline: nothing is pruned"
+    if e["method"] == "fixed":
+        return None  # its masks_loaded line says what it prunes
     steps = e["steps"]
     shown = ", ".join(f"{epoch} -> {_pct(s)}" for epoch, s in steps[:PLAN_STEPS_SHOWN])
     more = ", ..." if len(steps) > PLAN_STEPS_SHOWN else ""
@@ -142,6 +152,7 @@ FORMATS: dict[str, Callable[[dict], str | None]] = {
     "epoch": _epoch,
     "snapshot_published": _snapshot,
     "masks_applied": _masks_applied,
+    "masks_loaded": _masks_loaded,
     "pruning_planned": _pruning_planned,
     "compression_finished": _compression_finished,
     "store_waiting": _store_waiting,

@@ -31,7 +31,9 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("gradient", "g", True, lambda w, g: g),
     )
 }
-METHODS = ("none", *CRITERIA)  # `none`: the dense baseline, nothing pruned
+# `none`: the dense baseline, nothing pruned; `fixed`: the masks of a file from the first step on
+# (pruning.mask_file: a lottery ticket), never changed, no schedule
+METHODS = ("none", "fixed", *CRITERIA)
 STRUCTURES = ("weight", "neuron")
 SCOPES = ("global", "layer")
 DISTRIBUTIONS = ("uniform", "erk")

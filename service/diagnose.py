@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from service.criteria import CRITERIA
 from service.runlog import Run
 
 TOLERANCE = 1e-6  # sparsities are fractions of counts: equal up to float noise
@@ -240,7 +241,7 @@ TEACHER_STUDENT: list[Callable[[Run], Check]] = [trainer_stays_dense]
 
 def diagnose(run: Run) -> list[Check]:
     checks = list(ALWAYS)
-    if run.config.pruning.method != "none":
+    if run.config.pruning.method in CRITERIA:  # none, fixed: nothing is scheduled
         checks += PRUNING + (BOTH_PRUNED if run.config.prune_training_model else TEACHER_STUDENT)
     return [_guarded(check, run) for check in checks]
 

@@ -36,6 +36,7 @@ import numpy as np
 from service.config import ConfigError, load_config, to_toml
 from service.evaluate import MAX_EPISODES, evaluate
 from service.runlog import Run, RunError, load
+from service.ticket_files import TRAIN_DENSE
 
 ALPHA = 0.05
 # Thresholds for environments gymnasium gives none: the issues' targets (Pendulum: above -250)
@@ -47,12 +48,44 @@ EVAL_FILE = "eval_deterministic.json"
 
 @dataclass(frozen=True)
 class Variant:
+    """A run's overrides; `{base}` (the experiment's directory) and `{seed}` in them are filled in. Stage 1
+    runs after stage 0 and the experiment's PREPARE step (lth: masks from stage 0's dense runs). A
+    seed offset gives the run another seed than its row's (lth's random re-initialisation: the dense
+    run's seed would draw the dense run's own initial weights, the ticket itself)."""
+
     name: str
     overrides: tuple[str, ...]
+    stage: int = 0
+    seed_offset: int = 0
 
 
-def _v(name: str, *overrides: str) -> Variant:
-    return Variant(name, overrides)
+def _v(name: str, *overrides: str, stage: int = 0, seed_offset: int = 0) -> Variant:
+    return Variant(name, overrides, stage, seed_offset)
+
+
+RANDOM_REINIT_SEED_OFFSET = 1000
+LTH_SPARSITIES = (0.8, 0.9)
+LTH_METHODS = ("magnitude", "taylor", "gradient")
+
+
+def lth_mask(method: str, sparsity: float) -> str:
+    """Where the lth grid's masks of a seed's dense run go, under its directory."""
+    return f"{{base}}/masks/s{{seed}}/{method}-{round(sparsity * 100)}.safetensors"
+
+
+def _lth_variants() -> list[Variant]:
+    """Dense (keeping what tickets need), pruned while training (the default both-pruned run:
+    magnitude, once at epoch 3), tickets rewound to the dense run's initial weights, and the same
+    masks from a fresh random initialisation (is it the init or the mask's layout?)."""
+    out = [_v("dense", *TRAIN_DENSE)]
+    out += [_v(f"pruned_{round(s * 100)}", f"pruning.target_sparsity={s}") for s in LTH_SPARSITIES]
+    out += [_v(f"ticket_{m}_{round(s * 100)}", "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
+               'init_file="{base}/dense/s{seed}/weights/epoch-0.safetensors"', stage=1)
+            for s in LTH_SPARSITIES for m in LTH_METHODS]
+    out += [_v(f"random_{m}_{round(s * 100)}", "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
+               stage=1, seed_offset=RANDOM_REINIT_SEED_OFFSET)
+            for s in LTH_SPARSITIES for m in LTH_METHODS]
+    return out
 
 
 EXPERIMENTS: dict[str, list[Variant]] = {
@@ -88,6 +121,8 @@ EXPERIMENTS: dict[str, list[Variant]] = {
     # SAC on an environment's SAC preset (--set env_id=...): dense against actor and critics both pruned
     "sac": [_v("sac_dense", "algorithm=sac", "pruning.method=none"),
             _v("sac_both_pruned_80", "algorithm=sac", "pruning.targets=actor,critic")],
+    # lottery tickets (hotprune lth compare)
+    "lth": _lth_variants(),
     "schedules": [
         _v("constant_90", "pruning.target_sparsity=0.9"),
         _v("cubic_90", "pruning.target_sparsity=0.9", "pruning.schedule=cubic", "pruning.every=2"),
@@ -96,6 +131,15 @@ EXPERIMENTS: dict[str, list[Variant]] = {
         _v("late_constant_90", "pruning.target_sparsity=0.9", "pruning.start_epoch=50"),
     ],
 }
+
+
+def _lth_masks(base: Path, seeds: list[int], log) -> None:
+    from service import lth  # noqa: PLC0415 -- torch, only for this experiment
+
+    lth.grid_masks(base, seeds, LTH_METHODS, LTH_SPARSITIES, lth_mask, log)
+
+
+PREPARE = {"lth": _lth_masks}  # between stage 0 and stage 1
 
 
 def hotprune_command() -> list[str]:
@@ -126,7 +170,10 @@ def plan(experiment: str, seeds: list[int], root: Path, extra: list[str]) -> lis
 
 
 def _overrides(variant: Variant, seed: int, run_dir: Path, extra: list[str]) -> list[str]:
-    return [*variant.overrides, *extra, f"seed={seed}", f"runs_dir={run_dir.parent}", f"run_id={run_dir.name}"]
+    base = str(run_dir.parent.parent)
+    filled = [o.replace("{base}", base).replace("{seed}", str(seed)) for o in variant.overrides]
+    return [*filled, *extra, f"seed={seed + variant.seed_offset}", f"runs_dir={run_dir.parent}",
+            f"run_id={run_dir.name}"]
 
 
 def planned_config(variant: Variant, seed: int, run_dir: Path, extra: list[str]) -> str:
@@ -165,10 +212,15 @@ def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: li
         raise ConfigError(f"--jobs must be in [1, {most}] here (a run keeps about {CORES_PER_RUN} cores busy), "
                           f"got {jobs}")
     grid = plan(experiment, seeds, root, extra)
-    (root / f"pruning_{experiment}").mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        ok = list(pool.map(lambda item: run_one(*item, extra, log), grid))
+    base = root / f"pruning_{experiment}"
+    base.mkdir(parents=True, exist_ok=True)
     seeds = list(dict.fromkeys(seeds))
+    ok = []
+    for stage in sorted({v.stage for v, _, _ in grid}):
+        if stage and experiment in PREPARE:
+            PREPARE[experiment](base, seeds, log)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            ok += pool.map(lambda item: run_one(*item, extra, log), [g for g in grid if g[0].stage == stage])
     results = write_results(experiment, seeds, root, eval_episodes)
     plot(experiment, seeds, root, log)
     return results, ok.count(False)

@@ -97,15 +97,9 @@ def update(
     step. A minibatch whose gradients are not all finite takes no optimizer step (clipping would
     spread one NaN to every weight) and is counted in `skipped_steps`.
     """
-    adv, returns = advantages(batch, critic, cfg.gamma, cfg.gae_lambda)
-    t, n = batch.rewards.shape
-    obs = torch.from_numpy(batch.obs[:-1]).reshape(t * n, -1)
-    actions = torch.from_numpy(batch.actions).reshape(t * n, *batch.actions.shape[2:])
-    old_logp = torch.from_numpy(batch.logprobs).reshape(-1)
-    adv, returns = adv.reshape(-1), returns.reshape(-1)
-
+    obs, actions, old_logp, adv, returns = samples(batch, critic, cfg)
     all_params = [*actor.parameters(), *critic.parameters()]
-    size = t * n
+    size = batch.size
     mb_size = size // cfg.minibatches
     steps, skipped = 0, 0
     stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
@@ -115,17 +109,8 @@ def update(
             for hook in hooks:
                 hook.before_minibatch()
             mb = order[start : start + mb_size]
-            dist = actor.distribution(obs[mb])
-            logp = actor.log_prob(dist, actions[mb])
-            log_ratio = logp - old_logp[mb]
-            ratio = log_ratio.exp()
-            mb_adv = (adv[mb] - adv[mb].mean()) / (adv[mb].std() + 1e-8)
-            pg_loss1 = -mb_adv * ratio
-            pg_loss2 = -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-            policy_loss = torch.max(pg_loss1, pg_loss2).mean()
-            value_loss = 0.5 * (critic(obs[mb]).squeeze(-1) - returns[mb]).pow(2).mean()
-            entropy = actor.entropy(dist).mean()
-            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+            loss, (policy_loss, value_loss, entropy, ratio, log_ratio) = minibatch_loss(
+                actor, critic, obs[mb], actions[mb], old_logp[mb], adv[mb], returns[mb], cfg)
 
             if not hooked_step(loss, optimizer, all_params, hooks, cfg.max_grad_norm):
                 skipped += 1
@@ -142,3 +127,30 @@ def update(
     means = {k: v / steps if steps else None for k, v in stats.items()}
     return {**means, "skipped_steps": skipped}
 
+
+def samples(batch: Batch, critic: nn.Module, cfg: PPOConfig) -> tuple[torch.Tensor, ...]:
+    """The batch as flat samples: observations, actions, behaviour log-probs, advantages, returns."""
+    adv, returns = advantages(batch, critic, cfg.gamma, cfg.gae_lambda)
+    t, n = batch.rewards.shape
+    obs = torch.from_numpy(batch.obs[:-1]).reshape(t * n, -1)
+    actions = torch.from_numpy(batch.actions).reshape(t * n, *batch.actions.shape[2:])
+    old_logp = torch.from_numpy(batch.logprobs).reshape(-1)
+    return obs, actions, old_logp, adv.reshape(-1), returns.reshape(-1)
+
+
+def minibatch_loss(actor: Actor, critic: nn.Module, obs: torch.Tensor, actions: torch.Tensor, old_logp: torch.Tensor,
+                   adv: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig) -> tuple[torch.Tensor, tuple]:
+    """PPO's loss on one minibatch (advantages normalised within it), and its parts:
+    (policy_loss, value_loss, entropy, ratio, log_ratio)."""
+    dist = actor.distribution(obs)
+    logp = actor.log_prob(dist, actions)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    mb_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg_loss1 = -mb_adv * ratio
+    pg_loss2 = -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+    policy_loss = torch.max(pg_loss1, pg_loss2).mean()
+    value_loss = 0.5 * (critic(obs).squeeze(-1) - returns).pow(2).mean()
+    entropy = actor.entropy(dist).mean()
+    loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+    return loss, (policy_loss, value_loss, entropy, ratio, log_ratio)

@@ -332,7 +332,7 @@ def churn(previous: Masks | None, new: Masks) -> tuple[int, int]:
 
 def pruner_for(spec: Spec, p) -> Pruner | None:
     """The run's pruner (p: the config's `pruning` section); None for the dense baseline."""
-    if p.method == "none":
+    if p.method not in CRITERIA:  # none, fixed: nothing to compute
         return None
     return Pruner(spec, method=p.method, structure=p.structure, scope=p.scope, distribution=p.distribution,
                   prune_output_layer=p.prune_output_layer, regrow=p.regrow)

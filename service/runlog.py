@@ -58,8 +58,8 @@ class Run:
         return found[-1] if found else None
 
 
-def load(path: str | Path) -> Run:
-    run_dir = Path(path)
+def run_config(run_dir: Path) -> Config:
+    """A run's own config (its config.toml; the run id is its directory's name); RunError if it has none."""
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a directory")
     if not (run_dir / "config.toml").is_file():
@@ -70,6 +70,12 @@ def load(path: str | Path) -> Run:
         raise RunError(f"{run_dir}: {exc}") from None
     resolved = run_dir.resolve()  # runs/latest is a link: the run's own name
     config.runs_dir, config.run_id = str(resolved.parent), resolved.name
+    return config
+
+
+def load(path: str | Path) -> Run:
+    run_dir = Path(path)
+    config = run_config(run_dir)
     logs = {}
     for file in sorted((run_dir / "logs").glob("*.jsonl")):
         lines = []

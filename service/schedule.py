@@ -39,7 +39,7 @@ def scheduled_sparsity(epoch: int, *, target: float, start_epoch: int, schedule:
 def plan(cfg) -> tuple[list[Step], list[str]]:
     """The run's compression steps and warnings about a schedule that degenerates."""
     p = cfg.pruning
-    if p.method == "none":
+    if p.method in ("none", "fixed"):  # fixed: the masks of its file, from the start
         return [], []
     end = cfg.pruning_end_epoch
     epochs = range(p.start_epoch, cfg.total_epochs + 1, p.every)

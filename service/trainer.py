@@ -42,7 +42,7 @@ import zmq
 
 from protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from protocol.trajectory import check_trajectory, check_trajectory_fields
-from service import artifacts, checkpoints, eventlog, metrics
+from service import artifacts, checkpoints, eventlog, lth, metrics, ticket_files
 from service.algorithms import ALGORITHMS
 from service.chunks import Batch
 from service.config import Config
@@ -103,6 +103,8 @@ class Trainer:
         algorithm = importlib.import_module(f"service.{ALGORITHMS[cfg.algorithm].module}")
         self.learner = algorithm.Learner(self.spec, cfg, self.generator)
         self.actor = self.learner.actor
+        self.critic = self.learner.modules().get("critic")  # PPO's: what a lottery ticket's files may hold
+        lth.load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
         # Normalisation (service.normalize): the observation statistics reach the actor's buffers
         # after each update, so an epoch trains on the statistics its data was collected with.
         self.obs_stats = RunningMeanStd((self.spec.obs_dim,)) if cfg.normalize_obs else None
@@ -113,9 +115,18 @@ class Trainer:
         self.params_total = sum(int(np.prod(shape)) for _, shape in self.weight_spec.values())
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
         pruner = pruner_for(self.weight_spec, p)
-        params = dict(self.actor.named_parameters())
+        critic_params = self.critic.named_parameters() if self.critic is not None else ()
+        params = dict(self.actor.named_parameters()) | {f"critic.{n}": q for n, q in critic_params}
         masked = pruner.mask_names() if pruner and cfg.prune_training_model else []
-        self.masks = TrainingMasks({n: params[n] for n in masked}, self.learner.optimizer, regrow=p.regrow)
+        self.fixed = ticket_files.fixed_masks(cfg)  # method fixed: pruning.mask_file's, in force from the start
+        fixed = self.fixed.training if self.fixed and cfg.prune_training_model else {}
+        self.masks = TrainingMasks({n: params[n] for n in [*masked, *fixed]}, self.learner.optimizer,
+                                   regrow=p.regrow)
+        if self.fixed:
+            self.masks.apply(fixed)
+            self.log.info("masks_loaded", mask_file=p.mask_file, pruned=self.masks.count(),
+                          weight_sparsity=self.fixed.stats["weight_sparsity"],
+                          training_sparsity_verified=self.training_sparsity())
         grad_names = pruner.grad_names if pruner else []
         self.grad_stats = GradientStats({n: params[n] for n in grad_names}, p.num_gradient_batches) \
             if grad_names else None
@@ -135,6 +146,9 @@ class Trainer:
         self.final_due_epoch = self.schedule.steps[-1].epoch if self.schedule.steps else -1
         self.reported_due_epoch = -1  # newest step the compressor reported on
         self.pruned_policy: dict | None = None  # the newest compression's weight_sparsity, params_kept, due_epoch
+        if self.fixed:  # what the compressor makes of every snapshot
+            self.pruned_policy = {"weight_sparsity": self.fixed.stats["weight_sparsity"], "due_epoch": 0,
+                                  "params_kept": self.fixed.stats["params_kept"]}
         self.compression_failures = 0
 
         ep = cfg.endpoints()
@@ -184,6 +198,7 @@ class Trainer:
         self.resumed = resume and self.restore()
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
+        self.keeper = lth.Keeper(cfg, self.actor, self.critic, self.policy_meta())
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
@@ -527,6 +542,7 @@ class Trainer:
         if not self.resumed:
             artifacts.save(c.run_dir / artifacts.INITIAL, actor_arrays(self.actor),
                            **self.policy_meta(version=0, epoch=0))
+            self.keeper.after_epoch(0, None)
         self.checkpoint()  # epoch 0, or the resumed state under its new version
         self.publish(self.epoch, self.training_sparsity())
         for epoch in range(self.epoch + 1, epochs + 1):
@@ -582,6 +598,7 @@ class Trainer:
                 **losses,
             }
             self.records.append(record)
+            self.keeper.after_epoch(epoch, batch)
             if epoch % c.checkpoint_every == 0 or epoch == epochs:
                 self.checkpoint()
             self.publish(epoch, training_sparsity)
@@ -641,6 +658,7 @@ class Trainer:
         if completed or not os.environ.get(eventlog.SUPERVISED):
             self.snapshots.send_multipart(self.encoder.encode("control", {"command": "stop"}))
         self.progress.close()
+        self.keeper.finish()
         if self.tensorboard:
             self.tensorboard.close()
         if self.records:
@@ -683,7 +701,8 @@ class Trainer:
             "pruned_sparsity": pruned.get("weight_sparsity"),
             "pruned_params_kept": pruned.get("params_kept"),
             "compression_failures": self.compression_failures,
-            "target_sparsity": c.pruning.target_sparsity if c.pruning.method != "none" else 0.0,
+            "target_sparsity": self.pruned_policy["weight_sparsity"] if self.fixed else
+            c.pruning.target_sparsity if c.pruning.method != "none" else 0.0,
             "structure": c.pruning.structure,
             "params_total": self.params_total,
             "swaps": len(lat),

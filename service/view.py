@@ -41,7 +41,8 @@ def header(cfg: Config, run_dir: Path) -> list[str]:
     and what it will do."""
     p = cfg.pruning
     mode = f"{cfg.mode}, {'both pruned' if cfg.prune_training_model else 'teacher-student'}"
-    pruning = "dense baseline" if p.method == "none" else f"{p.method} {p.structure}s to {p.target_sparsity:.1%}"
+    pruning = "dense baseline" if p.method == "none" else f"fixed masks of {p.mask_file}" if p.method == "fixed" \
+        else f"{p.method} {p.structure}s to {p.target_sparsity:.1%}"
     return [f"run {run_dir}", f"  {cfg.env_id}, {mode}, {pruning}",
             f"  {cfg.total_epochs} epochs = {cfg.total_epochs * cfg.epoch_samples:,} env steps, "
             f"{cfg.num_workers} workers x {cfg.envs_per_worker} envs"]

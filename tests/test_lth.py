@@ -1,0 +1,267 @@
+"""Lottery tickets (`hotprune lth`): masks from a kept run, files other tools load, a ticket run pruned
+from its first epoch, and one-line refusals of unusable files."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+
+from service import artifacts, lth, ppo
+from service.cli import _main
+from service.config import ConfigError, load_config, to_toml
+from service.envs import env_spec
+from service.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides
+from service.policy import make_actor, make_critic
+from service.pruning import Pruner
+from tests.servicekit import events, hotprune, of, settings
+
+HIDDEN = [16, 16]
+EPOCHS = 3
+CARTPOLE_HIDDEN = 16 * 4 + 16 * 16  # weights of the hidden layers a mask prunes (not the output layer)
+
+
+def kept_run(tmp_path: Path, env_id: str = "CartPole-v1", hidden=HIDDEN, name: str = "dense") -> Path:
+    """A finished dense run's files, as train-dense keeps them, without running the service: its
+    config, its weights at epoch 0 and the last, and the transitions of its last epochs."""
+    cfg = load_config(None, ["preset=none", f"env_id={env_id}", f"epochs={EPOCHS}", "keep_weights_every=10",
+                             "keep_transitions=2", f"ppo.hidden_sizes={','.join(map(str, hidden))}",
+                             f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", f"run_id={name}",
+                             "samples_per_epoch=256", "chunk_steps=32", "ppo.minibatches=2", "pruning.method=none"])
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.toml").write_text(to_toml(cfg))
+    spec = env_spec(env_id)
+    torch.manual_seed(cfg.seed)
+    actor, critic = make_actor(spec, hidden), make_critic(spec, hidden)
+    keeper = lth.Keeper(cfg, actor, critic, {"run_id": cfg.run_id, "env_id": env_id, "hidden_sizes": hidden,
+                                             "discrete": spec.discrete})
+    keeper.after_epoch(0, None)
+    rng = np.random.default_rng(0)
+    for epoch in range(1, EPOCHS + 1):
+        with torch.no_grad():
+            for p in [*actor.parameters(), *critic.parameters()]:
+                p.add_(0.1 * torch.randn_like(p))  # "training"
+        t, n = 32, 8
+        batch = ppo.Batch(obs=rng.normal(size=(t + 1, n, spec.obs_dim)).astype(np.float32),
+                          actions=rng.integers(0, spec.act_dim, (t, n)), logprobs=np.full((t, n), -0.69, np.float32),
+                          rewards=np.ones((t, n), np.float32), terminated=rng.random((t, n)) < 0.05,
+                          truncated=np.zeros((t, n), bool), final_obs=np.zeros((t, n, spec.obs_dim), np.float32))
+        keeper.after_epoch(epoch, batch)
+    keeper.finish()
+    return cfg.run_dir
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = _main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def hidden_pruned(masks: dict[str, np.ndarray], part: str) -> int:
+    return sum(int((~m).sum()) for k, m in masks.items() if k.startswith(part))
+
+
+@pytest.mark.parametrize("method", ["magnitude", "taylor", "gradient"])
+def test_create_mask_prunes_exactly_the_planned_count_of_actor_and_critic_and_writes_three_loadable_files(
+        tmp_path, capsys, method):
+    run = kept_run(tmp_path)
+    code, out, err = run_cli(capsys, "lth", "create-mask", str(run), "--method", method, "--sparsity", "0.8",
+                             "--targets", "actor,critic", "--num-batches", "4", "--batch-size", "64")
+    assert code == 0, err
+    assert "actor: 80.0% pruned" in out and "critic: 80.0% pruned" in out and "actor.net.0.weight" in out
+    path = run / "masks" / f"{method}-weight-80.safetensors"
+    masks = safetensors.numpy.load_file(path)
+    assert set(masks) == {"actor.net.0.weight", "actor.net.2.weight", "critic.0.weight", "critic.2.weight"}
+    for part in ("actor", "critic"):
+        assert hidden_pruned(masks, part) == round(0.8 * CARTPOLE_HIDDEN)
+    _, meta = artifacts.load(path)
+    assert (meta["method"], meta["sparsity"], meta["env_id"], meta["run_id"]) == (method, 0.8, "CartPole-v1", "dense")
+    assert meta["shapes"]["actor.net.0.weight"] == [16, 4]
+    from_pt = torch.load(path.with_suffix(".pt"), weights_only=True)
+    from_npz = np.load(path.with_suffix(".npz"), allow_pickle=False)
+    for key, keep in masks.items():
+        assert keep.dtype == bool
+        assert np.array_equal(from_pt[key].numpy(), keep) and from_pt[key].dtype == torch.bool
+        assert np.array_equal(from_npz[key], keep)
+    with zipfile.ZipFile(path.with_suffix(".pt")) as z:  # a torch.save zip: tensors and the pickle that names them
+        assert any(n.endswith("data.pkl") for n in z.namelist())
+
+
+def test_saliency_masks_are_the_pruning_engines_on_the_gradients_of_ppos_loss_and_differ_from_magnitude(tmp_path):
+    run = kept_run(tmp_path)
+    cfg = lth.run_config(run)
+    weights, _ = lth.ticket_files.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
+    grads = lth.gradient_statistics(cfg, weights, lth.load_transitions(run, cfg), 4, 64)
+    spec = {n: ("float32", a.shape) for n, a in weights["actor"].items()}
+    made = {}
+    for method in ("magnitude", "taylor", "gradient"):
+        lth.create_mask(run, method, 0.9, num_batches=4, batch_size=64)
+        made[method] = safetensors.numpy.load_file(run / "masks" / f"{method}-weight-90.safetensors")
+        expected = Pruner(spec, method=method).compute(weights["actor"], 0.9, grads["actor"]).elements
+        assert set(made[method]) == {f"actor.{n}" for n in expected}
+        assert all(np.array_equal(made[method][f"actor.{n}"], m) for n, m in expected.items())
+    for method in ("taylor", "gradient"):
+        assert not all(np.array_equal(made[method][k], made["magnitude"][k]) for k in made["magnitude"])
+
+
+def test_a_mask_file_alone_makes_the_method_fixed_and_fixed_needs_one(tmp_path):
+    assert load_config(None, ["pruning.mask_file=m.safetensors"]).pruning.method == "fixed"
+    with pytest.raises(ConfigError, match="pruning.mask_file"):
+        load_config(None, ["pruning.method=fixed"])
+    with pytest.raises(ConfigError, match="pruning.mask_file"):
+        load_config(None, ["pruning.method=magnitude", "pruning.mask_file=m.safetensors"])
+
+
+def test_the_lth_grid_pairs_tickets_with_their_seeds_dense_run_and_reinitialises_with_another_seed(tmp_path):
+    variants = {v.name: v for v in EXPERIMENTS["lth"]}
+    base = tmp_path / "pruning_lth"
+    ticket = _overrides(variants["ticket_taylor_90"], 2, base / "ticket_taylor_90" / "s2", [])
+    assert f'pruning.mask_file="{base}/masks/s2/taylor-90.safetensors"' in ticket
+    assert f'init_file="{base}/dense/s2/weights/epoch-0.safetensors"' in ticket and "seed=2" in ticket
+    random = _overrides(variants["random_magnitude_80"], 2, base / "random_magnitude_80" / "s2", [])
+    assert f"seed={2 + RANDOM_REINIT_SEED_OFFSET}" in random and not any(o.startswith("init_file") for o in random)
+    assert {v.stage for v in EXPERIMENTS["lth"] if v.name.startswith(("ticket", "random"))} == {1}
+
+
+# --- refusals: one line, exit code 2, nothing written ---------------------------------------------
+
+
+def bad_mask(tmp_path: Path, fault: str) -> Path:
+    """A mask file for the kept run (CartPole, 16-16) with one fault."""
+    keep = {"actor.net.0.weight": np.ones((16, 4), bool), "actor.net.2.weight": np.ones((16, 16), bool)}
+    meta = {"env_id": "CartPole-v1"}
+    if fault == "env":
+        meta = {"env_id": "Acrobot-v1"}
+    elif fault == "shape":
+        keep["actor.net.2.weight"] = np.ones((64, 64), bool)
+    elif fault == "dtype":
+        keep["actor.net.2.weight"] = np.ones((16, 16), np.float32)
+    elif fault == "empty_layer":
+        keep["actor.net.0.weight"][:] = False
+    elif fault == "unknown":
+        keep["critic.9.weight"] = np.ones((1, 16), bool)
+    path = tmp_path / f"{fault}.safetensors"
+    artifacts.save(path, keep, **meta)
+    return path
+
+
+@pytest.mark.parametrize("fault, says", [
+    ("missing", "does not exist"), ("env", "is for Acrobot-v1, not for this run's CartPole-v1"),
+    ("shape", "has shape (64, 64)"), ("dtype", "is float32, not bool"), ("empty_layer", "keeps nothing"),
+    ("unknown", "does not have"),
+])
+def test_a_run_refuses_an_unusable_mask_file_in_one_line_before_writing_anything(tmp_path, capsys, fault, says):
+    path = tmp_path / "nowhere.safetensors" if fault == "missing" else bad_mask(tmp_path, fault)
+    code, _, err = run_cli(capsys, "run", *settings(tmp_path, "refused", "ppo.hidden_sizes=16,16",
+                                                   f"pruning.mask_file={json.dumps(str(path))}"))
+    assert code == 2
+    assert err.count("\n") == 1 and says in err and err.startswith("hotprune run: error: mask file")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("fault, says", [("env", "Acrobot-v1"), ("shape", "has shape"), ("dtype", "is bool")])
+def test_a_run_refuses_an_unusable_init_file_in_one_line_before_writing_anything(tmp_path, capsys, fault, says):
+    run = kept_run(tmp_path, env_id="Acrobot-v1" if fault == "env" else "CartPole-v1",
+                   hidden=[8, 8] if fault == "shape" else HIDDEN)
+    init = lth.weights_path(run, 0)
+    if fault == "dtype":
+        init = bad_mask(tmp_path, "none")
+    code, _, err = run_cli(capsys, "run", *settings(tmp_path, "refused", "ppo.hidden_sizes=16,16",
+                                                   f"init_file={json.dumps(str(init))}"))
+    assert code == 2 and err.count("\n") == 1 and says in err and "init file" in err
+    assert not (tmp_path / "runs" / "refused").exists()
+
+
+def test_lth_commands_refuse_runs_that_kept_nothing_and_a_random_reinit_that_would_be_the_ticket(tmp_path, capsys):
+    run = kept_run(tmp_path)
+    lth.weights_path(run, EPOCHS).unlink()
+    lth.weights_path(run, 0).unlink()
+    (run / lth.TRANSITIONS).unlink()
+    code, _, err = run_cli(capsys, "lth", "create-mask", str(run), "--method", "magnitude", "--sparsity", "0.8")
+    assert code == 2 and "kept no weights" in err and err.count("\n") == 1
+    fresh = kept_run(tmp_path, name="fresh")
+    (fresh / lth.TRANSITIONS).unlink()
+    code, _, err = run_cli(capsys, "lth", "create-mask", str(fresh), "--method", "taylor", "--sparsity", "0.8")
+    assert code == 2 and "kept no transitions" in err
+    code, _, err = run_cli(capsys, "lth", "create-mask", str(fresh), "--method", "magnitude", "--sparsity", "1.5")
+    assert code == 2 and "--sparsity must be in (0, 1)" in err
+    assert not (fresh / "masks").exists() and not (run / "masks").exists()
+    mask = bad_mask(tmp_path, "none")
+    code, _, err = run_cli(capsys, "lth", "train-ticket", str(fresh), "--mask", str(mask), "--rewind", "epoch:7")
+    assert code == 2 and "kept no weights of epoch 7 (kept epochs: 0, 3)" in err
+    code, _, err = run_cli(capsys, "lth", "train-ticket", str(fresh), "--mask", str(mask), "--rewind", "random")
+    assert code == 2 and "give another --seed" in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["dense", "fresh"]
+
+
+# --- a ticket, through the real service ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_ticket_runs_at_the_masks_sparsity_from_its_first_epoch_and_its_pruned_weights_end_exactly_zero(tmp_path):
+    small = ["epochs=4", "ppo.hidden_sizes=16,16"]
+    dense = hotprune("lth", "train-dense", *settings(tmp_path, "dense", *small, "keep_weights_every=2"))
+    assert dense.returncode == 0, dense.stderr
+    run = tmp_path / "runs" / "dense"
+    assert sorted(p.name for p in (run / "weights").iterdir()) == [f"epoch-{k}.safetensors" for k in (0, 2, 4)]
+    made = hotprune("lth", "create-mask", str(run), "--method", "taylor", "--sparsity", "0.75",
+                    "--targets", "actor,critic")
+    assert made.returncode == 0, made.stderr
+    mask_path = run / "masks" / "taylor-weight-75.safetensors"
+    masks = safetensors.numpy.load_file(mask_path)
+    ticket = hotprune("lth", "train-ticket", str(run), "--mask", str(mask_path), "--set", "run_id=ticket")
+    assert ticket.returncode == 0, ticket.stderr
+    ticket_dir = tmp_path / "runs" / "ticket"
+    sparsity = round(0.75 * CARTPOLE_HIDDEN) / CARTPOLE_HIDDEN
+    first = of(events(ticket_dir, "trainer"), "epoch")[0]
+    assert first["epoch"] == 1
+    assert first["training_sparsity"] == pytest.approx(sparsity)
+    assert first["inference_sparsity"] == pytest.approx(sparsity)
+    line = next(x for x in ticket.stdout.splitlines() if x.startswith("epoch    1/4 |"))
+    assert f"sparsity train {sparsity:.1%} infer {sparsity:.1%}" in line
+    final, _ = artifacts.load(ticket_dir / artifacts.CHECKPOINT)
+    policy, _ = artifacts.load(ticket_dir / artifacts.POLICY)
+    rewound, _ = artifacts.load(lth.weights_path(run, 0))
+    initial, _ = artifacts.load(ticket_dir / artifacts.INITIAL)  # the ticket's weights before its first update
+    for key, keep in masks.items():
+        part, name = key.split(".", 1)
+        assert np.all(final[key][~keep] == 0) and np.all(np.signbit(final[key][~keep]) == 0)  # +0.0
+        assert np.count_nonzero(final[key][keep]) == keep.sum()  # the zeros are exactly the mask's
+        if part == "actor":
+            assert np.all(policy[name][~keep] == 0)
+            assert np.array_equal(initial[name][keep], rewound[key][keep]) and np.all(initial[name][~keep] == 0)
+
+
+def test_neuron_masks_remove_whole_units_of_each_layer_with_their_biases(tmp_path, capsys):
+    run = kept_run(tmp_path)
+    code, _, err = run_cli(capsys, "lth", "create-mask", str(run), "--method", "magnitude", "--sparsity", "0.5",
+                           "--structure", "neuron", "--scope", "layer")
+    assert code == 0, err
+    masks = safetensors.numpy.load_file(run / "masks" / "magnitude-neuron-50.safetensors")
+    for layer in ("net.0", "net.2"):
+        units = masks[f"actor.{layer}.bias"]
+        assert units.sum() == 8 and np.array_equal(masks[f"actor.{layer}.weight"].any(axis=1), units)
+    assert np.array_equal(masks["actor.net.4.weight"].any(axis=0), masks["actor.net.2.bias"])
+
+
+def test_files_without_a_part_prefix_are_the_actors_and_the_critic_table_is_torchs(tmp_path):
+    cfg = load_config(None, ["ppo.hidden_sizes=16,16"])
+    keep = {"net.0.weight": np.ones((16, 4), bool)}  # a run's own masks.safetensors names the actor's tensors so
+    artifacts.save(tmp_path / "masks.safetensors", keep, env_id="CartPole-v1")
+    parts, _ = lth.ticket_files.read(tmp_path / "masks.safetensors", "mask file", cfg, "bool")
+    assert set(parts["actor"]) == {"net.0.weight"} and parts["critic"] == {}
+    critic = make_critic(env_spec("CartPole-v1"), [16, 16])
+    assert lth.ticket_files.model_shapes(cfg)["critic"] == {n: tuple(t.shape) for n, t in critic.state_dict().items()}
+    normalized = load_config(None, ["ppo.hidden_sizes=16,16", "normalize_obs=true"])
+    actor = make_actor(env_spec("CartPole-v1"), [16, 16], True)
+    critic = make_critic(env_spec("CartPole-v1"), [16, 16], actor.obs_norm)
+    assert lth.ticket_files.model_shapes(normalized)["critic"] == {n: tuple(t.shape)
+                                                                  for n, t in critic.state_dict().items()}
