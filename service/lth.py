@@ -81,7 +81,8 @@ class Keeper:
         if not self.recent:
             return
         tensors = {f.name: np.stack([getattr(b, f.name) for b in self.recent]) for f in fields(ppo.Batch)}
-        artifacts.save(self.cfg.run_dir / TRANSITIONS, tensors, **self.meta, algorithm="ppo", epochs=list(self.epochs))
+        artifacts.save(self.cfg.run_dir / TRANSITIONS, tensors, **(self.meta | {"algorithm": self.cfg.algorithm}),
+                       epochs=list(self.epochs))
 
 
 def load_transitions(run_dir: Path, cfg: Config) -> list[ppo.Batch]:
