@@ -10,7 +10,7 @@ the service's own parts:
   CartPole's 391 epochs would be 14 MB), the last the final weights masks are made from; the critic
   too, as PPO's loss needs it for gradient criteria and a ticket rewinds it with the actor. With
   `keep_transitions = N`, the last N epochs' trajectory chunks in `transitions.safetensors`:
-  `ppo.Batch`'s fields with a leading epoch axis. These are the "recent transitions" a gradient
+  `Batch`'s fields (service.chunks) with a leading epoch axis. These are the "recent transitions" a gradient
   criterion is measured on; an off-policy algorithm keeps its replay buffer's newest transitions in
   the same file under its own `algorithm`, with its own loss in `gradient_statistics`.
 - **Masks** (`create_mask`): the pruning engine's own `Pruner` on the final weights, with g the mean
@@ -35,6 +35,7 @@ import torch
 
 from service import artifacts, ppo, ticket_files
 from service.artifacts import ArtifactError
+from service.chunks import Batch
 from service.config import Config, ConfigError, load_config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
@@ -62,10 +63,10 @@ class Keeper:
 
     def __init__(self, cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module, meta: dict):
         self.cfg, self.actor, self.critic, self.meta = cfg, actor, critic, meta
-        self.recent: deque[ppo.Batch] = deque(maxlen=cfg.keep_transitions or None)
+        self.recent: deque[Batch] = deque(maxlen=cfg.keep_transitions or None)
         self.epochs: deque[int] = deque(maxlen=cfg.keep_transitions or None)
 
-    def after_epoch(self, epoch: int, batch: ppo.Batch | None) -> None:
+    def after_epoch(self, epoch: int, batch: Batch | None) -> None:
         """After epoch `epoch`'s update (0: the initial weights, no batch)."""
         every, last = self.cfg.keep_weights_every, self.cfg.total_epochs
         if every and (epoch % every == 0 or epoch == last):
@@ -80,12 +81,12 @@ class Keeper:
         """The kept transitions (those of the epochs this trainer process ran: a resumed trainer starts afresh)."""
         if not self.recent:
             return
-        tensors = {f.name: np.stack([getattr(b, f.name) for b in self.recent]) for f in fields(ppo.Batch)}
+        tensors = {f.name: np.stack([getattr(b, f.name) for b in self.recent]) for f in fields(Batch)}
         artifacts.save(self.cfg.run_dir / TRANSITIONS, tensors, **(self.meta | {"algorithm": self.cfg.algorithm}),
                        epochs=list(self.epochs))
 
 
-def load_transitions(run_dir: Path, cfg: Config) -> list[ppo.Batch]:
+def load_transitions(run_dir: Path, cfg: Config) -> list[Batch]:
     """The kept epochs' batches of a run, refused if written by another run."""
     path = Path(run_dir) / TRANSITIONS
     if not path.exists():
@@ -97,7 +98,7 @@ def load_transitions(run_dir: Path, cfg: Config) -> list[ppo.Batch]:
                             f"not ppo of {cfg.env_id}")
     try:
         count = len(tensors["rewards"])
-        return [ppo.Batch(**{f.name: tensors[f.name][i] for f in fields(ppo.Batch)}) for i in range(count)]
+        return [Batch(**{f.name: tensors[f.name][i] for f in fields(Batch)}) for i in range(count)]
     except KeyError as exc:
         raise ArtifactError(f"{path} lacks {exc.args[0]}") from None
 
@@ -122,7 +123,7 @@ def kept_epochs(run_dir: Path) -> list[int]:
 # --- masks ---------------------------------------------------------------------------------------
 
 
-def gradient_statistics(cfg: Config, weights: ticket_files.Parts, batches: list[ppo.Batch], num_batches: int,
+def gradient_statistics(cfg: Config, weights: ticket_files.Parts, batches: list[Batch], num_batches: int,
                         batch_size: int) -> ticket_files.Parts:
     """g = mean |dL/dw| of PPO's loss at the final weights over `num_batches` minibatches of
     `batch_size` samples drawn (without replacement within one, seeded with the run's seed) from
