@@ -118,9 +118,10 @@ EXPERIMENTS: dict[str, list[Variant]] = {
     ],
     # an environment's preset (--set env_id=...): dense against both pruned at 90%
     "presets": [_v("dense", "pruning.method=none"), _v("both_pruned_90", "pruning.target_sparsity=0.9")],
-    # SAC on an environment's SAC preset (--set env_id=...): dense against actor and critics both pruned
+    # SAC on an environment's SAC preset (--set env_id=...): dense against actor and critics both pruned at
+    # pruning.target_sparsity (0.8 unless --set; the table's sparsity columns say which)
     "sac": [_v("sac_dense", "algorithm=sac", "pruning.method=none"),
-            _v("sac_both_pruned_80", "algorithm=sac", "pruning.targets=actor,critic")],
+            _v("sac_both_pruned", "algorithm=sac", "pruning.targets=actor,critic")],
     # lottery tickets (hotprune lth compare)
     "lth": _lth_variants(),
     "schedules": [
