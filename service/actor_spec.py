@@ -23,6 +23,7 @@ from service.envs import EnvSpec
 _LINEAR_WEIGHT = re.compile(r"^net\.(\d+)\.weight$")
 OBS_NORM = ("obs_norm.mean", "obs_norm.var")
 NORM_EPS = 1e-8  # gymnasium's and SB3's epsilon, for observations and rewards alike
+SAC_CRITICS = ("qf1", "qf2")  # SAC's twin Q networks (service.sac), each with a target copy
 NORM_CLIP = 10.0  # normalised observations and scaled rewards are clipped to +-this (SB3's VecNormalize, CleanRL)
 
 
@@ -35,9 +36,17 @@ def actor_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = F
     return {**shapes, "log_std": (spec.act_dim,)} if kind.head == "gaussian" else shapes
 
 
-def critic_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False) -> dict[str, tuple[int, ...]]:
-    """name -> shape of the PPO critic's tensors: a bare MLP (0.weight, 0.bias, 2.weight, ...), after
-    the actor's observation normaliser when there is one (0.mean, 0.var, then 1.weight, 1.bias, 3.weight, ...)."""
+def critic_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False,
+                  algorithm: str = "ppo") -> dict[str, tuple[int, ...]]:
+    """name -> shape of the critic's tensors. PPO's: a bare MLP (0.weight, 0.bias, 2.weight, ...), after
+    the actor's observation normaliser when there is one (0.mean, 0.var, then 1.weight, 1.bias, 3.weight,
+    ...). SAC's: its twin Q networks and their targets (SAC_CRITICS, then `<name>_target`), each
+    `<name>.net.0.weight`, ... on observation and action side by side (after `<name>.obs_norm.*`)."""
+    if algorithm == "sac":
+        norm = {n: (spec.obs_dim,) for n in OBS_NORM} if normalize_obs else {}
+        q = {**norm, **_mlp_shapes([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], "net.")}
+        return {f"{c}.{n}": shape for c in (*SAC_CRITICS, *(f"{c}_target" for c in SAC_CRITICS))
+                for n, shape in q.items()}
     norm = {"0.mean": (spec.obs_dim,), "0.var": (spec.obs_dim,)} if normalize_obs else {}
     return {**norm, **_mlp_shapes([spec.obs_dim, *hidden_sizes, 1], "", first=1 if norm else 0)}
 

@@ -173,7 +173,7 @@ def _main(argv: list[str]) -> int:
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
     grid.add_argument("--experiment", required=True,
                       help="basic | modes | methods | sparsity | schedules | teacher_student | presets | sac "
-                           "(these two with --set env_id=...) | lth")
+                           "(these two with --set env_id=...) | lth | lth_sac")
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
@@ -340,8 +340,10 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     mask.add_argument("--sparsity", type=float, required=True, help="fraction pruned of each target, e.g. 0.9")
     mask.add_argument("--num-batches", type=int, help="taylor, gradient: minibatches g is averaged over "
                       "(default: the run's pruning.num_gradient_batches)")
-    mask.add_argument("--batch-size", type=int, help="samples per minibatch (default: the run's PPO minibatch)")
-    mask.add_argument("--targets", default="actor", help="actor, or actor,critic")
+    mask.add_argument("--batch-size", type=int, help="samples per minibatch (default: the run's own: PPO's "
+                      "minibatch, SAC's batch_size)")
+    mask.add_argument("--targets", default="actor", help="actor, or actor,critic (SAC: both twin critics, each "
+                      "ranked on its own)")
     mask.add_argument("--structure", default="weight", help="weight | neuron")
     mask.add_argument("--scope", default="global", help="global | layer")
     mask.add_argument("--out", type=Path, help="default: RUN_DIR/masks/<method>-<structure>-<percent>.safetensors")
@@ -353,7 +355,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
                         "(a fresh init from the run's seed; give a --seed other than the dense run's)")
     _verbosity_args(ticket)
     compare = steps.add_parser("compare", help="the lth experiment grid: tickets at 80%% and 90%% (magnitude, "
-                               "taylor, gradient), random re-init, dense and pruned during training")
+                               "taylor, gradient), random re-init, dense and gradual pruning during training; "
+                               "with --set algorithm=sac the lth_sac grid (actor and critics)")
     compare.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     compare.add_argument("--jobs", type=int, default=1)
     compare.add_argument("--root", type=Path, default=Path("logs"))
@@ -391,7 +394,9 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("\n".join([*layers, *map(str, paths)]))
             return 0
         if args.action == "compare":
-            return _experiments("lth", args)
+            from service.config import load_config
+
+            return _experiments("lth_sac" if load_config(None, args.set).algorithm == "sac" else "lth", args)
         if args.config:
             parser.error("a ticket takes the dense run's own settings (its config.toml): change them with --set")
         cfg = lth.ticket_config(args.run_dir, args.mask, args.rewind, args.set)

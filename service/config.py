@@ -201,13 +201,14 @@ class Config:
     normalize_reward: bool = setting(False, "the trainer divides rewards by the running std of the discounted "
                                             "return (clipped to +-10), as gymnasium's NormalizeReward; returns "
                                             "reported stay the environment's own")
-    init_file: str = setting("", "the actor's starting weights, and the critic's if the file has them "
-                                 "(weights/epoch-K.safetensors, or any policy file); empty: a fresh init from seed")
+    init_file: str = setting("", "the actor's starting weights, and the critic's if the file has them (SAC: the "
+                                 "twin critics, and their targets or copies of them; weights/epoch-K.safetensors, "
+                                 "or any policy file); empty: a fresh init from seed")
     keep_weights_every: int = setting(0, "write actor and critic to weights/epoch-K.safetensors at epoch 0, every N "
                                          "epochs and the last (what hotprune lth rewinds to and prunes); 0: never")
     keep_transitions: int = setting(0, "at the end, write the last N epochs' trajectory chunks to "
-                                       "transitions.safetensors (what hotprune lth create-mask's gradient criteria "
-                                       "read); 0: none")
+                                       "transitions.safetensors (PPO's trajectories; SAC's newest replay-buffer rows: "
+                                       "what hotprune lth create-mask's gradient criteria read); 0: none")
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
                                        "checkpoint.safetensors; a restarted trainer redoes the epochs since")
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -536,9 +537,6 @@ def validate(c: Config) -> None:
          "is what method fixed prunes with, and only it (a mask file given without a method makes it fixed)")
     need(c.keep_weights_every >= 0, "keep_weights_every", "must be >= 0")
     need(c.keep_transitions >= 0, "keep_transitions", "must be >= 0")
-    for key in ("pruning.mask_file", "init_file", "keep_weights_every", "keep_transitions"):
-        need(c.algorithm == "ppo" or not _lookup(c, key), key, "is PPO's for now (the lottery-ticket files hold "
-             "PPO's actor and critic), so algorithm=sac must leave it unset")
     need(q.num_gradient_batches >= 1, "pruning.num_gradient_batches", "must be >= 1")
     minibatch = c.minibatch_size
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",

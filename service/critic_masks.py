@@ -7,7 +7,8 @@ structure, scope, nesting) over each critic's own weights and, for taylor/gradie
 anywhere. Each critic is pruned on its own (its own global threshold), at the sparsity of each
 schedule step once the trainer has trained through that step's epoch. Keeping them zero is
 service.training_masks.TrainingMasks on the critics' own optimizer; the target critics are zeroed
-with them, so their Polyak averages stay exactly zero there too.
+with them, so their Polyak averages stay exactly zero there too. A lottery ticket's critics (method
+fixed) get their masks from its mask file once (`fix`) and keep them the same way.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ class CriticMasks:
                  optimizer: torch.optim.Optimizer, p):
         self.critics = dict(critics)
         self.specs = {name: expected_spec(critic) for name, critic in self.critics.items()}
-        self.pruners = {name: pruner_for(spec, p) for name, spec in self.specs.items()}
+        self.pruners = {name: pruner_for(spec, p) for name, spec in self.specs.items()}  # None: method fixed
         self.names = {name: prunable_names(spec, p.prune_output_layer) for name, spec in self.specs.items()}
         params, grads = {}, {}
         for name, critic in self.critics.items():
-            own, target = dict(critic.named_parameters()), dict(targets[name].named_parameters())
-            params |= {f"{name}.{n}": own[n] for n in self.pruners[name].mask_names()}
-            params |= {f"{name}_target.{n}": target[n] for n in self.pruners[name].mask_names()}
-            grads |= {f"{name}.{n}": own[n] for n in self.pruners[name].grad_names}
+            params |= {f"{name}.{n}": q for n, q in critic.named_parameters()}
+            params |= {f"{name}_target.{n}": q for n, q in targets[name].named_parameters()}
+            if self.pruners[name]:
+                grads |= {f"{name}.{n}": params[f"{name}.{n}"] for n in self.pruners[name].grad_names}
         self.masks = TrainingMasks(params, optimizer, regrow=p.regrow)
         self.grad_stats = GradientStats(grads, p.num_gradient_batches) if grads else None
         # In this order, as the actor's: gradient statistics (unmasked), then mask keeping.
@@ -59,6 +60,16 @@ class CriticMasks:
                 counts[key] += value // 2  # the same positions in the critic and its target: counted once
         return {"target_sparsity": target_sparsity, "critic_sparsity": self.sparsity(),
                 "pruned": self.masks.count() // 2, **counts}
+
+    def fix(self, keep: Mapping[str, np.ndarray]) -> int:
+        """A lottery ticket's critic masks (`<critic>.<name>`, as its mask file's `critic.` part), applied
+        to each critic and its target; returns the positions pruned in the critics."""
+        both = {}
+        for key, mask in keep.items():
+            critic, _, name = key.partition(".")
+            both |= {f"{critic}.{name}": mask, f"{critic}_target.{name}": mask}
+        self.masks.apply(both)
+        return self.masks.count() // 2
 
     def sparsity(self) -> float:
         """The critics' measured sparsity (exact zeros of their prunable weights), all critics together."""

@@ -73,16 +73,21 @@ def lth_mask(method: str, sparsity: float) -> str:
     return f"{{base}}/masks/s{{seed}}/{method}-{round(sparsity * 100)}.safetensors"
 
 
-def _lth_variants() -> list[Variant]:
-    """Dense (keeping what tickets need), pruned while training (the default both-pruned run:
-    magnitude, once at epoch 3), tickets rewound to the dense run's initial weights, and the same
-    masks from a fresh random initialisation (is it the init or the mask's layout?)."""
-    out = [_v("dense", *TRAIN_DENSE)]
-    out += [_v(f"pruned_{round(s * 100)}", f"pruning.target_sparsity={s}") for s in LTH_SPARSITIES]
-    out += [_v(f"ticket_{m}_{round(s * 100)}", "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
+def _lth_variants(sac: bool = False) -> list[Variant]:
+    """Dense (keeping what tickets need), gradual magnitude pruning while training (a cubic schedule,
+    every 2 epochs, from epoch 3 to half the run: Zhu & Gupta's, the baseline Graesser et al. 2022
+    found hard to beat in deep RL), tickets rewound to the dense run's initial weights, and the same
+    masks from a fresh random initialisation (is it the init or the mask's layout?). SAC's (`sac`):
+    every variant algorithm=sac, and actor and critics pruned (the gradual runs, and the tickets'
+    masks: lth.grid_masks)."""
+    common = ("algorithm=sac",) if sac else ()
+    out = [_v("dense", *common, *TRAIN_DENSE)]
+    out += [_v(f"gradual_{round(s * 100)}", *common, f"pruning.target_sparsity={s}", "pruning.schedule=cubic",
+               "pruning.every=2", *(["pruning.targets=actor,critic"] if sac else [])) for s in LTH_SPARSITIES]
+    out += [_v(f"ticket_{m}_{round(s * 100)}", *common, "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
                'init_file="{base}/dense/s{seed}/weights/epoch-0.safetensors"', stage=1)
             for s in LTH_SPARSITIES for m in LTH_METHODS]
-    out += [_v(f"random_{m}_{round(s * 100)}", "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
+    out += [_v(f"random_{m}_{round(s * 100)}", *common, "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
                stage=1, seed_offset=RANDOM_REINIT_SEED_OFFSET)
             for s in LTH_SPARSITIES for m in LTH_METHODS]
     return out
@@ -122,8 +127,9 @@ EXPERIMENTS: dict[str, list[Variant]] = {
     # pruning.target_sparsity (0.8 unless --set; the table's sparsity columns say which)
     "sac": [_v("sac_dense", "algorithm=sac", "pruning.method=none"),
             _v("sac_both_pruned", "algorithm=sac", "pruning.targets=actor,critic")],
-    # lottery tickets (hotprune lth compare)
+    # lottery tickets (hotprune lth compare): PPO's, the actor's masks; SAC's, the actor's and the critics'
     "lth": _lth_variants(),
+    "lth_sac": _lth_variants(sac=True),
     "schedules": [
         _v("constant_90", "pruning.target_sparsity=0.9"),
         _v("cubic_90", "pruning.target_sparsity=0.9", "pruning.schedule=cubic", "pruning.every=2"),
@@ -140,7 +146,7 @@ def _lth_masks(base: Path, seeds: list[int], log) -> None:
     lth.grid_masks(base, seeds, LTH_METHODS, LTH_SPARSITIES, lth_mask, log)
 
 
-PREPARE = {"lth": _lth_masks}  # between stage 0 and stage 1
+PREPARE = {"lth": _lth_masks, "lth_sac": _lth_masks}  # between stage 0 and stage 1
 
 
 def hotprune_command() -> list[str]:

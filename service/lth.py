@@ -8,40 +8,48 @@ the service's own parts:
   `critic.<name>`): epoch 0 is the initialisation a ticket rewinds to, K a later rewind point (the
   rewind epoch is chosen after training, so several are kept; not every checkpoint, which for
   CartPole's 391 epochs would be 14 MB), the last the final weights masks are made from; the critic
-  too, as PPO's loss needs it for gradient criteria and a ticket rewinds it with the actor. With
-  `keep_transitions = N`, the last N epochs' trajectory chunks in `transitions.safetensors`:
-  `Batch`'s fields (service.chunks) with a leading epoch axis. These are the "recent transitions" a gradient
-  criterion is measured on; an off-policy algorithm keeps its replay buffer's newest transitions in
-  the same file under its own `algorithm`, with its own loss in `gradient_statistics`.
+  too (PPO's value MLP; SAC's twin Q networks and their targets, with the temperature alpha in the
+  file's metadata), as the losses need it for gradient criteria and a ticket rewinds it with the
+  actor. With `keep_transitions = N`, the last N epochs' trajectory chunks in
+  `transitions.safetensors`: `Batch`'s fields (service.chunks) with a leading epoch axis. These are the
+  "recent transitions" a gradient criterion is measured on: PPO's last trajectories, SAC's newest
+  replay-buffer rows (the buffer holds exactly these chunks' `Batch.transitions()`, rewards as trained on).
 - **Masks** (`create_mask`): the pruning engine's own `Pruner` on the final weights, with g the mean
-  |dL/dw| of PPO's own loss (`ppo.minibatch_loss`) over N minibatches of B samples drawn from the kept
-  transitions (`service.gradient_stats`, as the trainer measures it), so the masks are exactly what the
-  compressor computes from the same scores. Written as safetensors (the format every run reads:
-  `pruning.mask_file`), and for other tools as `.pt` and `.npz` with the same keys.
+  |dL/dw| over N minibatches of B samples drawn from the kept transitions (`service.gradient_stats`, as
+  the trainer measures it) of the algorithm's own loss: PPO's (`ppo.minibatch_loss`) for actor and
+  critic; SAC's actor loss for the actor and its critic loss for the twin critics
+  (`sac.Learner.actor_loss`, `critic_loss`), as SAC's trainer measures them. So the masks are exactly
+  what the compressor (and, for SAC's critics, the trainer) computes from the same scores; each SAC
+  critic is ranked on its own, as the trainer prunes them. Written as safetensors (the format every
+  run reads: `pruning.mask_file`), and for other tools as `.pt` and `.npz` with the same keys.
 - **A ticket** (`ticket_overrides`): the dense run's settings with `pruning.method = fixed`, its mask
   file, and `init_file` its epoch-0 (or epoch-K) weights; `random` keeps the fresh init of the seed.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections import deque
 from dataclasses import fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from service import artifacts, ppo, ticket_files
+from service.actor_spec import SAC_CRITICS
+from service.algorithms import ALGORITHMS
 from service.artifacts import ArtifactError
 from service.chunks import Batch
 from service.config import Config, ConfigError, load_config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
-from service.policy import make_actor, make_critic
 from service.pruning import CompressionFailed, Pruner, masked_stats, prunable_names
-from service.runlog import run_config
+from service.runlog import RunError, run_config
+from service.sac import TRANSITION_FIELDS
 
 WEIGHTS_DIR = "weights"
 TRANSITIONS = "transitions.safetensors"
@@ -59,10 +67,12 @@ def model_arrays(actor: torch.nn.Module, critic: torch.nn.Module) -> dict[str, n
 
 
 class Keeper:
-    """The trainer's side: writes weights and transitions as the run's settings ask (nothing when both are 0)."""
+    """The trainer's side: writes weights and transitions as the run's settings ask (nothing when both
+    are 0). `extra_meta()`: what else each weights file says (the learner's `ticket_meta`)."""
 
-    def __init__(self, cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module, meta: dict):
-        self.cfg, self.actor, self.critic, self.meta = cfg, actor, critic, meta
+    def __init__(self, cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module, meta: dict,
+                 extra_meta: Callable[[], dict] = dict):
+        self.cfg, self.actor, self.critic, self.meta, self.extra_meta = cfg, actor, critic, meta, extra_meta
         self.recent: deque[Batch] = deque(maxlen=cfg.keep_transitions or None)
         self.epochs: deque[int] = deque(maxlen=cfg.keep_transitions or None)
 
@@ -72,7 +82,7 @@ class Keeper:
         if every and (epoch % every == 0 or epoch == last):
             weights_path(self.cfg.run_dir, epoch).parent.mkdir(exist_ok=True)
             artifacts.save(weights_path(self.cfg.run_dir, epoch), model_arrays(self.actor, self.critic),
-                           **self.meta, epoch=epoch)
+                           **self.meta, **self.extra_meta(), epoch=epoch)
         if batch is not None and self.cfg.keep_transitions:
             self.recent.append(batch)
             self.epochs.append(epoch)
@@ -93,9 +103,9 @@ def load_transitions(run_dir: Path, cfg: Config) -> list[Batch]:
         raise ArtifactError(f"{run_dir} kept no transitions ({TRANSITIONS}), which gradient criteria are measured "
                             "on: train it with hotprune lth train-dense (keep_transitions > 0)")
     tensors, meta = artifacts.load(path)
-    if meta.get("env_id") != cfg.env_id or meta.get("algorithm") != "ppo":
+    if meta.get("env_id") != cfg.env_id or meta.get("algorithm") != cfg.algorithm:
         raise ArtifactError(f"{path} holds {meta.get('algorithm')} transitions of {meta.get('env_id')}, "
-                            f"not ppo of {cfg.env_id}")
+                            f"not {cfg.algorithm} of {cfg.env_id}")
     try:
         count = len(tensors["rewards"])
         return [Batch(**{f.name: tensors[f.name][i] for f in fields(Batch)}) for i in range(count)]
@@ -108,6 +118,11 @@ def load_initial(cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module) -
     if not cfg.init_file:
         return
     parts = ticket_files.read_init(cfg)
+    critics = parts["critic"]
+    if critics and not any(n.split(".", 1)[0].endswith("_target") for n in critics):
+        # SAC's critics without their targets: the targets start as copies, as in a fresh SAC
+        critics |= {f"{c}_target.{rest}": a for n, a in list(critics.items())
+                    for c, _, rest in [n.partition(".")] if c in SAC_CRITICS}
     for part, module in zip(TARGETS, (actor, critic)):
         tensors = parts[part]
         if tensors:
@@ -124,38 +139,65 @@ def kept_epochs(run_dir: Path) -> list[int]:
 
 
 def gradient_statistics(cfg: Config, weights: ticket_files.Parts, batches: list[Batch], num_batches: int,
-                        batch_size: int) -> ticket_files.Parts:
-    """g = mean |dL/dw| of PPO's loss at the final weights over `num_batches` minibatches of
-    `batch_size` samples drawn (without replacement within one, seeded with the run's seed) from
-    the kept transitions; advantages from the final critic. By part, like `weights`."""
-    spec = env_spec(cfg.env_id)
-    actor = make_actor(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs)
-    critic = make_critic(spec, cfg.ppo.hidden_sizes, actor.obs_norm)
+                        batch_size: int, meta: dict) -> ticket_files.Parts:
+    """g = mean |dL/dw| of the algorithm's loss at the final weights (`meta`: their file's metadata)
+    over `num_batches` minibatches of `batch_size` samples drawn (without replacement within one, seeded
+    with the run's seed) from the kept transitions. PPO: its loss, advantages from the final critic, for
+    actor and critic at once. SAC: the actor loss for the actor, the critic loss for the twin critics
+    (targets and alpha from the same file), each backward on its own, as SAC's trainer steps them. By
+    part, like `weights`."""
+    torch.manual_seed(cfg.seed)  # SAC's losses sample actions
+    generator = torch.Generator().manual_seed(cfg.seed)
+    learner = importlib.import_module(f"service.{ALGORITHMS[cfg.algorithm].module}").Learner(
+        env_spec(cfg.env_id), cfg, torch.Generator())
+    actor, critic = learner.actor, learner.ticket_critic
     for module, part in ((actor, "actor"), (critic, "critic")):
         module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in weights[part].items()})
-    flat = [ppo.samples(b, critic, cfg.ppo) for b in batches]
-    obs, actions, old_logp, adv, returns = (torch.cat(x) for x in zip(*flat))
-    if not 2 <= batch_size <= len(obs):
-        raise ConfigError(f"--batch-size must be in [2, {len(obs)}] (the kept transitions), got {batch_size}")
-    params = {f"actor.{n}": p for n, p in actor.named_parameters()} | \
-        {f"critic.{n}": p for n, p in critic.named_parameters()}
-    stats = GradientStats(params, num_batches)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    actor_params = {f"actor.{n}": p for n, p in actor.named_parameters()}
+    if cfg.algorithm == "sac":
+        rows = {k: torch.from_numpy(np.concatenate([b.transitions()[k] for b in batches]).astype(np.float32))
+                for k in TRANSITION_FIELDS}  # as the replay buffer holds them
+        critic_params = {f"critic.{c}.{n}": p for c in SAC_CRITICS for n, p in learner.critics[c].named_parameters()}
+        alpha = float(meta.get("alpha", learner.alpha))
+        losses = [(lambda mb: learner.actor_loss(rows["obs"][mb], alpha), actor_params),
+                  (lambda mb: learner.critic_loss({k: v[mb] for k, v in rows.items()}, alpha)[0], critic_params)]
+        count = len(rows["rewards"])
+    else:
+        flat = [ppo.samples(b, critic, cfg.ppo) for b in batches]
+        obs, actions, old_logp, adv, returns = (torch.cat(x) for x in zip(*flat))
+        both = actor_params | {f"critic.{n}": p for n, p in critic.named_parameters()}
+        losses = [(lambda mb: ppo.minibatch_loss(actor, critic, obs[mb], actions[mb], old_logp[mb], adv[mb],
+                                                 returns[mb], cfg.ppo)[0], both)]
+        count = len(obs)
+    if not 2 <= batch_size <= count:
+        raise ConfigError(f"--batch-size must be in [2, {count}] (the kept transitions), got {batch_size}")
+    stats = [(loss, GradientStats(params, num_batches)) for loss, params in losses]
     for _ in range(num_batches):
-        mb = torch.randperm(len(obs), generator=generator)[:batch_size]
-        loss, _ = ppo.minibatch_loss(actor, critic, obs[mb], actions[mb], old_logp[mb], adv[mb], returns[mb], cfg.ppo)
-        actor.zero_grad()
-        critic.zero_grad()
-        loss.backward()
-        stats.after_backward()
-    mean = stats.mean()
+        mb = torch.randperm(count, generator=generator)[:batch_size]
+        for loss, measured in stats:
+            actor.zero_grad()
+            critic.zero_grad()
+            loss(mb).backward()
+            measured.after_backward()
+    mean = {n: g for _, measured in stats for n, g in measured.mean().items()}
     return {part: {n: mean[f"{part}.{n}"] for n in weights[part] if f"{part}.{n}" in mean} for part in TARGETS}
 
 
-def _engine_names(part: str, names) -> dict[str, str]:
-    """The pruning engine finds linear layers by the actor's names (net.<i>.weight): the critic's
-    bare Sequential names (<i>.weight) are given to it under that prefix."""
-    return {n: n if part == "actor" else f"net.{n}" for n in names}
+def _ranked_groups(cfg: Config, targets: tuple[str, ...], names) -> list[tuple[str, dict[str, str]]]:
+    """What `targets` ranks, each on its own, as (label, its names -> the pruning engine's names). The
+    engine finds linear layers by the actor's names (net.<i>.weight): PPO's critic's bare Sequential
+    names (<i>.weight) are given to it under that prefix; SAC's twin critics are ranked each on its own
+    (as its trainer prunes them), by their own names (qf1.net.<i>.weight), never their targets."""
+    groups = []
+    for part in targets:
+        if part == "actor":
+            groups.append(("actor", {n: n for n in names["actor"]}))
+        elif cfg.algorithm == "sac":
+            groups += [(f"critic.{c}", {n: n.removeprefix(f"{c}.") for n in names["critic"] if n.startswith(f"{c}.")})
+                       for c in SAC_CRITICS]
+        else:
+            groups.append(("critic", {n: f"net.{n}" for n in names["critic"]}))
+    return groups
 
 
 def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int | None = None,
@@ -179,7 +221,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         raise ArtifactError(f"{run_dir} kept no weights ({WEIGHTS_DIR}/epoch-K.safetensors): train it with "
                             "hotprune lth train-dense (keep_weights_every > 0)")
     final = weights_path(run_dir, epochs[-1])
-    weights, _ = ticket_files.read(final, "weights file", cfg, "float32")
+    weights, weights_meta = ticket_files.read(final, "weights file", cfg, "float32")
     criterion = CRITERIA[method]
     grads = None
     num_batches = cfg.pruning.num_gradient_batches if num_batches is None else num_batches
@@ -187,26 +229,29 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     if criterion.needs_grads:
         if num_batches < 1:
             raise ConfigError(f"--num-batches must be >= 1, got {num_batches}")
-        grads = gradient_statistics(cfg, weights, load_transitions(run_dir, cfg), num_batches, batch_size)
-    masks, lines = {}, []
-    for part in targets:
-        names = _engine_names(part, weights[part])
-        spec = {names[n]: ("float32", a.shape) for n, a in weights[part].items()}
+        grads = gradient_statistics(cfg, weights, load_transitions(run_dir, cfg), num_batches, batch_size,
+                                    weights_meta)
+    masks: ticket_files.Parts = {part: {} for part in targets}
+    lines = []
+    for label, names in _ranked_groups(cfg, targets, weights):
+        part = label.split(".")[0]
+        spec = {names[n]: ("float32", weights[part][n].shape) for n in names}
         pruner = Pruner(spec, method=method, structure=structure, scope=scope)
         try:
-            keep = pruner.compute({names[n]: a for n, a in weights[part].items()}, sparsity,
-                                  None if grads is None else {names[n]: g for n, g in grads[part].items()})
+            own_grads = None if grads is None else {names[n]: grads[part][n] for n in names if n in grads[part]}
+            keep = pruner.compute({names[n]: weights[part][n] for n in names}, sparsity, own_grads)
         except CompressionFailed as exc:
-            raise ArtifactError(f"{final}: the {part} cannot be ranked: {exc}") from None
+            raise ArtifactError(f"{final}: the {label} cannot be ranked: {exc}") from None
         back = {v: k for k, v in names.items()}
-        masks[part] = {back[n]: m for n, m in keep.elements.items()}
+        masks[part] |= {back[n]: m for n, m in keep.elements.items()}
         layers = masked_stats(keep, spec, prunable_names(spec, False))["layers"]
         kept, total = (sum(v[k] for v in layers.values()) for k in ("kept", "total"))
         lines += [f"{part}.{back[n]}: {v['sparsity']:.1%} pruned ({v['kept']:,}/{v['total']:,} kept)"
                   for n, v in layers.items()]
-        lines.append(f"{part}: {1 - kept / total:.1%} pruned ({kept:,}/{total:,} weights kept)")
+        lines.append(f"{label}: {1 - kept / total:.1%} pruned ({kept:,}/{total:,} weights kept)")
     tensors = ticket_files.joined(masks)
-    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "hidden_sizes": cfg.ppo.hidden_sizes, "method": method,
+    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm, "hidden_sizes": cfg.hidden_sizes,
+            "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             **({"num_batches": num_batches, "batch_size": batch_size} if grads is not None else {})}
@@ -240,16 +285,22 @@ def write_masks(path: Path, masks: dict[str, np.ndarray], meta: dict) -> list[Pa
 
 def grid_masks(base: Path, seeds: list[int], methods, sparsities, where, log) -> None:
     """The lth experiment's masks: for each seed's completed dense run (base/dense/s<seed>), one per
-    method and sparsity at `where(method, sparsity)` ({base}, {seed} filled in), unless made already."""
+    method and sparsity at `where(method, sparsity)` ({base}, {seed} filled in), unless made already;
+    of what its gradual runs prune: PPO's actor, SAC's actor and critics."""
     for seed in seeds:
         dense = base / "dense" / f"s{seed}"
+        try:
+            targets = ("actor", "critic") if run_config(dense).algorithm == "sac" else ("actor",)
+        except (ArtifactError, ConfigError, RunError) as exc:
+            log(f"masks of seed {seed}: {exc}")
+            continue
         for method in methods:
             for sparsity in sparsities:
                 out = Path(where(method, sparsity).replace("{base}", str(base)).replace("{seed}", str(seed)))
                 if out.exists():
                     continue
                 try:
-                    create_mask(dense, method, sparsity, out=out)
+                    create_mask(dense, method, sparsity, targets=targets, out=out)
                 except (ArtifactError, ConfigError, ValueError) as exc:
                     log(f"masks {method} {sparsity:.0%} of seed {seed}: {exc}")
                     continue
@@ -294,7 +345,7 @@ def ticket_config(run_dir: Path, mask: Path, rewind: str, sets: list[str]) -> Co
     dense = run_config(Path(run_dir))
     cfg = load_config(Path(run_dir) / "config.toml", [*ticket_overrides(run_dir, mask, rewind), *sets],
                       with_preset=False)
-    if rewind == "random" and cfg.seed == dense.seed and cfg.ppo.hidden_sizes == dense.ppo.hidden_sizes:
+    if rewind == "random" and cfg.seed == dense.seed and cfg.hidden_sizes == dense.hidden_sizes:
         raise ConfigError(f"--rewind random draws the initial weights from the run's seed, and seed {cfg.seed} "
                           "draws the dense run's own (the ticket itself): give another --seed")
     return cfg

@@ -9,7 +9,8 @@ algorithm (service.sac.Learner is the other): `actor` (what the workers run and 
 prunes) and its `optimizer`; the critics the trainer may prune itself (`critics`, their
 `critic_targets` and `critic_optimizer`; none for PPO); `update(batch, epoch, hooks, critic_hooks)`
 -> the losses for the `epoch` line; `modules()`, `optimizers()`, `state()` and `restore()` for
-checkpoints (service.checkpoints); `hidden_sizes`.
+checkpoints (service.checkpoints); `hidden_sizes`; for lottery tickets (service.lth), `ticket_critic`
+(the critic tensors the files keep, as a module) and `ticket_meta()` (what else their losses need).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Learner:
         self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)
         self.critic_targets: dict[str, nn.Module] = {}
         self.critic_optimizer = self.optimizer
+        self.ticket_critic = self.critic  # what lottery-ticket files keep of the critic (service.lth)
 
     def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
                critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | None]:
@@ -47,6 +49,9 @@ class Learner:
         if c.ppo.anneal_lr:
             self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / c.total_epochs)
         return update(self.actor, self.critic, self.optimizer, batch, c.ppo, self.generator, hooks)
+
+    def ticket_meta(self) -> dict:
+        return {}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic}

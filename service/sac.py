@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.chunks import Batch
+from service.actor_spec import SAC_CRITICS
 from service.config import Config
 from service.envs import EnvSpec
 from service.policy import make_actor, mlp
@@ -105,13 +106,36 @@ class Learner:
         self.samples_seen = 0  # env steps added to the buffer (this trainer's, and its checkpoint's)
         self.gradient_steps = 0  # critic steps so far: the clock of the delayed actor and target updates
         # What the trainer's critic pruning masks and checkpoints: the critics and their targets by name.
-        self.critics = {"qf1": self.qf1, "qf2": self.qf2}
-        self.critic_targets = {"qf1": self.qf1_target, "qf2": self.qf2_target}
+        self.critics = dict(zip(SAC_CRITICS, (self.qf1, self.qf2)))
+        self.critic_targets = dict(zip(SAC_CRITICS, (self.qf1_target, self.qf2_target)))
         self.critic_optimizer = self.q_optimizer
+        # What lottery-ticket files keep of the critics (service.lth): both, and their targets.
+        targets = {f"{n}_target": t for n, t in self.critic_targets.items()}
+        self.ticket_critic = nn.ModuleDict({**self.critics, **targets})
 
     @property
     def alpha(self) -> float:
         return self.log_alpha.exp().item() if self.cfg.autotune else self.cfg.alpha
+
+    def ticket_meta(self) -> dict:
+        """What a kept weights file says beyond the weights: the temperature, which the losses need."""
+        return {"alpha": self.alpha}
+
+    def critic_loss(self, data: dict[str, torch.Tensor],
+                    alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The twin critics' soft Bellman loss on replay rows `data`, and each critic's Q values."""
+        with torch.no_grad():
+            next_actions, next_log_pi = self.actor.sample(data["next_obs"])
+            q_next = torch.min(self.qf1_target(data["next_obs"], next_actions),
+                               self.qf2_target(data["next_obs"], next_actions)) - alpha * next_log_pi
+            next_q_value = data["rewards"] + (1 - data["terminated"]) * self.cfg.gamma * q_next
+        qf1_a_values, qf2_a_values = self.qf1(data["obs"], data["actions"]), self.qf2(data["obs"], data["actions"])
+        loss = F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value)
+        return loss, qf1_a_values, qf2_a_values
+
+    def actor_loss(self, obs: torch.Tensor, alpha: float) -> torch.Tensor:
+        pi, log_pi = self.actor.sample(obs)
+        return (alpha * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
 
     def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
                critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | int | None]:
@@ -130,17 +154,10 @@ class Learner:
         alpha = self.alpha
         for _ in range(steps):
             data = self.buffer.sample(s.batch_size, self.generator)
-            obs, actions = data["obs"], data["actions"]
-            with torch.no_grad():
-                next_actions, next_log_pi = self.actor.sample(data["next_obs"])
-                q_next = torch.min(self.qf1_target(data["next_obs"], next_actions),
-                                   self.qf2_target(data["next_obs"], next_actions)) - alpha * next_log_pi
-                next_q_value = data["rewards"] + (1 - data["terminated"]) * s.gamma * q_next
-
+            obs = data["obs"]
             for hook in critic_hooks:
                 hook.before_minibatch()
-            qf1_a_values, qf2_a_values = self.qf1(obs, actions), self.qf2(obs, actions)
-            qf_loss = F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value)
+            qf_loss, qf1_a_values, qf2_a_values = self.critic_loss(data, alpha)
             if not hooked_step(qf_loss, self.q_optimizer, critic_params, critic_hooks):
                 skipped += 1
                 continue
@@ -154,8 +171,7 @@ class Learner:
                 for _ in range(s.policy_frequency):  # as many actor steps as were delayed
                     for hook in hooks:
                         hook.before_minibatch()
-                    pi, log_pi = self.actor.sample(obs)
-                    actor_loss = (alpha * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
+                    actor_loss = self.actor_loss(obs, alpha)
                     if not hooked_step(actor_loss, self.optimizer, actor_params, hooks):
                         skipped += 1
                         continue

@@ -4,7 +4,10 @@
 `critic.<name>` (`hotprune lth create-mask` writes them); `init_file` holds starting weights (float32)
 named the same way (`weights/epoch-K.safetensors` of a run with `keep_weights_every`). A name without
 a prefix is the actor's, so a run's `masks.safetensors`, `policy.safetensors` or `initial.safetensors`
-serve too. Either file must be a safetensors file whose metadata names its environment.
+serve too. Either file must be a safetensors file whose metadata names its environment. PPO's critic
+is one MLP (`critic.0.weight`, ...); SAC's are its twin Q networks and their targets
+(`critic.qf1.net.0.weight`, ..., `critic.qf1_target.net.0.weight`, ...: service.actor_spec.critic_shapes),
+and a mask file masks the twins only (each target keeps its critic's mask).
 
 Checked before anything starts (the CLI calls `check` before it makes the run directory, and the
 trainer and the compressor read the files through the same functions): the file exists and is a
@@ -36,9 +39,9 @@ Parts = dict[str, dict[str, np.ndarray]]  # "actor" / "critic" -> name -> array
 
 def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec, hidden = env_spec(cfg.env_id), cfg.ppo.hidden_sizes
-    return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs),
-            "critic": critic_shapes(spec, hidden, cfg.normalize_obs)}
+    spec, hidden = env_spec(cfg.env_id), cfg.hidden_sizes
+    return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm),
+            "critic": critic_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm)}
 
 
 def joined(parts: Parts) -> dict[str, np.ndarray]:
@@ -48,7 +51,7 @@ def joined(parts: Parts) -> dict[str, np.ndarray]:
 
 def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
     """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
-    env_id, hidden_sizes = cfg.env_id, cfg.ppo.hidden_sizes
+    env_id, hidden_sizes = cfg.env_id, cfg.hidden_sizes
     try:
         tensors, meta = artifacts.load(Path(path))
     except ArtifactError as exc:
@@ -63,8 +66,8 @@ def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
     for key, array in tensors.items():
         part, _, name = key.partition(".") if key.split(".", 1)[0] in PARTS else ("actor", "", key)
         if name not in shapes[part]:
-            raise ArtifactError(f"{what} {path} holds {key}, which this run's {part} (hidden sizes {hidden_sizes}) "
-                                "does not have")
+            raise ArtifactError(f"{what} {path} holds {key}, which this run's {cfg.algorithm} {part} (hidden sizes "
+                                f"{hidden_sizes}) does not have")
         if tuple(array.shape) != shapes[part][name]:
             raise ArtifactError(f"{what} {path}: {key} has shape {tuple(array.shape)}, this run's {part} "
                                 f"(hidden sizes {hidden_sizes}) has {shapes[part][name]}")
@@ -81,6 +84,9 @@ def read_masks(cfg) -> tuple[Parts, dict]:
     for key, keep in joined(parts).items():
         if not keep.any():
             raise ArtifactError(f"mask file {path}: {key} keeps nothing (every weight of it pruned)")
+        if "_target." in key:
+            raise ArtifactError(f"mask file {path} holds {key}: a target critic keeps its critic's mask, and has "
+                                "none of its own")
     return parts, meta
 
 
@@ -104,11 +110,12 @@ def check(cfg) -> None:
 @dataclass
 class Fixed:
     """Method fixed's masks, read once: the actor's as the compressor applies them (units too, when
-    the file was made with `structure = neuron`), the trainer's (actor names, and `critic.<name>`),
-    and what they leave of the actor: masked_stats with its weight sparsity."""
+    the file was made with `structure = neuron`), the actor's and the critic's by their own names
+    (what the trainer keeps zero), and what they leave of the actor: masked_stats with its weight sparsity."""
 
     masks: Masks
-    training: dict[str, np.ndarray]
+    actor: dict[str, np.ndarray]
+    critic: dict[str, np.ndarray]
     stats: dict[str, Any]
 
 
@@ -123,5 +130,4 @@ def fixed_masks(cfg) -> Fixed | None:
     stats = masked_stats(masks, spec, prunable_names(spec, cfg.pruning.prune_output_layer))
     kept = sum(v["kept"] for v in stats["layers"].values())
     total = sum(v["total"] for v in stats["layers"].values())
-    training = {**parts["actor"], **{f"critic.{n}": keep for n, keep in parts["critic"].items()}}
-    return Fixed(masks, training, {**stats, "weight_sparsity": 1 - kept / total})
+    return Fixed(masks, parts["actor"], parts["critic"], {**stats, "weight_sparsity": 1 - kept / total})

@@ -103,7 +103,7 @@ class Trainer:
         algorithm = importlib.import_module(f"service.{ALGORITHMS[cfg.algorithm].module}")
         self.learner = algorithm.Learner(self.spec, cfg, self.generator)
         self.actor = self.learner.actor
-        self.critic = self.learner.modules().get("critic")  # PPO's: what a lottery ticket's files may hold
+        self.critic = self.learner.ticket_critic  # PPO's critic, SAC's twins and targets: what ticket files hold
         lth.load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
         # Normalisation (service.normalize): the observation statistics reach the actor's buffers
         # after each update, so an epoch trains on the statistics its data was collected with.
@@ -115,18 +115,16 @@ class Trainer:
         self.params_total = sum(int(np.prod(shape)) for _, shape in self.weight_spec.values())
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
         pruner = pruner_for(self.weight_spec, p)
-        critic_params = self.critic.named_parameters() if self.critic is not None else ()
-        params = dict(self.actor.named_parameters()) | {f"critic.{n}": q for n, q in critic_params}
+        params = dict(self.actor.named_parameters()) | {f"critic.{n}": q for n, q in self.critic.named_parameters()}
         masked = pruner.mask_names() if pruner and cfg.prune_training_model else []
         self.fixed = ticket_files.fixed_masks(cfg)  # method fixed: pruning.mask_file's, in force from the start
-        fixed = self.fixed.training if self.fixed and cfg.prune_training_model else {}
+        # The actor's fixed masks, and PPO's critic's (one optimizer, the same update hooks); SAC's critics
+        # step on their own optimizer, with their own hooks: CriticMasks below keeps theirs.
+        fixed = {} if not self.fixed or not cfg.prune_training_model else \
+            {**self.fixed.actor, **({} if self.learner.critics else
+                                    {f"critic.{n}": keep for n, keep in self.fixed.critic.items()})}
         self.masks = TrainingMasks({n: params[n] for n in [*masked, *fixed]}, self.learner.optimizer,
                                    regrow=p.regrow)
-        if self.fixed:
-            self.masks.apply(fixed)
-            self.log.info("masks_loaded", mask_file=p.mask_file, pruned=self.masks.count(),
-                          weight_sparsity=self.fixed.stats["weight_sparsity"],
-                          training_sparsity_verified=self.training_sparsity())
         grad_names = pruner.grad_names if pruner else []
         self.grad_stats = GradientStats({n: params[n] for n in grad_names}, p.num_gradient_batches) \
             if grad_names else None
@@ -135,9 +133,17 @@ class Trainer:
         stats = [self.grad_stats] if self.grad_stats else []
         self.hooks: list[UpdateHooks] = [*intake, *stats, *keeping]
         # pruning.targets with "critic" (SAC, both pruned): the critics' own masks, kept here alone.
+        fixed_critics = self.fixed.critic if self.fixed and self.learner.critics and cfg.prune_training_model else {}
         self.critic_masks = CriticMasks(self.learner.critics, self.learner.critic_targets,
                                         self.learner.critic_optimizer, p) \
-            if "critic" in p.targets and pruner else None
+            if ("critic" in p.targets and pruner) or fixed_critics else None
+        if self.fixed:
+            self.masks.apply(fixed)
+            critic_pruned = self.critic_masks.fix(fixed_critics) if fixed_critics else 0
+            self.log.info("masks_loaded", mask_file=p.mask_file, pruned=self.masks.count() + critic_pruned,
+                          weight_sparsity=self.fixed.stats["weight_sparsity"],
+                          training_sparsity_verified=self.training_sparsity(),
+                          **({"critic_sparsity": self.critic_masks.sparsity()} if fixed_critics else {}))
         self.critic_masks_epoch = -1  # the newest schedule step the critics were pruned for
         self.schedule = Schedule(plan(cfg)[0])
         self.steps = {s.epoch: s for s in self.schedule.steps}
@@ -198,7 +204,7 @@ class Trainer:
         self.resumed = resume and self.restore()
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
-        self.keeper = lth.Keeper(cfg, self.actor, self.critic, self.policy_meta())
+        self.keeper = lth.Keeper(cfg, self.actor, self.critic, self.policy_meta(), self.learner.ticket_meta)
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)

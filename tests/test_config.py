@@ -411,8 +411,6 @@ SAC = ["algorithm=sac", "env_id=Pendulum-v1"]
     (["pruning.targets=actor,critic"], "pruning.targets"),  # PPO's critic is not pruned
     ([*SAC, "pruning.targets=actor,critic", "prune_training_model=false"], "pruning.targets"),  # not both pruned
     ([*SAC, "pruning.gradient_batch_size=64"], "pruning.gradient_batch_size"),  # SAC's batch is 256
-    ([*SAC, "keep_transitions=8"], "keep_transitions"),  # the lottery-ticket files are PPO's for now
-    ([*SAC, "init_file=x.safetensors"], "init_file"),
 ])
 def test_bad_sac_settings_are_refused_with_the_key_the_value_and_what_is_allowed(overrides, key):
     with pytest.raises(ConfigError) as info:

@@ -12,11 +12,11 @@ import pytest
 import safetensors.numpy
 import torch
 
-from service import artifacts, lth, ppo
+from service import artifacts, lth, ppo, sac
 from service.cli import _main
 from service.config import ConfigError, load_config, to_toml
 from service.envs import env_spec
-from service.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides
+from service.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides, lth_mask, plan
 from service.policy import make_actor, make_critic
 from service.pruning import Pruner
 from tests.servicekit import events, hotprune, of, settings
@@ -51,6 +51,45 @@ def kept_run(tmp_path: Path, env_id: str = "CartPole-v1", hidden=HIDDEN, name: s
                           actions=rng.integers(0, spec.act_dim, (t, n)), logprobs=np.full((t, n), -0.69, np.float32),
                           rewards=np.ones((t, n), np.float32), terminated=rng.random((t, n)) < 0.05,
                           truncated=np.zeros((t, n), bool), final_obs=np.zeros((t, n, spec.obs_dim), np.float32))
+        keeper.after_epoch(epoch, batch)
+    keeper.finish()
+    return cfg.run_dir
+
+
+SAC_HIDDEN = [16, 16]
+PENDULUM_Q_HIDDEN = 16 * 4 + 16 * 16  # a Q network's prunable weights (obs 3 + action 1 in; not the output)
+
+
+def kept_sac_run(tmp_path: Path, name: str = "sac") -> Path:
+    """kept_run's SAC twin (Pendulum): the learner's actor, twin critics and targets, alpha in the
+    weights' metadata, and the replay rows of its last epochs."""
+    cfg = load_config(None, ["preset=none", "env_id=Pendulum-v1", "algorithm=sac", f"epochs={EPOCHS}",
+                             "keep_weights_every=10", "keep_transitions=2", "sac.hidden_sizes=16,16",
+                             f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", f"run_id={name}",
+                             "samples_per_epoch=256", "chunk_steps=32", "sac.batch_size=64", "pruning.method=none"])
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.toml").write_text(to_toml(cfg))
+    spec = env_spec("Pendulum-v1")
+    torch.manual_seed(cfg.seed)
+    learner = sac.Learner(spec, cfg, torch.Generator())
+    with torch.no_grad():
+        learner.log_alpha.fill_(-1.0)
+    keeper = lth.Keeper(cfg, learner.actor, learner.ticket_critic, {"run_id": cfg.run_id, "env_id": cfg.env_id,
+                        "hidden_sizes": SAC_HIDDEN, "discrete": False, "algorithm": "sac"}, learner.ticket_meta)
+    keeper.after_epoch(0, None)
+    rng = np.random.default_rng(0)
+    for epoch in range(1, EPOCHS + 1):
+        with torch.no_grad():
+            for p in learner.ticket_critic.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+            for p in learner.actor.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        t, n = 32, 8
+        batch = ppo.Batch(obs=rng.normal(size=(t + 1, n, spec.obs_dim)).astype(np.float32),
+                          actions=rng.uniform(-2, 2, (t, n, 1)).astype(np.float32),
+                          logprobs=np.zeros((t, n), np.float32), rewards=-rng.random((t, n)).astype(np.float32),
+                          terminated=np.zeros((t, n), bool), truncated=rng.random((t, n)) < 0.05,
+                          final_obs=rng.normal(size=(t, n, spec.obs_dim)).astype(np.float32))
         keeper.after_epoch(epoch, batch)
     keeper.finish()
     return cfg.run_dir
@@ -99,7 +138,7 @@ def test_saliency_masks_are_the_pruning_engines_on_the_gradients_of_ppos_loss_an
     run = kept_run(tmp_path)
     cfg = lth.run_config(run)
     weights, _ = lth.ticket_files.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
-    grads = lth.gradient_statistics(cfg, weights, lth.load_transitions(run, cfg), 4, 64)
+    grads = lth.gradient_statistics(cfg, weights, lth.load_transitions(run, cfg), 4, 64, {})
     spec = {n: ("float32", a.shape) for n, a in weights["actor"].items()}
     made = {}
     for method in ("magnitude", "taylor", "gradient"):
@@ -129,6 +168,23 @@ def test_the_lth_grid_pairs_tickets_with_their_seeds_dense_run_and_reinitialises
     random = _overrides(variants["random_magnitude_80"], 2, base / "random_magnitude_80" / "s2", [])
     assert f"seed={2 + RANDOM_REINIT_SEED_OFFSET}" in random and not any(o.startswith("init_file") for o in random)
     assert {v.stage for v in EXPERIMENTS["lth"] if v.name.startswith(("ticket", "random"))} == {1}
+    gradual = load_config(None, list(variants["gradual_90"].overrides))
+    assert (gradual.pruning.schedule, gradual.pruning.target_sparsity) == ("cubic", 0.9)
+    assert gradual.pruning.targets == ["actor"]
+
+
+def test_the_sac_lth_grid_prunes_actor_and_critics_in_its_gradual_runs_and_its_tickets_masks(tmp_path):
+    grid = plan("lth_sac", [1], tmp_path, ["env_id=Pendulum-v1"])  # every run's config is valid
+    assert all("algorithm=sac" in v.overrides for v, _, _ in grid)
+    gradual = load_config(None, [*{v.name: v for v, _, _ in grid}["gradual_80"].overrides, "env_id=Pendulum-v1"])
+    assert gradual.pruning.targets == ["actor", "critic"] and gradual.pruning.schedule == "cubic"
+    base = tmp_path / "pruning_lth_sac"
+    (base / "dense").mkdir(parents=True)
+    kept_sac_run(tmp_path).rename(base / "dense" / "s1")
+    lth.grid_masks(base, [1], ["magnitude"], [0.8], lth_mask, log=lambda line: None)
+    masks = safetensors.numpy.load_file(base / "masks" / "s1" / "magnitude-80.safetensors")
+    assert {k.split(".")[0] for k in masks} == {"actor", "critic"}
+    assert hidden_pruned(masks, "critic.qf1.") == round(0.8 * PENDULUM_Q_HIDDEN)
 
 
 # --- refusals: one line, exit code 2, nothing written ---------------------------------------------
@@ -265,3 +321,100 @@ def test_files_without_a_part_prefix_are_the_actors_and_the_critic_table_is_torc
     critic = make_critic(env_spec("CartPole-v1"), [16, 16], actor.obs_norm)
     assert lth.ticket_files.model_shapes(normalized)["critic"] == {n: tuple(t.shape)
                                                                   for n, t in critic.state_dict().items()}
+
+
+# --- SAC: actor and twin critics ------------------------------------------------------------------
+
+
+def test_sac_masks_rank_each_twin_critic_on_its_own_and_never_name_the_targets(tmp_path, capsys):
+    run = kept_sac_run(tmp_path)
+    weights, meta = artifacts.load(lth.weights_path(run, EPOCHS))
+    assert meta["alpha"] == pytest.approx(np.exp(-1.0)) and meta["algorithm"] == "sac"
+    assert {k.split(".")[1] for k in weights if k.startswith("critic.")} == {"qf1", "qf2", "qf1_target", "qf2_target"}
+    code, out, err = run_cli(capsys, "lth", "create-mask", str(run), "--method", "taylor", "--sparsity", "0.75",
+                             "--targets", "actor,critic", "--num-batches", "3", "--batch-size", "64")
+    assert code == 0, err
+    assert "critic.qf1: 75.0% pruned" in out and "critic.qf2: 75.0% pruned" in out
+    masks = safetensors.numpy.load_file(run / "masks" / "taylor-weight-75.safetensors")
+    assert set(masks) == {f"{p}.net.{i}.weight" for p in ("actor", "critic.qf1", "critic.qf2") for i in (0, 2)}
+    for critic in ("qf1", "qf2"):  # each exactly at the sparsity: ranked on its own, not over both
+        assert hidden_pruned(masks, f"critic.{critic}.") == round(0.75 * PENDULUM_Q_HIDDEN)
+    assert not all(np.array_equal(masks[f"critic.qf1.net.{i}.weight"], masks[f"critic.qf2.net.{i}.weight"])
+                   for i in (0, 2))
+
+
+def test_sac_saliency_is_the_actor_loss_for_the_actor_and_the_critic_loss_for_the_critics(tmp_path):
+    run = kept_sac_run(tmp_path)
+    cfg = lth.run_config(run)
+    weights, meta = lth.ticket_files.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
+    batches = lth.load_transitions(run, cfg)
+    assert len(batches) == 2  # keep_transitions=2: the replay buffer's newest two epochs
+    grads = lth.gradient_statistics(cfg, weights, batches, 1, 64, meta)
+    # the same minibatch by hand: one backward per loss, at the file's alpha, as SAC's trainer steps them
+    torch.manual_seed(cfg.seed)
+    learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
+    learner.actor.load_state_dict({n: torch.from_numpy(a) for n, a in weights["actor"].items()})
+    learner.ticket_critic.load_state_dict({n: torch.from_numpy(a) for n, a in weights["critic"].items()})
+    rows = {k: np.concatenate([b.transitions()[k] for b in batches]).astype(np.float32) for k in sac.TRANSITION_FIELDS}
+    mb = torch.randperm(len(rows["rewards"]), generator=torch.Generator().manual_seed(cfg.seed))[:64]
+    data = {k: torch.from_numpy(v)[mb] for k, v in rows.items()}
+    learner.actor_loss(data["obs"], meta["alpha"]).backward()
+    actor_grad = learner.actor.net[0].weight.grad.abs().numpy().copy()
+    learner.ticket_critic.zero_grad()
+    learner.critic_loss(data, meta["alpha"])[0].backward()
+    critic_grad = learner.qf2.net[2].weight.grad.abs().numpy()
+    np.testing.assert_allclose(grads["actor"]["net.0.weight"], actor_grad, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grads["critic"]["qf2.net.2.weight"], critic_grad, rtol=1e-5, atol=1e-7)
+    assert not any(n.split(".")[0].endswith("_target") for n in grads["critic"])
+
+
+def test_a_sac_mask_file_may_not_mask_a_target_and_an_init_file_without_targets_copies_its_critics(tmp_path, capsys):
+    run = kept_sac_run(tmp_path)
+    keep = {"actor.net.0.weight": np.ones((16, 3), bool), "critic.qf1_target.net.0.weight": np.ones((16, 4), bool)}
+    artifacts.save(tmp_path / "target.safetensors", keep, env_id="Pendulum-v1")
+    code, _, err = run_cli(capsys, "run", *settings(tmp_path, "refused", "env_id=Pendulum-v1", "algorithm=sac",
+                                                   "sac.hidden_sizes=16,16", "pruning.mask_file="
+                                                   + json.dumps(str(tmp_path / "target.safetensors"))))
+    assert code == 2 and err.count("\n") == 1 and "keeps its critic's mask" in err
+    assert not (tmp_path / "runs" / "refused").exists()
+    weights, _ = artifacts.load(lth.weights_path(run, EPOCHS))
+    twins = {k: a for k, a in weights.items() if not k.split(".")[1].endswith("_target")}
+    artifacts.save(tmp_path / "twins.safetensors", twins, env_id="Pendulum-v1")
+    cfg = load_config(None, ["env_id=Pendulum-v1", "algorithm=sac", "sac.hidden_sizes=16,16",
+                             f"init_file={json.dumps(str(tmp_path / 'twins.safetensors'))}"])
+    learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
+    lth.load_initial(cfg, learner.actor, learner.ticket_critic)
+    for name, value in learner.qf1_target.state_dict().items():
+        assert np.array_equal(value.numpy(), weights[f"critic.qf1.{name}"])
+
+
+@pytest.mark.slow
+def test_a_sac_ticket_keeps_actor_critics_and_targets_exactly_zero_from_its_first_epoch(tmp_path):
+    sac_run = ["env_id=Pendulum-v1", "algorithm=sac", "total_steps=1536", "sac.hidden_sizes=16,16",
+               "sac.learning_starts=256", "sac.batch_size=64", "keep_weights_every=1"]
+    dense = hotprune("lth", "train-dense", *settings(tmp_path, "dense", *sac_run))
+    assert dense.returncode == 0, dense.stderr
+    run = tmp_path / "runs" / "dense"
+    made = hotprune("lth", "create-mask", str(run), "--method", "gradient", "--sparsity", "0.75",
+                    "--targets", "actor,critic", "--num-batches", "4")
+    assert made.returncode == 0, made.stderr
+    mask_path = run / "masks" / "gradient-weight-75.safetensors"
+    masks = safetensors.numpy.load_file(mask_path)
+    ticket = hotprune("lth", "train-ticket", str(run), "--mask", str(mask_path), "--rewind", "epoch:1",
+                      "--set", "run_id=ticket")
+    assert ticket.returncode == 0, ticket.stderr
+    ticket_dir = tmp_path / "runs" / "ticket"
+    first = of(events(ticket_dir, "trainer"), "epoch")[0]
+    assert first["epoch"] == 1 and first["critic_sparsity"] == pytest.approx(0.75, abs=1e-3)
+    assert first["training_sparsity"] == pytest.approx(0.75, abs=1e-3)
+    final, _ = artifacts.load(ticket_dir / artifacts.CHECKPOINT)
+    rewound, _ = artifacts.load(lth.weights_path(run, 1))
+    initial, _ = artifacts.load(ticket_dir / artifacts.INITIAL)
+    assert of(events(ticket_dir, "trainer"), "summary")[0]["final_critic_sparsity"] == pytest.approx(0.75, abs=1e-3)
+    for key, keep in masks.items():
+        part, name = key.split(".", 1)
+        owners = [key] if part == "actor" else [name, name.replace(".", "_target.", 1)]
+        for owner in owners:  # the checkpoint's actor, each critic and its target
+            assert np.all(final[owner][~keep] == 0) and np.count_nonzero(final[owner][keep]) == keep.sum()
+        if part == "actor":  # rewound to epoch 1's weights, the mask's zeros on them
+            assert np.array_equal(initial[name][keep], rewound[key][keep])
