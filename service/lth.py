@@ -113,11 +113,13 @@ def load_transitions(run_dir: Path, cfg: Config) -> list[Batch]:
         raise ArtifactError(f"{path} lacks {exc.args[0]}") from None
 
 
-def load_initial(cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module) -> None:
-    """Load `init_file` (checked: ticket_files.read_init) into the fresh modules; a part it lacks keeps its init."""
+def load_initial(cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module) -> dict:
+    """Load `init_file` (checked: ticket_files.read_init) into the fresh modules; a part it lacks keeps
+    its init. Returns the file's metadata ({} without one): a kept weights file's `obs_count` is how
+    many observations the actor's normalisation statistics it holds were taken over."""
     if not cfg.init_file:
-        return
-    parts = ticket_files.read_init(cfg)
+        return {}
+    parts, meta = ticket_files.read_init(cfg)
     critics = parts["critic"]
     if critics and not any(n.split(".", 1)[0].endswith("_target") for n in critics):
         # SAC's critics without their targets: the targets start as copies, as in a fresh SAC
@@ -127,6 +129,7 @@ def load_initial(cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module) -
         tensors = parts[part]
         if tensors:
             module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in tensors.items()}, strict=False)
+    return meta
 
 
 def kept_epochs(run_dir: Path) -> list[int]:

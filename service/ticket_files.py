@@ -90,13 +90,13 @@ def read_masks(cfg) -> tuple[Parts, dict]:
     return parts, meta
 
 
-def read_init(cfg) -> Parts:
-    """init_file's starting weights by part."""
-    parts, _ = read(cfg.init_file, "init file", cfg, "float32")
+def read_init(cfg) -> tuple[Parts, dict]:
+    """init_file's starting weights by part, and its metadata."""
+    parts, meta = read(cfg.init_file, "init file", cfg, "float32")
     for key, array in joined(parts).items():
         if not np.isfinite(array).all():
             raise ArtifactError(f"init file {cfg.init_file}: {key} is not finite")
-    return parts
+    return parts, meta
 
 
 def check(cfg) -> None:

@@ -104,10 +104,14 @@ class Trainer:
         self.learner = algorithm.Learner(self.spec, cfg, self.generator)
         self.actor = self.learner.actor
         self.critic = self.learner.ticket_critic  # PPO's critic, SAC's twins and targets: what ticket files hold
-        lth.load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
+        init_meta = lth.load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
         # Normalisation (service.normalize): the observation statistics reach the actor's buffers
         # after each update, so an epoch trains on the statistics its data was collected with.
         self.obs_stats = RunningMeanStd((self.spec.obs_dim,)) if cfg.normalize_obs else None
+        if self.obs_stats and "obs_count" in init_meta:  # rewound weights go on with their own statistics
+            self.obs_stats.load({"mean": self.actor.obs_norm.mean.numpy().astype(np.float64),
+                                 "var": self.actor.obs_norm.var.numpy().astype(np.float64),
+                                 "count": np.array([init_meta["obs_count"]], np.float64)})
         self.reward_scaler = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.gamma) \
             if cfg.normalize_reward else None
         p = cfg.pruning
@@ -204,7 +208,8 @@ class Trainer:
         self.resumed = resume and self.restore()
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
-        self.keeper = lth.Keeper(cfg, self.actor, self.critic, self.policy_meta(), self.learner.ticket_meta)
+        self.keeper = lth.Keeper(cfg, self.actor, self.critic, self.policy_meta(), lambda: {
+            **self.learner.ticket_meta(), **({"obs_count": self.obs_stats.count} if self.obs_stats else {})})
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)

@@ -321,6 +321,13 @@ def test_files_without_a_part_prefix_are_the_actors_and_the_critic_table_is_torc
     critic = make_critic(env_spec("CartPole-v1"), [16, 16], actor.obs_norm)
     assert lth.ticket_files.model_shapes(normalized)["critic"] == {n: tuple(t.shape)
                                                                   for n, t in critic.state_dict().items()}
+    for normalize in ("false", "true"):  # SAC's: twin critics and their targets, as the learner holds them
+        cfg = load_config(None, ["env_id=Pendulum-v1", "algorithm=sac", "sac.hidden_sizes=16,16",
+                                 f"normalize_obs={normalize}"])
+        learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
+        shapes = lth.ticket_files.model_shapes(cfg)
+        assert shapes["critic"] == {n: tuple(t.shape) for n, t in learner.ticket_critic.state_dict().items()}
+        assert shapes["actor"] == {n: tuple(t.shape) for n, t in learner.actor.state_dict().items()}
 
 
 # --- SAC: actor and twin critics ------------------------------------------------------------------
@@ -391,7 +398,7 @@ def test_a_sac_mask_file_may_not_mask_a_target_and_an_init_file_without_targets_
 @pytest.mark.slow
 def test_a_sac_ticket_keeps_actor_critics_and_targets_exactly_zero_from_its_first_epoch(tmp_path):
     sac_run = ["env_id=Pendulum-v1", "algorithm=sac", "total_steps=1536", "sac.hidden_sizes=16,16",
-               "sac.learning_starts=256", "sac.batch_size=64", "keep_weights_every=1"]
+               "sac.learning_starts=256", "sac.batch_size=64", "keep_weights_every=1", "normalize_obs=true"]
     dense = hotprune("lth", "train-dense", *settings(tmp_path, "dense", *sac_run))
     assert dense.returncode == 0, dense.stderr
     run = tmp_path / "runs" / "dense"
@@ -418,3 +425,8 @@ def test_a_sac_ticket_keeps_actor_critics_and_targets_exactly_zero_from_its_firs
             assert np.all(final[owner][~keep] == 0) and np.count_nonzero(final[owner][keep]) == keep.sum()
         if part == "actor":  # rewound to epoch 1's weights, the mask's zeros on them
             assert np.array_equal(initial[name][keep], rewound[key][keep])
+    # the rewound actor's observation statistics go on from those it was trained with, not from nothing
+    _, rewound_meta = artifacts.load(lth.weights_path(run, 1))
+    assert rewound_meta["obs_count"] == pytest.approx(512)
+    assert final["obs_stats.count"][0] == pytest.approx(512 + 1536)
+    assert np.array_equal(initial["obs_norm.mean"], rewound["actor.obs_norm.mean"])
