@@ -21,7 +21,7 @@ from torch import nn
 
 from service.gradient_stats import GradientStats
 from service.policy import actor_arrays, expected_spec
-from service.pruning import Masks, prunable_names, pruner_for, sparsity
+from service.pruning import Masks, cut_inputs, prunable_names, pruner_for, sparsity
 from service.training_masks import TrainingMasks
 from service.update_hooks import UpdateHooks
 
@@ -50,16 +50,19 @@ class CriticMasks:
         it did, for the `critic_masks_applied` event."""
         grads = self.grad_stats.mean() if self.grad_stats else {}
         counts = {"newly_pruned": 0, "revived": 0, "refused_revivals": 0}
+        inputs_cut = {}
         for name, critic in self.critics.items():
             weights = actor_arrays(critic)
             own_grads = {n.removeprefix(f"{name}."): g for n, g in grads.items() if n.startswith(f"{name}.")}
             masks = self.pruners[name].compute(weights, target_sparsity, own_grads or None, self.previous.get(name))
             self.previous[name] = masks
+            if cut := cut_inputs(masks):
+                inputs_cut[name] = cut
             keep = {f"{prefix}.{n}": m for prefix in (name, f"{name}_target") for n, m in masks.elements.items()}
             for key, value in self.masks.apply(keep).items():
                 counts[key] += value // 2  # the same positions in the critic and its target: counted once
         return {"target_sparsity": target_sparsity, "critic_sparsity": self.sparsity(),
-                "pruned": self.masks.count() // 2, **counts}
+                "pruned": self.masks.count() // 2, **counts, "inputs_cut": inputs_cut}
 
     def fix(self, keep: Mapping[str, np.ndarray]) -> int:
         """A lottery ticket's critic masks (`<critic>.<name>`, as its mask file's `critic.` part), applied

@@ -47,7 +47,7 @@ from service.chunks import Batch
 from service.config import Config, ConfigError, load_config
 from service.envs import env_spec
 from service.gradient_stats import GradientStats
-from service.pruning import CompressionFailed, Pruner, masked_stats, prunable_names
+from service.pruning import CompressionFailed, Pruner, cut_inputs, masked_stats, prunable_names
 from service.runlog import RunError, run_config
 from service.sac import TRANSITION_FIELDS
 
@@ -235,7 +235,8 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         grads = gradient_statistics(cfg, weights, load_transitions(run_dir, cfg), num_batches, batch_size,
                                     weights_meta)
     masks: ticket_files.Parts = {part: {} for part in targets}
-    lines = []
+    lines, inputs_cut = [], {}
+    obs_dim = env_spec(cfg.env_id).obs_dim
     for label, names in _ranked_groups(cfg, targets, weights):
         part = label.split(".")[0]
         spec = {names[n]: ("float32", weights[part][n].shape) for n in names}
@@ -252,11 +253,19 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         lines += [f"{part}.{back[n]}: {v['sparsity']:.1%} pruned ({v['kept']:,}/{v['total']:,} kept)"
                   for n, v in layers.items()]
         lines.append(f"{label}: {1 - kept / total:.1%} pruned ({kept:,}/{total:,} weights kept)")
+        if cut := cut_inputs(keep):  # the network no longer sees these inputs
+            inputs_cut[label] = cut
+            seen = ", ".join(f"observation {i}" if i < obs_dim else f"action {i - obs_dim}" for i in cut)
+            lines.append(f"warning: {label} has every weight of input {', '.join(map(str, cut))} pruned ({seen}): "
+                         "it ignores " + ("them" if len(cut) > 1 else "it") +
+                         ("; a critic that ignores an action gives the actor no gradient through it"
+                          if any(i >= obs_dim for i in cut) else ""))
     tensors = ticket_files.joined(masks)
     meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm, "hidden_sizes": cfg.hidden_sizes,
             "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
+            "inputs_cut": inputs_cut,
             **({"num_batches": num_batches, "batch_size": batch_size} if grads is not None else {})}
     out = Path(out) if out else Path(run_dir) / "masks" / f"{method}-{structure}-{round(sparsity * 100)}.safetensors"
     return write_masks(out, tensors, meta), lines

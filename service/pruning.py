@@ -318,6 +318,15 @@ def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:
             "unit_sparsity": unit_sparsity}
 
 
+def cut_inputs(masks: Masks | None, first_layer: str = "net.0.weight") -> list[int]:
+    """The network's inputs whose every weight in the first layer is pruned: it no longer sees them.
+    Magnitude ranks by |w|, so an input on a large scale (an angular velocity) or one the network
+    weighs lightly can lose all of its weights; for SAC's critics an action input cut off means Q
+    ignores that action, and the actor gets no gradient through it."""
+    keep = masks.elements.get(first_layer) if masks is not None else None
+    return [] if keep is None else np.flatnonzero(~keep.any(axis=0)).tolist()
+
+
 def churn(previous: Masks | None, new: Masks) -> tuple[int, int]:
     """(positions whose keep/prune state changed, positions revived) between two masks."""
     if previous is None:

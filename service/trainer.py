@@ -426,6 +426,11 @@ class Trainer:
             else:
                 self.critic_masks_epoch = due[-1].epoch
                 self.log.info("critic_masks_applied", epoch=epoch, due_epoch=due[-1].epoch, **report)
+                actions_cut = {name: [i - self.spec.obs_dim for i in cut if i >= self.spec.obs_dim]
+                               for name, cut in report["inputs_cut"].items()}
+                if any(actions_cut.values()):  # Q ignores those actions: the actor learns nothing through them
+                    self.log.warning("critic_action_inputs_cut", epoch=epoch, due_epoch=due[-1].epoch,
+                                     actions=actions_cut)
         return self.critic_masks.sparsity()
 
     def training_sparsity(self) -> float:

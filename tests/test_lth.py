@@ -350,6 +350,20 @@ def test_sac_masks_rank_each_twin_critic_on_its_own_and_never_name_the_targets(t
                    for i in (0, 2))
 
 
+def test_masks_that_cut_off_an_input_say_so_and_a_critic_blind_to_its_action_is_a_warning(tmp_path, capsys):
+    run = kept_sac_run(tmp_path)
+    weights, meta = artifacts.load(lth.weights_path(run, EPOCHS))
+    weights["critic.qf1.net.0.weight"][:, 3] *= 1e-4  # the action's weights: the lightest of qf1's
+    artifacts.save(lth.weights_path(run, EPOCHS), weights, **meta)
+    code, out, err = run_cli(capsys, "lth", "create-mask", str(run), "--method", "magnitude", "--sparsity", "0.5",
+                             "--targets", "actor,critic")
+    assert code == 0, err
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "critic.qf1 has every weight of input 3 pruned (action 0)" in warnings[0]
+    _, mask_meta = artifacts.load(run / "masks" / "magnitude-weight-50.safetensors")
+    assert mask_meta["inputs_cut"] == {"critic.qf1": [3]}
+
+
 def test_sac_saliency_is_the_actor_loss_for_the_actor_and_the_critic_loss_for_the_critics(tmp_path):
     run = kept_sac_run(tmp_path)
     cfg = lth.run_config(run)

@@ -130,6 +130,16 @@ def test_pruned_weights_of_actor_and_critics_stay_exactly_positive_zero_through_
             assert (params[n].detach()[torch.from_numpy(k)] != 0).any(), f"{who}.{n} did not train"
 
 
+def test_a_critic_pruned_blind_to_its_action_is_reported_with_the_input_it_lost():
+    cfg = config("pruning.method=magnitude", "pruning.targets=actor,critic")
+    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(3))
+    *_, critic = both_pruned(cfg, learner)
+    with torch.no_grad():
+        learner.qf2.net[0].weight[:, PENDULUM.obs_dim] *= 1e-4  # the action's column: the lightest of qf2's
+    report = critic.prune(0.5)
+    assert report["inputs_cut"] == {"qf2": [PENDULUM.obs_dim]}
+
+
 def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():
     cfg = config("pruning.method=gradient", "pruning.targets=actor,critic", "pruning.num_gradient_batches=4")
     learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(2))
