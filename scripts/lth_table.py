@@ -2,9 +2,10 @@
 `python scripts/lth_table.py logs/pruning_lth 475`.
 
 Per variant over its completed seeds: the mean of the last 10 epochs' returns, the env steps at which
-the last-10 mean first passed the threshold (a run that never did counts as its whole length and is
-marked "never"), and Welch's t-test on those steps against `dense` and, for a ticket, against the same
-masks on a random initialisation (`random_<method>_<sparsity>`). p < 0.05 is in bold.
+the last-10 mean first passed the threshold (a run that never did is marked "never" and counts as its
+whole length in the mean and the test), and Welch's t-test on those steps against `dense` and, for a
+ticket, against the same masks on a random initialisation (`random_<method>_<sparsity>`). p < 0.05 is
+in bold.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from service.experiments import welch
 from service.runlog import RunError, load
 
 
-def steps_and_returns(variant_dir: Path, threshold: float) -> tuple[list[float], list[float], int]:
-    steps, returns, never = [], [], 0
+def steps_and_returns(variant_dir: Path, threshold: float) -> tuple[list[float], list[float], list[bool]]:
+    steps, returns, never = [], [], []
     for seed_dir in sorted(variant_dir.glob("s[0-9]*")):
         try:
             run = load(seed_dir)
@@ -29,8 +30,8 @@ def steps_and_returns(variant_dir: Path, threshold: float) -> tuple[list[float],
         epochs = run.epochs()
         hit = next((e["global_step"] for e in epochs if e["reward_mean"] is not None and e["reward_mean"] > threshold),
                    None)
+        never.append(hit is None)
         if hit is None:
-            never += 1
             hit = epochs[-1]["global_step"]
         steps.append(hit)
         returns.append(run.summary["reward_mean_last"])
@@ -65,10 +66,10 @@ def main() -> None:
     print(f"| variant | seeds | return (mean of the last 10 epochs) | steps to {args.threshold:g} per seed | "
           "mean ± std | vs dense | vs the same masks on a random init |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    dense = rows.get("dense", ([], [], 0))[0]
+    dense = rows.get("dense", ([], [], []))[0]
     for name in order:
         steps, returns, never = rows[name]
-        per = ", ".join(f"{s / 1000:.1f}k" for s in steps) + (f" ({never} never)" if never else "")
+        per = ", ".join("never" if missed else f"{s / 1000:.1f}k" for s, missed in zip(steps, never))
         twin = rows.get(name.replace("ticket_", "random_", 1)) if name.startswith("ticket_") else None
         against_dense = "reference" if name == "dense" else versus(steps, dense)
         print(f"| {name} | {len(steps)} | {spread(returns)} | {per} | {spread(steps, 1000)}k | {against_dense} | "
