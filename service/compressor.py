@@ -324,6 +324,9 @@ class Compressor:
             # Pass the stop on to the workers (a run started by hand has no supervisor to do it).
             if self.stopping:
                 self.notify.send_multipart(self.encoder.encode("control", {"command": "stop"}))
+            # A SUB sends nothing but its subscription, which waits to reconnect to a trainer that
+            # has ended: under the linger below it kept the compressor, the run's last process, a second.
+            self.snapshots.close(linger=0)
             self.ctx.destroy(linger=1000)  # let the stop go out
             self.store.close()
             if self.store.owner:

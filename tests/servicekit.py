@@ -14,6 +14,7 @@ from pathlib import Path
 
 from protocol.endpoints import SOCKETS
 from protocol.store_layout import segment_name
+from service.cli import _main
 
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
 
@@ -40,6 +41,18 @@ def settings(tmp_path: Path, run_id: str, *extra: str) -> list[str]:
 
 def hotprune(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([HOTPRUNE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`hotprune argv` in this process: (exit code, stdout, stderr). For what the command does, not for
+    how its process starts: it saves the second or two of start-up (torch's import) of `hotprune`.
+    `_main`, not `main`, which would leave this process ignoring Ctrl-C."""
+    try:
+        code = _main(list(argv))
+    except SystemExit as exc:  # argparse: usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def events(run_dir: Path, name: str) -> list[dict]:

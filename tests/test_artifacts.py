@@ -13,7 +13,7 @@ import torch
 
 from service.artifacts import ArtifactError, load, load_policy
 from service.export import load_torch_prune
-from tests.servicekit import events, hotprune, of, settings
+from tests.servicekit import events, hotprune, of, run_cli, settings
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
@@ -62,19 +62,19 @@ def test_a_run_keeps_its_pruned_policy_masks_initial_weights_and_progress(run_di
     assert steps == list(np.cumsum([int(r["samples"]) for r in rows]))
 
 
-def test_eval_runs_the_kept_policy_and_reports_its_parameters(run_dir):
-    result = hotprune("eval", str(run_dir), "--episodes", "3", "--deterministic")
-    assert result.returncode == 0, result.stderr
-    assert "CartPole-v1: return" in result.stdout and "over 3 episode(s) (deterministic actions)" in result.stdout
+def test_eval_runs_the_kept_policy_and_reports_its_parameters(run_dir, capsys):
+    code, out, err = run_cli(capsys, "eval", str(run_dir), "--episodes", "3", "--deterministic")
+    assert code == 0, err
+    assert "CartPole-v1: return" in out and "over 3 episode(s) (deterministic actions)" in out
     actor, _ = load_policy(run_dir)
     nonzero = sum(int(torch.count_nonzero(p)) for p in actor.parameters())
-    assert f"{nonzero:,} non-zero" in result.stdout
+    assert f"{nonzero:,} non-zero" in out
 
 
-def test_torch_prune_export_rebuilds_the_same_policy_with_prune_reparametrisation(run_dir, tmp_path):
+def test_torch_prune_export_rebuilds_the_same_policy_with_prune_reparametrisation(run_dir, tmp_path, capsys):
     out = tmp_path / "tp.safetensors"
-    result = hotprune("export", str(run_dir), "--format", "torch-prune", "--out", str(out))
-    assert result.returncode == 0 and result.stdout.strip() == str(out)
+    code, printed, _ = run_cli(capsys, "export", str(run_dir), "--format", "torch-prune", "--out", str(out))
+    assert code == 0 and printed.strip() == str(out)
     exported = load_torch_prune(out)
     assert hasattr(exported.net[0], "weight_orig") and hasattr(exported.net[0], "weight_mask")
     assert exported.net[2].weight.shape == (64, 64)  # dense shapes, whatever the structure
@@ -94,7 +94,7 @@ def test_state_dict_export_loads_into_an_actor_of_its_shapes(run_dir):
     kept.load_state_dict(safetensors.torch.load_file(path))  # same names and shapes
 
 
-def test_bad_inputs_are_one_line_errors(runs, tmp_path):
+def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     run_dir = runs["weight"]
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
@@ -110,10 +110,15 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path):
         (["export", str(run_dir), "--out", str(tmp_path)], "is a directory"),
         (["export", str(run_dir), "--out", str(tmp_path / "no" / "such" / "dir.safetensors")], "cannot write"),
     ]
-    for args, message in cases:
-        result = hotprune(*args)
-        assert result.returncode == 2, (args, result.stdout, result.stderr)
-        assert result.stderr.count("\n") == 1 and message in result.stderr, (args, result.stderr)
+    for args, message in cases:  # in this process: a `hotprune` each would import torch again, seconds
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2, (args, out, err)
+        assert err.count("\n") == 1 and message in err, (args, err)
+    # and once as the installed command: its whole process, start-up included, says one line and exits 2
+    args, message = cases[0]
+    result = hotprune(*args)
+    assert result.returncode == 2, (args, result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and message in result.stderr, (args, result.stderr)
     with pytest.raises(ArtifactError, match="is a policy for CartPole-v1, not Pendulum-v1"):
         load_policy(run_dir, env_id="Pendulum-v1")
     _, meta = load(run_dir / "policy.safetensors")

@@ -26,7 +26,7 @@ from service.policy import actor_arrays, expected_spec, make_actor
 from service.pruning import Pruner, apply_masks, prunable_names
 from protocol.store_layout import segment_name
 from service.weight_store import WeightStore
-from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
+from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, run_cli, settings, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -194,7 +194,7 @@ def _trajectory(encoder: Encoder, worker_id=0, steps=32, envs=4, obs=None, rewar
     return encoder.encode("trajectory", head, tensors)
 
 
-def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx):
+def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx, capsys):
     run = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, "inj", "epochs=60")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "inj"
@@ -252,10 +252,10 @@ def test_trainer_rejects_bad_trajectories_and_masks_and_trains_on(tmp_path, ctx)
     assert all(m["version"] < 60 for m in of(trainer, "masks_applied"))  # the intruder's masks never applied
     assert of(trainer, "epoch")[-1]["training_sparsity"] == pytest.approx(0.8, abs=0.005)
     # diagnose sees the attack in the logs, and nothing else wrong
-    diagnosed = hotprune("diagnose", str(run_dir))
-    assert diagnosed.returncode == 1
-    assert [line.split(":")[0] for line in diagnosed.stdout.splitlines() if line.startswith("FAIL")] == [
-        "FAIL  no rejected messages"], diagnosed.stdout
+    code, diagnosed, _ = run_cli(capsys, "diagnose", str(run_dir))
+    assert code == 1
+    assert [line.split(":")[0] for line in diagnosed.splitlines() if line.startswith("FAIL")] == [
+        "FAIL  no rejected messages"], diagnosed
     assert_clean(run_dir)
 
 

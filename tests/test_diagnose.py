@@ -11,7 +11,7 @@ import pytest
 
 from service.diagnose import diagnose
 from service.runlog import RunError, load
-from tests.servicekit import hotprune, settings
+from tests.servicekit import hotprune, run_cli, settings
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def statuses(run_dir: Path) -> dict[str, str]:
 
 
 def test_a_good_both_pruned_run_passes_every_check(runs):
-    result = hotprune("diagnose", str(runs / "both"))
+    result = hotprune("diagnose", str(runs / "both"))  # the installed command once; the others in this process
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
     assert lines and all(line.startswith(("PASS", "INFO")) for line in lines), result.stdout
@@ -42,23 +42,23 @@ def test_a_good_both_pruned_run_passes_every_check(runs):
     assert "INFO  trainer's masks lag (async)" in result.stdout
 
 
-def test_a_good_teacher_student_run_passes_and_checks_the_trainer_stays_dense(runs):
-    result = hotprune("diagnose", str(runs / "ts"))
-    assert result.returncode == 0, result.stdout
-    assert "PASS  teacher-student: trainer stays dense" in result.stdout
-    assert "masks applied once" not in result.stdout  # a both-pruned check, not this mode's
+def test_a_good_teacher_student_run_passes_and_checks_the_trainer_stays_dense(runs, capsys):
+    code, out, _ = run_cli(capsys, "diagnose", str(runs / "ts"))
+    assert code == 0, out
+    assert "PASS  teacher-student: trainer stays dense" in out
+    assert "masks applied once" not in out  # a both-pruned check, not this mode's
 
 
-def test_show_and_list_read_finished_runs_again(runs):
-    shown = hotprune("show", str(runs / "both"))
-    assert shown.returncode == 0
-    assert "Pruning plan: magnitude weights" in shown.stdout and "=== Summary (async, both pruned) ===" in shown.stdout
-    assert shown.stdout.count("due epoch") == len(load(runs / "both").events("compressor", "compression_finished"))
+def test_show_and_list_read_finished_runs_again(runs, capsys):
+    code, shown, _ = run_cli(capsys, "show", str(runs / "both"))
+    assert code == 0
+    assert "Pruning plan: magnitude weights" in shown and "=== Summary (async, both pruned) ===" in shown
+    assert shown.count("due epoch") == len(load(runs / "both").events("compressor", "compression_finished"))
     assert (runs / "latest").resolve() == (runs / "ts").resolve()  # the newest run
-    assert hotprune("diagnose", str(runs / "latest")).returncode == 0
-    listed = hotprune("list", str(runs))
-    assert listed.returncode == 0
-    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["both", "ts"]
+    assert run_cli(capsys, "diagnose", str(runs / "latest"))[0] == 0
+    code, listed, _ = run_cli(capsys, "list", str(runs))
+    assert code == 0
+    assert [line.split()[0] for line in listed.splitlines()[1:]] == ["both", "ts"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,10 +66,10 @@ def test_show_and_list_read_finished_runs_again(runs):
     (["show", "/tmp"], "is not a hotprune run"),
     (["list", "/nonexistent"], "is not a directory"),
 ])
-def test_a_directory_that_is_not_a_run_is_one_line(args, message):
-    result = hotprune(*args)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+def test_a_directory_that_is_not_a_run_is_one_line(capsys, args, message):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and message in err
 
 
 def tampered(runs: Path, source: str, tmp_path: Path, name: str, edit) -> Path:
@@ -144,16 +144,16 @@ FAULTS = [
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f[3] + "-" + f[1] for f in FAULTS])
-def test_each_check_fails_on_a_run_with_its_fault(runs, tmp_path, fault):
+def test_each_check_fails_on_a_run_with_its_fault(runs, tmp_path, capsys, fault):
     source, log, edit, check, *also = fault
     faulty = tampered(runs, source, tmp_path, log, edit)
     found = statuses(faulty)
     assert found[check] == "FAIL", found
     failed = {name for name, status in found.items() if status == "FAIL"}
     assert failed == {check, *(also[0] if also else ())}, found  # and nothing else
-    result = hotprune("diagnose", str(faulty))
-    assert result.returncode == 1 and f"FAIL  {check}:" in result.stdout
-    assert max(len(line) for line in result.stdout.splitlines()) < 400  # attacker strings are cut
+    code, out, _ = run_cli(capsys, "diagnose", str(faulty))
+    assert code == 1 and f"FAIL  {check}:" in out
+    assert max(len(line) for line in out.splitlines()) < 400  # attacker strings are cut
 
 
 def test_a_run_with_no_logs_yet_is_refused(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from service import experiments, report
 from service.config import ConfigError
 from service.runlog import load
-from tests.servicekit import SMALL, hotprune
+from tests.servicekit import SMALL, hotprune, run_cli
 
 pytestmark = pytest.mark.slow
 ROOT_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "run_pruning_experiments.py"
@@ -95,9 +95,9 @@ def test_the_grid_plots_every_variant_and_the_plots_are_drawn_from_the_data(grid
     (["--experiment", "basic", "--eval-episodes", "-1"], "--eval-episodes must be in"),
     (["--experiment", "basic", "--set", "pruning.target_sparsity=2"], "pruning.target_sparsity must be in"),
 ])
-def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, args, message):
-    result = hotprune("experiments", "--root", str(tmp_path), *args)
-    assert result.returncode == 2 and message in result.stderr
+def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, capsys, args, message):
+    code, _, err = run_cli(capsys, "experiments", "--root", str(tmp_path), *args)
+    assert code == 2 and message in err
     assert not any(tmp_path.iterdir())
 
 

@@ -13,13 +13,12 @@ import safetensors.numpy
 import torch
 
 from service import artifacts, lth, ppo, sac
-from service.cli import _main
 from service.config import ConfigError, load_config, to_toml
 from service.envs import env_spec
 from service.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides, lth_mask, plan
 from service.policy import make_actor, make_critic
 from service.pruning import Pruner
-from tests.servicekit import events, hotprune, of, settings
+from tests.servicekit import events, hotprune, of, run_cli, settings
 
 HIDDEN = [16, 16]
 EPOCHS = 3
@@ -93,15 +92,6 @@ def kept_sac_run(tmp_path: Path, name: str = "sac") -> Path:
         keeper.after_epoch(epoch, batch)
     keeper.finish()
     return cfg.run_dir
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = _main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def hidden_pruned(masks: dict[str, np.ndarray], part: str) -> int:

@@ -57,12 +57,20 @@ def sigkill(pids: list[int]) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_twenty_start_kill_cycles_leave_nothing_behind(tmp_path):
+# Each target killed twice. The start after each of the two kills that leak the segment (the tracker's
+# with it) finds it itself (cycles 2 and 6); `hotprune clean` every fourth cycle comes after a kill that
+# leaked nothing (the compressor's) and after each of those two (cycles 7 and 11). The final clean
+# then takes what all twelve left. Twenty cycles, cleaning every fifth, repeated the same kills a
+# third time but cleaned up after a leak only once.
+CYCLES, CLEAN_EVERY = 2 * len(TARGETS), 4
+
+
+def test_twelve_start_kill_cycles_leave_nothing_behind(tmp_path):
     run_id = f"cycle-{os.getpid()}"  # the segment's name is machine-wide: no other test's
     runs = tmp_path / "runs"
     run_dir = runs / run_id
     leaked = False
-    for cycle in range(20):
+    for cycle in range(CYCLES):
         target = TARGETS[cycle % len(TARGETS)]
         proc = start(tmp_path, run_id)
         pids = started(proc, run_dir)
@@ -76,7 +84,7 @@ def test_twenty_start_kill_cycles_leave_nothing_behind(tmp_path):
         # Only a run whose resource tracker was killed too leaks its segment.
         leaked = "tracker" in target
         assert segment(run_dir).exists() == leaked, target
-        if cycle % 5 == 4:
+        if cycle % CLEAN_EVERY == CLEAN_EVERY - 1:
             cleaned = hotprune("clean", str(runs))
             assert cleaned.returncode == 0, cleaned.stderr
             assert (f"removed {segment(run_dir)}" in cleaned.stdout) == leaked, cleaned.stdout

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from service import artifacts, checkpoints, runlog
-from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
+from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, run_cli, settings, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,8 @@ def _epochs(run_dir) -> int:
     return len(logged(run_dir, "trainer", "epoch"))
 
 
-def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_and_the_run_completes(tmp_path):
+def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_and_the_run_completes(tmp_path,
+                                                                                                        capsys):
     epochs = 160
     proc, run_dir = _start(tmp_path, "faults", f"epochs={epochs}", "pruning.schedule=\"cubic\"",
                            "pruning.end_epoch=120", "normalize_obs=true", "normalize_reward=true")
@@ -74,8 +75,8 @@ def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_
     checked = [e["pruned_nonzero"] for e in of(events(run_dir, "compressor"), "snapshot_received")
                if e["pruned_nonzero"] is not None]
     assert checked and not any(checked)
-    diagnosed = hotprune("diagnose", str(run_dir))
-    assert diagnosed.returncode == 0, diagnosed.stdout
+    code, diagnosed, _ = run_cli(capsys, "diagnose", str(run_dir))
+    assert code == 0, diagnosed
     # The normalisation statistics came through the resume: they hold every epoch's observations
     # exactly once (the resumed trainer took its checkpoint's and redid the epochs after it).
     tensors, _ = checkpoints.load(run_dir, "faults", "CartPole-v1", [64, 64])
