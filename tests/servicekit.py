@@ -7,6 +7,7 @@ import json
 import os
 import random
 import socket
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,13 @@ def settings(tmp_path: Path, run_id: str, *extra: str) -> list[str]:
 
 def hotprune(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([HOTPRUNE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def as_from_a_terminal() -> None:
+    """A child's preexec_fn: SIGINT neither ignored (a shell's background job starts with it ignored)
+    nor blocked (a mask is inherited across exec), as a run started from a terminal has it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

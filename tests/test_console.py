@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from service import console, eventlog, view
-from tests.servicekit import HOTPRUNE, assert_clean, hotprune, logged, settings, wait_for
+from tests.servicekit import HOTPRUNE, as_from_a_terminal, assert_clean, hotprune, logged, settings, wait_for
 
 WIDEST_EPOCH = {  # every field at the widest a run can make it
     "epoch": 9999, "epochs": 9999, "global_step": 10**9, "reward_mean": -12345.6, "samples": 10**6,
@@ -184,7 +184,7 @@ def test_watch_follows_a_running_run_to_its_end_and_ctrl_c_leaves_it_running(tmp
         # starts with SIGINT ignored, which the watcher would inherit and rightly keep).
         watchers = [subprocess.Popen([HOTPRUNE, "watch", str(run_dir)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                     preexec_fn=as_from_a_terminal)
                     for _ in range(2)]
         while not watchers[1].stdout.readline().startswith("starting"):  # following the logs from here
             assert watchers[1].poll() is None

@@ -11,7 +11,8 @@ from datetime import datetime
 
 import pytest
 
-from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, run_cli, settings, wait_for
+from tests.servicekit import (HOTPRUNE, as_from_a_terminal, assert_clean, events, hotprune, logged, of, run_cli,
+                              settings, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -273,7 +274,7 @@ def test_ctrl_c_at_any_moment_of_start_up_is_one_clean_stop(tmp_path, after_s):
     run_id = f"ctrlc{int(after_s * 10)}"
     proc = subprocess.Popen([HOTPRUNE, "run", *settings(tmp_path, run_id, "epochs=500")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=as_from_a_terminal)
     time.sleep(after_s)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
