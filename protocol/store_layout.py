@@ -20,7 +20,7 @@ from typing import Mapping, NamedTuple
 import msgpack
 import numpy as np
 
-from protocol.codec import WIRE_DTYPES, little_endian
+from hotprune.protocol.codec import WIRE_DTYPES, little_endian
 
 SEGMENT_PREFIX = "hotprune-"  # a run's segment is /dev/shm/hotprune-<run_id>-<hash of its run directory>
 SEGMENT_SUFFIX_LEN = 9  # "-" and 8 hex digits

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from protocol.codec import MessageRejected, check_tensors
+from hotprune.protocol.codec import MessageRejected, check_tensors
 
 
 def trajectory_spec(steps: int, envs: int, obs_dim: int, act_dim: int, discrete: bool, truncations: int):

@@ -30,14 +30,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchkit  # noqa: E402
 
-from protocol.codec import Encoder, check_tensors, decode  # noqa: E402
-from service import rundir  # noqa: E402
-from service.compressor import Compressor  # noqa: E402
-from service.config import load_config  # noqa: E402
-from service.envs import env_spec  # noqa: E402
-from service.policy import actor_arrays, expected_spec, make_actor  # noqa: E402
-from service.process import StopFlag  # noqa: E402
-from service.pruning import Pruner  # noqa: E402
+from hotprune.protocol.codec import Encoder, check_tensors, decode  # noqa: E402
+from hotprune.runs import rundir  # noqa: E402
+from hotprune.roles.compressor import Compressor  # noqa: E402
+from hotprune.config import load_config  # noqa: E402
+from hotprune.envs import env_spec  # noqa: E402
+from hotprune.learning.policy import actor_arrays, expected_spec, make_actor  # noqa: E402
+from hotprune.roles.process import StopFlag  # noqa: E402
+from hotprune.pruning.engine import Pruner  # noqa: E402
 
 SIZES = {"10K": [96, 96], "1M": [1024, 1024], "10M": [3162, 3162]}
 METHODS = ("magnitude", "taylor", "gradient")

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchkit  # noqa: E402
 
-from service import runlog  # noqa: E402
+from hotprune.runs import runlog  # noqa: E402
 
 TARGET, WINDOW = 475.0, 20
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))

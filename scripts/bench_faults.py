@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import benchkit  # noqa: E402
-from service import cleanup, runlog  # noqa: E402
+from hotprune.runs import cleanup, runlog  # noqa: E402
 
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
 EPOCHS = 120

@@ -5,7 +5,7 @@ replaced as the reference.
            batch of 1 and of `envs_per_worker` CartPole observations, for hidden [64, 64], [256, 256]
            and [1024, 1024]: dense, unstructured masks (`weight`: the same shapes, zeros) and neuron-
            pruned (`neuron`: physically smaller matrices, as the store publishes them) at 50/80/90/95%
-           (service.pruning.Pruner, magnitude, every hidden layer to the target), and the torch Actor,
+           (hotprune.pruning.engine.Pruner, magnitude, every hidden layer to the target), and the torch Actor,
            dense, stepped as the worker stepped it before (distribution, sample, log_prob, no_grad).
   rollout  samples/s of `InferenceWorker.rollout` itself (one chunk: the safe-point store check, the
            heartbeat, the policy step, a CartPole vector env of `envs_per_worker`, the episode log
@@ -35,16 +35,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchkit  # noqa: E402
 
-from protocol.store_layout import segment_name  # noqa: E402
-from service import eventlog, rundir  # noqa: E402
-from service.config import load_config  # noqa: E402
-from service.envs import env_spec  # noqa: E402
-from service.policy import actor_arrays, actor_from_tensors, expected_spec, make_actor  # noqa: E402
-from service.process import StopFlag  # noqa: E402
-from service.pruning import Pruner, apply_masks  # noqa: E402
-from service.weight_store import WeightStore  # noqa: E402
-from workers.inference_worker import InferenceWorker  # noqa: E402
-from workers.numpy_policy import NumpyActor  # noqa: E402
+from hotprune.protocol.store_layout import segment_name  # noqa: E402
+from hotprune import eventlog
+from hotprune.runs import rundir  # noqa: E402
+from hotprune.config import load_config  # noqa: E402
+from hotprune.envs import env_spec  # noqa: E402
+from hotprune.learning.policy import actor_arrays, actor_from_tensors, expected_spec, make_actor  # noqa: E402
+from hotprune.roles.process import StopFlag  # noqa: E402
+from hotprune.pruning.engine import Pruner, apply_masks  # noqa: E402
+from hotprune.comms.weight_store import WeightStore  # noqa: E402
+from hotprune.workers.inference_worker import InferenceWorker  # noqa: E402
+from hotprune.workers.numpy_policy import NumpyActor  # noqa: E402
 
 CARTPOLE = env_spec("CartPole-v1")
 DEFAULTS = load_config()

@@ -29,10 +29,10 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchkit  # noqa: E402
 
-from protocol.codec import Encoder  # noqa: E402
-from service import runlog  # noqa: E402
-from service.envs import env_spec  # noqa: E402
-from service.policy import actor_arrays, make_actor  # noqa: E402
+from hotprune.protocol.codec import Encoder  # noqa: E402
+from hotprune.runs import runlog  # noqa: E402
+from hotprune.envs import env_spec  # noqa: E402
+from hotprune.learning.policy import actor_arrays, make_actor  # noqa: E402
 
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
 VARIANTS = {

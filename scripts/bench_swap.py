@@ -55,17 +55,17 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchkit  # noqa: E402
 
-from protocol.codec import Encoder  # noqa: E402
-from service import rundir  # noqa: E402
-from service.config import load_config  # noqa: E402
-from service.envs import env_spec, make_vector_env  # noqa: E402
-from service.policy import actor_arrays, make_actor  # noqa: E402
-from service.process import StopFlag  # noqa: E402
-from protocol.store_layout import segment_name  # noqa: E402
-from service.rundir import store_slot_size  # noqa: E402
-from service.weight_store import WeightStore  # noqa: E402
-from workers.inference_worker import InferenceWorker  # noqa: E402
-from workers.numpy_policy import NumpyActor  # noqa: E402
+from hotprune.protocol.codec import Encoder  # noqa: E402
+from hotprune.runs import rundir  # noqa: E402
+from hotprune.config import load_config  # noqa: E402
+from hotprune.envs import env_spec, make_vector_env  # noqa: E402
+from hotprune.learning.policy import actor_arrays, make_actor  # noqa: E402
+from hotprune.roles.process import StopFlag  # noqa: E402
+from hotprune.protocol.store_layout import segment_name  # noqa: E402
+from hotprune.runs.rundir import store_slot_size  # noqa: E402
+from hotprune.comms.weight_store import WeightStore  # noqa: E402
+from hotprune.workers.inference_worker import InferenceWorker  # noqa: E402
+from hotprune.workers.numpy_policy import NumpyActor  # noqa: E402
 
 SIZES = {"10K": [96, 96], "1M": [1024, 1024], "10M": [3162, 3162]}
 SYSTEMS = ("floor", "floor_shm", "hotprune", "via_compressor", "via_compressor_every", "mp_queue", "sample_factory",
@@ -177,7 +177,7 @@ class Hotprune:
             self.pub.bind(ep.snapshots)
             self.masks = ctx.socket(zmq.PULL)
             self.masks.bind(ep.masks)
-            self.compressor = subprocess.Popen([sys.executable, "-m", "service.compressor", "--run-dir",
+            self.compressor = subprocess.Popen([sys.executable, "-m", "hotprune.roles.compressor", "--run-dir",
                                                 str(self.cfg.run_dir)], stdout=subprocess.DEVNULL)
             deadline = time.monotonic() + 120
             while self.store.version() < 0:  # it takes seconds to start: v0 again until it is in the store

@@ -14,8 +14,8 @@ import argparse
 import statistics
 from pathlib import Path
 
-from service.experiments import welch
-from service.runlog import RunError, load
+from hotprune.commands.experiments import welch
+from hotprune.runs.runlog import RunError, load
 
 
 def steps_and_returns(variant_dir: Path, threshold: float) -> tuple[list[float], list[float], list[bool]]:

@@ -5,7 +5,7 @@ The same as `hotprune experiments ...` (service/experiments.py): runs land in lo
 
 import sys
 
-from service.cli import main
+from hotprune.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["experiments", *sys.argv[1:]]))

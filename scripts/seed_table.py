@@ -14,7 +14,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from service.runlog import RunError, load
+from hotprune.runs.runlog import RunError, load
 
 
 def row(variant: str, seed_dir: Path, threshold: float) -> str | None:

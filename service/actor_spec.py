@@ -1,10 +1,10 @@
 """The actor's (and the critic's) tensor names and shapes, without torch.
 
-`service.policy.Actor` is an MLP whose linear layers are `net.0`, `net.2`, ... (its algorithm's
-activation between each two, service.algorithms); a Gaussian head (PPO, continuous) adds `log_std`,
+`hotprune.learning.policy.Actor` is an MLP whose linear layers are `net.0`, `net.2`, ... (its algorithm's
+activation between each two, hotprune.algorithms); a Gaussian head (PPO, continuous) adds `log_std`,
 a squashed one (SAC) has 2 * act_dim outputs (mean, log std) instead; with observation normalisation
 (`normalize_obs`) it starts with `obs_norm.mean` and `obs_norm.var` (obs_dim each), the running
-statistics the trainer keeps (service.normalize): the MLP's input is clip((obs - mean) / sqrt(var +
+statistics the trainer keeps (hotprune.learning.normalize): the MLP's input is clip((obs - mean) / sqrt(var +
 NORM_EPS), +-NORM_CLIP).
 
 The supervisor sizes the store and the compressor checks and prunes snapshots from this table
@@ -17,13 +17,13 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from service.algorithms import actor_kind
-from service.envs import EnvSpec
+from hotprune.algorithms import actor_kind
+from hotprune.envs import EnvSpec
 
 _LINEAR_WEIGHT = re.compile(r"^net\.(\d+)\.weight$")
 OBS_NORM = ("obs_norm.mean", "obs_norm.var")
 NORM_EPS = 1e-8  # gymnasium's and SB3's epsilon, for observations and rewards alike
-SAC_CRITICS = ("qf1", "qf2")  # SAC's twin Q networks (service.sac), each with a target copy
+SAC_CRITICS = ("qf1", "qf2")  # SAC's twin Q networks (hotprune.learning.sac), each with a target copy
 NORM_CLIP = 10.0  # normalised observations and scaled rewards are clipped to +-this (SB3's VecNormalize, CleanRL)
 
 

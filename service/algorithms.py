@@ -1,5 +1,5 @@
 """The learning algorithms a run may use, and the actor each one trains: the one registry the config's
-`algorithm` choices, the actor's tensor table (service.actor_spec), the torch and numpy actors and
+`algorithm` choices, the actor's tensor table (hotprune.actor_spec), the torch and numpy actors and
 the trainer read. torch-free and import-free, so the config, the supervisor and the workers can ask it.
 
 An actor is an MLP (`net.0`, `net.2`, ...) with one hidden activation and one head:
@@ -23,7 +23,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 @dataclass(frozen=True)
 class Algorithm:
     name: str
-    module: str  # the learner: service.<module>.Learner (imported by the trainer only: torch)
+    module: str  # the learner: hotprune.learning.<module>.Learner (imported by the trainer only: torch)
     activation: str  # between the actor's hidden layers
     discrete_head: str | None  # None: the algorithm needs continuous actions
     continuous_head: str

@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import sys
 import textwrap
 from pathlib import Path
 
 PROCESSES = {
-    "trainer": "service.trainer",
-    "compressor": "service.compressor",
-    "worker": "workers.inference_worker",
+    "trainer": "hotprune.roles.trainer",
+    "compressor": "hotprune.roles.compressor",
+    "worker": "hotprune.workers.inference_worker",
 }
 # The commands that run a torch model. The others (the supervisor, the compressor and the workers above
 # all: every process of a run starts at once, and each torch import is over a second of CPU) never load
@@ -69,7 +68,7 @@ def _version(parser: argparse.ArgumentParser) -> str:
 
 
 def _help_with_settings(parser: argparse.ArgumentParser) -> str:
-    from service.config import settings
+    from hotprune.config import settings
 
     def wrap(text: str, indent: int) -> list[str]:
         return textwrap.wrap(text, width, initial_indent=" " * indent, subsequent_indent=" " * indent,
@@ -110,23 +109,16 @@ def _verbosity_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _verbosity(args: argparse.Namespace) -> int:
-    from service import view
+    from hotprune.runs import view
 
     return view.QUIET if args.quiet else view.VERBOSE if args.verbose else view.NORMAL
 
 
 def main(argv: list[str] | None = None) -> int:
     """Heavy imports (torch, zmq) happen inside: a Ctrl-C while they load is one line, not a traceback."""
-    try:
-        return _main(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:  # before this process installed its own handlers
-        print("hotprune: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
-    finally:
-        # Python restores default handlers while it shuts down, and a SIGTERM then would kill an
-        # already finished process with -15 (as if it had failed).
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+    from hotprune.roles.entry import guarded
+
+    return guarded(lambda: _main(sys.argv[1:] if argv is None else argv))
 
 
 def _main(argv: list[str]) -> int:
@@ -204,16 +196,15 @@ def _main(argv: list[str]) -> int:
         if announced is None:
             return 2
     if args.command in TORCH_COMMANDS:
-        import torch
+        from hotprune.roles.entry import one_torch_thread
 
-        # Many processes share a few cores: one torch thread each keeps them from fighting.
-        torch.set_num_threads(1)
+        one_torch_thread()
     import zmq
 
-    from service.artifacts import ArtifactError
-    from service.config import ConfigError, load_config
-    from service.runlog import RunError
-    from service.weight_store import StoreError
+    from hotprune.runs.artifacts import ArtifactError
+    from hotprune.config import ConfigError, load_config
+    from hotprune.runs.runlog import RunError
+    from hotprune.comms.weight_store import StoreError
 
     try:
         if args.command in PROCESSES:
@@ -222,27 +213,27 @@ def _main(argv: list[str]) -> int:
         if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
         if args.command == "keys":
-            from service import transport_security
+            from hotprune.comms import curve
 
-            print(transport_security.generate(args.dir))
+            print(curve.generate(args.dir))
             return 0
         if getattr(args, "resume", None):
             if args.config or args.set:
                 command.error("--resume continues a run with its own config: no --config or --set")
-            from service.supervisor import Supervisor
+            from hotprune.roles.supervisor import Supervisor
 
             return _supervise(Supervisor.resume(args.resume), _verbosity(args))
         if args.command == "clean":
             return _clean(args.runs_dir)
         cfg = announced or load_config(args.config, args.set)
         if args.command == "init":
-            from service import rundir
+            from hotprune.runs import rundir
 
             run_dir = rundir.prepare(cfg, check_ports=False)
             rundir.point_latest(run_dir)
             print(run_dir)
             return 0
-        from service.supervisor import Supervisor
+        from hotprune.roles.supervisor import Supervisor
 
         return _supervise(Supervisor(cfg), _verbosity(args), header_shown=announced is not None)
     # ZMQError: e.g. a tcp port in use
@@ -257,7 +248,7 @@ def _error(command: str, exc: Exception | str) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from service.config import ConfigError, load_config, to_toml
+    from hotprune.config import ConfigError, load_config, to_toml
 
     try:
         print(to_toml(load_config(args.config, args.set)), end="")
@@ -267,7 +258,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _presets(name: str | None) -> int:
-    from service.config import presets
+    from hotprune.config import presets
 
     shipped = presets()
     if name is not None:
@@ -284,7 +275,7 @@ def _presets(name: str | None) -> int:
 
 
 def _clean(runs_dir: Path) -> int:
-    from service import cleanup
+    from hotprune.runs import cleanup
 
     removed, kept = cleanup.clean(runs_dir)
     for path in removed:
@@ -297,7 +288,7 @@ def _clean(runs_dir: Path) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from service import view
+    from hotprune.runs import view
 
     if not (args.run_dir / "config.toml").is_file():
         return _error(args.command, f"{args.run_dir} is not a hotprune run (no config.toml)")
@@ -307,17 +298,17 @@ def _watch(args: argparse.Namespace) -> int:
 def _announce(args: argparse.Namespace):
     """`hotprune run`: its config, and its first lines printed at once, before torch loads (seconds
     on a busy machine); None after an error in the settings (printed)."""
-    from service import view
-    from service.config import ConfigError, load_config
+    from hotprune.runs import view
+    from hotprune.config import ConfigError, load_config
 
-    from service.artifacts import ArtifactError
+    from hotprune.runs.artifacts import ArtifactError
 
     try:
         cfg = load_config(args.config, args.set)
         if cfg.pruning.mask_file or cfg.init_file:  # checked before anything is written (and only then: gymnasium)
-            from service import ticket_files
+            from hotprune.runs import tickets
 
-            ticket_files.check(cfg)
+            tickets.check(cfg)
     except (ConfigError, ArtifactError) as exc:
         _error(args.command, exc)
         return None
@@ -327,7 +318,7 @@ def _announce(args: argparse.Namespace):
 
 
 def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
-    """`hotprune lth ...`: the lottery-ticket workflow (service.lth), a parser per step."""
+    """`hotprune lth ...`: the lottery-ticket workflow (hotprune.commands.lth), a parser per step."""
     lth = sub.add_parser("lth", help="lottery tickets: train dense, make masks, train the ticket, compare")
     steps = lth.add_subparsers(dest="action", required=True)
     dense = _config_parser(steps, "train-dense", "a dense run that keeps what tickets need: its weights every 10 "
@@ -367,24 +358,24 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
 
 
 def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from service import ticket_files
+    from hotprune.runs import tickets
 
     name = f"lth {args.action}"
     if args.action == "train-dense":
-        args.set = [*ticket_files.TRAIN_DENSE, *args.set]  # yours win
+        args.set = [*tickets.TRAIN_DENSE, *args.set]  # yours win
         announced = _announce(args)
         if announced is None:
             return 2
-        from service.supervisor import Supervisor
+        from hotprune.roles.supervisor import Supervisor
 
         return _supervise(Supervisor(announced), _verbosity(args), header_shown=True)
     import torch
 
     torch.set_num_threads(1)
-    from service import lth
-    from service.artifacts import ArtifactError
-    from service.config import ConfigError
-    from service.runlog import RunError
+    from hotprune.commands import lth
+    from hotprune.runs.artifacts import ArtifactError
+    from hotprune.config import ConfigError
+    from hotprune.runs.runlog import RunError
 
     try:
         if args.action == "create-mask":
@@ -394,16 +385,16 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("\n".join([*layers, *map(str, paths)]))
             return 0
         if args.action == "compare":
-            from service.config import load_config
+            from hotprune.config import load_config
 
             return _experiments("lth_sac" if load_config(None, args.set).algorithm == "sac" else "lth", args)
         if args.config:
             parser.error("a ticket takes the dense run's own settings (its config.toml): change them with --set")
         cfg = lth.ticket_config(args.run_dir, args.mask, args.rewind, args.set)
-        from service import ticket_files, view
-        from service.supervisor import Supervisor
+        from hotprune.runs import tickets, view
+        from hotprune.roles.supervisor import Supervisor
 
-        ticket_files.check(cfg)
+        tickets.check(cfg)
         for line in view.header(cfg, cfg.run_dir):
             print(line, flush=True)
         return _supervise(Supervisor(cfg), _verbosity(args), header_shown=True)
@@ -412,15 +403,15 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
-    """The run, with its console (service.view) drawn from the first line, before any process starts."""
-    from service import view
+    """The run, with its console (hotprune.runs.view) drawn from the first line, before any process starts."""
+    from hotprune.runs import view
 
     with view.showing(supervisor.cfg, supervisor.run_dir, verbosity, header_shown):
         return supervisor.run()
 
 
 def _experiments(experiment: str, args: argparse.Namespace) -> int:
-    from service import experiments
+    from hotprune.commands import experiments
 
     results, failed = experiments.run_grid(experiment, args.seeds, args.root, args.jobs, args.set,
                                            eval_episodes=args.eval_episodes)
@@ -434,9 +425,9 @@ def _experiments(experiment: str, args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     """The commands on finished runs: they read logs, and start no process."""
-    from service import diagnose, evaluate, export, report, show
-    from service.config import ConfigError
-    from service.runlog import load
+    from hotprune.commands import diagnose, evaluate, export, report, show
+    from hotprune.config import ConfigError
+    from hotprune.runs.runlog import load
 
     if args.command == "experiments":
         return _experiments(args.experiment, args)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from protocol.endpoints import SOCKETS, Endpoints, endpoints
-from protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
-from service.algorithms import ALGORITHMS
-from service.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
-from service.schedule import SCHEDULES
+from hotprune.protocol.endpoints import SOCKETS, Endpoints, endpoints
+from hotprune.protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
+from hotprune.algorithms import ALGORITHMS
+from hotprune.pruning.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
+from hotprune.pruning.schedule import SCHEDULES
 
 
 # the shared memory segment hotprune-<run_id>-<hash> is a file name: 255 bytes
@@ -281,7 +281,7 @@ class Config:
     @property
     def distills(self) -> bool:
         """Teacher-student mode with a pruning method and distillation steps: the compressor trains
-        the student the workers run (service.distill)."""
+        the student the workers run (hotprune.learning.distill)."""
         return not self.prune_training_model and self.pruning.method != "none" and self.pruning.distill_steps > 0
 
     @property

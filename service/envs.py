@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from service.config import ConfigError
+from hotprune.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Structured event logs: one JSON line per event, one file per process, under <run_dir>/logs/.
 
 Every line carries ts (ISO 8601 UTC), event, role, pid and run_id. A process started by hand also
-echoes: the human lines of service.console to stdout, warnings and errors to stderr (a warning that
+echoes: the human lines of hotprune.runs.console to stdout, warnings and errors to stderr (a warning that
 repeats only its first few times, then once per interval). Under a supervisor nothing is echoed:
-the supervisor's view (service.view) draws the console of the whole run from these files, so one
+the supervisor's view (hotprune.runs.view) draws the console of the whole run from these files, so one
 process owns the terminal. Arrays never reach a log line whole: they are written as a summary.
 """
 
@@ -22,7 +22,8 @@ import numpy as np
 import structlog
 import structlog.tracebacks
 
-from service import console, liveness
+from hotprune.runs import console
+from hotprune.roles import liveness
 
 
 def log_path(run_dir: Path, role: str, index: int | None = None) -> Path:
@@ -176,7 +177,7 @@ def crashes_logged(log):
 
 class Heartbeat:
     """A `heartbeat` event at most every `every_s` seconds: proof of life, with the caller's counters;
-    and, more often, the liveness ping the supervisor watches for hangs (service.liveness).
+    and, more often, the liveness ping the supervisor watches for hangs (hotprune.roles.liveness).
 
     Call `beat` from the process's busiest loop; it costs a clock read when nothing is due.
     """

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from protocol.endpoints import SOCKETS
-from protocol.store_layout import segment_name
-from service.cli import _main
+from hotprune.protocol.endpoints import SOCKETS
+from hotprune.protocol.store_layout import segment_name
+from hotprune.cli import _main
 
 HOTPRUNE = str(Path(sys.executable).with_name("hotprune"))
 

@@ -11,8 +11,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from service.artifacts import ArtifactError, load, load_policy
-from service.export import load_torch_prune
+from hotprune.runs.artifacts import ArtifactError, load, load_policy
+from hotprune.commands.export import load_torch_prune
 from tests.servicekit import events, hotprune, of, run_cli, settings
 
 pytestmark = pytest.mark.slow

@@ -18,14 +18,14 @@ import pytest
 import torch
 import zmq
 
-from protocol.codec import Encoder, decode
-from protocol.endpoints import endpoints
-from protocol.trajectory import check_trajectory
-from service.envs import env_spec
-from service.policy import actor_arrays, expected_spec, make_actor
-from service.pruning import Pruner, apply_masks, prunable_names
-from protocol.store_layout import segment_name
-from service.weight_store import WeightStore
+from hotprune.protocol.codec import Encoder, decode
+from hotprune.protocol.endpoints import endpoints
+from hotprune.protocol.trajectory import check_trajectory
+from hotprune.envs import env_spec
+from hotprune.learning.policy import actor_arrays, expected_spec, make_actor
+from hotprune.pruning.engine import Pruner, apply_masks, prunable_names
+from hotprune.protocol.store_layout import segment_name
+from hotprune.comms.weight_store import WeightStore
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, run_cli, settings, wait_for
 
 pytestmark = pytest.mark.slow

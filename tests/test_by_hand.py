@@ -24,9 +24,9 @@ def test_processes_started_by_hand_make_the_same_service(tmp_path):
 
     args = ["--run-dir", str(run_dir)]
     others = [
-        subprocess.Popen([sys.executable, "-m", "service.compressor", *args]),
+        subprocess.Popen([sys.executable, "-m", "hotprune.roles.compressor", *args]),
         subprocess.Popen([HOTPRUNE, "worker", *args, "--index", "0"]),
-        subprocess.Popen([sys.executable, "-m", "workers.inference_worker", *args, "--index", "1"]),
+        subprocess.Popen([sys.executable, "-m", "hotprune.workers.inference_worker", *args, "--index", "1"]),
     ]
     try:
         trainer = subprocess.run([HOTPRUNE, "trainer", *args], capture_output=True, text=True, timeout=120)

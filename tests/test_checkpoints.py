@@ -10,11 +10,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from service import checkpoints, liveness, runlog
-from service.envs import env_spec
-from service.policy import make_actor, make_critic
-from service.process import StopFlag, load_run_config
-from service.trainer import Trainer
+from hotprune.learning import checkpoints
+from hotprune.roles import liveness
+from hotprune.runs import runlog
+from hotprune.envs import env_spec
+from hotprune.learning.policy import make_actor, make_critic
+from hotprune.roles.process import StopFlag, load_run_config
+from hotprune.roles.trainer import Trainer
 from tests.servicekit import hotprune, logged, settings
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import _posixshmem
 import pytest
 
-from service import cleanup, rundir
-from service.config import ConfigError, load_config
+from hotprune.runs import cleanup, rundir
+from hotprune.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def test_a_process_started_with_run_dir_belongs_to_that_run_wherever_it_was_star
 def test_the_recorded_supervisor_counts_only_while_that_very_process_lives(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    supervisor = sleeper(code=f"from pathlib import Path\nfrom service import cleanup\n"
+    supervisor = sleeper(code=f"from pathlib import Path\nfrom hotprune.runs import cleanup\n"
                               f"cleanup.record_supervisor(Path({str(run_dir)!r}))")
     pid_file = run_dir / cleanup.PID_FILE
     recorded = pid_file.read_text()

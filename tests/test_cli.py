@@ -10,8 +10,8 @@ from importlib.metadata import version
 
 import pytest
 
-from service.cli import _main
-from service.config import load_config, settings, to_toml
+from hotprune.cli import _main
+from hotprune.config import load_config, settings, to_toml
 
 
 def hotprune(capsys, *argv: str) -> tuple[int, str, str]:
@@ -96,9 +96,9 @@ def test_version_comes_from_the_package_metadata(capsys):
 
 
 @pytest.mark.parametrize("argv, absent", [
-    (["--help"], ("torch", "zmq", "numpy", "service.config")),
+    (["--help"], ("torch", "zmq", "numpy", "hotprune.config")),
     (["--version"], ("torch", "zmq", "numpy")),
-    (["run", "--help"], ("torch", "zmq")),  # the settings come from service.config, which needs numpy
+    (["run", "--help"], ("torch", "zmq")),  # the settings come from hotprune.config, which needs numpy
     (["config", "show"], ("torch", "zmq")),
     (["presets"], ("torch", "zmq")),
     (["compressor", "--help"], ("torch",)),  # it prunes numpy arrays: start-up is one torch import less
@@ -106,7 +106,7 @@ def test_version_comes_from_the_package_metadata(capsys):
 ])
 def test_the_cli_answers_without_importing_torch(argv, absent):
     """What makes `hotprune --help` take 0.1 s rather than 2 (measured in the README, not here)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "service.cli", *argv],
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "hotprune.cli", *argv],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     trace = [line for line in result.stderr.splitlines() if line.startswith("import time")]

@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from protocol.codec import (
+from hotprune.protocol.codec import (
     MAX_BUFFERS,
     MAX_HEADER_BYTES,
     MAX_SENDER_CHARS,
@@ -20,7 +20,7 @@ from protocol.codec import (
     check_tensors,
     decode,
 )
-from protocol.trajectory import check_trajectory, check_trajectory_fields, trajectory_spec
+from hotprune.protocol.trajectory import check_trajectory, check_trajectory_fields, trajectory_spec
 from tests.arrays import assert_same_tensors
 
 RUN = "run-7"

@@ -5,9 +5,9 @@ import tomllib
 
 import pytest
 
-from service import rundir
-from service.config import Config, ConfigError, load_config, presets, to_toml
-from service.envs import env_spec
+from hotprune.runs import rundir
+from hotprune.config import Config, ConfigError, load_config, presets, to_toml
+from hotprune.envs import env_spec
 
 
 def write(tmp_path, text, name="run.toml"):
@@ -185,7 +185,7 @@ def test_out_of_range_values_are_rejected(override, key):
 
 
 def test_pruning_choices_come_from_the_criteria_registry():
-    from service.criteria import CRITERIA
+    from hotprune.pruning.criteria import CRITERIA
 
     for name in CRITERIA:
         assert load_config(overrides=[f"pruning.method={name}"]).pruning.method == name
@@ -420,7 +420,7 @@ def test_bad_sac_settings_are_refused_with_the_key_the_value_and_what_is_allowed
 
 
 def test_algorithm_choices_come_from_the_algorithm_registry():
-    from service.algorithms import ALGORITHMS
+    from hotprune.algorithms import ALGORITHMS
 
     with pytest.raises(ConfigError) as info:
         load_config(overrides=["algorithm=dqn"])

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from service import console, eventlog, view
+from hotprune.runs import console, view
+from hotprune import eventlog
 from tests.servicekit import HOTPRUNE, as_from_a_terminal, assert_clean, hotprune, logged, settings, wait_for
 
 WIDEST_EPOCH = {  # every field at the widest a run can make it

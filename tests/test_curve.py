@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import zmq
 
-from protocol.codec import Encoder
-from service import eventlog, rundir, transport_security
-from service.config import ConfigError, load_config
-from service.transport_security import RefusalLog, SocketSecurity
+from hotprune.protocol.codec import Encoder
+from hotprune import eventlog
+from hotprune.runs import rundir
+from hotprune.comms import curve
+from hotprune.config import ConfigError, load_config
+from hotprune.comms.curve import RefusalLog, SocketSecurity
 from tests.servicekit import (HOTPRUNE, assert_clean, events, free_base_port, hotprune, logged, of, settings,
                               wait_for)
 
@@ -62,24 +64,24 @@ def no_keys(reasons: set[str]) -> bool:
 
 
 def test_generated_keys_are_private_and_load_as_two_distinct_matching_pairs(tmp_path):
-    directory = transport_security.generate(tmp_path / "deep" / "keys")
+    directory = curve.generate(tmp_path / "deep" / "keys")
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert sorted(p.name for p in directory.iterdir()) == [
         "client.key", "client.key_secret", "server.key", "server.key_secret"]
     for secret in directory.glob("*.key_secret"):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    keys = transport_security.load(directory)
+    keys = curve.load(directory)
     assert zmq.curve_public(keys.server_secret) == keys.server_public
     assert zmq.curve_public(keys.client_secret) == keys.client_public
     assert keys.server_public != keys.client_public
-    assert transport_security.load(transport_security.generate(tmp_path / "other")) != keys  # fresh every time
+    assert curve.load(curve.generate(tmp_path / "other")) != keys  # fresh every time
     assert f'public-key = "{keys.server_public.decode()}"' in (directory / "server.key").read_text()  # text, no pickle
 
 
 def test_keys_never_go_into_an_existing_directory(tmp_path):
     (tmp_path / "keys").mkdir()
     with pytest.raises(ConfigError, match="already exists"):
-        transport_security.generate(tmp_path / "keys")
+        curve.generate(tmp_path / "keys")
 
 
 def _replace_secret(text: str, secret: str) -> str:
@@ -98,10 +100,10 @@ def _replace_secret(text: str, secret: str) -> str:
      "malformed: its secret key is not the secret of its public key"),
 ])
 def test_a_bad_key_file_is_one_clear_line(tmp_path, damage, message):
-    directory = transport_security.generate(tmp_path / "keys")
+    directory = curve.generate(tmp_path / "keys")
     damage(directory / "client.key_secret")
     with pytest.raises(ConfigError) as info:
-        transport_security.load(directory)
+        curve.load(directory)
     assert message in str(info.value) and "client.key_secret" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -111,16 +113,16 @@ def test_a_tcp_run_directory_gets_its_own_keys_and_an_ipc_one_none(tmp_path):
                                                      *extra]))
 
     one, two = prepared("one", *tcp()), prepared("two", *tcp())
-    assert transport_security.load(one / "keys") != transport_security.load(two / "keys")
+    assert curve.load(one / "keys") != curve.load(two / "keys")
     assert not (prepared("ipc") / "keys").exists()
 
 
 def test_a_key_set_copied_in_before_the_run_directory_is_prepared_is_kept(tmp_path):
-    shared = transport_security.load(transport_security.generate(tmp_path / "shared"))
+    shared = curve.load(curve.generate(tmp_path / "shared"))
     shutil.copytree(tmp_path / "shared", tmp_path / "runs" / "multi" / "keys")
     run_dir = rundir.prepare(load_config(overrides=[f"runs_dir={json.dumps(str(tmp_path / 'runs'))}",
                                                     "run_id=multi", *tcp()]))
-    assert transport_security.load(run_dir / "keys") == shared
+    assert curve.load(run_dir / "keys") == shared
 
 
 # --- the handshake, in this process -----------------------------------------------------------
@@ -131,7 +133,7 @@ def test_only_the_runs_client_key_gets_through_and_every_other_peer_is_logged(tm
     refused on a mechanism mismatch, or it notices the mismatch first and hangs up mid-handshake."""
     cfg = load_config(overrides=[f"runs_dir={json.dumps(str(tmp_path))}", "run_id=gate", *tcp()])
     run_dir = rundir.prepare(cfg)
-    keys, ep = transport_security.load(run_dir / "keys"), cfg.endpoints()
+    keys, ep = curve.load(run_dir / "keys"), cfg.endpoints()
     server_ctx, client_ctx = zmq.Context(), zmq.Context()
     log = eventlog.setup(run_dir, cfg.run_id, "trainer")
     server = SocketSecurity(cfg, server_ctx, log)
@@ -257,7 +259,7 @@ def test_peers_without_the_runs_keys_get_nothing_in_and_nothing_out_and_the_run_
     ctx = zmq.Context()
     try:
         wait_for(lambda: logged(run_dir, "trainer", "epoch"), timeout=90, what="the first epoch")
-        keys = transport_security.load(run_dir / "keys")
+        keys = curve.load(run_dir / "keys")
         ep = load_config(run_dir / "config.toml").endpoints()
         own = (keys.client_public, keys.client_secret)
         listeners = {
@@ -307,16 +309,16 @@ def test_hotprune_keys_makes_a_set_a_run_can_use_and_refuses_to_overwrite(tmp_pa
     made = hotprune("keys", str(tmp_path / "shared"), timeout=60)
     assert made.returncode == 0, made.stderr
     assert Path(made.stdout.strip()) == tmp_path / "shared"
-    shared = transport_security.load(tmp_path / "shared")
+    shared = curve.load(tmp_path / "shared")
     again = hotprune("keys", str(tmp_path / "shared"), timeout=60)
     assert again.returncode == 2 and again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
-    assert transport_security.load(tmp_path / "shared") == shared  # untouched
+    assert curve.load(tmp_path / "shared") == shared  # untouched
 
     # The multi-host recipe of the README: the set copied (modes kept) into the run directory first.
     shutil.copytree(tmp_path / "shared", tmp_path / "runs" / "multi" / "keys")
     init = hotprune("init", *settings(tmp_path, "multi", *tcp()), timeout=60)
     assert init.returncode == 0, init.stderr
-    assert transport_security.load(Path(init.stdout.strip()) / "keys") == shared
+    assert curve.load(Path(init.stdout.strip()) / "keys") == shared
 
     # A process started against a damaged set fails at start with one line.
     secret = tmp_path / "runs" / "multi" / "keys" / "server.key_secret"

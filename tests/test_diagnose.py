@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.diagnose import diagnose
-from service.runlog import RunError, load
+from hotprune.commands.diagnose import diagnose
+from hotprune.runs.runlog import RunError, load
 from tests.servicekit import hotprune, run_cli, settings
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from service import artifacts
-from service.distill import Distiller
-from service.envs import env_spec
-from service.policy import actor_arrays, expected_spec, make_actor
-from service.pruning import Masks, Pruner
+from hotprune.runs import artifacts
+from hotprune.learning.distill import Distiller
+from hotprune.envs import env_spec
+from hotprune.learning.policy import actor_arrays, expected_spec, make_actor
+from hotprune.pruning.engine import Masks, Pruner
 from tests.servicekit import assert_clean, hotprune, logged, settings
 
 

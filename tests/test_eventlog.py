@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from service import eventlog
+from hotprune import eventlog
 
 
 def test_a_crash_is_logged_with_its_frames_but_no_locals_and_raised_on(tmp_path):

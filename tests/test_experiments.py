@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import experiments, report
-from service.config import ConfigError
-from service.runlog import load
+from hotprune.commands import experiments, report
+from hotprune.config import ConfigError
+from hotprune.runs.runlog import load
 from tests.servicekit import SMALL, hotprune, run_cli
 
 pytestmark = pytest.mark.slow

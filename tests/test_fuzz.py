@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import (
+from hotprune.protocol.codec import (
     ENVELOPE_FIELDS,
     INT64_MAX,
     INT64_MIN,
@@ -32,7 +32,7 @@ from protocol.codec import (
     decode,
     shown,
 )
-from protocol.trajectory import check_trajectory, check_trajectory_fields
+from hotprune.protocol.trajectory import check_trajectory, check_trajectory_fields
 
 FUZZ = settings(max_examples=int(os.environ.get("HOTPRUNE_FUZZ_EXAMPLES", "300")), deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import zmq
 
-from protocol.codec import Encoder
-from protocol.endpoints import endpoints
-from service import eventlog
+from hotprune.protocol.codec import Encoder
+from hotprune.protocol.endpoints import endpoints
+from hotprune import eventlog
 from tests.servicekit import HOTPRUNE, assert_clean, events, logged, of, settings, wait_for
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import zmq
 
-from protocol.codec import decode
-from service.process import StopFlag, load_run_config
-from service.trainer import Trainer
+from hotprune.protocol.codec import decode
+from hotprune.roles.process import StopFlag, load_run_config
+from hotprune.roles.trainer import Trainer
 from tests.servicekit import hotprune, settings
 
 

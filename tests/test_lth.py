@@ -12,12 +12,14 @@ import pytest
 import safetensors.numpy
 import torch
 
-from service import artifacts, lth, ppo, sac
-from service.config import ConfigError, load_config, to_toml
-from service.envs import env_spec
-from service.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides, lth_mask, plan
-from service.policy import make_actor, make_critic
-from service.pruning import Pruner
+from hotprune.runs import artifacts
+from hotprune.commands import lth
+from hotprune.learning import ppo, sac
+from hotprune.config import ConfigError, load_config, to_toml
+from hotprune.envs import env_spec
+from hotprune.commands.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides, lth_mask, plan
+from hotprune.learning.policy import make_actor, make_critic
+from hotprune.pruning.engine import Pruner
 from tests.servicekit import events, hotprune, of, run_cli, settings
 
 HIDDEN = [16, 16]
@@ -127,7 +129,7 @@ def test_create_mask_prunes_exactly_the_planned_count_of_actor_and_critic_and_wr
 def test_saliency_masks_are_the_pruning_engines_on_the_gradients_of_ppos_loss_and_differ_from_magnitude(tmp_path):
     run = kept_run(tmp_path)
     cfg = lth.run_config(run)
-    weights, _ = lth.ticket_files.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
+    weights, _ = lth.tickets.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
     grads = lth.gradient_statistics(cfg, weights, lth.load_transitions(run, cfg), 4, 64, {})
     spec = {n: ("float32", a.shape) for n, a in weights["actor"].items()}
     made = {}
@@ -302,20 +304,20 @@ def test_files_without_a_part_prefix_are_the_actors_and_the_critic_table_is_torc
     cfg = load_config(None, ["ppo.hidden_sizes=16,16"])
     keep = {"net.0.weight": np.ones((16, 4), bool)}  # a run's own masks.safetensors names the actor's tensors so
     artifacts.save(tmp_path / "masks.safetensors", keep, env_id="CartPole-v1")
-    parts, _ = lth.ticket_files.read(tmp_path / "masks.safetensors", "mask file", cfg, "bool")
+    parts, _ = lth.tickets.read(tmp_path / "masks.safetensors", "mask file", cfg, "bool")
     assert set(parts["actor"]) == {"net.0.weight"} and parts["critic"] == {}
     critic = make_critic(env_spec("CartPole-v1"), [16, 16])
-    assert lth.ticket_files.model_shapes(cfg)["critic"] == {n: tuple(t.shape) for n, t in critic.state_dict().items()}
+    assert lth.tickets.model_shapes(cfg)["critic"] == {n: tuple(t.shape) for n, t in critic.state_dict().items()}
     normalized = load_config(None, ["ppo.hidden_sizes=16,16", "normalize_obs=true"])
     actor = make_actor(env_spec("CartPole-v1"), [16, 16], True)
     critic = make_critic(env_spec("CartPole-v1"), [16, 16], actor.obs_norm)
-    assert lth.ticket_files.model_shapes(normalized)["critic"] == {n: tuple(t.shape)
+    assert lth.tickets.model_shapes(normalized)["critic"] == {n: tuple(t.shape)
                                                                   for n, t in critic.state_dict().items()}
     for normalize in ("false", "true"):  # SAC's: twin critics and their targets, as the learner holds them
         cfg = load_config(None, ["env_id=Pendulum-v1", "algorithm=sac", "sac.hidden_sizes=16,16",
                                  f"normalize_obs={normalize}"])
         learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
-        shapes = lth.ticket_files.model_shapes(cfg)
+        shapes = lth.tickets.model_shapes(cfg)
         assert shapes["critic"] == {n: tuple(t.shape) for n, t in learner.ticket_critic.state_dict().items()}
         assert shapes["actor"] == {n: tuple(t.shape) for n, t in learner.actor.state_dict().items()}
 
@@ -357,7 +359,7 @@ def test_masks_that_cut_off_an_input_say_so_and_a_critic_blind_to_its_action_is_
 def test_sac_saliency_is_the_actor_loss_for_the_actor_and_the_critic_loss_for_the_critics(tmp_path):
     run = kept_sac_run(tmp_path)
     cfg = lth.run_config(run)
-    weights, meta = lth.ticket_files.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
+    weights, meta = lth.tickets.read(lth.weights_path(run, EPOCHS), "weights", cfg, "float32")
     batches = lth.load_transitions(run, cfg)
     assert len(batches) == 2  # keep_transitions=2: the replay buffer's newest two epochs
     grads = lth.gradient_statistics(cfg, weights, batches, 1, 64, meta)

@@ -1,4 +1,4 @@
-"""Observation and reward normalisation: the statistics (service.normalize), the actor that carries
+"""Observation and reward normalisation: the statistics (hotprune.learning.normalize), the actor that carries
 them (torch and numpy alike), and a real run that trains with them, ships them to the workers and
 keeps them in its policy file and checkpoint."""
 
@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from service import artifacts, checkpoints
-from service.actor_spec import NORM_CLIP, OBS_NORM, actor_spec
-from service.envs import env_spec
-from service.export import export, load_torch_prune
-from service.normalize import RewardScaler, RunningMeanStd
-from service.policy import actor_arrays, expected_spec, make_actor, make_critic
+from hotprune.runs import artifacts
+from hotprune.learning import checkpoints
+from hotprune.actor_spec import NORM_CLIP, OBS_NORM, actor_spec
+from hotprune.envs import env_spec
+from hotprune.commands.export import export, load_torch_prune
+from hotprune.learning.normalize import RewardScaler, RunningMeanStd
+from hotprune.learning.policy import actor_arrays, expected_spec, make_actor, make_critic
 from tests.servicekit import events, hotprune, of, settings
-from workers.numpy_policy import NumpyActor
+from hotprune.workers.numpy_policy import NumpyActor
 
 PENDULUM = env_spec("Pendulum-v1")
 

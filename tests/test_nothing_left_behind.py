@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.endpoints import SOCKETS
-from protocol.store_layout import segment_name
+from hotprune.protocol.endpoints import SOCKETS
+from hotprune.protocol.store_layout import segment_name
 from tests.servicekit import (HOTPRUNE, alive, assert_clean, hotprune, logged, processes_mentioning,
                               resource_tracker, settings, socket_files, wait_for)
 

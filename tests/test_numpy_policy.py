@@ -1,14 +1,14 @@
-"""The workers' numpy actor (workers.numpy_policy) against the torch actor it replaces: the same
+"""The workers' numpy actor (hotprune.workers.numpy_policy) against the torch actor it replaces: the same
 log-probabilities, samples that follow the distribution, seeded, and malformed tensors refused."""
 
 import numpy as np
 import pytest
 import torch
 
-from service.envs import EnvSpec, env_spec
-from service.policy import Actor, actor_arrays, actor_from_tensors, expected_spec, make_actor
-from service.pruning import Pruner, apply_masks
-from workers.numpy_policy import NumpyActor
+from hotprune.envs import EnvSpec, env_spec
+from hotprune.learning.policy import Actor, actor_arrays, actor_from_tensors, expected_spec, make_actor
+from hotprune.pruning.engine import Pruner, apply_masks
+from hotprune.workers.numpy_policy import NumpyActor
 
 torch.set_num_threads(1)
 

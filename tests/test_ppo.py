@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.ppo import Batch, advantages
+from hotprune.learning.ppo import Batch, advantages
 
 torch.set_num_threads(1)
 VALUE = 10.0

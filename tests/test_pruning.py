@@ -1,4 +1,4 @@
-"""The pruning engine (service.pruning): oracles against torch.nn.utils.prune, criteria, exact counts,
+"""The pruning engine (hotprune.pruning.engine): oracles against torch.nn.utils.prune, criteria, exact counts,
 nesting, ERK, whole-neuron removal, failures, and the statistics the compressor logs."""
 
 import numpy as np
@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.utils import prune
 
-from service.criteria import CRITERIA
-from service.envs import EnvSpec
-from service.policy import actor_arrays, actor_from_tensors, expected_spec, linear_weight_names, make_actor
-from service.pruning import (
+from hotprune.pruning.criteria import CRITERIA
+from hotprune.envs import EnvSpec
+from hotprune.learning.policy import actor_arrays, actor_from_tensors, expected_spec, linear_weight_names, make_actor
+from hotprune.pruning.engine import (
     CompressionFailed,
     Masks,
     Pruner,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import zmq
 
-from protocol.codec import decode
-from protocol.endpoints import endpoints
-from service.pruning import prunable_names
+from hotprune.protocol.codec import decode
+from hotprune.protocol.endpoints import endpoints
+from hotprune.pruning.engine import prunable_names
 from tests.servicekit import assert_clean, events, hotprune, of, settings
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from service.config import settings
+from hotprune.config import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -41,7 +41,7 @@ def test_the_readme_config_table_is_the_one_the_config_makes():
 
 def test_every_logged_event_is_in_the_readme_event_table():
     logged = set()
-    for path in [*ROOT.glob("service/*.py"), *ROOT.glob("workers/*.py")]:
+    for path in [*ROOT.glob("service/**/*.py"), *ROOT.glob("workers/*.py")]:
         logged |= set(re.findall(r"\.(?:info|warning|error)\(\s*\"([a-z_]+)\"", path.read_text()))
     table = section("Reading the logs")
     missing = sorted(e for e in logged if f"`{e}`" not in table)

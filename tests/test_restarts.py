@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from service import artifacts, checkpoints, runlog
+from hotprune.runs import artifacts, runlog
+from hotprune.learning import checkpoints
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, run_cli, settings, wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""SAC (service.sac) without processes: the replay buffer, transitions from chunks, Polyak targets,
+"""SAC (hotprune.learning.sac) without processes: the replay buffer, transitions from chunks, Polyak targets,
 masks of actor and critics kept at exactly +0.0 through its steps, gradient statistics from replay
 batches, and a checkpoint that continues exactly."""
 
@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from service import checkpoints
-from service.chunks import Batch
-from service.config import load_config
-from service.critic_masks import CriticMasks
-from service.envs import env_spec
-from service.gradient_stats import GradientStats
-from service.pruning import pruner_for
-from service.policy import actor_arrays, expected_spec
-from service.sac import Learner, ReplayBuffer
-from service.training_masks import TrainingMasks
+from hotprune.learning import checkpoints
+from hotprune.learning.chunks import Batch
+from hotprune.config import load_config
+from hotprune.learning.critic_masks import CriticMasks
+from hotprune.envs import env_spec
+from hotprune.learning.gradient_stats import GradientStats
+from hotprune.pruning.engine import pruner_for
+from hotprune.learning.policy import actor_arrays, expected_spec
+from hotprune.learning.sac import Learner, ReplayBuffer
+from hotprune.learning.training_masks import TrainingMasks
 
 torch.set_num_threads(1)
 PENDULUM = env_spec("Pendulum-v1")

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from service import checkpoints, runlog
-from service.config import load_config
-from service.envs import env_spec
-from service.evaluate import evaluate
-from service.policy import actor_arrays, make_actor
-from workers.inference_worker import InferenceWorker
-from workers.numpy_policy import NumpyActor
+from hotprune.learning import checkpoints
+from hotprune.runs import runlog
+from hotprune.config import load_config
+from hotprune.envs import env_spec
+from hotprune.commands.evaluate import evaluate
+from hotprune.learning.policy import actor_arrays, make_actor
+from hotprune.workers.inference_worker import InferenceWorker
+from hotprune.workers.numpy_policy import NumpyActor
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, settings, wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,11 +1,11 @@
-"""The compression schedule (service.schedule): the planned steps and which one a snapshot serves."""
+"""The compression schedule (hotprune.pruning.schedule): the planned steps and which one a snapshot serves."""
 
 from itertools import pairwise
 
 import pytest
 
-from service.config import load_config
-from service.schedule import Schedule, Step, plan, scheduled_sparsity
+from hotprune.config import load_config
+from hotprune.pruning.schedule import Schedule, Step, plan, scheduled_sparsity
 
 
 def config(*overrides):

@@ -9,8 +9,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from protocol.endpoints import MAX_IPC_PATH, SOCKETS, Endpoints, endpoints, socket_dir
-from protocol.store_layout import (
+from hotprune.protocol.endpoints import MAX_IPC_PATH, SOCKETS, Endpoints, endpoints, socket_dir
+from hotprune.protocol.store_layout import (
     ALIGN,
     HEADER,
     HEADER_SIZE,

@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from service.config import PPOConfig
-from service.envs import EnvSpec
-from service.gradient_stats import GradientStats
-from service.policy import actor_arrays, actor_from_tensors, expected_spec, make_actor, make_critic
-from service.ppo import Batch, update
-from service.pruning import Pruner, apply_masks, prunable_names
-from service.training_masks import TrainingMasks
-from service.update_hooks import UpdateHooks
+from hotprune.config import PPOConfig
+from hotprune.envs import EnvSpec
+from hotprune.learning.gradient_stats import GradientStats
+from hotprune.learning.policy import actor_arrays, actor_from_tensors, expected_spec, make_actor, make_critic
+from hotprune.learning.ppo import Batch, update
+from hotprune.pruning.engine import Pruner, apply_masks, prunable_names
+from hotprune.learning.training_masks import TrainingMasks
+from hotprune.learning.hooks import UpdateHooks
 
 torch.set_num_threads(1)
 

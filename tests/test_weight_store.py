@@ -14,12 +14,12 @@ from multiprocessing import shared_memory
 import numpy as np
 import pytest
 
-from protocol import store_layout as layout
-from service import rundir
-from service.actor_spec import actor_spec
-from service.config import load_config
-from service.envs import env_spec
-from service.weight_store import StoreError, WeightStore, structure_id
+from hotprune.protocol import store_layout as layout
+from hotprune.runs import rundir
+from hotprune.actor_spec import actor_spec
+from hotprune.config import load_config
+from hotprune.envs import env_spec
+from hotprune.comms.weight_store import StoreError, WeightStore, structure_id
 from tests.arrays import assert_same_tensors
 
 SLOT_SIZE = 64 * 1024
@@ -532,7 +532,7 @@ def test_attach_gives_up_when_cancelled():
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_the_store_is_sized_for_the_dense_actor_from_a_table_computed_without_torch(env_id):
     # Imported here: a spawned child of the tests above imports this module, and torch would cost it seconds.
-    from service.policy import actor_arrays, expected_spec, make_actor
+    from hotprune.learning.policy import actor_arrays, expected_spec, make_actor
 
     cfg = load_config(overrides=[f"env_id={env_id}", "ppo.hidden_sizes=[32, 16]"])
     actor = make_actor(env_spec(env_id), [32, 16])

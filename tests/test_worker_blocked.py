@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import zmq
 
-from protocol.codec import Encoder, decode
-from service.config import load_config
-from service.envs import env_spec
-from service.policy import actor_arrays, make_actor
-from protocol.store_layout import segment_name
-from service.rundir import store_slot_size
-from service.weight_store import WeightStore
+from hotprune.protocol.codec import Encoder, decode
+from hotprune.config import load_config
+from hotprune.envs import env_spec
+from hotprune.learning.policy import actor_arrays, make_actor
+from hotprune.protocol.store_layout import segment_name
+from hotprune.runs.rundir import store_slot_size
+from hotprune.comms.weight_store import WeightStore
 from tests.servicekit import HOTPRUNE, hotprune, logged, settings, wait_for
 
 pytestmark = pytest.mark.slow

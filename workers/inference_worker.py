@@ -11,32 +11,31 @@ it has taken, so the policy lag stays bounded in versions whatever the chunk and
 sync mode it sends that share of each version, then pauses until the next version is in the store:
 no env step is thrown away.
 
-The policy runs in numpy (`workers.numpy_policy`), on one BLAS thread: the worker never imports torch,
+The policy runs in numpy (`hotprune.workers.numpy_policy`), on one BLAS thread: the worker never imports torch,
 which would cost it over a second of CPU at start-up, when every process of the run starts at once.
 
-Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m workers.inference_worker ...`.
+Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m hotprune.workers.inference_worker ...`.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 import zmq
 from threadpoolctl import threadpool_limits
 
-from protocol.codec import Encoder, MessageRejected, decode
-from service import eventlog
-from service.actor_spec import actor_spec
-from service.config import Config, ConfigError
-from service.envs import clip_actions, env_spec, make_vector_env
-from service.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
-from service.pruning import prunable_names, sparsity_of_counts
-from service.transport_security import SocketSecurity
-from protocol.store_layout import segment_name
-from service.weight_store import StoreError, WeightStore
-from workers.numpy_policy import NumpyActor
+from hotprune.protocol.codec import Encoder, MessageRejected, decode
+from hotprune import eventlog
+from hotprune.actor_spec import actor_spec
+from hotprune.config import Config, ConfigError
+from hotprune.envs import clip_actions, env_spec, make_vector_env
+from hotprune.roles.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
+from hotprune.pruning.engine import prunable_names, sparsity_of_counts
+from hotprune.comms.curve import SocketSecurity
+from hotprune.protocol.store_layout import segment_name
+from hotprune.comms.weight_store import StoreError, WeightStore
+from hotprune.workers.numpy_policy import NumpyActor
 
 
 READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
@@ -328,6 +327,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from service.cli import main as cli_main
+    from hotprune.roles.entry import role_main
 
-    sys.exit(cli_main(["worker", *sys.argv[1:]]))
+    role_main(main)

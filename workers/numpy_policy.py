@@ -3,7 +3,7 @@
 Every process of a run starts at once on a few cores, and `import torch` would cost a worker over a
 second of CPU and about 250 MB for a small MLP and a sample; torch's distribution objects were most
 of its policy step, too (at batch 4 and 64-64, about 180 of 220 µs). The function is
-`service.policy.Actor`'s: linear layers `net.0`, `net.2`, ... with the algorithm's activation (tanh
+`hotprune.learning.policy.Actor`'s: linear layers `net.0`, `net.2`, ... with the algorithm's activation (tanh
 for PPO, ReLU for SAC) between each two, then Categorical(logits), Normal(mean, exp(log_std)) or SAC's
 squashed Gaussian (tanh(mean + std * eps) rescaled to the action box, its log-probability with the
 tanh correction), log-probabilities summed over the action dimensions; a policy trained with
@@ -19,12 +19,12 @@ from typing import Mapping
 
 import numpy as np
 
-from service.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_names
-from service.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
-from service.envs import EnvSpec
+from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_names
+from hotprune.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
+from hotprune.envs import EnvSpec
 
 LOG_SQRT_2PI = np.float32(0.5 * np.log(2 * np.pi))
-SQUASH_EPS = np.float32(1e-6)  # as service.policy's
+SQUASH_EPS = np.float32(1e-6)  # as hotprune.learning.policy's
 LOG_2 = np.float32(np.log(2))
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0, out=x)}
 
@@ -88,7 +88,7 @@ class NumpyActor:
 
     def squash(self, x: np.ndarray, gaussian_logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """tanh(x) * scale + bias, and its log-probability from x's (per dimension) with the tanh
-        correction log(scale) + 2 (log 2 - x - softplus(-2x)), as service.policy's."""
+        correction log(scale) + 2 (log 2 - x - softplus(-2x)), as hotprune.learning.policy's."""
         log_det = np.log(self.action_scale) + 2 * (LOG_2 - x - np.logaddexp(np.float32(0), -2 * x))
         return np.tanh(x) * self.action_scale + self.action_bias, (gaussian_logp - log_det).sum(axis=-1)
 

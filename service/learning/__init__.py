@@ -1,0 +1,1 @@
+"""Learning, in torch: the policy, PPO, SAC, update hooks, masked training, normalisation, distillation, checkpoints."""

@@ -1,0 +1,94 @@
+"""Trainer checkpoints: what a trainer needs to go on after a crash, in one safetensors file.
+
+runs/<id>/checkpoint.safetensors is rewritten atomically (hotprune.runs.artifacts.save: a temporary file,
+then a rename) at epoch 0, every `checkpoint_every` epochs, after the last epoch, and when a trainer
+resumes. It is written before that epoch's snapshot is published, so a resumed trainer knows an upper
+bound on the versions its lost epochs published, and starts above it: workers never swap backwards.
+
+Tensors: the algorithm's modules' parameters (PPO: `actor.<name>`, `critic.<name>`; SAC: also
+`qf1.`, `qf2.` and their `_target`s), its optimizers' state (PPO: `adam.<param index>.<key>`; SAC:
+`adam_actor.`, `adam_q.`, `adam_alpha.`) and what else it keeps (SAC: `log_alpha`), the training
+masks (`mask.<name>`, True = kept; SAC's critic masks `critic_mask.<critic>.<name>`), the RNG states
+(`rng.torch`, `rng.generator`) and the swap latencies so far. Metadata (JSON): the run, environment
+and model it belongs to, and the trainer's counters and epoch records. Not `torch.save`: that is a
+pickle, and nothing hotprune writes is one; `safetensors.torch.load_file` reads it without running
+any code, which is what `weights_only` loading is for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from hotprune.runs import artifacts
+from hotprune.runs.artifacts import CHECKPOINT
+
+
+class CheckpointError(artifacts.ArtifactError):
+    """No usable checkpoint: missing, unreadable, or from another run or model."""
+
+
+def path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT
+
+
+def state_tensors(modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+                  generator: torch.Generator) -> dict[str, np.ndarray]:
+    """The learning state as named arrays: each module's parameters (`<module>.<name>`), each
+    optimizer's moments (`<optimizer>.<param index>.<key>`), the RNG states."""
+    out = {}
+    for prefix, module in modules.items():
+        out |= {f"{prefix}.{n}": p.detach().numpy().copy() for n, p in module.state_dict().items()}
+    for prefix, optimizer in optimizers.items():
+        for index, state in optimizer.state_dict()["state"].items():
+            out |= {f"{prefix}.{index}.{key}": value.numpy().copy() for key, value in state.items()
+                    if torch.is_tensor(value)}
+    out["rng.torch"] = torch.get_rng_state().numpy()
+    out["rng.generator"] = generator.get_state().numpy()
+    return out
+
+
+def param_groups(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, list[dict]]:
+    """Each optimizer's settings (learning rate, betas, ...), for the checkpoint's metadata."""
+    return {prefix: optimizer.state_dict()["param_groups"] for prefix, optimizer in optimizers.items()}
+
+
+def restore(tensors: dict[str, np.ndarray], modules: Mapping[str, torch.nn.Module],
+            optimizers: Mapping[str, torch.optim.Optimizer], generator: torch.Generator,
+            groups: Mapping[str, list[dict]]) -> None:
+    """Load what `state_tensors` wrote back into freshly built modules (same shapes)."""
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {n[len(prefix):]: torch.from_numpy(a.copy()) for n, a in tensors.items() if n.startswith(prefix)}
+
+    try:
+        for prefix, module in modules.items():
+            module.load_state_dict(part(prefix + "."))
+        for prefix, optimizer in optimizers.items():
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for name, value in part(prefix + ".").items():
+                index, key = name.split(".", 1)
+                state.setdefault(int(index), {})[key] = value
+            optimizer.load_state_dict({"state": state, "param_groups": groups[prefix]})
+        torch.set_rng_state(torch.from_numpy(tensors["rng.torch"].copy()))
+        generator.set_state(torch.from_numpy(tensors["rng.generator"].copy()))
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint does not fit this model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def save(run_dir: Path, tensors: dict[str, np.ndarray], **meta: Any) -> None:
+    artifacts.save(path(run_dir), tensors, **meta)
+
+
+def load(run_dir: Path, run_id: str, env_id: str, hidden_sizes: list[int]) -> tuple[dict[str, np.ndarray], dict]:
+    """The run's checkpoint; refuses one written by another run or for another model."""
+    try:
+        tensors, meta = artifacts.load(path(run_dir))
+    except artifacts.ArtifactError as exc:
+        raise CheckpointError(str(exc)) from None
+    for key, expected in (("run_id", run_id), ("env_id", env_id), ("hidden_sizes", hidden_sizes)):
+        if meta.get(key) != expected:
+            raise CheckpointError(f"{path(run_dir)} is a checkpoint of {key} {meta.get(key)!r}, not {expected!r}")
+    return tensors, meta

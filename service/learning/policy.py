@@ -1,0 +1,156 @@
+"""The policy (actor) the workers run and the compressor prunes, and the trainer's critic.
+
+The actor is an MLP with the hidden activation and head of its algorithm (hotprune.algorithms: PPO's
+tanh MLP with a Categorical or a Gaussian with a `log_std` parameter; SAC's ReLU MLP with a tanh-squashed
+Gaussian whose mean and log std are its outputs). Its layer sizes are read back from the weights themselves
+(`actor_from_tensors`), so a worker can rebuild whatever shape the weight store holds. With
+observation normalisation, actor and critic share one `ObsNormalizer` whose statistics the trainer
+keeps (hotprune.learning.normalize); they are buffers of the actor, so they travel with its weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Categorical, Distribution, Normal
+
+from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_names
+from hotprune.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
+from hotprune.envs import EnvSpec
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+SQUASH_EPS = 1e-6  # actions at the box's bounds are pulled this far inside to take their atanh
+LOG_2 = float(np.log(2))
+
+
+def mlp(sizes: list[int], activation: str = "tanh", out_gain: float | None = None) -> nn.Sequential:
+    """Linear layers `0`, `2`, ... with `activation` between each two. With `out_gain`, CleanRL's PPO
+    initialisation (orthogonal, gain sqrt(2), the last layer `out_gain`, zero biases); without,
+    PyTorch's default (CleanRL's SAC)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        linear = nn.Linear(n_in, n_out)
+        if out_gain is not None:
+            nn.init.orthogonal_(linear.weight, out_gain if last else np.sqrt(2))
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class ObsNormalizer(nn.Module):
+    """clip((obs - mean) / sqrt(var + eps), +-clip) with the running statistics as buffers (not
+    parameters: no optimizer moves them; the trainer sets them with `set`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return ((obs - self.mean) / torch.sqrt(self.var + NORM_EPS)).clamp(-NORM_CLIP, NORM_CLIP)
+
+    @torch.no_grad()
+    def set(self, mean: np.ndarray, var: np.ndarray) -> None:
+        self.mean.copy_(torch.from_numpy(np.array(mean, np.float32)))  # a copy: the arrays may be read-only
+        self.var.copy_(torch.from_numpy(np.array(var, np.float32)))
+
+
+class Actor(nn.Module):
+    """`sizes` are the MLP's, input to output (a squashed head's output has 2 units per action).
+    `action_box` (low, high): the squashed head's action bounds; its scale and offset are buffers that
+    are not part of the state dict (not weights: the env gives them to every process)."""
+
+    def __init__(self, sizes: list[int], discrete: bool, normalize_obs: bool = False, algorithm: str = "ppo",
+                 action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
+        super().__init__()
+        self.kind = actor_kind(algorithm, discrete)
+        self.head, self.discrete = self.kind.head, discrete
+        self.obs_norm = ObsNormalizer(sizes[0]) if normalize_obs else None
+        squashed = self.head == "squashed"
+        self.net = mlp(sizes, self.kind.activation, out_gain=None if squashed else 0.01)
+        if self.head == "gaussian":  # state-independent log std of a diagonal Gaussian
+            self.log_std = nn.Parameter(torch.zeros(sizes[-1]))
+        if squashed:
+            low, high = (torch.tensor(b, dtype=torch.float32) for b in action_box)
+            self.register_buffer("action_scale", (high - low) / 2, persistent=False)
+            self.register_buffer("action_bias", (high + low) / 2, persistent=False)
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        """Categorical(logits) or the Gaussian; for the squashed head the Gaussian before tanh (a
+        bijection: its KL divergences are the squashed distribution's, which distilling needs)."""
+        out = self.net(self.obs_norm(obs) if self.obs_norm is not None else obs)
+        if self.head == "categorical":
+            return Categorical(logits=out)
+        if self.head == "gaussian":
+            return Normal(out, self.log_std.exp().expand_as(out))
+        mean, log_std = out.chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)  # SpinUp / Yarats
+        return Normal(mean, log_std.exp())
+
+    def squash(self, dist: Normal, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The action tanh(x) * scale + bias and its log-probability, with the change of variables
+        log(scale * (1 - tanh(x)^2)), written as SpinUp does: 2 (log 2 - x - softplus(-2x)) stays exact
+        where tanh saturates (CleanRL's log(... + 1e-6) is off by up to 1e-4 there in float32)."""
+        log_det = torch.log(self.action_scale) + 2 * (LOG_2 - x - F.softplus(-2 * x))
+        return torch.tanh(x) * self.action_scale + self.action_bias, (dist.log_prob(x) - log_det).sum(-1)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC: a reparameterised action sample (gradients flow through it) and its log-probability."""
+        dist = self.distribution(obs)
+        return self.squash(dist, dist.rsample())
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """An action to step an env with: sampled, or the most likely (argmax, the mean, tanh(mean))."""
+        dist = self.distribution(obs)
+        if self.head == "categorical":
+            return dist.probs.argmax(-1) if deterministic else dist.sample()
+        x = dist.mean if deterministic else dist.sample()
+        return x if self.head == "gaussian" else self.squash(dist, x)[0]
+
+    def log_prob(self, dist: Distribution, actions: torch.Tensor) -> torch.Tensor:
+        if self.head == "squashed":  # back through the squash; actions at the bounds are pulled inside
+            y = ((actions - self.action_bias) / self.action_scale).clamp(-1 + SQUASH_EPS, 1 - SQUASH_EPS)
+            return self.squash(dist, torch.atanh(y))[1]
+        logp = dist.log_prob(actions)
+        return logp if self.discrete else logp.sum(-1)
+
+    def entropy(self, dist: Distribution) -> torch.Tensor:
+        ent = dist.entropy()
+        return ent if self.discrete else ent.sum(-1)
+
+
+def make_actor(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False, algorithm: str = "ppo") -> Actor:
+    outputs = spec.act_dim * actor_kind(algorithm, spec.discrete).outputs_per_action
+    return Actor([spec.obs_dim, *hidden_sizes, outputs], spec.discrete, normalize_obs, algorithm,
+                 (spec.action_low, spec.action_high))
+
+
+def make_critic(spec: EnvSpec, hidden_sizes: list[int], obs_norm: ObsNormalizer | None = None) -> nn.Sequential:
+    """The value MLP; given the actor's `obs_norm`, it sees the observations normalised the same way."""
+    value = mlp([spec.obs_dim, *hidden_sizes, 1], out_gain=1.0)
+    return value if obs_norm is None else nn.Sequential(obs_norm, *value)
+
+
+def actor_from_tensors(tensors: dict[str, np.ndarray], discrete: bool, algorithm: str = "ppo",
+                       action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Actor:
+    """Build an actor whose layer sizes are those of `tensors` and load them into it (`action_box`:
+    the env's action bounds, for a squashed head)."""
+    weights = linear_weight_names(tensors)
+    sizes = [tensors[weights[0]].shape[1]] + [tensors[n].shape[0] for n in weights]
+    actor = Actor(sizes, discrete, OBS_NORM[0] in tensors, algorithm, action_box)
+    actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    return actor
+
+
+def actor_arrays(actor: Actor) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in actor.state_dict().items()}
+
+
+def expected_spec(actor: Actor) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of the actor's tensors: what a snapshot must carry."""
+    return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in actor.state_dict().items()}

@@ -1,0 +1,162 @@
+"""PPO on trajectory chunks from the workers (after CleanRL's ppo.py).
+
+The workers record the behaviour policy's log-probabilities; the ratio is taken against those, so a
+chunk from a stale or pruned policy version is corrected by the clipped ratio. The critic lives only
+here and values the observations the workers sent.
+
+`Learner` is the algorithm as the trainer's shell (hotprune.roles.trainer) sees it, the same for every
+algorithm (hotprune.learning.sac.Learner is the other): `actor` (what the workers run and the compressor
+prunes) and its `optimizer`; the critics the trainer may prune itself (`critics`, their
+`critic_targets` and `critic_optimizer`; none for PPO); `update(batch, epoch, hooks, critic_hooks)`
+-> the losses for the `epoch` line; `modules()`, `optimizers()`, `state()` and `restore()` for
+checkpoints (hotprune.learning.checkpoints); `hidden_sizes`; for lottery tickets (hotprune.commands.lth),
+`ticket_critic`
+(the critic tensors the files keep, as a module) and `ticket_meta()` (what else their losses need).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hotprune.learning.chunks import Batch
+from hotprune.config import Config, PPOConfig
+from hotprune.envs import EnvSpec
+from hotprune.learning.policy import Actor, make_actor, make_critic
+from hotprune.learning.hooks import UpdateHooks, hooked_step
+
+
+class Learner:
+    """PPO's learning state: actor, critic, one Adam over both (CleanRL's), and its update."""
+
+    def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
+        self.cfg, self.generator = cfg, generator
+        self.hidden_sizes = cfg.ppo.hidden_sizes
+        self.actor = make_actor(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs, "ppo")
+        self.critic = make_critic(spec, cfg.ppo.hidden_sizes, self.actor.obs_norm)
+        self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
+                                          lr=cfg.ppo.learning_rate, eps=1e-5)
+        self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)
+        self.critic_targets: dict[str, nn.Module] = {}
+        self.critic_optimizer = self.optimizer
+        self.ticket_critic = self.critic  # what lottery-ticket files keep of the critic (hotprune.commands.lth)
+
+    def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
+               critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | None]:
+        c = self.cfg
+        if c.ppo.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / c.total_epochs)
+        return update(self.actor, self.critic, self.optimizer, batch, c.ppo, self.generator, hooks)
+
+    def ticket_meta(self) -> dict:
+        return {}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam": self.optimizer}
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {}, {}
+
+    def restore(self, tensors: dict[str, np.ndarray], meta: dict) -> None:
+        pass
+
+
+@torch.no_grad()
+def advantages(batch: Batch, critic: nn.Module, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(lambda) advantages and returns, [T, N]. Truncated steps bootstrap from their final obs."""
+    values = critic(torch.from_numpy(batch.obs)).squeeze(-1)
+    rewards = torch.from_numpy(batch.rewards).clone()
+    # Only a cut-off episode continues past its end: a step can be both terminated and truncated
+    # (the time limit fires on the terminal step), and then there is nothing to bootstrap.
+    cut = batch.truncated & ~batch.terminated
+    if cut.any():
+        rewards[torch.from_numpy(cut)] += gamma * critic(torch.from_numpy(batch.final_obs[cut])).squeeze(-1)
+    not_done = 1.0 - torch.from_numpy(batch.terminated | batch.truncated).float()
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[1])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * values[t + 1] * not_done[t] - values[t]
+        last = delta + gamma * lam * not_done[t] * last
+        adv[t] = last
+    return adv, adv + values[:-1]
+
+
+def update(
+    actor: Actor,
+    critic: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: PPOConfig,
+    generator: torch.Generator,
+    hooks: Sequence[UpdateHooks] = (),
+) -> dict[str, float]:
+    """One PPO update; returns loss statistics and `skipped_steps`.
+
+    `hooks` run at each minibatch's update points (hotprune.learning.hooks): the trainer takes up masks
+    before a minibatch, gradient statistics and mask keeping happen after backward and after the
+    step. A minibatch whose gradients are not all finite takes no optimizer step (clipping would
+    spread one NaN to every weight) and is counted in `skipped_steps`.
+    """
+    obs, actions, old_logp, adv, returns = samples(batch, critic, cfg)
+    all_params = [*actor.parameters(), *critic.parameters()]
+    size = batch.size
+    mb_size = size // cfg.minibatches
+    steps, skipped = 0, 0
+    stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size - mb_size + 1, mb_size):
+            for hook in hooks:
+                hook.before_minibatch()
+            mb = order[start : start + mb_size]
+            loss, (policy_loss, value_loss, entropy, ratio, log_ratio) = minibatch_loss(
+                actor, critic, obs[mb], actions[mb], old_logp[mb], adv[mb], returns[mb], cfg)
+
+            if not hooked_step(loss, optimizer, all_params, hooks, cfg.max_grad_norm):
+                skipped += 1
+                continue
+
+            with torch.no_grad():
+                steps += 1
+                stats["policy_loss"] += policy_loss.item()
+                stats["value_loss"] += value_loss.item()
+                stats["entropy"] += entropy.item()
+                stats["approx_kl"] += ((ratio - 1) - log_ratio).mean().item()
+                stats["clip_frac"] += ((ratio - 1).abs() > cfg.clip_coef).float().mean().item()
+    optimizer.zero_grad()
+    means = {k: v / steps if steps else None for k, v in stats.items()}
+    return {**means, "skipped_steps": skipped}
+
+
+def samples(batch: Batch, critic: nn.Module, cfg: PPOConfig) -> tuple[torch.Tensor, ...]:
+    """The batch as flat samples: observations, actions, behaviour log-probs, advantages, returns."""
+    adv, returns = advantages(batch, critic, cfg.gamma, cfg.gae_lambda)
+    t, n = batch.rewards.shape
+    obs = torch.from_numpy(batch.obs[:-1]).reshape(t * n, -1)
+    actions = torch.from_numpy(batch.actions).reshape(t * n, *batch.actions.shape[2:])
+    old_logp = torch.from_numpy(batch.logprobs).reshape(-1)
+    return obs, actions, old_logp, adv.reshape(-1), returns.reshape(-1)
+
+
+def minibatch_loss(actor: Actor, critic: nn.Module, obs: torch.Tensor, actions: torch.Tensor, old_logp: torch.Tensor,
+                   adv: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig) -> tuple[torch.Tensor, tuple]:
+    """PPO's loss on one minibatch (advantages normalised within it), and its parts:
+    (policy_loss, value_loss, entropy, ratio, log_ratio)."""
+    dist = actor.distribution(obs)
+    logp = actor.log_prob(dist, actions)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    mb_adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg_loss1 = -mb_adv * ratio
+    pg_loss2 = -mb_adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+    policy_loss = torch.max(pg_loss1, pg_loss2).mean()
+    value_loss = 0.5 * (critic(obs).squeeze(-1) - returns).pow(2).mean()
+    entropy = actor.entropy(dist).mean()
+    loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+    return loss, (policy_loss, value_loss, entropy, ratio, log_ratio)

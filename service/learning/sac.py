@@ -1,0 +1,226 @@
+"""SAC on the workers' transitions (after CleanRL's sac_continuous_action.py).
+
+Twin soft Q critics with target copies moved by Polyak averaging (tau), automatic entropy tuning
+towards -act_dim, a squashed Gaussian actor (hotprune.learning.policy.Actor, head `squashed`), and delayed actor
+updates (`policy_frequency`). Off-policy: the trainer turns each epoch's chunks into transitions for
+the replay buffer here, whatever policy version acted in them, so the async lag needs no correction.
+
+The actor's gradient steps call the update hooks (hotprune.learning.hooks) as PPO's minibatches do, so
+the trainer's mask intake, gradient statistics and mask keeping work unchanged; the critics' steps
+call `critic_hooks` (the trainer's own critic masks and their gradient statistics, when
+`pruning.targets` has "critic"). The replay buffer is numpy and lives only in the trainer; it is not
+checkpointed (a resumed trainer refills it).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hotprune.learning.chunks import Batch
+from hotprune.actor_spec import SAC_CRITICS
+from hotprune.config import Config
+from hotprune.envs import EnvSpec
+from hotprune.learning.policy import make_actor, mlp
+from hotprune.learning.hooks import UpdateHooks, hooked_step
+
+TRANSITION_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
+
+
+class ReplayBuffer:
+    """A ring of the last `capacity` transitions, float32 numpy arrays (zeros: the OS hands pages out
+    as rows are first written, so a buffer larger than the run costs only what it holds)."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity = capacity
+        self.data = {
+            "obs": np.zeros((capacity, obs_dim), np.float32),
+            "actions": np.zeros((capacity, act_dim), np.float32),
+            "rewards": np.zeros(capacity, np.float32),
+            "next_obs": np.zeros((capacity, obs_dim), np.float32),
+            "terminated": np.zeros(capacity, np.float32),
+        }
+        self.pos = 0  # the next row written
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        """Transitions, a row each (Batch.transitions); the oldest are overwritten once full."""
+        n = len(rows["rewards"])
+        skip = max(0, n - self.capacity)  # more rows than fit: only the newest capacity of them
+        index = (self.pos + np.arange(skip, n)) % self.capacity
+        for name in TRANSITION_FIELDS:
+            self.data[name][index] = rows[name][skip:]
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = min(self.capacity, self.size + n)
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """n transitions drawn uniformly with replacement (the trainer's checkpointed generator)."""
+        index = torch.randint(self.size, (n,), generator=generator).numpy()
+        return {name: torch.from_numpy(self.data[name][index]) for name in TRANSITION_FIELDS}
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, a): an MLP (`net.0`, `net.2`, ... like the actor, so the same pruning code masks it) on
+    the observation and action side by side; given the actor's `obs_norm`, the observation is
+    normalised as the actor's."""
+
+    def __init__(self, spec: EnvSpec, hidden_sizes: list[int], obs_norm: nn.Module | None = None):
+        super().__init__()
+        self.obs_norm = obs_norm
+        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], "relu")
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
+        return self.net(torch.cat([obs, actions], 1)).view(-1)
+
+
+class Learner:
+    """SAC's learning state (nets, targets, optimizers, entropy temperature, replay buffer) and its
+    update, behind the trainer's algorithm interface (see hotprune.learning.ppo.Learner)."""
+
+    def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
+        s = self.cfg = cfg.sac
+        self.generator = generator
+        self.hidden_sizes = s.hidden_sizes
+        self.actor = make_actor(spec, s.hidden_sizes, cfg.normalize_obs, "sac")
+        obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
+        self.qf1, self.qf2 = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
+        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
+        self.qf1_target.load_state_dict(self.qf1.state_dict())
+        self.qf2_target.load_state_dict(self.qf2.state_dict())
+        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=s.q_lr)
+        self.optimizer = torch.optim.Adam(self.actor.parameters(), lr=s.policy_lr)  # the actor's
+        # Automatic entropy tuning: alpha = exp(log_alpha) is driven towards entropy -act_dim.
+        self.target_entropy = -float(spec.act_dim)
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=s.q_lr)
+        self.buffer = ReplayBuffer(cfg.replay_capacity, spec.obs_dim, spec.act_dim)
+        self.samples_seen = 0  # env steps added to the buffer (this trainer's, and its checkpoint's)
+        self.gradient_steps = 0  # critic steps so far: the clock of the delayed actor and target updates
+        # What the trainer's critic pruning masks and checkpoints: the critics and their targets by name.
+        self.critics = dict(zip(SAC_CRITICS, (self.qf1, self.qf2)))
+        self.critic_targets = dict(zip(SAC_CRITICS, (self.qf1_target, self.qf2_target)))
+        self.critic_optimizer = self.q_optimizer
+        # What lottery-ticket files keep of the critics (hotprune.commands.lth): both, and their targets.
+        targets = {f"{n}_target": t for n, t in self.critic_targets.items()}
+        self.ticket_critic = nn.ModuleDict({**self.critics, **targets})
+
+    @property
+    def alpha(self) -> float:
+        return self.log_alpha.exp().item() if self.cfg.autotune else self.cfg.alpha
+
+    def ticket_meta(self) -> dict:
+        """What a kept weights file says beyond the weights: the temperature, which the losses need."""
+        return {"alpha": self.alpha}
+
+    def critic_loss(self, data: dict[str, torch.Tensor],
+                    alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The twin critics' soft Bellman loss on replay rows `data`, and each critic's Q values."""
+        with torch.no_grad():
+            next_actions, next_log_pi = self.actor.sample(data["next_obs"])
+            q_next = torch.min(self.qf1_target(data["next_obs"], next_actions),
+                               self.qf2_target(data["next_obs"], next_actions)) - alpha * next_log_pi
+            next_q_value = data["rewards"] + (1 - data["terminated"]) * self.cfg.gamma * q_next
+        qf1_a_values, qf2_a_values = self.qf1(data["obs"], data["actions"]), self.qf2(data["obs"], data["actions"])
+        loss = F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value)
+        return loss, qf1_a_values, qf2_a_values
+
+    def actor_loss(self, obs: torch.Tensor, alpha: float) -> torch.Tensor:
+        pi, log_pi = self.actor.sample(obs)
+        return (alpha * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
+
+    def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
+               critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | int | None]:
+        """The epoch's transitions into the buffer, then round(utd * samples) gradient steps (none
+        before `learning_starts` env steps). Returns the mean losses over the steps (None when none
+        were taken), `gradient_steps`, `skipped_steps` and the buffer's size."""
+        s = self.cfg
+        self.buffer.add(batch.transitions())
+        self.samples_seen += batch.size
+        steps = round(s.utd * batch.size) if self.samples_seen >= s.learning_starts else 0
+        critic_params = [*self.qf1.parameters(), *self.qf2.parameters()]
+        actor_params = list(self.actor.parameters())
+        sums = {"qf_loss": 0.0, "qf1_values": 0.0, "qf2_values": 0.0}
+        actor_sums = {"actor_loss": 0.0, "alpha_loss": 0.0}
+        critic_steps = actor_steps = skipped = 0
+        alpha = self.alpha
+        for _ in range(steps):
+            data = self.buffer.sample(s.batch_size, self.generator)
+            obs = data["obs"]
+            for hook in critic_hooks:
+                hook.before_minibatch()
+            qf_loss, qf1_a_values, qf2_a_values = self.critic_loss(data, alpha)
+            if not hooked_step(qf_loss, self.q_optimizer, critic_params, critic_hooks):
+                skipped += 1
+                continue
+            self.gradient_steps += 1
+            critic_steps += 1
+            sums["qf_loss"] += qf_loss.item() / 2  # CleanRL logs the mean of the twins' losses
+            sums["qf1_values"] += qf1_a_values.mean().item()
+            sums["qf2_values"] += qf2_a_values.mean().item()
+
+            if self.gradient_steps % s.policy_frequency == 0:  # TD3's delayed update
+                for _ in range(s.policy_frequency):  # as many actor steps as were delayed
+                    for hook in hooks:
+                        hook.before_minibatch()
+                    actor_loss = self.actor_loss(obs, alpha)
+                    if not hooked_step(actor_loss, self.optimizer, actor_params, hooks):
+                        skipped += 1
+                        continue
+                    actor_steps += 1
+                    actor_sums["actor_loss"] += actor_loss.item()
+                    if s.autotune:
+                        with torch.no_grad():
+                            _, log_pi = self.actor.sample(obs)
+                        alpha_loss = (-self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()
+                        self.a_optimizer.zero_grad()
+                        alpha_loss.backward()
+                        self.a_optimizer.step()
+                        alpha = self.alpha
+                        actor_sums["alpha_loss"] += alpha_loss.item()
+
+            if self.gradient_steps % s.target_network_frequency == 0:
+                self.update_targets()
+        self.q_optimizer.zero_grad()
+        self.optimizer.zero_grad()
+        means = {k: v / critic_steps if critic_steps else None for k, v in sums.items()}
+        means |= {k: v / actor_steps if actor_steps else None for k, v in actor_sums.items()}
+        return {**means, "alpha": alpha, "gradient_steps": critic_steps + actor_steps, "skipped_steps": skipped,
+                "replay_size": len(self.buffer)}
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Polyak averaging: target <- tau * critic + (1 - tau) * target. A weight the trainer's critic
+        masks hold at zero (and its target, zeroed with it) stays exactly zero."""
+        tau = self.cfg.tau
+        for name, critic in self.critics.items():
+            for param, target in zip(critic.parameters(), self.critic_targets[name].parameters()):
+                target.mul_(1 - tau).add_(param, alpha=tau)
+
+    # --- checkpoints (hotprune.learning.checkpoints) ------------------------------------------------------
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, **self.critics, **{f"{n}_target": t for n, t in self.critic_targets.items()}}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adam_actor": self.optimizer, "adam_q": self.q_optimizer, "adam_alpha": self.a_optimizer}
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Tensors and metadata beyond modules and optimizers: the temperature and the step clocks.
+        Not the replay buffer (up to buffer_size rows: a resumed trainer refills it)."""
+        return ({"log_alpha": self.log_alpha.detach().numpy().copy()},
+                {"samples_seen": self.samples_seen, "gradient_steps": self.gradient_steps})
+
+    def restore(self, tensors: dict[str, np.ndarray], meta: dict) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(torch.from_numpy(tensors["log_alpha"]))
+        self.samples_seen, self.gradient_steps = meta["samples_seen"], meta["gradient_steps"]
+

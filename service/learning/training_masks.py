@@ -1,0 +1,74 @@
+"""Keeping the trainer's pruned weights exactly zero (both-pruned mode), as update hooks.
+
+Masking gradients alone is not enough: Adam's moment estimates carry momentum from before the mask,
+and would move a masked weight off zero. So applying a mask also clears the optimizer state at the
+masked positions, gradients are masked after backward, and the mask is re-applied after each step.
+Masking uses `masked_fill_`, not `mul_`: a masked weight is +0.0 even if a NaN or -x reached it
+(NaN * 0 is NaN, -x * 0 is -0.0).
+
+Masks only grow: unless the run regrows, an incoming mask is intersected with the one in force, so
+a late or forged mask cannot revive a pruned weight. With regrowth, a revived weight starts at zero
+with cleared optimizer state.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from hotprune.learning.hooks import UpdateHooks
+
+
+class TrainingMasks(UpdateHooks):
+    def __init__(self, params: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                 regrow: bool = False):
+        self.params = dict(params)
+        self.optimizer = optimizer
+        self.regrow = regrow
+        self.pruned: dict[str, torch.Tensor] = {}  # name -> True where pruned
+
+    @torch.no_grad()
+    def apply(self, keep: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """Install new keep-masks; returns counts: `newly_pruned`, `revived` (regrowth only) and
+        `refused_revivals` (positions the new mask would have revived, kept pruned)."""
+        counts = {"newly_pruned": 0, "revived": 0, "refused_revivals": 0}
+        for name, mask in keep.items():
+            pruned = torch.from_numpy(~np.asarray(mask, dtype=bool))
+            old = self.pruned.get(name, torch.zeros_like(pruned))
+            revive = old & ~pruned
+            if self.regrow:
+                counts["revived"] += int(revive.sum())
+            else:
+                counts["refused_revivals"] += int(revive.sum())
+                pruned = pruned | old
+            counts["newly_pruned"] += int((pruned & ~old).sum())
+            self.pruned[name] = pruned
+            param = self.params[name]
+            clear = pruned | revive  # revived weights start from zero, with no optimizer history
+            param.masked_fill_(clear, 0.0)
+            for value in self.optimizer.state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.masked_fill_(clear, 0.0)
+        return counts
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        for name, pruned in self.pruned.items():
+            grad = self.params[name].grad
+            if grad is not None:
+                grad.masked_fill_(pruned, 0.0)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for name, pruned in self.pruned.items():
+            self.params[name].masked_fill_(pruned, 0.0)
+
+    def count(self) -> int:
+        """Positions pruned now."""
+        return sum(int(p.sum()) for p in self.pruned.values())
+
+    def keep_masks(self) -> dict[str, np.ndarray]:
+        """The masks in force, as keep-masks (True = kept)."""
+        return {name: (~pruned).numpy() for name, pruned in self.pruned.items()}

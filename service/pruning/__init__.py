@@ -1,0 +1,1 @@
+"""Pruning, numpy only: importance criteria, the mask engine (unstructured and neuron), schedules."""

@@ -1,0 +1,39 @@
+"""Pruning criteria: importance scores per weight, higher = more important (kept longer).
+
+The one registry the config's choices (`pruning.method`) and the pruning engine (hotprune.pruning.engine)
+both read. g is the mean |dL/dw| over recent minibatches (hotprune.learning.gradient_stats), shipped with a
+snapshot only when a criterion needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """An importance score per weight, computed in float64."""
+
+    name: str
+    formula: str
+    needs_grads: bool  # needs g, the mean |dL/dw| the trainer accumulates and ships with a snapshot
+    score: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
+CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("magnitude", "|w|", False, lambda w, g: np.abs(w)),
+        Criterion("taylor", "|w * g|", True, lambda w, g: np.abs(w * g)),
+        Criterion("gradient", "g", True, lambda w, g: g),
+    )
+}
+# `none`: the dense baseline, nothing pruned; `fixed`: the masks of a file from the first step on
+# (pruning.mask_file: a lottery ticket), never changed, no schedule
+METHODS = ("none", "fixed", *CRITERIA)
+STRUCTURES = ("weight", "neuron")
+SCOPES = ("global", "layer")
+DISTRIBUTIONS = ("uniform", "erk")

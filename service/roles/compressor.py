@@ -1,0 +1,350 @@
+"""The compressor: prunes the trainer's newest snapshot and publishes it to the workers.
+
+For each snapshot (older queued ones are dropped, each logged): when a compression step is due
+(hotprune.pruning.schedule: due from its epoch on, never skipped), compute new masks, nested in the current
+ones (hotprune.pruning.engine); otherwise keep the current ones. Apply them, write the result into the weight
+store, announce `weights_ready`, and report each compression to the trainer on the masks channel
+(with the masks themselves in both-pruned mode; `failed` when the criterion could not rank). Before
+the first compression, weights pass through unchanged: every policy update reaches the workers.
+
+A restarted compressor (`--resume`) takes up the masks of the run's last compression from
+masks.safetensors (written after every compression), counts the steps up to its due epoch as done, and
+sends that report again: the trainer may have lost it. It also sends its newest report again when a
+resumed trainer takes over (a snapshot with a higher `trainer_start`), whose epochs then restart from
+its checkpoint: steps already served stay served, and masks stay nested.
+
+Run it: `hotprune compressor --run-dir runs/<run_id> [--resume]` or `python -m hotprune.roles.compressor ...`.
+Run by hand, it creates the weight store if the supervisor has not, and then owns and unlinks it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import zmq
+
+from hotprune.protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
+from hotprune.runs import artifacts, tickets
+from hotprune import eventlog
+from hotprune.actor_spec import OBS_NORM, actor_spec
+from hotprune.config import Config
+from hotprune.envs import env_spec
+from hotprune.roles.process import StopFlag, run_dir_parser, send_when_ready, socket, start
+from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, \
+    pruner_for, sparsity
+from hotprune.pruning.schedule import Schedule, Step, plan
+from hotprune.comms.curve import SocketSecurity
+from hotprune.protocol.store_layout import segment_name
+from hotprune.runs.rundir import store_slot_size
+from hotprune.comms.weight_store import StoreError, WeightStore
+
+MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned weights are still zero
+
+
+def open_store(cfg: Config) -> WeightStore:
+    """Attach to the run's store, or create it (and own it) when no supervisor made one."""
+    try:
+        return WeightStore.attach(segment_name(cfg.run_dir))
+    except StoreError:
+        return WeightStore.create(segment_name(cfg.run_dir), store_slot_size(cfg))
+
+
+class Compressor:
+    def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
+        self.cfg, self.stop = cfg, stop
+        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
+        spec = env_spec(cfg.env_id)
+        self.discrete = spec.discrete
+        self.weight_spec = actor_spec(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        p = cfg.pruning
+        self.pruner = pruner_for(self.weight_spec, p)
+        self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
+        grads = self.pruner.grad_names if self.pruner else []
+        self.snapshot_spec = {**self.weight_spec, **{GRAD_PREFIX + n: self.weight_spec[n] for n in grads}}
+        self.obs_dim = spec.obs_dim
+        self.distiller = None
+        if cfg.distills:  # teacher-student: the one use of torch in the compressor, imported only then
+            from hotprune.learning.distill import Distiller
+
+            self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr, cfg.algorithm,
+                                       (spec.action_low, spec.action_high))
+        # The first liveness ping (the hang timeout runs from it) once the slow set-up is done:
+        # the distiller's optimizer warm-up imports torch._dynamo.
+        self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
+        steps, warnings = plan(cfg)
+        self.schedule = Schedule(steps)
+        self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,
+                      distribution=p.distribution, regrow=p.regrow, schedule=p.schedule,
+                      steps=[[s.epoch, s.sparsity] for s in steps], warnings=warnings)
+        for warning in warnings:
+            self.log.warning("schedule_degenerate", reason=warning)
+        self.store = open_store(cfg)
+
+        ep = cfg.endpoints()
+        self.ctx = zmq.Context()
+        self.security = SocketSecurity(cfg, self.ctx, self.log)
+        self.snapshots = socket(self.ctx, zmq.SUB, hwm=16, max_frame=cfg.transport.max_frame_bytes)
+        self.snapshots.subscribe(b"")
+        self.security.connect(self.snapshots, ep.snapshots)
+        self.masks_out = socket(self.ctx, zmq.PUSH, hwm=4)
+        self.security.connect(self.masks_out, ep.masks)
+        self.notify = socket(self.ctx, zmq.PUB, hwm=16)
+        self.security.bind(self.notify, ep.weights)
+        self.encoder = Encoder(cfg.run_id, "compressor")
+
+        fixed = tickets.fixed_masks(cfg)  # method fixed: the file's masks, on every snapshot from the first
+        self.masks: Masks | None = fixed.masks if fixed else None
+        if fixed:
+            self.log.info("masks_loaded", mask_file=p.mask_file, weight_sparsity=fixed.stats["weight_sparsity"],
+                          params_kept=fixed.stats["params_kept"], params_total=fixed.stats["params_total"])
+        self.masks_source: tuple[int, int, Step] | None = None  # (version, epoch, step) the masks were computed for
+        self.history: dict[int, Masks] = {}  # masks by the version they were computed on
+        self.last_version = self.last_epoch = -1
+        self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
+        self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
+        # The newest trainer_start seen in a snapshot; a resumed compressor takes the first it sees.
+        self.trainer_start: int | None = None if resume else 0
+        self.dropped = 0  # snapshots skipped for a newer one
+        self.stopping = False
+        if resume:
+            self.recover()
+
+    def recover(self) -> None:
+        """A restarted compressor: the masks in force are those of the run's last compression."""
+        path = self.cfg.run_dir / artifacts.MASKS
+        if self.cfg.pruning.method == "fixed":
+            self.log.info("compressor_resumed", masks=True, reason="the fixed masks of pruning.mask_file")
+            return
+        if not path.exists():
+            self.log.info("compressor_resumed", masks=False, reason="no compression yet")
+            return
+        tensors, meta = artifacts.load(path)
+        steps = {s.epoch: s for s in self.schedule.steps}
+        try:
+            if meta.get("run_id") != self.cfg.run_id or meta.get("masks_due_epoch") not in steps:
+                raise MessageRejected("written by another run or another schedule")
+            masks = Masks.from_elements(tensors, self.cfg.pruning.structure)
+            check_tensors(masks.elements, {n: ("bool", self.weight_spec[n][1]) for n in self.pruner.mask_names()})
+        except MessageRejected as exc:
+            raise artifacts.ArtifactError(f"{path} cannot be resumed from: {exc.reason}") from None
+        step = steps[meta["masks_due_epoch"]]
+        self.masks, self.masks_source = masks, (meta["masks_version"], meta["masks_epoch"], step)
+        self.schedule.done(step)
+        stats = masked_stats(masks, self.weight_spec, self.sparsity_names)
+        weights = apply_masks({n: np.ones(shape, np.float32) for n, (_, shape) in self.weight_spec.items()}, masks)
+        fields = {"version": meta["masks_version"], "epoch": meta["masks_epoch"], "due_epoch": step.epoch,
+                  "target_sparsity": step.sparsity, "failed": False,
+                  "weight_sparsity": sparsity(weights, self.weight_spec, self.sparsity_names),
+                  "params_kept": stats["params_kept"]}
+        self.last_report = (fields, masks.elements if self.cfg.prune_training_model else {})
+        self.log.info("compressor_resumed", masks=True, version=fields["version"], due_epoch=step.epoch,
+                      pruned=masks.pruned())
+        self.send_report(*self.last_report, again=True)
+
+    def _newest(self) -> Message | None:
+        """Drain the socket: the newest valid snapshot (older ones are dropped), acting on control."""
+        newest, dropped = None, []
+        while self.snapshots.poll(0 if newest else 100):
+            frames = self.snapshots.recv_multipart(copy=False)
+            try:
+                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"snapshot", "control"},
+                             max_frame_bytes=self.cfg.transport.max_frame_bytes)
+                if msg.kind == "control":
+                    self.stopping = self.stopping or msg.fields["command"] == "stop"
+                    continue
+                check_tensors(msg.tensors, self._expected_tensors(msg.tensors))
+                if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
+                    raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
+                self._check_fields(msg.fields)
+            except MessageRejected as exc:
+                self.log.warning("message_rejected", reason=exc.reason, expected="snapshot")
+                continue
+            if msg.fields["version"] <= max(self.last_version, newest.fields["version"] if newest else -1):
+                continue  # a republished snapshot already handled or already queued
+            if newest is not None:
+                dropped.append(newest.fields["version"])
+            newest = msg
+        for version in dropped:
+            self.log.info("snapshot_dropped", version=version, newer=newest.fields["version"])
+        self.dropped += len(dropped)
+        return newest
+
+    def _expected_tensors(self, tensors: dict[str, np.ndarray]) -> dict:
+        """The snapshot's tensor table; in teacher-student mode with observations of up to
+        `distill_samples` rows (none before the trainer's first epoch), each within +-input_bound."""
+        if self.distiller is None:
+            return self.snapshot_spec
+        obs, most = tensors.get(DISTILL_OBS), self.cfg.pruning.distill_samples
+        rows = obs.shape[0] if obs is not None and obs.ndim == 2 and obs.shape[0] <= most else most
+        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.ppo.input_bound:
+            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.ppo.input_bound:g}")
+        return {**self.snapshot_spec, DISTILL_OBS: ("float32", (rows, self.obs_dim))}
+
+    def _check_fields(self, f: dict) -> None:
+        """A snapshot's fields drive the schedule: an epoch past the run's end or going backwards
+        would serve (and so skip) steps that are not due yet. Epochs go back only when a resumed
+        trainer (a higher `trainer_start`) takes over from its checkpoint."""
+        known = self.trainer_start
+        if f["trainer_start"] < (known or 0):
+            raise MessageRejected(f"snapshot trainer_start {f['trainer_start']} is older than this run's {known}")
+        new_trainer = known is not None and f["trainer_start"] > known
+        floor = -1 if new_trainer or known is None else self.last_epoch
+        if not floor <= f["epoch"] <= self.cfg.total_epochs:
+            raise MessageRejected(f"snapshot epoch {f['epoch']} outside [{floor}, {self.cfg.total_epochs}]")
+        if not -1 <= f["masks_version"] < f["version"]:
+            raise MessageRejected(f"snapshot masks_version {f['masks_version']} is not older than its version")
+        if not 0 <= f["training_sparsity"] <= 1:
+            raise MessageRejected("snapshot training_sparsity outside [0, 1]")
+        self.trainer_start = f["trainer_start"]
+        if new_trainer:  # only once the snapshot is valid
+            self.last_epoch = -1
+            self.log.info("trainer_restarted", trainer_start=f["trainer_start"], version=f["version"],
+                          epoch=f["epoch"])
+            if self.last_report:
+                self.send_report(*self.last_report, again=True)
+
+    def _pruned_nonzero(self, weights: dict[str, np.ndarray], masks_version: int) -> int | None:
+        """Weights the trainer's applied masks prune but that are non-zero in its snapshot (0 when
+        both-pruned mode works); None when those masks are not known here."""
+        masks = self.history.get(masks_version)
+        if masks is None:
+            return None
+        return sum(int(np.count_nonzero(weights[n] * ~m)) for n, m in masks.elements.items())  # no fancy index
+
+    def handle(self, msg: Message) -> None:
+        f, p = msg.fields, self.cfg.pruning
+        version, epoch = f["version"], f["epoch"]
+        weights = {n: msg.tensors[n] for n in self.weight_spec}
+        masks_version = f["masks_version"]
+        self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
+                      masks_version=masks_version, pruned_nonzero=self._pruned_nonzero(weights, masks_version),
+                      sender=msg.sender, transit_ms=(time.time_ns() - msg.ts_ns) / 1e6)
+        if p.delay_s:
+            time.sleep(p.delay_s)
+        due = self.schedule.due(epoch) if self.pruner else None
+        outcome = self._compress(msg, weights, *due) if due is not None else None
+        policy = weights
+        if self.distiller is not None and self.masks is not None:
+            policy, record = self.distiller.distil(weights, self.masks, msg.tensors[DISTILL_OBS])
+            self.log.info("distill_finished", version=version, epoch=epoch, **record)
+            if record["diverged"]:
+                self.log.warning("distill_diverged", version=version, reason="the student's weights or KL went "
+                                 "non-finite: it stays as it was before this version's steps")
+        out = apply_masks(policy, self.masks)
+        structure_changed = self.store.changes_structure(out)
+        achieved = sparsity(out, self.weight_spec, self.sparsity_names)
+        stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
+        if outcome is not None:
+            step = due[0]
+            self.log.info("compression_finished", version=version, epoch=epoch, due_epoch=step.epoch,
+                          method=p.method, structure=p.structure, target_sparsity=step.sparsity,
+                          achieved_sparsity=stats["unit_sparsity"] if self.masks.units else achieved,
+                          weight_sparsity=achieved, **stats, **outcome, structure_changed=structure_changed)
+        slot, nbytes, _ = self.store.publish(out, version)
+        self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
+                      masked=self.masks is not None, structure_changed=structure_changed)
+        self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
+                                   "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
+        if outcome is not None:
+            self.keep_policy(due_epoch=due[0].epoch)
+        ready = {"version": version, "slot": slot, "structure_changed": structure_changed}
+        self.notify.send_multipart(self.encoder.encode("weights_ready", ready))
+        if due is not None:  # the workers first, then the trainer
+            failed = outcome is None
+            fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity,
+                      "failed": failed, "weight_sparsity": achieved, "params_kept": stats["params_kept"]}
+            tensors = self.masks.elements if self.cfg.prune_training_model and not failed else {}
+            self.send_report(fields, tensors)
+            if not failed:
+                self.last_report = (fields, tensors)
+        self.last_version, self.last_epoch = version, epoch
+
+    def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
+        self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)
+        if not send_when_ready(self.masks_out, self.encoder.encode("masks", fields, tensors), self.running):
+            self.log.warning("masks_not_sent", version=fields["version"],
+                             reason="stopped while the trainer's queue was full")
+
+    def _compress(self, msg: Message, weights: dict[str, np.ndarray], step: Step, folded: list[int]) -> dict | None:
+        """Compute the masks of a due step on this snapshot; returns what it changed, or None (the
+        previous masks stay in force and the step stays due) if the criterion could not rank."""
+        version, epoch, p = msg.fields["version"], msg.fields["epoch"], self.cfg.pruning
+        self.log.info("compression_started", version=version, epoch=epoch, due_epoch=step.epoch,
+                      folded_due_epochs=folded, method=p.method, structure=p.structure, target_sparsity=step.sparsity)
+        t0 = time.perf_counter()
+        grads = {n: msg.tensors[GRAD_PREFIX + n] for n in self.pruner.grad_names}
+        try:
+            masks = self.pruner.compute(weights, step.sparsity, grads, previous=self.masks)
+        except CompressionFailed as exc:
+            self.log.warning("compression_failed", version=version, epoch=epoch, due_epoch=step.epoch,
+                             method=p.method, reason=str(exc), masks_in_force=self.masks is not None)
+            return None
+        changed, regrown = churn(self.masks, masks)
+        self.masks, self.masks_source = masks, (version, epoch, step)
+        self.history[version] = masks
+        for old in sorted(self.history)[:-MASKS_KEPT]:
+            del self.history[old]
+        self.schedule.done(step)
+        return {"mask_churn": changed, "regrown": regrown, "duration_ms": (time.perf_counter() - t0) * 1e3}
+
+    def keep_policy(self, **extra) -> None:
+        """Write the policy last published (and the masks in force) into the run directory."""
+        if self.last_written is None:
+            return
+        out, fields = self.last_written
+        c = self.cfg
+        meta = {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.discrete, "method": c.pruning.method,
+                "structure": c.pruning.structure, "hidden_sizes": c.hidden_sizes, "algorithm": c.algorithm,
+                **fields, **extra}
+        artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
+        if self.masks_source is not None:
+            version, epoch, step = self.masks_source
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, masks_version=version,
+                           masks_epoch=epoch, masks_due_epoch=step.epoch)
+        elif self.masks is not None:  # method fixed
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, mask_file=c.pruning.mask_file)
+        self.log.info("policy_saved", path=str(c.run_dir / artifacts.POLICY), **fields, **extra)
+
+    def running(self) -> bool:
+        return not (self.stop.is_set() or self.stopping)
+
+    def run(self) -> int:
+        try:
+            while self.running():
+                self.heartbeat.beat(version=self.last_version, dropped=self.dropped)
+                msg = self._newest()
+                if msg is not None:
+                    self.handle(msg)
+        finally:
+            try:
+                self.keep_policy(final=True)
+            except OSError as exc:  # e.g. a full disk: the stop must still reach the workers
+                self.log.error("policy_not_saved", reason=str(exc)[:200])
+            # Pass the stop on to the workers (a run started by hand has no supervisor to do it).
+            if self.stopping:
+                self.notify.send_multipart(self.encoder.encode("control", {"command": "stop"}))
+            # A SUB sends nothing but its subscription, which waits to reconnect to a trainer that
+            # has ended: under the linger below it kept the compressor, the run's last process, a second.
+            self.snapshots.close(linger=0)
+            self.ctx.destroy(linger=1000)  # let the stop go out
+            self.store.close()
+            if self.store.owner:
+                self.store.unlink()
+        return 0 if self.stopping else self.stop.exit_code()  # ended by the run's `stop`, or by a signal
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = run_dir_parser("compressor", "prunes snapshots into the shared weight store")
+    parser.add_argument("--resume", action="store_true", help="take up the masks of the run's last compression")
+    args = parser.parse_args(argv)
+    cfg, stop = start(args.run_dir)
+    role = Compressor(cfg, stop, args.resume)
+    with eventlog.crashes_logged(role.log):
+        return role.run()
+
+
+if __name__ == "__main__":
+    from hotprune.roles.entry import role_main
+
+    role_main(main)

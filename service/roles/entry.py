@@ -1,0 +1,44 @@
+"""How a process of hotprune starts and ends, whether the `hotprune` command or `python -m` started it.
+
+torch- and zmq-free, so the command's `--help` stays fast; the CLI and every role's `__main__` call it (a
+role never imports the CLI: the CLI calls the roles, never the reverse).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Callable
+
+
+def guarded(body: Callable[[], int], name: str = "hotprune") -> int:
+    """Run `body` and return its exit code; a Ctrl-C before the process installed its own handlers is one
+    line, not a traceback (heavy imports such as torch and zmq happen inside `body`)."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        # Python restores default handlers while it shuts down, and a SIGTERM then would kill an
+        # already finished process with -15 (as if it had failed).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def one_torch_thread() -> None:
+    """Many processes share a few cores: one torch thread each keeps them from fighting."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def role_main(main: Callable[[list[str]], int], uses_torch: bool = False) -> None:
+    """`python -m hotprune.roles.<role>`: the same process as `hotprune <role>`, and its exit code."""
+
+    def body() -> int:
+        if uses_torch:
+            one_torch_thread()
+        return main(sys.argv[1:])
+
+    sys.exit(guarded(body))

@@ -1,0 +1,92 @@
+"""What every hotprune process does first: one CPU thread, its run's config, and a stop flag."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Callable
+
+import zmq
+
+from hotprune.config import Config, load_config
+
+
+def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"hotprune {role}", description=description)
+    parser.add_argument("--run-dir", required=True, type=Path,
+                        help="run directory made by `hotprune init` or `hotprune run`")
+    return parser
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The run's config.toml; the directory itself decides runs_dir and run_id."""
+    run_dir = run_dir.resolve()  # runs/latest is a link: the run's own directory and name
+    config = load_config(run_dir / "config.toml", with_preset=False)  # complete: the presets do not apply
+    config.runs_dir, config.run_id = str(run_dir.parent), run_dir.name
+    return config
+
+
+class StopFlag(threading.Event):
+    """Set by SIGINT or SIGTERM; remembers the first signal for the exit code."""
+
+    signum = 0
+
+    def exit_code(self) -> int:
+        """128 + the signal number (the shell's convention) if a signal stopped us, else 0."""
+        return 128 + self.signum if self.signum else 0
+
+
+def start(run_dir: Path) -> tuple[Config, StopFlag]:
+    config = load_run_config(run_dir)
+    stop = StopFlag()
+
+    def on_signal(signum, frame):
+        stop.signum = stop.signum or signum
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return config, stop
+
+
+TRAJECTORY_BUFFER = 16 * 1024  # bytes of OS socket buffer at each end of a trajectory pipe
+
+
+def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, max_frame: int = 0) -> zmq.Socket:
+    """A socket that never blocks process exit.
+
+    `hwm` > 0 bounds its queue in messages. For backpressure that really bounds how far senders run
+    ahead, `kernel_buffer` > 0 also shrinks the OS socket buffers, which otherwise hold dozens of
+    small messages beyond ZeroMQ's high-water mark. `max_frame` > 0 makes ZeroMQ drop a peer that
+    sends a larger frame, before it is ever held in memory.
+    """
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    if hwm:
+        sock.sndhwm = sock.rcvhwm = hwm
+    if kernel_buffer:
+        sock.sndbuf = sock.rcvbuf = kernel_buffer
+    if max_frame:
+        sock.maxmsgsize = max_frame
+    return sock
+
+
+def send_when_ready(sock: zmq.Socket, frames: list, keep_waiting: Callable[[], bool],
+                    wake: zmq.Socket | None = None) -> bool:
+    """Send once the socket takes the message (its queue may be full: backpressure). Between waits
+    of at most 100 ms, `keep_waiting()` decides whether to go on; False gives up without sending.
+    A message arriving on `wake` ends a wait at once, so `keep_waiting` can act on it (a worker
+    whose trajectory waits for the trainer still swaps to new weights within a millisecond);
+    `keep_waiting` must take that message, or the next wait ends at once again."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLOUT)
+    if wake is not None:
+        poller.register(wake, zmq.POLLIN)
+    while True:
+        if dict(poller.poll(100)).get(sock, 0) & zmq.POLLOUT:
+            sock.send_multipart(frames, copy=False)
+            return True
+        if not keep_waiting():
+            return False

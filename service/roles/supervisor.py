@@ -1,0 +1,277 @@
+"""The supervisor: runs the whole service from one config, restarts what crashes or hangs, and
+stops all of it cleanly.
+
+It creates the run directory and the weight store, starts the compressor, the trainer and the
+workers as separate OS processes through their own CLIs (what a user could type), each in its own
+session (the terminal's Ctrl-C reaches the supervisor alone, which then stops the children in order),
+and watches them:
+
+- A child that exits with a non-zero code, is killed, or stops pinging for `hang_timeout_s` (a frozen
+  or deadlocked process; hotprune.roles.liveness) is restarted, after a backoff that doubles with each
+  restart, as long as it has had fewer than `max_restarts` restarts within `restart_window_s` (the
+  restart intensity of Erlang/OTP supervisors, systemd's StartLimitBurst). A trainer or compressor
+  comes back with `--resume`: the trainer from its checkpoint, the compressor with the run's masks.
+  Workers re-attach to the store and run its newest version.
+- An exhausted budget, or the end of training, or SIGINT/SIGTERM, stops them all: SIGTERM, a grace
+  period, SIGTERM again, another grace period, then SIGKILL. The store is unlinked last.
+
+Exit code: 0 when training completed and every process exited cleanly, 1 when a process failed for
+good (its restarts exhausted, or a clean exit before training ended), 128 + signal number when
+stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hotprune.runs import cleanup, rundir, runlog
+from hotprune import eventlog
+from hotprune.roles import liveness
+from hotprune.config import Config, ConfigError
+from hotprune.roles.process import load_run_config
+from hotprune.protocol.store_layout import segment_name
+from hotprune.comms.weight_store import StoreError, WeightStore
+
+POLL_S = 0.2
+# A child that exited by itself, or stopped on our SIGTERM (gracefully, or before its handlers were in).
+CLEAN_EXITS = {0, 128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM}
+PR_SET_PDEATHSIG = 1
+MAX_BACKOFF_S = 30.0
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the supervisor dies (even by SIGKILL), the child gets SIGTERM.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    resumable: bool = False  # restarted (and started for `run --resume`) with --resume
+    proc: subprocess.Popen | None = None
+    exitcode: int | None = None
+    started_at: float = field(default=0.0)
+    listener: liveness.Listener | None = None
+    starts: int = 0
+    restarts: list[float] = field(default_factory=list)  # when, within the restart window
+    restart_at: float | None = None  # a restart waiting out its backoff
+    hung: bool = False  # killed by us for not pinging
+
+
+def process_table(cfg: Config, run_dir: Path) -> list[Child]:
+    def cli(module: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", module, "--run-dir", str(run_dir), *extra]
+
+    return [
+        Child("compressor", cli("hotprune.roles.compressor"), resumable=True),
+        Child("trainer", cli("hotprune.roles.trainer"), resumable=True),
+        *(Child(f"worker-{i}", cli("hotprune.workers.inference_worker", "--index", str(i)))
+          for i in range(cfg.num_workers)),
+    ]
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, run_dir: Path | None = None):
+        """A new run (its directory made here), or with `run_dir` one to resume (see `resume`)."""
+        self.cfg = cfg
+        self.resuming = run_dir is not None
+        self.made_run_dir = not cfg.run_dir.exists()  # a failed start removes the directory only if it made it
+        self.run_dir = run_dir if run_dir is not None else rundir.prepare(cfg)
+        cleanup.record_supervisor(self.run_dir)
+        self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo=False)  # hotprune.runs.view draws it
+        self.children = process_table(cfg, self.run_dir)
+        self.signal: int | None = None
+
+    @classmethod
+    def resume(cls, run_dir: Path) -> "Supervisor":
+        """Continue a stopped run with its own config, from its trainer checkpoint (a trainer that
+        died before its first starts over). A run counts as completed once its supervisor said so:
+        one stopped while the trainer waited for its final masks still has them to take up."""
+        run_dir = run_dir.resolve()  # runs/latest is a link: never hand the link to the children
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(f"{run_dir} is not a hotprune run (no config.toml)")
+        cfg = load_run_config(run_dir)
+        try:
+            finished = runlog.load(run_dir).finished
+        except runlog.RunError:  # no logs yet
+            finished = None
+        if finished and finished["outcome"] == "completed":
+            raise ConfigError(f"{run_dir} already completed its {cfg.total_epochs} epochs")
+        alive = cleanup.run_pids(run_dir)
+        if alive:
+            raise ConfigError(f"{run_dir} is still running (pid {', '.join(map(str, alive))})")
+        for path in cleanup.clean_run(run_dir):  # what the dead run left: its segment and socket files
+            print(f"hotprune: removed {path}, left by the stopped run", file=sys.stderr)
+        return cls(cfg, run_dir)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signal = self.signal or signum
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        try:
+            store = WeightStore.create(segment_name(self.run_dir), rundir.store_slot_size(self.cfg))
+        except StoreError:
+            if not self.resuming:  # a resumed run's directory is its record: nothing to undo
+                rundir.discard(self.run_dir, self.made_run_dir)
+            raise
+        rundir.point_latest(self.run_dir)
+        self.log.info("run_started", run_dir=str(self.run_dir), store=store.name,
+                      config=str(self.run_dir / "config.toml"), resumed=self.resuming)
+        early = None
+        try:
+            for child in self.children:
+                self._spawn(child)
+            early = self.watch()
+        finally:
+            killed = self.stop_all()
+            for child in self.children:
+                if child.listener:
+                    child.listener.close()
+            store.close()
+            store.unlink()
+            cleanup.remove_sockets(self.run_dir)
+        # A child waiting out a restart's backoff, or killed by us as hung (its restart not yet due),
+        # when the run ended has been dealt with.
+        failed = {c.name for c in self.children
+                  if c.proc and c.restart_at is None and not c.hung and c.exitcode not in CLEAN_EXITS}
+        failed |= set(killed)
+        if early and not self.signal:
+            failed.add(early)
+        failed = sorted(failed)
+        if self.signal:
+            outcome, code = f"stopped by {signal.Signals(self.signal).name}", 128 + self.signal
+        elif failed:
+            outcome, code = "failed: " + ", ".join(failed), 1
+        else:
+            outcome, code = "completed", 0
+        self.log.info("run_finished", outcome=outcome, exitcode=code, failed=failed,
+                      restarts={c.name: c.starts - 1 for c in self.children if c.starts > 1},
+                      logs=str(self.run_dir / "logs"))
+        return code
+
+    def _spawn(self, child: Child) -> None:
+        resume = child.resumable and (self.resuming or child.starts > 0)
+        argv = child.argv + ["--resume"] * resume
+        listener = liveness.Listener()
+        env = {**listener.child_env(), eventlog.SUPERVISED: "1"}  # the view draws the console from its log
+        child.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, start_new_session=True,
+                                      pass_fds=(listener.write_fd,), env=env)
+        listener.started()
+        if child.listener:
+            child.listener.close()
+        child.listener, child.exitcode, child.hung, child.restart_at = listener, None, False, None
+        child.started_at = time.monotonic()
+        child.starts += 1
+        self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=argv, start=child.starts)
+
+    def _crashed(self, child: Child) -> bool:
+        """A child failed (exited non-zero, was killed, or hung): schedule its restart if the budget
+        allows; False when it is exhausted."""
+        s, now = self.cfg.supervisor, time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < s.restart_window_s]
+        reason = "hung" if child.hung else f"exit {child.exitcode}"
+        if len(child.restarts) >= s.max_restarts:
+            self.log.error("restart_budget_exhausted", name=child.name, reason=reason, restarts=len(child.restarts),
+                           max_restarts=s.max_restarts, window_s=s.restart_window_s)
+            return False
+        backoff = min(MAX_BACKOFF_S, s.restart_backoff_s * 2 ** len(child.restarts))
+        child.restarts.append(now)
+        child.restart_at = now + backoff
+        self.log.warning("process_restarting", name=child.name, reason=reason, attempt=len(child.restarts),
+                         backoff_s=backoff)
+        return True
+
+    def _hung(self, child: Child) -> bool:
+        """Kill a child silent for hang_timeout_s (start_timeout_s before its first ping: imports and
+        set-up take a while on a busy machine); True if it was."""
+        s = self.cfg.supervisor
+        if not s.hang_timeout_s or child.hung:
+            return False
+        silent = child.listener.silent_s()
+        timeout = s.hang_timeout_s if child.listener.pinged else max(s.hang_timeout_s, s.start_timeout_s)
+        if silent <= timeout:
+            return False
+        self.log.error("process_hung", name=child.name, child_pid=child.proc.pid, silent_s=silent,
+                       hang_timeout_s=timeout)
+        child.hung = True
+        child.proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+        return True
+
+    def _reap(self, child: Child) -> bool:
+        """Record a child's exit once; True if it has exited."""
+        if child.exitcode is None and child.proc.poll() is not None:
+            child.exitcode = child.proc.returncode
+            self.log.info("process_exited", name=child.name, child_pid=child.proc.pid, exitcode=child.exitcode,
+                          runtime_s=time.monotonic() - child.started_at)
+        return child.exitcode is not None
+
+    def watch(self) -> str | None:
+        """Until training ends or a signal comes, restarting children that fail. Returns the child
+        that failed for good (restarts exhausted, or a clean exit before the trainer finished), or None.
+
+        A child exiting cleanly just before the trainer is the normal end: the trainer's `stop`
+        reaches the others while it is still writing its summary. So a clean exit is only held
+        against the run if the trainer has not finished within the grace period.
+        """
+        clean_exit: tuple[str, float] | None = None  # (name, deadline)
+        heartbeat = eventlog.Heartbeat(self.log, self.cfg.supervisor.heartbeat_s)
+        while self.signal is None:
+            heartbeat.beat(running=[c.name for c in self.children if c.exitcode is None])
+            for child in self.children:
+                if child.restart_at is not None:
+                    if time.monotonic() >= child.restart_at:
+                        self._spawn(child)
+                    continue
+                if not self._reap(child):
+                    self._hung(child)
+                    continue
+                if child.exitcode != 0 or child.hung:
+                    if not self._crashed(child):
+                        return child.name
+                    continue
+                if child.name == "trainer":
+                    return None
+                clean_exit = clean_exit or (child.name, time.monotonic() + self.cfg.supervisor.stop_grace_s)
+            if clean_exit and time.monotonic() > clean_exit[1]:
+                return clean_exit[0]
+            time.sleep(POLL_S)
+        return None
+
+    def stop_all(self) -> list[str]:
+        """Stop every child still running; returns those that had to be killed."""
+        trainer_done = any(c.name == "trainer" and c.exitcode == 0 for c in self.children)
+        if not trainer_done or self.signal:  # else the trainer's control `stop` is already on its way
+            self._signal_all(signal.SIGTERM)
+        if not self._wait_all():
+            self._signal_all(signal.SIGTERM)
+            self._wait_all()
+        killed = []
+        for child in self.children:
+            if child.proc and not self._reap(child):
+                child.proc.kill()
+                child.proc.wait()
+                self._reap(child)
+                killed.append(child.name)
+        return killed
+
+    def _wait_all(self) -> bool:
+        deadline = time.monotonic() + self.cfg.supervisor.stop_grace_s
+        while not all(self._reap(c) for c in self.children if c.proc):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _signal_all(self, sig: int) -> None:
+        for child in self.children:
+            if child.proc and child.exitcode is None and child.proc.poll() is None:
+                child.proc.send_signal(sig)

@@ -1,0 +1,133 @@
+"""The files a run can start from, read and checked without torch: a mask file and an init file.
+
+`pruning.mask_file` holds keep-masks (bool, True = kept, dense shapes) named `actor.<name>` and
+`critic.<name>` (`hotprune lth create-mask` writes them); `init_file` holds starting weights (float32)
+named the same way (`weights/epoch-K.safetensors` of a run with `keep_weights_every`). A name without
+a prefix is the actor's, so a run's `masks.safetensors`, `policy.safetensors` or `initial.safetensors`
+serve too. Either file must be a safetensors file whose metadata names its environment. PPO's critic
+is one MLP (`critic.0.weight`, ...); SAC's are its twin Q networks and their targets
+(`critic.qf1.net.0.weight`, ..., `critic.qf1_target.net.0.weight`, ...: hotprune.actor_spec.critic_shapes),
+and a mask file masks the twins only (each target keeps its critic's mask).
+
+Checked before anything starts (the CLI calls `check` before it makes the run directory, and the
+trainer and the compressor read the files through the same functions): the file exists and is a
+tensor file, is for the run's environment, names only tensors the model has, in the model's shapes
+and the right dtype, and a mask keeps at least one entry of every tensor. Each failure is one line
+(ArtifactError). The compressor imports no torch, nor does this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hotprune.runs import artifacts
+from hotprune.actor_spec import actor_shapes, critic_shapes
+from hotprune.runs.artifacts import ArtifactError
+from hotprune.envs import env_spec
+from hotprune.pruning.engine import Masks, masked_stats, prunable_names
+
+PARTS = ("actor", "critic")
+# A dense run that keeps what tickets need (hotprune lth train-dense; under the user's settings): the weights
+# every 10 epochs (epoch 0: the rewind point), the last 8 epochs' transitions (2,048 samples of CartPole's preset).
+TRAIN_DENSE = ["pruning.method=none", "keep_weights_every=10", "keep_transitions=8"]
+Parts = dict[str, dict[str, np.ndarray]]  # "actor" / "critic" -> name -> array
+
+
+def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The shapes of the tensors a run's actor and critic have, by part."""
+    spec, hidden = env_spec(cfg.env_id), cfg.hidden_sizes
+    return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm),
+            "critic": critic_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm)}
+
+
+def joined(parts: Parts) -> dict[str, np.ndarray]:
+    """One flat table, `actor.<name>` and `critic.<name>`: what these files hold."""
+    return {f"{part}.{name}": a for part, tensors in parts.items() for name, a in tensors.items()}
+
+
+def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
+    """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
+    env_id, hidden_sizes = cfg.env_id, cfg.hidden_sizes
+    try:
+        tensors, meta = artifacts.load(Path(path))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{what} {exc}") from None
+    if meta.get("env_id") != env_id:
+        found = f"for {meta['env_id']}" if "env_id" in meta else "without an env_id in its metadata"
+        raise ArtifactError(f"{what} {path} is {found}, not for this run's {env_id}")
+    if not tensors:
+        raise ArtifactError(f"{what} {path} holds no tensors")
+    shapes = model_shapes(cfg)
+    parts: Parts = {part: {} for part in PARTS}
+    for key, array in tensors.items():
+        part, _, name = key.partition(".") if key.split(".", 1)[0] in PARTS else ("actor", "", key)
+        if name not in shapes[part]:
+            raise ArtifactError(f"{what} {path} holds {key}, which this run's {cfg.algorithm} {part} (hidden sizes "
+                                f"{hidden_sizes}) does not have")
+        if tuple(array.shape) != shapes[part][name]:
+            raise ArtifactError(f"{what} {path}: {key} has shape {tuple(array.shape)}, this run's {part} "
+                                f"(hidden sizes {hidden_sizes}) has {shapes[part][name]}")
+        if str(array.dtype) != dtype:
+            raise ArtifactError(f"{what} {path}: {key} is {array.dtype}, not {dtype}")
+        parts[part][name] = array
+    return parts, meta
+
+
+def read_masks(cfg) -> tuple[Parts, dict]:
+    """pruning.mask_file's keep-masks by part, and its metadata."""
+    path = cfg.pruning.mask_file
+    parts, meta = read(path, "mask file", cfg, "bool")
+    for key, keep in joined(parts).items():
+        if not keep.any():
+            raise ArtifactError(f"mask file {path}: {key} keeps nothing (every weight of it pruned)")
+        if "_target." in key:
+            raise ArtifactError(f"mask file {path} holds {key}: a target critic keeps its critic's mask, and has "
+                                "none of its own")
+    return parts, meta
+
+
+def read_init(cfg) -> tuple[Parts, dict]:
+    """init_file's starting weights by part, and its metadata."""
+    parts, meta = read(cfg.init_file, "init file", cfg, "float32")
+    for key, array in joined(parts).items():
+        if not np.isfinite(array).all():
+            raise ArtifactError(f"init file {cfg.init_file}: {key} is not finite")
+    return parts, meta
+
+
+def check(cfg) -> None:
+    """The run's mask and init files, if it names any, are usable (ArtifactError, one line, if not)."""
+    if cfg.pruning.mask_file:
+        read_masks(cfg)
+    if cfg.init_file:
+        read_init(cfg)
+
+
+@dataclass
+class Fixed:
+    """Method fixed's masks, read once: the actor's as the compressor applies them (units too, when
+    the file was made with `structure = neuron`), the actor's and the critic's by their own names
+    (what the trainer keeps zero), and what they leave of the actor: masked_stats with its weight sparsity."""
+
+    masks: Masks
+    actor: dict[str, np.ndarray]
+    critic: dict[str, np.ndarray]
+    stats: dict[str, Any]
+
+
+def fixed_masks(cfg) -> Fixed | None:
+    """pruning.mask_file's masks for a run of method fixed; None for another method."""
+    if cfg.pruning.method != "fixed":
+        return None
+    parts, meta = read_masks(cfg)
+    masks = Masks.from_elements(parts["actor"], meta.get("structure", "weight"))
+    shapes = model_shapes(cfg)["actor"]
+    spec = {n: ("float32", s) for n, s in shapes.items()}
+    stats = masked_stats(masks, spec, prunable_names(spec, cfg.pruning.prune_output_layer))
+    kept = sum(v["kept"] for v in stats["layers"].values())
+    total = sum(v["total"] for v in stats["layers"].values())
+    return Fixed(masks, parts["actor"], parts["critic"], {**stats, "weight_sparsity": 1 - kept / total})
