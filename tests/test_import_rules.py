@@ -1,7 +1,7 @@
 """The rules between hotprune's parts (docs/architecture.md, "Package layout"), read from the source's imports.
 
 Every import counts, at module level or inside a function: a lazy import breaks a rule as surely as a
-top-level one. The one allowed exception is named in ALLOWED with its reason.
+top-level one.
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ ROLES = ("hotprune.roles", "hotprune.workers")
 USER_FACING = ("hotprune.commands", "hotprune.cli", "hotprune.api")
 TORCH_FREE = ("hotprune.protocol", "hotprune.pruning", "hotprune.comms", "hotprune.workers")
 LEARNING = ("hotprune.learning",)
-# (importer, imported): why it may
-ALLOWED = {
-    ("hotprune.roles.compressor", "hotprune.learning.distill"):
-        "teacher-student distillation: imported lazily, only by a compressor that distills",
-}
 
 
 def modules() -> dict[str, Path]:
@@ -63,8 +58,6 @@ def broken_rules() -> list[str]:
     broken = []
     for name, path in sorted(known.items()):
         for target, line in imports(name, path):
-            if (name, target) in ALLOWED:
-                continue
             where = f"{path.relative_to(ROOT)}:{line} imports {target}"
             if under(name, ROLES) and under(target, USER_FACING):
                 broken.append(f"{where}: a role never imports a user command or the CLI")
