@@ -119,3 +119,16 @@ def test_no_import_cycle_at_load_time():
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_only_hotprune_is_importable_from_outside_the_repository(tmp_path):
+    """From another directory (the repository not on sys.path), the install gives `hotprune` and its parts, and no
+    top-level `service`, `workers` or `protocol` that would shadow a user's own modules."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util as u, hotprune.workers.inference_worker, hotprune.protocol.codec\n"
+            "print([n for n in ('service', 'workers', 'protocol') if u.find_spec(n)])\n"
+            "print(hotprune.workers.inference_worker.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "hotprune.workers.inference_worker"]
