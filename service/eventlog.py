@@ -188,6 +188,10 @@ class Heartbeat:
         self.pulse = liveness.Pulse.inherited()
         self.pulse.ping()
 
+    def done(self) -> None:
+        """Tell the supervisor this process's work is done and its exit follows (hotprune.roles.liveness.DONE)."""
+        self.pulse.done()
+
     def beat(self, **counters) -> None:
         self.pulse.ping()
         now = time.monotonic()

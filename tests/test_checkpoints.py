@@ -107,6 +107,19 @@ def test_pings_through_the_inherited_pipe_reset_the_silence(monkeypatch):
     os.close(listener.write_fd)
 
 
+def test_a_child_that_says_done_is_seen_as_done_and_alive(monkeypatch):
+    listener = liveness.Listener()
+    monkeypatch.setenv(liveness.ENV, str(listener.write_fd))
+    pulse = liveness.Pulse.inherited()
+    pulse.ping()
+    assert listener.silent_s() < 0.1 and not listener.done
+    time.sleep(0.2)
+    pulse.done()
+    assert listener.silent_s() < 0.1 and listener.done
+    listener.close()
+    os.close(listener.write_fd)
+
+
 @pytest.mark.parametrize("value", ["", "not-a-number", "99999", "a regular file"])
 def test_a_process_without_a_liveness_pipe_pings_nothing(monkeypatch, tmp_path, value):
     if value == "a regular file":  # an open descriptor, but not a pipe

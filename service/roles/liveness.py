@@ -17,6 +17,11 @@ import time
 
 ENV = "HOTPRUNE_LIVENESS_FD"
 PING_S = 0.5
+PING = b"."
+# "My work is done; my exit follows." The trainer says it once training is over, so a worker that stops
+# on the run's `stop` before a slow trainer has exited (interpreter teardown on a loaded machine takes
+# seconds) is the normal end of the run, not a worker that quit early.
+DONE = b"!"
 
 
 class Pulse:
@@ -45,8 +50,16 @@ class Pulse:
         if now < self.due:
             return
         self.due = now + PING_S
+        self._write(PING)
+
+    def done(self) -> None:
+        self._write(DONE)
+
+    def _write(self, byte: bytes) -> None:
+        if self.fd is None:
+            return
         try:
-            os.write(self.fd, b".")
+            os.write(self.fd, byte)
         except BlockingIOError:  # the supervisor is not reading (stopped): it will see the earlier pings
             pass
         except OSError:  # the supervisor is gone
@@ -61,6 +74,7 @@ class Listener:
         os.set_blocking(self.read_fd, False)
         self.last = time.monotonic()
         self.pinged = False  # a child pings first once its imports and set-up are done
+        self.done = False  # the child said its work is done (liveness.DONE)
 
     def child_env(self) -> dict[str, str]:
         return {**os.environ, ENV: str(self.write_fd)}
@@ -73,8 +87,9 @@ class Listener:
     def silent_s(self) -> float:
         """Seconds since the last ping (reading every ping that arrived)."""
         try:
-            while os.read(self.read_fd, 4096):
+            while chunk := os.read(self.read_fd, 4096):
                 self.last, self.pinged = time.monotonic(), True
+                self.done |= DONE in chunk
         except BlockingIOError:
             pass
         return time.monotonic() - self.last

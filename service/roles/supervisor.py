@@ -206,6 +206,10 @@ class Supervisor:
         child.proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
         return True
 
+    def _trainer_done(self) -> bool:
+        """The trainer said training is over (liveness.DONE): it is on its way out, however slowly."""
+        return any(c.name == "trainer" and c.listener and c.listener.done for c in self.children)
+
     def _reap(self, child: Child) -> bool:
         """Record a child's exit once; True if it has exited."""
         if child.exitcode is None and child.proc.poll() is not None:
@@ -241,7 +245,7 @@ class Supervisor:
                 if child.name == "trainer":
                     return None
                 clean_exit = clean_exit or (child.name, time.monotonic() + self.cfg.supervisor.stop_grace_s)
-            if clean_exit and time.monotonic() > clean_exit[1]:
+            if clean_exit and time.monotonic() > clean_exit[1] and not self._trainer_done():
                 return clean_exit[0]
             time.sleep(POLL_S)
         return None

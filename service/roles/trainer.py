@@ -675,6 +675,8 @@ class Trainer:
         # stops them all itself.
         if completed or not os.environ.get(eventlog.SUPERVISED):
             self.snapshots.send_multipart(self.encoder.encode("control", {"command": "stop"}))
+        if completed:
+            self.heartbeat.done()  # the others stop now: their clean exits are the run's normal end
         self.progress.close()
         self.keeper.finish()
         if self.tensorboard:
