@@ -14,6 +14,7 @@ set them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -45,6 +46,10 @@ MODES = ("async", "sync")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
+
+
+# A section's field types; the annotations are strings (from __future__), so each look-up would compile them again.
+_types = functools.cache(get_type_hints)
 
 
 @dataclass(frozen=True)
@@ -536,7 +541,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     """A `cls` of `data`, each key typed and checked against what its field allows."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.')} must be a section")
-    hints = get_type_hints(cls)
+    hints = _types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -665,7 +670,7 @@ def _lookup(c: Config, key: str) -> Any:
 def _leaves(c: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any, Any]]:
     """Every setting of `c` (a Config or one of its sections), the top-level keys first: (dotted key,
     its field, its type, its value)."""
-    hints = get_type_hints(type(c))
+    hints = _types(type(c))
     sections = []
     for f in dataclasses.fields(c):
         kind, value = hints[f.name], getattr(c, f.name)
