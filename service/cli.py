@@ -91,7 +91,7 @@ def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand that reads a config: --config, --set, the aliases, and a --help that lists every setting."""
     parser = sub.add_parser(name, help=help, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-h", "--help", action=_PrintAndExit, text=_help_with_settings,
-                        help="show this help and every setting: its type, default and meaning")
+                        help="show this help and every setting: its type, default, meaning and what it allows")
     parser.add_argument("--config", help="TOML file; every key has a built-in default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set mode=sync --set pruning.target_sparsity=0.9 "

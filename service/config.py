@@ -52,6 +52,9 @@ class ConfigError(ValueError):
 _types = functools.cache(get_type_hints)
 
 
+# Hand-written, not pydantic or tyro: measured on this config (CPU, Python 3.11), pydantic's import and
+# schema build take about 155 ms in every process that loads a config, tyro's about 265 ms for `--help`
+# (which must stay under 0.5 s); these declarations cost about 2 ms of import and load_config 1.4 ms.
 @dataclass(frozen=True)
 class Allowed:
     """What a key allows, declared on its field: a choice of values, bounds, and named rules (a test of
