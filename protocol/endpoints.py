@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 SOCKETS = ("snapshots", "masks", "trajectories", "weights", "credits")
+TRANSPORTS = ("ipc", "tcp")  # what `endpoints` builds: the config's transport.kind choices
 # Linux caps a unix socket path at 107 bytes (sun_path is 108 with its NUL).
 MAX_IPC_PATH = 107
 
@@ -47,4 +48,4 @@ def endpoints(run_dir: Path, transport: str = "ipc", host: str = "127.0.0.1", ba
         except ValueError:  # ZeroMQ would need brackets and its ipv6 option for IPv6
             raise ValueError(f"transport.host must be an IPv4 address, got {host!r}") from None
         return Endpoints(*(f"tcp://{host}:{base_port + i}" for i in range(len(SOCKETS))))
-    raise ValueError(f"unknown transport {transport!r} (ipc or tcp)")
+    raise ValueError(f"unknown transport {transport!r} ({' or '.join(TRANSPORTS)})")

@@ -4,7 +4,8 @@
                                                                 the whole service, under the supervisor
     hotprune run        --resume RUN_DIR                        continue a stopped run from its checkpoint
     hotprune init       [--config FILE] [--set key=value ...]   make a run directory, print its path
-    hotprune config show [--config FILE] [--set key=value ...]  the config.toml such a run would keep
+    hotprune config show [--config FILE] [--set key=value ...] [--sources]
+                                                                the config.toml such a run would keep
     hotprune trainer    --run-dir DIR [--resume]                one process by hand, against DIR
     hotprune compressor --run-dir DIR [--resume]
     hotprune worker     --run-dir DIR --index I
@@ -80,7 +81,8 @@ def _help_with_settings(parser: argparse.ArgumentParser) -> str:
     for section, what, rows in settings():
         lines += ["", f"[{section}] {what}:" if section else f"{what}:"]
         for s in rows:
-            lines += [f"  {s.key} = {s.default}  ({s.kind})", *wrap(s.meaning, 6)]
+            meaning = f"{s.meaning}; {s.allowed}" if s.allowed else s.meaning
+            lines += [f"  {s.key} = {s.default}  ({s.kind})", *wrap(meaning, 6)]
     parser.epilog = "\n".join(lines)
     return parser.format_help()
 
@@ -89,7 +91,7 @@ def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand that reads a config: --config, --set, the aliases, and a --help that lists every setting."""
     parser = sub.add_parser(name, help=help, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-h", "--help", action=_PrintAndExit, text=_help_with_settings,
-                        help="show this help and every setting: its type, default and meaning")
+                        help="show this help and every setting: its type, default, meaning and what it allows")
     parser.add_argument("--config", help="TOML file; every key has a built-in default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set mode=sync --set pruning.target_sparsity=0.9 "
@@ -136,6 +138,8 @@ def _main(argv: list[str]) -> int:
     _config_parser(sub, "init", "create a run directory for processes started by hand")
     show = _config_parser(sub.add_parser("config", help="the settings a run would use").add_subparsers(
         dest="action", required=True), "show", "print the resolved config: the config.toml a run would keep")
+    show.add_argument("--sources", action="store_true", help="end each value's line with a comment saying where it "
+                      "came from: default, preset FILE, file FILE, --set, or what it was made from")
     listing = sub.add_parser("presets", help="the tuned settings shipped per environment: a run of env_id uses "
                              "its preset (<env_id>-sac with algorithm=sac) under your settings (preset = auto)")
     listing.add_argument("name", nargs="?", help="print this preset's TOML")
@@ -248,10 +252,11 @@ def _error(command: str, exc: Exception | str) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    from hotprune.config import ConfigError, load_config, to_toml
+    from hotprune.config import ConfigError, load_config_with_sources, to_toml
 
     try:
-        print(to_toml(load_config(args.config, args.set)), end="")
+        config, sources = load_config_with_sources(args.config, args.set)
+        print(to_toml(config, sources if args.sources else None), end="")
     except ConfigError as exc:
         return _error("config show", exc)
     return 0

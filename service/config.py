@@ -1,12 +1,20 @@
 """Run configuration: every default built in, a TOML file and `--set key=value` on top, checked at start.
 
+Each key is declared once, on its field: type, default, meaning and what it allows (choices drawn from
+the registry that implements them, bounds, a few named rules). The checks of single keys, `hotprune run
+--help` and the README's table are all made from those declarations; only rules between keys are
+written by hand (`validate`). A bad value fails with one line naming the key, the value and what is
+allowed; a misspelled key, with the keys it is closest to. `load_config_with_sources` also says where
+each value came from (default, preset, file, --set).
+
 The top-level keys `env_id`, `mode` and `prune_training_model` are a stable interface: users' scripts
-set them. A bad value fails with one line naming the key, the value and what is allowed.
+set them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -15,9 +23,9 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Callable, Iterator, get_type_hints
 
-from hotprune.protocol.endpoints import SOCKETS, Endpoints, endpoints
+from hotprune.protocol.endpoints import SOCKETS, TRANSPORTS, Endpoints, endpoints
 from hotprune.protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
 from hotprune.algorithms import ALGORITHMS
 from hotprune.pruning.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
@@ -32,60 +40,125 @@ REPLAY_MEMORY_SHARE = 0.5
 PRUNING_TARGETS = ("actor", "critic")
 MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table is the wrong tool (rundir
 # also holds it to 4 per core of the machine that starts the run)
+LAST_BASE_PORT = 65536 - len(SOCKETS)  # the run's sockets take consecutive ports from base_port
+MODES = ("async", "sync")
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
-def setting(default: Any, meaning: str) -> Any:
-    """A config field and what it means, said once: `hotprune run --help` and the README's table are
-    generated from it (`settings()`); its bounds are checked in `validate`."""
+# A section's field types; the annotations are strings (from __future__), so each look-up would compile them again.
+_types = functools.cache(get_type_hints)
+
+
+# Hand-written, not pydantic or tyro: measured on this config (CPU, Python 3.11), pydantic's import and
+# schema build take about 155 ms in every process that loads a config, tyro's about 265 ms for `--help`
+# (which must stay under 0.5 s); these declarations cost about 2 ms of import and load_config 1.4 ms.
+@dataclass(frozen=True)
+class Allowed:
+    """What a key allows, declared on its field: a choice of values, bounds, and named rules (a test of
+    the value and what it must be). Its rules are checked whenever a key is read or a config validated,
+    and `--help` and the README show them, all in the words of the error."""
+
+    choices: tuple[str, ...] = ()
+    low: int | float | None = None
+    high: int | float | None = None
+    low_open: bool = False  # (low, ...: the bound itself is not allowed
+    high_open: bool = False
+    checks: tuple[tuple[Callable[[Any], bool], str], ...] = ()
+
+    def rules(self) -> list[tuple[Callable[[Any], bool], str]]:
+        """(test, what a value must be) for each rule, in the order they are checked."""
+        if not self.choices:
+            return self.limits()
+        return [(lambda value: value in self.choices, "must be one of " + "|".join(self.choices)), *self.limits()]
+
+    def limits(self) -> list[tuple[Callable[[Any], bool], str]]:
+        """The rules but the choices (which a key's type shows: {async,sync}): its bounds and checks."""
+        bounds = [(self._within, self._bounds())] if self.low is not None or self.high is not None else []
+        return [*bounds, *self.checks]
+
+    def _within(self, value: int | float) -> bool:
+        low = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return low and (self.high is None or (value < self.high if self.high_open else value <= self.high))
+
+    def _bounds(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"must be in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"must be {'>' if self.low_open else '>='} {self.low}"
+        return f"must be {'<' if self.high_open else '<='} {self.high}"
+
+
+def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), low: int | float | None = None,
+            high: int | float | None = None, low_open: bool = False, high_open: bool = False,
+            checks: tuple[tuple[Callable[[Any], bool], str], ...] = ()) -> Any:
+    """A config field, said once: its default, what it means and what it allows (`Allowed`).
+    `hotprune run --help` and the README's table are generated from it (`settings()`), and so are
+    the checks of its value."""
+    metadata = {"help": meaning, "allowed": Allowed(tuple(choices), low, high, low_open, high_open, checks)}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": meaning})
-    return field(default=default, metadata={"help": meaning})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _positive_sizes(sizes: list[int]) -> bool:
+    return len(sizes) >= 1 and all(h >= 1 for h in sizes)
+
+
+POSITIVE_SIZES = ((_positive_sizes, "must be positive sizes"),)
+
+
+def _file_name_chars(run_id: str) -> bool:
+    return all(ch.isalnum() or ch in "-_." for ch in run_id) and not run_id.startswith(".")
 
 
 @dataclass
 class PPOConfig:
     """the PPO learner, as CleanRL's ppo.py"""
 
-    learning_rate: float = setting(1e-3, "Adam's step size")
+    learning_rate: float = setting(1e-3, "Adam's step size", low=0, low_open=True)
     anneal_lr: bool = setting(True, "decay the learning rate linearly towards 0 over the run")
-    gamma: float = setting(0.99, "discount factor")
-    gae_lambda: float = setting(0.95, "lambda of the generalized advantage estimate")
-    update_epochs: int = setting(4, "passes over an epoch's samples in each PPO update")
-    minibatches: int = setting(8, "minibatches per pass (advantages are normalised per minibatch)")
-    clip_coef: float = setting(0.2, "PPO's clip of the probability ratio")
-    ent_coef: float = setting(0.01, "weight of the entropy bonus")
-    vf_coef: float = setting(0.5, "weight of the value loss")
-    max_grad_norm: float = setting(0.5, "gradients are clipped to this global norm")
-    hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of actor and critic (tanh), e.g. 256,256")
+    gamma: float = setting(0.99, "discount factor", low=0, high=1, low_open=True)
+    gae_lambda: float = setting(0.95, "lambda of the generalized advantage estimate", low=0, high=1)
+    update_epochs: int = setting(4, "passes over an epoch's samples in each PPO update", low=1)
+    # Advantages are normalised per minibatch: validate holds a minibatch to two samples at least.
+    minibatches: int = setting(8, "minibatches per pass (advantages are normalised per minibatch)", low=1)
+    clip_coef: float = setting(0.2, "PPO's clip of the probability ratio", low=0, low_open=True)
+    ent_coef: float = setting(0.01, "weight of the entropy bonus", low=0)
+    vf_coef: float = setting(0.5, "weight of the value loss", low=0)
+    max_grad_norm: float = setting(0.5, "gradients are clipped to this global norm", low=0, low_open=True)
+    hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of actor and critic (tanh), e.g. 256,256",
+                                      checks=POSITIVE_SIZES)
     input_bound: float = setting(1e6, "a trajectory chunk whose observations, rewards or log-probabilities "
-                                      "exceed +-this is rejected")
+                                      "exceed +-this is rejected", low=0, low_open=True)
 
 
 @dataclass
 class SACConfig:
     """the SAC learner, as CleanRL's sac_continuous_action.py (algorithm = "sac")"""
 
-    q_lr: float = setting(1e-3, "Adam's step size for the twin Q critics and the entropy temperature")
-    policy_lr: float = setting(3e-4, "Adam's step size for the actor")
-    gamma: float = setting(0.99, "discount factor")
-    tau: float = setting(0.005, "target critics move this fraction of the way to the critics (Polyak averaging)")
-    batch_size: int = setting(256, "transitions per gradient step, sampled uniformly from the replay buffer")
+    q_lr: float = setting(1e-3, "Adam's step size for the twin Q critics and the entropy temperature",
+                          low=0, low_open=True)
+    policy_lr: float = setting(3e-4, "Adam's step size for the actor", low=0, low_open=True)
+    gamma: float = setting(0.99, "discount factor", low=0, high=1, low_open=True)
+    tau: float = setting(0.005, "target critics move this fraction of the way to the critics (Polyak averaging)",
+                         low=0, high=1, low_open=True)
+    batch_size: int = setting(256, "transitions per gradient step, sampled uniformly from the replay buffer", low=1)
     buffer_size: int = setting(1_000_000, "replay buffer capacity in transitions (a ring; at most the run's "
-                                          "length is allocated, and at most half the machine's free memory)")
+                                          "length is allocated, and at most half the machine's free memory)", low=1)
     learning_starts: int = setting(5000, "env steps before the first gradient step; until then the workers act "
-                                         "uniformly at random")
+                                         "uniformly at random", low=0)
     utd: float = setting(1.0, "gradient steps per env step (update-to-data ratio): an epoch takes "
-                              "round(utd * samples) of them")
+                              "round(utd * samples) of them", low=0, high=64, low_open=True)
     policy_frequency: int = setting(2, "the actor (and temperature) steps every N critic steps, N times "
-                                       "(TD3's delayed update)")
-    target_network_frequency: int = setting(1, "the target critics move every N critic steps")
-    alpha: float = setting(0.2, "entropy coefficient when autotune is false")
+                                       "(TD3's delayed update)", low=1)
+    target_network_frequency: int = setting(1, "the target critics move every N critic steps", low=1)
+    alpha: float = setting(0.2, "entropy coefficient when autotune is false", low=0)
     autotune: bool = setting(True, "tune the entropy coefficient towards a target entropy of -act_dim")
-    hidden_sizes: list[int] = setting([256, 256], "hidden layer widths of actor and critics (ReLU)")
+    hidden_sizes: list[int] = setting([256, 256], "hidden layer widths of actor and critics (ReLU)",
+                                      checks=POSITIVE_SIZES)
 
 
 @dataclass
@@ -94,44 +167,48 @@ class PruningConfig:
 
     method: str = setting("magnitude", "none: the dense baseline; fixed: the masks of mask_file, no schedule; "
                                        "magnitude abs(w); taylor abs(w * g); gradient g; g is the mean abs(dL/dw) "
-                                       "over recent minibatches")
+                                       "over recent minibatches", choices=METHODS)
     mask_file: str = setting("", "keep-masks in force from the first step, in training and inference, never "
                                  "changed (a lottery ticket: hotprune lth create-mask); given without a method, it "
                                  "makes the method fixed, which needs it")
     structure: str = setting("weight", "weight: single weights; neuron: whole hidden units, which the workers then "
-                                       "run as smaller matrices")
+                                       "run as smaller matrices", choices=STRUCTURES)
     target_sparsity: float = setting(0.8, "fraction of prunable weights (neuron: of hidden units) removed, exactly "
-                                          "round(s * n) per scope")
+                                          "round(s * n) per scope", low=0, high=1, high_open=True)
     start_epoch: int = setting(3, "the first compression is due from the snapshot of this epoch; a due step is "
-                                  "served by the newest snapshot at or past its epoch, never skipped")
-    every: int = setting(10, "then one compression every K epochs")
+                                  "served by the newest snapshot at or past its epoch, never skipped", low=1)
+    every: int = setting(10, "then one compression every K epochs", low=1)
     schedule: str = setting("constant", "constant: the target at every step (masks are nested: it prunes once); "
                                         "cubic (Zhu & Gupta 2017): from initial_sparsity at start_epoch to the "
-                                        "target at end_epoch; a step to 0% is left out")
-    initial_sparsity: float = setting(0.0, "cubic: the sparsity at start_epoch")
-    end_epoch: int = setting(0, "cubic: the epoch the target is reached (0: half the run)")
-    scope: str = setting("global", "global: one threshold over all prunable layers; layer: each layer its own count")
+                                        "target at end_epoch; a step to 0% is left out", choices=SCHEDULES)
+    initial_sparsity: float = setting(0.0, "cubic: the sparsity at start_epoch", low=0)
+    end_epoch: int = setting(0, "cubic: the epoch the target is reached (0: half the run)", low=0)
+    scope: str = setting("global", "global: one threshold over all prunable layers; layer: each layer its own count",
+                         choices=SCOPES)
     distribution: str = setting("uniform", "layer scope: uniform (each layer to the target) or erk "
-                                           "(Erdos-Renyi-kernel, RigL: denser small layers, same total)")
+                                           "(Erdos-Renyi-kernel, RigL: denser small layers, same total)",
+                                choices=DISTRIBUTIONS)
     prune_output_layer: bool = setting(False, "prune the output layer's weights too (not with neuron); biases are "
                                               "never pruned")
     regrow: bool = setting(False, "false: masks are nested, a pruned weight stays pruned; true: each compression "
                                   "re-selects, and revived weights restart at zero with no optimizer history")
     num_gradient_batches: int = setting(32, "taylor, gradient: g is averaged over the last N minibatches of the "
                                             "trainer's own updates (no extra passes; SAC: replay batches, of the "
-                                            "actor loss for the actor, of the critic loss for the critics)")
+                                            "actor loss for the actor, of the critic loss for the critics)", low=1)
     gradient_batch_size: int = setting(0, "samples in each such minibatch: 0 or the algorithm's own (PPO's "
-                                          "minibatch, SAC's batch_size)")
+                                          "minibatch, SAC's batch_size)", low=0)
     targets: list[str] = setting(["actor"], "what is pruned: actor; or actor,critic (SAC, both pruned): the trainer "
-                                            "also prunes its critics, at each step's sparsity, with its own masks")
+                                            "also prunes its critics, at each step's sparsity, with its own masks",
+                                 checks=((lambda targets: targets in (["actor"], list(PRUNING_TARGETS)),
+                                          "must be [\"actor\"] or [\"actor\", \"critic\"]"),))
     delay_s: float = setting(0.0, "testing: the compressor sleeps this long per snapshot, to try the service under "
-                                  "a slow compressor")
+                                  "a slow compressor", low=0)
     distill_steps: int = setting(32, "teacher-student: Adam steps per version that bring the pruned student the "
                                      "workers run to the dense teacher (KL, mask fixed); 0: the student is the "
-                                     "teacher masked, untrained")
-    distill_lr: float = setting(1e-3, "teacher-student: the student's Adam step size")
+                                     "teacher masked, untrained", low=0)
+    distill_lr: float = setting(1e-3, "teacher-student: the student's Adam step size", low=0, low_open=True)
     distill_samples: int = setting(1024, "teacher-student: observations of its last epoch the trainer ships with "
-                                         "each snapshot for distilling")
+                                         "each snapshot for distilling", low=1)
 
 
 @dataclass
@@ -139,59 +216,71 @@ class TransportConfig:
     """the sockets between the processes"""
 
     kind: str = setting("ipc", "ipc: sockets in the run's private directory; tcp: ports of one host, always "
-                                   "CURVE-encrypted and authenticated with the run's keys")
+                               "CURVE-encrypted and authenticated with the run's keys", choices=TRANSPORTS)
     host: str = setting("127.0.0.1", "tcp: the IPv4 address to listen on: loopback, or 0.0.0.0 or a LAN "
                                     "address to listen beyond it")
-    base_port: int = setting(5550, "tcp: the first of 5 consecutive ports (one per socket)")
-    max_frame_bytes: int = setting(64 * 1024 * 1024, "a received frame larger than this is refused")
+    base_port: int = setting(5550, f"tcp: the first of {len(SOCKETS)} consecutive ports (one per socket)",
+                             low=1024, high=LAST_BASE_PORT)
+    max_frame_bytes: int = setting(64 * 1024 * 1024, "a received frame larger than this is refused", low=1024)
 
 
 @dataclass
 class SupervisorConfig:
     """starting, watching, restarting and stopping the processes"""
 
-    stop_grace_s: float = setting(10.0, "how long the supervisor waits for processes to stop before SIGKILL")
-    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear")
-    heartbeat_s: float = setting(5.0, "every process logs a heartbeat event (proof of life, counters) this often")
+    stop_grace_s: float = setting(10.0, "how long the supervisor waits for processes to stop before SIGKILL",
+                                  low=0, low_open=True)
+    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear",
+                                     low=0, low_open=True)
+    heartbeat_s: float = setting(5.0, "every process logs a heartbeat event (proof of life, counters) this often",
+                                 low=0, low_open=True)
     hang_timeout_s: float = setting(60.0, "a process that sends no liveness ping for this long (frozen, deadlocked) "
-                                          "is killed and restarted; start_timeout_s before its first ping; 0: off")
+                                          "is killed and restarted; start_timeout_s before its first ping; 0: off",
+                                    checks=((lambda s: s == 0 or s >= 1, "must be 0 (off) or >= 1"),))
     max_restarts: int = setting(3, "a crashed or hung process is restarted unless it has had this many restarts "
-                                   "within restart_window_s; then the run stops, exit 1 (0: any crash ends the run)")
-    restart_window_s: float = setting(300.0, "the window max_restarts counts in")
+                                   "within restart_window_s; then the run stops, exit 1 (0: any crash ends the run)",
+                                low=0, high=100)
+    restart_window_s: float = setting(300.0, "the window max_restarts counts in", low=0, low_open=True)
     restart_backoff_s: float = setting(1.0, "wait before a restart, doubled for each restart in the window "
-                                            "(at most 30 s)")
+                                            "(at most 30 s)", low=0, high=30)
 
 
 @dataclass
 class Config:
     env_id: str = setting("CartPole-v1", "any gymnasium id with a flat Box observation and Discrete or flat Box "
-                                         "actions")
+                                         "actions", checks=((bool, "must name a gymnasium environment"),))
     algorithm: str = setting("ppo", "the learner: ppo (on-policy, any action space) or sac (off-policy from a "
-                                    "replay buffer, Box actions)")
+                                    "replay buffer, Box actions)", choices=tuple(ALGORITHMS))
     preset: str = setting("auto", "tuned settings under yours: auto: the shipped preset of env_id (ppo) or "
                                   "<env_id>-<algorithm>, if any (hotprune presets); none: the built-in defaults; or "
                                   "a preset's name")
     mode: str = setting("async", "async: training never waits for the compressor or the workers; sync: each epoch "
                                  "trains on data of the newest version only: every worker sends its share of "
-                                 "the epoch, then pauses until the next version is in the store")
+                                 "the epoch, then pauses until the next version is in the store", choices=MODES)
     max_policy_lag: int = setting(4, "async: the trainer drops chunks more than this many versions older than its "
                                      "policy (counted as dropped_stale); the workers' flow control keeps the "
-                                     "lag at 1-2 unless the compressor falls behind")
+                                     "lag at 1-2 unless the compressor falls behind",
+                                  checks=((lambda lag: lag >= 1, "must be >= 1 (lag 0 only: mode=sync)"),))
     prune_training_model: bool = setting(True, "true: both pruned (the masks go back to the trainer); false: "
                                                "teacher-student (the trainer stays dense)")
-    seed: int = setting(1, "random seed of the trainer; worker i adds 1000 * (i + 1)")
-    epochs: int = setting(150, "updates to train for (a run's config.toml holds the number total_steps gave)")
+    seed: int = setting(1, "random seed of the trainer; worker i adds 1000 * (i + 1)", low=0, high=MAX_SEED)
+    epochs: int = setting(150, "updates to train for (a run's config.toml holds the number total_steps gave)", low=1)
     total_steps: int = setting(0, "when > 0, the length in env samples instead: epochs = "
-                                  "ceil(total_steps / samples_per_epoch)")
+                                  "ceil(total_steps / samples_per_epoch)", low=0)
     samples_per_epoch: int = setting(2048, "env samples per update (PPO's batch; SAC's between two snapshots), at "
                                            "least (whole chunks; in sync mode the same number of chunks from every "
-                                           "worker)")
-    num_workers: int = setting(2, "inference worker processes")
-    envs_per_worker: int = setting(4, "environments in each worker's vector env")
-    chunk_steps: int = setting(64, "vector steps per trajectory chunk a worker sends")
+                                           "worker)", low=1)
+    num_workers: int = setting(2, "inference worker processes", low=1, high=MAX_WORKERS)
+    envs_per_worker: int = setting(4, "environments in each worker's vector env", low=1)
+    chunk_steps: int = setting(64, "vector steps per trajectory chunk a worker sends", low=1)
     runs_dir: str = setting("runs", "where run directories go: runs_dir/run_id")
     run_id: str = setting("", "empty: a fresh id from env, mode, pruning, seed and the time; a run's config.toml "
-                              "leaves it out (the directory's name is the id), so --config of it starts a new run")
+                              "leaves it out (the directory's name is the id), so --config of it starts a new run",
+                          checks=((_file_name_chars, "may hold only letters, digits, - _ . and must not start with ."),
+                                  (lambda run_id: run_id != "latest",
+                                   "must not be latest (runs_dir/latest links to the newest run)"),
+                                  (lambda run_id: len(run_id) <= MAX_RUN_ID,
+                                   f"must be at most {MAX_RUN_ID} characters")))
     tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
                                        "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
                                        "needs the tensorboard extra: pip install -e \".[tensorboard]\"")
@@ -205,12 +294,13 @@ class Config:
                                  "twin critics, and their targets or copies of them; weights/epoch-K.safetensors, "
                                  "or any policy file); empty: a fresh init from seed")
     keep_weights_every: int = setting(0, "write actor and critic to weights/epoch-K.safetensors at epoch 0, every N "
-                                         "epochs and the last (what hotprune lth rewinds to and prunes); 0: never")
+                                         "epochs and the last (what hotprune lth rewinds to and prunes); 0: never",
+                                      low=0)
     keep_transitions: int = setting(0, "at the end, write the last N epochs' trajectory chunks to "
                                        "transitions.safetensors (PPO's trajectories; SAC's newest replay-buffer rows: "
-                                       "what hotprune lth create-mask's gradient criteria read); 0: none")
+                                       "what hotprune lth create-mask's gradient criteria read); 0: none", low=0)
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
-                                       "checkpoint.safetensors; a restarted trainer redoes the epochs since")
+                                       "checkpoint.safetensors; a restarted trainer redoes the epochs since", low=1)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
@@ -289,18 +379,6 @@ class Config:
         return self.pruning.end_epoch or max(self.pruning.start_epoch + 1, self.total_epochs // 2)
 
 
-CHOICES = {
-    "algorithm": tuple(ALGORITHMS),
-    "mode": ("async", "sync"),
-    "pruning.method": METHODS,
-    "pruning.structure": STRUCTURES,
-    "pruning.schedule": SCHEDULES,
-    "pruning.scope": SCOPES,
-    "pruning.distribution": DISTRIBUTIONS,
-    "transport.kind": ("ipc", "tcp"),
-}
-
-
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
@@ -309,10 +387,11 @@ def presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.toml"))}
 
 
-def _with_preset(data: dict[str, Any]) -> dict[str, Any]:
+def _with_preset(data: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
     """`data` (the file and the overrides) over its preset, as RL Zoo does: the env's tuned settings
-    unless a key is given. The run's length is one thing: given `epochs` or `total_steps`, the
-    preset's length does not apply. `preset` is resolved to a name or "none"."""
+    unless a key is given, and the preset's file (None: no preset). The run's length is one thing:
+    given `epochs` or `total_steps`, the preset's length does not apply. `preset` is resolved to a
+    name or "none"."""
     name = data.get("preset", "auto")
     if not isinstance(name, str):
         raise ConfigError(f"preset must be a string (auto, none or a preset's name), got {name!r}")
@@ -322,7 +401,7 @@ def _with_preset(data: dict[str, Any]) -> dict[str, Any]:
         name = f"{env}-{algorithm}" if algorithm != Config.algorithm else env
         name = name if isinstance(env, str) and isinstance(algorithm, str) and name in shipped else "none"
     if name == "none":
-        return {**data, "preset": "none"}
+        return {**data, "preset": "none"}, None
     if name not in shipped:
         raise ConfigError(f"unknown preset {name!r} (shipped: {', '.join(shipped)}; or auto, none)")
     base = tomllib.loads(shipped[name].read_text(encoding="utf-8"))
@@ -333,7 +412,7 @@ def _with_preset(data: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"preset {name} is for algorithm {preset_algorithm}, not algorithm {data['algorithm']}")
     if "epochs" in data or "total_steps" in data:
         base = {k: v for k, v in base.items() if k not in ("epochs", "total_steps")}
-    return {**_merged(base, data), "preset": name}
+    return {**_merged(base, data), "preset": name}, shipped[name]
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -348,26 +427,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
     epochs total_steps gives, a fresh run_id when none is named) and validated. A run's own
     config.toml holds every key: it is read `with_preset=False`, so it never depends on the presets
     shipped later."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {path} is a directory") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not UTF-8 text") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    given = [_parse_override(item)[0] for item in overrides]
+    return load_config_with_sources(path, overrides, with_preset)[0]
+
+
+def load_config_with_sources(path: str | Path | None = None, overrides: list[str] = (),
+                             with_preset: bool = True) -> tuple[Config, dict[str, str]]:
+    """`load_config`'s config, and where each value came from, by dotted key (run_id too): "default",
+    "preset <its file>", "file <path>", "--set", or what load_config made it from ("from total_steps":
+    the epochs it gives; "from pruning.mask_file": method fixed; "generated": a fresh run_id). The
+    preset's own source ends in " (auto)" when the preset was chosen from env_id."""
+    data = _read(path) if path is not None else {}
+    given = [_parse_override(item) for item in overrides]
+    set_keys = [key for key, _ in given]
     for length, other in (("epochs", "total_steps"), ("total_steps", "epochs")):
-        if length in given and other not in given:  # a length given replaces the file's (and the preset's)
+        if length in set_keys and other not in set_keys:  # a length given replaces the file's (and the preset's)
             data.pop(other, None)
-    for item in overrides:
-        key, value = _parse_override(item)
+    for key, value in given:
         *sections, leaf = key.split(".")
         node = data
         for section in sections:
@@ -375,13 +450,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
         node[leaf] = value
-    data = _with_preset(data) if with_preset else data
+    yours = data
+    auto = yours.get("preset", Config.preset) == "auto"
+    data, preset_file = _with_preset(yours) if with_preset else (yours, None)
+    from_you, from_preset = set(_flat(yours)), set(_flat(data)) - {"preset"}
     pruning = data.get("pruning")
-    if isinstance(pruning, dict) and pruning.get("mask_file") and "method" not in pruning:
-        data = {**data, "pruning": {**pruning, "method": "fixed"}}  # a mask file alone means: prune with it
+    implied_method = isinstance(pruning, dict) and bool(pruning.get("mask_file")) and "method" not in pruning
+    if implied_method:  # a mask file alone means: prune with it
+        data = {**data, "pruning": {**pruning, "method": "fixed"}}
     config = _build(Config, data, "")
     config.epochs = config.total_epochs
-    if not config.run_id:
+    generated_id = not config.run_id
+    if generated_id:
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         config.run_id = f"{describe(config)}-{stamp}"
         try:
@@ -389,7 +469,46 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
         except ValueError:  # ipc paths under a deep runs_dir would be too long: the short form
             config.run_id = stamp
     validate(config)
-    return config
+
+    def source(key: str) -> str:
+        if any(key == k or key.startswith(k + ".") for k in set_keys):  # `k` may name a whole section
+            return "--set"
+        return f"file {path}" if key in from_you else f"preset {preset_file}" if key in from_preset else "default"
+
+    sources = {key: source(key) for key, *_ in _leaves(config)}
+    if auto and with_preset:
+        sources["preset"] += " (auto)"
+    if config.total_steps > 0:
+        sources["epochs"] = "from total_steps"
+    if implied_method:
+        sources["pruning.method"] = "from pruning.mask_file"
+    if generated_id:
+        sources["run_id"] = "generated"
+    return config, sources
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted keys of nested TOML tables: {"ppo": {"gamma": 0.9}} -> ppo.gamma."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
 
 
 def describe(c: Config) -> str:
@@ -422,21 +541,56 @@ def _literal(raw: str) -> Any:
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
+    """A `cls` of `data`, each key typed and checked against what its field allows."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.')} must be a section")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    hints = _types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+        raise _unknown(prefix + unknown[0], data[unknown[0]], sorted(fields))
     values = {}
     for name, value in data.items():
         key, kind = prefix + name, hints[name]
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, value, key + ".")
         else:
-            values[name] = _coerce(key, value, kind)
+            values[name] = _checked(key, value, kind, fields[name].metadata["allowed"])
     return cls(**values)
+
+
+def _unknown(key: str, value: Any, known: list[str]) -> ConfigError:
+    """The error for a key that is no setting: the settings it most likely means, else the keys known
+    where it stands."""
+    typed = next(_flat({key: value}), key)  # a misspelled section: the key given under it
+    close = _closest(typed)
+    if close:
+        return ConfigError(f"unknown config key {typed}: did you mean {' or '.join(close)}?")
+    return ConfigError(f"unknown config key {key} (known: {', '.join(known)})")
+
+
+def _closest(key: str) -> list[str]:
+    """The settings most like `key`, as a whole (pruning.target_sparsty) or by its last part in any
+    section (gamma: ppo.gamma or sac.gamma); none below a likeness of 0.8 (difflib's ratio)."""
+    from difflib import SequenceMatcher  # only when a key is wrong
+
+    def likeness(a: str, b: str) -> float:
+        return SequenceMatcher(None, a, b).ratio()
+
+    leaf = key.rpartition(".")[2]
+    # the same name in another section ranks just below a near spelling in its own
+    scores = {k: max(likeness(key, k), likeness(leaf, k.rpartition(".")[2]) - 0.05) for k, *_ in _leaves(Config())}
+    best = max(scores.values())
+    return sorted(k for k, score in scores.items() if score == best) if best >= 0.8 else []
+
+
+def _checked(key: str, value: Any, kind: Any, allowed: Allowed) -> Any:
+    """`value` of `key` as its type (`_coerce`), or an error with the first of its field's rules it breaks."""
+    value = _coerce(key, value, kind)
+    for test, rule in allowed.rules():
+        if not test(value):
+            raise ConfigError(f"{key} {rule}, got {value!r}")
+    return value
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
@@ -476,56 +630,22 @@ def _is_int(value: Any) -> bool:
 
 
 def validate(c: Config) -> None:
+    """Every key within what its field allows, then the rules between keys (ConfigError: the first broken)."""
+    for key, f, kind, value in _leaves(c):
+        _checked(key, value, kind, f.metadata["allowed"])
+
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {_lookup(c, key)!r}")
 
-    for key, allowed in CHOICES.items():
-        need(_lookup(c, key) in allowed, key, "must be one of " + "|".join(allowed))
-    need(bool(c.env_id), "env_id", "must name a gymnasium environment")
-    need(c.epochs >= 1, "epochs", "must be >= 1")
-    need(c.total_steps >= 0, "total_steps", "must be >= 0")
-    need(c.max_policy_lag >= 1, "max_policy_lag", "must be >= 1 (lag 0 only: mode=sync)")
-    need(1 <= c.num_workers <= MAX_WORKERS, "num_workers", f"must be in [1, {MAX_WORKERS}]")
-    need(c.envs_per_worker >= 1, "envs_per_worker", "must be >= 1")
-    need(c.chunk_steps >= 1, "chunk_steps", "must be >= 1")
     need(c.samples_per_epoch >= c.chunk_samples, "samples_per_epoch", f"must be >= one chunk ({c.chunk_samples})")
-    need(0 <= c.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
-    need(all(ch.isalnum() or ch in "-_." for ch in c.run_id) and not c.run_id.startswith("."), "run_id",
-         "may hold only letters, digits, - _ . and must not start with .")
-    need(c.run_id != "latest", "run_id", "must not be latest (runs_dir/latest links to the newest run)")
-    need(len(c.run_id) <= MAX_RUN_ID, "run_id", f"must be at most {MAX_RUN_ID} characters")
     p = c.ppo
-    need(p.learning_rate > 0, "ppo.learning_rate", "must be > 0")
-    need(0 < p.gamma <= 1, "ppo.gamma", "must be in (0, 1]")
-    need(0 <= p.gae_lambda <= 1, "ppo.gae_lambda", "must be in [0, 1]")
-    need(p.update_epochs >= 1, "ppo.update_epochs", "must be >= 1")
     # Advantages are normalised per minibatch: a minibatch needs two samples for a standard deviation.
-    need(1 <= p.minibatches <= c.samples_per_epoch // 2, "ppo.minibatches", "must be in [1, samples_per_epoch / 2]")
-    need(p.clip_coef > 0, "ppo.clip_coef", "must be > 0")
-    need(p.ent_coef >= 0, "ppo.ent_coef", "must be >= 0")
-    need(p.vf_coef >= 0, "ppo.vf_coef", "must be >= 0")
-    need(p.max_grad_norm > 0, "ppo.max_grad_norm", "must be > 0")
-    need(p.input_bound > 0, "ppo.input_bound", "must be > 0")
-    need(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes), "ppo.hidden_sizes", "must be positive sizes")
+    need(p.minibatches <= c.samples_per_epoch // 2, "ppo.minibatches", "must be in [1, samples_per_epoch / 2]")
     a = c.sac
-    need(a.q_lr > 0, "sac.q_lr", "must be > 0")
-    need(a.policy_lr > 0, "sac.policy_lr", "must be > 0")
-    need(0 < a.gamma <= 1, "sac.gamma", "must be in (0, 1]")
-    need(0 < a.tau <= 1, "sac.tau", "must be in (0, 1]")
-    need(a.batch_size >= 1, "sac.batch_size", "must be >= 1")
     need(a.buffer_size >= a.batch_size, "sac.buffer_size", "must be >= sac.batch_size")
-    need(a.learning_starts >= 0, "sac.learning_starts", "must be >= 0")
-    need(0 < a.utd <= 64, "sac.utd", "must be in (0, 64]")
-    need(a.policy_frequency >= 1, "sac.policy_frequency", "must be >= 1")
-    need(a.target_network_frequency >= 1, "sac.target_network_frequency", "must be >= 1")
-    need(a.alpha >= 0, "sac.alpha", "must be >= 0")
-    need(len(a.hidden_sizes) >= 1 and all(h >= 1 for h in a.hidden_sizes), "sac.hidden_sizes", "must be positive sizes")
     q = c.pruning
-    need(0 <= q.target_sparsity < 1, "pruning.target_sparsity", "must be in [0, 1)")
     need(0 <= q.initial_sparsity <= q.target_sparsity, "pruning.initial_sparsity", "must be in [0, target_sparsity]")
-    need(q.start_epoch >= 1, "pruning.start_epoch", "must be >= 1")
-    need(q.every >= 1, "pruning.every", "must be >= 1")
     need(q.end_epoch == 0 or q.end_epoch > q.start_epoch, "pruning.end_epoch", "must be 0 or > start_epoch")
     need(q.distribution == "uniform" or (q.scope == "layer" and q.structure == "weight"), "pruning.distribution",
          "erk needs pruning.scope=layer and pruning.structure=weight")
@@ -535,34 +655,12 @@ def validate(c: Config) -> None:
          "must be false with pruning.structure=neuron (a revived unit has no weights in or out: it cannot learn)")
     need((q.method == "fixed") == bool(q.mask_file), "pruning.mask_file",
          "is what method fixed prunes with, and only it (a mask file given without a method makes it fixed)")
-    need(c.keep_weights_every >= 0, "keep_weights_every", "must be >= 0")
-    need(c.keep_transitions >= 0, "keep_transitions", "must be >= 0")
-    need(q.num_gradient_batches >= 1, "pruning.num_gradient_batches", "must be >= 1")
     minibatch = c.minibatch_size
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
          f"must be 0 or {'SAC' if c.algorithm == 'sac' else 'PPO'}'s minibatch size {minibatch} (g comes from the "
          "trainer's own minibatches)")
-    need(q.targets in (["actor"], list(PRUNING_TARGETS)), "pruning.targets",
-         "must be [\"actor\"] or [\"actor\", \"critic\"]")
     need("critic" not in q.targets or (c.algorithm == "sac" and c.prune_training_model), "pruning.targets",
          "may hold critic only with algorithm=sac and prune_training_model=true (the critics are the trainer's)")
-    need(q.delay_s >= 0, "pruning.delay_s", "must be >= 0")
-    need(q.distill_steps >= 0, "pruning.distill_steps", "must be >= 0")
-    need(q.distill_lr > 0, "pruning.distill_lr", "must be > 0")
-    need(q.distill_samples >= 1, "pruning.distill_samples", "must be >= 1")
-    t = c.transport
-    last_base = 65536 - len(SOCKETS)  # the run's sockets take consecutive ports from base_port
-    need(1024 <= t.base_port <= last_base, "transport.base_port", f"must be in [1024, {last_base}]")
-    need(t.max_frame_bytes >= 1024, "transport.max_frame_bytes", "must be >= 1024")
-    need(c.supervisor.stop_grace_s > 0, "supervisor.stop_grace_s", "must be > 0")
-    need(c.supervisor.start_timeout_s > 0, "supervisor.start_timeout_s", "must be > 0")
-    need(c.supervisor.heartbeat_s > 0, "supervisor.heartbeat_s", "must be > 0")
-    need(c.supervisor.hang_timeout_s == 0 or c.supervisor.hang_timeout_s >= 1, "supervisor.hang_timeout_s",
-         "must be 0 (off) or >= 1")
-    need(0 <= c.supervisor.max_restarts <= 100, "supervisor.max_restarts", "must be in [0, 100]")
-    need(c.supervisor.restart_window_s > 0, "supervisor.restart_window_s", "must be > 0")
-    need(0 <= c.supervisor.restart_backoff_s <= 30, "supervisor.restart_backoff_s", "must be in [0, 30]")
-    need(c.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
 
 
 def _lookup(c: Config, key: str) -> Any:
@@ -572,21 +670,45 @@ def _lookup(c: Config, key: str) -> Any:
     return node
 
 
-def to_toml(c: Config) -> str:
-    """The resolved configuration as TOML: what a run directory keeps as config.toml.
+def _leaves(c: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any, Any]]:
+    """Every setting of `c` (a Config or one of its sections), the top-level keys first: (dotted key,
+    its field, its type, its value)."""
+    hints = _types(type(c))
+    sections = []
+    for f in dataclasses.fields(c):
+        kind, value = hints[f.name], getattr(c, f.name)
+        if not dataclasses.is_dataclass(kind):
+            yield prefix + f.name, f, kind, value
+        elif isinstance(value, kind):
+            sections.append((f.name, value))
+        else:  # a Config made in Python with something else in a section's place
+            raise ConfigError(f"{prefix}{f.name} must be a section, got {value!r}")
+    for name, section in sections:
+        yield from _leaves(section, f"{prefix}{name}.")
+
+
+def to_toml(c: Config, sources: dict[str, str] | None = None) -> str:
+    """The resolved configuration as TOML: what a run directory keeps as config.toml. With `sources`
+    (`load_config_with_sources`), each value's line ends in a comment saying where it came from: the
+    same loadable TOML.
 
     Without run_id: a run directory's name is its id (every process takes it from there), and a
     config file that named a taken run would refuse to start; so `--config runs/<id>/config.toml`
     starts a new run with the same settings."""
-    top, sections = [], []
-    for f in dataclasses.fields(c):
-        value = getattr(c, f.name)
-        if dataclasses.is_dataclass(value):
-            body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(value).items())
-            sections.append(f"[{f.name}]\n{body}\n")
-        elif f.name != "run_id":
-            top.append(f"{f.name} = {_toml_value(value)}")
-    return "\n".join(top) + "\n\n" + "\n".join(sections)
+    tables: dict[str, list[tuple[str, str]]] = {"": []}
+    for key, _, _, value in _leaves(c):
+        if key != "run_id":
+            section, _, name = key.rpartition(".")
+            tables.setdefault(section, []).append((key, f"{name} = {_toml_value(value)}"))
+
+    def lines(table: list[tuple[str, str]]) -> list[str]:
+        if sources is None:
+            return [line for _, line in table]
+        width = max(len(line) for _, line in table)
+        return [f"{line:<{width}}  # {sources[key]}" for key, line in table]
+
+    top = lines(tables.pop(""))
+    return "\n".join(top) + "\n\n" + "\n".join(f"[{name}]\n" + "\n".join(lines(t)) + "\n" for name, t in tables.items())
 
 
 def _toml_value(value: Any) -> str:
@@ -601,35 +723,33 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted: pruning.target_sparsity
     kind: str  # int, float, bool, str, list[int], or the choices: {async,sync}
     default: str  # as TOML writes it
     meaning: str
+    allowed: str  # its rules beyond its type and choices, as errors say them: "must be in [0, 1)"; or ""
 
 
 def settings() -> list[tuple[str, str, list[Setting]]]:
-    """Every key with its type, default and meaning, by section: (name, what it is, its keys), the
-    top-level keys first (name ""). What `hotprune run --help` and the README's table show."""
+    """Every key with its type, default, meaning and what it allows, by section: (name, what it is,
+    its keys), the top-level keys first (name ""). What `hotprune run --help` and the README's table show."""
     defaults = Config()
-    top, sections = [], []
-    for f in dataclasses.fields(defaults):
-        value = getattr(defaults, f.name)
-        if dataclasses.is_dataclass(value):
-            rows = [_setting(f"{f.name}.{g.name}", type(value), g, getattr(value, g.name))
-                    for g in dataclasses.fields(value)]
-            sections.append((f.name, type(value).__doc__, rows))
-        else:
-            top.append(_setting(f.name, Config, f, value))
-    return [("", "the run", top), *sections]
+    sections: dict[str, tuple[str, list[Setting]]] = {"": ("the run", [])}
+    for key, f, kind, default in _leaves(defaults):
+        section = key.rpartition(".")[0]
+        if section not in sections:
+            sections[section] = (type(getattr(defaults, section)).__doc__, [])
+        sections[section][1].append(_setting(key, f, kind, default))
+    return [(name, what, rows) for name, (what, rows) in sections.items()]
 
 
-def _setting(key: str, owner: type, f: dataclasses.Field, default: Any) -> Setting:
-    kind = get_type_hints(owner)[f.name]
-    if key in CHOICES:
-        name = "{" + ",".join(CHOICES[key]) + "}"
+def _setting(key: str, f: dataclasses.Field, kind: Any, default: Any) -> Setting:
+    allowed: Allowed = f.metadata["allowed"]
+    if allowed.choices:
+        name = "{" + ",".join(allowed.choices) + "}"
     else:  # list[int] is no type: its str is its name
         name = kind.__name__ if isinstance(kind, type) else str(kind)
-    return Setting(key, name, _toml_value(default), f.metadata["help"])
+    rules = "; ".join(rule for _, rule in allowed.limits())
+    return Setting(key, name, _toml_value(default), f.metadata["help"], rules)

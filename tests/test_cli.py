@@ -34,9 +34,10 @@ def test_help_lists_every_setting_with_its_type_default_and_meaning(capsys, comm
         assert f"[{section}] {what}:" in out if section else f"{what}:" in out
         for s in rows:
             assert f"\n  {s.key} = {s.default}  ({s.kind})\n" in out
-            assert s.meaning in flat
+            assert s.meaning in flat and s.allowed in flat
     assert "  pruning.method = \"magnitude\"  ({none,fixed,magnitude,taylor,gradient})\n" in out
     assert "  ppo.hidden_sizes = [64, 64]  (list[int])\n" in out
+    assert "discount factor; must be in (0, 1]" in flat  # what a value is checked against
 
 
 def test_every_setting_says_what_it_means():
@@ -113,3 +114,29 @@ def test_the_cli_answers_without_importing_torch(argv, absent):
     imported = {line.rsplit("|", 1)[-1].strip() for line in trace}
     assert "argparse" in imported  # the trace is there
     assert not imported & set(absent), sorted(imported & set(absent))
+
+
+def test_config_show_sources_comments_each_line_with_where_its_value_came_from_and_still_loads(capsys, tmp_path):
+    (tmp_path / "my.toml").write_text("[ppo]\ngamma = 0.95\n")
+    argv = ["config", "show", "--config", str(tmp_path / "my.toml"), "--seed", "3"]
+    code, plain, _ = hotprune(capsys, *argv)
+    code_sources, out, _ = hotprune(capsys, *argv, "--sources")
+    assert code == code_sources == 0
+    assert tomllib.loads(out) == tomllib.loads(plain)  # comments only
+    lines, section = {}, ""
+    for line in out.splitlines():
+        if line.startswith("["):
+            section = line.strip("[]") + "."
+        elif line:
+            lines[section + line.split(" = ")[0]] = line
+    assert lines["seed"].endswith("  # --set") and lines["ppo.gamma"].endswith(f"  # file {tmp_path / 'my.toml'}")
+    assert lines["mode"].endswith("  # default") and "  # preset " in lines["ppo.gae_lambda"]
+    assert set(lines) == {s.key for _, _, rows in settings() for s in rows} - {"run_id"}
+    assert all("  # " in line for line in lines.values())
+
+
+def test_a_misspelled_setting_on_the_command_line_names_the_one_it_most_likely_means(capsys):
+    code, _, err = hotprune(capsys, "run", "--set", "pruning.target_sparsty=0.9")
+    assert code == 2
+    assert err == ("hotprune run: error: unknown config key pruning.target_sparsty: did you mean "
+                   "pruning.target_sparsity?\n")

@@ -2,11 +2,13 @@ import dataclasses
 import math
 import re
 import tomllib
+import typing
 
 import pytest
 
 from hotprune.runs import rundir
-from hotprune.config import Config, ConfigError, load_config, presets, to_toml
+from hotprune.config import (Config, ConfigError, load_config, load_config_with_sources, presets, settings, to_toml,
+                             validate)
 from hotprune.envs import env_spec
 
 
@@ -448,3 +450,124 @@ def test_a_sac_run_on_discrete_actions_or_with_a_buffer_beyond_memory_is_refused
     with pytest.raises(ConfigError, match=r"^sac.buffer_size 1,000,000,000,000 needs .* GiB .* at most [\d,]+ here"):
         rundir.prepare(huge)
     assert not list(tmp_path.iterdir())  # nothing made
+
+
+# --- declared once: rules, "did you mean", sources ----------------------------------------------------
+
+
+def declared(section=Config, prefix=""):
+    """(dotted key, type, Allowed) of every setting, from the fields' own declarations."""
+    hints = typing.get_type_hints(section)
+    for f in dataclasses.fields(section):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from declared(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, hints[f.name], f.metadata["allowed"]
+
+
+def just_outside(kind, allowed):
+    """Values just past each declared bound."""
+    step = 1 if kind is int else 0.5
+    if allowed.low is not None:
+        yield allowed.low if allowed.low_open else allowed.low - step
+    if allowed.high is not None:
+        yield allowed.high if allowed.high_open else allowed.high + step
+
+
+BOUNDED = [(key, value) for key, kind, allowed in declared() for value in just_outside(kind, allowed)]
+
+
+@pytest.mark.parametrize("key, value", BOUNDED)
+def test_a_value_past_a_declared_bound_is_refused_in_the_words_the_help_shows(key, value):
+    rules = {s.key: s.allowed for _, _, rows in settings() for s in rows}
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[f"{key}={value}"])
+    assert str(info.value).startswith(f"{key} {rules[key].split('; ')[0]}, got "), str(info.value)
+
+
+def test_most_keys_declare_bounds_and_every_declared_choice_list_is_a_registry_s():
+    from hotprune.algorithms import ALGORITHMS
+    from hotprune.protocol.endpoints import TRANSPORTS
+    from hotprune.pruning.criteria import METHODS
+    from hotprune.pruning.schedule import SCHEDULES
+
+    assert len(BOUNDED) >= 50
+    choices = {key: allowed.choices for key, _, allowed in declared() if allowed.choices}
+    assert choices["algorithm"] == tuple(ALGORITHMS) and choices["pruning.method"] is METHODS
+    assert choices["pruning.schedule"] is SCHEDULES and choices["transport.kind"] is TRANSPORTS
+
+
+def test_a_config_made_in_python_is_checked_by_the_same_declarations():
+    c = load_config()
+    validate(c)
+    c.pruning.target_sparsity = 1.0
+    with pytest.raises(ConfigError, match=re.escape("pruning.target_sparsity must be in [0, 1), got 1.0")):
+        validate(c)
+    c = load_config()
+    c.num_workers = "2"  # a type is a rule too
+    with pytest.raises(ConfigError, match="^num_workers must be int, got '2'"):
+        validate(c)
+    c = load_config()
+    c.ppo = 3
+    with pytest.raises(ConfigError, match="^ppo must be a section"):
+        validate(c)
+
+
+@pytest.mark.parametrize("override", ["chunk_steps=0", "envs_per_worker=0", "ppo.minibatches=0"])
+def test_a_size_of_zero_is_one_line_not_a_division_by_zero(override):
+    """The run's length is worked out from these before the rules between keys are checked."""
+    with pytest.raises(ConfigError, match=f"^{override.split('=')[0]} must be >= 1, got 0"):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("pruning.target_sparsty=0.9", "unknown config key pruning.target_sparsty: did you mean pruning.target_sparsity?"),
+    ("target_sparsity=0.9", "unknown config key target_sparsity: did you mean pruning.target_sparsity?"),
+    ("prunning.method=taylor", "unknown config key prunning.method: did you mean pruning.method?"),
+    ("gamma=0.9", "unknown config key gamma: did you mean ppo.gamma or sac.gamma?"),
+    ("ppo.batch_size=64", "unknown config key ppo.batch_size: did you mean sac.batch_size?"),
+    ("num_worker=3", "unknown config key num_worker: did you mean num_workers?"),
+])
+def test_a_misspelled_key_names_the_setting_it_most_likely_means(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert str(info.value) == expected
+
+
+def test_a_misspelled_key_in_a_config_file_names_the_setting_it_most_likely_means(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("unknown config key ppo.learning_rte: did you mean "
+                                                    "ppo.learning_rate?")):
+        load_config(write(tmp_path, "[ppo]\nlearning_rte = 3e-4\n"))
+
+
+def test_a_key_like_no_setting_gets_the_keys_known_where_it_stands():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["ppo.momentum=0.9"])
+    assert str(info.value).startswith("unknown config key ppo.momentum (known: anneal_lr, clip_coef, ")
+
+
+def test_each_value_s_source_is_the_layer_that_gave_it(tmp_path):
+    path = write(tmp_path, "seed = 4\n[ppo]\ngamma = 0.95\nupdate_epochs = 7\n")
+    c, sources = load_config_with_sources(path, ["ppo.update_epochs=4", "total_steps=1e4", "pruning.every=5"])
+    assert same_but_run_id(c, load_config(path, ["ppo.update_epochs=4", "total_steps=1e4", "pruning.every=5"]))
+    preset = f"preset {presets()['CartPole-v1']}"
+    assert (c.seed, sources["seed"]) == (4, f"file {path}")
+    assert (c.ppo.gamma, sources["ppo.gamma"]) == (0.95, f"file {path}")
+    assert (c.ppo.update_epochs, sources["ppo.update_epochs"]) == (4, "--set")  # over the file's 7
+    assert (c.pruning.every, sources["pruning.every"]) == (5, "--set")
+    assert (c.ppo.gae_lambda, sources["ppo.gae_lambda"]) == (0.8, preset)
+    assert (c.ppo.clip_coef, sources["ppo.clip_coef"]) == (0.2, "default")
+    assert (c.preset, sources["preset"]) == ("CartPole-v1", "default (auto)")
+    assert (c.epochs, sources["epochs"], sources["total_steps"]) == (40, "from total_steps", "--set")
+    assert sources["run_id"] == "generated"
+    assert set(sources) == {s.key for _, _, rows in settings() for s in rows}
+
+
+def test_sources_of_a_named_preset_a_mask_file_and_a_saved_run_s_config(tmp_path):
+    _, sources = load_config_with_sources(overrides=["preset=none", "pruning.mask_file=m.safetensors",
+                                                     "run_id=mine"])
+    assert sources["preset"] == "--set" and sources["ppo.gamma"] == "default"
+    assert sources["pruning.method"] == "from pruning.mask_file" and sources["run_id"] == "--set"
+    saved = write(tmp_path, to_toml(load_config(overrides=["env_id=Pendulum-v1"])), name="config.toml")
+    _, sources = load_config_with_sources(saved, with_preset=False)
+    assert {sources[k] for k in sources if k not in ("epochs", "run_id")} == {f"file {saved}"}

@@ -17,18 +17,22 @@ def section(title: str) -> str:
     return README[start:end]
 
 
+HEADER = "| key | type | default | allowed | meaning |"
+
+
 def config_table() -> list[str]:
-    """The README's configuration table as the config's own fields make it."""
-    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    """The README's configuration table as the config's own fields make it: what each allows is what
+    its value is checked against."""
+    lines = [HEADER, "| --- | --- | --- | --- | --- |"]
     for _, _, rows in settings():
-        lines += [f"| `{s.key}` | {s.kind} | `{s.default}` | {s.meaning} |" for s in rows]
+        lines += [f"| `{s.key}` | {s.kind} | `{s.default}` | {s.allowed} | {s.meaning} |" for s in rows]
     return lines
 
 
 def readme_config_table() -> list[str]:
     """The table of the Configuration section that starts with the config table's header."""
     lines = section("Configuration").splitlines()
-    start = lines.index("| key | type | default | meaning |")
+    start = lines.index(HEADER)
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     return lines[start:end]
 
