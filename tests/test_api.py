@@ -309,3 +309,24 @@ def test_ctrl_c_in_a_blocking_run_stops_the_run_cleanly_then_raises_keyboard_int
         proc.kill()
     assert proc.returncode == 0 and out.splitlines()[-1] == "KeyboardInterrupt after: stopped by SIGINT", out + err
     assert_left_nothing(run_dir)
+
+
+@pytest.mark.slow
+def test_a_background_run_whose_program_is_killed_stops_cleanly(tmp_path):
+    script = """
+        import time
+        import hotprune
+        hotprune.run(hotprune.Config.from_dict({"run_id": "orphaned", "num_workers": 1}), background=True)
+        print("started", flush=True)
+        time.sleep(300)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+    finally:
+        proc.kill()  # SIGKILL: the program can do nothing; the run's parent-death signal does it
+    run_dir = tmp_path / "runs" / "orphaned"
+    wait_for(lambda: runlog.load(run_dir).finished, timeout=60, what="the run to finish")
+    assert runlog.load(run_dir).finished["outcome"] == "stopped by SIGTERM"
+    assert_left_nothing(run_dir)
