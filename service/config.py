@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
 import re
 import secrets
@@ -420,19 +419,21 @@ def as_overrides(settings: Mapping[str, Any], prefix: str = "") -> list[str]:
         if isinstance(value, Mapping):
             out += as_overrides(value, f"{prefix}{key}.")
             continue
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            value = int(value)  # numpy's integers too
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            value = float(value)
         try:
-            out.append(f"{prefix}{key}={_toml_value(value)}")
+            out.append(f"{prefix}{key}={_toml_value(_plain(value))}")
         except TypeError:
             raise ConfigError(f"{prefix}{key} must be a number, bool, string or list, got {value!r}") from None
     return out
+
+
+def _plain(value: Any) -> Any:
+    """`value` in the types TOML writes: a path as a string, a tuple or numpy array as a list, numpy's
+    numbers as Python's."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def _from_file(path: str | Path | None, settings: Mapping[str, Any] | None) -> Config:

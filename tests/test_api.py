@@ -88,7 +88,10 @@ def test_from_dict_is_set_dotted_or_nested_over_the_environments_preset():
     assert dotted.preset == "CartPole-v1" and dotted.samples_per_epoch == 256 and dotted.epochs == 79
     assert dotted.run_id == "" and hotprune.Config.from_dict({"run_id": "mine"}).run_id == "mine"
     assert hotprune.Config.from_dict() == without_id(load_config(None))
-    assert hotprune.Config.from_dict({"seed": np.int64(3), "pruning.target_sparsity": np.float32(0.5)}).seed == 3
+    numpy = hotprune.Config.from_dict({"seed": np.int64(3), "pruning.target_sparsity": np.float32(0.5),
+                                       "ppo.hidden_sizes": np.array([8, 8]), "runs_dir": Path("elsewhere")})
+    assert (numpy.seed, numpy.pruning.target_sparsity, numpy.ppo.hidden_sizes, numpy.runs_dir) == \
+        (3, 0.5, [8, 8], "elsewhere")
 
 
 @pytest.mark.parametrize("settings, message", [
