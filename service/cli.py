@@ -416,21 +416,22 @@ def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
 
 
 def _experiments(experiment: str, args: argparse.Namespace) -> int:
-    from hotprune.commands import experiments
+    from hotprune import api
 
-    results, failed = experiments.run_grid(experiment, args.seeds, args.root, args.jobs, args.set,
-                                           eval_episodes=args.eval_episodes)
-    print(results.read_text())
-    print(f"results: {results} and {results.with_suffix('.csv')}")
-    if failed:
-        print(f"hotprune experiments: {failed} run(s) failed; their console output is in console.txt "
+    grid = api.experiments(experiment, args.seeds, settings=args.set, root=args.root, jobs=args.jobs,
+                           eval_episodes=args.eval_episodes)
+    print(grid.results.read_text())
+    print(f"results: {grid.results} and {grid.results.with_suffix('.csv')}")
+    if grid.failed:
+        print(f"hotprune experiments: {grid.failed} run(s) failed; their console output is in console.txt "
               "in their run directories", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if grid.failed else 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
     """The commands on finished runs: they read logs, and start no process."""
-    from hotprune.commands import diagnose, evaluate, export, report, show
+    from hotprune import api
+    from hotprune.commands import evaluate, export, report, show
     from hotprune.config import ConfigError
     from hotprune.runs.runlog import load
 
@@ -446,8 +447,8 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         try:
-            print(evaluate.report(evaluate.evaluate(args.policy, args.episodes, args.deterministic, args.seed,
-                                                    args.video, args.env)))
+            print(evaluate.report(api.evaluate(args.policy, args.episodes, args.deterministic, args.seed,
+                                               args.video, args.env)))
         except ValueError as exc:  # a bad --episodes
             raise ConfigError(str(exc)) from None
         return 0
@@ -460,13 +461,12 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.command == "list":
         print(show.list_runs(args.runs_dir))
         return 0
-    run = load(args.run_dir)
     if args.command == "show":
-        print(show.show(run))
+        print(show.show(load(args.run_dir)))
         return 0
-    checks = diagnose.diagnose(run)
-    print(diagnose.report(checks))
-    return 1 if any(c.status == "FAIL" for c in checks) else 0
+    diagnosis = api.diagnose(args.run_dir)
+    print(diagnosis)
+    return 0 if diagnosis.ok else 1
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import secrets
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, get_type_hints
@@ -378,6 +380,23 @@ class Config:
     def pruning_end_epoch(self) -> int:
         return self.pruning.end_epoch or max(self.pruning.start_epoch + 1, self.total_epochs // 2)
 
+    # The Python API (hotprune.Config, docs/api.md): the command line's path, `--config PATH --set KEY=VALUE`.
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any] | None = None) -> Config:
+        """The defaults, env_id's preset, then `settings` as `--set` applies them: dotted keys
+        ({"pruning.target_sparsity": 0.9}) or sections ({"pruning": {"target_sparsity": 0.9}}).
+        run_id stays empty unless given: each run gets a fresh id when it starts (hotprune.run)."""
+        return _from_file(None, settings)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, settings: Mapping[str, Any] | None = None) -> Config:
+        """`hotprune run --config PATH`, with `settings` as from_dict's over it."""
+        return _from_file(path, settings)
+
+    def validate(self) -> None:
+        """ConfigError with the line `hotprune run` prints for the first bad value."""
+        validate(self)
+
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -509,6 +528,43 @@ def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield prefix + key
+
+
+def as_overrides(settings: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """A dict of settings (dotted keys or sections) as the `--set KEY=VALUE` strings that mean the same:
+    the values written as TOML literals, which `--set` reads back exactly."""
+    out = []
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            out += as_overrides(value, f"{prefix}{key}.")
+            continue
+        try:
+            out.append(f"{prefix}{key}={_toml_value(_plain(value))}")
+        except TypeError:
+            raise ConfigError(f"{prefix}{key} must be a number, bool, string or list, got {value!r}") from None
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """`value` in the types TOML writes: a path as a string, a tuple or numpy array as a list, numpy's
+    numbers as Python's."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _from_file(path: str | Path | None, settings: Mapping[str, Any] | None) -> Config:
+    """Config.from_dict / from_toml: load_config's path, without the run id it makes up when none is
+    named (one made now would keep the seed and the time of now through later changes)."""
+    overrides = as_overrides(settings or {})
+    config = load_config(path, overrides)
+    named = any(o.startswith("run_id=") for o in overrides) or \
+        (path is not None and "run_id" in tomllib.loads(Path(path).read_text(encoding="utf-8")))
+    if not named:
+        config.run_id = ""
+    return config
 
 
 def describe(c: Config) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hotprune.runs import console, view
+from hotprune.runs import console, runlog, view
 from hotprune import eventlog
 from tests.servicekit import HOTPRUNE, as_from_a_terminal, assert_clean, hotprune, logged, settings, wait_for
 
@@ -72,8 +72,8 @@ def test_the_tail_gives_whole_lines_once_and_finds_new_files(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "trainer.jsonl").write_text('{"ts": "2026-01-01T00:00:02Z", "event": "epoch"}\n{"ts": "2026-01-01T00:00:0')
-    resumed = view.Tail(logs, from_end=True)
-    tail = view.Tail(logs)
+    resumed = runlog.Tail(logs, from_end=True)
+    tail = runlog.Tail(logs)
     assert [e["ts"][-3:] for e in tail.events()] == ["02Z"]
     with open(logs / "trainer.jsonl", "a") as f:
         f.write('3Z", "event": "epoch"}\n')

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hotprune as hotprune_api
 from hotprune.commands import experiments, report
 from hotprune.config import ConfigError
 from hotprune.runs.runlog import load
@@ -43,6 +44,20 @@ def test_the_grid_runs_every_variant_in_the_seeds_layout_and_ends_with_a_table(g
     both = next(r for r in rows if r["variant"] == "async_both_pruned")
     assert float(both["training_sparsity"]) == pytest.approx(0.8, abs=1e-3) and float(both["params_kept"]) == 1128
     assert "too few seeds to tell" in table  # one seed: no noise estimate, no verdict
+
+
+def test_hotprune_experiments_returns_the_tables_rows_and_reruns_nothing_completed(grid):
+    base, _ = grid
+    lines = []
+    result = hotprune_api.experiments("basic", [1], settings=[*SMALL, "epochs=3"], root=base.parent, log=lines.append)
+    names = [v.name for v in experiments.EXPERIMENTS["basic"]]
+    assert result.failed == 0 and result.results == base / "results.md"
+    assert [line for line in lines if "done already" in line] == [f"{n} seed 1: done already ({base / n / 's1'})"
+                                                                   for n in names]
+    assert [r["variant"] for r in result.rows] == names
+    for row, csv_row in zip(result.rows, csv.DictReader(open(base / "results.csv"))):
+        assert row["seeds"] == 1 and row["returns"] == [pytest.approx(float(csv_row["return_mean"]))]
+        assert row["training_sparsity"] == pytest.approx(float(csv_row["training_sparsity"]))
 
 
 def test_an_interrupted_grid_resumes_and_runs_only_what_is_missing(grid, tmp_path):

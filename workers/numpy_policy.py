@@ -64,6 +64,15 @@ class NumpyActor:
             actions = out + self.std * self.rng.standard_normal(out.shape, np.float32)
         return actions, self.log_prob_of(out, actions)
 
+    def most_likely(self, obs: np.ndarray) -> np.ndarray:
+        """The most likely action for each observation of a batch, as the torch actor's
+        `act(obs, deterministic=True)`: the argmax of the logits, the Gaussian's mean, or tanh of SAC's
+        mean in the action box."""
+        out = self.forward(obs)
+        if self.head == "squashed":
+            return np.tanh(self.mean_log_std(out)[0]) * self.action_scale + self.action_bias
+        return np.argmax(out, axis=-1) if self.discrete else out
+
     def log_prob(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """log pi(actions | obs), one per observation of the batch."""
         return self.log_prob_of(self.forward(obs), actions)

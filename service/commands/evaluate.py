@@ -75,7 +75,7 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
     params = [p.detach().numpy() for p in actor.parameters()]
     return {
         "env_id": meta["env_id"], "episodes": episodes, "deterministic": deterministic,
-        "return_mean": statistics.fmean(returns), "return_std": statistics.pstdev(returns),
+        "return_mean": statistics.fmean(returns), "return_std": statistics.pstdev(returns), "returns": returns,
         "nonzero_params": int(sum(np.count_nonzero(p) for p in params)),
         # of the dense policy: a neuron-pruned one is smaller than its dense shape
         "params": int(meta.get("params_total", sum(p.size for p in params))),

@@ -210,8 +210,9 @@ def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -
 
 
 def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str],
-             log=print, eval_episodes: int = 0) -> tuple[Path, int]:
-    """Run the grid; returns the results table and how many runs failed."""
+             log=print, eval_episodes: int = 0) -> tuple[Path, list[dict], int]:
+    """Run the grid; returns the results table (results.md), its rows (write_results) and how many runs
+    failed."""
     if not 0 <= eval_episodes <= MAX_EPISODES:
         raise ConfigError(f"--eval-episodes must be in [0, {MAX_EPISODES}], got {eval_episodes}")
     most = max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
@@ -228,9 +229,9 @@ def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: li
             PREPARE[experiment](base, seeds, log)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             ok += pool.map(lambda item: run_one(*item, extra, log), [g for g in grid if g[0].stage == stage])
-    results = write_results(experiment, seeds, root, eval_episodes)
+    results, rows = write_results(experiment, seeds, root, eval_episodes)
     plot(experiment, seeds, root, log)
-    return results, ok.count(False)
+    return results, rows, ok.count(False)
 
 
 def plot(experiment: str, seeds: list[int], root: Path, log) -> None:
@@ -328,7 +329,10 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def write_results(experiment: str, seeds: list[int], root: Path, eval_episodes: int = 0) -> Path:
+def write_results(experiment: str, seeds: list[int], root: Path, eval_episodes: int = 0) -> tuple[Path, list[dict]]:
+    """results.md and results.csv of the grid's completed runs; returns results.md and the table's rows,
+    one per variant: {"variant", "seeds": 0} when none completed, else every column of results.csv
+    (per-seed lists as lists) and the variant's "returns" and "threshold"."""
     base = root / f"pruning_{experiment}"
     rows, reference = [], None
     for variant in EXPERIMENTS[experiment]:
@@ -401,4 +405,4 @@ def write_results(experiment: str, seeds: list[int], root: Path, eval_episodes: 
                 lines.append(f"| {r['variant']} | {statistics.fmean(values):.1f} ± {spread:.1f} | "
                              f"{', '.join(f'{v:.1f}' for v in values)} |")
     (base / "results.md").write_text("\n".join(lines) + "\n")
-    return base / "results.md"
+    return base / "results.md", rows

@@ -124,6 +124,24 @@ class Actor(nn.Module):
         return ent if self.discrete else ent.sum(-1)
 
 
+class Acting(nn.Module):
+    """obs -> the action an environment is stepped with (hotprune.load_policy(...).to_torch()): the
+    actor's action (deterministic: the most likely one), continuous actions clipped to the action box
+    as `hotprune eval` and SB3's predict clip them; what hotprune.Policy.predict computes in numpy."""
+
+    def __init__(self, actor: Actor, deterministic: bool = True,
+                 action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
+        super().__init__()
+        self.actor, self.deterministic = actor, deterministic
+        box = (None, None) if actor.discrete else (torch.tensor(b, dtype=torch.float32) for b in action_box)
+        for name, bound in zip(("low", "high"), box):
+            self.register_buffer(name, bound, persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        action = self.actor.act(obs, self.deterministic)
+        return action if self.low is None else torch.clamp(action, self.low, self.high)
+
+
 def make_actor(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False, algorithm: str = "ppo") -> Actor:
     outputs = spec.act_dim * actor_kind(algorithm, spec.discrete).outputs_per_action
     return Actor([spec.obs_dim, *hidden_sizes, outputs], spec.discrete, normalize_obs, algorithm,

@@ -6,6 +6,7 @@ role never imports the CLI: the CLI calls the roles, never the reverse).
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import sys
 from typing import Callable
@@ -24,6 +25,15 @@ def guarded(body: Callable[[], int], name: str = "hotprune") -> int:
         # already finished process with -15 (as if it had failed).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A child's preexec_fn: if its parent dies (even by SIGKILL), the child gets SIGTERM (Linux: when
+    the parent's thread that started it ends)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def one_torch_thread() -> None:

@@ -22,7 +22,6 @@ stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from hotprune.runs import cleanup, rundir, runlog
 from hotprune import eventlog
 from hotprune.roles import liveness
+from hotprune.roles.entry import die_with_parent
 from hotprune.config import Config, ConfigError
 from hotprune.roles.process import load_run_config
 from hotprune.protocol.store_layout import segment_name
@@ -41,13 +41,7 @@ from hotprune.comms.weight_store import StoreError, WeightStore
 POLL_S = 0.2
 # A child that exited by itself, or stopped on our SIGTERM (gracefully, or before its handlers were in).
 CLEAN_EXITS = {0, 128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM}
-PR_SET_PDEATHSIG = 1
 MAX_BACKOFF_S = 30.0
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if the supervisor dies (even by SIGKILL), the child gets SIGTERM.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -163,7 +157,7 @@ class Supervisor:
         argv = child.argv + ["--resume"] * resume
         listener = liveness.Listener()
         env = {**listener.child_env(), eventlog.SUPERVISED: "1"}  # the view draws the console from its log
-        child.proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, start_new_session=True,
+        child.proc = subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True,
                                       pass_fds=(listener.write_fd,), env=env)
         listener.started()
         if child.listener:

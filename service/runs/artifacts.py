@@ -70,10 +70,9 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return tensors, meta
 
 
-def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dict[str, Any]]:
-    """The actor a policy file holds (a run directory means its policy.safetensors), and its metadata.
-    With `env_id`, a policy trained on another environment is refused. (torch is imported here, not
-    with this module: the supervisor reads these files and starts faster without it.)"""
+def read_policy(path: str | Path, env_id: str | None = None) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
+    """A policy file's path, tensors and metadata (a run directory means its policy.safetensors).
+    With `env_id`, a policy trained on another environment is refused."""
     path = Path(path)
     if path.is_dir():
         path = path / POLICY
@@ -82,11 +81,23 @@ def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dic
         raise ArtifactError(f"{path} is not a hotprune policy (no env_id / discrete in its metadata)")
     if env_id is not None and meta["env_id"] != env_id:
         raise ArtifactError(f"{path} is a policy for {meta['env_id']}, not {env_id}")
+    return path, tensors, meta
+
+
+def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dict[str, Any]]:
+    """The actor a policy file holds (a run directory means its policy.safetensors), and its metadata.
+    With `env_id`, a policy trained on another environment is refused. (torch is imported here, not
+    with this module: the supervisor reads these files and starts faster without it.)"""
+    path, tensors, meta = read_policy(path, env_id)
     try:
         return policy_actor(tensors, meta), meta
     except (KeyError, IndexError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} does not hold an actor: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
-            from None
+        raise no_actor(path, exc) from None
+
+
+def no_actor(path: Path, exc: Exception) -> ArtifactError:
+    """The error for a policy file whose tensors do not make an actor (`exc` says why)."""
+    return ArtifactError(f"{path} does not hold an actor: {str(exc).splitlines()[0] if str(exc) else exc!r}")
 
 
 def policy_actor(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Actor:

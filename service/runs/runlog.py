@@ -1,7 +1,7 @@
 """Reading a run back from its directory: config and JSON-line events, without the service running.
 
 One reader for everything that looks at finished (or running) runs: `hotprune diagnose`, `show`,
-`list`, and the tests. The trainer's events are read as the run's history: after a trainer resumed
+`list`, the console (`Tail`: the events logged since the last read), hotprune.api and the tests. The trainer's events are read as the run's history: after a trainer resumed
 from a checkpoint, the lines of the epochs it redid replace those of the trainer before it. A missing
 directory, a directory that is not a run, or a run with no logs yet
 raise RunError with one line that says which.
@@ -80,11 +80,8 @@ def load(path: str | Path) -> Run:
     for file in sorted((run_dir / "logs").glob("*.jsonl")):
         lines = []
         for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line being written, or cut off by a kill
-            if isinstance(event, dict) and isinstance(event.get("event"), str):
+            event = _event(line)
+            if event is not None:
                 lines.append(event)
         logs[file.stem] = _rewound(lines) if file.stem == "trainer" else lines
     if not any(logs.values()):
@@ -101,3 +98,33 @@ def _rewound(lines: list[dict]) -> list[dict]:
             out = [x for x in out if not isinstance(x.get("epoch"), int) or x["epoch"] <= e["epoch"]]
         out.append(e)
     return out
+
+
+class Tail:
+    """The events a run's log files gained since the last call, in time order. A line still being
+    written waits for its newline; files that appear later (a worker's) are picked up."""
+
+    def __init__(self, logs: Path, from_end: bool = False):
+        self.logs = logs
+        # from_end: a resumed run's earlier history is not shown again
+        self.offsets = {path: path.stat().st_size for path in logs.glob("*.jsonl")} if from_end else {}
+
+    def events(self) -> list[dict]:
+        new = []
+        for path in sorted(self.logs.glob("*.jsonl")):
+            with open(path, "rb") as f:
+                f.seek(self.offsets.get(path, 0))
+                data = f.read()
+            done = data.rfind(b"\n") + 1
+            self.offsets[path] = self.offsets.get(path, 0) + done
+            new += [e for e in map(_event, data[:done].splitlines()) if e is not None]
+        return sorted(new, key=lambda e: str(e.get("ts", "")))
+
+
+def _event(line: str | bytes) -> dict | None:
+    """One log line's event; None for a line being written or cut off by a kill."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None

@@ -11,7 +11,6 @@ repeating one throttled as in eventlog. Only this module imports rich: no traini
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from hotprune.runs import console
+from hotprune.runs.runlog import Tail
 from hotprune import eventlog
 from hotprune.config import Config
 from hotprune.roles.process import load_run_config
@@ -54,33 +54,6 @@ def fit(text: str) -> str:
     word longer than that, a path, is left whole)."""
     return "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="    ", break_long_words=False,
                                    break_on_hyphens=False) for line in text.splitlines())
-
-
-class Tail:
-    """The events a run's log files gained since the last call, in time order. A line still being
-    written waits for its newline; files that appear later (a worker's) are picked up."""
-
-    def __init__(self, logs: Path, from_end: bool = False):
-        self.logs = logs
-        # from_end: a resumed run's earlier history is not shown again
-        self.offsets = {path: path.stat().st_size for path in logs.glob("*.jsonl")} if from_end else {}
-
-    def events(self) -> list[dict]:
-        new = []
-        for path in sorted(self.logs.glob("*.jsonl")):
-            with open(path, "rb") as f:
-                f.seek(self.offsets.get(path, 0))
-                data = f.read()
-            done = data.rfind(b"\n") + 1
-            self.offsets[path] = self.offsets.get(path, 0) + done
-            for line in data[:done].splitlines():
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by a kill
-                if isinstance(event, dict) and isinstance(event.get("event"), str):
-                    new.append(event)
-        return sorted(new, key=lambda e: str(e.get("ts", "")))
 
 
 def _seconds(event: dict) -> float:
