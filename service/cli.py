@@ -141,8 +141,9 @@ def _main(argv: list[str]) -> int:
     listing.add_argument("name", nargs="?", help="print this preset's TOML")
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
-    sub.add_parser("diagnose", help="check from a run's logs that pruning happened and persisted "
-                   "(exit 1 on any FAIL)").add_argument("run_dir", type=Path)
+    sub.add_parser("diagnose", help="check from a run's logs, against its kept files and config, that pruning "
+                   "happened and persisted (exit 0: all PASS, 1: a FAIL, 3: lines of the logs could not be "
+                   "read, 2: not a run)").add_argument("run_dir", type=Path)
     sub.add_parser("show", help="a run's pruning timeline and summary, again").add_argument("run_dir", type=Path)
     sub.add_parser("list", help="one line per run").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
     sub.add_parser("clean", help="remove the shared memory and socket files of runs with no live process "
@@ -433,6 +434,9 @@ def _inspect(args: argparse.Namespace) -> int:
         return _experiments(args.experiment, args)
     if args.command == "report":
         runs = [load(d) for d in args.run_dirs]
+        for run in runs:  # plotted without them
+            for unreadable in run.unreadable:
+                print(f"hotprune report: {run.path}: {unreadable}", file=sys.stderr)
         try:
             paths = report.report(runs, args.out or args.run_dirs[0] / "report")
         except RuntimeError as exc:  # matplotlib missing
@@ -461,7 +465,7 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     checks = diagnose.diagnose(run)
     print(diagnose.report(checks))
-    return 1 if any(c.status == "FAIL" for c in checks) else 0
+    return diagnose.exit_code(checks)
 
 
 if __name__ == "__main__":

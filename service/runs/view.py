@@ -11,7 +11,6 @@ repeating one throttled as in eventlog. Only this module imports rich: no traini
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from hotprune.runs import console
+from hotprune.runs import console, runlog
 from hotprune import eventlog
 from hotprune.config import Config
 from hotprune.roles.process import load_run_config
@@ -68,19 +67,10 @@ class Tail:
     def events(self) -> list[dict]:
         new = []
         for path in sorted(self.logs.glob("*.jsonl")):
-            with open(path, "rb") as f:
-                f.seek(self.offsets.get(path, 0))
-                data = f.read()
-            done = data.rfind(b"\n") + 1
-            self.offsets[path] = self.offsets.get(path, 0) + done
-            for line in data[:done].splitlines():
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by a kill
-                if isinstance(event, dict) and isinstance(event.get("event"), str):
-                    new.append(event)
-        return sorted(new, key=lambda e: str(e.get("ts", "")))
+            # What cannot be read is left out here; `hotprune diagnose` and `show` report it.
+            events, _, self.offsets[path] = runlog.read_log(path, self.offsets.get(path, 0))
+            new += events
+        return sorted(new, key=lambda e: e["ts"])
 
 
 def _seconds(event: dict) -> float:
@@ -112,7 +102,7 @@ class Progress:
         elif kind == "epoch":
             self.epoch = e
             self.first_epoch = self.first_epoch or e
-        elif kind == "worker_swapped":
+        elif kind == "worker_swapped" and e.get("latency_ms") is not None:
             self.swaps.append(e["latency_ms"])
         self.finished = self.finished or kind == "run_finished" or (kind == "summary" and not self.supervised)
 
