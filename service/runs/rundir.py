@@ -21,7 +21,7 @@ import numpy as np
 
 from hotprune.protocol import store_layout as layout
 from hotprune.protocol.endpoints import SOCKETS, socket_dir
-from hotprune.runs import cleanup, metrics
+from hotprune.runs import cleanup, metrics, private
 from hotprune.comms import curve
 from hotprune.actor_spec import actor_shapes
 from hotprune.algorithms import actor_kind
@@ -74,6 +74,7 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     except OSError as exc:
         raise ConfigError(f"runs_dir {cfg.runs_dir}: cannot create {run_dir}: {exc.strerror}") from None
     run_dir.chmod(0o700)  # sockets and logs of a run are its user's only
+    private.check(run_dir)  # one made beforehand (`hotprune experiments`) holds no link out of it
     socket_dir(run_dir).mkdir(mode=0o700, exist_ok=True)
     if cfg.transport.kind == "tcp":
         keys = curve.keys_dir(run_dir)
