@@ -325,8 +325,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     dense = _config_parser(steps, "train-dense", "a dense run that keeps what tickets need: its weights every 10 "
                            "epochs (epoch 0: the rewind point) and its last 8 epochs' transitions")
     _verbosity_args(dense)
-    mask = steps.add_parser("create-mask", help="masks from a kept run's final weights: RUN_DIR/masks/*.safetensors, "
-                            ".pt (torch.load weights_only) and .npz")
+    mask = steps.add_parser("create-mask", help="masks from a kept run's final weights: RUN_DIR/masks/*.safetensors "
+                            "(safetensors.torch.load_file reads it anywhere)")
     mask.add_argument("run_dir", type=Path)
     mask.add_argument("--method", required=True, help="magnitude | taylor | gradient")
     mask.add_argument("--sparsity", type=float, required=True, help="fraction pruned of each target, e.g. 0.9")
@@ -380,10 +380,10 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     try:
         if args.action == "create-mask":
-            paths, layers = lth.create_mask(args.run_dir, args.method, args.sparsity, num_batches=args.num_batches,
+            path, layers = lth.create_mask(args.run_dir, args.method, args.sparsity, num_batches=args.num_batches,
                                             batch_size=args.batch_size, targets=tuple(args.targets.split(",")),
                                             structure=args.structure, scope=args.scope, out=args.out)
-            print("\n".join([*layers, *map(str, paths)]))
+            print("\n".join([*layers, str(path)]))
             return 0
         if args.action == "compare":
             from hotprune.config import load_config

@@ -37,7 +37,7 @@ def record_supervisor(run_dir: Path) -> None:
     """Write run_dir/supervisor.pid: this process's pid and its start time, which tells it from a
     later process that got the same pid."""
     pid = os.getpid()
-    (run_dir / PID_FILE).write_text(f"{pid} {_start_time(pid)}\n")
+    private.write_text(run_dir / PID_FILE, f"{pid} {_start_time(pid)}\n")
 
 
 def run_pids(run_dir: Path) -> list[int]:
