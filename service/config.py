@@ -360,8 +360,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
             raise ConfigError(f"config file {path} is not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # an over-4,300-digit int, deep nesting
+            raise ConfigError(f"config file {path} is not valid TOML: {str(exc)[:120]}") from None
     given = [_parse_override(item)[0] for item in overrides]
     for length, other in (("epochs", "total_steps"), ("total_steps", "epochs")):
         if length in given and other not in given:  # a length given replaces the file's (and the preset's)
@@ -417,7 +417,7 @@ def _literal(raw: str) -> Any:
     """A TOML literal (number, bool, list, quoted string); anything else is a bare string."""
     try:
         return tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError):  # also an over-4,300-digit int, deep nesting
         return raw.strip()
 
 

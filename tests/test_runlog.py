@@ -114,3 +114,15 @@ def test_diagnose_tells_could_not_read_from_fail_from_pass_in_its_help(capsys):
     code, help_text, _ = run_cli(capsys, "--help")
     assert code == 0
     assert "1: a FAIL, 3: lines of the logs could not be read" in " ".join(help_text.split())
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("x = " + "[" * 5000 + "]" * 5000, "is not valid TOML: maximum recursion depth exceeded"),
+    ("epochs = " + "9" * 5000, "is not valid TOML: Exceeds the limit (4300 digits)"),
+])
+def test_a_crafted_config_is_one_line_for_the_run_and_list_goes_on(run_dir, capsys, text, reason):
+    (run_dir / "config.toml").write_text(text + "\n")
+    code, _, err = run_cli(capsys, "diagnose", str(run_dir))
+    assert code == 2 and reason in err and err.count("\n") == 1
+    code, out, _ = run_cli(capsys, "list", str(run_dir.parent))
+    assert code == 0 and reason in out
