@@ -172,7 +172,7 @@ def copy_of(finished: Path, name: str) -> Path:
 
 def said(result: subprocess.CompletedProcess) -> str:
     text = (result.stderr.strip() or result.stdout.strip()).splitlines()
-    return f"exit {result.returncode}: " + (text[0].split(": error: ")[-1][:110] if text else "")
+    return f"exit {result.returncode}: " + (text[0].split(": error: ")[-1][:160] if text else "")
 
 
 def linked_sock(finished: Path) -> tuple[bool, str]:
@@ -250,7 +250,7 @@ def all_kept_masks(finished: Path) -> tuple[bool, str]:
 def _one_fail(result: subprocess.CompletedProcess) -> tuple[bool, str]:
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
     ok = result.returncode == 1 and any("logs agree with the kept files" in line for line in failed)
-    return ok, f"diagnose exit {result.returncode}: " + "; ".join(line[6:][:110] for line in failed[:1])
+    return ok, f"diagnose exit {result.returncode}: " + "; ".join(line[6:][:160] for line in failed[:1])
 
 
 def umask_000(finished: Path) -> tuple[bool, str]:

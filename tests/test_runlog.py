@@ -31,6 +31,8 @@ CRAFTED = {
                                 "structure": "weight", "scope": "global", "distribution": "uniform", "regrow": False,
                                 "schedule": "constant", "steps": [["x", 0.8]]}).encode(), "steps is"),
     "bad time": (json.dumps({**EPOCH, "ts": "yesterday"}).encode(), 'ts is "yesterday", not an ISO 8601 time'),
+    "unhashable role": (json.dumps({**EPOCH, "role": ["trainer"]}).encode(),
+                        'epoch: role is ["trainer"], not a string'),
     "not an object": (b"[1, 2]", "not a JSON object with an event name"),
     "no event": (b'{"ts": "2026-01-01T00:00:00Z"}', "not a JSON object with an event name"),
     "not utf-8": (b'{"event": "\xff\xfe"}', "not UTF-8 (byte 11)"),

@@ -160,8 +160,9 @@ def parse_line(raw: bytes) -> dict:
         raise BadLine(f"not JSON ({str(exc)[:SHOWN_CHARS]})") from None
     if type(event) is not dict or type(event.get("event")) is not str:
         raise BadLine("not a JSON object with an event name")
-    kinds = EVENTS.get((event.get("role"), event["event"])) or EVENTS.get(event["event"], {})
-    bad = _bad_field(event, {**COMMON, **kinds})
+    bad = _bad_field(event, COMMON)  # role first: a str, before it names the event's fields
+    if bad is None:
+        bad = _bad_field(event, EVENTS.get((event["role"], event["event"])) or EVENTS.get(event["event"], {}))
     if bad is not None:
         raise BadLine(f"{event['event'][:SHOWN_CHARS]}: {bad}")
     return event
@@ -173,10 +174,16 @@ def _bad_field(value: dict, kinds: dict[str, Kind]) -> str | None:
             if not kind.optional:
                 return f"no {name}"
         elif not kind.test(value[name]):
-            shown = json.dumps(value[name])  # decoded from JSON: it encodes again
-            shown = shown if len(shown) <= SHOWN_CHARS else shown[:SHOWN_CHARS] + "..."
-            return f"{name} is {shown}, not {kind.name}"
+            return f"{name} is {_shown(value[name])}, not {kind.name}"
     return None
+
+
+def _shown(value: Any) -> str:
+    try:
+        shown = json.dumps(value)  # decoded from JSON: it encodes again, unless nested to the parser's limit
+    except RecursionError:
+        return "a value nested too deeply"
+    return shown if len(shown) <= SHOWN_CHARS else shown[:SHOWN_CHARS] + "..."
 
 
 # --- a run's log files --------------------------------------------------------------------------
@@ -198,7 +205,7 @@ class Unreadable:
                 f"{self.first_line}: {self.reason}")
 
 
-MAX_LOG_BYTES = 1 << 30  # a larger log file is not a run's (a day of a busy trainer is about 100 MB)
+MAX_LOG_BYTES = 1 << 30  # a log is read whole into memory: a larger file is refused rather than loaded
 
 
 def read_log(path: Path, offset: int = 0) -> tuple[list[dict], Unreadable | None, int]:
