@@ -7,9 +7,15 @@ its first swap; the supervisor: the resumed run's first epoch, `hotprune run --r
 as soon as the old run's processes are gone). What was lost is read from the logs: exit code, every
 epoch present once, the final sparsity, the trainer's pruned weights still zero, `hotprune diagnose`.
 
-    python scripts/bench_faults.py [--quick] [--repeats N]
+Hostile files (`--hostile`, `HOSTILE`): one finished run is copied and a copy is made hostile per
+case (a link out of the run directory, crafted log lines, logs or kept files that disagree, umask
+000); each row says what hotprune did with it and whether that is what it must do (nothing outside
+the run touched, nothing corrupt trusted, never a traceback).
 
-Results: benchmarks/faults.json and benchmarks/faults.md.
+    python scripts/bench_faults.py [--quick] [--repeats N]
+    python scripts/bench_faults.py --hostile
+
+Results: benchmarks/faults.json and .md; with --hostile benchmarks/faults_hostile.json and .md.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -25,6 +34,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -140,11 +150,160 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# --- hostile files ------------------------------------------------------------------------------
+
+HOSTILE_SETTINGS = ["epochs=8", "samples_per_epoch=512", "chunk_steps=32", "pruning.start_epoch=2",
+                    "pruning.every=3"]
+CRAFTED_LINES = [b"[" * 100_000 + b"]" * 100_000, b'{"event": "epoch", "samples": ' + b"9" * 5000 + b"}",
+                 b"[1, 2]", b'{"event": "\xff"}']
+
+
+def cli(*args: str, umask: int | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([HOTPRUNE, *args], capture_output=True, text=True, timeout=600,
+                          preexec_fn=None if umask is None else lambda: os.umask(umask))
+
+
+def copy_of(finished: Path, name: str) -> Path:
+    copy = finished.parent / name
+    shutil.copytree(finished, copy, ignore=shutil.ignore_patterns("sock"), symlinks=True)
+    (copy / "sock").mkdir(mode=0o700)
+    return copy
+
+
+def said(result: subprocess.CompletedProcess) -> str:
+    text = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return f"exit {result.returncode}: " + (text[0].split(": error: ")[-1][:160] if text else "")
+
+
+def linked_sock(finished: Path) -> tuple[bool, str]:
+    """sock/ -> a directory holding another program's live socket: clean and --resume."""
+    run = copy_of(finished, "linked-sock")
+    outside = finished.parent.parent / "elsewhere"
+    outside.mkdir()
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(outside / "app.sock"))
+        server.listen()
+        (run / "sock").rmdir()
+        (run / "sock").symlink_to(outside)
+        cleaned, resumed = cli("clean", str(run.parent)), cli("run", "--resume", str(run))
+        intact = (outside / "app.sock").exists() and os.listdir(outside) == ["app.sock"]
+    ok = intact and cleaned.returncode == 0 and "is a symbolic link" in cleaned.stdout \
+        and resumed.returncode == 2 and resumed.stderr.count("\n") == 1
+    return ok, f"clean: kept; resume {said(resumed)}; outside socket {'intact' if intact else 'REMOVED'}"
+
+
+def linked_log(finished: Path) -> tuple[bool, str]:
+    """logs/trainer.jsonl -> a file of another program: --resume would append to it."""
+    run = copy_of(finished, "linked-log")
+    outside = finished.parent.parent / "notes.txt"
+    outside.write_text("theirs\n")
+    (run / "logs" / "trainer.jsonl").unlink()
+    (run / "logs" / "trainer.jsonl").symlink_to(outside)
+    resumed = cli("run", "--resume", str(run))
+    ok = resumed.returncode == 2 and outside.read_text() == "theirs\n"
+    return ok, f"resume {said(resumed)}"
+
+
+def crafted_lines(finished: Path) -> tuple[bool, str]:
+    """Deep nesting, a 5,000-digit integer, a wrong type, a non-object, invalid UTF-8 in trainer.jsonl."""
+    run = copy_of(finished, "crafted")
+    log = run / "logs" / "trainer.jsonl"
+    lines = log.read_bytes().splitlines()
+    wrong_type = json.dumps({**json.loads(lines[-1]), "event": "epoch", "samples": "lots"}).encode()
+    log.write_bytes(b"\n".join([*lines[:10], *CRAFTED_LINES, wrong_type, *lines[10:]]) + b"\n")
+    results = {name: cli(name, str(target)) for name, target in
+               (("diagnose", run), ("show", run), ("list", run.parent), ("report", run))}
+    traceback = [name for name, r in results.items() if "Traceback" in r.stderr]
+    ok = not traceback and results["diagnose"].returncode == 3 and all(
+        r.returncode == 0 for name, r in results.items() if name != "diagnose")
+    named = next((line for line in results["diagnose"].stdout.splitlines() if "logs readable" in line), "")
+    return ok, f"diagnose exit {results['diagnose'].returncode} ({named[6:][:90]}); show, list, report: exit " \
+               + ", ".join(str(r.returncode) for n, r in results.items() if n != "diagnose") \
+               + (f"; TRACEBACK in {traceback}" if traceback else "")
+
+
+def forged_logs(finished: Path) -> tuple[bool, str]:
+    """Every sparsity the logs state (80%) rewritten to 95%."""
+    run = copy_of(finished, "forged")
+
+    def forged(value):
+        if isinstance(value, dict):
+            return {k: 0.95 if "sparsity" in k and type(v) is float and v > 0.5 else forged(v)
+                    for k, v in value.items()}
+        return [forged(v) for v in value] if isinstance(value, list) else value
+
+    for log in (run / "logs").glob("*.jsonl"):
+        log.write_text("".join(json.dumps(forged(json.loads(x))) + "\n" for x in log.read_text().splitlines()))
+    return _one_fail(cli("diagnose", str(run)))
+
+
+def all_kept_masks(finished: Path) -> tuple[bool, str]:
+    """masks.safetensors swapped for one that keeps every weight (its metadata kept)."""
+    from hotprune.runs import artifacts
+
+    run = copy_of(finished, "all-kept")
+    masks, meta = artifacts.load(run / artifacts.MASKS)
+    artifacts.save(run / artifacts.MASKS, {n: m | True for n, m in masks.items()}, **meta)
+    return _one_fail(cli("diagnose", str(run)))
+
+
+def _one_fail(result: subprocess.CompletedProcess) -> tuple[bool, str]:
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    ok = result.returncode == 1 and any("logs agree with the kept files" in line for line in failed)
+    return ok, f"diagnose exit {result.returncode}: " + "; ".join(line[6:][:160] for line in failed[:1])
+
+
+def umask_000(finished: Path) -> tuple[bool, str]:
+    """`hotprune init` (tcp: with keys) under umask 000: nothing writable by group or others."""
+    runs = finished.parent.parent / "umask" / "runs"
+    made = cli("init", "--set", f"runs_dir={json.dumps(str(runs))}", "--set", "run_id=u",
+               "--set", "transport.kind=tcp", umask=0)
+    open_to_others = [str(p.relative_to(runs.parent)) for p in [runs, *runs.rglob("*")]
+                      if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o022]
+    return made.returncode == 0 and not open_to_others, \
+        f"init exit {made.returncode}; writable by others: {', '.join(open_to_others) or 'nothing'}"
+
+
+HOSTILE: dict[str, Callable[[Path], tuple[bool, str]]] = {
+    "sock/ links to another program's directory": linked_sock,
+    "a log file links to another program's file": linked_log,
+    "crafted log lines": crafted_lines,
+    "logs forged to 95% on an 80% run": forged_logs,
+    "an all-kept masks.safetensors": all_kept_masks,
+    "umask 000": umask_000,
+}
+
+
+def hostile() -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hp-hostile-") as tmp:
+        runs = Path(tmp) / "runs"
+        args = [a for s in [f"runs_dir={json.dumps(str(runs))}", "run_id=finished", *HOSTILE_SETTINGS]
+                for a in ("--set", s)]
+        subprocess.run([HOTPRUNE, "run", *args], capture_output=True, check=True, timeout=600)
+        for case, check in HOSTILE.items():
+            t0 = time.perf_counter()
+            ok, observed = check(runs / "finished")
+            rows.append({"case": case, "ok": ok, "observed": observed.replace(f"{tmp}/", ""),
+                         "s": round(time.perf_counter() - t0, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run per fault")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hostile", action="store_true", help="the hostile-file cases instead of the faults")
     args = parser.parse_args()
+    if args.hostile:
+        rows = hostile()
+        md = [f"# Hostile files ({datetime.now():%Y-%m-%d}, `scripts/bench_faults.py --hostile`)", "",
+              "A finished run (CartPole, both pruned to 80%, " + ", ".join(HOSTILE_SETTINGS) + "), one copy per case.",
+              "", "| case | what hotprune did | as it must |", "| --- | --- | --- |",
+              *(f"| {r['case']} | {r['observed']} | {'yes' if r['ok'] else 'NO'} |" for r in rows)]
+        benchkit.write("faults_hostile", {"machine": benchkit.machine(), "rows": rows}, md)
+        return 0 if all(r["ok"] for r in rows) else 1
     repeats = 1 if args.quick else args.repeats
     rows = []
     with tempfile.TemporaryDirectory(prefix="hp-faults-") as tmp:

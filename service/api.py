@@ -198,6 +198,13 @@ class Diagnosis:
     def ok(self) -> bool:
         return not any(c.status == "FAIL" for c in self.checks)
 
+    @property
+    def exit_code(self) -> int:
+        """The command's: 0 all PASS, 1 a FAIL, 3 lines of the logs could not be read."""
+        from hotprune.commands.diagnose import exit_code
+
+        return exit_code(self.checks)
+
     def __str__(self) -> str:
         from hotprune.commands.diagnose import report
 

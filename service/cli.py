@@ -145,8 +145,9 @@ def _main(argv: list[str]) -> int:
     listing.add_argument("name", nargs="?", help="print this preset's TOML")
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process by hand (see --help)", add_help=False)
-    sub.add_parser("diagnose", help="check from a run's logs that pruning happened and persisted "
-                   "(exit 1 on any FAIL)").add_argument("run_dir", type=Path)
+    sub.add_parser("diagnose", help="check from a run's logs, against its kept files and config, that pruning "
+                   "happened and persisted (exit 0: all PASS, 1: a FAIL, 3: lines of the logs could not be "
+                   "read, 2: not a run)").add_argument("run_dir", type=Path)
     sub.add_parser("show", help="a run's pruning timeline and summary, again").add_argument("run_dir", type=Path)
     sub.add_parser("list", help="one line per run").add_argument("runs_dir", type=Path, nargs="?", default=Path("runs"))
     sub.add_parser("clean", help="remove the shared memory and socket files of runs with no live process "
@@ -329,8 +330,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     dense = _config_parser(steps, "train-dense", "a dense run that keeps what tickets need: its weights every 10 "
                            "epochs (epoch 0: the rewind point) and its last 8 epochs' transitions")
     _verbosity_args(dense)
-    mask = steps.add_parser("create-mask", help="masks from a kept run's final weights: RUN_DIR/masks/*.safetensors, "
-                            ".pt (torch.load weights_only) and .npz")
+    mask = steps.add_parser("create-mask", help="masks from a kept run's final weights: RUN_DIR/masks/*.safetensors "
+                            "(safetensors.torch.load_file reads it anywhere)")
     mask.add_argument("run_dir", type=Path)
     mask.add_argument("--method", required=True, help="magnitude | taylor | gradient")
     mask.add_argument("--sparsity", type=float, required=True, help="fraction pruned of each target, e.g. 0.9")
@@ -384,10 +385,10 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     try:
         if args.action == "create-mask":
-            paths, layers = lth.create_mask(args.run_dir, args.method, args.sparsity, num_batches=args.num_batches,
+            path, layers = lth.create_mask(args.run_dir, args.method, args.sparsity, num_batches=args.num_batches,
                                             batch_size=args.batch_size, targets=tuple(args.targets.split(",")),
                                             structure=args.structure, scope=args.scope, out=args.out)
-            print("\n".join([*layers, *map(str, paths)]))
+            print("\n".join([*layers, str(path)]))
             return 0
         if args.action == "compare":
             from hotprune.config import load_config
@@ -439,6 +440,9 @@ def _inspect(args: argparse.Namespace) -> int:
         return _experiments(args.experiment, args)
     if args.command == "report":
         runs = [load(d) for d in args.run_dirs]
+        for run in runs:  # plotted without them
+            for unreadable in run.unreadable:
+                print(f"hotprune report: {run.path}: {unreadable}", file=sys.stderr)
         try:
             paths = report.report(runs, args.out or args.run_dirs[0] / "report")
         except RuntimeError as exc:  # matplotlib missing
@@ -466,7 +470,7 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     diagnosis = api.diagnose(args.run_dir)
     print(diagnosis)
-    return 0 if diagnosis.ok else 1
+    return diagnosis.exit_code
 
 
 if __name__ == "__main__":

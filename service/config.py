@@ -517,8 +517,8 @@ def _read(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # an over-4,300-digit int, deep nesting
+        raise ConfigError(f"config file {path} is not valid TOML: {str(exc)[:120]}") from None
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
@@ -592,7 +592,7 @@ def _literal(raw: str) -> Any:
     """A TOML literal (number, bool, list, quoted string); anything else is a bare string."""
     try:
         return tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError):  # also an over-4,300-digit int, deep nesting
         return raw.strip()
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 import structlog.tracebacks
 
-from hotprune.runs import console
+from hotprune.runs import console, private
 from hotprune.roles import liveness
 
 
@@ -129,8 +129,8 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo:
 
     It echoes to the terminal (see the module's doc) if `echo` and no supervisor started it."""
     path = log_path(run_dir, role, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(path, "a", buffering=1, encoding="utf-8")
+    private.make_dirs(path.parent, private.SHARED_DIR)
+    stream = os.fdopen(private.create(path, append=True), "a", buffering=1, encoding="utf-8")  # 0644 under any umask
     echoing = [_echo()] if echo and not os.environ.get(SUPERVISED) else []
     structlog.configure(
         processors=[

@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from hotprune.runs import cleanup, rundir
 from hotprune.config import ConfigError, load_config
+from tests.servicekit import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,3 +177,86 @@ def test_a_failed_start_leaves_the_run_id_free_and_a_directory_made_before_it_as
     rundir.discard(run_dir, made=False)
     assert [p.name for p in run_dir.iterdir()] == ["console.txt"]
     assert rundir.prepare(cfg) == run_dir  # tried again
+
+
+def outside_with_a_live_socket(tmp_path: Path) -> tuple[Path, socket.socket]:
+    """Another program's directory and its listening socket: what a link out of a run would reach."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(outside / "app.sock"))
+    server.listen()
+    return outside, server
+
+
+def test_clean_never_removes_through_a_socket_directory_that_links_out_of_the_run(tmp_path, run_id, capsys):
+    run_dir = rundir.prepare(config(tmp_path, run_id))
+    outside, server = outside_with_a_live_socket(tmp_path)
+    with server:
+        (run_dir / "sock").rmdir()
+        (run_dir / "sock").symlink_to(outside)
+        removed, kept = cleanup.clean(tmp_path / "runs")
+        assert [p for p in removed if tmp_path in p.parents] == [] and (outside / "app.sock").exists()
+        assert [k for k in kept if str(run_dir) in k] == [
+            f"{run_dir / 'sock'} is a symbolic link (to {outside}): a run keeps its own files, and nothing is done "
+            "through a link out of its directory; replace the link with what it points to"]
+        assert cleanup.remove_sockets(run_dir) == [] and (outside / "app.sock").exists()
+
+
+@pytest.mark.parametrize("link", ["sock", "logs", "keys", "logs/trainer.jsonl", "supervisor.pid"])
+def test_a_run_with_a_link_out_of_it_is_refused_before_anything_is_removed_written_or_bound(
+        tmp_path, run_id, capsys, link):
+    run_dir = rundir.prepare(config(tmp_path, run_id))
+    outside, server = outside_with_a_live_socket(tmp_path)
+    with server:
+        target = run_dir / link
+        if target.is_dir():
+            target.rmdir()
+        target.symlink_to(outside / "app.sock" if "." in link else outside)
+        before = sorted(os.listdir(outside))
+        expected = f"{target} is a symbolic link (to {outside}"
+        code, out, err = run_cli(capsys, "run", "--resume", str(run_dir))
+        assert code == 2 and err.startswith(f"hotprune run: error: {expected}") and err.count("\n") == 1, err
+        # A process started by hand binds (or logs) nothing either: the worker, which loads no torch.
+        worker = subprocess.run([sys.executable, "-m", "hotprune.workers.inference_worker", "--run-dir",
+                                 str(run_dir)], capture_output=True, text=True, timeout=60)
+        assert worker.returncode != 0 and expected in worker.stderr
+        code, _, err = run_cli(capsys, "worker", "--run-dir", str(run_dir))
+        assert code == 2 and expected in err and err.count("\n") == 1
+        assert sorted(os.listdir(outside)) == before and (outside / "app.sock").exists()
+
+
+def test_a_run_directory_others_may_write_is_refused(tmp_path, run_id, capsys):
+    run_dir = rundir.prepare(config(tmp_path, run_id))
+    run_dir.chmod(0o777)
+    code, _, err = run_cli(capsys, "run", "--resume", str(run_dir))
+    assert code == 2 and f"run directory {run_dir} is writable by others (mode 0777); chmod 700 it" in err
+
+
+UMASK_000 = """
+import os, sys
+from pathlib import Path
+os.umask(0)
+from hotprune import eventlog
+from hotprune.config import load_config
+from hotprune.runs import artifacts, cleanup, rundir
+cfg = load_config(overrides=[f"runs_dir={sys.argv[1]!r}", "run_id=r", "transport.kind=tcp", "preset=none"])
+run_dir = rundir.prepare(cfg, check_ports=False)
+eventlog.setup(run_dir, "r", "trainer", echo=False).info("heartbeat")
+cleanup.record_supervisor(run_dir)
+artifacts.Progress(run_dir / artifacts.PROGRESS).write({"epoch": 1})
+"""
+
+
+def test_what_a_run_makes_under_umask_000_is_writable_by_its_user_alone(tmp_path):
+    runs = tmp_path / "new" / "runs"
+    subprocess.run([sys.executable, "-c", UMASK_000, str(runs)], check=True, timeout=60)
+    made = [runs.parent, runs, *runs.rglob("*")]
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.lstat().st_mode) for p in made}
+    assert modes == {
+        "new": 0o755, "new/runs": 0o755, "new/runs/r": 0o700, "new/runs/r/sock": 0o700,
+        "new/runs/r/keys": 0o700, "new/runs/r/keys/server.key": 0o644, "new/runs/r/keys/client.key": 0o644,
+        "new/runs/r/keys/server.key_secret": 0o600, "new/runs/r/keys/client.key_secret": 0o600,
+        "new/runs/r/logs": 0o755, "new/runs/r/logs/trainer.jsonl": 0o644, "new/runs/r/config.toml": 0o644,
+        "new/runs/r/supervisor.pid": 0o644, "new/runs/r/progress.csv": 0o644,
+    }

@@ -71,13 +71,14 @@ def test_a_supervised_process_echoes_nothing_but_logs_everything(tmp_path, capsy
 def test_the_tail_gives_whole_lines_once_and_finds_new_files(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "trainer.jsonl").write_text('{"ts": "2026-01-01T00:00:02Z", "event": "epoch"}\n{"ts": "2026-01-01T00:00:0')
+    who = '"event": "heartbeat", "role": "trainer", "pid": 1, "run_id": "r"'  # what every line carries
+    (logs / "trainer.jsonl").write_text(f'{{"ts": "2026-01-01T00:00:02Z", {who}}}\n{{"ts": "2026-01-01T00:00:0')
     resumed = runlog.Tail(logs, from_end=True)
     tail = runlog.Tail(logs)
     assert [e["ts"][-3:] for e in tail.events()] == ["02Z"]
     with open(logs / "trainer.jsonl", "a") as f:
-        f.write('3Z", "event": "epoch"}\n')
-    (logs / "worker-0.jsonl").write_text('{"ts": "2026-01-01T00:00:01Z", "event": "worker_swapped"}\n')
+        f.write(f'3Z", {who}}}\n')
+    (logs / "worker-0.jsonl").write_text(f'{{"ts": "2026-01-01T00:00:01Z", {who}}}\n')
     assert [e["ts"][-3:] for e in tail.events()] == ["01Z", "03Z"]  # in time order across files
     assert tail.events() == []
     assert [e["ts"][-3:] for e in resumed.events()] == ["01Z"]  # the line cut at its start is not parsed

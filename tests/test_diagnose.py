@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hotprune.commands.diagnose import diagnose
+from hotprune.runs import artifacts
 from hotprune.runs.runlog import RunError, load
 from tests.servicekit import hotprune, run_cli, settings
 
@@ -160,3 +161,91 @@ def test_a_run_with_no_logs_yet_is_refused(tmp_path):
     init = hotprune("init", *settings(tmp_path, "empty"))
     with pytest.raises(RunError, match="no log events yet"):
         load(Path(init.stdout.strip()))
+
+
+def forged_sparsity(events):
+    """Every sparsity the logs state above 50% (the run prunes to 80%) rewritten to 95%."""
+    def forged(value):
+        if isinstance(value, dict):
+            return {k: 0.95 if "sparsity" in k and type(v) is float and v > 0.5 else forged(v)
+                    for k, v in value.items()}
+        return [forged(v) for v in value] if isinstance(value, list) else value
+    return [{**forged(e), **({"steps": [[epoch, 0.95] for epoch, _ in e["steps"]]}
+                             if e["event"] == "pruning_planned" else {})} for e in events]
+
+
+def test_logs_that_claim_another_sparsity_than_the_kept_files_and_config_fail(runs, tmp_path, capsys):
+    faulty = tampered(runs, "both", tmp_path, "compressor", forged_sparsity)
+    for name in ("trainer", "worker-0", "worker-1"):
+        path = faulty / "logs" / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in forged_sparsity(
+            [json.loads(line) for line in path.read_text().splitlines()])))
+    code, out, _ = run_cli(capsys, "diagnose", str(faulty))
+    [line] = [line for line in out.splitlines() if "logs agree with the kept files and config" in line]
+    assert code == 1 and line.startswith("FAIL"), out
+    assert "compression_finished v" in line and "says 95.00%, masks.safetensors prunes 80." in line
+    assert "policy_saved v" in line and "says 95.00%, policy.safetensors's metadata 80." in line
+
+
+def kept_file_edited(runs: Path, tmp_path: Path, name: str, edit) -> Path:
+    """A copy of the both-pruned run whose kept file `name` went through `edit(tensors, meta)`."""
+    copy = tmp_path / "both"
+    shutil.copytree(runs / "both", copy, ignore=shutil.ignore_patterns("sock"))
+    tensors, meta = artifacts.load(copy / name)
+    edit(tensors, meta)
+    artifacts.save(copy / name, tensors, **meta)
+    return copy
+
+
+def all_kept(tensors, meta):
+    for mask in tensors.values():
+        mask[...] = True
+
+
+def revived(tensors, meta):
+    weight = tensors["net.2.weight"]
+    weight[weight == 0] = 0.5
+
+
+def claims_95(tensors, meta):
+    meta["weight_sparsity"] = 0.95
+
+
+@pytest.mark.parametrize("name, edit, said", [
+    ("masks.safetensors", all_kept, "says 80.0"),  # the metadata (and the logs) 80%, the file prunes 0%
+    ("policy.safetensors", revived, "weight(s) that masks.safetensors prunes are non-zero in policy.safetensors"),
+    ("policy.safetensors", claims_95, "policy.safetensors's metadata says 95.00%, but 80."),
+])
+def test_kept_files_that_disagree_with_the_logs_fail(runs, tmp_path, capsys, name, edit, said):
+    code, out, _ = run_cli(capsys, "diagnose", str(kept_file_edited(runs, tmp_path, name, edit)))
+    failed = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert code == 1 and len(failed) == 1 and "logs agree with the kept files and config" in failed[0], out
+    assert said in failed[0]
+
+
+def test_a_config_whose_schedule_is_not_the_logged_one_fails(runs, tmp_path, capsys):
+    copy = tmp_path / "both"
+    shutil.copytree(runs / "both", copy, ignore=shutil.ignore_patterns("sock"))
+    config = copy / "config.toml"
+    config.write_text(config.read_text().replace("target_sparsity = 0.8", "target_sparsity = 0.95"))
+    code, out, _ = run_cli(capsys, "diagnose", str(copy))
+    [line] = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert code == 1 and line.startswith("FAIL  logs agree with the kept files and config: pruning_planned's steps ")
+    assert "] are not config.toml's [" in line and ", config.toml's schedule 95.00%" in line
+
+
+def test_a_real_run_with_crafted_lines_is_read_around_them_and_diagnose_says_it_could_not_read(runs, tmp_path, capsys):
+    copy = tmp_path / "both"
+    shutil.copytree(runs / "both", copy, ignore=shutil.ignore_patterns("sock"))
+    trainer = copy / "logs" / "trainer.jsonl"
+    lines = trainer.read_bytes().splitlines()
+    crafted = [b"[" * 100_000 + b"]" * 100_000, b'{"event": "epoch", "samples": ' + b"9" * 5000 + b"}",
+               json.dumps({**json.loads(lines[-1]), "event": "epoch", "samples": "lots"}).encode(), b"[1]", b"\xff"]
+    trainer.write_bytes(b"\n".join([*lines[:16], *crafted, *lines[16:]]) + b"\n")
+    code, out, _ = run_cli(capsys, "diagnose", str(copy))
+    assert code == 3, out
+    assert "FAIL  logs readable: 5 unreadable lines in logs/trainer.jsonl, first at line 17: JSON nested too deeply" \
+        in out
+    assert "PASS  run completed" in out  # the rest is read and checked
+    code, shown, _ = run_cli(capsys, "show", str(copy))
+    assert code == 0 and "=== Summary" in shown and "left out: 5 unreadable lines" in shown

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
+import safetensors.torch
 import torch
 
 from hotprune.runs import artifacts
@@ -101,7 +102,7 @@ def hidden_pruned(masks: dict[str, np.ndarray], part: str) -> int:
 
 
 @pytest.mark.parametrize("method", ["magnitude", "taylor", "gradient"])
-def test_create_mask_prunes_exactly_the_planned_count_of_actor_and_critic_and_writes_three_loadable_files(
+def test_create_mask_prunes_exactly_the_planned_count_of_actor_and_critic_and_writes_safetensors_only(
         tmp_path, capsys, method):
     run = kept_run(tmp_path)
     code, out, err = run_cli(capsys, "lth", "create-mask", str(run), "--method", method, "--sparsity", "0.8",
@@ -116,14 +117,12 @@ def test_create_mask_prunes_exactly_the_planned_count_of_actor_and_critic_and_wr
     _, meta = artifacts.load(path)
     assert (meta["method"], meta["sparsity"], meta["env_id"], meta["run_id"]) == (method, 0.8, "CartPole-v1", "dense")
     assert meta["shapes"]["actor.net.0.weight"] == [16, 4]
-    from_pt = torch.load(path.with_suffix(".pt"), weights_only=True)
-    from_npz = np.load(path.with_suffix(".npz"), allow_pickle=False)
+    from_torch = safetensors.torch.load_file(path)  # what another tool reads, no hotprune needed
     for key, keep in masks.items():
         assert keep.dtype == bool
-        assert np.array_equal(from_pt[key].numpy(), keep) and from_pt[key].dtype == torch.bool
-        assert np.array_equal(from_npz[key], keep)
-    with zipfile.ZipFile(path.with_suffix(".pt")) as z:  # a torch.save zip: tensors and the pickle that names them
-        assert any(n.endswith("data.pkl") for n in z.namelist())
+        assert np.array_equal(from_torch[key].numpy(), keep) and from_torch[key].dtype == torch.bool
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no .pt (a pickle), no .npz
+    assert not zipfile.is_zipfile(path)  # a torch.save file is a zip holding a pickle
 
 
 def test_saliency_masks_are_the_pruning_engines_on_the_gradients_of_ppos_loss_and_differ_from_magnitude(tmp_path):

@@ -1,20 +1,36 @@
-"""`hotprune diagnose RUN_DIR`: the user's by-hand pruning checklist, automated from the logs alone.
+"""`hotprune diagnose RUN_DIR`: the user's by-hand pruning checklist, automated from the logs and
+checked against what the run kept.
 
 Each check reads a finished run's events (hotprune.runs.runlog) and says PASS or FAIL with its evidence
 (epochs, versions, values); INFO lines show what is worth seeing but is not a fault (the async
-lag). Checks that do not apply to the run's mode are left out. Exit code 1 on any FAIL.
+lag). Checks that do not apply to the run's mode are left out. The logs are not trusted alone: what
+they say of the masks, the policy and the schedule is checked against masks.safetensors,
+policy.safetensors (their counted zeros and their metadata) and config.toml. Exit code
+(`exit_code`): 0 when every check passes, 1 on a FAIL, 3 when lines of the logs could not be read
+(the verdict rests on logs with lines left out, so it is not given as a pass or a fail).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from hotprune.actor_spec import actor_shapes
+from hotprune.envs import env_spec
 from hotprune.pruning.criteria import CRITERIA
+from hotprune.pruning.engine import prunable_names, sparsity, sparsity_of_counts
+from hotprune.pruning.schedule import plan
+from hotprune.runs import artifacts
 from hotprune.runs.runlog import Run
 
 TOLERANCE = 1e-6  # sparsities are fractions of counts: equal up to float noise
 REASON_CHARS = 120  # a rejected message's reason is shown cut to this length
+EXIT_FAIL, EXIT_UNREADABLE = 1, 3
+LOGS_READABLE = "logs readable"
+SHOWN_PROBLEMS = 3  # disagreements or unreadable files named in one line; the rest counted
 
 
 @dataclass(frozen=True)
@@ -230,9 +246,127 @@ def compression_failures(run: Run) -> Check:
                  if failed else "0")
 
 
-ALWAYS: list[Callable[[Run], Check]] = [run_completed, no_rejected_messages, no_failed_reads]
+def logs_readable(run: Run) -> Check:
+    if run.unreadable:
+        return _ok(LOGS_READABLE, False, _listed([str(u) for u in run.unreadable], "files"))
+    return _ok(LOGS_READABLE, True, f"every line of {len(run.logs)} log files")
+
+
+def _listed(problems: list[str], what: str) -> str:
+    more = f" ({len(problems)} {what} in all)" if len(problems) > SHOWN_PROBLEMS else ""
+    return "; ".join(problems[:SHOWN_PROBLEMS]) + more
+
+
+def kept_files_agree(run: Run) -> Check:
+    """What the logs say of the schedule, the masks and the policy, against config.toml's schedule and
+    the zeros counted in masks.safetensors and policy.safetensors (and those files' metadata)."""
+    name = "logs agree with the kept files and config"
+    cfg = run.config
+    problems = []
+    spec = {n: ("float32", shape) for n, shape in
+            actor_shapes(env_spec(cfg.env_id), cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm).items()}
+    names = prunable_names(spec, cfg.pruning.prune_output_layer)
+    masks, shown = None, [f"config.toml's schedule to {cfg.pruning.target_sparsity:.2%} = the logged plan and targets"]
+    masks_file, policy_file = run.path / artifacts.MASKS, run.path / artifacts.POLICY
+    try:  # a file that is no tensor file (ArtifactError) is one disagreement, and the end of the comparison
+        if masks_file.exists() or _compressions(run):
+            masks, problem, note = _masks_agree(run, masks_file, spec, names)
+            problems, shown = problems + problem, [*shown, note]
+        if policy_file.exists():
+            problem, note = _policy_agrees(run, policy_file, spec, names, masks)
+            problems, shown = problems + problem, [*shown, note]
+    except artifacts.ArtifactError as exc:
+        problems.append(str(exc))
+    problems += _schedule_problems(run)
+    return _ok(name, not problems, _listed(problems, "disagreements") if problems else "; ".join(filter(None, shown)))
+
+
+def _schedule_problems(run: Run) -> list[str]:
+    """The logged plan and every compression's target against the schedule config.toml makes."""
+    cfg, problems = run.config, []
+    planned = [[s.epoch, s.sparsity] for s in plan(cfg)[0]]
+    for e in run.events("compressor", "pruning_planned")[-1:]:
+        if len(e["steps"]) != len(planned) or any(a[0] != b[0] or abs(a[1] - b[1]) > TOLERANCE
+                                                  for a, b in zip(e["steps"], planned)):
+            problems.append(f"pruning_planned's steps {_steps(e['steps'])} are not config.toml's {_steps(planned)}")
+    targets = dict(planned)
+    for e in _compressions(run):
+        want = targets.get(e["due_epoch"])
+        if want is None or abs(e["target_sparsity"] - want) > TOLERANCE:
+            problems.append(f"compression v{e['version']} logs a target of {e['target_sparsity']:.2%} for due epoch "
+                            f"{e['due_epoch']}, config.toml's schedule " +
+                            (f"{want:.2%}" if want is not None else "has no step there"))
+    summary = run.summary
+    if summary and (summary["target_sparsity"] is None
+                    or abs(summary["target_sparsity"] - cfg.pruning.target_sparsity) > TOLERANCE):
+        problems.append(f"the summary's target {summary['target_sparsity']} is not config.toml's "
+                        f"{cfg.pruning.target_sparsity}")
+    return problems
+
+
+def _steps(steps: list) -> str:
+    shown = ", ".join(f"{epoch}->{s:.2%}" for epoch, s in steps[:4])
+    return f"[{shown}{', ...' if len(steps) > 4 else ''}]"
+
+
+def _masks_agree(run: Run, path: Path, spec, names) -> tuple[dict | None, list[str], str]:
+    """(the keep-masks, disagreements, evidence): the pruned fraction counted in the masks file
+    against its metadata and the logs' compression_finished and masks_sent of its version."""
+    if not path.exists():
+        return None, [f"{path.name} is missing, though {len(_compressions(run))} compression(s) are logged"], ""
+    masks, meta = artifacts.load(path)
+    wrong = [n for n, m in masks.items() if n not in spec or m.dtype != bool or m.shape != spec[n][1]]
+    if wrong:
+        return None, [f"{path.name}: {wrong[0]} is not a keep-mask of the run's actor"], ""
+    counted = sparsity_of_counts({n: int(np.count_nonzero(masks[n])) if n in masks else int(np.prod(spec[n][1]))
+                                  for n in names}, spec, names)
+    version = meta.get("masks_version")
+    claims = [(f"{path.name}'s metadata", meta.get("weight_sparsity"))]
+    claims += [(f"{e['event']} v{version}", e.get("weight_sparsity"))
+               for e in [*_compressions(run), *run.events("compressor", "masks_sent")]
+               if e["version"] == version and "weight_sparsity" in e]
+    problems = [f"{who} says {_pct(value)}, {path.name} prunes {counted:.2%}" for who, value in claims
+                if not _near(value, counted)]
+    if len(claims) == 1:
+        problems.append(f"no line of the logs states the sparsity of {path.name} (v{version})")
+    return masks, problems, f"{path.name} (v{version}) prunes {counted:.2%} = {', '.join(w for w, _ in claims)}"
+
+
+def _policy_agrees(run: Run, path: Path, spec, names, masks: dict | None) -> tuple[list[str], str]:
+    """(disagreements, evidence): the policy file's zeros against its metadata and policy_saved, and
+    every weight the masks prune exactly zero in it."""
+    policy, meta = artifacts.load(path)
+    try:
+        counted = sparsity(policy, spec, names)
+    except (KeyError, ValueError) as exc:
+        return [f"{path.name} does not hold the run's actor ({type(exc).__name__}: {str(exc)[:80]})"], ""
+    version, stated = meta.get("version"), meta.get("weight_sparsity")
+    problems = [] if _near(stated, counted, at_most=True) else \
+        [f"{path.name}'s metadata says {_pct(stated)}, but {counted:.2%} of its weights are zero"]
+    saved = [e for e in run.events("compressor", "policy_saved") if e["version"] == version]
+    problems += [f"policy_saved v{version} says {e['weight_sparsity']:.2%}, {path.name}'s metadata {_pct(stated)}"
+                 for e in saved[-1:] if not _near(e["weight_sparsity"], stated)]
+    revived = sum(int(np.count_nonzero(policy[n][~m])) for n, m in (masks or {}).items()
+                  if n in policy and policy[n].shape == m.shape)
+    if revived:
+        problems.append(f"{revived} weight(s) that masks.safetensors prunes are non-zero in {path.name}")
+    return problems, f"{path.name} (v{version}) {counted:.2%} zero = its metadata" + (", policy_saved" if saved else "")
+
+
+def _near(value, counted: float, at_most: bool = False) -> bool:
+    """`value` is a number equal to `counted` (or, `at_most`, not above it: a kept weight may be exactly 0)."""
+    if type(value) not in (int, float):
+        return False
+    return value <= counted + TOLERANCE if at_most else abs(value - counted) <= TOLERANCE
+
+
+def _pct(value) -> str:
+    return f"{value:.2%}" if type(value) in (int, float) else repr(value)[:40]
+
+
+ALWAYS: list[Callable[[Run], Check]] = [logs_readable, run_completed, no_rejected_messages, no_failed_reads]
 PRUNING: list[Callable[[Run], Check]] = [no_skipped_compression, compression_failures, workers_run_the_target,
-                                         workers_never_go_backwards]
+                                         workers_never_go_backwards, kept_files_agree]
 BOTH_PRUNED: list[Callable[[Run], Check]] = [snapshot_full_before_first_masks, masks_applied_once_per_compression,
                                              training_sparsity_never_falls_back, snapshots_after_masks_show_it,
                                              pruned_weights_stay_zero, async_lag]
@@ -250,10 +384,17 @@ def _guarded(check: Callable[[Run], Check], run: Run) -> Check:
     """A log that lacks what a check reads (cut off, edited, from another version) fails that check."""
     try:
         return check(run)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # ConfigError, ArtifactError too
         name = check.__name__.replace("_", " ")
         return Check("FAIL", name, f"the logs lack what this check reads ({type(exc).__name__}: {str(exc)[:80]})")
 
 
 def report(checks: list[Check]) -> str:
     return "\n".join(f"{c.status:<4}  {c.name}: {c.evidence}" for c in checks)
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0: every check passed; EXIT_UNREADABLE: lines of the logs could not be read (whatever the other
+    checks found: they judged logs with lines left out); EXIT_FAIL: a check failed."""
+    failed = {c.name for c in checks if c.status == "FAIL"}
+    return EXIT_UNREADABLE if LOGS_READABLE in failed else EXIT_FAIL if failed else 0

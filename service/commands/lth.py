@@ -21,7 +21,8 @@ the service's own parts:
   (`sac.Learner.actor_loss`, `critic_loss`), as SAC's trainer measures them. So the masks are exactly
   what the compressor (and, for SAC's critics, the trainer) computes from the same scores; each SAC
   critic is ranked on its own, as the trainer prunes them. Written as safetensors (the format every
-  run reads: `pruning.mask_file`), and for other tools as `.pt` and `.npz` with the same keys.
+  run reads: `pruning.mask_file`; other tools read it with `safetensors.torch.load_file`), never as a
+  pickle.
 - **A ticket** (`ticket_overrides`): the dense run's settings with `pruning.method = fixed`, its mask
   file, and `init_file` its epoch-0 (or epoch-K) weights; `random` keeps the fresh init of the seed.
 """
@@ -39,7 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hotprune.runs import artifacts, tickets
+from hotprune.runs import artifacts, private, tickets
 from hotprune.learning import ppo
 from hotprune.actor_spec import SAC_CRITICS
 from hotprune.algorithms import ALGORITHMS
@@ -206,8 +207,8 @@ def _ranked_groups(cfg: Config, targets: tuple[str, ...], names) -> list[tuple[s
 
 def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int | None = None,
                 batch_size: int | None = None, targets: tuple[str, ...] = ("actor",), structure: str = "weight",
-                scope: str = "global", out: Path | None = None) -> tuple[list[Path], list[str]]:
-    """Masks from a kept run's final weights; returns the files written (safetensors, .pt, .npz) and
+                scope: str = "global", out: Path | None = None) -> tuple[Path, list[str]]:
+    """Masks from a kept run's final weights; returns the file written (safetensors) and
     the per-layer sparsity lines. Nothing is written unless every input checks out."""
     from hotprune.pruning.criteria import CRITERIA, SCOPES, STRUCTURES
 
@@ -272,28 +273,13 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     return write_masks(out, tensors, meta), lines
 
 
-def write_masks(path: Path, masks: dict[str, np.ndarray], meta: dict) -> list[Path]:
-    """`path` (.safetensors, what runs read) and, for the user's other tools, the same keys as
-    `path.pt` and `path.npz`.
-
-    The .pt file is written only because the lottery-ticket workflow asks for a file that
-    `torch.load(path, weights_only=True)` reads: `torch.save` of a plain dict of bool tensors, a zip
-    whose pickle only rebuilds tensors (what weights_only admits); nothing hotprune reads is a
-    pickle, and safetensors is the primary format. The .npz loads with `np.load(path,
-    allow_pickle=False)` (bool arrays only; metadata is in the safetensors file)."""
+def write_masks(path: Path, masks: dict[str, np.ndarray], meta: dict) -> Path:
+    """`path` as .safetensors (what runs read; `safetensors.torch.load_file` reads it in any tool), in
+    a directory made 0755 whatever the umask. Never a pickle (`torch.save`): nothing hotprune writes is one."""
     path = path.with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private.make_dirs(path.parent, private.SHARED_DIR)
     artifacts.save(path, masks, **meta)
-    written = [path]
-    for suffix, write in ((".pt", lambda f: torch.save({k: torch.from_numpy(m) for k, m in masks.items()}, f)),
-                          (".npz", lambda f: np.savez(f, **masks))):
-        target = path.with_suffix(suffix)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            write(f)
-        tmp.replace(target)
-        written.append(target)
-    return written
+    return path
 
 
 def grid_masks(base: Path, seeds: list[int], methods, sparsities, where, log) -> None:

@@ -64,7 +64,7 @@ def _throughput(ax, run: Run, label: str, color) -> None:
 def _swaps(ax, run: Run, label: str, color) -> None:
     markers = "o^sv<>Dph"
     for i, worker in enumerate(run.workers()):
-        swaps = run.events(worker, "worker_swapped")
+        swaps = [s for s in run.events(worker, "worker_swapped") if s.get("latency_ms") is not None]
         ax.plot([s["version"] for s in swaps], [s["latency_ms"] for s in swaps], markers[i % len(markers)],
                 markersize=3, color=color, label=f"{label} {worker}")
 

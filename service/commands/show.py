@@ -1,4 +1,7 @@
-"""`hotprune show RUN_DIR` and `hotprune list [RUNS_DIR]`: a finished run seen again, from its logs."""
+"""`hotprune show RUN_DIR` and `hotprune list [RUNS_DIR]`: a finished run seen again, from its logs.
+
+Both show what they could read and say what they could not (hotprune.runs.runlog counts it): a log
+line that is not a well-formed event never stops them."""
 
 from __future__ import annotations
 
@@ -28,12 +31,10 @@ def show(run: Run) -> str:
     parts = [f"run {run.config.run_id}: {run.config.env_id}, {run.config.mode}, "
              f"{'both pruned' if run.config.prune_training_model else 'teacher-student'}"]
     parts += timeline(run)
-    try:
-        parts.append(console.human_line(run.summary) if run.summary else "no summary: the run did not finish (yet)")
-    except (KeyError, TypeError, ValueError):
-        parts.append("the summary was written by another hotprune version and cannot be shown")
+    parts.append(console.human_line(run.summary) if run.summary else "no summary: the run did not finish (yet)")
     if run.finished:
         parts.append(console.human_line(run.finished))
+    parts += [f"left out: {unreadable}" for unreadable in run.unreadable]
     return "\n".join(parts)
 
 
@@ -48,7 +49,8 @@ def one_line(run_dir: Path) -> str:
     return (f"{c.run_id:<32} {c.env_id:<14} {c.mode:<5} {'both' if c.prune_training_model else 'ts':<4} "
             f"{c.pruning.method:<9} {c.pruning.structure:<6} "
             f"{'-' if c.pruning.method == 'none' else format(c.pruning.target_sparsity, '.0%'):>5} "
-            f"{(s['epochs'] if s else '?')!s:>5}/{c.total_epochs:<5} {outcome:<12} return {ret}")
+            f"{(s['epochs'] if s else '?')!s:>5}/{c.total_epochs:<5} {outcome:<12} return {ret}"
+            + (f" ({unread} unreadable log lines)" if (unread := sum(u.lines or 1 for u in run.unreadable)) else ""))
 
 
 def list_runs(runs_dir: Path) -> str:

@@ -71,8 +71,9 @@ def generate(directory: Path) -> Path:
         raise ConfigError(f"cannot create {directory}: {exc.strerror}") from None
     directory.chmod(0o700)  # mkdir's mode is cut by the umask
     for name in (SERVER, CLIENT):
-        _, secret = zmq.auth.create_certificates(directory, name)
+        public, secret = zmq.auth.create_certificates(directory, name)
         os.chmod(secret, 0o600)  # written with the umask's mode, inside a directory only we can enter
+        os.chmod(public, 0o644)  # and under umask 000 writable by anyone
     return directory
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 import zmq
 
 from hotprune.config import Config, load_config
+from hotprune.runs import private
 
 
 def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ class StopFlag(threading.Event):
 
 
 def start(run_dir: Path) -> tuple[Config, StopFlag]:
+    private.check(run_dir)  # its logs and sockets are files of its own, no link out of it
     config = load_run_config(run_dir)
     stop = StopFlag()
 

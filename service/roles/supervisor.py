@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hotprune.runs import cleanup, rundir, runlog
+from hotprune.runs import cleanup, private, rundir, runlog
 from hotprune import eventlog
 from hotprune.roles import liveness
 from hotprune.roles.entry import die_with_parent
@@ -91,6 +91,7 @@ class Supervisor:
         run_dir = run_dir.resolve()  # runs/latest is a link: never hand the link to the children
         if not (run_dir / "config.toml").is_file():
             raise ConfigError(f"{run_dir} is not a hotprune run (no config.toml)")
+        private.check(run_dir)  # before anything is removed, written or bound in it
         cfg = load_run_config(run_dir)
         try:
             finished = runlog.load(run_dir).finished

@@ -26,6 +26,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from hotprune.runs import private
+
 if TYPE_CHECKING:
     from hotprune.learning.policy import Actor
 
@@ -125,7 +127,7 @@ class Progress:
 
     def write(self, row: Mapping[str, Any]) -> None:
         if self.writer is None:
-            self.file = open(self.path, "w", newline="", encoding="utf-8")
+            self.file = os.fdopen(private.create(self.path), "w", newline="", encoding="utf-8")  # 0644, any umask
             self.writer = csv.DictWriter(self.file, fieldnames=list(row), extrasaction="ignore")
             self.writer.writeheader()
         self.writer.writerow({k: "" if v is None else v for k, v in row.items()})

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hotprune.protocol.endpoints import socket_dir
 from hotprune.protocol.store_layout import SEGMENT_PREFIX, segment_name
+from hotprune.runs import private
 
 SHM_DIR = Path("/dev/shm")
 PID_FILE = "supervisor.pid"
@@ -36,7 +37,7 @@ def record_supervisor(run_dir: Path) -> None:
     """Write run_dir/supervisor.pid: this process's pid and its start time, which tells it from a
     later process that got the same pid."""
     pid = os.getpid()
-    (run_dir / PID_FILE).write_text(f"{pid} {_start_time(pid)}\n")
+    private.write_text(run_dir / PID_FILE, f"{pid} {_start_time(pid)}\n")
 
 
 def run_pids(run_dir: Path) -> list[int]:
@@ -95,13 +96,18 @@ def clean_run(run_dir: Path) -> list[Path]:
 
 def clean(runs_dir: Path) -> tuple[list[Path], list[str]]:
     """`hotprune clean`: remove what dead runs left, in runs_dir and in /dev/shm. Returns (removed,
-    kept), kept saying why a leftover of a live run stays."""
+    kept), kept saying why a leftover stays: its run is alive, or its socket directory is a link."""
     removed, kept = [], []
     runs = sorted(d for d in runs_dir.iterdir() if not d.is_symlink() and (d / "config.toml").is_file()) \
         if runs_dir.is_dir() else []
     for run_dir in runs:
         removed += clean_run(run_dir)
-        if _sockets(run_dir):
+        try:
+            left = _sockets(run_dir)
+        except private.NotOwn as exc:  # nothing was removed through it
+            kept.append(str(exc))
+            continue
+        if left:
             kept.append(f"socket files in {socket_dir(run_dir)}: their run is alive "
                         f"(pid {_listed(run_pids(run_dir))})")
     for segment in sorted(SHM_DIR.glob(f"{SEGMENT_PREFIX}*")):
@@ -115,22 +121,50 @@ def clean(runs_dir: Path) -> tuple[list[Path], list[str]]:
 
 def remove_sockets(run_dir: Path) -> list[Path]:
     """Unlink the run's ipc socket files (ZeroMQ leaves them when a process exits). Only when none of
-    its processes lives: a socket file removed under a live bind makes that endpoint unreachable."""
-    removed = _sockets(run_dir)
-    for sock in removed:
-        sock.unlink(missing_ok=True)
+    its processes lives: a socket file removed under a live bind makes that endpoint unreachable.
+    Only in the run's own socket directory: none if it is a link (`private.open_dir`), and each file
+    unlinked relative to the directory opened, so a rename meanwhile cannot lead outside."""
+    try:
+        fd = private.open_dir(run_dir, socket_dir(run_dir).name)
+    except (private.NotOwn, OSError):  # a link, or no socket directory
+        return []
+    removed = []
+    try:
+        for name in _socket_names(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            removed.append(socket_dir(run_dir) / name)
+    finally:
+        os.close(fd)
     return removed
 
 
 def _sockets(run_dir: Path) -> list[Path]:
+    """The socket files in the run's socket directory; NotOwn if that is a link."""
+    try:
+        fd = private.open_dir(run_dir, socket_dir(run_dir).name)
+    except FileNotFoundError:
+        return []
+    try:
+        return [socket_dir(run_dir) / name for name in _socket_names(fd)]
+    finally:
+        os.close(fd)
+
+
+def _socket_names(fd: int) -> list[str]:
+    """Names of the socket files in the directory open as `fd` (an entry replaced by something else
+    between this and an unlink is only ever an entry of that same directory)."""
     found = []
-    for path in sorted(socket_dir(run_dir).glob("*")):
-        try:
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                found.append(path)
-        except FileNotFoundError:  # removed meanwhile
-            pass
-    return found
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            try:
+                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                    found.append(entry.name)
+            except FileNotFoundError:  # removed meanwhile
+                pass
+    return sorted(found)
 
 
 def _listed(pids: list[int]) -> str:

@@ -103,7 +103,7 @@ def _summary(e: dict) -> str:
 
 
 def _masks_loaded(e: dict) -> str:
-    if "training_sparsity_verified" in e:
+    if e["role"] == "trainer":  # the trainer's and the compressor's lines have fields of their own
         return (f"[trainer] Masks of {e['mask_file']} applied before the first update: training sparsity "
                 f"{_pct(e['training_sparsity_verified'])}")
     return (f"[compressor] Fixed masks of {e['mask_file']} on every snapshot: {_pct(e['weight_sparsity'])} "

@@ -21,7 +21,7 @@ import numpy as np
 
 from hotprune.protocol import store_layout as layout
 from hotprune.protocol.endpoints import SOCKETS, socket_dir
-from hotprune.runs import cleanup, metrics
+from hotprune.runs import cleanup, metrics, private
 from hotprune.comms import curve
 from hotprune.actor_spec import actor_shapes
 from hotprune.algorithms import actor_kind
@@ -70,18 +70,20 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     except cleanup.SegmentKept as exc:
         raise ConfigError(f"{exc}; choose another run_id") from None
     try:
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.make_dirs(run_dir.parent, private.SHARED_DIR)
+        run_dir.mkdir(mode=private.PRIVATE_DIR, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"runs_dir {cfg.runs_dir}: cannot create {run_dir}: {exc.strerror}") from None
-    run_dir.chmod(0o700)  # sockets and logs of a run are its user's only
-    socket_dir(run_dir).mkdir(mode=0o700, exist_ok=True)
+    run_dir.chmod(private.PRIVATE_DIR)  # sockets and logs of a run are its user's only
+    private.check(run_dir)  # one made beforehand (`hotprune experiments`) holds no link out of it
+    private.make_dirs(socket_dir(run_dir), private.PRIVATE_DIR)
     if cfg.transport.kind == "tcp":
         keys = curve.keys_dir(run_dir)
         if not keys.exists():  # a key set copied in beforehand (multi-host) is kept
             curve.generate(keys)
         curve.load(keys)  # a bad copied-in set fails here, before any process starts
-    (run_dir / "logs").mkdir(exist_ok=True)
-    (run_dir / "config.toml").write_text(to_toml(cfg))
+    private.make_dirs(run_dir / "logs", private.SHARED_DIR)
+    private.write_text(run_dir / "config.toml", to_toml(cfg))
     return run_dir
 
 

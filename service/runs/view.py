@@ -85,7 +85,7 @@ class Progress:
         elif kind == "epoch":
             self.epoch = e
             self.first_epoch = self.first_epoch or e
-        elif kind == "worker_swapped":
+        elif kind == "worker_swapped" and e.get("latency_ms") is not None:
             self.swaps.append(e["latency_ms"])
         self.finished = self.finished or kind == "run_finished" or (kind == "summary" and not self.supervised)
 
