@@ -192,6 +192,8 @@ class Config:
     runs_dir: str = setting("runs", "where run directories go: runs_dir/run_id")
     run_id: str = setting("", "empty: a fresh id from env, mode, pruning, seed and the time; a run's config.toml "
                               "leaves it out (the directory's name is the id), so --config of it starts a new run")
+    run_uid: str = setting("", "made with the run directory (uuid4 hex, never reused; any given is replaced): every "
+                               "file the run keeps carries it, and resume refuses a file of another run")
     tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
                                        "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
                                        "needs the tensorboard extra: pip install -e \".[tensorboard]\"")
@@ -493,6 +495,8 @@ def validate(c: Config) -> None:
     need(0 <= c.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
     need(all(ch.isalnum() or ch in "-_." for ch in c.run_id) and not c.run_id.startswith("."), "run_id",
          "may hold only letters, digits, - _ . and must not start with .")
+    need(c.run_uid == "" or re.fullmatch(r"[0-9a-f]{32}", c.run_uid) is not None, "run_uid",
+         "must be 32 hexadecimal digits (hotprune makes it)")
     need(c.run_id != "latest", "run_id", "must not be latest (runs_dir/latest links to the newest run)")
     need(len(c.run_id) <= MAX_RUN_ID, "run_id", f"must be at most {MAX_RUN_ID} characters")
     p = c.ppo
