@@ -76,6 +76,12 @@ def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_
     checked = [e["pruned_nonzero"] for e in of(events(run_dir, "compressor"), "snapshot_received")
                if e["pruned_nonzero"] is not None]
     assert checked and not any(checked)
+    # The restarted compressor took its predecessor's masks up into the history it checks against: the
+    # snapshots that say they apply them are checked too (they were not: pruned_nonzero null).
+    taken_up = of(events(run_dir, "compressor"), "compressor_resumed")[-1]
+    applying = [e for e in of(events(run_dir, "compressor"), "snapshot_received")
+                if e["pid"] == taken_up["pid"] and e["masks_version"] == taken_up["version"]]
+    assert applying and all(e["pruned_nonzero"] == 0 for e in applying), applying
     code, diagnosed, _ = run_cli(capsys, "diagnose", str(run_dir))
     assert code == 0, diagnosed
     # The normalisation statistics came through the resume: they hold every epoch's observations
@@ -107,6 +113,26 @@ def test_an_exhausted_restart_budget_stops_the_run_with_exit_1_and_names_the_pro
     exhausted = of(sup, "restart_budget_exhausted")
     assert [(e["name"], e["restarts"], e["max_restarts"]) for e in exhausted] == [("compressor", 1, 1)]
     assert of(sup, "run_finished")[-1]["failed"] == ["compressor"]
+
+
+def test_a_process_that_refuses_with_exit_2_is_not_restarted_and_the_run_stops_with_its_one_line(tmp_path):
+    proc, run_dir = _start(tmp_path, "refusal", "epochs=500", "checkpoint_every=1000")
+    wait_for(lambda: _epochs(run_dir) >= 2, timeout=90, what="epoch 2")
+    checkpoint = run_dir / artifacts.CHECKPOINT  # written at epoch 0, and not again before the end
+    data = bytearray(checkpoint.read_bytes())
+    data[-1] ^= 0x01
+    checkpoint.write_bytes(bytes(data))
+    os.kill(_pid(run_dir, "trainer"), signal.SIGKILL)  # restarted with --resume: its checkpoint is corrupt
+    assert proc.wait(timeout=90) == 2
+    stderr = proc.stderr.read()
+    refusals = [line for line in stderr.splitlines() if line.startswith("hotprune trainer: error: ")]
+    assert len(refusals) == 1 and "is corrupt" in refusals[0] and "Traceback" not in stderr, stderr
+    assert_clean(run_dir)
+    sup = events(run_dir, "supervisor")
+    assert [(e["name"], e["reason"]) for e in of(sup, "process_restarting")] == [("trainer", "exit -9")]
+    assert [(e["name"], e["exitcode"]) for e in of(sup, "process_refused")] == [("trainer", 2)]
+    finished = of(sup, "run_finished")[-1]
+    assert finished["outcome"] == "refused: trainer" and finished["exitcode"] == 2
 
 
 def _kill_supervisor(proc, run_dir, stopped_runs: int) -> int:
