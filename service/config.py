@@ -151,7 +151,8 @@ class SupervisorConfig:
     """starting, watching, restarting and stopping the processes"""
 
     stop_grace_s: float = setting(10.0, "how long the supervisor waits for processes to stop before SIGKILL")
-    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear")
+    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear, "
+                                            "and a trainer for its compressor to subscribe (then: exit 2)")
     heartbeat_s: float = setting(5.0, "every process logs a heartbeat event (proof of life, counters) this often")
     hang_timeout_s: float = setting(60.0, "a process that sends no liveness ping for this long (frozen, deadlocked) "
                                           "is killed and restarted; start_timeout_s before its first ping; 0: off")
