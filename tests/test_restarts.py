@@ -10,6 +10,7 @@ import pytest
 
 from hotprune.runs import artifacts, runlog
 from hotprune.learning import checkpoints
+from hotprune.roles.process import load_run_config
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, run_cli, settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_
     assert code == 0, diagnosed
     # The normalisation statistics came through the resume: they hold every epoch's observations
     # exactly once (the resumed trainer took its checkpoint's and redid the epochs after it).
-    tensors, _ = checkpoints.load(run_dir, "faults", "CartPole-v1", [64, 64])
+    tensors, _ = checkpoints.load(load_run_config(run_dir))
     assert tensors["obs_stats.count"] == pytest.approx(epochs * 512)
     # every chunk taken moves the return statistics, used or dropped as stale (the compressor's restart
     # can leave the workers on an old version long enough for some to be dropped)
