@@ -19,7 +19,7 @@ took up (`unchecked` counts snapshot_received with a masks version and pruned_no
 
     python scripts/bench_faults.py [--quick] [--repeats N] [--only faults|hostile]
 
-Results: benchmarks/faults.json and benchmarks/faults.md.
+Results: benchmarks/faults.json and benchmarks/faults.md (with --only: faults_<set>.json and .md).
 """
 
 from __future__ import annotations
@@ -297,8 +297,9 @@ def main() -> int:
           + (table(rows) if rows else "")
           + ("\n\nHostile files and edits, each on a run stopped at epoch 10 (`hotprune run --resume`), and two "
              "live refusals:\n\n" + hostile_table(refusals) if refusals else ""))
-    benchkit.write("faults", {"machine": machine, "settings": SETTINGS, "rows": rows, "refusals": refusals},
-                   md.splitlines())
+    # one set alone goes to its own file: the full results stay in faults.md
+    results = {"machine": machine, "settings": SETTINGS, "rows": rows, "refusals": refusals}
+    benchkit.write(f"faults_{args.only}" if args.only else "faults", results, md.splitlines())
     return 0
 
 
