@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -263,7 +264,7 @@ def hostile_table(rows: list[dict]) -> str:
     for case in dict.fromkeys(r["case"] for r in rows):
         rs = [r for r in rows if r["case"] == case]
         n = len(rs)
-        line = rs[0]["line"].split(": error: ", 1)[-1].replace("|", "\\|")
+        line = re.sub(r"/\S*/", "", rs[0]["line"].split(": error: ", 1)[-1]).replace("|", "\\|")  # file names only
         out.append(f"| {case} | {n} | {sum(r['exitcode'] == 2 for r in rs)}/{n} | {sum(r['one_line'] for r in rs)}/{n} "
                    f"| {sum(r['untouched'] for r in rs)}/{n} | {statistics.median(r['seconds'] for r in rs):.1f} "
                    f"| {line} |")
