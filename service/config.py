@@ -232,7 +232,8 @@ class SupervisorConfig:
 
     stop_grace_s: float = setting(10.0, "how long the supervisor waits for processes to stop before SIGKILL",
                                   low=0, low_open=True)
-    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear",
+    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear, "
+                                            "and a trainer for its compressor to subscribe (then: exit 2)",
                                      low=0, low_open=True)
     heartbeat_s: float = setting(5.0, "every process logs a heartbeat event (proof of life, counters) this often",
                                  low=0, low_open=True)
@@ -283,6 +284,10 @@ class Config:
                                    "must not be latest (runs_dir/latest links to the newest run)"),
                                   (lambda run_id: len(run_id) <= MAX_RUN_ID,
                                    f"must be at most {MAX_RUN_ID} characters")))
+    run_uid: str = setting("", "made with the run directory (uuid4 hex, never reused; any given is replaced): every "
+                               "file the run keeps carries it, and resume refuses a file of another run",
+                           checks=((lambda uid: uid == "" or re.fullmatch(r"[0-9a-f]{32}", uid) is not None,
+                                    "must be 32 hexadecimal digits (hotprune makes it)"),))
     tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
                                        "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
                                        "needs the tensorboard extra: pip install -e \".[tensorboard]\"")

@@ -197,13 +197,17 @@ def bad_mask(tmp_path: Path, fault: str) -> Path:
         keep["critic.9.weight"] = np.ones((1, 16), bool)
     path = tmp_path / f"{fault}.safetensors"
     artifacts.save(path, keep, **meta)
+    if fault == "flipped":  # one kept entry of the last tensor turned pruned, after the file was written
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
     return path
 
 
 @pytest.mark.parametrize("fault, says", [
     ("missing", "does not exist"), ("env", "is for Acrobot-v1, not for this run's CartPole-v1"),
     ("shape", "has shape (64, 64)"), ("dtype", "is float32, not bool"), ("empty_layer", "keeps nothing"),
-    ("unknown", "does not have"),
+    ("unknown", "does not have"), ("flipped", "is corrupt: its tensors do not match the checksum"),
 ])
 def test_a_run_refuses_an_unusable_mask_file_in_one_line_before_writing_anything(tmp_path, capsys, fault, says):
     path = tmp_path / "nowhere.safetensors" if fault == "missing" else bad_mask(tmp_path, fault)
@@ -214,13 +218,18 @@ def test_a_run_refuses_an_unusable_mask_file_in_one_line_before_writing_anything
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("fault, says", [("env", "Acrobot-v1"), ("shape", "has shape"), ("dtype", "is bool")])
+@pytest.mark.parametrize("fault, says", [("env", "Acrobot-v1"), ("shape", "has shape"), ("dtype", "is bool"),
+                                         ("nan", "holds non-finite values")])
 def test_a_run_refuses_an_unusable_init_file_in_one_line_before_writing_anything(tmp_path, capsys, fault, says):
     run = kept_run(tmp_path, env_id="Acrobot-v1" if fault == "env" else "CartPole-v1",
                    hidden=[8, 8] if fault == "shape" else HIDDEN)
     init = lth.weights_path(run, 0)
     if fault == "dtype":
         init = bad_mask(tmp_path, "none")
+    if fault == "nan":
+        weights, meta = artifacts.load(init)
+        weights["actor.net.2.weight"][1, 2] = np.nan
+        artifacts.save(init, weights, **meta)
     code, _, err = run_cli(capsys, "run", *settings(tmp_path, "refused", "ppo.hidden_sizes=16,16",
                                                    f"init_file={json.dumps(str(init))}"))
     assert code == 2 and err.count("\n") == 1 and says in err and "init file" in err

@@ -5,6 +5,7 @@ batches, and a checkpoint that continues exactly."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -157,20 +158,20 @@ def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():
 
 
 def test_a_restored_sac_learner_continues_exactly_as_the_original(tmp_path):
-    cfg = config()
+    cfg = config(f"runs_dir={json.dumps(str(tmp_path))}", "run_id=r")
+    cfg.run_dir.mkdir()
     learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(3))
     rng = np.random.default_rng(3)
     learner.update(pendulum_batch(rng), 1)
     extra, meta = learner.state()
     tensors = checkpoints.state_tensors(learner.modules(), learner.optimizers(), learner.generator) | extra
-    checkpoints.save(tmp_path, tensors, run_id="r", env_id="Pendulum-v1", hidden_sizes=[32, 32],
-                     param_groups=checkpoints.param_groups(learner.optimizers()), learner=meta)
+    checkpoints.save(cfg, tensors, param_groups=checkpoints.param_groups(learner.optimizers()), learner=meta)
     buffer = copy.deepcopy(learner.buffer)  # not checkpointed: handed over here to compare the steps
     batch = pendulum_batch(rng)
     expected = learner.update(batch, 2)
 
     other = Learner(PENDULUM, cfg, torch.Generator().manual_seed(99))
-    loaded, meta = checkpoints.load(tmp_path, "r", "Pendulum-v1", [32, 32])
+    loaded, meta = checkpoints.load(cfg)
     checkpoints.restore(loaded, other.modules(), other.optimizers(), other.generator, meta["param_groups"])
     other.restore(loaded, meta["learner"])
     other.buffer = buffer

@@ -119,17 +119,18 @@ class Compressor:
         if not path.exists():
             self.log.info("compressor_resumed", masks=False, reason="no compression yet")
             return
-        tensors, meta = artifacts.load(path)
+        tensors, meta = artifacts.load_kept(path, self.cfg)  # this run's, and not corrupt
         steps = {s.epoch: s for s in self.schedule.steps}
         try:
-            if meta.get("run_id") != self.cfg.run_id or meta.get("masks_due_epoch") not in steps:
-                raise MessageRejected("written by another run or another schedule")
+            if meta.get("masks_due_epoch") not in steps:
+                raise MessageRejected("written under another schedule")
             masks = Masks.from_elements(tensors, self.cfg.pruning.structure)
             check_tensors(masks.elements, {n: ("bool", self.weight_spec[n][1]) for n in self.pruner.mask_names()})
         except MessageRejected as exc:
             raise artifacts.ArtifactError(f"{path} cannot be resumed from: {exc.reason}") from None
         step = steps[meta["masks_due_epoch"]]
         self.masks, self.masks_source = masks, (meta["masks_version"], meta["masks_epoch"], step)
+        self.history[meta["masks_version"]] = masks  # the trainer's snapshots say they apply these: checked too
         self.schedule.done(step)
         stats = masked_stats(masks, self.weight_spec, self.sparsity_names)
         weights = apply_masks({n: np.ones(shape, np.float32) for n, (_, shape) in self.weight_spec.items()}, masks)
@@ -294,9 +295,8 @@ class Compressor:
             return
         out, fields = self.last_written
         c = self.cfg
-        meta = {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.discrete, "method": c.pruning.method,
-                "structure": c.pruning.structure, "hidden_sizes": c.hidden_sizes, "algorithm": c.algorithm,
-                **fields, **extra}
+        meta = {**artifacts.run_meta(c), "discrete": self.discrete, "method": c.pruning.method,
+                "structure": c.pruning.structure, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
         if self.masks_source is not None:
             version, epoch, step = self.masks_source
@@ -347,4 +347,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from hotprune.roles.entry import role_main
 
-    role_main(main)
+    role_main(main, "compressor")

@@ -12,12 +12,15 @@ and watches them:
   restart intensity of Erlang/OTP supervisors, systemd's StartLimitBurst). A trainer or compressor
   comes back with `--resume`: the trainer from its checkpoint, the compressor with the run's masks.
   Workers re-attach to the store and run its newest version.
+- A child that exits with CONFIG_ERROR (2) refused to start as asked (a corrupt checkpoint, a file of
+  another run, a config.toml edited under its checkpoint, a peer that never came): restarting it would
+  only refuse again, so it is not; the run stops, and the child's own error line says why.
 - An exhausted budget, or the end of training, or SIGINT/SIGTERM, stops them all: SIGTERM, a grace
   period, SIGTERM again, another grace period, then SIGKILL. The store is unlinked last.
 
 Exit code: 0 when training completed and every process exited cleanly, 1 when a process failed for
-good (its restarts exhausted, or a clean exit before training ended), 128 + signal number when
-stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
+good (its restarts exhausted, or a clean exit before training ended), 2 when one refused, 128 + signal
+number when stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from hotprune.runs import cleanup, private, rundir, runlog
 from hotprune import eventlog
 from hotprune.roles import liveness
-from hotprune.roles.entry import die_with_parent
+from hotprune.roles.entry import CONFIG_ERROR, die_with_parent
 from hotprune.config import Config, ConfigError
 from hotprune.roles.process import load_run_config
 from hotprune.protocol.store_layout import segment_name
@@ -82,6 +85,7 @@ class Supervisor:
         self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo=False)  # hotprune.runs.view draws it
         self.children = process_table(cfg, self.run_dir)
         self.signal: int | None = None
+        self.refused: str | None = None  # the child that exited with CONFIG_ERROR
 
     @classmethod
     def resume(cls, run_dir: Path) -> "Supervisor":
@@ -102,6 +106,7 @@ class Supervisor:
         alive = cleanup.run_pids(run_dir)
         if alive:
             raise ConfigError(f"{run_dir} is still running (pid {', '.join(map(str, alive))})")
+        rundir.check_resume(cfg)  # every file it reads back, before anything is touched
         for path in cleanup.clean_run(run_dir):  # what the dead run left: its segment and socket files
             print(f"hotprune: removed {path}, left by the stopped run", file=sys.stderr)
         return cls(cfg, run_dir)
@@ -144,6 +149,8 @@ class Supervisor:
         failed = sorted(failed)
         if self.signal:
             outcome, code = f"stopped by {signal.Signals(self.signal).name}", 128 + self.signal
+        elif self.refused:
+            outcome, code = f"refused: {self.refused}", CONFIG_ERROR
         elif failed:
             outcome, code = "failed: " + ", ".join(failed), 1
         else:
@@ -233,6 +240,10 @@ class Supervisor:
                 if not self._reap(child):
                     self._hung(child)
                     continue
+                if child.exitcode == CONFIG_ERROR:  # a refusal, not a crash: it would refuse again
+                    self.log.error("process_refused", name=child.name, exitcode=child.exitcode)
+                    self.refused = child.name
+                    return child.name
                 if child.exitcode != 0 or child.hung:
                     if not self._crashed(child):
                         return child.name

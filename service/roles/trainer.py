@@ -53,7 +53,7 @@ from hotprune.learning.normalize import RewardScaler, RunningMeanStd
 from hotprune.envs import env_spec
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
-from hotprune.roles.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
+from hotprune.roles.process import TRAJECTORY_BUFFER, StopFlag, compressor_awaited, run_dir_parser, socket, start
 from hotprune.pruning.engine import CompressionFailed, Masks, masked_stats, prunable_names, pruner_for, sparsity
 from hotprune.pruning.schedule import Schedule, plan
 from hotprune.learning.training_masks import TrainingMasks
@@ -215,6 +215,7 @@ class Trainer:
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
+        self.compressor = compressor_awaited(self.log, cfg)  # until its first subscription
 
     # --- messages -------------------------------------------------------------------------
 
@@ -348,6 +349,7 @@ class Trainer:
             if self.stop.is_set():
                 return None
             self.heartbeat.beat(version=self.version, chunks=len(got.chunks), masks_version=self.masks_version)
+            self.compressor.check()
             if time.monotonic() - last_usable > REPUBLISH_S:
                 self.republish()
                 last_usable = time.monotonic()
@@ -473,8 +475,7 @@ class Trainer:
         for prefix, stats in self.normalisation().items():
             tensors |= {f"{prefix}.{k}": v for k, v in stats.state().items()}
         t0 = time.perf_counter()
-        checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.hidden_sizes,
-                         algorithm=c.algorithm, param_groups=checkpoints.param_groups(self.learner.optimizers()),
+        checkpoints.save(c, tensors, param_groups=checkpoints.param_groups(self.learner.optimizers()),
                          learner=learner_meta,
                          episodes=list(self.episodes), inference=list(self.inference), records=self.records,
                          **{k: getattr(self, k) for k in self.COUNTERS})
@@ -487,10 +488,7 @@ class Trainer:
         if not checkpoints.path(c.run_dir).exists():
             self.log.warning("checkpoint_missing", reason="no checkpoint to resume from: starting at epoch 0")
             return False
-        tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.hidden_sizes)
-        if meta.get("algorithm", "ppo") != c.algorithm:
-            raise checkpoints.CheckpointError(f"the checkpoint is of algorithm {meta.get('algorithm', 'ppo')}, "
-                                              f"not {c.algorithm}")
+        tensors, meta = checkpoints.load(c)
         checkpoints.restore(tensors, self.learner.modules(), self.learner.optimizers(), self.generator,
                             meta["param_groups"])
         self.learner.restore(tensors, meta.get("learner", {}))
@@ -551,8 +549,7 @@ class Trainer:
     def policy_meta(self, **extra) -> dict:
         """What a policy file says about itself (hotprune.runs.artifacts)."""
         c = self.cfg
-        return {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.spec.discrete, "algorithm": c.algorithm,
-                "hidden_sizes": c.hidden_sizes, **extra}
+        return {**artifacts.run_meta(c), "discrete": self.spec.discrete, **extra}
 
     def run(self) -> int:
         c = self.cfg
@@ -662,6 +659,8 @@ class Trainer:
             if not self.snapshots.poll(0):
                 break
             self.subscriber_waiting |= self.snapshots.recv()[:1] == b"\x01"
+            if self.subscriber_waiting:
+                self.compressor.arrived()
         if self.subscriber_waiting and self.last_snapshot and time.monotonic() - self.answered_at >= ANSWER_EVERY_S:
             self.answered_at, self.subscriber_waiting = time.monotonic(), False
             self.republish()
@@ -749,4 +748,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from hotprune.roles.entry import role_main
 
-    role_main(main, uses_torch=True)
+    role_main(main, "trainer", uses_torch=True)
