@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -201,3 +202,40 @@ def test_a_run_whose_supervisor_was_killed_twice_resumes_from_its_checkpoint_eac
     assert done.returncode == 2 and "already completed" in done.stderr
     other = hotprune("run", "--resume", str(run_dir), "--set", "seed=2")
     assert other.returncode == 2 and "own config" in other.stderr
+
+
+# A stand-in trainer: pings, says DONE, then takes its time to exit (a torch teardown on a loaded machine)
+# with stop signals ignored, as a real trainer's exit has them; a stand-in worker stops at once (the stop).
+SLOW_EXIT = """
+import signal, sys, time
+from hotprune.roles import liveness
+pulse = liveness.Pulse.inherited()
+pulse.ping()
+if sys.argv[1] == "trainer":
+    time.sleep(0.3)
+    pulse.done()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    time.sleep(float(sys.argv[2]))
+"""
+SUPERVISE = """
+import sys
+from hotprune.config import load_config
+from hotprune.roles.supervisor import Child, Supervisor
+sup = Supervisor(load_config(None, sys.argv[2:]))
+sup.children = [Child("trainer", [sys.executable, "-c", sys.argv[1], "trainer", "2.5"]),
+                Child("worker-0", [sys.executable, "-c", sys.argv[1], "worker"])]
+sys.exit(sup.run())
+"""
+
+
+def test_a_trainer_that_said_done_may_take_longer_than_the_grace_and_the_hang_timeout_to_exit(tmp_path):
+    """Its workers' clean exits are the normal end, and its silence while it exits is not a hang: the run
+    completes (before liveness.DONE: `failed: worker-0`, or the trainer killed as hung and restarted)."""
+    result = subprocess.run([sys.executable, "-c", SUPERVISE, SLOW_EXIT,
+                             *settings(tmp_path, "slow-exit", "supervisor.stop_grace_s=1.5",
+                                       "supervisor.hang_timeout_s=1")[1::2]],
+                            capture_output=True, text=True, timeout=60)
+    finished = logged(tmp_path / "runs" / "slow-exit", "supervisor", "run_finished")[-1]
+    assert (result.returncode, finished["outcome"]) == (0, "completed"), result.stderr
+    assert not logged(tmp_path / "runs" / "slow-exit", "supervisor", "process_hung")

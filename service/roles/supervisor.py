@@ -209,8 +209,10 @@ class Supervisor:
         return True
 
     def _trainer_done(self) -> bool:
-        """The trainer said training is over (liveness.DONE): it is on its way out, however slowly."""
-        return any(c.name == "trainer" and c.listener and c.listener.done for c in self.children)
+        """The trainer exited 0, or said training is over (liveness.DONE): it is on its way out, however
+        slowly, and its control `stop` reaches the others."""
+        return any(c.name == "trainer" and (c.exitcode == 0 or c.listener and c.listener.done)
+                   for c in self.children)
 
     def _reap(self, child: Child) -> bool:
         """Record a child's exit once; True if it has exited."""
@@ -226,7 +228,10 @@ class Supervisor:
 
         A child exiting cleanly just before the trainer is the normal end: the trainer's `stop`
         reaches the others while it is still writing its summary. So a clean exit is only held
-        against the run if the trainer has not finished within the grace period.
+        against the run if the trainer has not finished within the grace period, and never once the
+        trainer has said its training is over (liveness.DONE). A trainer that said so is on its way
+        out and no longer pings: its silence is not a hang, and once every other child has stopped,
+        stop_all gives it the grace period (then SIGTERM, then SIGKILL) to exit.
         """
         clean_exit: tuple[str, float] | None = None  # (name, deadline)
         heartbeat = eventlog.Heartbeat(self.log, self.cfg.supervisor.heartbeat_s)
@@ -238,7 +243,8 @@ class Supervisor:
                         self._spawn(child)
                     continue
                 if not self._reap(child):
-                    self._hung(child)
+                    if not child.listener.done:
+                        self._hung(child)
                     continue
                 if child.exitcode == CONFIG_ERROR:  # a refusal, not a crash: it would refuse again
                     self.log.error("process_refused", name=child.name, exitcode=child.exitcode)
@@ -251,15 +257,17 @@ class Supervisor:
                 if child.name == "trainer":
                     return None
                 clean_exit = clean_exit or (child.name, time.monotonic() + self.cfg.supervisor.stop_grace_s)
-            if clean_exit and time.monotonic() > clean_exit[1] and not self._trainer_done():
+            if self._trainer_done():
+                if all(c.exitcode is not None for c in self.children if c.name != "trainer"):
+                    return None
+            elif clean_exit and time.monotonic() > clean_exit[1]:
                 return clean_exit[0]
             time.sleep(POLL_S)
         return None
 
     def stop_all(self) -> list[str]:
         """Stop every child still running; returns those that had to be killed."""
-        trainer_done = any(c.name == "trainer" and c.exitcode == 0 for c in self.children)
-        if not trainer_done or self.signal:  # else the trainer's control `stop` is already on its way
+        if not self._trainer_done() or self.signal:  # else the trainer's control `stop` is already on its way
             self._signal_all(signal.SIGTERM)
         if not self._wait_all():
             self._signal_all(signal.SIGTERM)
