@@ -22,7 +22,8 @@ before publishing that epoch's snapshot. With `--resume` it goes on from its che
 epochs after it, and its versions start above any its lost epochs could have published, so workers
 never swap backwards; the snapshot's `trainer_start` tells the compressor a new trainer took over.
 
-Run it: `hotprune trainer --run-dir runs/<run_id> [--resume]` or `python -m hotprune.roles.trainer ...`.
+Run it: `hotprune trainer --run-dir runs/<run_id> [--resume]` or `python -m hotprune.roles.trainer ...`
+(hotprune.roles.trainer.__main__).
 """
 
 from __future__ import annotations
@@ -743,8 +744,3 @@ def main(argv: list[str] | None = None) -> int:
     with eventlog.crashes_logged(role.log):
         return role.run()
 
-
-if __name__ == "__main__":
-    from hotprune.roles.entry import role_main
-
-    role_main(main, uses_torch=True)
