@@ -4,6 +4,8 @@ from its first epoch, and one-line refusals of unusable files."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch
 
 from hotprune.runs import artifacts
 from hotprune.commands import lth
+from hotprune.roles.trainer import lottery
 from hotprune.learning import ppo, sac
 from hotprune.config import ConfigError, load_config, to_toml
 from hotprune.envs import env_spec
@@ -39,7 +42,7 @@ def kept_run(tmp_path: Path, env_id: str = "CartPole-v1", hidden=HIDDEN, name: s
     spec = env_spec(env_id)
     torch.manual_seed(cfg.seed)
     actor, critic = make_actor(spec, hidden), make_critic(spec, hidden)
-    keeper = lth.Keeper(cfg, actor, critic, {"run_id": cfg.run_id, "env_id": env_id, "hidden_sizes": hidden,
+    keeper = lottery.Keeper(cfg, actor, critic, {"run_id": cfg.run_id, "env_id": env_id, "hidden_sizes": hidden,
                                              "discrete": spec.discrete})
     keeper.after_epoch(0, None)
     rng = np.random.default_rng(0)
@@ -75,7 +78,7 @@ def kept_sac_run(tmp_path: Path, name: str = "sac") -> Path:
     learner = sac.Learner(spec, cfg, torch.Generator())
     with torch.no_grad():
         learner.log_alpha.fill_(-1.0)
-    keeper = lth.Keeper(cfg, learner.actor, learner.ticket_critic, {"run_id": cfg.run_id, "env_id": cfg.env_id,
+    keeper = lottery.Keeper(cfg, learner.actor, learner.ticket_critic, {"run_id": cfg.run_id, "env_id": cfg.env_id,
                         "hidden_sizes": SAC_HIDDEN, "discrete": False, "algorithm": "sac"}, learner.ticket_meta)
     keeper.after_epoch(0, None)
     rng = np.random.default_rng(0)
@@ -396,7 +399,7 @@ def test_a_sac_mask_file_may_not_mask_a_target_and_an_init_file_without_targets_
     cfg = load_config(None, ["env_id=Pendulum-v1", "algorithm=sac", "sac.hidden_sizes=16,16",
                              f"init_file={json.dumps(str(tmp_path / 'twins.safetensors'))}"])
     learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
-    lth.load_initial(cfg, learner.actor, learner.ticket_critic)
+    lottery.load_initial(cfg, learner.actor, learner.ticket_critic)
     for name, value in learner.qf1_target.state_dict().items():
         assert np.array_equal(value.numpy(), weights[f"critic.qf1.{name}"])
 
@@ -436,3 +439,11 @@ def test_a_sac_ticket_keeps_actor_critics_and_targets_exactly_zero_from_its_firs
     assert rewound_meta["obs_count"] == pytest.approx(512)
     assert final["obs_stats.count"][0] == pytest.approx(512 + 1536)
     assert np.array_equal(initial["obs_norm.mean"], rewound["actor.obs_norm.mean"])
+
+
+def test_the_lth_command_module_loads_no_torch_so_train_dense_starts_its_console_first():
+    """`hotprune lth train-dense` reads TRAIN_DENSE from hotprune.commands.lth before its console starts; torch
+    (seconds of start-up) loads only for the steps that run a model (create-mask)."""
+    found = subprocess.run([sys.executable, "-c", "import sys, hotprune.commands.lth; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=60)
+    assert found.stdout.strip() == "False", found.stderr

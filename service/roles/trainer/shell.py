@@ -45,7 +45,6 @@ from hotprune.protocol.trajectory import check_trajectory, check_trajectory_fiel
 from hotprune.runs import artifacts, metrics, tickets
 from hotprune.learning import checkpoints
 from hotprune import eventlog
-from hotprune.commands import lth
 from hotprune.algorithms import ALGORITHMS
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config
@@ -60,6 +59,7 @@ from hotprune.pruning.schedule import Schedule, plan
 from hotprune.learning.training_masks import TrainingMasks
 from hotprune.comms.curve import SocketSecurity
 from hotprune.learning.hooks import UpdateHooks
+from hotprune.roles.trainer.lottery import Keeper, load_initial
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
 ANSWER_EVERY_S = 0.1  # a new subscriber gets the newest snapshot at once, but not more often than this
@@ -107,7 +107,7 @@ class Trainer:
         self.learner = algorithm.Learner(self.spec, cfg, self.generator)
         self.actor = self.learner.actor
         self.critic = self.learner.ticket_critic  # PPO's critic, SAC's twins and targets: what ticket files hold
-        init_meta = lth.load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
+        init_meta = load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
         # Normalisation (hotprune.learning.normalize): the observation statistics reach the actor's buffers
         # after each update, so an epoch trains on the statistics its data was collected with.
         self.obs_stats = RunningMeanStd((self.spec.obs_dim,)) if cfg.normalize_obs else None
@@ -211,7 +211,7 @@ class Trainer:
         self.resumed = resume and self.restore()
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
-        self.keeper = lth.Keeper(cfg, self.actor, self.critic, self.policy_meta(), lambda: {
+        self.keeper = Keeper(cfg, self.actor, self.critic, self.policy_meta(), lambda: {
             **self.learner.ticket_meta(), **({"obs_count": self.obs_stats.count} if self.obs_stats else {})})
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
