@@ -30,6 +30,9 @@ MAX_SEED = 2**32 - 1  # numpy's legacy bound; worker seeds add at most 1000 * (M
 # A replay buffer takes at most this share of the machine's available memory (the rest is the run's).
 REPLAY_MEMORY_SHARE = 0.5
 PRUNING_TARGETS = ("actor", "critic")
+# Keys renamed since: (section, key) -> the new top-level key. A run directory's config.toml holds every key
+# under the name it had when written, so a run from before a rename still resumes and still makes tickets.
+RENAMED = {("ppo", "input_bound"): "input_bound"}  # it bounds SAC's chunks and distillation observations too
 MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table is the wrong tool (rundir
 # also holds it to 4 per core of the machine that starts the run)
 
@@ -61,8 +64,10 @@ class PPOConfig:
     vf_coef: float = setting(0.5, "weight of the value loss")
     max_grad_norm: float = setting(0.5, "gradients are clipped to this global norm")
     hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of actor and critic (tanh), e.g. 256,256")
-    input_bound: float = setting(1e6, "a trajectory chunk whose observations, rewards or log-probabilities "
-                                      "exceed +-this is rejected")
+
+    def minibatch_size(self, epoch_samples: int) -> int:
+        """Samples in a minibatch of an epoch of `epoch_samples`."""
+        return epoch_samples // self.minibatches
 
 
 @dataclass
@@ -86,6 +91,14 @@ class SACConfig:
     alpha: float = setting(0.2, "entropy coefficient when autotune is false")
     autotune: bool = setting(True, "tune the entropy coefficient towards a target entropy of -act_dim")
     hidden_sizes: list[int] = setting([256, 256], "hidden layer widths of actor and critics (ReLU)")
+
+    def minibatch_size(self, epoch_samples: int) -> int:
+        """Samples in a gradient step: a replay batch, whatever the epoch."""
+        return self.batch_size
+
+    def replay_capacity(self, run_samples: int) -> int:
+        """Replay buffer rows: buffer_size, but never more than the run's env steps."""
+        return min(self.buffer_size, run_samples)
 
 
 @dataclass
@@ -211,6 +224,8 @@ class Config:
                                        "what hotprune lth create-mask's gradient criteria read); 0: none")
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
                                        "checkpoint.safetensors; a restarted trainer redoes the epochs since")
+    input_bound: float = setting(1e6, "a trajectory chunk (or a teacher-student snapshot's observations) whose "
+                                      "observations, rewards or log-probabilities exceed +-this is rejected")
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
@@ -240,19 +255,14 @@ class Config:
         return math.ceil(self.samples_per_epoch / self.chunk_samples) * self.chunk_samples
 
     @property
-    def minibatch_size(self) -> int:
-        """Samples in a minibatch: PPO's, or SAC's replay batch."""
-        return self.sac.batch_size if self.algorithm == "sac" else self.epoch_samples // self.ppo.minibatches
-
-    @property
-    def hidden_sizes(self) -> list[int]:
-        """The actor's (and critics') hidden layers: those of the run's algorithm."""
-        return self.sac.hidden_sizes if self.algorithm == "sac" else self.ppo.hidden_sizes
+    def algo(self) -> PPOConfig | SACConfig:
+        """The run's algorithm's own section (its hidden sizes, gamma, minibatch, ...): `ppo` or `sac`."""
+        return getattr(self, self.algorithm)
 
     @property
     def replay_capacity(self) -> int:
-        """SAC's replay buffer rows: buffer_size, but never more than the run's env steps."""
-        return min(self.sac.buffer_size, self.total_epochs * self.epoch_samples)
+        """SAC's replay buffer rows for this run."""
+        return self.sac.replay_capacity(self.total_epochs * self.epoch_samples)
 
     @property
     def random_versions(self) -> int:
@@ -261,10 +271,6 @@ class Config:
         workers act uniformly at random instead (CleanRL's warm-up): the worker knows the version it
         runs and nothing of the trainer's step count, and this needs no new field in the store."""
         return math.ceil(self.sac.learning_starts / self.epoch_samples) if self.algorithm == "sac" else 0
-
-    @property
-    def gamma(self) -> float:
-        return self.sac.gamma if self.algorithm == "sac" else self.ppo.gamma
 
     @property
     def total_epochs(self) -> int:
@@ -379,7 +385,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
     pruning = data.get("pruning")
     if isinstance(pruning, dict) and pruning.get("mask_file") and "method" not in pruning:
         data = {**data, "pruning": {**pruning, "method": "fixed"}}  # a mask file alone means: prune with it
-    config = _build(Config, data, "")
+    config = _build(Config, _renamed(data), "")
     config.epochs = config.total_epochs
     if not config.run_id:
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -390,6 +396,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), with_
             config.run_id = stamp
     validate(config)
     return config
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the keys of RENAMED under their new names (the new name wins if both are given)."""
+    for (section, key), new in RENAMED.items():
+        old = data.get(section)
+        if isinstance(old, dict) and key in old:
+            data = {new: old[key], **data, section: {k: v for k, v in old.items() if k != key}}
+    return data
 
 
 def describe(c: Config) -> str:
@@ -506,7 +521,6 @@ def validate(c: Config) -> None:
     need(p.ent_coef >= 0, "ppo.ent_coef", "must be >= 0")
     need(p.vf_coef >= 0, "ppo.vf_coef", "must be >= 0")
     need(p.max_grad_norm > 0, "ppo.max_grad_norm", "must be > 0")
-    need(p.input_bound > 0, "ppo.input_bound", "must be > 0")
     need(len(p.hidden_sizes) >= 1 and all(h >= 1 for h in p.hidden_sizes), "ppo.hidden_sizes", "must be positive sizes")
     a = c.sac
     need(a.q_lr > 0, "sac.q_lr", "must be > 0")
@@ -538,7 +552,7 @@ def validate(c: Config) -> None:
     need(c.keep_weights_every >= 0, "keep_weights_every", "must be >= 0")
     need(c.keep_transitions >= 0, "keep_transitions", "must be >= 0")
     need(q.num_gradient_batches >= 1, "pruning.num_gradient_batches", "must be >= 1")
-    minibatch = c.minibatch_size
+    minibatch = c.algo.minibatch_size(c.epoch_samples)
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
          f"must be 0 or {'SAC' if c.algorithm == 'sac' else 'PPO'}'s minibatch size {minibatch} (g comes from the "
          "trainer's own minibatches)")
@@ -563,6 +577,7 @@ def validate(c: Config) -> None:
     need(c.supervisor.restart_window_s > 0, "supervisor.restart_window_s", "must be > 0")
     need(0 <= c.supervisor.restart_backoff_s <= 30, "supervisor.restart_backoff_s", "must be in [0, 30]")
     need(c.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+    need(c.input_bound > 0, "input_bound", "must be > 0")
 
 
 def _lookup(c: Config, key: str) -> Any:

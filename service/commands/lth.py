@@ -71,19 +71,16 @@ def gradient_statistics(cfg: Config, weights: tickets.Parts, batches: list[Batch
     actor and critic at once. SAC: the actor loss for the actor, the critic loss for the twin critics
     (targets and alpha from the same file), each backward on its own, as SAC's trainer steps them. By
     part, like `weights`."""
-    import importlib  # torch: only for the steps that run a model, so train-dense's console starts before it
+    import torch  # only for the steps that run a model, so train-dense's console starts before it
 
-    import torch
-
-    from hotprune.algorithms import ALGORITHMS
     from hotprune.learning import ppo
+    from hotprune.learning.learners import make_learner
     from hotprune.learning.gradient_stats import GradientStats
     from hotprune.learning.sac import TRANSITION_FIELDS
 
     torch.manual_seed(cfg.seed)  # SAC's losses sample actions
     generator = torch.Generator().manual_seed(cfg.seed)
-    learner = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}").Learner(
-        env_spec(cfg.env_id), cfg, torch.Generator())
+    learner = make_learner(cfg, env_spec(cfg.env_id), torch.Generator())
     actor, critic = learner.actor, learner.ticket_critic
     for module, part in ((actor, "actor"), (critic, "critic")):
         module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in weights[part].items()})
@@ -159,7 +156,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     criterion = CRITERIA[method]
     grads = None
     num_batches = cfg.pruning.num_gradient_batches if num_batches is None else num_batches
-    batch_size = cfg.minibatch_size if batch_size is None else batch_size
+    batch_size = cfg.algo.minibatch_size(cfg.epoch_samples) if batch_size is None else batch_size
     if criterion.needs_grads:
         if num_batches < 1:
             raise ConfigError(f"--num-batches must be >= 1, got {num_batches}")
@@ -192,8 +189,8 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                          ("; a critic that ignores an action gives the actor no gradient through it"
                           if any(i >= obs_dim for i in cut) else ""))
     tensors = tickets.joined(masks)
-    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm, "hidden_sizes": cfg.hidden_sizes,
-            "method": method,
+    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm,
+            "hidden_sizes": cfg.algo.hidden_sizes, "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             "inputs_cut": inputs_cut,
@@ -290,7 +287,7 @@ def ticket_config(run_dir: Path, mask: Path, rewind: str, sets: list[str]) -> Co
     dense = run_config(Path(run_dir))
     cfg = load_config(Path(run_dir) / "config.toml", [*ticket_overrides(run_dir, mask, rewind), *sets],
                       with_preset=False)
-    if rewind == "random" and cfg.seed == dense.seed and cfg.hidden_sizes == dense.hidden_sizes:
+    if rewind == "random" and cfg.seed == dense.seed and cfg.algo.hidden_sizes == dense.algo.hidden_sizes:
         raise ConfigError(f"--rewind random draws the initial weights from the run's seed, and seed {cfg.seed} "
                           "draws the dense run's own (the ticket itself): give another --seed")
     return cfg

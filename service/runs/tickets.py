@@ -53,7 +53,7 @@ def kept_epochs(run_dir: Path) -> list[int]:
 
 def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec, hidden = env_spec(cfg.env_id), cfg.hidden_sizes
+    spec, hidden = env_spec(cfg.env_id), cfg.algo.hidden_sizes
     return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm),
             "critic": critic_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm)}
 
@@ -65,7 +65,7 @@ def joined(parts: Parts) -> dict[str, np.ndarray]:
 
 def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
     """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
-    env_id, hidden_sizes = cfg.env_id, cfg.hidden_sizes
+    env_id, hidden_sizes = cfg.env_id, cfg.algo.hidden_sizes
     try:
         tensors, meta = artifacts.load(Path(path))
     except ArtifactError as exc:

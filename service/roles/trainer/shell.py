@@ -28,7 +28,6 @@ Run it: `hotprune trainer --run-dir runs/<run_id> [--resume]` or `python -m hotp
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import statistics
@@ -45,7 +44,7 @@ from hotprune.protocol.trajectory import check_trajectory, check_trajectory_fiel
 from hotprune.runs import artifacts, metrics, tickets
 from hotprune.learning import checkpoints
 from hotprune import eventlog
-from hotprune.algorithms import ALGORITHMS
+from hotprune.learning.learners import make_learner
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config
 from hotprune.learning.critic_masks import CriticMasks
@@ -103,8 +102,7 @@ class Trainer:
         self.spec = env_spec(cfg.env_id)
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        algorithm = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}")
-        self.learner = algorithm.Learner(self.spec, cfg, self.generator)
+        self.learner = make_learner(cfg, self.spec, self.generator)
         self.actor = self.learner.actor
         self.critic = self.learner.ticket_critic  # PPO's critic, SAC's twins and targets: what ticket files hold
         init_meta = load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
@@ -115,7 +113,7 @@ class Trainer:
             self.obs_stats.load({"mean": self.actor.obs_norm.mean.numpy().astype(np.float64),
                                  "var": self.actor.obs_norm.var.numpy().astype(np.float64),
                                  "count": np.array([init_meta["obs_count"]], np.float64)})
-        self.reward_scaler = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.gamma) \
+        self.reward_scaler = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.algo.gamma) \
             if cfg.normalize_reward else None
         p = cfg.pruning
         self.weight_spec = expected_spec(self.actor)
@@ -247,7 +245,7 @@ class Trainer:
             return None, None
         try:
             check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, self.spec.obs_dim,
-                             self.spec.act_dim, self.spec.discrete, c.ppo.input_bound)
+                             self.spec.act_dim, self.spec.discrete, c.input_bound)
         except MessageRejected as exc:
             self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
             known = self.count_taken(f["worker_id"], f["worker_start"], valid=False)
@@ -474,7 +472,7 @@ class Trainer:
         for prefix, stats in self.normalisation().items():
             tensors |= {f"{prefix}.{k}": v for k, v in stats.state().items()}
         t0 = time.perf_counter()
-        checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.hidden_sizes,
+        checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.algo.hidden_sizes,
                          algorithm=c.algorithm, param_groups=checkpoints.param_groups(self.learner.optimizers()),
                          learner=learner_meta,
                          episodes=list(self.episodes), inference=list(self.inference), records=self.records,
@@ -488,7 +486,7 @@ class Trainer:
         if not checkpoints.path(c.run_dir).exists():
             self.log.warning("checkpoint_missing", reason="no checkpoint to resume from: starting at epoch 0")
             return False
-        tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.hidden_sizes)
+        tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.algo.hidden_sizes)
         if meta.get("algorithm", "ppo") != c.algorithm:
             raise checkpoints.CheckpointError(f"the checkpoint is of algorithm {meta.get('algorithm', 'ppo')}, "
                                               f"not {c.algorithm}")
@@ -553,7 +551,7 @@ class Trainer:
         """What a policy file says about itself (hotprune.runs.artifacts)."""
         c = self.cfg
         return {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.spec.discrete, "algorithm": c.algorithm,
-                "hidden_sizes": c.hidden_sizes, **extra}
+                "hidden_sizes": c.algo.hidden_sizes, **extra}
 
     def run(self) -> int:
         c = self.cfg
