@@ -48,7 +48,6 @@ from hotprune.learning.learners import make_learner
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config
 from hotprune.learning.critic_masks import CriticMasks
-from hotprune.learning.normalize import RewardScaler, RunningMeanStd
 from hotprune.envs import env_spec
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
@@ -59,6 +58,7 @@ from hotprune.learning.training_masks import TrainingMasks
 from hotprune.comms.curve import SocketSecurity
 from hotprune.learning.hooks import UpdateHooks
 from hotprune.roles.trainer.lottery import Keeper, load_initial
+from hotprune.roles.trainer.state import Checkpoint, LearnerState, Normalisation, Position, load_counters
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
 ANSWER_EVERY_S = 0.1  # a new subscriber gets the newest snapshot at once, but not more often than this
@@ -106,15 +106,8 @@ class Trainer:
         self.actor = self.learner.actor
         self.critic = self.learner.ticket_critic  # PPO's critic, SAC's twins and targets: what ticket files hold
         init_meta = load_initial(cfg, self.actor, self.critic)  # init_file's weights, if it names one
-        # Normalisation (hotprune.learning.normalize): the observation statistics reach the actor's buffers
-        # after each update, so an epoch trains on the statistics its data was collected with.
-        self.obs_stats = RunningMeanStd((self.spec.obs_dim,)) if cfg.normalize_obs else None
-        if self.obs_stats and "obs_count" in init_meta:  # rewound weights go on with their own statistics
-            self.obs_stats.load({"mean": self.actor.obs_norm.mean.numpy().astype(np.float64),
-                                 "var": self.actor.obs_norm.var.numpy().astype(np.float64),
-                                 "count": np.array([init_meta["obs_count"]], np.float64)})
-        self.reward_scaler = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.algo.gamma) \
-            if cfg.normalize_reward else None
+        self.normalisation = Normalisation(cfg, self.spec.obs_dim, self.actor, init_meta)
+        self.position = Position()
         p = cfg.pruning
         self.weight_spec = expected_spec(self.actor)
         self.params_total = sum(int(np.prod(shape)) for _, shape in self.weight_spec.values())
@@ -181,14 +174,12 @@ class Trainer:
         self.security.bind(self.mask_inbox, ep.masks)
         self.encoder = Encoder(cfg.run_id, "trainer")
 
-        self.version = 0  # number of updates so far; snapshot v is the policy after update v
         self.last_snapshot: list = []
         self.answered_at = -ANSWER_EVERY_S  # when a subscriber last got the newest snapshot
         self.subscriber_waiting = False  # one joined and is still to be answered
         self.pending_masks: Message | None = None
         self.masks_version = -1  # newest masks accepted, pending or applied
         self.applied_masks_version = -1  # newest masks applied (what a snapshot's masks_version says)
-        self.epoch = 0
         self.after_masks = False
         self.episodes: deque[float] = deque(maxlen=REWARD_WINDOW)
         self.inference = (-1, 0.0, self.params_total)  # newest (version, sparsity, non-zero params) a worker ran
@@ -204,13 +195,13 @@ class Trainer:
         # teacher-student: observations of the last epoch, shipped for the compressor to distil on
         self.distill_obs = np.zeros((0, self.spec.obs_dim), np.float32) if cfg.distills else None
         self.obs_rng = np.random.default_rng(cfg.seed)
-        self.trainer_start = 0  # how many trainers ran this run before this one (resumes)
-        self.epoch_ceiling = 0  # the newest epoch any trainer of this run may have published
+        self.checkpoint = Checkpoint(cfg, [LearnerState(self.learner, self.generator), self.position, self,
+                                           self.normalisation], self.log)
         self.resumed = resume and self.restore()
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
         self.keeper = Keeper(cfg, self.actor, self.critic, self.policy_meta(), lambda: {
-            **self.learner.ticket_meta(), **({"obs_count": self.obs_stats.count} if self.obs_stats else {})})
+            **self.learner.ticket_meta(), **self.normalisation.ticket_meta()})
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
@@ -237,7 +228,7 @@ class Trainer:
         try:
             if not 0 <= f["worker_id"] < c.num_workers:
                 raise MessageRejected(f"worker_id {f['worker_id']} outside [0, {c.num_workers})")
-            if not 0 <= f["policy_version"] <= self.version:
+            if not 0 <= f["policy_version"] <= self.position.version:
                 raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
             check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker, self.params_total)
         except MessageRejected as exc:
@@ -295,7 +286,8 @@ class Trainer:
         step = self.steps.get(f["due_epoch"])
         if step is None:
             raise MessageRejected(f"masks due_epoch {f['due_epoch']} is not a step of this run's schedule")
-        if not (0 <= f["version"] <= self.version and step.epoch <= f["epoch"] <= max(self.epoch, self.epoch_ceiling)):
+        newest = max(self.position.epoch, self.position.epoch_ceiling)
+        if not (0 <= f["version"] <= self.position.version and step.epoch <= f["epoch"] <= newest):
             raise MessageRejected(f"masks version {f['version']} (epoch {f['epoch']}) is not one of this trainer's "
                                   f"snapshots at or after epoch {step.epoch}")
         if abs(f["target_sparsity"] - step.sparsity) > 1e-9:
@@ -346,7 +338,7 @@ class Trainer:
         while more():
             if self.stop.is_set():
                 return None
-            self.heartbeat.beat(version=self.version, chunks=len(got.chunks), masks_version=self.masks_version)
+            self.heartbeat.beat(version=self.position.version, chunks=len(got.chunks), masks_version=self.masks_version)
             if time.monotonic() - last_usable > REPUBLISH_S:
                 self.republish()
                 last_usable = time.monotonic()
@@ -361,11 +353,11 @@ class Trainer:
                 continue
             msg, f = self._receive_trajectory()
             if msg is None:
-                if sync and f is not None and f["policy_version"] == self.version:
+                if sync and f is not None and f["policy_version"] == self.position.version:
                     current[f["worker_id"]] += 1  # its worker sent its share and paused: it counts, without data
                 continue
-            if self.reward_scaler:  # every chunk of the env's stream, used or not, moves the return
-                msg.tensors["rewards"] = self.reward_scaler.scale(
+            if self.normalisation.rewards:  # every chunk of the env's stream, used or not, moves the return
+                msg.tensors["rewards"] = self.normalisation.rewards.scale(
                     f["worker_id"], f["worker_start"], msg.tensors["rewards"],
                     msg.tensors["terminated"] | msg.tensors["truncated"])
             self.episodes.extend(f["episode_returns"])
@@ -373,7 +365,7 @@ class Trainer:
             if f["policy_version"] >= self.inference[0]:
                 self.inference = (f["policy_version"], f["policy_sparsity"], f["policy_nonzero_params"])
             got.received += c.chunk_samples
-            lag = self.version - f["policy_version"]
+            lag = self.position.version - f["policy_version"]
             beyond_share = sync and current[f["worker_id"]] >= c.chunks_per_worker  # a restarted worker's repeat
             if lag > (0 if sync else c.max_policy_lag) or beyond_share:
                 got.dropped_stale += c.chunk_samples
@@ -401,7 +393,7 @@ class Trainer:
         self.after_masks = True
         self.applied_masks_version = msg.fields["version"]
         f = msg.fields
-        self.log.info("masks_applied", version=f["version"], due_epoch=f["due_epoch"], epoch=self.epoch,
+        self.log.info("masks_applied", version=f["version"], due_epoch=f["due_epoch"], epoch=self.position.epoch,
                       target_sparsity=f["target_sparsity"],
                       training_sparsity_verified=sparsity(actor_arrays(self.actor), self.weight_spec,
                                                           self.sparsity_names),
@@ -444,8 +436,8 @@ class Trainer:
         tensors = {**weights, **{GRAD_PREFIX + n: g for n, g in grads.items()}}
         if self.distill_obs is not None:
             tensors[DISTILL_OBS] = self.distill_obs
-        fields = {"version": self.version, "epoch": epoch, "training_sparsity": training_sparsity,
-                  "masks_version": self.applied_masks_version, "trainer_start": self.trainer_start}
+        fields = {"version": self.position.version, "epoch": epoch, "training_sparsity": training_sparsity,
+                  "masks_version": self.applied_masks_version, "trainer_start": self.position.trainer_start}
         scheduled = self.schedule.is_step(epoch)
         # Logged before sending, so the log never shows the compressor receiving it first.
         self.log.info("snapshot_published", **fields, compression_scheduled=scheduled, after_masks=self.after_masks)
@@ -455,80 +447,42 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------
 
-    COUNTERS = ("epoch", "version", "trainer_start", "epoch_ceiling", "applied_masks_version", "masks_version",
-                "reported_due_epoch", "pruned_policy", "compression_failures", "samples_total", "samples_received",
-                "samples_dropped_stale", "max_lag", "critic_masks_epoch")
+    COUNTERS = ("applied_masks_version", "masks_version", "reported_due_epoch", "pruned_policy", "compression_failures",
+                "samples_total", "samples_received", "samples_dropped_stale", "max_lag", "critic_masks_epoch")
 
-    def checkpoint(self) -> None:
-        """Write the state to go on from (before this epoch's snapshot is published)."""
-        c = self.cfg
-        learner_tensors, learner_meta = self.learner.state()
-        tensors = checkpoints.state_tensors(self.learner.modules(), self.learner.optimizers(), self.generator)
-        tensors |= learner_tensors
-        tensors |= {f"mask.{n}": keep for n, keep in self.masks.keep_masks().items()}
+    def state_dict(self) -> tuple[dict, dict]:
+        tensors = {f"mask.{n}": keep for n, keep in self.masks.keep_masks().items()}
         if self.critic_masks:
             tensors |= {f"critic_mask.{n}": keep for n, keep in self.critic_masks.keep_masks().items()}
         tensors["swap_latencies_ms"] = np.asarray(self.swap_latencies, np.float64)
-        for prefix, stats in self.normalisation().items():
-            tensors |= {f"{prefix}.{k}": v for k, v in stats.state().items()}
-        t0 = time.perf_counter()
-        checkpoints.save(c.run_dir, tensors, run_id=c.run_id, env_id=c.env_id, hidden_sizes=c.algo.hidden_sizes,
-                         algorithm=c.algorithm, param_groups=checkpoints.param_groups(self.learner.optimizers()),
-                         learner=learner_meta,
-                         episodes=list(self.episodes), inference=list(self.inference), records=self.records,
-                         **{k: getattr(self, k) for k in self.COUNTERS})
-        self.log.info("checkpoint_saved", epoch=self.epoch, version=self.version,
-                      duration_ms=(time.perf_counter() - t0) * 1e3)
+        return tensors, {"episodes": list(self.episodes), "inference": list(self.inference), "records": self.records,
+                         **{k: getattr(self, k) for k in self.COUNTERS}}
 
-    def restore(self) -> bool:
-        """Go on from the run's checkpoint; False when there is none (the trainer died before its first)."""
-        c = self.cfg
-        if not checkpoints.path(c.run_dir).exists():
-            self.log.warning("checkpoint_missing", reason="no checkpoint to resume from: starting at epoch 0")
-            return False
-        tensors, meta = checkpoints.load(c.run_dir, c.run_id, c.env_id, c.algo.hidden_sizes)
-        if meta.get("algorithm", "ppo") != c.algorithm:
-            raise checkpoints.CheckpointError(f"the checkpoint is of algorithm {meta.get('algorithm', 'ppo')}, "
-                                              f"not {c.algorithm}")
-        checkpoints.restore(tensors, self.learner.modules(), self.learner.optimizers(), self.generator,
-                            meta["param_groups"])
-        self.learner.restore(tensors, meta.get("learner", {}))
-        for key in self.COUNTERS:  # a counter newer than the checkpoint keeps its initial value
-            setattr(self, key, meta.get(key, getattr(self, key)))
+    def load_state_dict(self, tensors: dict, meta: dict) -> None:
+        load_counters(self, meta, self.COUNTERS)
         self.masks.apply({n[len("mask."):]: a for n, a in tensors.items() if n.startswith("mask.")})
         if self.critic_masks:
             self.critic_masks.restore({n[len("critic_mask."):]: a for n, a in tensors.items()
-                                       if n.startswith("critic_mask.")}, c.pruning.structure)
-        if c.algorithm == "sac":  # the replay buffer is not checkpointed: refilled from the next epochs
-            self.log.warning("replay_buffer_lost", epoch=self.epoch, samples_seen=self.learner.samples_seen,
-                             reason="the replay buffer is not checkpointed; it refills from the next epochs")
+                                       if n.startswith("critic_mask.")}, self.cfg.pruning.structure)
         self.episodes.extend(meta["episodes"])
         self.inference = tuple(meta["inference"])
         self.records = meta["records"]
-        self.log_lost_epochs()
         self.swap_latencies = tensors["swap_latencies_ms"].tolist()
-        try:
-            for prefix, stats in self.normalisation().items():
-                stats.load({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
-        except (KeyError, ValueError) as exc:
-            raise checkpoints.CheckpointError(f"checkpoint's normalisation statistics do not fit this run: {exc}") \
-                from None
-        # The lost epochs published at most checkpoint_every - 1 snapshots after this one (the next
-        # checkpoint comes before the next publish): start above them, and accept their reports.
-        k = c.checkpoint_every
-        checkpoint_version = self.version
-        self.version += k
-        self.epoch_ceiling = max(self.epoch_ceiling, self.epoch + k - 1)
-        self.trainer_start += 1
-        self.log.info("trainer_resumed", epoch=self.epoch, checkpoint_version=checkpoint_version,
-                      version=self.version, trainer_start=self.trainer_start,
+
+    def restore(self) -> bool:
+        """Go on from the run's checkpoint; False when there is none (the trainer died before its first)."""
+        if not self.checkpoint.load():
+            return False
+        if self.cfg.algorithm == "sac":  # the replay buffer is not checkpointed: refilled from the next epochs
+            self.log.warning("replay_buffer_lost", epoch=self.position.epoch, samples_seen=self.learner.samples_seen,
+                             reason="the replay buffer is not checkpointed; it refills from the next epochs")
+        self.log_lost_epochs()
+        checkpoint_version = self.position.version
+        self.position.take_over(self.cfg.checkpoint_every)
+        self.log.info("trainer_resumed", epoch=self.position.epoch, checkpoint_version=checkpoint_version,
+                      version=self.position.version, trainer_start=self.position.trainer_start,
                       training_sparsity=self.training_sparsity(), pruned=self.masks.count())
         return True
-
-    def normalisation(self) -> dict[str, RunningMeanStd | RewardScaler]:
-        """The normalisation statistics this run keeps, by checkpoint prefix."""
-        kept = {"obs_stats": self.obs_stats, "reward_stats": self.reward_scaler}
-        return {prefix: stats for prefix, stats in kept.items() if stats is not None}
 
     def log_lost_epochs(self) -> None:
         """The checkpoint of epoch e is written before epoch e's line is logged: a trainer killed in
@@ -560,10 +514,10 @@ class Trainer:
             artifacts.save(c.run_dir / artifacts.INITIAL, actor_arrays(self.actor),
                            **self.policy_meta(version=0, epoch=0))
             self.keeper.after_epoch(0, None)
-        self.checkpoint()  # epoch 0, or the resumed state under its new version
-        self.publish(self.epoch, self.training_sparsity())
-        for epoch in range(self.epoch + 1, epochs + 1):
-            self.epoch = epoch
+        self.checkpoint.save(self.position.epoch, self.position.version)  # epoch 0, or resumed under its new version
+        self.publish(self.position.epoch, self.training_sparsity())
+        for epoch in range(self.position.epoch + 1, epochs + 1):
+            self.position.epoch = epoch
             t0 = time.perf_counter()
             collected = self.collect()
             if collected is None:
@@ -582,12 +536,10 @@ class Trainer:
             if losses["skipped_steps"]:
                 self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],
                                  reason="non-finite gradients")
-            if self.obs_stats:
-                self.obs_stats.update(batch.obs[:-1].reshape(-1, self.spec.obs_dim))
-                self.actor.obs_norm.set(self.obs_stats.mean.astype(np.float32), self.obs_stats.var.astype(np.float32))
-            lags = [self.version - v for v in versions]
+            self.normalisation.after_update(batch.obs)
+            lags = [self.position.version - v for v in versions]
             self.max_lag = max(self.max_lag, *lags)
-            self.version += 1
+            self.position.version += 1
             t2 = time.perf_counter()
             training_sparsity = self.training_sparsity()
             self.samples_total += batch.size
@@ -617,7 +569,7 @@ class Trainer:
             self.records.append(record)
             self.keeper.after_epoch(epoch, batch)
             if epoch % c.checkpoint_every == 0 or epoch == epochs:
-                self.checkpoint()
+                self.checkpoint.save(epoch, self.position.version)
             self.publish(epoch, training_sparsity)
             self.progress.write(record)
             if self.tensorboard:
@@ -640,7 +592,7 @@ class Trainer:
                 self.log.warning("final_masks_missing", due_epoch=self.final_due_epoch, waited_s=wait_s,
                                  reason="the compressor did not report on the last scheduled step")
                 break
-            self.heartbeat.beat(version=self.version, awaiting_due_epoch=self.final_due_epoch)
+            self.heartbeat.beat(version=self.position.version, awaiting_due_epoch=self.final_due_epoch)
             if not self.mask_inbox.poll(int(REPUBLISH_S * 1000)):
                 self.republish()  # the last snapshot may have been dropped
             self.answer_subscribers()
@@ -727,7 +679,7 @@ class Trainer:
             "swap_latency_ms_p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
             "policy_lag_mean": mean("policy_lag"),
             "policy_lag_max": self.max_lag,
-            "trainer_starts": self.trainer_start + 1,
+            "trainer_starts": self.position.trainer_start + 1,
             "algorithm": c.algorithm,
             **({"final_critic_sparsity": self.critic_masks.sparsity()} if self.critic_masks else {}),
         }
