@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import zmq
 
-from hotprune.protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
+from hotprune.protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from hotprune.protocol.trajectory import check_trajectory, check_trajectory_fields
 from hotprune.runs import artifacts, metrics, tickets
 from hotprune.learning import checkpoints
@@ -58,12 +58,9 @@ from hotprune.learning.training_masks import TrainingMasks
 from hotprune.comms.curve import SocketSecurity
 from hotprune.learning.hooks import UpdateHooks
 from hotprune.roles.trainer.lottery import Keeper, load_initial
+from hotprune.roles.trainer.snapshots import REPUBLISH_S, DistillSample, Publisher
 from hotprune.roles.trainer.state import Checkpoint, LearnerState, Normalisation, Position, load_counters
 
-REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
-ANSWER_EVERY_S = 0.1  # a new subscriber gets the newest snapshot at once, but not more often than this
-SUBSCRIPTION_MAX_BYTES = 1024  # a subscription is a byte and a topic (ours is empty): a larger frame drops the peer
-SUBSCRIPTIONS_PER_CALL = 16
 CREDITS_EVERY_S = 0.2  # while collecting, the credits go out at least this often (PUB may drop one)
 FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
 REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
@@ -158,25 +155,17 @@ class Trainer:
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
         self.security = SocketSecurity(cfg, self.ctx, self.log)
-        # XPUB: a compressor's subscription reaches the trainer, which answers it with its newest
-        # snapshot at once (a PUB drops what it sends before a subscriber has joined; every process
-        # of a run starts at once, and a restarted compressor joins late).
-        self.snapshots = socket(self.ctx, zmq.XPUB, hwm=16, max_frame=SUBSCRIPTION_MAX_BYTES)
-        self.snapshots.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only a topic's first
+        self.encoder = Encoder(cfg.run_id, "trainer")
+        self.publisher = Publisher(self.ctx, self.security, ep.snapshots, self.encoder, self.log)
         # Small queues: workers block instead of running ahead, which bounds the policy lag.
         max_frame = cfg.transport.max_frame_bytes
         self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER, max_frame=max_frame)
         self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4, max_frame=max_frame)
         self.credits = socket(self.ctx, zmq.PUB, hwm=16)
-        self.security.bind(self.snapshots, ep.snapshots)
         self.security.bind(self.credits, ep.credits)
         self.security.bind(self.trajectories, ep.trajectories)
         self.security.bind(self.mask_inbox, ep.masks)
-        self.encoder = Encoder(cfg.run_id, "trainer")
 
-        self.last_snapshot: list = []
-        self.answered_at = -ANSWER_EVERY_S  # when a subscriber last got the newest snapshot
-        self.subscriber_waiting = False  # one joined and is still to be answered
         self.pending_masks: Message | None = None
         self.masks_version = -1  # newest masks accepted, pending or applied
         self.applied_masks_version = -1  # newest masks applied (what a snapshot's masks_version says)
@@ -192,9 +181,8 @@ class Trainer:
         self.trainer_id = time.time_ns()  # this trainer process, for the workers' credits
         self.taken = [[0, 0] for _ in range(cfg.num_workers)]  # per worker: [its process's start, chunks taken]
         self.credits_sent_at = 0.0
-        # teacher-student: observations of the last epoch, shipped for the compressor to distil on
-        self.distill_obs = np.zeros((0, self.spec.obs_dim), np.float32) if cfg.distills else None
-        self.obs_rng = np.random.default_rng(cfg.seed)
+        self.distill = DistillSample(self.spec.obs_dim, cfg.pruning.distill_samples, cfg.seed) \
+            if cfg.distills else None
         self.checkpoint = Checkpoint(cfg, [LearnerState(self.learner, self.generator), self.position, self,
                                            self.normalisation], self.log)
         self.resumed = resume and self.restore()
@@ -328,7 +316,7 @@ class Trainer:
         poller = zmq.Poller()
         poller.register(self.trajectories, zmq.POLLIN)
         poller.register(self.mask_inbox, zmq.POLLIN)
-        poller.register(self.snapshots, zmq.POLLIN)
+        poller.register(self.publisher.socket, zmq.POLLIN)
         last_usable = time.monotonic()
         def more() -> bool:
             if sync:
@@ -340,15 +328,15 @@ class Trainer:
                 return None
             self.heartbeat.beat(version=self.position.version, chunks=len(got.chunks), masks_version=self.masks_version)
             if time.monotonic() - last_usable > REPUBLISH_S:
-                self.republish()
+                self.publisher.republish()
                 last_usable = time.monotonic()
             if time.monotonic() - self.credits_sent_at > CREDITS_EVERY_S:
                 self.send_credits()
             ready = dict(poller.poll(100))
             if self.mask_inbox in ready:
                 self._receive_masks()
-            if self.snapshots in ready or self.subscriber_waiting:
-                self.answer_subscribers()
+            if self.publisher.socket in ready or self.publisher.subscriber_waiting:
+                self.publisher.answer_subscribers()
             if self.trajectories not in ready:
                 continue
             msg, f = self._receive_trajectory()
@@ -430,20 +418,16 @@ class Trainer:
         return sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names)
 
     def publish(self, epoch: int, training_sparsity: float) -> None:
-        """Publish the snapshot of `epoch` (with gradient statistics when a criterion needs them)."""
-        weights = actor_arrays(self.actor)
+        """The snapshot of `epoch`: the actor's weights, with gradient statistics when a criterion ranks by
+        them and the distillation sample when the compressor distils."""
         grads = self.grad_stats.mean() if self.grad_stats else {}
-        tensors = {**weights, **{GRAD_PREFIX + n: g for n, g in grads.items()}}
-        if self.distill_obs is not None:
-            tensors[DISTILL_OBS] = self.distill_obs
+        tensors = actor_arrays(self.actor) | {GRAD_PREFIX + n: g for n, g in grads.items()}
+        tensors |= self.distill.tensors() if self.distill else {}
         fields = {"version": self.position.version, "epoch": epoch, "training_sparsity": training_sparsity,
                   "masks_version": self.applied_masks_version, "trainer_start": self.position.trainer_start}
-        scheduled = self.schedule.is_step(epoch)
-        # Logged before sending, so the log never shows the compressor receiving it first.
-        self.log.info("snapshot_published", **fields, compression_scheduled=scheduled, after_masks=self.after_masks)
+        self.publisher.publish(fields, tensors, compression_scheduled=self.schedule.is_step(epoch),
+                               after_masks=self.after_masks)
         self.after_masks = False
-        self.last_snapshot = self.encoder.encode("snapshot", fields, tensors)
-        self.snapshots.send_multipart(self.last_snapshot, copy=False)
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -527,10 +511,8 @@ class Trainer:
             if c.prune_training_model:
                 self.take_up_masks()
             batch = Batch.stack(chunks)
-            if self.distill_obs is not None:
-                seen = batch.obs[:-1].reshape(-1, self.spec.obs_dim)
-                rows = self.obs_rng.choice(len(seen), min(len(seen), c.pruning.distill_samples), replace=False)
-                self.distill_obs = np.ascontiguousarray(seen[np.sort(rows)])
+            if self.distill:
+                self.distill.draw(batch)
             losses = self.learner.update(batch, epoch, self.hooks, self.critic_masks.hooks if self.critic_masks else ())
             critic_sparsity = self.prune_critics(epoch)
             if losses["skipped_steps"]:
@@ -594,28 +576,12 @@ class Trainer:
                 break
             self.heartbeat.beat(version=self.position.version, awaiting_due_epoch=self.final_due_epoch)
             if not self.mask_inbox.poll(int(REPUBLISH_S * 1000)):
-                self.republish()  # the last snapshot may have been dropped
-            self.answer_subscribers()
+                self.publisher.republish()  # the last snapshot may have been dropped
+            self.publisher.answer_subscribers()
             while self.mask_inbox.poll(0):
                 self._receive_masks()
         if self.cfg.prune_training_model:
             self.take_up_masks()
-
-    def republish(self) -> None:
-        self.snapshots.send_multipart(self.last_snapshot, copy=False)
-
-    def answer_subscribers(self) -> None:
-        """A subscriber joined (the compressor, started or restarted): it gets the newest snapshot
-        now rather than at the next epoch or REPUBLISH_S. One snapshot for however many
-        subscriptions are waiting, and at most one every ANSWER_EVERY_S (a peer that subscribes in a
-        loop gets no snapshot storm); unsubscriptions and anything else a peer sends are ignored."""
-        for _ in range(SUBSCRIPTIONS_PER_CALL):  # bounded: a flood cannot keep the trainer here
-            if not self.snapshots.poll(0):
-                break
-            self.subscriber_waiting |= self.snapshots.recv()[:1] == b"\x01"
-        if self.subscriber_waiting and self.last_snapshot and time.monotonic() - self.answered_at >= ANSWER_EVERY_S:
-            self.answered_at, self.subscriber_waiting = time.monotonic(), False
-            self.republish()
 
     def finish(self) -> None:
         completed = len(self.records) == self.cfg.total_epochs
@@ -625,7 +591,7 @@ class Trainer:
         # trainer stopped early (a signal) does not stop the others: the supervisor restarts it, or
         # stops them all itself.
         if completed or not os.environ.get(eventlog.SUPERVISED):
-            self.snapshots.send_multipart(self.encoder.encode("control", {"command": "stop"}))
+            self.publisher.stop_run()
         self.progress.close()
         self.keeper.finish()
         if self.tensorboard:
