@@ -32,15 +32,12 @@ import json
 import os
 import statistics
 import time
-from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import zmq
 
-from hotprune.protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
-from hotprune.protocol.trajectory import check_trajectory, check_trajectory_fields
+from hotprune.protocol.codec import GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors
 from hotprune.runs import artifacts, metrics, tickets
 from hotprune.learning import checkpoints
 from hotprune import eventlog
@@ -51,32 +48,19 @@ from hotprune.learning.critic_masks import CriticMasks
 from hotprune.envs import env_spec
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
-from hotprune.roles.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
+from hotprune.roles.process import StopFlag, receive, run_dir_parser, socket, start
 from hotprune.pruning.engine import CompressionFailed, Masks, masked_stats, prunable_names, pruner_for, sparsity
 from hotprune.pruning.schedule import Schedule, plan
 from hotprune.learning.training_masks import TrainingMasks
 from hotprune.comms.curve import SocketSecurity
 from hotprune.learning.hooks import UpdateHooks
 from hotprune.roles.trainer.lottery import Keeper, load_initial
+from hotprune.roles.trainer.collection import Collected, Collection, WorkerReports
 from hotprune.roles.trainer.snapshots import REPUBLISH_S, DistillSample, Publisher
 from hotprune.roles.trainer.state import Checkpoint, LearnerState, Normalisation, Position, load_counters
 
-CREDITS_EVERY_S = 0.2  # while collecting, the credits go out at least this often (PUB may drop one)
 FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
-REWARD_WINDOW = 10  # reward_mean: mean return of the last 10 finished episodes
 SUMMARY_LAST_EPOCHS = 10
-
-
-@dataclass
-class Collected:
-    """An epoch's chunks (their tensors, policy versions and finished episodes), and the samples of
-    the valid chunks taken: `received` = the chunks' samples + `dropped_stale`."""
-
-    chunks: list[dict]
-    versions: list[int]
-    episodes: int
-    received: int
-    dropped_stale: int
 
 
 class MaskIntake(UpdateHooks):
@@ -157,34 +141,29 @@ class Trainer:
         self.security = SocketSecurity(cfg, self.ctx, self.log)
         self.encoder = Encoder(cfg.run_id, "trainer")
         self.publisher = Publisher(self.ctx, self.security, ep.snapshots, self.encoder, self.log)
-        # Small queues: workers block instead of running ahead, which bounds the policy lag.
+        self.reports = WorkerReports(self.params_total)
+        self.collection = Collection(cfg, self.spec, self.params_total, self.position, self.reports,
+                                     self.normalisation.rewards, self.ctx, self.security, ep, self.encoder, self.log)
         max_frame = cfg.transport.max_frame_bytes
-        self.trajectories = socket(self.ctx, zmq.PULL, hwm=1, kernel_buffer=TRAJECTORY_BUFFER, max_frame=max_frame)
         self.mask_inbox = socket(self.ctx, zmq.PULL, hwm=4, max_frame=max_frame)
-        self.credits = socket(self.ctx, zmq.PUB, hwm=16)
-        self.security.bind(self.credits, ep.credits)
-        self.security.bind(self.trajectories, ep.trajectories)
         self.security.bind(self.mask_inbox, ep.masks)
+        self.poller = zmq.Poller()  # what the trainer waits on while it collects
+        for sock in (self.collection.socket, self.mask_inbox, self.publisher.socket):
+            self.poller.register(sock, zmq.POLLIN)
 
         self.pending_masks: Message | None = None
         self.masks_version = -1  # newest masks accepted, pending or applied
         self.applied_masks_version = -1  # newest masks applied (what a snapshot's masks_version says)
         self.after_masks = False
-        self.episodes: deque[float] = deque(maxlen=REWARD_WINDOW)
-        self.inference = (-1, 0.0, self.params_total)  # newest (version, sparsity, non-zero params) a worker ran
-        self.swap_latencies: list[float] = []
         self.max_lag = 0
         self.records: list[dict] = []
         self.samples_total = 0  # samples trained on
         self.samples_received = 0  # samples in the valid chunks taken: trained on, or dropped as stale
         self.samples_dropped_stale = 0
-        self.trainer_id = time.time_ns()  # this trainer process, for the workers' credits
-        self.taken = [[0, 0] for _ in range(cfg.num_workers)]  # per worker: [its process's start, chunks taken]
-        self.credits_sent_at = 0.0
         self.distill = DistillSample(self.spec.obs_dim, cfg.pruning.distill_samples, cfg.seed) \
             if cfg.distills else None
         self.checkpoint = Checkpoint(cfg, [LearnerState(self.learner, self.generator), self.position, self,
-                                           self.normalisation], self.log)
+                                           self.reports, self.normalisation], self.log)
         self.resumed = resume and self.restore()
         self.progress = artifacts.Progress(cfg.run_dir / artifacts.PROGRESS, self.records)
         self.tensorboard = metrics.TensorBoard(cfg.run_dir) if cfg.tensorboard else None
@@ -196,62 +175,9 @@ class Trainer:
 
     # --- messages -------------------------------------------------------------------------
 
-    def _receive(self, sock: zmq.Socket, kind: str) -> Message | None:
-        frames = sock.recv_multipart(copy=False)
-        try:
-            return decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={kind},
-                          max_frame_bytes=self.cfg.transport.max_frame_bytes)
-        except MessageRejected as exc:
-            self.log.warning("message_rejected", reason=exc.reason, expected=kind)
-            return None
-
-    def _receive_trajectory(self) -> tuple[Message | None, dict | None]:
-        """(the chunk, its fields); (None, fields) for a chunk from a known worker process whose data
-        was rejected: it is still credited (its worker goes on) and in sync mode serves its share;
-        (None, None) when nothing about it can be trusted."""
-        msg = self._receive(self.trajectories, "trajectory")
-        if msg is None:
-            return None, None
-        f, c = msg.fields, self.cfg
-        try:
-            if not 0 <= f["worker_id"] < c.num_workers:
-                raise MessageRejected(f"worker_id {f['worker_id']} outside [0, {c.num_workers})")
-            if not 0 <= f["policy_version"] <= self.position.version:
-                raise MessageRejected(f"policy_version {f['policy_version']} is not one this trainer published")
-            check_trajectory_fields(f, c.chunk_steps, c.envs_per_worker, self.params_total)
-        except MessageRejected as exc:
-            self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
-            return None, None
-        try:
-            check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, self.spec.obs_dim,
-                             self.spec.act_dim, self.spec.discrete, c.input_bound)
-        except MessageRejected as exc:
-            self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
-            known = self.count_taken(f["worker_id"], f["worker_start"], valid=False)
-            return None, (f if known else None)
-        self.count_taken(f["worker_id"], f["worker_start"], valid=True)
-        return msg, f
-
-    def count_taken(self, worker_id: int, worker_start: int, valid: bool) -> bool:
-        """One more chunk taken from worker process `worker_start`, and the credits go out at once.
-        A valid chunk from a newer process (a replacement) starts its count; a chunk a dead process
-        left in the pipe credits nobody; an invalid chunk counts only for the process already known
-        (a forged one cannot take a worker's credits over). True if it was credited."""
-        start, count = self.taken[worker_id]
-        credited = worker_start == start or (valid and worker_start > start)
-        if credited:
-            self.taken[worker_id] = [worker_start, count + 1 if worker_start == start else 1]
-            self.send_credits()
-        return credited
-
-    def send_credits(self) -> None:
-        fields = {"trainer_id": self.trainer_id, "taken": self.taken}
-        self.credits.send_multipart(self.encoder.encode("credits", fields))
-        self.credits_sent_at = time.monotonic()
-
     def _receive_masks(self) -> None:
         """A compressor's report on one schedule step; in both-pruned mode it carries the masks."""
-        msg = self._receive(self.mask_inbox, "masks")
+        msg = receive(self.mask_inbox, "masks", self.cfg, self.log)
         if msg is None:
             return
         f = msg.fields
@@ -306,64 +232,25 @@ class Trainer:
     # --- one epoch ------------------------------------------------------------------------
 
     def collect(self) -> Collected | None:
-        """One epoch's trajectory chunks; None if asked to stop. Async: `samples_per_epoch` of chunks
-        at most `max_policy_lag` versions old. Sync: `chunks_per_worker` chunks of the newest version
-        from every worker (the workers pause after sending them, so none are thrown away)."""
-        c = self.cfg
-        sync = c.mode == "sync"
-        got = Collected([], [], 0, 0, 0)
-        current = [0] * c.num_workers  # sync: chunks of the newest version from each worker
-        poller = zmq.Poller()
-        poller.register(self.trajectories, zmq.POLLIN)
-        poller.register(self.mask_inbox, zmq.POLLIN)
-        poller.register(self.publisher.socket, zmq.POLLIN)
-        last_usable = time.monotonic()
-        def more() -> bool:
-            if sync:
-                return min(current) < c.chunks_per_worker
-            return len(got.chunks) * c.chunk_samples < c.samples_per_epoch
-
-        while more():
+        """One epoch's chunks (hotprune.roles.trainer.collection) while the other sockets are served; None
+        if asked to stop."""
+        self.collection.begin()
+        while self.collection.wants_more():
             if self.stop.is_set():
                 return None
-            self.heartbeat.beat(version=self.position.version, chunks=len(got.chunks), masks_version=self.masks_version)
-            if time.monotonic() - last_usable > REPUBLISH_S:
+            self.heartbeat.beat(version=self.position.version, chunks=len(self.collection.collected.chunks),
+                                masks_version=self.masks_version)
+            if self.collection.quiet_for(REPUBLISH_S):
                 self.publisher.republish()
-                last_usable = time.monotonic()
-            if time.monotonic() - self.credits_sent_at > CREDITS_EVERY_S:
-                self.send_credits()
-            ready = dict(poller.poll(100))
+            self.collection.send_credits_when_due()
+            ready = dict(self.poller.poll(100))
             if self.mask_inbox in ready:
                 self._receive_masks()
             if self.publisher.socket in ready or self.publisher.subscriber_waiting:
                 self.publisher.answer_subscribers()
-            if self.trajectories not in ready:
-                continue
-            msg, f = self._receive_trajectory()
-            if msg is None:
-                if sync and f is not None and f["policy_version"] == self.position.version:
-                    current[f["worker_id"]] += 1  # its worker sent its share and paused: it counts, without data
-                continue
-            if self.normalisation.rewards:  # every chunk of the env's stream, used or not, moves the return
-                msg.tensors["rewards"] = self.normalisation.rewards.scale(
-                    f["worker_id"], f["worker_start"], msg.tensors["rewards"],
-                    msg.tensors["terminated"] | msg.tensors["truncated"])
-            self.episodes.extend(f["episode_returns"])
-            self.swap_latencies.extend(f["swap_latencies_ms"])
-            if f["policy_version"] >= self.inference[0]:
-                self.inference = (f["policy_version"], f["policy_sparsity"], f["policy_nonzero_params"])
-            got.received += c.chunk_samples
-            lag = self.position.version - f["policy_version"]
-            beyond_share = sync and current[f["worker_id"]] >= c.chunks_per_worker  # a restarted worker's repeat
-            if lag > (0 if sync else c.max_policy_lag) or beyond_share:
-                got.dropped_stale += c.chunk_samples
-                continue
-            last_usable = time.monotonic()
-            got.episodes += len(f["episode_returns"])
-            current[f["worker_id"]] += 1
-            got.chunks.append(msg.tensors)
-            got.versions.append(f["policy_version"])
-        return got
+            if self.collection.socket in ready:
+                self.collection.receive()
+        return self.collection.collected
 
     def take_up_masks(self) -> None:
         """Both-pruned mode: apply the newest masks that have arrived, without waiting for any.
@@ -386,7 +273,7 @@ class Trainer:
                       training_sparsity_verified=sparsity(actor_arrays(self.actor), self.weight_spec,
                                                           self.sparsity_names),
                       pruned=self.masks.count(), **counts,
-                      inference_version=self.inference[0], inference_sparsity=self.inference[1])
+                      inference_version=self.reports.inference[0], inference_sparsity=self.reports.inference[1])
         if counts["refused_revivals"]:
             self.log.warning("masks_not_nested", version=f["version"], refused_revivals=counts["refused_revivals"],
                              reason="these masks would revive pruned weights; they stay pruned (pruning.regrow=false)")
@@ -438,8 +325,7 @@ class Trainer:
         tensors = {f"mask.{n}": keep for n, keep in self.masks.keep_masks().items()}
         if self.critic_masks:
             tensors |= {f"critic_mask.{n}": keep for n, keep in self.critic_masks.keep_masks().items()}
-        tensors["swap_latencies_ms"] = np.asarray(self.swap_latencies, np.float64)
-        return tensors, {"episodes": list(self.episodes), "inference": list(self.inference), "records": self.records,
+        return tensors, {"records": self.records,
                          **{k: getattr(self, k) for k in self.COUNTERS}}
 
     def load_state_dict(self, tensors: dict, meta: dict) -> None:
@@ -448,10 +334,7 @@ class Trainer:
         if self.critic_masks:
             self.critic_masks.restore({n[len("critic_mask."):]: a for n, a in tensors.items()
                                        if n.startswith("critic_mask.")}, self.cfg.pruning.structure)
-        self.episodes.extend(meta["episodes"])
-        self.inference = tuple(meta["inference"])
         self.records = meta["records"]
-        self.swap_latencies = tensors["swap_latencies_ms"].tolist()
 
     def restore(self) -> bool:
         """Go on from the run's checkpoint; False when there is none (the trainer died before its first)."""
@@ -531,7 +414,7 @@ class Trainer:
                 "epoch": epoch,
                 "global_step": self.samples_total,  # env samples trained on so far (CleanRL's x axis)
                 "epochs": epochs,
-                "reward_mean": statistics.fmean(self.episodes) if self.episodes else None,
+                "reward_mean": self.reports.reward_mean(),
                 "episodes": episodes,
                 "samples": batch.size,
                 "samples_received": collected.received,  # = samples + samples_dropped_stale
@@ -541,9 +424,9 @@ class Trainer:
                 "epoch_s": t2 - t0,
                 "samples_per_s": batch.size / (t2 - t0),
                 "training_sparsity": training_sparsity,
-                "inference_sparsity": self.inference[1],
-                "inference_version": self.inference[0],
-                "inference_nonzero_params": self.inference[2],
+                "inference_sparsity": self.reports.inference[1],
+                "inference_version": self.reports.inference[0],
+                "inference_nonzero_params": self.reports.inference[2],
                 "policy_lag": statistics.fmean(lags),
                 **({"critic_sparsity": critic_sparsity} if self.critic_masks else {}),
                 **losses,
@@ -607,7 +490,7 @@ class Trainer:
             values = [row[key] for row in rows if row[key] is not None]
             return statistics.fmean(values) if values else None
 
-        lat = sorted(self.swap_latencies)
+        lat = sorted(self.reports.swap_latencies)
         training = masked_stats(Masks(self.masks.keep_masks()), self.weight_spec, self.sparsity_names)
         pruned = self.pruned_policy or {}
         return {
