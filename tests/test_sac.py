@@ -109,13 +109,13 @@ def test_pruned_weights_of_actor_and_critics_stay_exactly_positive_zero_through_
     learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(1))
     pruner, actor_masks, actor_stats, critic = both_pruned(cfg, learner)
     rng = np.random.default_rng(1)
-    learner.update(pendulum_batch(rng), 1, [actor_stats, actor_masks], critic.hooks)  # gradients to prune by
+    learner.update(pendulum_batch(rng), 1, [actor_stats, actor_masks], [critic.hooks])  # gradients to prune by
     masks = pruner.compute(actor_arrays(learner.actor), 0.8, actor_stats.mean())
     actor_masks.apply(masks.elements)
     report = critic.prune(0.8)
     assert report["critic_sparsity"] == pytest.approx(0.8, abs=0.01) and report["newly_pruned"] > 0
     for epoch in range(2, 5):
-        losses = learner.update(pendulum_batch(rng), epoch, [actor_stats, actor_masks], critic.hooks)
+        losses = learner.update(pendulum_batch(rng), epoch, [actor_stats, actor_masks], [critic.hooks])
         assert losses["gradient_steps"] > 0 and losses["qf_loss"] is not None
     pruned = {"actor": (learner.actor, masks.elements)}
     for name in ("qf1", "qf2"):
@@ -145,7 +145,7 @@ def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():
     cfg = config("pruning.method=gradient", "pruning.targets=actor,critic", "pruning.num_gradient_batches=4")
     learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(2))
     _, actor_masks, actor_stats, critic = both_pruned(cfg, learner)
-    assert learner.update(pendulum_batch(np.random.default_rng(2)), 1, [actor_stats], critic.hooks)["gradient_steps"]
+    assert learner.update(pendulum_batch(np.random.default_rng(2)), 1, [actor_stats], [critic.hooks])["gradient_steps"]
     assert len(actor_stats.window) == 4 and len(critic.grad_stats.window) == 4
     g_actor, g_critic = actor_stats.mean(), critic.grad_stats.mean()
     assert set(g_critic) == {f"{q}.net.{i}.weight" for q in ("qf1", "qf2") for i in (0, 2)}
@@ -153,7 +153,7 @@ def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():
     # the actor's statistics are of the actor loss: a critic-only step leaves them as they were
     window = list(actor_stats.window)
     learner.cfg.policy_frequency = 10**6
-    learner.update(pendulum_batch(np.random.default_rng(3)), 2, [actor_stats], critic.hooks)
+    learner.update(pendulum_batch(np.random.default_rng(3)), 2, [actor_stats], [critic.hooks])
     assert list(actor_stats.window) == window
 
 
