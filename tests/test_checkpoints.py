@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 
 from hotprune.learning import checkpoints
 from hotprune.roles import liveness
-from hotprune.runs import runlog
+from hotprune.runs import artifacts, runlog
 from hotprune.envs import env_spec
+from hotprune.protocol.endpoints import socket_dir
 from hotprune.learning.policy import make_actor, make_critic
 from hotprune.roles.process import StopFlag, load_run_config
 from hotprune.roles.trainer import Trainer
@@ -131,3 +135,30 @@ def test_a_resumed_trainer_logs_an_epoch_its_killed_predecessor_checkpointed_but
     trainer.ctx.destroy(linger=0)
     assert [e["epoch"] for e in runlog.load(run_dir).epochs()] == [1, 2, 3]
     assert [e["epoch"] for e in logged(run_dir, "trainer", "epoch") if e.get("replayed")] == [3]
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
+
+
+@pytest.mark.parametrize("name", ["ppo", "sac"])
+def test_a_checkpoint_written_before_the_trainer_became_a_package_resumes_and_is_written_back_the_same(tmp_path, name):
+    """tests/fixtures/checkpoints/<name>: a finished run's config.toml and trainer checkpoint, written by the
+    trainer before it was split into parts (commit 653abd1; its config still names ppo.input_bound), with
+    training masks, SAC's critic masks and temperature, and normalisation statistics. A trainer resumes from
+    it, and its own checkpoint has the same tensors and metadata: only the position it took over moved."""
+    run_dir = tmp_path / name
+    shutil.copytree(FIXTURES / name, run_dir)
+    socket_dir(run_dir).mkdir(mode=0o700)  # what the stopped run's cleanup removed
+    before, before_meta = artifacts.load(run_dir / artifacts.CHECKPOINT)
+    trainer = Trainer(load_run_config(run_dir), StopFlag(), resume=True)
+    try:
+        assert trainer.resumed and (trainer.position.epoch, trainer.position.trainer_start) == (4, 1)
+        assert trainer.masks.training.count() > 0 and trainer.records.completed
+        trainer.checkpoint.save(trainer.position.epoch, trainer.position.version)
+    finally:
+        trainer.ctx.destroy(linger=0)
+    after, after_meta = artifacts.load(run_dir / artifacts.CHECKPOINT)
+    assert sorted(after) == sorted(before) and sorted(after_meta) == sorted(before_meta)
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    moved = {k for k in before_meta if after_meta[k] != before_meta[k]}
+    assert moved <= {"version", "trainer_start", "epoch_ceiling"} and "version" in moved
