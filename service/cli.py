@@ -360,11 +360,11 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
 
 
 def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hotprune.runs import tickets
-
     name = f"lth {args.action}"
     if args.action == "train-dense":
-        args.set = [*tickets.TRAIN_DENSE, *args.set]  # yours win
+        from hotprune.commands.lth import TRAIN_DENSE  # no torch: the console starts before it loads
+
+        args.set = [*TRAIN_DENSE, *args.set]  # yours win
         announced = _announce(args)
         if announced is None:
             return 2

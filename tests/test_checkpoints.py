@@ -20,6 +20,7 @@ from hotprune.learning import checkpoints
 from hotprune.roles import liveness
 from hotprune.runs import artifacts, cleanup, rundir, runlog
 from hotprune.envs import env_spec
+from hotprune.protocol.endpoints import socket_dir
 from hotprune.learning.policy import actor_arrays, make_actor, make_critic
 from hotprune.roles.process import StopFlag, load_run_config
 from hotprune.roles.trainer import Trainer
@@ -182,8 +183,8 @@ def _stopped_run(runs_dir: Path) -> Path:
     run_dir = rundir.prepare(cfg, check_ports=False)  # `hotprune init`
     cfg = load_run_config(run_dir)
     trainer = Trainer(cfg, StopFlag())
-    trainer.epoch = CHECKPOINT_EPOCH
-    trainer.checkpoint()
+    trainer.position.epoch = CHECKPOINT_EPOCH
+    trainer.checkpoint.save(trainer.position.epoch, trainer.position.version)
     trainer.ctx.destroy(linger=0)
     cleanup.remove_sockets(run_dir)  # as the stopped run's supervisor did
     keep = {"net.0.weight": np.arange(64).reshape(16, 4) % 2 == 0}
@@ -292,3 +293,30 @@ def test_a_run_from_before_checksums_and_uids_resumes_with_a_warning(stopped, tm
     with pytest.raises(artifacts.ArtifactError, match="run_id 'stopped', not 'renamed'"):
         artifacts.load_kept(run_dir / artifacts.CHECKPOINT, dataclasses.replace(load_run_config(run_dir),
                                                                                  run_id="renamed"))
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
+
+
+@pytest.mark.parametrize("name", ["ppo", "sac"])
+def test_a_checkpoint_written_before_the_trainer_became_a_package_resumes_and_is_written_back_the_same(tmp_path, name):
+    """tests/fixtures/checkpoints/<name>: a finished run's config.toml and trainer checkpoint, written by the
+    trainer before it was split into parts (commit 653abd1; its config still names ppo.input_bound), with
+    training masks, SAC's critic masks and temperature, and normalisation statistics. A trainer resumes from
+    it, and its own checkpoint has the same tensors and metadata: only the position it took over moved."""
+    run_dir = tmp_path / name
+    shutil.copytree(FIXTURES / name, run_dir)
+    socket_dir(run_dir).mkdir(mode=0o700)  # what the stopped run's cleanup removed
+    before, before_meta = artifacts.load(run_dir / artifacts.CHECKPOINT)
+    trainer = Trainer(load_run_config(run_dir), StopFlag(), resume=True)
+    try:
+        assert trainer.resumed and (trainer.position.epoch, trainer.position.trainer_start) == (4, 1)
+        assert trainer.masks.training.count() > 0 and trainer.records.completed
+        trainer.checkpoint.save(trainer.position.epoch, trainer.position.version)
+    finally:
+        trainer.ctx.destroy(linger=0)
+    after, after_meta = artifacts.load(run_dir / artifacts.CHECKPOINT)
+    assert sorted(after) == sorted(before) and sorted(after_meta) == sorted(before_meta)
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    moved = {k for k in before_meta if after_meta[k] != before_meta[k]}
+    assert moved <= {"version", "trainer_start", "epoch_ceiling"} and "version" in moved

@@ -51,7 +51,7 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
-        self.dense_spec = actor_spec(self.spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        self.dense_spec = actor_spec(self.spec, cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
         self.store = self.attach_store()

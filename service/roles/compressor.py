@@ -56,7 +56,7 @@ class Compressor:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
         spec = env_spec(cfg.env_id)
         self.discrete = spec.discrete
-        self.weight_spec = actor_spec(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        self.weight_spec = actor_spec(spec, cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
@@ -178,8 +178,8 @@ class Compressor:
             return self.snapshot_spec
         obs, most = tensors.get(DISTILL_OBS), self.cfg.pruning.distill_samples
         rows = obs.shape[0] if obs is not None and obs.ndim == 2 and obs.shape[0] <= most else most
-        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.ppo.input_bound:
-            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.ppo.input_bound:g}")
+        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.input_bound:
+            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.input_bound:g}")
         return {**self.snapshot_spec, DISTILL_OBS: ("float32", (rows, self.obs_dim))}
 
     def _check_fields(self, f: dict) -> None:

@@ -15,6 +15,7 @@ import zmq
 
 from hotprune.config import Config, load_config
 from hotprune.runs import private
+from hotprune.protocol.codec import Message, MessageRejected, decode
 
 
 def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
@@ -116,6 +117,18 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, ma
     if max_frame:
         sock.maxmsgsize = max_frame
     return sock
+
+
+def receive(sock: zmq.Socket, kind: str, cfg: Config, log) -> Message | None:
+    """The next message on `sock`, decoded strictly as a `kind` of this run; None, logged as
+    `message_rejected`, when it is not one."""
+    frames = sock.recv_multipart(copy=False)
+    try:
+        return decode([f.buffer for f in frames], run_id=cfg.run_id, kinds={kind},
+                      max_frame_bytes=cfg.transport.max_frame_bytes)
+    except MessageRejected as exc:
+        log.warning("message_rejected", reason=exc.reason, expected=kind)
+        return None
 
 
 def send_when_ready(sock: zmq.Socket, frames: list, keep_waiting: Callable[[], bool],

@@ -115,13 +115,13 @@ def load_kept(path: Path, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str,
 def run_meta(cfg: Config) -> dict[str, Any]:
     """What every file a run keeps says about the run: its id and uid, environment, algorithm and model."""
     return {"run_id": cfg.run_id, RUN_UID: cfg.run_uid, "env_id": cfg.env_id, "algorithm": cfg.algorithm,
-            "hidden_sizes": cfg.hidden_sizes}
+            "hidden_sizes": cfg.algo.hidden_sizes}
 
 
 # What a checkpoint's tensors mean depends on these settings (Config attributes, dotted for sections):
 # resumed with one of them edited in config.toml, they would be loaded into another model, or masks into
 # a model that keeps none. `check_checkpoint` refuses that.
-CHECKPOINT_SETTINGS = ("env_id", "algorithm", "hidden_sizes", "prune_training_model", "normalize_obs",
+CHECKPOINT_SETTINGS = ("env_id", "algorithm", "algo.hidden_sizes", "prune_training_model", "normalize_obs",
                        "normalize_reward", "pruning.method", "pruning.structure", "pruning.targets",
                        "pruning.prune_output_layer")
 
@@ -142,11 +142,12 @@ def check_checkpoint(path: Path, meta: Mapping[str, Any], cfg: Config) -> None:
     it was written under the same CHECKPOINT_SETTINGS (a checkpoint from before they were recorded: the
     same environment, model and algorithm) and at an epoch within the run's length."""
     now = checkpoint_settings(cfg)
-    recorded = meta.get("settings") or {"algorithm": meta.get("algorithm", "ppo"),
-                                        **{k: meta[k] for k in ("env_id", "hidden_sizes") if k in meta}}
+    recorded = meta.get("settings") or {"algorithm": meta.get("algorithm", "ppo"), "env_id": meta.get("env_id"),
+                                        "algo.hidden_sizes": meta.get("hidden_sizes")}
     for key, then in recorded.items():
-        if key in now and now[key] != then:
-            raise ArtifactError(f"{cfg.run_dir / 'config.toml'} was edited: {key} is {json.dumps(now[key])}, but the "
+        if key in now and then is not None and now[key] != then:
+            shown = key.replace("algo.", f"{cfg.algorithm}.")  # the key as config.toml spells it
+            raise ArtifactError(f"{cfg.run_dir / 'config.toml'} was edited: {shown} is {json.dumps(now[key])}, but the "
                                 f"checkpoint {path} was trained with {json.dumps(then)} (a run resumes with the "
                                 "settings it started with; start a new run for others)")
     epoch = meta.get("epoch", 0)
