@@ -316,7 +316,10 @@ def test_a_checkpoint_written_before_the_trainer_became_a_package_resumes_and_is
     finally:
         trainer.ctx.destroy(linger=0)
     after, after_meta = artifacts.load(run_dir / artifacts.CHECKPOINT)
-    assert sorted(after) == sorted(before) and sorted(after_meta) == sorted(before_meta)
+    # what a kept file has carried since: its checksum, the run's uid (none for a run made before uids)
+    # and the settings the checkpoint's tensors depend on (issue 24)
+    added = {artifacts.CHECKSUM, artifacts.RUN_UID, "settings"}
+    assert sorted(after) == sorted(before) and sorted(after_meta) == sorted(set(before_meta) | added)
     assert all(np.array_equal(after[k], before[k]) for k in before)
     moved = {k for k in before_meta if after_meta[k] != before_meta[k]}
     assert moved <= {"version", "trainer_start", "epoch_ceiling"} and "version" in moved
