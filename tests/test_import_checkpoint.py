@@ -190,6 +190,7 @@ def refusals(tmp_path: Path, cartpole: Path) -> list[tuple[list[str], str]]:
         (["sb3", str(tmp_path / "garbage.zip"), "--env", "CartPole-v1"], "is not an SB3 model zip"),
         (["sb3", str(tmp_path / "missing.zip"), "--env", "CartPole-v1"], "does not exist"),
         (["sb3", str(cartpole), "--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["sb3", str(cartpole), "--env", "CartPole-v1", "--out", str(cartpole)], "is the model itself"),
         (["cleanrl", str(tmp_path / "dqn.pt"), "--env", "CartPole-v1"], "is not a CleanRL PPO Agent's state_dict"),
         (["cleanrl", str(tmp_path / "garbage.zip"), "--env", "CartPole-v1"], "is not a torch state_dict"),
     ]

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from hotprune.algorithms import actor_kind
 from hotprune.envs import EnvSpec, env_spec
@@ -98,6 +97,8 @@ def import_policy(path: str | Path, kind: str, env_id: str, out: str | Path | No
     network = READERS[kind](path)
     _check(network, spec, path)
     out = Path(out) if out is not None else path.with_suffix(".safetensors")
+    if out.resolve() == path.resolve():
+        raise ArtifactError(f"{out} is the model itself: give another --out")
     tensors = {f"net.{2 * i}.{part}": a for i, layer in enumerate(network.actor) for part, a in zip(WB, layer)}
     if network.log_std is not None:
         tensors["log_std"] = network.log_std
@@ -125,7 +126,7 @@ def _check(network: Network, spec: EnvSpec, path: Path) -> None:
         has = "a Gaussian for Box actions (it has a log std)" if spec.discrete else "logits for Discrete actions"
         raise ArtifactError(f"{path}: its policy is {has}; {spec.env_id}'s actions are {action}")
     for name, layers, outputs in (("policy", network.actor, spec.act_dim), ("value", network.critic, 1)):
-        sizes = [spec.obs_dim] + [w.shape[0] for w, _ in layers]
+        sizes = [spec.obs_dim] + [w.shape[0] if w.ndim == 2 else -1 for w, _ in layers]
         for i, (w, b) in enumerate(layers):
             if w.shape != (sizes[i + 1], sizes[i]) or b.shape != (sizes[i + 1],):
                 what = f"{spec.env_id} has {spec.obs_dim} observations" if i == 0 else \
@@ -152,7 +153,10 @@ def _torch_name(activation: str) -> str:
 
 def _state_dict(data: bytes | Path, what: str) -> dict[str, np.ndarray]:
     """A state_dict saved with torch.save, loaded with weights_only=True (torch's own unpickler, which
-    builds tensors and plain containers and refuses everything else), as float32 arrays."""
+    builds tensors and plain containers and refuses everything else), as float32 arrays. (torch is
+    imported here: `import hotprune` and its public names load none.)"""
+    import torch
+
     try:
         state = torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu",
                            weights_only=True)
@@ -208,12 +212,13 @@ def read_sb3(path: Path) -> Network:
     if data.get("use_sde"):
         raise ArtifactError(f"{path}: {layout} with gSDE (use_sde=True), whose noise hotprune's Gaussian "
                             "does not compute")
-    kwargs = data.get("policy_kwargs") or {}  # {} as JSON, or the readable fields beside its pickle
+    kwargs, space = (data.get(key) if isinstance(data.get(key), dict) else {}
+                     for key in ("policy_kwargs", "observation_space"))  # JSON, or the fields beside a pickle
     extractor = _class_name(kwargs.get("features_extractor_class", "<class 'FlattenExtractor'>"))
     if extractor != "FlattenExtractor":
         raise ArtifactError(f"{path}: {layout} with features extractor {extractor}; only FlattenExtractor "
                             "(MlpPolicy's) maps to an MLP")
-    trained_on = (data.get("observation_space") or {}).get("_shape")
+    trained_on = space.get("_shape")
     state = _state_dict(weights, f"{path}'s {SB3_WEIGHTS}")
     expected = "mlp_extractor.policy_net.*, action_net, mlp_extractor.value_net.*, value_net, log_std"
     for name in ("action_net", "value_net"):
