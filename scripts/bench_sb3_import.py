@@ -3,7 +3,8 @@
 
 Per seed: SB3's PPO with RL Zoo's CartPole hyperparameters (the ones hotprune's preset copies) for 100k
 steps; `hotprune import sb3`; a hotprune run from it (init_file: actor and critic) that prunes the actor
-to 90% (magnitude, cubic from epoch 2 to PRUNE_END, then fine-tuning at 90%). Each policy is evaluated
+to 90% (magnitude, cubic from epoch 2 to PRUNE_END, then fine-tuning at 90%); and, for contrast, the
+imported actor pruned to 90% at once by the same criterion with no training. Each policy is evaluated
 over 20 episodes with deterministic actions (SB3's model through the imported file, which acts exactly as
 its `predict`; tests/test_import_checkpoint.py holds that). Needs the bench extra (stable-baselines3).
 
@@ -22,6 +23,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import hotprune
+from hotprune.pruning.engine import Pruner, apply_masks
+from hotprune.runs import artifacts
 
 EPISODES = 20
 SB3_STEPS = 100_000
@@ -43,6 +46,15 @@ def train_sb3(seed: int, path: Path) -> float:
     return time.perf_counter() - began
 
 
+def pruned_at_once(imported: Path, out: Path) -> Path:
+    """The imported actor with 90% of its weights pruned by global magnitude (the compressor's engine), no training."""
+    tensors, meta = artifacts.load(imported)
+    actor = {n: a for n, a in tensors.items() if not n.startswith("critic.")}
+    pruner = Pruner({n: ("float32", a.shape) for n, a in actor.items()}, method="magnitude")
+    artifacts.save(out, apply_masks(actor, pruner.compute(actor, 0.9)), **meta)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -57,6 +69,8 @@ def main() -> None:
         sb3_s = train_sb3(seed, zip_path) if not zip_path.exists() else float("nan")
         imported = hotprune.import_policy(zip_path, kind="sb3", env_id="CartPole-v1")
         before = hotprune.evaluate(imported.path, episodes=EPISODES, deterministic=True)
+        at_once = hotprune.evaluate(pruned_at_once(imported.path, args.root / f"at_once_s{seed}.safetensors"),
+                                    episodes=EPISODES, deterministic=True)
         config = hotprune.Config.from_dict({
             **imported.settings, "seed": seed, "total_steps": args.steps, "runs_dir": str(args.root / "runs"),
             "run_id": f"sb3-import-s{seed}", "pruning.target_sparsity": 0.9, "pruning.schedule": "cubic",
@@ -66,15 +80,17 @@ def main() -> None:
         run_s = time.perf_counter() - began
         after = hotprune.evaluate(result.run_dir, episodes=EPISODES, deterministic=True)
         sparsity = hotprune.load_policy(result.run_dir).sparsity
-        rows.append((seed, before["return_mean"], after["return_mean"], after["return_std"], sparsity, sb3_s, run_s))
+        rows.append((seed, before["return_mean"], after["return_mean"], after["return_std"], sparsity,
+                     at_once["return_mean"]))
         print(f"seed {seed}: SB3 {before['return_mean']:.1f} -> pruned {after['return_mean']:.1f} "
               f"± {after['return_std']:.1f} at {sparsity:.1%} (SB3 training {sb3_s:.0f} s, hotprune run {run_s:.0f} s)",
               flush=True)
-    print("\n| seed | SB3 PPO (dense, imported) | hotprune, pruned to 90% | sparsity |")
-    print("| --- | --- | --- | --- |")
-    for seed, before, after, std, sparsity, _, _ in rows:
-        print(f"| {seed} | {before:.1f} | {after:.1f} ± {std:.1f} | {sparsity:.1%} |")
-    print(f"| mean | {statistics.mean(r[1] for r in rows):.1f} | {statistics.mean(r[2] for r in rows):.1f} | |")
+    print("\n| seed | SB3 PPO (dense, imported) | hotprune run, pruned to 90% | sparsity | 90% at once, no training |")
+    print("| --- | --- | --- | --- | --- |")
+    for seed, before, after, std, sparsity, at_once in rows:
+        print(f"| {seed} | {before:.1f} | {after:.1f} ± {std:.1f} | {sparsity:.1%} | {at_once:.1f} |")
+    means = [statistics.mean(r[i] for r in rows) for i in (1, 2, 5)]
+    print(f"| mean | {means[0]:.1f} | {means[1]:.1f} | | {means[2]:.1f} |")
 
 
 if __name__ == "__main__":
