@@ -85,12 +85,13 @@ def save(path: Path, tensors: Mapping[str, np.ndarray], **meta: Any) -> None:
             from None
 
 
-def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load(path: Path, warn_unverified: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Tensors and metadata of a file `save` wrote, verified (ArtifactError if corrupt); one without a
-    checksum is read with a warning line."""
+    checksum is read with a warning line (a caller that checks the file further passes
+    `warn_unverified=False` and warns once it has accepted it: a refused file gets its one line only)."""
     tensors, meta = _verified(Path(path))
-    if CHECKSUM not in meta:
-        _warn_unverified(Path(path))
+    if CHECKSUM not in meta and warn_unverified:
+        warn_unverified_file(Path(path))
     return tensors, meta
 
 
@@ -103,7 +104,7 @@ def load_kept(path: Path, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str,
         if meta.get("run_id") != cfg.run_id:
             raise ArtifactError(f"{path} is a file of run_id {meta.get('run_id')!r}, not {cfg.run_id!r}")
         if CHECKSUM not in meta:
-            _warn_unverified(path)
+            warn_unverified_file(path)
     elif meta.get(RUN_UID) != cfg.run_uid:
         raise ArtifactError(f"{path} belongs to another run (run uid {meta.get(RUN_UID) or 'none'}), not to "
                             f"this one (run uid {cfg.run_uid}, in its config.toml): refused")
@@ -177,7 +178,7 @@ def _verified(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 _warned: set[Path] = set()  # one warning per file and process: the same file is read at several places
 
 
-def _warn_unverified(path: Path) -> None:
+def warn_unverified_file(path: Path) -> None:
     if path.resolve() not in _warned:
         _warned.add(path.resolve())
         print(f"hotprune: warning: {path} has no checksum (written before hotprune kept one, or by another tool): "

@@ -72,7 +72,7 @@ def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
     """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
     env_id, hidden_sizes = cfg.env_id, cfg.algo.hidden_sizes
     try:
-        tensors, meta = artifacts.load(Path(path))
+        tensors, meta = artifacts.load(Path(path), warn_unverified=False)
     except ArtifactError as exc:
         raise ArtifactError(f"{what} {exc}") from None
     if "env_id" not in meta:
@@ -100,6 +100,8 @@ def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
         if str(array.dtype) != dtype:
             raise ArtifactError(f"{what} {path}: {key} is {array.dtype}, not {dtype}")
         parts[part][name] = array
+    if artifacts.CHECKSUM not in meta:  # accepted, but nothing vouches for its bytes
+        artifacts.warn_unverified_file(Path(path))
     return parts, meta
 
 
