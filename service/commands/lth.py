@@ -42,7 +42,7 @@ import torch
 
 from hotprune.runs import artifacts, private, tickets
 from hotprune.learning import ppo
-from hotprune.actor_spec import SAC_CRITICS
+from hotprune.actor_spec import SAC_CRITICS, policy_metadata
 from hotprune.algorithms import ALGORITHMS
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
@@ -263,8 +263,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                          ("; a critic that ignores an action gives the actor no gradient through it"
                           if any(i >= obs_dim for i in cut) else ""))
     tensors = tickets.joined(masks)
-    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm, "hidden_sizes": cfg.hidden_sizes,
-            "method": method,
+    meta = {"run_id": cfg.run_id, **policy_metadata(env_spec(cfg.env_id), cfg), "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             "inputs_cut": inputs_cut,

@@ -34,9 +34,9 @@ class Learner:
 
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         self.cfg, self.generator = cfg, generator
-        self.hidden_sizes = cfg.ppo.hidden_sizes
-        self.actor = make_actor(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs, "ppo")
-        self.critic = make_critic(spec, cfg.ppo.hidden_sizes, self.actor.obs_norm)
+        (self.hidden_sizes, activation), critic = cfg.network("actor"), cfg.network("critic")
+        self.actor = make_actor(spec, self.hidden_sizes, cfg.normalize_obs, "ppo", activation)
+        self.critic = make_critic(spec, critic[0], self.actor.obs_norm, critic[1])
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
                                           lr=cfg.ppo.learning_rate, eps=1e-5)
         self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)

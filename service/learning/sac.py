@@ -71,10 +71,11 @@ class SoftQNetwork(nn.Module):
     the observation and action side by side; given the actor's `obs_norm`, the observation is
     normalised as the actor's."""
 
-    def __init__(self, spec: EnvSpec, hidden_sizes: list[int], obs_norm: nn.Module | None = None):
+    def __init__(self, spec: EnvSpec, hidden_sizes: list[int], obs_norm: nn.Module | None = None,
+                 activation: str = "relu"):
         super().__init__()
         self.obs_norm = obs_norm
-        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], "relu")
+        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], activation)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         if self.obs_norm is not None:
@@ -89,11 +90,11 @@ class Learner:
     def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
         s = self.cfg = cfg.sac
         self.generator = generator
-        self.hidden_sizes = s.hidden_sizes
-        self.actor = make_actor(spec, s.hidden_sizes, cfg.normalize_obs, "sac")
+        (self.hidden_sizes, activation), critic = cfg.network("actor"), cfg.network("critic")
+        self.actor = make_actor(spec, self.hidden_sizes, cfg.normalize_obs, "sac", activation)
         obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
-        self.qf1, self.qf2 = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
-        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
+        self.qf1, self.qf2 = (SoftQNetwork(spec, critic[0], obs_norm, critic[1]) for _ in range(2))
+        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, critic[0], obs_norm, critic[1]) for _ in range(2))
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=s.q_lr)

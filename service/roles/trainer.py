@@ -51,6 +51,7 @@ from hotprune.config import Config
 from hotprune.learning.critic_masks import CriticMasks
 from hotprune.learning.normalize import RewardScaler, RunningMeanStd
 from hotprune.envs import env_spec
+from hotprune.actor_spec import policy_metadata
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.roles.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
@@ -551,8 +552,7 @@ class Trainer:
     def policy_meta(self, **extra) -> dict:
         """What a policy file says about itself (hotprune.runs.artifacts)."""
         c = self.cfg
-        return {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.spec.discrete, "algorithm": c.algorithm,
-                "hidden_sizes": c.hidden_sizes, **extra}
+        return {"run_id": c.run_id, **policy_metadata(self.spec, c), **extra}
 
     def run(self) -> int:
         c = self.cfg

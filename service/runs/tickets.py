@@ -39,9 +39,9 @@ Parts = dict[str, dict[str, np.ndarray]]  # "actor" / "critic" -> name -> array
 
 def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec, hidden = env_spec(cfg.env_id), cfg.hidden_sizes
-    return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm),
-            "critic": critic_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm)}
+    spec, critic = env_spec(cfg.env_id), cfg.network("critic")[0]
+    return {"actor": actor_shapes(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm),
+            "critic": critic_shapes(spec, critic, cfg.normalize_obs, cfg.algorithm)}
 
 
 def joined(parts: Parts) -> dict[str, np.ndarray]:
