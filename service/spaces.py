@@ -103,7 +103,8 @@ def describe(space: spaces.Space) -> dict[str, Any]:
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, spaces.MultiBinary):
-        return {"type": "MultiBinary", "n": list(space.shape)}
+        n = space.n  # as it was given: MultiBinary(3) and MultiBinary([3]) are not equal spaces
+        return {"type": "MultiBinary", "n": int(n) if np.ndim(n) == 0 else [int(k) for k in n]}
     if isinstance(space, spaces.MultiDiscrete):
         return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "start": space.start.tolist()}
     if isinstance(space, spaces.Tuple):
@@ -118,8 +119,8 @@ def from_description(d: dict[str, Any]) -> spaces.Space:
     try:
         kind = d["type"]
         if kind == "Box":
-            shape = tuple(d["shape"])
-            return spaces.Box(_unbound(d["low"], shape), _unbound(d["high"], shape), shape, np.dtype(d["dtype"]))
+            shape, dtype = tuple(d["shape"]), np.dtype(d["dtype"])
+            return spaces.Box(_unbound(d["low"], shape, dtype), _unbound(d["high"], shape, dtype), shape, dtype)
         if kind == "Discrete":
             return spaces.Discrete(d["n"], start=d["start"])
         if kind == "MultiBinary":
@@ -143,6 +144,6 @@ def _bound(values: np.ndarray) -> Any:
     return flat[0] if flat and all(v == flat[0] for v in flat) else flat
 
 
-def _unbound(value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    values = [float(v) for v in (value if isinstance(value, list) else [value])]
-    return np.broadcast_to(np.array(values), shape) if len(values) == 1 else np.array(values).reshape(shape)
+def _unbound(value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    values = np.array([float(v) for v in (value if isinstance(value, list) else [value])]).astype(dtype)
+    return np.broadcast_to(values, shape) if len(values) == 1 else values.reshape(shape)
