@@ -55,7 +55,7 @@ class Compressor:
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
         spec = self.spec = env_spec(cfg.env_id)
-        self.weight_spec = actor_spec(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        self.weight_spec = actor_spec(spec, cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
@@ -67,7 +67,7 @@ class Compressor:
             from hotprune.learning.distill import Distiller
 
             self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr, cfg.algorithm,
-                                       (spec.action_low, spec.action_high), cfg.network("actor")[1])
+                                       (spec.action_low, spec.action_high), cfg.network("actor").activation)
         # The first liveness ping (the hang timeout runs from it) once the slow set-up is done:
         # the distiller's optimizer warm-up imports torch._dynamo.
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
@@ -118,17 +118,18 @@ class Compressor:
         if not path.exists():
             self.log.info("compressor_resumed", masks=False, reason="no compression yet")
             return
-        tensors, meta = artifacts.load(path)
+        tensors, meta = artifacts.load_kept(path, self.cfg)  # this run's, and not corrupt
         steps = {s.epoch: s for s in self.schedule.steps}
         try:
-            if meta.get("run_id") != self.cfg.run_id or meta.get("masks_due_epoch") not in steps:
-                raise MessageRejected("written by another run or another schedule")
+            if meta.get("masks_due_epoch") not in steps:
+                raise MessageRejected("written under another schedule")
             masks = Masks.from_elements(tensors, self.cfg.pruning.structure)
             check_tensors(masks.elements, {n: ("bool", self.weight_spec[n][1]) for n in self.pruner.mask_names()})
         except MessageRejected as exc:
             raise artifacts.ArtifactError(f"{path} cannot be resumed from: {exc.reason}") from None
         step = steps[meta["masks_due_epoch"]]
         self.masks, self.masks_source = masks, (meta["masks_version"], meta["masks_epoch"], step)
+        self.history[meta["masks_version"]] = masks  # the trainer's snapshots say they apply these: checked too
         self.schedule.done(step)
         stats = masked_stats(masks, self.weight_spec, self.sparsity_names)
         weights = apply_masks({n: np.ones(shape, np.float32) for n, (_, shape) in self.weight_spec.items()}, masks)
@@ -176,8 +177,8 @@ class Compressor:
             return self.snapshot_spec
         obs, most = tensors.get(DISTILL_OBS), self.cfg.pruning.distill_samples
         rows = obs.shape[0] if obs is not None and obs.ndim == 2 and obs.shape[0] <= most else most
-        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.ppo.input_bound:
-            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.ppo.input_bound:g}")
+        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.input_bound:
+            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.input_bound:g}")
         return {**self.snapshot_spec, DISTILL_OBS: ("float32", (rows, self.obs_dim))}
 
     def _check_fields(self, f: dict) -> None:
@@ -293,7 +294,7 @@ class Compressor:
             return
         out, fields = self.last_written
         c = self.cfg
-        meta = {"run_id": c.run_id, **policy_metadata(self.spec, c), "method": c.pruning.method,
+        meta = {**artifacts.run_meta(c), **policy_metadata(self.spec, c), "method": c.pruning.method,
                 "structure": c.pruning.structure, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
         if self.masks_source is not None:
@@ -345,4 +346,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from hotprune.roles.entry import role_main
 
-    role_main(main)
+    role_main(main, "compressor")
