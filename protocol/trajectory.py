@@ -1,4 +1,7 @@
-"""The tensors of a `trajectory` message: one fixed-length chunk of T vector steps over N envs."""
+"""The tensors of a `trajectory` message: one fixed-length chunk of T vector steps over N envs.
+
+Observations travel flattened, float32 rows of `obs_dim` whatever the environment's space (the worker
+flattens them: hotprune.spaces), so the trainer, its critic and the replay buffer take one format."""
 
 from __future__ import annotations
 

@@ -15,10 +15,14 @@ process starts at once (a test holds this table to the one torch builds).
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from hotprune import spaces
 from hotprune.algorithms import actor_kind
-from hotprune.envs import EnvSpec
+from hotprune.envs import EnvSpec, action_space, env_spec, spec_of
+
+if TYPE_CHECKING:
+    from hotprune.config import Config
 
 _LINEAR_WEIGHT = re.compile(r"^net\.(\d+)\.weight$")
 OBS_NORM = ("obs_norm.mean", "obs_norm.var")
@@ -69,3 +73,24 @@ def linear_weight_names(names: Iterable[str]) -> list[str]:
     """The actor's linear weight names, input layer first."""
     found = [(int(m.group(1)), n) for n in names if (m := _LINEAR_WEIGHT.match(n))]
     return [n for _, n in sorted(found)]
+
+
+def policy_metadata(spec: EnvSpec, cfg: Config) -> dict[str, Any]:
+    """What a policy file says of its actor: enough to rebuild and run it without its environment
+    (`policy_spec`): the algorithm, hidden sizes and activation, the head, both spaces as JSON
+    (hotprune.spaces.describe: how observations are flattened, the action bounds), and whether it
+    normalises its observations (the statistics are its `obs_norm.*` tensors)."""
+    sizes, activation = cfg.network("actor")
+    return {"env_id": spec.env_id, "discrete": spec.discrete, "algorithm": cfg.algorithm, "hidden_sizes": sizes,
+            "activation": activation, "head": actor_kind(cfg.algorithm, spec.discrete).head,
+            "observation_space": spaces.describe(spec.observation_space),
+            "action_space": spaces.describe(action_space(spec)), "normalize_obs": cfg.normalize_obs}
+
+
+def policy_spec(meta: Mapping[str, Any]) -> EnvSpec:
+    """The env spec a policy file's metadata describes (`policy_metadata`); for a file from before it
+    said so, its environment's (made to read its spaces)."""
+    if "observation_space" not in meta:
+        return env_spec(meta["env_id"])
+    return spec_of(meta["env_id"], spaces.from_description(meta["observation_space"]),
+                   spaces.from_description(meta["action_space"]))

@@ -25,11 +25,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, get_type_hints
+from typing import Any, Callable, Iterator, NamedTuple, get_type_hints
 
 from hotprune.protocol.endpoints import SOCKETS, TRANSPORTS, Endpoints, endpoints
 from hotprune.protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
-from hotprune.algorithms import ALGORITHMS
+from hotprune.algorithms import ACTIVATIONS, ALGORITHMS
 from hotprune.pruning.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from hotprune.pruning.schedule import SCHEDULES
 
@@ -134,7 +134,8 @@ class PPOConfig:
     ent_coef: float = setting(0.01, "weight of the entropy bonus", low=0)
     vf_coef: float = setting(0.5, "weight of the value loss", low=0)
     max_grad_norm: float = setting(0.5, "gradients are clipped to this global norm", low=0, low_open=True)
-    hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of actor and critic (tanh), e.g. 256,256",
+    hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of actor and critic, e.g. 256,256 (the "
+                                                "shorthand: actor.hidden_sizes, critic.hidden_sizes go over it)",
                                       checks=POSITIVE_SIZES)
 
     def minibatch_size(self, epoch_samples: int) -> int:
@@ -164,7 +165,8 @@ class SACConfig:
     target_network_frequency: int = setting(1, "the target critics move every N critic steps", low=1)
     alpha: float = setting(0.2, "entropy coefficient when autotune is false", low=0)
     autotune: bool = setting(True, "tune the entropy coefficient towards a target entropy of -act_dim")
-    hidden_sizes: list[int] = setting([256, 256], "hidden layer widths of actor and critics (ReLU)",
+    hidden_sizes: list[int] = setting([256, 256], "hidden layer widths of actor and critics (the shorthand: "
+                                                  "actor.hidden_sizes, critic.hidden_sizes go over it)",
                                       checks=POSITIVE_SIZES)
 
     def minibatch_size(self, epoch_samples: int) -> int:
@@ -174,6 +176,42 @@ class SACConfig:
     def replay_capacity(self, run_samples: int) -> int:
         """Replay buffer rows: buffer_size, but never more than the run's env steps."""
         return min(self.buffer_size, run_samples)
+
+
+def _own_sizes(network: str) -> Any:
+    return setting([], f"the {network}'s hidden layer widths; empty: the algorithm's (ppo.hidden_sizes or "
+                       "sac.hidden_sizes)", checks=((lambda sizes: not sizes or _positive_sizes(sizes),
+                                                     "must be empty or positive sizes"),))
+
+
+def _own_activation(network: str) -> Any:
+    own = ", ".join(f"{a.name} {a.activation}" for a in ALGORITHMS.values())
+    return setting("auto", f"the activation between the {network}'s hidden layers; auto: the algorithm's ({own}); "
+                           "gelu is its tanh form", choices=("auto", *ACTIVATIONS))
+
+
+@dataclass
+class ActorConfig:
+    """the actor's network: the policy the workers run and the compressor prunes"""
+
+    hidden_sizes: list[int] = _own_sizes("actor")
+    activation: str = _own_activation("actor")
+
+
+@dataclass
+class CriticConfig:
+    """the critic's network (SAC: each of the twin Q networks), the trainer's only"""
+
+    hidden_sizes: list[int] = _own_sizes("critic")
+    activation: str = _own_activation("critic")
+
+
+class Network(NamedTuple):
+    """A network as the run builds it (Config.network): its hidden layer widths and the activation between
+    them, its own section's over the algorithm's."""
+
+    hidden_sizes: list[int]
+    activation: str
 
 
 @dataclass
@@ -263,8 +301,10 @@ class SupervisorConfig:
 
 @dataclass
 class Config:
-    env_id: str = setting("CartPole-v1", "any gymnasium id with a flat Box observation and Discrete or flat Box "
-                                         "actions", checks=((bool, "must name a gymnasium environment"),))
+    env_id: str = setting("CartPole-v1", "any gymnasium id with Discrete or flat Box actions and observations that "
+                                         "flatten: Box, Discrete (one-hot), MultiBinary, MultiDiscrete, a Dict or "
+                                         "Tuple of them (no images yet)",
+                          checks=((bool, "must name a gymnasium environment"),))
     algorithm: str = setting("ppo", "the learner: ppo (on-policy, any action space) or sac (off-policy from a "
                                     "replay buffer, Box actions)", choices=tuple(ALGORITHMS))
     preset: str = setting("auto", "tuned settings under yours: auto: the shipped preset of env_id (ppo) or "
@@ -326,6 +366,8 @@ class Config:
                                  low=0, low_open=True)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -356,6 +398,13 @@ class Config:
     def algo(self) -> PPOConfig | SACConfig:
         """The run's algorithm's own section (its hidden sizes, gamma, minibatch, ...): `ppo` or `sac`."""
         return getattr(self, self.algorithm)
+
+    def network(self, part: str) -> Network:
+        """The "actor"'s or the "critic"'s network: its own section over the algorithm's `hidden_sizes`
+        and activation."""
+        own = getattr(self, part)
+        activation = ALGORITHMS[self.algorithm].activation if own.activation == "auto" else own.activation
+        return Network(own.hidden_sizes or self.algo.hidden_sizes, activation)
 
     @property
     def replay_capacity(self) -> int:

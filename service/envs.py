@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 
+from hotprune import spaces
 from hotprune.config import ConfigError
 
 
 @dataclass(frozen=True)
 class EnvSpec:
     env_id: str
-    obs_dim: int
+    obs_dim: int  # of the flattened observation (hotprune.spaces): what the policy takes
     act_dim: int  # number of actions (discrete) or action vector size (continuous)
     discrete: bool
     action_low: tuple[float, ...] = ()
     action_high: tuple[float, ...] = ()
+    # the env's own observation space, which hotprune.spaces.flatten flattens; None: a flat float Box
+    observation_space: gym.Space | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.observation_space is None:
+            box = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+            object.__setattr__(self, "observation_space", box)  # frozen: set once, here
+
+    def flatten(self, obs, batched: bool = True) -> np.ndarray:
+        """float32 [n, obs_dim]: observations of the env as the policy takes them."""
+        return spaces.flatten(self.observation_space, obs, batched)
 
 
 def env_spec(env_id: str) -> EnvSpec:
@@ -30,14 +42,28 @@ def env_spec(env_id: str) -> EnvSpec:
         obs, act = env.observation_space, env.action_space
     finally:
         env.close()
-    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
-        raise ConfigError(f"env_id {env_id!r}: observations must be a flat Box, got {obs}")
+    return spec_of(env_id, obs, act)
+
+
+def spec_of(env_id: str, obs: gym.Space, act: gym.Space) -> EnvSpec:
+    """The spec of an env with these spaces; ConfigError for spaces hotprune cannot run."""
+    try:
+        obs_dim = spaces.check(obs)
+    except spaces.SpaceError as exc:
+        raise ConfigError(f"env_id {env_id!r}: {exc}") from None
     if isinstance(act, gym.spaces.Discrete):
-        return EnvSpec(env_id, obs.shape[0], int(act.n), True)
+        return EnvSpec(env_id, obs_dim, int(act.n), True, observation_space=obs)
     if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
         low, high = tuple(map(float, act.low)), tuple(map(float, act.high))
-        return EnvSpec(env_id, obs.shape[0], act.shape[0], False, low, high)
+        return EnvSpec(env_id, obs_dim, act.shape[0], False, low, high, obs)
     raise ConfigError(f"env_id {env_id!r}: actions must be Discrete or a flat Box, got {act}")
+
+
+def action_space(spec: EnvSpec) -> gym.Space:
+    """The env's action space, from the spec: Discrete(act_dim) or the Box of its bounds."""
+    if spec.discrete:
+        return gym.spaces.Discrete(spec.act_dim)
+    return gym.spaces.Box(np.array(spec.action_low, np.float32), np.array(spec.action_high, np.float32))
 
 
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:

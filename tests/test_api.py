@@ -203,6 +203,36 @@ def test_predict_takes_one_observation_or_a_batch_and_to_torch_computes_the_same
     assert policy.observation_space.shape == (spec.obs_dim,)
 
 
+def test_a_policy_file_holds_what_rebuilds_its_actor_without_the_env(tmp_path):
+    """A SAC policy's squashed head needs its action bounds: they come from the metadata, as do its
+    activation and observation space; no environment of that id exists."""
+    from gymnasium import spaces as gs
+
+    from hotprune.actor_spec import policy_metadata
+    from hotprune.envs import spec_of
+
+    spec = spec_of("Nowhere-v0", gs.Box(-1.0, 1.0, (2, 3)), gs.Box(np.float32([-1, 0]), np.float32([3, 0.5])))
+    config = hotprune.Config.from_dict({"algorithm": "sac", "env_id": "Pendulum-v1", "actor.activation": "silu"})
+    torch.manual_seed(0)
+    actor = make_actor(spec, [16, 16], True, "sac", "silu")
+    path = tmp_path / "policy.safetensors"
+    artifacts.save(path, actor_arrays(actor), **policy_metadata(spec, config), version=3)
+    meta = artifacts.load(path)[1]
+    assert {k: meta[k] for k in ("activation", "head", "normalize_obs")} == \
+        {"activation": "silu", "head": "squashed", "normalize_obs": False}
+    assert (meta["action_space"]["low"], meta["action_space"]["high"]) == ([-1.0, 0.0], [3.0, 0.5])
+    policy = hotprune.load_policy(path)
+    obs = np.random.default_rng(0).uniform(-1, 1, (32, 2, 3)).astype(np.float32)
+    actions = policy.predict(obs)
+    with torch.no_grad():
+        expected = actor.act(torch.from_numpy(obs.reshape(32, 6)), deterministic=True).numpy()
+        from_torch = policy.to_torch()(torch.from_numpy(obs.reshape(32, 6))).numpy()
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(from_torch, expected, rtol=0, atol=1e-6)
+    assert actions.shape == (32, 2) and (actions >= [-1, 0]).all() and (actions <= [3, 0.5]).all()
+    assert policy.predict(obs[0]).shape == (2,)
+
+
 @pytest.mark.parametrize("obs, message", [
     (np.zeros(5, np.float32), r"observation shape \(5,\) does not fit CartPole-v1: \(4,\) for one observation, "
                               r"\(n, 4\) for a batch"),

@@ -242,6 +242,8 @@ TAMPERED = {
         "prune_training_model is false, but the checkpoint"),
     "other hidden sizes": (lambda d: _edit_config(d, "hidden_sizes = [16, 16]", "hidden_sizes = [32, 32]"),
                            "hidden_sizes is [32, 32]"),
+    "another activation": (lambda d: _edit_config(d, 'activation = "auto"', 'activation = "elu"'),
+                           'actor.activation is "elu"'),
     "another environment": (lambda d: _edit_config(d, 'env_id = "CartPole-v1"', 'env_id = "Acrobot-v1"'),
                             'env_id is "Acrobot-v1"'),
     "fewer epochs than the checkpoint's": (lambda d: _edit_config(d, "epochs = 10", "epochs = 3"),

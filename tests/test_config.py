@@ -573,6 +573,47 @@ def test_sources_of_a_named_preset_a_mask_file_and_a_saved_run_s_config(tmp_path
     assert {sources[k] for k in sources if k not in ("epochs", "run_id")} == {f"file {saved}"}
 
 
+# --- networks: [actor] and [critic] over the algorithm's hidden_sizes and activation ------------------
+
+
+def test_actor_and_critic_take_their_own_widths_and_activation_over_the_algorithms(tmp_path):
+    import torch
+
+    from hotprune.learning.learners import make_learner
+
+    c = load_config(overrides=["preset=none"])
+    assert c.network("actor") == c.network("critic") == ([64, 64], "tanh")  # PPO's shorthand and its own tanh
+    path = write(tmp_path, '[ppo]\nhidden_sizes = [32]\n[actor]\nhidden_sizes = [8, 4]\nactivation = "elu"\n'
+                           '[critic]\nactivation = "gelu"\n')
+    c = load_config(path, ["preset=none"])
+    assert c.network("actor") == ([8, 4], "elu") and c.network("critic") == ([32], "gelu")
+    learner = make_learner(c, env_spec("CartPole-v1"), torch.Generator())
+    assert [m.out_features for m in learner.actor.net if isinstance(m, torch.nn.Linear)] == [8, 4, 2]
+    assert isinstance(learner.actor.net[1], torch.nn.ELU)
+    assert [type(m).__name__ for m in learner.critic] == ["Linear", "GELU", "Linear"]
+    saved = write(tmp_path, to_toml(c), "saved.toml")  # a run's config.toml keeps them
+    assert load_config(saved, with_preset=False).network("critic") == ([32], "gelu")
+    s = load_config(overrides=["algorithm=sac", "env_id=Pendulum-v1", "preset=none", "critic.hidden_sizes=16,16"])
+    assert s.network("actor") == ([256, 256], "relu") and s.network("critic") == ([16, 16], "relu")
+    learner = make_learner(s, env_spec("Pendulum-v1"), torch.Generator())
+    assert learner.qf1_target.net[0].out_features == 16 and learner.actor.net[0].out_features == 256
+
+
+@pytest.mark.parametrize("override, message", [
+    ("actor.activation=swish", "actor.activation must be one of auto|tanh|relu|elu|silu|gelu|leaky_relu, got 'swish'"),
+    ("critic.hidden_sizes=[64, 0]", "critic.hidden_sizes must be empty or positive sizes, got [64, 0]"),
+    ("actor.hidden_sizes=wide", "actor.hidden_sizes must be a list of integers (e.g. 64,64 or [64, 64]), got 'wide'"),
+])
+def test_a_bad_network_setting_is_one_line_and_exit_2(capsys, tmp_path, override, message):
+    from tests.servicekit import run_cli
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        load_config(overrides=[override])
+    code, _, err = run_cli(capsys, "run", "--set", override, "--set", f"runs_dir={tmp_path}")
+    assert (code, err.strip()) == (2, f"hotprune run: error: {message}")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_run_s_config_toml_written_with_ppo_input_bound_still_loads_under_its_new_name(tmp_path):
     """input_bound was ppo.input_bound; a run directory's config.toml holds every key as it was named."""
     today = to_toml(load_config())

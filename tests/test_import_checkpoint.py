@@ -226,7 +226,7 @@ def test_an_init_file_by_hand_gets_errors_naming_the_expected_env_id_names_and_a
     imported, meta = artifacts.load(hotprune.import_policy(sb3_untrained, kind="sb3", env_id="CartPole-v1",
                                                            out=tmp_path / "imported.safetensors").path)
     relu = {k: json.dumps(v) for k, v in {**meta, "activation": "relu"}.items()}
-    assert "holds a relu network, this run's ppo networks are tanh" in refused(imported, relu)
+    assert "holds a relu network, this run's actor is tanh (actor.activation)" in refused(imported, relu)
 
 
 @pytest.mark.slow

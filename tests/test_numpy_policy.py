@@ -1,14 +1,17 @@
 """The workers' numpy actor (hotprune.workers.numpy_policy) against the torch actor it replaces: the same
-log-probabilities, samples that follow the distribution, seeded, and malformed tensors refused."""
+log-probabilities and actions (for every activation), samples that follow the distribution, seeded, and
+malformed tensors refused."""
 
 import numpy as np
 import pytest
 import torch
 
+from hotprune.algorithms import ACTIVATIONS as ALGORITHM_ACTIVATIONS
 from hotprune.envs import EnvSpec, env_spec
+from hotprune.learning.policy import ACTIVATIONS as TORCH_ACTIVATIONS
 from hotprune.learning.policy import Actor, actor_arrays, actor_from_tensors, expected_spec, make_actor
 from hotprune.pruning.engine import Pruner, apply_masks
-from hotprune.workers.numpy_policy import NumpyActor
+from hotprune.workers.numpy_policy import ACTIVATIONS, NumpyActor
 
 torch.set_num_threads(1)
 
@@ -207,3 +210,48 @@ def test_a_sac_actor_needs_its_two_outputs_per_action_and_no_log_std():
         NumpyActor(tensors | {"log_std": np.zeros(1, np.float32)}, PENDULUM, np.random.default_rng(0), "sac")
     with pytest.raises(ValueError, match="needs Box actions|continuous"):
         NumpyActor(tensors, CARTPOLE, np.random.default_rng(0), "sac")
+
+
+def test_every_activation_is_in_both_actors():
+    assert tuple(ACTIVATIONS) == tuple(TORCH_ACTIVATIONS) == ALGORITHM_ACTIVATIONS
+
+
+@pytest.mark.parametrize("activation", ALGORITHM_ACTIVATIONS)
+@pytest.mark.parametrize("algorithm, spec", [("ppo", CARTPOLE), ("ppo", PENDULUM), ("sac", HALF_BOX)],
+                         ids=["ppo-discrete", "ppo-gaussian", "sac-squashed"])
+def test_each_activation_gives_the_torch_actors_log_probs_and_actions(activation, algorithm, spec):
+    """Pre-activations beyond +-4 (where elu, silu and gelu bend and saturate): log-probabilities and the
+    most likely actions within 1e-5."""
+    torch.manual_seed(4)
+    actor = make_actor(spec, [32, 16], algorithm=algorithm, activation=activation)
+    with torch.no_grad():  # the first layer far from its init, for wide pre-activations; the rest near it
+        for name, p in actor.named_parameters():
+            p.add_(torch.randn_like(p) * (0.5 if name.startswith("net.0.") else 0.1))
+    numpy_actor = NumpyActor(actor_arrays(actor), spec, np.random.default_rng(0), algorithm, activation)
+    obs = observations(spec, 64) * 3
+    with torch.no_grad():
+        hidden = actor.net[0](torch.from_numpy(obs))
+        assert hidden.min() < -4 and hidden.max() > 4
+        deterministic = actor.act(torch.from_numpy(obs), deterministic=True).numpy()
+    rng = np.random.default_rng(1)
+    if spec.discrete:
+        given = rng.integers(spec.act_dim, size=64)
+    else:  # inside the box (the squash's atanh is steep at its bounds)
+        low, high = np.array(spec.action_low), np.array(spec.action_high)
+        given = rng.uniform(low + 0.1 * (high - low), high - 0.1 * (high - low), (64, spec.act_dim)).astype(np.float32)
+    np.testing.assert_allclose(numpy_actor.log_prob(obs, given), torch_log_prob(actor, obs, given), atol=1e-5,
+                               rtol=1e-5)  # relative: a narrow squashed Gaussian's are in the thousands
+    if spec.discrete:
+        assert np.array_equal(numpy_actor.most_likely(obs), deterministic)
+    else:
+        np.testing.assert_allclose(numpy_actor.most_likely(obs), deterministic, atol=1e-5)
+
+
+def test_an_actor_without_an_activation_has_its_algorithms_own():
+    """Policy files from before the activation was a setting: tanh for PPO, ReLU for SAC."""
+    assert make_actor(CARTPOLE, [4]).kind.activation == "tanh"
+    assert make_actor(PENDULUM, [4], algorithm="sac").kind.activation == "relu"
+    assert isinstance(make_actor(PENDULUM, [4], algorithm="sac", activation="silu").net[1], torch.nn.SiLU)
+    with pytest.raises(ValueError, match=r"^activation must be one of tanh\|relu\|elu\|silu\|gelu\|leaky_relu, "
+                                         r"got 'swish'"):
+        NumpyActor(actor_arrays(make_actor(CARTPOLE, [4])), CARTPOLE, np.random.default_rng(0), "ppo", "swish")

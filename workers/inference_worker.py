@@ -51,7 +51,9 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(cfg.env_id)
-        self.dense_spec = actor_spec(self.spec, cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        actor = cfg.network("actor")
+        self.dense_spec = actor_spec(self.spec, actor.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        self.activation = actor.activation
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
         self.store = self.attach_store()
@@ -118,7 +120,7 @@ class InferenceWorker:
         header, tensors = got
         structure_changed = header.structure_id != self.structure_id
         try:  # the actor runs on this read's own (fresh) copy, not a copy of it
-            self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm)
+            self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm, self.activation)
         except ValueError as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
                              version=self.version)
@@ -201,7 +203,8 @@ class InferenceWorker:
         return not (self.stop.is_set() or self.stopping)
 
     def rollout(self, obs: np.ndarray, episode: dict) -> tuple[dict, dict, np.ndarray] | None:
-        """One chunk of `chunk_steps` vector steps; returns (fields, tensors, next obs)."""
+        """One chunk of `chunk_steps` vector steps; returns (fields, tensors, next obs). The chunk's
+        observations are flattened (hotprune.spaces): what the trainer and the policy take."""
         steps, n, dim = self.cfg.chunk_steps, self.cfg.envs_per_worker, self.spec.obs_dim
         obs_buf = np.zeros((steps + 1, n, dim), np.float32)
         act_buf = np.zeros((steps, n) if self.spec.discrete else (steps, n, self.spec.act_dim),
@@ -219,7 +222,7 @@ class InferenceWorker:
             self.beat()
             self.steps += 1
             first = first or (self.version, self.sparsity, self.nonzero_params)
-            obs_buf[t] = obs
+            obs_buf[t] = self.spec.flatten(obs)
             act_buf[t], logp_buf[t] = self.act(obs_buf[t])
             obs, reward, terminated, truncated, info = self.envs.step(clip_actions(self.spec, act_buf[t]))
             rew_buf[t], term_buf[t], trunc_buf[t] = reward, terminated, truncated
@@ -227,13 +230,13 @@ class InferenceWorker:
             episode["length"] += 1
             for i in np.flatnonzero(terminated | truncated):
                 if truncated[i]:
-                    final_obs.append(info["final_obs"][i])
+                    final_obs.append(self.spec.flatten(info["final_obs"][i], batched=False)[0])
                 ret, length = float(episode["return"][i]), int(episode["length"][i])
                 returns.append(ret)
                 lengths.append(length)
                 self.log.info("episode", episode_return=ret, length=length, version=self.version)
                 episode["return"][i], episode["length"][i] = 0.0, 0
-        obs_buf[steps] = obs
+        obs_buf[steps] = self.spec.flatten(obs)
         fields = {
             "worker_id": self.index,
             "worker_start": self.start_ns,

@@ -1,16 +1,16 @@
 """The actor as an inference worker runs it: numpy, float32, no torch.
 
 Every process of a run starts at once on a few cores, and `import torch` would cost a worker over a
-second of CPU and about 250 MB for a small MLP and a sample; torch's distribution objects were most
-of its policy step, too (at batch 4 and 64-64, about 180 of 220 µs). The function is
-`hotprune.learning.policy.Actor`'s: linear layers `net.0`, `net.2`, ... with the algorithm's activation (tanh
-for PPO, ReLU for SAC) between each two, then Categorical(logits), Normal(mean, exp(log_std)) or SAC's
-squashed Gaussian (tanh(mean + std * eps) rescaled to the action box, its log-probability with the
-tanh correction), log-probabilities summed over the action dimensions; a policy trained with
-observation normalisation carries its statistics (`obs_norm.mean`, `obs_norm.var`) and normalises its
-input as the torch actor does.
-tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5) and its samples to
-the distribution.
+second of CPU and about 250 MB for a small MLP and a sample; torch's distribution objects were most of
+its policy step, too (at batch 4 and 64-64, about 180 of 220 µs). The function is
+`hotprune.learning.policy.Actor`'s: linear layers `net.0`, `net.2`, ... with its activation (by default
+the algorithm's: tanh for PPO, ReLU for SAC; any of hotprune.algorithms.ACTIVATIONS) between each two,
+then Categorical(logits), Normal(mean, exp(log_std)) or SAC's squashed Gaussian (tanh(mean + std * eps)
+rescaled to the action box, its log-probability with the tanh correction), log-probabilities summed over
+the action dimensions; a policy trained with observation normalisation carries its statistics
+(`obs_norm.mean`, `obs_norm.var`) and normalises its input as the torch actor does.
+tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5, for every activation)
+and its samples to the distribution.
 """
 
 from __future__ import annotations
@@ -26,7 +26,17 @@ from hotprune.envs import EnvSpec
 LOG_SQRT_2PI = np.float32(0.5 * np.log(2 * np.pi))
 SQUASH_EPS = np.float32(1e-6)  # as hotprune.learning.policy's
 LOG_2 = np.float32(np.log(2))
-ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0, out=x)}
+GELU_C = np.float32(np.sqrt(2 / np.pi))
+# hotprune.algorithms.ACTIVATIONS, as torch computes them (hotprune.learning.policy); each may
+# overwrite its argument, a fresh product. sigmoid(x) = (1 + tanh(x / 2)) / 2: no overflow warnings.
+ACTIVATIONS = {
+    "tanh": lambda x: np.tanh(x, out=x),
+    "relu": lambda x: np.maximum(x, 0, out=x),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+    "silu": lambda x: x * (0.5 + 0.5 * np.tanh(0.5 * x)),
+    "gelu": lambda x: 0.5 * x * (1 + np.tanh(GELU_C * (x + np.float32(0.044715) * x * x * x))),
+    "leaky_relu": lambda x: np.where(x >= 0, x, np.float32(0.01) * x),
+}
 
 
 class NumpyActor:
@@ -34,8 +44,8 @@ class NumpyActor:
     already its own copy). Any layer sizes: a neuron-pruned policy comes as smaller matrices."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], spec: EnvSpec, rng: np.random.Generator,
-                 algorithm: str = "ppo"):
-        kind = actor_kind(algorithm, spec.discrete)
+                 algorithm: str = "ppo", activation: str | None = None):
+        kind = actor_kind(algorithm, spec.discrete, activation)
         self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec, algorithm)]
         self.tensors = tensors  # what it runs on, by name
         self.discrete, self.head, self.rng = spec.discrete, kind.head, rng

@@ -263,8 +263,8 @@ def kept_files_agree(run: Run) -> Check:
     name = "logs agree with the kept files and config"
     cfg = run.config
     problems = []
-    spec = {n: ("float32", shape) for n, shape in
-            actor_shapes(env_spec(cfg.env_id), cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm).items()}
+    shapes = actor_shapes(env_spec(cfg.env_id), cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    spec = {n: ("float32", shape) for n, shape in shapes.items()}
     names = prunable_names(spec, cfg.pruning.prune_output_layer)
     masks, shown = None, [f"config.toml's schedule to {cfg.pruning.target_sparsity:.2%} = the logged plan and targets"]
     masks_file, policy_file = run.path / artifacts.MASKS, run.path / artifacts.POLICY

@@ -16,8 +16,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from hotprune.actor_spec import policy_spec
 from hotprune.runs.artifacts import load_policy
-from hotprune.envs import clip_actions, env_spec
+from hotprune.envs import clip_actions
 
 MAX_EPISODES = 10_000
 
@@ -48,7 +49,7 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
     actor, meta = load_policy(path, env_id)
-    spec = env_spec(meta["env_id"])
+    spec = policy_spec(meta)
     imageio = _video_writer() if video else None
     torch.manual_seed(seed)
     env = gym.make(meta["env_id"], render_mode="rgb_array" if video else None)
@@ -61,7 +62,7 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
             if recording:
                 frames.append(_frame(env))
             while not done:
-                action = actor.act(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), deterministic)
+                action = actor.act(torch.from_numpy(spec.flatten(obs, batched=False)), deterministic)
                 obs, reward, terminated, truncated, _ = env.step(clip_actions(spec, action.numpy()[0]))
                 total += float(reward)
                 done = terminated or truncated

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hotprune.runs import artifacts, private, tickets
-from hotprune.actor_spec import SAC_CRITICS
+from hotprune.actor_spec import SAC_CRITICS, policy_metadata
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config, ConfigError, load_config
@@ -190,8 +190,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                          ("; a critic that ignores an action gives the actor no gradient through it"
                           if any(i >= obs_dim for i in cut) else ""))
     tensors = tickets.joined(masks)
-    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm,
-            "hidden_sizes": cfg.algo.hidden_sizes, "method": method,
+    meta = {"run_id": cfg.run_id, **policy_metadata(env_spec(cfg.env_id), cfg), "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             "inputs_cut": inputs_cut,
@@ -271,7 +270,8 @@ def ticket_config(run_dir: Path, mask: Path, rewind: str, sets: list[str]) -> Co
     dense = run_config(Path(run_dir))
     cfg = load_config(Path(run_dir) / "config.toml", [*ticket_overrides(run_dir, mask, rewind), *sets],
                       with_preset=False)
-    if rewind == "random" and cfg.seed == dense.seed and cfg.algo.hidden_sizes == dense.algo.hidden_sizes:
+    same_sizes = all(cfg.network(part).hidden_sizes == dense.network(part).hidden_sizes for part in tickets.PARTS)
+    if rewind == "random" and cfg.seed == dense.seed and same_sizes:
         raise ConfigError(f"--rewind random draws the initial weights from the run's seed, and seed {cfg.seed} "
                           "draws the dense run's own (the ticket itself): give another --seed")
     return cfg

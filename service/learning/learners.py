@@ -1,6 +1,7 @@
-"""The run's learner built from its config: the algorithm's own section (`cfg.algo`), the run's length and
-whether observations are normalised, given by name. A learner (hotprune.learning.ppo.Learner,
-hotprune.learning.sac.Learner) never sees the whole config, so it reads its own hyperparameters only."""
+"""The run's learner built from its config: the algorithm's own section (`cfg.algo`), the run's length, and
+by name the actor's and the critic's networks (`cfg.network`: sizes and activation) and whether observations
+are normalised. A learner (hotprune.learning.ppo.Learner, hotprune.learning.sac.Learner) never sees the
+whole config, so it reads its own hyperparameters only."""
 
 from __future__ import annotations
 
@@ -34,4 +35,4 @@ def make_learner(cfg: Config, spec: EnvSpec, generator: torch.Generator):
     """The `Learner` of the run's algorithm (its module imports torch)."""
     module = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}")
     return module.Learner(spec, cfg.algo, RunLength(cfg.total_epochs, cfg.epoch_samples), generator,
-                          normalize_obs=cfg.normalize_obs)
+                          actor=cfg.network("actor"), critic=cfg.network("critic"), normalize_obs=cfg.normalize_obs)

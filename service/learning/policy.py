@@ -1,11 +1,12 @@
 """The policy (actor) the workers run and the compressor prunes, and the trainer's critic.
 
-The actor is an MLP with the hidden activation and head of its algorithm (hotprune.algorithms: PPO's
-tanh MLP with a Categorical or a Gaussian with a `log_std` parameter; SAC's ReLU MLP with a tanh-squashed
-Gaussian whose mean and log std are its outputs). Its layer sizes are read back from the weights themselves
-(`actor_from_tensors`), so a worker can rebuild whatever shape the weight store holds. With
-observation normalisation, actor and critic share one `ObsNormalizer` whose statistics the trainer
-keeps (hotprune.learning.normalize); they are buffers of the actor, so they travel with its weights.
+The actor is an MLP with a hidden activation (hotprune.algorithms.ACTIVATIONS; by default its
+algorithm's: tanh for PPO, ReLU for SAC) and the head of its algorithm (PPO's Categorical or a Gaussian
+with a `log_std` parameter; SAC's tanh-squashed Gaussian whose mean and log std are its outputs). Its
+layer sizes are read back from the weights themselves (`actor_from_tensors`), so a worker can rebuild
+whatever shape the weight store holds. With observation normalisation, actor and critic share one
+`ObsNormalizer` whose statistics the trainer keeps (hotprune.learning.normalize); they are buffers of
+the actor, so they travel with its weights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_nam
 from hotprune.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
 from hotprune.envs import EnvSpec
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATIONS = {  # hotprune.algorithms.ACTIVATIONS, as hotprune.workers.numpy_policy computes them
+    "tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU,
+    "gelu": lambda: nn.GELU(approximate="tanh"), "leaky_relu": nn.LeakyReLU,
+}
 SQUASH_EPS = 1e-6  # actions at the box's bounds are pulled this far inside to take their atanh
 LOG_2 = float(np.log(2))
 
@@ -63,12 +67,14 @@ class ObsNormalizer(nn.Module):
 class Actor(nn.Module):
     """`sizes` are the MLP's, input to output (a squashed head's output has 2 units per action).
     `action_box` (low, high): the squashed head's action bounds; its scale and offset are buffers that
-    are not part of the state dict (not weights: the env gives them to every process)."""
+    are not part of the state dict (not weights: the env, or a policy file's metadata, gives them).
+    `activation`: None, the algorithm's own."""
 
     def __init__(self, sizes: list[int], discrete: bool, normalize_obs: bool = False, algorithm: str = "ppo",
-                 action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
+                 action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                 activation: str | None = None):
         super().__init__()
-        self.kind = actor_kind(algorithm, discrete)
+        self.kind = actor_kind(algorithm, discrete, activation)
         self.head, self.discrete = self.kind.head, discrete
         self.obs_norm = ObsNormalizer(sizes[0]) if normalize_obs else None
         squashed = self.head == "squashed"
@@ -142,25 +148,28 @@ class Acting(nn.Module):
         return action if self.low is None else torch.clamp(action, self.low, self.high)
 
 
-def make_actor(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False, algorithm: str = "ppo") -> Actor:
+def make_actor(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False, algorithm: str = "ppo",
+               activation: str | None = None) -> Actor:
     outputs = spec.act_dim * actor_kind(algorithm, spec.discrete).outputs_per_action
     return Actor([spec.obs_dim, *hidden_sizes, outputs], spec.discrete, normalize_obs, algorithm,
-                 (spec.action_low, spec.action_high))
+                 (spec.action_low, spec.action_high), activation)
 
 
-def make_critic(spec: EnvSpec, hidden_sizes: list[int], obs_norm: ObsNormalizer | None = None) -> nn.Sequential:
+def make_critic(spec: EnvSpec, hidden_sizes: list[int], obs_norm: ObsNormalizer | None = None,
+                activation: str = "tanh") -> nn.Sequential:
     """The value MLP; given the actor's `obs_norm`, it sees the observations normalised the same way."""
-    value = mlp([spec.obs_dim, *hidden_sizes, 1], out_gain=1.0)
+    value = mlp([spec.obs_dim, *hidden_sizes, 1], activation, out_gain=1.0)
     return value if obs_norm is None else nn.Sequential(obs_norm, *value)
 
 
 def actor_from_tensors(tensors: dict[str, np.ndarray], discrete: bool, algorithm: str = "ppo",
-                       action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Actor:
+                       action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                       activation: str | None = None) -> Actor:
     """Build an actor whose layer sizes are those of `tensors` and load them into it (`action_box`:
-    the env's action bounds, for a squashed head)."""
+    the env's action bounds, for a squashed head; `activation`: None, the algorithm's own)."""
     weights = linear_weight_names(tensors)
     sizes = [tensors[weights[0]].shape[1]] + [tensors[n].shape[0] for n in weights]
-    actor = Actor(sizes, discrete, OBS_NORM[0] in tensors, algorithm, action_box)
+    actor = Actor(sizes, discrete, OBS_NORM[0] in tensors, algorithm, action_box, activation)
     actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
     return actor
 

@@ -5,13 +5,14 @@ chunk from a stale or pruned policy version is corrected by the clipped ratio. T
 here and values the observations the workers sent.
 
 `Learner` is the algorithm as the trainer's shell (hotprune.roles.trainer) sees it, the same for every
-algorithm (hotprune.learning.sac.Learner is the other), built from its own section of the config and the
-run's length (hotprune.learning.learners.make_learner): `actor` (what the workers run and the compressor
-prunes) and its `optimizer`; the critics the trainer may prune itself (`critics`, their
-`critic_targets` and `critic_optimizer`; none for PPO); `update(batch, epoch, hooks, critic_hooks)`
+algorithm (hotprune.learning.sac.Learner is the other), built from its own section of the config, the
+run's length and its networks (hotprune.learning.learners.make_learner): `actor` (what the workers run
+and the compressor prunes) and its `optimizer`; the critics the trainer may prune itself (`critics`,
+their `critic_targets` and `critic_optimizer`; none for PPO); `update(batch, epoch, hooks, critic_hooks)`
 -> the losses for the `epoch` line; `modules()`, `optimizers()`, `state()` and `restore()` for
-checkpoints (hotprune.learning.checkpoints); `hidden_sizes`; for lottery tickets (hotprune.commands.lth),
-`ticket_critic` (the critic tensors the files keep, as a module) and `ticket_meta()` (what else their losses need).
+checkpoints (hotprune.learning.checkpoints); `hidden_sizes` (the actor's); for lottery tickets
+(hotprune.commands.lth), `ticket_critic` (the critic tensors the files keep, as a module) and
+`ticket_meta()` (what else their losses need).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from hotprune.learning.chunks import Batch
-from hotprune.config import PPOConfig
+from hotprune.config import Network, PPOConfig
 from hotprune.envs import EnvSpec
 from hotprune.learning.policy import Actor, make_actor, make_critic
 from hotprune.learning.hooks import UpdateHooks, hooked_step
@@ -34,11 +35,11 @@ class Learner:
     """PPO's learning state: actor, critic, one Adam over both (CleanRL's), and its update."""
 
     def __init__(self, spec: EnvSpec, cfg: PPOConfig, length: RunLength, generator: torch.Generator, *,
-                 normalize_obs: bool = False):
+                 actor: Network, critic: Network, normalize_obs: bool = False):
         self.cfg, self.epochs, self.generator = cfg, length.epochs, generator
-        self.hidden_sizes = cfg.hidden_sizes
-        self.actor = make_actor(spec, cfg.hidden_sizes, normalize_obs, "ppo")
-        self.critic = make_critic(spec, cfg.hidden_sizes, self.actor.obs_norm)
+        self.hidden_sizes = actor.hidden_sizes
+        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "ppo", actor.activation)
+        self.critic = make_critic(spec, critic.hidden_sizes, self.actor.obs_norm, critic.activation)
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
                                           lr=cfg.learning_rate, eps=1e-5)
         self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)

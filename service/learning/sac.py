@@ -23,7 +23,7 @@ from torch import nn
 
 from hotprune.learning.chunks import Batch
 from hotprune.actor_spec import SAC_CRITICS
-from hotprune.config import SACConfig
+from hotprune.config import Network, SACConfig
 from hotprune.envs import EnvSpec
 from hotprune.learning.policy import make_actor, mlp
 from hotprune.learning.hooks import UpdateHooks, hooked_step
@@ -72,10 +72,11 @@ class SoftQNetwork(nn.Module):
     the observation and action side by side; given the actor's `obs_norm`, the observation is
     normalised as the actor's."""
 
-    def __init__(self, spec: EnvSpec, hidden_sizes: list[int], obs_norm: nn.Module | None = None):
+    def __init__(self, spec: EnvSpec, hidden_sizes: list[int], obs_norm: nn.Module | None = None,
+                 activation: str = "relu"):
         super().__init__()
         self.obs_norm = obs_norm
-        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], "relu")
+        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], activation)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         if self.obs_norm is not None:
@@ -88,14 +89,15 @@ class Learner:
     update, behind the trainer's algorithm interface (see hotprune.learning.ppo.Learner)."""
 
     def __init__(self, spec: EnvSpec, cfg: SACConfig, length: RunLength, generator: torch.Generator, *,
-                 normalize_obs: bool = False):
+                 actor: Network, critic: Network, normalize_obs: bool = False):
         s = self.cfg = cfg
         self.generator = generator
-        self.hidden_sizes = s.hidden_sizes
-        self.actor = make_actor(spec, s.hidden_sizes, normalize_obs, "sac")
+        self.hidden_sizes = actor.hidden_sizes
+        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "sac", actor.activation)
         obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
-        self.qf1, self.qf2 = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
-        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
+        q = (critic.hidden_sizes, obs_norm, critic.activation)
+        self.qf1, self.qf2 = (SoftQNetwork(spec, *q) for _ in range(2))
+        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, *q) for _ in range(2))
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=s.q_lr)

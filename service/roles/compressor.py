@@ -27,7 +27,7 @@ import zmq
 from hotprune.protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
 from hotprune.runs import artifacts, tickets
 from hotprune import eventlog
-from hotprune.actor_spec import OBS_NORM, actor_spec
+from hotprune.actor_spec import OBS_NORM, actor_spec, policy_metadata
 from hotprune.config import Config
 from hotprune.envs import env_spec
 from hotprune.roles.process import StopFlag, role_process, send_when_ready, socket
@@ -54,9 +54,8 @@ class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
-        spec = env_spec(cfg.env_id)
-        self.discrete = spec.discrete
-        self.weight_spec = actor_spec(spec, cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        spec = self.spec = env_spec(cfg.env_id)
+        self.weight_spec = actor_spec(spec, cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
@@ -68,7 +67,7 @@ class Compressor:
             from hotprune.learning.distill import Distiller
 
             self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr, cfg.algorithm,
-                                       (spec.action_low, spec.action_high))
+                                       (spec.action_low, spec.action_high), cfg.network("actor").activation)
         # The first liveness ping (the hang timeout runs from it) once the slow set-up is done:
         # the distiller's optimizer warm-up imports torch._dynamo.
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
@@ -295,7 +294,7 @@ class Compressor:
             return
         out, fields = self.last_written
         c = self.cfg
-        meta = {**artifacts.run_meta(c), "discrete": self.discrete, "method": c.pruning.method,
+        meta = {**artifacts.run_meta(c), **policy_metadata(self.spec, c), "method": c.pruning.method,
                 "structure": c.pruning.structure, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
         if self.masks_source is not None:

@@ -114,15 +114,18 @@ def load_kept(path: Path, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str,
 
 
 def run_meta(cfg: Config) -> dict[str, Any]:
-    """What every file a run keeps says about the run: its id and uid, environment, algorithm and model."""
+    """What every file a run keeps says about the run: its id and uid, environment, algorithm and model (the
+    actor's hidden sizes)."""
     return {"run_id": cfg.run_id, RUN_UID: cfg.run_uid, "env_id": cfg.env_id, "algorithm": cfg.algorithm,
-            "hidden_sizes": cfg.algo.hidden_sizes}
+            "hidden_sizes": cfg.network("actor").hidden_sizes}
 
 
-# What a checkpoint's tensors mean depends on these settings (Config attributes, dotted for sections):
-# resumed with one of them edited in config.toml, they would be loaded into another model, or masks into
-# a model that keeps none. `check_checkpoint` refuses that.
-CHECKPOINT_SETTINGS = ("env_id", "algorithm", "algo.hidden_sizes", "prune_training_model", "normalize_obs",
+# What a checkpoint's tensors mean depends on these settings (Config attributes, dotted for sections; the
+# [actor] and [critic] sections as written, which with the algorithm's hidden sizes fix each network):
+# resumed with one of them edited in config.toml, they would be loaded into another model (or one with another
+# activation), or masks into a model that keeps none. `check_checkpoint` refuses that.
+CHECKPOINT_SETTINGS = ("env_id", "algorithm", "algo.hidden_sizes", "actor.hidden_sizes", "actor.activation",
+                       "critic.hidden_sizes", "critic.activation", "prune_training_model", "normalize_obs",
                        "normalize_reward", "pruning.method", "pruning.structure", "pruning.targets",
                        "pruning.prune_output_layer")
 
@@ -229,15 +232,15 @@ def no_actor(path: Path, exc: Exception) -> ArtifactError:
 
 
 def policy_actor(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Actor:
-    """The actor of a policy file's tensors, as its metadata says (algorithm; for SAC's squashed head
-    the action bounds come from the environment)."""
-    from hotprune.envs import env_spec
+    """The actor of a policy file's tensors, as its metadata says (hotprune.actor_spec.policy_metadata:
+    algorithm, activation, action bounds; older files: the algorithm's activation, the env's bounds)."""
+    from hotprune.actor_spec import policy_spec
     from hotprune.learning.policy import actor_from_tensors
 
     algorithm = meta.get("algorithm", "ppo")  # files from before SAC are PPO's
-    spec = env_spec(meta["env_id"]) if algorithm == "sac" else None
+    spec = policy_spec(meta) if algorithm == "sac" else None  # older PPO files: no env needed
     return actor_from_tensors(dict(tensors), meta["discrete"], algorithm,
-                              (spec.action_low, spec.action_high) if spec else None)
+                              (spec.action_low, spec.action_high) if spec else None, meta.get("activation"))
 
 
 class Progress:

@@ -157,7 +157,7 @@ WORKERS_PER_CORE = 4  # more inference workers than this per core only fight ove
 
 def store_slot_size(cfg: Config) -> int:
     """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
-    shapes = actor_shapes(env_spec(cfg.env_id), cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    shapes = actor_shapes(env_spec(cfg.env_id), cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
     return layout.payload_size({n: np.zeros(shape, np.float32) for n, shape in shapes.items()})
 
 
@@ -166,7 +166,7 @@ def largest_frame(cfg: Config) -> int:
     gradient statistics) in a snapshot, a trajectory chunk's observations, or in teacher-student
     mode the observations a snapshot ships for distilling."""
     obs_dim = env_spec(cfg.env_id).obs_dim
-    shapes = actor_shapes(env_spec(cfg.env_id), cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    shapes = actor_shapes(env_spec(cfg.env_id), cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
     weight = max(math.prod(shape) for shape in shapes.values()) * 4
     chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * obs_dim * 4
     distill_obs = min(cfg.pruning.distill_samples, cfg.epoch_samples) * obs_dim * 4 if cfg.distills else 0

@@ -32,7 +32,6 @@ import numpy as np
 
 from hotprune.runs import artifacts
 from hotprune.actor_spec import actor_shapes, critic_shapes
-from hotprune.algorithms import actor_kind
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.envs import env_spec
 from hotprune.pruning.engine import Masks, masked_stats, prunable_names
@@ -58,9 +57,9 @@ def kept_epochs(run_dir: Path) -> list[int]:
 
 def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec, hidden = env_spec(cfg.env_id), cfg.algo.hidden_sizes
-    return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm),
-            "critic": critic_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm)}
+    spec, actor, critic = env_spec(cfg.env_id), cfg.network("actor"), cfg.network("critic")
+    return {"actor": actor_shapes(spec, actor.hidden_sizes, cfg.normalize_obs, cfg.algorithm),
+            "critic": critic_shapes(spec, critic.hidden_sizes, cfg.normalize_obs, cfg.algorithm)}
 
 
 def joined(parts: Parts) -> dict[str, np.ndarray]:
@@ -70,7 +69,7 @@ def joined(parts: Parts) -> dict[str, np.ndarray]:
 
 def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
     """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
-    env_id, hidden_sizes = cfg.env_id, cfg.algo.hidden_sizes
+    env_id, hidden_sizes = cfg.env_id, {part: cfg.network(part).hidden_sizes for part in PARTS}
     try:
         tensors, meta = artifacts.load(Path(path), warn_unverified=False)
     except ArtifactError as exc:
@@ -81,10 +80,10 @@ def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
         raise ArtifactError(f"{what} {path} is for {meta['env_id']}, not for this run's {env_id}")
     if not tensors:
         raise ArtifactError(f"{what} {path} holds no tensors")
-    activation = actor_kind(cfg.algorithm, env_spec(env_id).discrete).activation
-    if meta.get("activation", activation) != activation:  # files of runs name none: their algorithm's
-        raise ArtifactError(f"{what} {path} holds a {meta['activation']} network, this run's {cfg.algorithm} "
-                            f"networks are {activation}")
+    activation = cfg.network("actor").activation
+    if meta.get("activation", activation) != activation:  # files of older runs name none
+        raise ArtifactError(f"{what} {path} holds a {meta['activation']} network, this run's actor is "
+                            f"{activation} (actor.activation)")
     shapes = model_shapes(cfg)
     parts: Parts = {part: {} for part in PARTS}
     for key, array in tensors.items():
@@ -92,11 +91,11 @@ def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
         if name not in shapes[part]:
             expected = ", ".join(joined(shapes))
             raise ArtifactError(f"{what} {path} holds {key}, which this run's {cfg.algorithm} {part} (hidden sizes "
-                                f"{hidden_sizes}) does not have; expected names: {expected} (actor.<name> may "
-                                "be written <name>)")
+                                f"{hidden_sizes[part]}) does not have; expected names: {expected} (actor.<name> "
+                                "may be written <name>)")
         if tuple(array.shape) != shapes[part][name]:
             raise ArtifactError(f"{what} {path}: {key} has shape {tuple(array.shape)}, this run's {part} "
-                                f"(hidden sizes {hidden_sizes}) has {shapes[part][name]}")
+                                f"(hidden sizes {hidden_sizes[part]}) has {shapes[part][name]}")
         if str(array.dtype) != dtype:
             raise ArtifactError(f"{what} {path}: {key} is {array.dtype}, not {dtype}")
         parts[part][name] = array

@@ -34,6 +34,7 @@ import torch
 import zmq
 
 from hotprune import eventlog
+from hotprune.actor_spec import policy_metadata
 from hotprune.comms.curve import SocketSecurity
 from hotprune.config import Config
 from hotprune.envs import env_spec
@@ -237,7 +238,7 @@ class Trainer:
 
     def policy_meta(self, **extra) -> dict:
         """What a policy file says about itself (hotprune.runs.artifacts)."""
-        return {**artifacts.run_meta(self.cfg), "discrete": self.spec.discrete, **extra}
+        return {**artifacts.run_meta(self.cfg), **policy_metadata(self.spec, self.cfg), **extra}
 
 
 main = role_process("trainer", "learner (PPO or SAC) that publishes weight snapshots",
