@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hotprune.envs import EnvSpec, clip_actions, env_spec
+from hotprune.envs import EnvSource, EnvSpec, clip_actions, env_spec
 from hotprune.runs import artifacts
 from hotprune.workers.numpy_policy import NumpyActor
 
@@ -29,7 +29,8 @@ class Policy:
     def __init__(self, path: Path, tensors: dict[str, np.ndarray], meta: dict[str, Any], seed: int | None = None):
         self.path, self.metadata = path, meta
         self.algorithm: str = meta.get("algorithm", "ppo")  # files from before SAC are PPO's
-        self.spec: EnvSpec = env_spec(meta["env_id"])
+        self.source = EnvSource.from_meta(meta)
+        self.spec: EnvSpec = env_spec(self.source)
         self._tensors = tensors
         try:
             self._actor = NumpyActor(tensors, self.spec, np.random.default_rng(seed), self.algorithm)
@@ -54,9 +55,7 @@ class Policy:
         return self._spaces()[1]
 
     def _spaces(self):
-        import gymnasium as gym
-
-        env = gym.make(self.env_id)
+        env = self.source.make()
         env.close()
         return env.observation_space, env.action_space
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from hotprune.runs.artifacts import load_policy
-from hotprune.envs import clip_actions, env_spec
+from hotprune.envs import EnvSource, clip_actions, env_spec
 
 MAX_EPISODES = 10_000
 
@@ -48,10 +47,11 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
     actor, meta = load_policy(path, env_id)
-    spec = env_spec(meta["env_id"])
+    source = EnvSource.from_meta(meta)
+    spec = env_spec(source)
     imageio = _video_writer() if video else None
     torch.manual_seed(seed)
-    env = gym.make(meta["env_id"], render_mode="rgb_array" if video else None)
+    env = source.make(render_mode="rgb_array" if video else None)  # given only for a video: not every env takes it
     returns, frames = [], []
     try:
         for episode in range(episodes):

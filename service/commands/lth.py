@@ -47,7 +47,7 @@ from hotprune.algorithms import ALGORITHMS
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config, ConfigError, load_config
-from hotprune.envs import env_spec
+from hotprune.envs import EnvSource, env_spec
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.pruning.engine import CompressionFailed, Pruner, cut_inputs, masked_stats, prunable_names
 from hotprune.runs.runlog import RunError, run_config
@@ -154,7 +154,7 @@ def gradient_statistics(cfg: Config, weights: tickets.Parts, batches: list[Batch
     torch.manual_seed(cfg.seed)  # SAC's losses sample actions
     generator = torch.Generator().manual_seed(cfg.seed)
     learner = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}").Learner(
-        env_spec(cfg.env_id), cfg, torch.Generator())
+        env_spec(EnvSource.of(cfg)), cfg, torch.Generator())
     actor, critic = learner.actor, learner.ticket_critic
     for module, part in ((actor, "actor"), (critic, "critic")):
         module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in weights[part].items()})
@@ -238,7 +238,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                                     weights_meta)
     masks: tickets.Parts = {part: {} for part in targets}
     lines, inputs_cut = [], {}
-    obs_dim = env_spec(cfg.env_id).obs_dim
+    obs_dim = env_spec(EnvSource.of(cfg)).obs_dim
     for label, names in _ranked_groups(cfg, targets, weights):
         part = label.split(".")[0]
         spec = {names[n]: ("float32", weights[part][n].shape) for n in names}

@@ -29,7 +29,7 @@ from hotprune.runs import artifacts, tickets
 from hotprune import eventlog
 from hotprune.actor_spec import OBS_NORM, actor_spec
 from hotprune.config import Config
-from hotprune.envs import env_spec
+from hotprune.envs import EnvSource, env_spec
 from hotprune.roles.process import StopFlag, run_dir_parser, send_when_ready, socket, start
 from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, \
     pruner_for, sparsity
@@ -54,7 +54,7 @@ class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
-        spec = env_spec(cfg.env_id)
+        spec = env_spec(EnvSource.of(cfg))
         self.discrete = spec.discrete
         self.weight_spec = actor_spec(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         p = cfg.pruning
@@ -296,7 +296,7 @@ class Compressor:
         c = self.cfg
         meta = {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.discrete, "method": c.pruning.method,
                 "structure": c.pruning.structure, "hidden_sizes": c.hidden_sizes, "algorithm": c.algorithm,
-                **fields, **extra}
+                **EnvSource.of(c).meta(), **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
         if self.masks_source is not None:
             version, epoch, step = self.masks_source

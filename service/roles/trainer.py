@@ -50,7 +50,7 @@ from hotprune.learning.chunks import Batch
 from hotprune.config import Config
 from hotprune.learning.critic_masks import CriticMasks
 from hotprune.learning.normalize import RewardScaler, RunningMeanStd
-from hotprune.envs import env_spec
+from hotprune.envs import EnvSource, env_spec
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.roles.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, socket, start
@@ -99,7 +99,7 @@ class Trainer:
             raise checkpoints.CheckpointError(f"{cfg.run_dir} already has a trainer checkpoint: pass --resume "
                                               "to go on from it")
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer")
-        self.spec = env_spec(cfg.env_id)
+        self.spec = env_spec(EnvSource.of(cfg))
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         algorithm = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}")
@@ -552,7 +552,7 @@ class Trainer:
         """What a policy file says about itself (hotprune.runs.artifacts)."""
         c = self.cfg
         return {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.spec.discrete, "algorithm": c.algorithm,
-                "hidden_sizes": c.hidden_sizes, **extra}
+                "hidden_sizes": c.hidden_sizes, **EnvSource.of(c).meta(), **extra}
 
     def run(self) -> int:
         c = self.cfg

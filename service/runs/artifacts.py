@@ -105,11 +105,11 @@ def no_actor(path: Path, exc: Exception) -> ArtifactError:
 def policy_actor(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Actor:
     """The actor of a policy file's tensors, as its metadata says (algorithm; for SAC's squashed head
     the action bounds come from the environment)."""
-    from hotprune.envs import env_spec
+    from hotprune.envs import EnvSource, env_spec
     from hotprune.learning.policy import actor_from_tensors
 
     algorithm = meta.get("algorithm", "ppo")  # files from before SAC are PPO's
-    spec = env_spec(meta["env_id"]) if algorithm == "sac" else None
+    spec = env_spec(EnvSource.from_meta(meta)) if algorithm == "sac" else None
     return actor_from_tensors(dict(tensors), meta["discrete"], algorithm,
                               (spec.action_low, spec.action_high) if spec else None)
 

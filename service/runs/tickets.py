@@ -27,7 +27,7 @@ import numpy as np
 from hotprune.runs import artifacts
 from hotprune.actor_spec import actor_shapes, critic_shapes
 from hotprune.runs.artifacts import ArtifactError
-from hotprune.envs import env_spec
+from hotprune.envs import EnvSource, env_spec
 from hotprune.pruning.engine import Masks, masked_stats, prunable_names
 
 PARTS = ("actor", "critic")
@@ -39,7 +39,7 @@ Parts = dict[str, dict[str, np.ndarray]]  # "actor" / "critic" -> name -> array
 
 def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec, hidden = env_spec(cfg.env_id), cfg.hidden_sizes
+    spec, hidden = env_spec(EnvSource.of(cfg)), cfg.hidden_sizes
     return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm),
             "critic": critic_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm)}
 
