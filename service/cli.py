@@ -207,12 +207,8 @@ def _main(argv: list[str]) -> int:
         from hotprune.roles.entry import one_torch_thread
 
         one_torch_thread()
-    import zmq
-
-    from hotprune.runs.artifacts import ArtifactError
-    from hotprune.config import ConfigError, load_config
-    from hotprune.runs.runlog import RunError
-    from hotprune.comms.weight_store import StoreError
+    from hotprune.config import load_config
+    from hotprune.roles.entry import refusals
 
     try:
         if args.command in PROCESSES:
@@ -244,15 +240,15 @@ def _main(argv: list[str]) -> int:
         from hotprune.roles.supervisor import Supervisor
 
         return _supervise(Supervisor(cfg), _verbosity(args), header_shown=announced is not None)
-    # ZMQError: e.g. a tcp port in use
-    except (ConfigError, StoreError, RunError, ArtifactError, zmq.ZMQError) as exc:  # CheckpointError too
+    except refusals() as exc:
         return _error(args.command, exc)
 
 
 def _error(command: str, exc: Exception | str) -> int:
     """The one form of every subcommand's errors, as argparse's own: a line and exit code 2."""
-    print(f"hotprune {command}: error: {exc}", file=sys.stderr)
-    return 2
+    from hotprune.roles.entry import refused
+
+    return refused(f"hotprune {command}", exc)
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -367,11 +363,11 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
 
 
 def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hotprune.runs import tickets
-
     name = f"lth {args.action}"
     if args.action == "train-dense":
-        args.set = [*tickets.TRAIN_DENSE, *args.set]  # yours win
+        from hotprune.commands.lth import TRAIN_DENSE  # no torch: the console starts before it loads
+
+        args.set = [*TRAIN_DENSE, *args.set]  # yours win
         announced = _announce(args)
         if announced is None:
             return 2

@@ -40,6 +40,9 @@ MAX_SEED = 2**32 - 1  # numpy's legacy bound; worker seeds add at most 1000 * (M
 # A replay buffer takes at most this share of the machine's available memory (the rest is the run's).
 REPLAY_MEMORY_SHARE = 0.5
 PRUNING_TARGETS = ("actor", "critic")
+# Keys renamed since: (section, key) -> the new top-level key. A run directory's config.toml holds every key
+# under the name it had when written, so a run from before a rename still resumes and still makes tickets.
+RENAMED = {("ppo", "input_bound"): "input_bound"}  # it bounds SAC's chunks and distillation observations too
 MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table is the wrong tool (rundir
 # also holds it to 4 per core of the machine that starts the run)
 LAST_BASE_PORT = 65536 - len(SOCKETS)  # the run's sockets take consecutive ports from base_port
@@ -137,8 +140,10 @@ class PPOConfig:
     max_grad_norm: float = setting(0.5, "gradients are clipped to this global norm", low=0, low_open=True)
     hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of actor and critic (tanh), e.g. 256,256",
                                       checks=POSITIVE_SIZES)
-    input_bound: float = setting(1e6, "a trajectory chunk whose observations, rewards or log-probabilities "
-                                      "exceed +-this is rejected", low=0, low_open=True)
+
+    def minibatch_size(self, epoch_samples: int) -> int:
+        """Samples in a minibatch of an epoch of `epoch_samples`."""
+        return epoch_samples // self.minibatches
 
 
 @dataclass
@@ -165,6 +170,14 @@ class SACConfig:
     autotune: bool = setting(True, "tune the entropy coefficient towards a target entropy of -act_dim")
     hidden_sizes: list[int] = setting([256, 256], "hidden layer widths of actor and critics (ReLU)",
                                       checks=POSITIVE_SIZES)
+
+    def minibatch_size(self, epoch_samples: int) -> int:
+        """Samples in a gradient step: a replay batch, whatever the epoch."""
+        return self.batch_size
+
+    def replay_capacity(self, run_samples: int) -> int:
+        """Replay buffer rows: buffer_size, but never more than the run's env steps."""
+        return min(self.buffer_size, run_samples)
 
 
 @dataclass
@@ -236,7 +249,8 @@ class SupervisorConfig:
 
     stop_grace_s: float = setting(10.0, "how long the supervisor waits for processes to stop before SIGKILL",
                                   low=0, low_open=True)
-    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear",
+    start_timeout_s: float = setting(120.0, "how long a worker waits for the weight store to appear, "
+                                            "and a trainer for its compressor to subscribe (then: exit 2)",
                                      low=0, low_open=True)
     heartbeat_s: float = setting(5.0, "every process logs a heartbeat event (proof of life, counters) this often",
                                  low=0, low_open=True)
@@ -297,6 +311,10 @@ class Config:
                                    "must not be latest (runs_dir/latest links to the newest run)"),
                                   (lambda run_id: len(run_id) <= MAX_RUN_ID,
                                    f"must be at most {MAX_RUN_ID} characters")))
+    run_uid: str = setting("", "made with the run directory (uuid4 hex, never reused; any given is replaced): every "
+                               "file the run keeps carries it, and resume refuses a file of another run",
+                           checks=((lambda uid: uid == "" or re.fullmatch(r"[0-9a-f]{32}", uid) is not None,
+                                    "must be 32 hexadecimal digits (hotprune makes it)"),))
     tensorboard: bool = setting(False, "also write TensorBoard event files to the run directory's tensorboard/ "
                                        "(CleanRL's tags and sparsity/*, async/policy_lag, against env steps); "
                                        "needs the tensorboard extra: pip install -e \".[tensorboard]\"")
@@ -317,6 +335,9 @@ class Config:
                                        "what hotprune lth create-mask's gradient criteria read); 0: none", low=0)
     checkpoint_every: int = setting(1, "the trainer checkpoints every N epochs (and at epoch 0 and the last) to "
                                        "checkpoint.safetensors; a restarted trainer redoes the epochs since", low=1)
+    input_bound: float = setting(1e6, "a trajectory chunk (or a teacher-student snapshot's observations) whose "
+                                      "observations, rewards or log-probabilities exceed +-this is rejected",
+                                 low=0, low_open=True)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
@@ -346,19 +367,14 @@ class Config:
         return math.ceil(self.samples_per_epoch / self.chunk_samples) * self.chunk_samples
 
     @property
-    def minibatch_size(self) -> int:
-        """Samples in a minibatch: PPO's, or SAC's replay batch."""
-        return self.sac.batch_size if self.algorithm == "sac" else self.epoch_samples // self.ppo.minibatches
-
-    @property
-    def hidden_sizes(self) -> list[int]:
-        """The actor's (and critics') hidden layers: those of the run's algorithm."""
-        return self.sac.hidden_sizes if self.algorithm == "sac" else self.ppo.hidden_sizes
+    def algo(self) -> PPOConfig | SACConfig:
+        """The run's algorithm's own section (its hidden sizes, gamma, minibatch, ...): `ppo` or `sac`."""
+        return getattr(self, self.algorithm)
 
     @property
     def replay_capacity(self) -> int:
-        """SAC's replay buffer rows: buffer_size, but never more than the run's env steps."""
-        return min(self.sac.buffer_size, self.total_epochs * self.epoch_samples)
+        """SAC's replay buffer rows for this run."""
+        return self.sac.replay_capacity(self.total_epochs * self.epoch_samples)
 
     @property
     def random_versions(self) -> int:
@@ -367,10 +383,6 @@ class Config:
         workers act uniformly at random instead (CleanRL's warm-up): the worker knows the version it
         runs and nothing of the trainer's step count, and this needs no new field in the store."""
         return math.ceil(self.sac.learning_starts / self.epoch_samples) if self.algorithm == "sac" else 0
-
-    @property
-    def gamma(self) -> float:
-        return self.sac.gamma if self.algorithm == "sac" else self.ppo.gamma
 
     @property
     def total_epochs(self) -> int:
@@ -491,7 +503,7 @@ def load_config_with_sources(path: str | Path | None = None, overrides: list[str
     implied_method = isinstance(pruning, dict) and bool(pruning.get("mask_file")) and "method" not in pruning
     if implied_method:  # a mask file alone means: prune with it
         data = {**data, "pruning": {**pruning, "method": "fixed"}}
-    config = _build(Config, data, "")
+    config = _build(Config, _renamed(data), "")
     config.epochs = config.total_epochs
     if needs_env_dir(config):  # absolute, so every process imports the module from the same place
         config.env_dir = str(Path(config.env_dir or os.getcwd()).resolve())
@@ -593,6 +605,15 @@ def _from_file(path: str | Path | None, settings: Mapping[str, Any] | None) -> C
     if not named:
         config.run_id = ""
     return config
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the keys of RENAMED under their new names (the new name wins if both are given)."""
+    for (section, key), new in RENAMED.items():
+        old = data.get(section)
+        if isinstance(old, dict) and key in old:
+            data = {new: old[key], **data, section: {k: v for k, v in old.items() if k != key}}
+    return data
 
 
 def describe(c: Config) -> str:
@@ -741,7 +762,7 @@ def validate(c: Config) -> None:
          "must be false with pruning.structure=neuron (a revived unit has no weights in or out: it cannot learn)")
     need((q.method == "fixed") == bool(q.mask_file), "pruning.mask_file",
          "is what method fixed prunes with, and only it (a mask file given without a method makes it fixed)")
-    minibatch = c.minibatch_size
+    minibatch = c.algo.minibatch_size(c.epoch_samples)
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
          f"must be 0 or {'SAC' if c.algorithm == 'sac' else 'PPO'}'s minibatch size {minibatch} (g comes from the "
          "trainer's own minibatches)")

@@ -167,11 +167,19 @@ def _cut_exception_values(logger, method_name, event_dict):
 @contextmanager
 def crashes_logged(log):
     """An exception escaping the block is logged as `process_crashed` (type, message, frames) in the
-    process's own file, then raised on: a process that dies leaves its reason in its log."""
+    process's own file, then raised on: a process that dies leaves its reason in its log. A refusal
+    (hotprune.roles.entry.refusals: exit 2, its one error line on stderr) is no crash: logged as
+    `refused`, which the console does not echo a second time."""
     try:
         yield
     except Exception as exc:
-        log.error("process_crashed", error=f"{type(exc).__name__}: {str(exc)[:EXCEPTION_VALUE_CHARS]}", exc_info=True)
+        from hotprune.roles.entry import refusals  # when it happens: they live in modules that load numpy and zmq
+
+        if isinstance(exc, refusals()):
+            log.info("refused", error=str(exc)[:EXCEPTION_VALUE_CHARS])
+        else:
+            log.error("process_crashed", error=f"{type(exc).__name__}: {str(exc)[:EXCEPTION_VALUE_CHARS]}",
+                      exc_info=True)
         raise
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import struct
 import subprocess
 import warnings
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import safetensors.torch
 import torch
 
 import hotprune as api
-from hotprune.runs.artifacts import ArtifactError, load, load_policy, save
+from hotprune.roles.process import load_run_config
+from hotprune.runs.artifacts import CHECKSUM, RUN_UID, ArtifactError, digest, load, load_policy, save
 from hotprune.commands.export import export, load_torch_prune
 from hotprune.envs import env_spec
 from hotprune.learning.policy import actor_arrays, make_actor
@@ -66,6 +69,40 @@ def test_a_run_keeps_its_pruned_policy_masks_initial_weights_and_progress(run_di
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     steps = [int(r["global_step"]) for r in rows]
     assert steps == list(np.cumsum([int(r["samples"]) for r in rows]))
+
+
+def test_every_file_a_run_keeps_carries_the_checksum_of_its_tensors_and_the_runs_uid(run_dir):
+    uid = load_run_config(run_dir).run_uid
+    assert re.fullmatch(r"[0-9a-f]{32}", uid)
+    kept = sorted(p.name for p in run_dir.rglob("*.safetensors"))
+    assert kept == ["checkpoint.safetensors", "initial.safetensors", "masks.safetensors", "policy.safetensors"]
+    for name in kept:
+        tensors, meta = load(run_dir / name)
+        assert meta[RUN_UID] == uid and meta[CHECKSUM] == digest(tensors) and meta[CHECKSUM].startswith("sha256:")
+
+
+def test_a_policy_with_a_flipped_bit_or_a_nan_is_refused_and_one_without_a_checksum_is_read_with_a_warning(
+        runs, tmp_path, capsys):
+    policy = tmp_path / "policy.safetensors"
+    data = bytearray((runs["weight"] / "policy.safetensors").read_bytes())
+    data[-3] ^= 0x40  # an exponent bit of the last weight: 0.1 -> ~1e19
+    policy.write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "eval", str(policy), "--episodes", "1")
+    assert code == 2 and err.count("\n") == 1 and "is corrupt" in err, err
+    tensors, meta = load(runs["weight"] / "policy.safetensors")
+    tensors["net.0.weight"][3, 1] = np.inf
+    save(policy, tensors, **meta)
+    code, _, err = run_cli(capsys, "eval", str(policy), "--episodes", "1")
+    assert code == 2 and err.count("\n") == 1 and "net.0.weight holds non-finite values" in err, err
+    tensors, meta = load(runs["weight"] / "policy.safetensors")
+    safetensors.numpy.save_file(tensors, str(policy), metadata={k: json.dumps(v) for k, v in meta.items()
+                                                                if k != CHECKSUM})  # as written before checksums
+    warnings = []
+    for _ in range(2):  # warned once per file and process
+        code, out, err = run_cli(capsys, "eval", str(policy), "--episodes", "1")
+        assert code == 0 and "CartPole-v1: return" in out
+        warnings += err.splitlines()
+    assert len(warnings) == 1 and "has no checksum" in warnings[0] and "read unverified" in warnings[0]
 
 
 def test_eval_runs_the_kept_policy_and_reports_its_parameters(run_dir, capsys):

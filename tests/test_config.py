@@ -207,7 +207,7 @@ def test_combinations_that_cannot_work_are_refused_at_start(overrides, key):
 
 def test_gradient_batch_size_may_name_the_ppo_minibatch_size():
     c = load_config(overrides=["pruning.gradient_batch_size=256", "pruning.method=taylor"])
-    assert c.minibatch_size == 256 and c.pruning.gradient_batch_size == 256
+    assert c.algo.minibatch_size(c.epoch_samples) == 256 and c.pruning.gradient_batch_size == 256
     assert load_config(overrides=["pruning.scope=layer", "pruning.distribution=erk"]).pruning.distribution == "erk"
 
 
@@ -432,8 +432,8 @@ def test_algorithm_choices_come_from_the_algorithm_registry():
 def test_sac_takes_its_env_s_sac_preset_and_its_own_hidden_sizes_and_batch():
     c = load_config(overrides=[*SAC, "pruning.targets=actor,critic", "pruning.gradient_batch_size=256"])
     assert (c.preset, c.algorithm, c.samples_per_epoch, c.sac.learning_starts) == ("Pendulum-v1-sac", "sac", 512, 1000)
-    assert c.hidden_sizes == c.sac.hidden_sizes == [64, 64] and c.minibatch_size == 256
-    assert c.pruning.targets == ["actor", "critic"] and c.gamma == c.sac.gamma
+    assert c.algo.hidden_sizes == c.sac.hidden_sizes == [64, 64] and c.algo.minibatch_size(c.epoch_samples) == 256
+    assert c.pruning.targets == ["actor", "critic"] and c.algo.gamma == c.sac.gamma
     assert c.random_versions == 2  # learning starts at 1,000 steps: the trainer's updates 1 and 2 come first
     assert c.run_id.startswith("pendulum-sac-async-bp-")
     assert load_config(overrides=["env_id=Pendulum-v1"]).preset == "Pendulum-v1"  # PPO keeps its own
@@ -611,3 +611,24 @@ def test_env_dir_is_the_start_directory_made_absolute_when_a_module_is_imported(
     saved = write(tmp_path, to_toml(c), name="config.toml")
     monkeypatch.chdir(tmp_path / "envs")  # a restarted process, or --resume, from anywhere: the same directory
     assert load_config(saved, with_preset=False).env_dir == str(tmp_path.resolve())
+
+
+def test_a_run_s_config_toml_written_with_ppo_input_bound_still_loads_under_its_new_name(tmp_path):
+    """input_bound was ppo.input_bound; a run directory's config.toml holds every key as it was named."""
+    today = to_toml(load_config())
+    old = today.replace("input_bound = 1000000.0\n", "").replace("[ppo]\n", "[ppo]\ninput_bound = 5.0\n")
+    assert "[ppo]\ninput_bound = 5.0\n" in old and "\ninput_bound" not in old.split("[ppo]")[0]
+    c = load_config(write(tmp_path, old, name="config.toml"), with_preset=False)
+    assert c.input_bound == 5.0 and not hasattr(c.ppo, "input_bound")
+    assert load_config(overrides=["ppo.input_bound=7"]).input_bound == 7.0
+    assert load_config(write(tmp_path, old, name="config.toml"), ["input_bound=9"], with_preset=False).input_bound == 9
+    assert "input_bound = 5.0" in to_toml(c).split("[ppo]")[0]  # written under the new name
+    with pytest.raises(ConfigError, match="input_bound must be > 0"):
+        load_config(overrides=["ppo.input_bound=0"])
+
+
+def test_the_algorithm_s_section_is_named_not_guessed():
+    """cfg.algo is the run's algorithm's own section; nothing at the top level picks PPO or SAC silently."""
+    ppo, sac = load_config(overrides=["preset=none"]), load_config(overrides=[*SAC, "preset=none"])
+    assert ppo.algo is ppo.ppo and sac.algo is sac.sac
+    assert not any(hasattr(Config, name) for name in ("hidden_sizes", "gamma", "minibatch_size"))

@@ -236,3 +236,17 @@ def test_a_worker_started_by_hand_without_its_store_says_it_is_waiting(tmp_path)
     assert result.stdout.splitlines() == ["[worker-0] waiting for the weight store of run alone",
                                           "[worker-0]   5 s of 7 s: start the run's compressor (or hotprune run)"]
     assert [e["waited_s"] for e in logged(run_dir, "worker-0", "store_waiting")] == [5.0]
+
+
+@pytest.mark.slow
+def test_a_trainer_started_by_hand_without_its_compressor_says_so_and_gives_up_as_the_workers_do(tmp_path):
+    run_dir = Path(hotprune("init", *settings(tmp_path, "alone", "supervisor.start_timeout_s=7")).stdout.strip())
+    result = hotprune("trainer", "--run-dir", str(run_dir), timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("hotprune trainer: error: waited 7 s (supervisor.start_timeout_s): no "
+                                    "compressor of run alone subscribed")
+    assert f"hotprune compressor --run-dir {run_dir}" in result.stderr
+    assert [line for line in result.stdout.splitlines() if "waiting" in line or " s of " in line] == [
+        "[trainer] waiting for the compressor of run alone",
+        "[trainer]   5 s of 7 s: start the run's compressor (or hotprune run)"]
+    assert [e["waited_s"] for e in logged(run_dir, "trainer", "compressor_waiting")] == [5.0]

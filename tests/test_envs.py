@@ -18,6 +18,7 @@ import hotprune
 
 from hotprune.config import ConfigError
 from hotprune.envs import EnvSource, env_spec, make_vector_env
+from hotprune.runs import artifacts
 from tests.servicekit import HOTPRUNE
 from tests.test_readme import section
 
@@ -146,6 +147,10 @@ def test_the_readme_example_trains_and_evaluates_its_own_environment(tmp_path, m
     run_dir = (tmp_path / "runs" / "latest").resolve()
     config = (run_dir / "config.toml").read_text()
     assert f"env_dir = \"{tmp_path.resolve()}\"" in config and 'env_kwargs = {"size" = 6}' in config
+    # every kept file says what makes its environment again (artifacts.run_meta), not only the policy
+    for kept in (artifacts.POLICY, artifacts.INITIAL, artifacts.CHECKPOINT, artifacts.MASKS):
+        meta = artifacts.load(run_dir / kept)[1]
+        assert (meta["env_kwargs"], meta["env_dir"]) == ({"size": 6}, str(tmp_path.resolve())), kept
     # from anywhere: the policy file says where its environment comes from (this process has never had
     # tmp_path on its module path)
     (tmp_path / "elsewhere").mkdir()

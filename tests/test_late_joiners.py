@@ -23,9 +23,9 @@ def test_a_subscriber_that_joins_late_is_answered_with_the_newest_snapshot(tmp_p
         sub = ctx.socket(zmq.SUB)
         sub.subscribe(b"")
         sub.connect(cfg.endpoints().snapshots)
-        assert trainer.snapshots.poll(10_000), "the subscription never reached the trainer"
+        assert trainer.publisher.socket.poll(10_000), "the subscription never reached the trainer"
         assert not sub.poll(200)  # what went out before the subscriber joined is gone
-        trainer.answer_subscribers()
+        trainer.publisher.answer_subscribers()
         assert sub.poll(10_000), "the late subscriber got no snapshot"
         msg = decode(sub.recv_multipart(), run_id=cfg.run_id, kinds={"snapshot"})
         assert (msg.fields["version"], msg.fields["epoch"]) == (0, 0)

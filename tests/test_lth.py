@@ -4,6 +4,8 @@ from its first epoch, and one-line refusals of unusable files."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import torch
 
 from hotprune.runs import artifacts
 from hotprune.commands import lth
+from hotprune.roles.trainer import lottery
 from hotprune.learning import ppo, sac
+from hotprune.learning.learners import make_learner
 from hotprune.config import ConfigError, load_config, to_toml
 from hotprune.envs import env_spec
 from hotprune.commands.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides, lth_mask, plan
@@ -40,7 +44,7 @@ def kept_run(tmp_path: Path, env_id: str = "CartPole-v1", hidden=HIDDEN, name: s
     spec = env_spec(env_id)
     torch.manual_seed(cfg.seed)
     actor, critic = make_actor(spec, hidden), make_critic(spec, hidden)
-    keeper = lth.Keeper(cfg, actor, critic, {"run_id": cfg.run_id, "env_id": env_id, "hidden_sizes": hidden,
+    keeper = lottery.Keeper(cfg, actor, critic, {"run_id": cfg.run_id, "env_id": env_id, "hidden_sizes": hidden,
                                              "discrete": spec.discrete})
     keeper.after_epoch(0, None)
     rng = np.random.default_rng(0)
@@ -73,10 +77,10 @@ def kept_sac_run(tmp_path: Path, name: str = "sac") -> Path:
     (cfg.run_dir / "config.toml").write_text(to_toml(cfg))
     spec = env_spec("Pendulum-v1")
     torch.manual_seed(cfg.seed)
-    learner = sac.Learner(spec, cfg, torch.Generator())
+    learner = make_learner(cfg, spec, torch.Generator())
     with torch.no_grad():
         learner.log_alpha.fill_(-1.0)
-    keeper = lth.Keeper(cfg, learner.actor, learner.ticket_critic, {"run_id": cfg.run_id, "env_id": cfg.env_id,
+    keeper = lottery.Keeper(cfg, learner.actor, learner.ticket_critic, {"run_id": cfg.run_id, "env_id": cfg.env_id,
                         "hidden_sizes": SAC_HIDDEN, "discrete": False, "algorithm": "sac"}, learner.ticket_meta)
     keeper.after_epoch(0, None)
     rng = np.random.default_rng(0)
@@ -197,13 +201,17 @@ def bad_mask(tmp_path: Path, fault: str) -> Path:
         keep["critic.9.weight"] = np.ones((1, 16), bool)
     path = tmp_path / f"{fault}.safetensors"
     artifacts.save(path, keep, **meta)
+    if fault == "flipped":  # one kept entry of the last tensor turned pruned, after the file was written
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
     return path
 
 
 @pytest.mark.parametrize("fault, says", [
     ("missing", "does not exist"), ("env", "is for Acrobot-v1, not for this run's CartPole-v1"),
     ("shape", "has shape (64, 64)"), ("dtype", "is float32, not bool"), ("empty_layer", "keeps nothing"),
-    ("unknown", "does not have"),
+    ("unknown", "does not have"), ("flipped", "is corrupt: its tensors do not match the checksum"),
 ])
 def test_a_run_refuses_an_unusable_mask_file_in_one_line_before_writing_anything(tmp_path, capsys, fault, says):
     path = tmp_path / "nowhere.safetensors" if fault == "missing" else bad_mask(tmp_path, fault)
@@ -214,13 +222,18 @@ def test_a_run_refuses_an_unusable_mask_file_in_one_line_before_writing_anything
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("fault, says", [("env", "Acrobot-v1"), ("shape", "has shape"), ("dtype", "is bool")])
+@pytest.mark.parametrize("fault, says", [("env", "Acrobot-v1"), ("shape", "has shape"), ("dtype", "is bool"),
+                                         ("nan", "holds non-finite values")])
 def test_a_run_refuses_an_unusable_init_file_in_one_line_before_writing_anything(tmp_path, capsys, fault, says):
     run = kept_run(tmp_path, env_id="Acrobot-v1" if fault == "env" else "CartPole-v1",
                    hidden=[8, 8] if fault == "shape" else HIDDEN)
     init = lth.weights_path(run, 0)
     if fault == "dtype":
         init = bad_mask(tmp_path, "none")
+    if fault == "nan":
+        weights, meta = artifacts.load(init)
+        weights["actor.net.2.weight"][1, 2] = np.nan
+        artifacts.save(init, weights, **meta)
     code, _, err = run_cli(capsys, "run", *settings(tmp_path, "refused", "ppo.hidden_sizes=16,16",
                                                    f"init_file={json.dumps(str(init))}"))
     assert code == 2 and err.count("\n") == 1 and says in err and "init file" in err
@@ -315,7 +328,7 @@ def test_files_without_a_part_prefix_are_the_actors_and_the_critic_table_is_torc
     for normalize in ("false", "true"):  # SAC's: twin critics and their targets, as the learner holds them
         cfg = load_config(None, ["env_id=Pendulum-v1", "algorithm=sac", "sac.hidden_sizes=16,16",
                                  f"normalize_obs={normalize}"])
-        learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
+        learner = make_learner(cfg, env_spec("Pendulum-v1"), torch.Generator())
         shapes = lth.tickets.model_shapes(cfg)
         assert shapes["critic"] == {n: tuple(t.shape) for n, t in learner.ticket_critic.state_dict().items()}
         assert shapes["actor"] == {n: tuple(t.shape) for n, t in learner.actor.state_dict().items()}
@@ -364,7 +377,7 @@ def test_sac_saliency_is_the_actor_loss_for_the_actor_and_the_critic_loss_for_th
     grads = lth.gradient_statistics(cfg, weights, batches, 1, 64, meta)
     # the same minibatch by hand: one backward per loss, at the file's alpha, as SAC's trainer steps them
     torch.manual_seed(cfg.seed)
-    learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
+    learner = make_learner(cfg, env_spec("Pendulum-v1"), torch.Generator())
     learner.actor.load_state_dict({n: torch.from_numpy(a) for n, a in weights["actor"].items()})
     learner.ticket_critic.load_state_dict({n: torch.from_numpy(a) for n, a in weights["critic"].items()})
     rows = {k: np.concatenate([b.transitions()[k] for b in batches]).astype(np.float32) for k in sac.TRANSITION_FIELDS}
@@ -394,8 +407,8 @@ def test_a_sac_mask_file_may_not_mask_a_target_and_an_init_file_without_targets_
     artifacts.save(tmp_path / "twins.safetensors", twins, env_id="Pendulum-v1")
     cfg = load_config(None, ["env_id=Pendulum-v1", "algorithm=sac", "sac.hidden_sizes=16,16",
                              f"init_file={json.dumps(str(tmp_path / 'twins.safetensors'))}"])
-    learner = sac.Learner(env_spec("Pendulum-v1"), cfg, torch.Generator())
-    lth.load_initial(cfg, learner.actor, learner.ticket_critic)
+    learner = make_learner(cfg, env_spec("Pendulum-v1"), torch.Generator())
+    lottery.load_initial(cfg, learner.actor, learner.ticket_critic)
     for name, value in learner.qf1_target.state_dict().items():
         assert np.array_equal(value.numpy(), weights[f"critic.qf1.{name}"])
 
@@ -435,3 +448,11 @@ def test_a_sac_ticket_keeps_actor_critics_and_targets_exactly_zero_from_its_firs
     assert rewound_meta["obs_count"] == pytest.approx(512)
     assert final["obs_stats.count"][0] == pytest.approx(512 + 1536)
     assert np.array_equal(initial["obs_norm.mean"], rewound["actor.obs_norm.mean"])
+
+
+def test_the_lth_command_module_loads_no_torch_so_train_dense_starts_its_console_first():
+    """`hotprune lth train-dense` reads TRAIN_DENSE from hotprune.commands.lth before its console starts; torch
+    (seconds of start-up) loads only for the steps that run a model (create-mask)."""
+    found = subprocess.run([sys.executable, "-c", "import sys, hotprune.commands.lth; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=60)
+    assert found.stdout.strip() == "False", found.stderr

@@ -15,6 +15,7 @@ from hotprune.envs import env_spec
 from hotprune.commands.export import export, load_torch_prune
 from hotprune.learning.normalize import RewardScaler, RunningMeanStd
 from hotprune.learning.policy import actor_arrays, expected_spec, make_actor, make_critic
+from hotprune.roles.process import load_run_config
 from tests.servicekit import events, hotprune, of, settings
 from hotprune.workers.numpy_policy import NumpyActor
 
@@ -125,7 +126,7 @@ def test_a_run_trains_with_normalisation_and_its_workers_and_files_keep_the_stat
     mean, var = actor.obs_norm.mean.numpy(), actor.obs_norm.var.numpy()
     assert np.all(np.abs(mean) < [1, 1, 8]) and var[2] > 1.5 and np.all(var > 0)
     # ... the checkpoint the same, with the count and the reward statistics
-    tensors, _ = checkpoints.load(run_dir, run_id, "Pendulum-v1", [64, 64])
+    tensors, _ = checkpoints.load(load_run_config(run_dir))
     np.testing.assert_allclose(tensors["obs_stats.mean"], mean, rtol=1e-6)
     assert tensors["obs_stats.count"] == pytest.approx(8 * 512, abs=1)
     assert tensors["reward_stats.var"] > 0 and tensors["reward_stats.returns"].shape == (2, 4)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
 from hotprune.runs import artifacts, runlog
 from hotprune.learning import checkpoints
+from hotprune.roles.process import load_run_config
 from tests.servicekit import HOTPRUNE, assert_clean, events, hotprune, logged, of, run_cli, settings, wait_for
 
 pytestmark = pytest.mark.slow
@@ -80,13 +82,33 @@ def test_a_killed_trainer_a_killed_compressor_and_a_frozen_worker_are_restarted_
     assert code == 0, diagnosed
     # The normalisation statistics came through the resume: they hold every epoch's observations
     # exactly once (the resumed trainer took its checkpoint's and redid the epochs after it).
-    tensors, _ = checkpoints.load(run_dir, "faults", "CartPole-v1", [64, 64])
+    tensors, _ = checkpoints.load(load_run_config(run_dir))
     assert tensors["obs_stats.count"] == pytest.approx(epochs * 512)
     # every chunk taken moves the return statistics, used or dropped as stale (the compressor's restart
     # can leave the workers on an old version long enough for some to be dropped)
     assert tensors["reward_stats.count"] == pytest.approx(summary["samples_received"])
     policy, _ = artifacts.load_policy(run_dir)
     assert policy.obs_norm.mean.numpy() == pytest.approx(tensors["obs_stats.mean"], rel=1e-6)
+
+
+def test_a_restarted_compressor_checks_the_snapshots_that_apply_the_masks_it_took_up(tmp_path):
+    """One compression (epoch 2, none after): once the trainer applies its masks, every later snapshot
+    says it applies them. The compressor that replaces a killed one takes them up into the history it
+    checks snapshots against, so their pruned weights are still checked to be zero (pruned_nonzero was
+    null for every one of them)."""
+    # no hang to catch here: a trainer ending on a loaded machine can take over FAST's 3 s to exit
+    proc, run_dir = _start(tmp_path, "checked", "epochs=40", "pruning.every=1000", "supervisor.hang_timeout_s=30")
+    wait_for(lambda: logged(run_dir, "trainer", "masks_applied") and _epochs(run_dir) >= 6, timeout=90,
+             what="the masks applied, and epoch 6")
+    os.kill(_pid(run_dir, "compressor"), signal.SIGKILL)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    assert_clean(run_dir)
+    applied = logged(run_dir, "trainer", "masks_applied")
+    taken_up = logged(run_dir, "compressor", "compressor_resumed")
+    assert len(applied) == 1 and [e["version"] for e in taken_up] == [applied[0]["version"]]
+    after = [e for e in logged(run_dir, "compressor", "snapshot_received") if e["pid"] == taken_up[0]["pid"]]
+    assert len(after) >= 10 and {e["masks_version"] for e in after} == {applied[0]["version"]}
+    assert [e["pruned_nonzero"] for e in after] == [0] * len(after)
 
 
 def test_an_exhausted_restart_budget_stops_the_run_with_exit_1_and_names_the_process(tmp_path):
@@ -107,6 +129,26 @@ def test_an_exhausted_restart_budget_stops_the_run_with_exit_1_and_names_the_pro
     exhausted = of(sup, "restart_budget_exhausted")
     assert [(e["name"], e["restarts"], e["max_restarts"]) for e in exhausted] == [("compressor", 1, 1)]
     assert of(sup, "run_finished")[-1]["failed"] == ["compressor"]
+
+
+def test_a_process_that_refuses_with_exit_2_is_not_restarted_and_the_run_stops_with_its_one_line(tmp_path):
+    proc, run_dir = _start(tmp_path, "refusal", "epochs=500", "checkpoint_every=1000")
+    wait_for(lambda: _epochs(run_dir) >= 2, timeout=90, what="epoch 2")
+    checkpoint = run_dir / artifacts.CHECKPOINT  # written at epoch 0, and not again before the end
+    data = bytearray(checkpoint.read_bytes())
+    data[-1] ^= 0x01
+    checkpoint.write_bytes(bytes(data))
+    os.kill(_pid(run_dir, "trainer"), signal.SIGKILL)  # restarted with --resume: its checkpoint is corrupt
+    assert proc.wait(timeout=90) == 2
+    stderr = proc.stderr.read()
+    refusals = [line for line in stderr.splitlines() if line.startswith("hotprune trainer: error: ")]
+    assert len(refusals) == 1 and "is corrupt" in refusals[0] and "Traceback" not in stderr, stderr
+    assert_clean(run_dir)
+    sup = events(run_dir, "supervisor")
+    assert [(e["name"], e["reason"]) for e in of(sup, "process_restarting")] == [("trainer", "exit -9")]
+    assert [(e["name"], e["exitcode"]) for e in of(sup, "process_refused")] == [("trainer", 2)]
+    finished = of(sup, "run_finished")[-1]
+    assert finished["outcome"] == "refused: trainer" and finished["exitcode"] == 2
 
 
 def _kill_supervisor(proc, run_dir, stopped_runs: int) -> int:
@@ -160,3 +202,40 @@ def test_a_run_whose_supervisor_was_killed_twice_resumes_from_its_checkpoint_eac
     assert done.returncode == 2 and "already completed" in done.stderr
     other = hotprune("run", "--resume", str(run_dir), "--set", "seed=2")
     assert other.returncode == 2 and "own config" in other.stderr
+
+
+# A stand-in trainer: pings, says DONE, then takes its time to exit (a torch teardown on a loaded machine)
+# with stop signals ignored, as a real trainer's exit has them; a stand-in worker stops at once (the stop).
+SLOW_EXIT = """
+import signal, sys, time
+from hotprune.roles import liveness
+pulse = liveness.Pulse.inherited()
+pulse.ping()
+if sys.argv[1] == "trainer":
+    time.sleep(0.3)
+    pulse.done()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    time.sleep(float(sys.argv[2]))
+"""
+SUPERVISE = """
+import sys
+from hotprune.config import load_config
+from hotprune.roles.supervisor import Child, Supervisor
+sup = Supervisor(load_config(None, sys.argv[2:]))
+sup.children = [Child("trainer", [sys.executable, "-c", sys.argv[1], "trainer", "2.5"]),
+                Child("worker-0", [sys.executable, "-c", sys.argv[1], "worker"])]
+sys.exit(sup.run())
+"""
+
+
+def test_a_trainer_that_said_done_may_take_longer_than_the_grace_and_the_hang_timeout_to_exit(tmp_path):
+    """Its workers' clean exits are the normal end, and its silence while it exits is not a hang: the run
+    completes (before liveness.DONE: `failed: worker-0`, or the trainer killed as hung and restarted)."""
+    result = subprocess.run([sys.executable, "-c", SUPERVISE, SLOW_EXIT,
+                             *settings(tmp_path, "slow-exit", "supervisor.stop_grace_s=1.5",
+                                       "supervisor.hang_timeout_s=1")[1::2]],
+                            capture_output=True, text=True, timeout=60)
+    finished = logged(tmp_path / "runs" / "slow-exit", "supervisor", "run_finished")[-1]
+    assert (result.returncode, finished["outcome"]) == (0, "completed"), result.stderr
+    assert not logged(tmp_path / "runs" / "slow-exit", "supervisor", "process_hung")

@@ -5,6 +5,7 @@ batches, and a checkpoint that continues exactly."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from hotprune.envs import env_spec
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.pruning.engine import pruner_for
 from hotprune.learning.policy import actor_arrays, expected_spec
+from hotprune.learning.learners import make_learner
 from hotprune.learning.sac import Learner, ReplayBuffer
 from hotprune.learning.training_masks import TrainingMasks
 
@@ -82,7 +84,7 @@ def test_transitions_take_the_next_observation_or_a_truncated_steps_final_one():
 
 
 def test_targets_move_towards_the_critics_by_tau():
-    learner = Learner(PENDULUM, config("sac.tau=0.25"), torch.Generator().manual_seed(0))
+    learner = make_learner(config("sac.tau=0.25"), PENDULUM, torch.Generator().manual_seed(0))
     with torch.no_grad():
         for p in learner.qf1.parameters():
             p.add_(1.0)
@@ -105,16 +107,16 @@ def both_pruned(cfg, learner: Learner):
 
 def test_pruned_weights_of_actor_and_critics_stay_exactly_positive_zero_through_sac_steps():
     cfg = config("pruning.method=taylor", "pruning.targets=actor,critic")
-    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(1))
+    learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(1))
     pruner, actor_masks, actor_stats, critic = both_pruned(cfg, learner)
     rng = np.random.default_rng(1)
-    learner.update(pendulum_batch(rng), 1, [actor_stats, actor_masks], critic.hooks)  # gradients to prune by
+    learner.update(pendulum_batch(rng), 1, [actor_stats, actor_masks], [critic.hooks])  # gradients to prune by
     masks = pruner.compute(actor_arrays(learner.actor), 0.8, actor_stats.mean())
     actor_masks.apply(masks.elements)
     report = critic.prune(0.8)
     assert report["critic_sparsity"] == pytest.approx(0.8, abs=0.01) and report["newly_pruned"] > 0
     for epoch in range(2, 5):
-        losses = learner.update(pendulum_batch(rng), epoch, [actor_stats, actor_masks], critic.hooks)
+        losses = learner.update(pendulum_batch(rng), epoch, [actor_stats, actor_masks], [critic.hooks])
         assert losses["gradient_steps"] > 0 and losses["qf_loss"] is not None
     pruned = {"actor": (learner.actor, masks.elements)}
     for name in ("qf1", "qf2"):
@@ -132,7 +134,7 @@ def test_pruned_weights_of_actor_and_critics_stay_exactly_positive_zero_through_
 
 def test_a_critic_pruned_blind_to_its_action_is_reported_with_the_input_it_lost():
     cfg = config("pruning.method=magnitude", "pruning.targets=actor,critic")
-    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(3))
+    learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(3))
     *_, critic = both_pruned(cfg, learner)
     with torch.no_grad():
         learner.qf2.net[0].weight[:, PENDULUM.obs_dim] *= 1e-4  # the action's column: the lightest of qf2's
@@ -142,9 +144,9 @@ def test_a_critic_pruned_blind_to_its_action_is_reported_with_the_input_it_lost(
 
 def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():
     cfg = config("pruning.method=gradient", "pruning.targets=actor,critic", "pruning.num_gradient_batches=4")
-    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(2))
+    learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(2))
     _, actor_masks, actor_stats, critic = both_pruned(cfg, learner)
-    assert learner.update(pendulum_batch(np.random.default_rng(2)), 1, [actor_stats], critic.hooks)["gradient_steps"]
+    assert learner.update(pendulum_batch(np.random.default_rng(2)), 1, [actor_stats], [critic.hooks])["gradient_steps"]
     assert len(actor_stats.window) == 4 and len(critic.grad_stats.window) == 4
     g_actor, g_critic = actor_stats.mean(), critic.grad_stats.mean()
     assert set(g_critic) == {f"{q}.net.{i}.weight" for q in ("qf1", "qf2") for i in (0, 2)}
@@ -152,25 +154,25 @@ def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():
     # the actor's statistics are of the actor loss: a critic-only step leaves them as they were
     window = list(actor_stats.window)
     learner.cfg.policy_frequency = 10**6
-    learner.update(pendulum_batch(np.random.default_rng(3)), 2, [actor_stats], critic.hooks)
+    learner.update(pendulum_batch(np.random.default_rng(3)), 2, [actor_stats], [critic.hooks])
     assert list(actor_stats.window) == window
 
 
 def test_a_restored_sac_learner_continues_exactly_as_the_original(tmp_path):
-    cfg = config()
-    learner = Learner(PENDULUM, cfg, torch.Generator().manual_seed(3))
+    cfg = config(f"runs_dir={json.dumps(str(tmp_path))}", "run_id=r")
+    cfg.run_dir.mkdir()
+    learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(3))
     rng = np.random.default_rng(3)
     learner.update(pendulum_batch(rng), 1)
     extra, meta = learner.state()
     tensors = checkpoints.state_tensors(learner.modules(), learner.optimizers(), learner.generator) | extra
-    checkpoints.save(tmp_path, tensors, run_id="r", env_id="Pendulum-v1", hidden_sizes=[32, 32],
-                     param_groups=checkpoints.param_groups(learner.optimizers()), learner=meta)
+    checkpoints.save(cfg, tensors, param_groups=checkpoints.param_groups(learner.optimizers()), learner=meta)
     buffer = copy.deepcopy(learner.buffer)  # not checkpointed: handed over here to compare the steps
     batch = pendulum_batch(rng)
     expected = learner.update(batch, 2)
 
-    other = Learner(PENDULUM, cfg, torch.Generator().manual_seed(99))
-    loaded, meta = checkpoints.load(tmp_path, "r", "Pendulum-v1", [32, 32])
+    other = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(99))
+    loaded, meta = checkpoints.load(cfg)
     checkpoints.restore(loaded, other.modules(), other.optimizers(), other.generator, meta["param_groups"])
     other.restore(loaded, meta["learner"])
     other.buffer = buffer

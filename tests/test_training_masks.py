@@ -8,8 +8,8 @@ from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, actor_from_tensors, expected_spec, make_actor, make_critic
 from hotprune.learning.ppo import Batch, update
 from hotprune.pruning.engine import Pruner, apply_masks, prunable_names
-from hotprune.learning.training_masks import TrainingMasks
-from hotprune.learning.hooks import UpdateHooks
+from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
+from hotprune.learning.hooks import UpdateHooks, hooked_step
 
 torch.set_num_threads(1)
 
@@ -300,3 +300,28 @@ def test_a_neuron_pruned_trainer_and_the_workers_small_actor_compute_the_same_fu
         assert torch.allclose(actor.net(obs), small.net(obs), atol=1e-6)
         if not spec.discrete:
             assert torch.equal(actor.log_std, small.log_std)
+
+
+def test_masked_update_takes_masks_up_before_the_forward_pass_and_ranks_by_unmasked_gradients():
+    """MaskedUpdate's order is its code: masks that arrive are in force before the minibatch's forward pass; the
+    gradient statistics see the pruned weights' own gradients (with regrowth they are what may bring them back),
+    and only then are those gradients zeroed; the step leaves the pruned weights exactly zero."""
+    actor, critic, optimizer, names = setup()
+    gen = torch.Generator().manual_seed(0)
+    warm_up(actor, critic, optimizer, gen)
+    params = dict(actor.named_parameters())
+    keeping = TrainingMasks({n: params[n] for n in names}, optimizer)
+    stats = GradientStats({n: params[n] for n in names}, num_batches=4)
+    arrived = [{n: np.random.default_rng(1).random(params[n].shape) > 0.5 for n in names}]
+    hooks = MaskedUpdate(keeping=keeping, stats=stats, take_up=lambda: arrived and keeping.apply(arrived.pop()))
+    assert keeping.count() == 0
+
+    hooks.before_minibatch()
+    pruned = {n: keeping.pruned[n].clone() for n in names}
+    assert all(pruned[n].any() and (params[n][pruned[n]] == 0).all() for n in names)  # in force for the forward
+    assert hooked_step(loss_on_random_batch(actor, critic, gen), optimizer, [*actor.parameters()], [hooks])
+    seen = stats.mean()
+    for n in names:
+        assert (seen[n][pruned[n].numpy()] > 0).any(), f"{n}: statistics saw masked gradients"
+        assert (params[n].grad[pruned[n]] == 0).all() and (params[n][pruned[n]] == 0).all()
+        assert (params[n][~pruned[n]] != 0).all()

@@ -30,7 +30,8 @@ from hotprune import eventlog
 from hotprune.actor_spec import actor_spec
 from hotprune.config import Config, ConfigError
 from hotprune.envs import EnvSource, clip_actions, env_spec, make_vector_env
-from hotprune.roles.process import TRAJECTORY_BUFFER, StopFlag, run_dir_parser, send_when_ready, socket, start
+from hotprune.roles.process import TRAJECTORY_BUFFER, WAIT_NOTE_S, StopFlag, run_dir_parser, send_when_ready, \
+    socket, start
 from hotprune.pruning.engine import prunable_names, sparsity_of_counts
 from hotprune.comms.curve import SocketSecurity
 from hotprune.protocol.store_layout import segment_name
@@ -39,7 +40,6 @@ from hotprune.workers.numpy_policy import NumpyActor
 
 
 READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
-STORE_WAIT_NOTE_S = 5.0  # while the weight store is missing, a `store_waiting` line this often
 CREDITS_LOST_S = 5.0  # a trainer that keeps collecting this long without taking our chunks lost them
 
 
@@ -51,7 +51,7 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(EnvSource.of(cfg))
-        self.dense_spec = actor_spec(self.spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        self.dense_spec = actor_spec(self.spec, cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(EnvSource.of(cfg), cfg.envs_per_worker)
         self.store = self.attach_store()
@@ -87,16 +87,16 @@ class InferenceWorker:
 
     def attach_store(self) -> WeightStore:
         """The run's weight store, waiting up to `start_timeout_s` for it to appear, and saying so
-        every STORE_WAIT_NOTE_S: a worker started by hand before its compressor is not stuck."""
+        every WAIT_NOTE_S: a worker started by hand before its compressor is not stuck."""
         name, timeout = segment_name(self.cfg.run_dir), self.cfg.supervisor.start_timeout_s
         waited = 0.0
         while True:
             try:
-                return WeightStore.attach(name, min(STORE_WAIT_NOTE_S, timeout - waited), self.stop.is_set)
+                return WeightStore.attach(name, min(WAIT_NOTE_S, timeout - waited), self.stop.is_set)
             except StoreError:
                 if self.stop.is_set():  # stopped while waiting for the store: not an error
                     raise SystemExit(self.stop.exit_code()) from None
-                waited += STORE_WAIT_NOTE_S
+                waited += WAIT_NOTE_S
                 if waited >= timeout:
                     raise
                 self.log.info("store_waiting", store=name, waited_s=waited, timeout_s=timeout)
@@ -329,4 +329,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from hotprune.roles.entry import role_main
 
-    role_main(main)
+    role_main(main, "worker")

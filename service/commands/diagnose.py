@@ -264,7 +264,7 @@ def kept_files_agree(run: Run) -> Check:
     cfg = run.config
     problems = []
     spec = {n: ("float32", shape) for n, shape in
-            actor_shapes(env_spec(EnvSource.of(cfg)), cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm).items()}
+            actor_shapes(env_spec(EnvSource.of(cfg)), cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm).items()}
     names = prunable_names(spec, cfg.pruning.prune_output_layer)
     masks, shown = None, [f"config.toml's schedule to {cfg.pruning.target_sparsity:.2%} = the logged plan and targets"]
     masks_file, policy_file = run.path / artifacts.MASKS, run.path / artifacts.POLICY

@@ -36,7 +36,7 @@ from hotprune.config import ConfigError, load_config, to_toml
 from hotprune.commands.evaluate import MAX_EPISODES, evaluate
 from hotprune.envs import EnvSource
 from hotprune.runs.runlog import Run, RunError, load
-from hotprune.runs.tickets import TRAIN_DENSE
+from hotprune.commands import lth
 
 ALPHA = 0.05
 # Thresholds for environments gymnasium gives none: the issues' targets (Pendulum: above -250)
@@ -81,7 +81,7 @@ def _lth_variants(sac: bool = False) -> list[Variant]:
     every variant algorithm=sac, and actor and critics pruned (the gradual runs, and the tickets'
     masks: lth.grid_masks)."""
     common = ("algorithm=sac",) if sac else ()
-    out = [_v("dense", *common, *TRAIN_DENSE)]
+    out = [_v("dense", *common, *lth.TRAIN_DENSE)]
     out += [_v(f"gradual_{round(s * 100)}", *common, f"pruning.target_sparsity={s}", "pruning.schedule=cubic",
                "pruning.every=2", *(["pruning.targets=actor,critic"] if sac else [])) for s in LTH_SPARSITIES]
     out += [_v(f"ticket_{m}_{round(s * 100)}", *common, "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
@@ -141,8 +141,6 @@ EXPERIMENTS: dict[str, list[Variant]] = {
 
 
 def _lth_masks(base: Path, seeds: list[int], log) -> None:
-    from hotprune.commands import lth  # noqa: PLC0415 -- torch, only for this experiment
-
     lth.grid_masks(base, seeds, LTH_METHODS, LTH_SPARSITIES, lth_mask, log)
 
 

@@ -3,17 +3,9 @@
 The user's workflow (train dense -> masks from the final weights -> rewind -> train the ticket) on
 the service's own parts:
 
-- **What a run keeps** (`Keeper`, plugged into the trainer): with `keep_weights_every = N`, actor and
-  critic at epoch 0, every N epochs and the last, in `weights/epoch-K.safetensors` (`actor.<name>`,
-  `critic.<name>`): epoch 0 is the initialisation a ticket rewinds to, K a later rewind point (the
-  rewind epoch is chosen after training, so several are kept; not every checkpoint, which for
-  CartPole's 391 epochs would be 14 MB), the last the final weights masks are made from; the critic
-  too (PPO's value MLP; SAC's twin Q networks and their targets, with the temperature alpha in the
-  file's metadata), as the losses need it for gradient criteria and a ticket rewinds it with the
-  actor. With `keep_transitions = N`, the last N epochs' trajectory chunks in
-  `transitions.safetensors`: `Batch`'s fields (hotprune.learning.chunks) with a leading epoch axis. These are the
-  "recent transitions" a gradient criterion is measured on: PPO's last trajectories, SAC's newest
-  replay-buffer rows (the buffer holds exactly these chunks' `Batch.transitions()`, rewards as trained on).
+- **What a run keeps** (`TRAIN_DENSE`: its weights every 10 epochs and its last transitions): the
+  trainer writes them (hotprune.roles.trainer.lottery), `weights/epoch-K.safetensors` and
+  `transitions.safetensors` (hotprune.runs.tickets names them).
 - **Masks** (`create_mask`): the pruning engine's own `Pruner` on the final weights, with g the mean
   |dL/dw| over N minibatches of B samples drawn from the kept transitions (`hotprune.learning.gradient_stats`, as
   the trainer measures it) of the algorithm's own loss: PPO's (`ppo.minibatch_loss`) for actor and
@@ -29,73 +21,27 @@ the service's own parts:
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-from collections import deque
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
 
 from hotprune.runs import artifacts, private, tickets
-from hotprune.learning import ppo
 from hotprune.actor_spec import SAC_CRITICS
-from hotprune.algorithms import ALGORITHMS
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config, ConfigError, load_config
 from hotprune.envs import EnvSource, env_spec
-from hotprune.learning.gradient_stats import GradientStats
 from hotprune.pruning.engine import CompressionFailed, Pruner, cut_inputs, masked_stats, prunable_names
 from hotprune.runs.runlog import RunError, run_config
-from hotprune.learning.sac import TRANSITION_FIELDS
+from hotprune.runs.tickets import TRANSITIONS, WEIGHTS_DIR, kept_epochs, weights_path
 
-WEIGHTS_DIR = "weights"
-TRANSITIONS = "transitions.safetensors"
+# A dense run that keeps what tickets need (hotprune lth train-dense; under the user's settings): the weights
+# every 10 epochs (epoch 0: the rewind point), the last 8 epochs' transitions (2,048 samples of CartPole's preset).
+TRAIN_DENSE = ["pruning.method=none", "keep_weights_every=10", "keep_transitions=8"]
 TARGETS = tickets.PARTS
-_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.safetensors$")
-
-
-def weights_path(run_dir: Path, epoch: int) -> Path:
-    return Path(run_dir) / WEIGHTS_DIR / f"epoch-{epoch}.safetensors"
-
-
-def model_arrays(actor: torch.nn.Module, critic: torch.nn.Module) -> dict[str, np.ndarray]:
-    parts = {"actor": actor.state_dict(), "critic": critic.state_dict()}
-    return tickets.joined({p: {n: t.detach().numpy().copy() for n, t in sd.items()} for p, sd in parts.items()})
-
-
-class Keeper:
-    """The trainer's side: writes weights and transitions as the run's settings ask (nothing when both
-    are 0). `extra_meta()`: what else each weights file says (the learner's `ticket_meta`)."""
-
-    def __init__(self, cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module, meta: dict,
-                 extra_meta: Callable[[], dict] = dict):
-        self.cfg, self.actor, self.critic, self.meta, self.extra_meta = cfg, actor, critic, meta, extra_meta
-        self.recent: deque[Batch] = deque(maxlen=cfg.keep_transitions or None)
-        self.epochs: deque[int] = deque(maxlen=cfg.keep_transitions or None)
-
-    def after_epoch(self, epoch: int, batch: Batch | None) -> None:
-        """After epoch `epoch`'s update (0: the initial weights, no batch)."""
-        every, last = self.cfg.keep_weights_every, self.cfg.total_epochs
-        if every and (epoch % every == 0 or epoch == last):
-            weights_path(self.cfg.run_dir, epoch).parent.mkdir(exist_ok=True)
-            artifacts.save(weights_path(self.cfg.run_dir, epoch), model_arrays(self.actor, self.critic),
-                           **self.meta, **self.extra_meta(), epoch=epoch)
-        if batch is not None and self.cfg.keep_transitions:
-            self.recent.append(batch)
-            self.epochs.append(epoch)
-
-    def finish(self) -> None:
-        """The kept transitions (those of the epochs this trainer process ran: a resumed trainer starts afresh)."""
-        if not self.recent:
-            return
-        tensors = {f.name: np.stack([getattr(b, f.name) for b in self.recent]) for f in fields(Batch)}
-        artifacts.save(self.cfg.run_dir / TRANSITIONS, tensors, **(self.meta | {"algorithm": self.cfg.algorithm}),
-                       epochs=list(self.epochs))
 
 
 def load_transitions(run_dir: Path, cfg: Config) -> list[Batch]:
@@ -115,31 +61,6 @@ def load_transitions(run_dir: Path, cfg: Config) -> list[Batch]:
         raise ArtifactError(f"{path} lacks {exc.args[0]}") from None
 
 
-def load_initial(cfg: Config, actor: torch.nn.Module, critic: torch.nn.Module) -> dict:
-    """Load `init_file` (checked: tickets.read_init) into the fresh modules; a part it lacks keeps
-    its init. Returns the file's metadata ({} without one): a kept weights file's `obs_count` is how
-    many observations the actor's normalisation statistics it holds were taken over."""
-    if not cfg.init_file:
-        return {}
-    parts, meta = tickets.read_init(cfg)
-    critics = parts["critic"]
-    if critics and not any(n.split(".", 1)[0].endswith("_target") for n in critics):
-        # SAC's critics without their targets: the targets start as copies, as in a fresh SAC
-        critics |= {f"{c}_target.{rest}": a for n, a in list(critics.items())
-                    for c, _, rest in [n.partition(".")] if c in SAC_CRITICS}
-    for part, module in zip(TARGETS, (actor, critic)):
-        tensors = parts[part]
-        if tensors:
-            module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in tensors.items()}, strict=False)
-    return meta
-
-
-def kept_epochs(run_dir: Path) -> list[int]:
-    folder = Path(run_dir) / WEIGHTS_DIR
-    found = [_EPOCH_FILE.match(p.name) for p in folder.iterdir()] if folder.is_dir() else []
-    return sorted(int(m.group(1)) for m in found if m)
-
-
 # --- masks ---------------------------------------------------------------------------------------
 
 
@@ -151,10 +72,16 @@ def gradient_statistics(cfg: Config, weights: tickets.Parts, batches: list[Batch
     actor and critic at once. SAC: the actor loss for the actor, the critic loss for the twin critics
     (targets and alpha from the same file), each backward on its own, as SAC's trainer steps them. By
     part, like `weights`."""
+    import torch  # only for the steps that run a model, so train-dense's console starts before it
+
+    from hotprune.learning import ppo
+    from hotprune.learning.learners import make_learner
+    from hotprune.learning.gradient_stats import GradientStats
+    from hotprune.learning.sac import TRANSITION_FIELDS
+
     torch.manual_seed(cfg.seed)  # SAC's losses sample actions
     generator = torch.Generator().manual_seed(cfg.seed)
-    learner = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}").Learner(
-        env_spec(EnvSource.of(cfg)), cfg, torch.Generator())
+    learner = make_learner(cfg, env_spec(EnvSource.of(cfg)), torch.Generator())
     actor, critic = learner.actor, learner.ticket_critic
     for module, part in ((actor, "actor"), (critic, "critic")):
         module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in weights[part].items()})
@@ -230,7 +157,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     criterion = CRITERIA[method]
     grads = None
     num_batches = cfg.pruning.num_gradient_batches if num_batches is None else num_batches
-    batch_size = cfg.minibatch_size if batch_size is None else batch_size
+    batch_size = cfg.algo.minibatch_size(cfg.epoch_samples) if batch_size is None else batch_size
     if criterion.needs_grads:
         if num_batches < 1:
             raise ConfigError(f"--num-batches must be >= 1, got {num_batches}")
@@ -263,8 +190,8 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                          ("; a critic that ignores an action gives the actor no gradient through it"
                           if any(i >= obs_dim for i in cut) else ""))
     tensors = tickets.joined(masks)
-    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm, "hidden_sizes": cfg.hidden_sizes,
-            "method": method,
+    meta = {"run_id": cfg.run_id, "env_id": cfg.env_id, "algorithm": cfg.algorithm,
+            "hidden_sizes": cfg.algo.hidden_sizes, "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             "inputs_cut": inputs_cut,
@@ -344,7 +271,7 @@ def ticket_config(run_dir: Path, mask: Path, rewind: str, sets: list[str]) -> Co
     dense = run_config(Path(run_dir))
     cfg = load_config(Path(run_dir) / "config.toml", [*ticket_overrides(run_dir, mask, rewind), *sets],
                       with_preset=False)
-    if rewind == "random" and cfg.seed == dense.seed and cfg.hidden_sizes == dense.hidden_sizes:
+    if rewind == "random" and cfg.seed == dense.seed and cfg.algo.hidden_sizes == dense.algo.hidden_sizes:
         raise ConfigError(f"--rewind random draws the initial weights from the run's seed, and seed {cfg.seed} "
                           "draws the dense run's own (the ticket itself): give another --seed")
     return cfg

@@ -9,8 +9,11 @@ Tensors: the algorithm's modules' parameters (PPO: `actor.<name>`, `critic.<name
 `qf1.`, `qf2.` and their `_target`s), its optimizers' state (PPO: `adam.<param index>.<key>`; SAC:
 `adam_actor.`, `adam_q.`, `adam_alpha.`) and what else it keeps (SAC: `log_alpha`), the training
 masks (`mask.<name>`, True = kept; SAC's critic masks `critic_mask.<critic>.<name>`), the RNG states
-(`rng.torch`, `rng.generator`) and the swap latencies so far. Metadata (JSON): the run, environment
-and model it belongs to, and the trainer's counters and epoch records. Not `torch.save`: that is a
+(`rng.torch`, `rng.generator`) and the swap latencies so far. Metadata (JSON): the run (id and uid),
+environment and model it belongs to, the settings its tensors depend on (`settings`), and the
+trainer's counters and epoch records. `load` refuses a checkpoint that is corrupt, of another run,
+written under other settings or past the run's epochs (hotprune.runs.artifacts: load_kept,
+check_checkpoint), in one line. Not `torch.save`: that is a
 pickle, and nothing hotprune writes is one; `safetensors.torch.load_file` reads it without running
 any code, which is what `weights_only` loading is for.
 """
@@ -18,13 +21,16 @@ any code, which is what `weights_only` loading is for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
 
 from hotprune.runs import artifacts
 from hotprune.runs.artifacts import CHECKPOINT
+
+if TYPE_CHECKING:
+    from hotprune.config import Config
 
 
 class CheckpointError(artifacts.ArtifactError):
@@ -78,17 +84,18 @@ def restore(tensors: dict[str, np.ndarray], modules: Mapping[str, torch.nn.Modul
         raise CheckpointError(f"checkpoint does not fit this model: {str(exc).splitlines()[0][:200]}") from None
 
 
-def save(run_dir: Path, tensors: dict[str, np.ndarray], **meta: Any) -> None:
-    artifacts.save(path(run_dir), tensors, **meta)
+def save(cfg: Config, tensors: dict[str, np.ndarray], **meta: Any) -> None:
+    """Write run `cfg`'s checkpoint: `tensors` and `meta`, with the run's identity and settings."""
+    artifacts.save(path(cfg.run_dir), tensors, **artifacts.run_meta(cfg),
+                   settings=artifacts.checkpoint_settings(cfg), **meta)
 
 
-def load(run_dir: Path, run_id: str, env_id: str, hidden_sizes: list[int]) -> tuple[dict[str, np.ndarray], dict]:
-    """The run's checkpoint; refuses one written by another run or for another model."""
+def load(cfg: Config) -> tuple[dict[str, np.ndarray], dict]:
+    """Run `cfg`'s checkpoint, verified: refused if corrupt, of another run or model, written under other
+    settings than the run's config.toml holds now, or past its epochs."""
     try:
-        tensors, meta = artifacts.load(path(run_dir))
+        tensors, meta = artifacts.load_kept(path(cfg.run_dir), cfg)
+        artifacts.check_checkpoint(path(cfg.run_dir), meta, cfg)
     except artifacts.ArtifactError as exc:
         raise CheckpointError(str(exc)) from None
-    for key, expected in (("run_id", run_id), ("env_id", env_id), ("hidden_sizes", hidden_sizes)):
-        if meta.get(key) != expected:
-            raise CheckpointError(f"{path(run_dir)} is a checkpoint of {key} {meta.get(key)!r}, not {expected!r}")
     return tensors, meta

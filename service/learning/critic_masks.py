@@ -22,8 +22,7 @@ from torch import nn
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.pruning.engine import Masks, cut_inputs, prunable_names, pruner_for, sparsity
-from hotprune.learning.training_masks import TrainingMasks
-from hotprune.learning.hooks import UpdateHooks
+from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
 
 
 class CriticMasks:
@@ -41,8 +40,7 @@ class CriticMasks:
                 grads |= {f"{name}.{n}": params[f"{name}.{n}"] for n in self.pruners[name].grad_names}
         self.masks = TrainingMasks(params, optimizer, regrow=p.regrow)
         self.grad_stats = GradientStats(grads, p.num_gradient_batches) if grads else None
-        # In this order, as the actor's: gradient statistics (unmasked), then mask keeping.
-        self.hooks: list[UpdateHooks] = [*([self.grad_stats] if self.grad_stats else []), self.masks]
+        self.hooks = MaskedUpdate(keeping=self.masks, stats=self.grad_stats)  # the critics' steps' hooks
         self.previous: dict[str, Masks] = {}
 
     def prune(self, target_sparsity: float) -> dict:

@@ -5,13 +5,13 @@ chunk from a stale or pruned policy version is corrected by the clipped ratio. T
 here and values the observations the workers sent.
 
 `Learner` is the algorithm as the trainer's shell (hotprune.roles.trainer) sees it, the same for every
-algorithm (hotprune.learning.sac.Learner is the other): `actor` (what the workers run and the compressor
+algorithm (hotprune.learning.sac.Learner is the other), built from its own section of the config and the
+run's length (hotprune.learning.learners.make_learner): `actor` (what the workers run and the compressor
 prunes) and its `optimizer`; the critics the trainer may prune itself (`critics`, their
 `critic_targets` and `critic_optimizer`; none for PPO); `update(batch, epoch, hooks, critic_hooks)`
 -> the losses for the `epoch` line; `modules()`, `optimizers()`, `state()` and `restore()` for
 checkpoints (hotprune.learning.checkpoints); `hidden_sizes`; for lottery tickets (hotprune.commands.lth),
-`ticket_critic`
-(the critic tensors the files keep, as a module) and `ticket_meta()` (what else their losses need).
+`ticket_critic` (the critic tensors the files keep, as a module) and `ticket_meta()` (what else their losses need).
 """
 
 from __future__ import annotations
@@ -23,22 +23,24 @@ import torch
 from torch import nn
 
 from hotprune.learning.chunks import Batch
-from hotprune.config import Config, PPOConfig
+from hotprune.config import PPOConfig
 from hotprune.envs import EnvSpec
 from hotprune.learning.policy import Actor, make_actor, make_critic
 from hotprune.learning.hooks import UpdateHooks, hooked_step
+from hotprune.learning.learners import RunLength
 
 
 class Learner:
     """PPO's learning state: actor, critic, one Adam over both (CleanRL's), and its update."""
 
-    def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
-        self.cfg, self.generator = cfg, generator
-        self.hidden_sizes = cfg.ppo.hidden_sizes
-        self.actor = make_actor(spec, cfg.ppo.hidden_sizes, cfg.normalize_obs, "ppo")
-        self.critic = make_critic(spec, cfg.ppo.hidden_sizes, self.actor.obs_norm)
+    def __init__(self, spec: EnvSpec, cfg: PPOConfig, length: RunLength, generator: torch.Generator, *,
+                 normalize_obs: bool = False):
+        self.cfg, self.epochs, self.generator = cfg, length.epochs, generator
+        self.hidden_sizes = cfg.hidden_sizes
+        self.actor = make_actor(spec, cfg.hidden_sizes, normalize_obs, "ppo")
+        self.critic = make_critic(spec, cfg.hidden_sizes, self.actor.obs_norm)
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
-                                          lr=cfg.ppo.learning_rate, eps=1e-5)
+                                          lr=cfg.learning_rate, eps=1e-5)
         self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)
         self.critic_targets: dict[str, nn.Module] = {}
         self.critic_optimizer = self.optimizer
@@ -47,9 +49,9 @@ class Learner:
     def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
                critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | None]:
         c = self.cfg
-        if c.ppo.anneal_lr:
-            self.optimizer.param_groups[0]["lr"] = c.ppo.learning_rate * (1 - (epoch - 1) / c.total_epochs)
-        return update(self.actor, self.critic, self.optimizer, batch, c.ppo, self.generator, hooks)
+        if c.anneal_lr:
+            self.optimizer.param_groups[0]["lr"] = c.learning_rate * (1 - (epoch - 1) / self.epochs)
+        return update(self.actor, self.critic, self.optimizer, batch, c, self.generator, hooks)
 
     def ticket_meta(self) -> dict:
         return {}

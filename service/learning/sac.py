@@ -23,10 +23,11 @@ from torch import nn
 
 from hotprune.learning.chunks import Batch
 from hotprune.actor_spec import SAC_CRITICS
-from hotprune.config import Config
+from hotprune.config import SACConfig
 from hotprune.envs import EnvSpec
 from hotprune.learning.policy import make_actor, mlp
 from hotprune.learning.hooks import UpdateHooks, hooked_step
+from hotprune.learning.learners import RunLength
 
 TRANSITION_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
 
@@ -86,11 +87,12 @@ class Learner:
     """SAC's learning state (nets, targets, optimizers, entropy temperature, replay buffer) and its
     update, behind the trainer's algorithm interface (see hotprune.learning.ppo.Learner)."""
 
-    def __init__(self, spec: EnvSpec, cfg: Config, generator: torch.Generator):
-        s = self.cfg = cfg.sac
+    def __init__(self, spec: EnvSpec, cfg: SACConfig, length: RunLength, generator: torch.Generator, *,
+                 normalize_obs: bool = False):
+        s = self.cfg = cfg
         self.generator = generator
         self.hidden_sizes = s.hidden_sizes
-        self.actor = make_actor(spec, s.hidden_sizes, cfg.normalize_obs, "sac")
+        self.actor = make_actor(spec, s.hidden_sizes, normalize_obs, "sac")
         obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
         self.qf1, self.qf2 = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
         self.qf1_target, self.qf2_target = (SoftQNetwork(spec, s.hidden_sizes, obs_norm) for _ in range(2))
@@ -102,7 +104,7 @@ class Learner:
         self.target_entropy = -float(spec.act_dim)
         self.log_alpha = torch.zeros(1, requires_grad=True)
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=s.q_lr)
-        self.buffer = ReplayBuffer(cfg.replay_capacity, spec.obs_dim, spec.act_dim)
+        self.buffer = ReplayBuffer(s.replay_capacity(length.samples), spec.obs_dim, spec.act_dim)
         self.samples_seen = 0  # env steps added to the buffer (this trainer's, and its checkpoint's)
         self.gradient_steps = 0  # critic steps so far: the clock of the delayed actor and target updates
         # What the trainer's critic pruning masks and checkpoints: the critics and their targets by name.

@@ -13,7 +13,7 @@ with cleared optimizer state.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -72,3 +72,34 @@ class TrainingMasks(UpdateHooks):
     def keep_masks(self) -> dict[str, np.ndarray]:
         """The masks in force, as keep-masks (True = kept)."""
         return {name: (~pruned).numpy() for name, pruned in self.pruned.items()}
+
+
+class MaskedUpdate(UpdateHooks):
+    """Masked training at an update's points, in the one order that is right, fixed here rather than by
+    the order of a list of hooks:
+
+    - before a minibatch, `take_up()` (the trainer's intake of masks that have arrived): new masks take
+      effect before the minibatch's forward pass, so its step already keeps them;
+    - after backward, the gradient statistics (`stats`) first, then `keeping`: a criterion ranks weights by
+      their unmasked gradients (with regrowth, a pruned weight's gradient is what may bring it back), and
+      only then are the pruned weights' gradients zeroed;
+    - after the step, `keeping` zeroes the pruned weights again.
+    """
+
+    def __init__(self, keeping: TrainingMasks | None = None, stats: UpdateHooks | None = None,
+                 take_up: Callable[[], None] | None = None):
+        self.keeping, self.stats, self.take_up = keeping, stats, take_up
+
+    def before_minibatch(self) -> None:
+        if self.take_up:
+            self.take_up()
+
+    def after_backward(self) -> None:
+        if self.stats:
+            self.stats.after_backward()
+        if self.keeping:
+            self.keeping.after_backward()
+
+    def after_step(self) -> None:
+        if self.keeping:
+            self.keeping.after_step()

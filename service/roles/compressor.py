@@ -56,7 +56,7 @@ class Compressor:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
         spec = env_spec(EnvSource.of(cfg))
         self.discrete = spec.discrete
-        self.weight_spec = actor_spec(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        self.weight_spec = actor_spec(spec, cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
@@ -119,17 +119,18 @@ class Compressor:
         if not path.exists():
             self.log.info("compressor_resumed", masks=False, reason="no compression yet")
             return
-        tensors, meta = artifacts.load(path)
+        tensors, meta = artifacts.load_kept(path, self.cfg)  # this run's, and not corrupt
         steps = {s.epoch: s for s in self.schedule.steps}
         try:
-            if meta.get("run_id") != self.cfg.run_id or meta.get("masks_due_epoch") not in steps:
-                raise MessageRejected("written by another run or another schedule")
+            if meta.get("masks_due_epoch") not in steps:
+                raise MessageRejected("written under another schedule")
             masks = Masks.from_elements(tensors, self.cfg.pruning.structure)
             check_tensors(masks.elements, {n: ("bool", self.weight_spec[n][1]) for n in self.pruner.mask_names()})
         except MessageRejected as exc:
             raise artifacts.ArtifactError(f"{path} cannot be resumed from: {exc.reason}") from None
         step = steps[meta["masks_due_epoch"]]
         self.masks, self.masks_source = masks, (meta["masks_version"], meta["masks_epoch"], step)
+        self.history[meta["masks_version"]] = masks  # the trainer's snapshots say they apply these: checked too
         self.schedule.done(step)
         stats = masked_stats(masks, self.weight_spec, self.sparsity_names)
         weights = apply_masks({n: np.ones(shape, np.float32) for n, (_, shape) in self.weight_spec.items()}, masks)
@@ -177,8 +178,8 @@ class Compressor:
             return self.snapshot_spec
         obs, most = tensors.get(DISTILL_OBS), self.cfg.pruning.distill_samples
         rows = obs.shape[0] if obs is not None and obs.ndim == 2 and obs.shape[0] <= most else most
-        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.ppo.input_bound:
-            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.ppo.input_bound:g}")
+        if obs is not None and obs.size and obs.dtype == np.float32 and np.abs(obs).max() > self.cfg.input_bound:
+            raise MessageRejected(f"snapshot {DISTILL_OBS} outside +-{self.cfg.input_bound:g}")
         return {**self.snapshot_spec, DISTILL_OBS: ("float32", (rows, self.obs_dim))}
 
     def _check_fields(self, f: dict) -> None:
@@ -294,9 +295,8 @@ class Compressor:
             return
         out, fields = self.last_written
         c = self.cfg
-        meta = {"run_id": c.run_id, "env_id": c.env_id, "discrete": self.discrete, "method": c.pruning.method,
-                "structure": c.pruning.structure, "hidden_sizes": c.hidden_sizes, "algorithm": c.algorithm,
-                **EnvSource.of(c).meta(), **fields, **extra}
+        meta = {**artifacts.run_meta(c), "discrete": self.discrete, "method": c.pruning.method,
+                "structure": c.pruning.structure, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
         if self.masks_source is not None:
             version, epoch, step = self.masks_source
@@ -347,4 +347,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from hotprune.roles.entry import role_main
 
-    role_main(main)
+    role_main(main, "compressor")

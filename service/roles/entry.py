@@ -12,6 +12,30 @@ import sys
 from typing import Callable
 
 
+CONFIG_ERROR = 2  # the exit code of a refusal (argparse's for usage errors): a supervisor never restarts it
+
+
+def refusals() -> tuple[type[Exception], ...]:
+    """The errors that mean "cannot start as asked" (bad settings, files, a peer that never came, a busy
+    port): one line and exit CONFIG_ERROR, from the CLI and from every role, never a traceback. Imported
+    when asked: they live in modules that load numpy and zmq."""
+    import zmq
+
+    from hotprune.comms.weight_store import StoreError
+    from hotprune.config import ConfigError
+    from hotprune.roles.process import WaitedTooLong
+    from hotprune.runs.artifacts import ArtifactError  # CheckpointError too
+    from hotprune.runs.runlog import RunError
+
+    return ConfigError, StoreError, RunError, ArtifactError, WaitedTooLong, zmq.ZMQError
+
+
+def refused(name: str, exc: Exception | str) -> int:
+    """The one form of every refusal, as argparse's own: a line on stderr and exit CONFIG_ERROR."""
+    print(f"{name}: error: {exc}", file=sys.stderr)
+    return CONFIG_ERROR
+
+
 def guarded(body: Callable[[], int], name: str = "hotprune") -> int:
     """Run `body` and return its exit code; a Ctrl-C before the process installed its own handlers is one
     line, not a traceback (heavy imports such as torch and zmq happen inside `body`)."""
@@ -43,12 +67,16 @@ def one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def role_main(main: Callable[[list[str]], int], uses_torch: bool = False) -> None:
-    """`python -m hotprune.roles.<role>`: the same process as `hotprune <role>`, and its exit code."""
+def role_main(main: Callable[[list[str]], int], role: str, uses_torch: bool = False) -> None:
+    """`python -m hotprune.roles.<role>`: the same process as `hotprune <role>`, and its exit code (a
+    refusal included: one line and CONFIG_ERROR, which the supervisor does not restart)."""
 
     def body() -> int:
         if uses_torch:
             one_torch_thread()
-        return main(sys.argv[1:])
+        try:
+            return main(sys.argv[1:])
+        except refusals() as exc:
+            return refused(f"hotprune {role}", exc)
 
     sys.exit(guarded(body))

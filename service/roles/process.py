@@ -1,10 +1,13 @@
-"""What every hotprune process does first: one CPU thread, its run's config, and a stop flag."""
+"""What every hotprune process does first: one CPU thread, its run's config, and a stop flag; and how
+one started by hand waits for a peer it cannot go on without (a worker for its weight store, a
+trainer for its compressor): saying so every WAIT_NOTE_S, giving up after supervisor.start_timeout_s."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +15,7 @@ import zmq
 
 from hotprune.config import Config, load_config
 from hotprune.runs import private
+from hotprune.protocol.codec import Message, MessageRejected, decode
 
 
 def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
@@ -53,6 +57,46 @@ def start(run_dir: Path) -> tuple[Config, StopFlag]:
     return config, stop
 
 
+WAIT_NOTE_S = 5.0  # while a process waits for a peer to come up, a line saying so this often
+
+
+class WaitedTooLong(RuntimeError):
+    """A peer a process cannot go on without never came up (a refusal: one line, exit 2)."""
+
+
+class Awaited:
+    """A peer that has not come up yet, waited for from now: `check()` in the waiting loop logs `event`
+    (waited_s, timeout_s and `fields`) every WAIT_NOTE_S and raises WaitedTooLong with `advice` after
+    `timeout_s` (the run's supervisor.start_timeout_s, as the workers wait for their store); `arrived()`
+    ends the wait for good."""
+
+    def __init__(self, log, event: str, timeout_s: float, advice: str, **fields):
+        self.log, self.event, self.timeout_s, self.advice, self.fields = log, event, timeout_s, advice, fields
+        self.since = time.monotonic()
+        self.notes = 0
+        self.waiting = True
+
+    def arrived(self) -> None:
+        self.waiting = False
+
+    def check(self) -> None:
+        if not self.waiting:
+            return
+        waited = time.monotonic() - self.since
+        if waited >= self.timeout_s:
+            raise WaitedTooLong(f"waited {self.timeout_s:g} s (supervisor.start_timeout_s): {self.advice}")
+        if waited >= (self.notes + 1) * WAIT_NOTE_S:
+            self.notes += 1
+            self.log.info(self.event, waited_s=self.notes * WAIT_NOTE_S, timeout_s=self.timeout_s, **self.fields)
+
+
+def compressor_awaited(log, cfg: Config) -> Awaited:
+    """What a trainer waits for until the first subscription to its snapshots comes: its compressor."""
+    return Awaited(log, "compressor_waiting", cfg.supervisor.start_timeout_s,
+                   f"no compressor of run {cfg.run_id} subscribed to its snapshots; start the run's compressor "
+                   f"(hotprune compressor --run-dir {cfg.run_dir}, or hotprune run)")
+
+
 TRAJECTORY_BUFFER = 16 * 1024  # bytes of OS socket buffer at each end of a trajectory pipe
 
 
@@ -73,6 +117,18 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, ma
     if max_frame:
         sock.maxmsgsize = max_frame
     return sock
+
+
+def receive(sock: zmq.Socket, kind: str, cfg: Config, log) -> Message | None:
+    """The next message on `sock`, decoded strictly as a `kind` of this run; None, logged as
+    `message_rejected`, when it is not one."""
+    frames = sock.recv_multipart(copy=False)
+    try:
+        return decode([f.buffer for f in frames], run_id=cfg.run_id, kinds={kind},
+                      max_frame_bytes=cfg.transport.max_frame_bytes)
+    except MessageRejected as exc:
+        log.warning("message_rejected", reason=exc.reason, expected=kind)
+        return None
 
 
 def send_when_ready(sock: zmq.Socket, frames: list, keep_waiting: Callable[[], bool],

@@ -12,12 +12,15 @@ and watches them:
   restart intensity of Erlang/OTP supervisors, systemd's StartLimitBurst). A trainer or compressor
   comes back with `--resume`: the trainer from its checkpoint, the compressor with the run's masks.
   Workers re-attach to the store and run its newest version.
+- A child that exits with CONFIG_ERROR (2) refused to start as asked (a corrupt checkpoint, a file of
+  another run, a config.toml edited under its checkpoint, a peer that never came): restarting it would
+  only refuse again, so it is not; the run stops, and the child's own error line says why.
 - An exhausted budget, or the end of training, or SIGINT/SIGTERM, stops them all: SIGTERM, a grace
   period, SIGTERM again, another grace period, then SIGKILL. The store is unlinked last.
 
 Exit code: 0 when training completed and every process exited cleanly, 1 when a process failed for
-good (its restarts exhausted, or a clean exit before training ended), 128 + signal number when
-stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
+good (its restarts exhausted, or a clean exit before training ended), 2 when one refused, 128 + signal
+number when stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from hotprune.runs import cleanup, private, rundir, runlog
 from hotprune import eventlog
 from hotprune.roles import liveness
-from hotprune.roles.entry import die_with_parent
+from hotprune.roles.entry import CONFIG_ERROR, die_with_parent
 from hotprune.config import Config, ConfigError
 from hotprune.roles.process import load_run_config
 from hotprune.protocol.store_layout import segment_name
@@ -82,6 +85,7 @@ class Supervisor:
         self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo=False)  # hotprune.runs.view draws it
         self.children = process_table(cfg, self.run_dir)
         self.signal: int | None = None
+        self.refused: str | None = None  # the child that exited with CONFIG_ERROR
 
     @classmethod
     def resume(cls, run_dir: Path) -> "Supervisor":
@@ -102,6 +106,7 @@ class Supervisor:
         alive = cleanup.run_pids(run_dir)
         if alive:
             raise ConfigError(f"{run_dir} is still running (pid {', '.join(map(str, alive))})")
+        rundir.check_resume(cfg)  # every file it reads back, before anything is touched
         for path in cleanup.clean_run(run_dir):  # what the dead run left: its segment and socket files
             print(f"hotprune: removed {path}, left by the stopped run", file=sys.stderr)
         return cls(cfg, run_dir)
@@ -144,6 +149,8 @@ class Supervisor:
         failed = sorted(failed)
         if self.signal:
             outcome, code = f"stopped by {signal.Signals(self.signal).name}", 128 + self.signal
+        elif self.refused:
+            outcome, code = f"refused: {self.refused}", CONFIG_ERROR
         elif failed:
             outcome, code = "failed: " + ", ".join(failed), 1
         else:
@@ -202,8 +209,10 @@ class Supervisor:
         return True
 
     def _trainer_done(self) -> bool:
-        """The trainer said training is over (liveness.DONE): it is on its way out, however slowly."""
-        return any(c.name == "trainer" and c.listener and c.listener.done for c in self.children)
+        """The trainer exited 0, or said training is over (liveness.DONE): it is on its way out, however
+        slowly, and its control `stop` reaches the others."""
+        return any(c.name == "trainer" and (c.exitcode == 0 or c.listener and c.listener.done)
+                   for c in self.children)
 
     def _reap(self, child: Child) -> bool:
         """Record a child's exit once; True if it has exited."""
@@ -219,7 +228,10 @@ class Supervisor:
 
         A child exiting cleanly just before the trainer is the normal end: the trainer's `stop`
         reaches the others while it is still writing its summary. So a clean exit is only held
-        against the run if the trainer has not finished within the grace period.
+        against the run if the trainer has not finished within the grace period, and never once the
+        trainer has said its training is over (liveness.DONE). A trainer that said so is on its way
+        out and no longer pings: its silence is not a hang, and once every other child has stopped,
+        stop_all gives it the grace period (then SIGTERM, then SIGKILL) to exit.
         """
         clean_exit: tuple[str, float] | None = None  # (name, deadline)
         heartbeat = eventlog.Heartbeat(self.log, self.cfg.supervisor.heartbeat_s)
@@ -231,8 +243,13 @@ class Supervisor:
                         self._spawn(child)
                     continue
                 if not self._reap(child):
-                    self._hung(child)
+                    if not child.listener.done:
+                        self._hung(child)
                     continue
+                if child.exitcode == CONFIG_ERROR:  # a refusal, not a crash: it would refuse again
+                    self.log.error("process_refused", name=child.name, exitcode=child.exitcode)
+                    self.refused = child.name
+                    return child.name
                 if child.exitcode != 0 or child.hung:
                     if not self._crashed(child):
                         return child.name
@@ -240,15 +257,17 @@ class Supervisor:
                 if child.name == "trainer":
                     return None
                 clean_exit = clean_exit or (child.name, time.monotonic() + self.cfg.supervisor.stop_grace_s)
-            if clean_exit and time.monotonic() > clean_exit[1] and not self._trainer_done():
+            if self._trainer_done():
+                if all(c.exitcode is not None for c in self.children if c.name != "trainer"):
+                    return None
+            elif clean_exit and time.monotonic() > clean_exit[1]:
                 return clean_exit[0]
             time.sleep(POLL_S)
         return None
 
     def stop_all(self) -> list[str]:
         """Stop every child still running; returns those that had to be killed."""
-        trainer_done = any(c.name == "trainer" and c.exitcode == 0 for c in self.children)
-        if not trainer_done or self.signal:  # else the trainer's control `stop` is already on its way
+        if not self._trainer_done() or self.signal:  # else the trainer's control `stop` is already on its way
             self._signal_all(signal.SIGTERM)
         if not self._wait_all():
             self._signal_all(signal.SIGTERM)

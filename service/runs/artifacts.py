@@ -6,6 +6,15 @@ rebuild the actor with `load_policy`. Each file's metadata says what it holds (r
 version, epoch, structure, ...), so a loader can refuse a policy for another environment. Files are
 written to a temporary name and renamed: a reader never sees half a file.
 
+Nothing corrupt is trusted. Every file `save` writes carries in its metadata a `checksum`: sha256 over
+its tensors (`digest`: name, dtype, shape and raw bytes, in name order), and every file `load` reads is
+checked against it; a float tensor with a NaN or an infinity is refused too. A file without a checksum
+(written before hotprune kept one, or by other tools: a hand-made mask or init file) is read with a
+warning line on stderr. A run's own files (checkpoint, masks, policy, ...) also carry its `run_uid`, a
+random id made with its directory and kept in its config.toml (run ids repeat across runs directories:
+the uid does not): `load_kept` refuses a file of another run, or one of this run without a checksum. A
+run made before uids existed has none (run_uid "" in its config): its files are read by run id, as then.
+
     runs/<id>/policy.safetensors    the pruned actor (pruned weights exactly 0, or physically smaller
                                     for neuron pruning): after every compression and at the end
     runs/<id>/masks.safetensors     the keep-masks (bool, dense shapes) of the last compression
@@ -17,8 +26,10 @@ written to a temporary name and renamed: a reader never sees half a file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -29,6 +40,7 @@ import safetensors.numpy
 from hotprune.runs import private
 
 if TYPE_CHECKING:
+    from hotprune.config import Config
     from hotprune.learning.policy import Actor
 
 
@@ -37,19 +49,33 @@ MASKS = "masks.safetensors"
 INITIAL = "initial.safetensors"
 CHECKPOINT = "checkpoint.safetensors"  # the trainer's, to resume from (hotprune.learning.checkpoints)
 PROGRESS = "progress.csv"
+CHECKSUM = "checksum"  # metadata: "sha256:<hex>" of the file's tensors (digest)
+RUN_UID = "run_uid"  # metadata: the run that kept the file (Config.run_uid)
 
 
 class ArtifactError(ValueError):
     """A file is missing, not a hotprune tensor file, or not for this environment."""
 
 
+def digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """sha256 over the tensors in name order: each one's name, dtype, shape and raw bytes (C order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+
 def save(path: Path, tensors: Mapping[str, np.ndarray], **meta: Any) -> None:
-    """Write tensors and JSON-encoded metadata atomically."""
+    """Write tensors and JSON-encoded metadata atomically, with their checksum (any given is replaced:
+    a file read, changed and written again gets its new tensors' own)."""
     path = Path(path)
     if path.is_dir():
         raise ArtifactError(f"{path} is a directory; give a file name")
     tmp = path.with_name(f".{path.name}.tmp")
     arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    meta = {**meta, CHECKSUM: digest(arrays)}
     try:
         safetensors.numpy.save_file(arrays, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
         os.replace(tmp, path)
@@ -60,7 +86,81 @@ def save(path: Path, tensors: Mapping[str, np.ndarray], **meta: Any) -> None:
 
 
 def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Tensors and metadata of a file `save` wrote."""
+    """Tensors and metadata of a file `save` wrote, verified (ArtifactError if corrupt); one without a
+    checksum is read with a warning line."""
+    tensors, meta = _verified(Path(path))
+    if CHECKSUM not in meta:
+        _warn_unverified(Path(path))
+    return tensors, meta
+
+
+def load_kept(path: Path, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A file run `cfg` kept and now reads back, verified and refused unless it is this run's: its
+    run uid (or, in a run made before uids, its run id) is the run's, and it has a checksum."""
+    path = Path(path)
+    tensors, meta = _verified(path)
+    if not cfg.run_uid:  # a run from before uids: its files have neither uid nor, maybe, checksum
+        if meta.get("run_id") != cfg.run_id:
+            raise ArtifactError(f"{path} is a file of run_id {meta.get('run_id')!r}, not {cfg.run_id!r}")
+        if CHECKSUM not in meta:
+            _warn_unverified(path)
+    elif meta.get(RUN_UID) != cfg.run_uid:
+        raise ArtifactError(f"{path} belongs to another run (run uid {meta.get(RUN_UID) or 'none'}), not to "
+                            f"this one (run uid {cfg.run_uid}, in its config.toml): refused")
+    elif CHECKSUM not in meta:
+        raise ArtifactError(f"{path} has no checksum, which every file of this run has: refused")
+    return tensors, meta
+
+
+def run_meta(cfg: Config) -> dict[str, Any]:
+    """What every file a run keeps says about the run: its id and uid, environment (with env_kwargs,
+    env_wrappers and env_dir where set: what eval and load_policy need to make it again), algorithm and model."""
+    from hotprune.envs import EnvSource
+
+    return {"run_id": cfg.run_id, RUN_UID: cfg.run_uid, "env_id": cfg.env_id, **EnvSource.of(cfg).meta(),
+            "algorithm": cfg.algorithm, "hidden_sizes": cfg.algo.hidden_sizes}
+
+
+# What a checkpoint's tensors mean depends on these settings (Config attributes, dotted for sections):
+# resumed with one of them edited in config.toml, they would be loaded into another model, or masks into
+# a model that keeps none. `check_checkpoint` refuses that.
+CHECKPOINT_SETTINGS = ("env_id", "algorithm", "algo.hidden_sizes", "prune_training_model", "normalize_obs",
+                       "normalize_reward", "pruning.method", "pruning.structure", "pruning.targets",
+                       "pruning.prune_output_layer")
+
+
+def checkpoint_settings(cfg: Config) -> dict[str, Any]:
+    """The values of CHECKPOINT_SETTINGS in run `cfg`: what its checkpoints record."""
+    def value(key: str) -> Any:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    return {key: value(key) for key in CHECKPOINT_SETTINGS}
+
+
+def check_checkpoint(path: Path, meta: Mapping[str, Any], cfg: Config) -> None:
+    """A checkpoint of run `cfg` (load_kept) can be resumed under the settings its config.toml holds now:
+    it was written under the same CHECKPOINT_SETTINGS (a checkpoint from before they were recorded: the
+    same environment, model and algorithm) and at an epoch within the run's length."""
+    now = checkpoint_settings(cfg)
+    recorded = meta.get("settings") or {"algorithm": meta.get("algorithm", "ppo"), "env_id": meta.get("env_id"),
+                                        "algo.hidden_sizes": meta.get("hidden_sizes")}
+    for key, then in recorded.items():
+        if key in now and then is not None and now[key] != then:
+            shown = key.replace("algo.", f"{cfg.algorithm}.")  # the key as config.toml spells it
+            raise ArtifactError(f"{cfg.run_dir / 'config.toml'} was edited: {shown} is {json.dumps(now[key])}, but the "
+                                f"checkpoint {path} was trained with {json.dumps(then)} (a run resumes with the "
+                                "settings it started with; start a new run for others)")
+    epoch = meta.get("epoch", 0)
+    if epoch > cfg.total_epochs:
+        raise ArtifactError(f"{cfg.run_dir / 'config.toml'} says {cfg.total_epochs} epochs (epochs or total_steps), "
+                            f"but the checkpoint {path} is at epoch {epoch}: a run cannot be resumed shorter than "
+                            f"it has trained (set epochs >= {epoch})")
+
+
+def _verified(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         with safetensors.safe_open(str(path), "np") as f:
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
@@ -69,7 +169,22 @@ def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise ArtifactError(f"{path} does not exist") from None
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path} is not a hotprune tensor file ({type(exc).__name__})") from None
+    if CHECKSUM in meta and meta[CHECKSUM] != digest(tensors):
+        raise ArtifactError(f"{path} is corrupt: its tensors do not match the checksum it was written with")
+    for name, a in tensors.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise ArtifactError(f"{path}: {name} holds non-finite values (NaN or infinity)")
     return tensors, meta
+
+
+_warned: set[Path] = set()  # one warning per file and process: the same file is read at several places
+
+
+def _warn_unverified(path: Path) -> None:
+    if path.resolve() not in _warned:
+        _warned.add(path.resolve())
+        print(f"hotprune: warning: {path} has no checksum (written before hotprune kept one, or by another tool): "
+              "read unverified", file=sys.stderr)
 
 
 def read_policy(path: str | Path, env_id: str | None = None) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:

@@ -133,10 +133,18 @@ def _compression_finished(e: dict) -> str:
             f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms")
 
 
-def _store_waiting(e: dict) -> str:
-    who = f"[worker-{e['worker_id']}]"
-    return (f"{who} waiting for the weight store of run {e['run_id']}\n"
+def _waiting(e: dict, who: str, what: str) -> str:
+    """A process started by hand waits for its compressor (the weight store it makes, or its subscription)."""
+    return (f"{who} waiting for {what} of run {e['run_id']}\n"
             f"{who}   {e['waited_s']:.0f} s of {e['timeout_s']:.0f} s: start the run's compressor (or hotprune run)")
+
+
+def _store_waiting(e: dict) -> str:
+    return _waiting(e, f"[worker-{e['worker_id']}]", "the weight store")
+
+
+def _compressor_waiting(e: dict) -> str:
+    return _waiting(e, "[trainer]", "the compressor")
 
 
 def _process(e: dict) -> str:
@@ -156,6 +164,7 @@ FORMATS: dict[str, Callable[[dict], str | None]] = {
     "pruning_planned": _pruning_planned,
     "compression_finished": _compression_finished,
     "store_waiting": _store_waiting,
+    "compressor_waiting": _compressor_waiting,
     "summary": _summary,
     "process_started": _process,
     "process_exited": _process,

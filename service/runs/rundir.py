@@ -15,13 +15,15 @@ import re
 import shutil
 import socket
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from hotprune.protocol import store_layout as layout
 from hotprune.protocol.endpoints import SOCKETS, socket_dir
-from hotprune.runs import cleanup, metrics, private
+from hotprune.runs import artifacts, cleanup, metrics, private, tickets
+from hotprune.runs.artifacts import CHECKPOINT, MASKS, POLICY
 from hotprune.comms import curve
 from hotprune.actor_spec import actor_shapes
 from hotprune.algorithms import actor_kind
@@ -83,8 +85,23 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
             curve.generate(keys)
         curve.load(keys)  # a bad copied-in set fails here, before any process starts
     private.make_dirs(run_dir / "logs", private.SHARED_DIR)
+    cfg.run_uid = uuid.uuid4().hex  # this run's own, whatever the settings said: a copied config.toml carries one
     private.write_text(run_dir / "config.toml", to_toml(cfg))
     return run_dir
+
+
+def check_resume(cfg: Config) -> None:
+    """Before a stopped run goes on, every file it reads back is verified: its checkpoint, masks and
+    policy are this run's (its uid), not corrupt and finite (hotprune.runs.artifacts.load_kept); its
+    checkpoint fits the settings config.toml holds now and its epochs (check_checkpoint); its mask and
+    init files are usable (hotprune.runs.tickets.check). ArtifactError, one line, if not."""
+    for name in (CHECKPOINT, MASKS, POLICY):
+        path = cfg.run_dir / name
+        if path.exists():
+            _, meta = artifacts.load_kept(path, cfg)
+            if name == CHECKPOINT:
+                artifacts.check_checkpoint(path, meta, cfg)
+    tickets.check(cfg)
 
 
 def discard(run_dir: Path, made: bool) -> None:
@@ -140,7 +157,7 @@ WORKERS_PER_CORE = 4  # more inference workers than this per core only fight ove
 
 def store_slot_size(cfg: Config) -> int:
     """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
-    shapes = actor_shapes(env_spec(EnvSource.of(cfg)), cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    shapes = actor_shapes(env_spec(EnvSource.of(cfg)), cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
     return layout.payload_size({n: np.zeros(shape, np.float32) for n, shape in shapes.items()})
 
 
@@ -150,7 +167,7 @@ def largest_frame(cfg: Config) -> int:
     mode the observations a snapshot ships for distilling."""
     spec = env_spec(EnvSource.of(cfg))
     obs_dim = spec.obs_dim
-    shapes = actor_shapes(spec, cfg.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    shapes = actor_shapes(spec, cfg.algo.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
     weight = max(math.prod(shape) for shape in shapes.values()) * 4
     chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * obs_dim * 4
     distill_obs = min(cfg.pruning.distill_samples, cfg.epoch_samples) * obs_dim * 4 if cfg.distills else 0

@@ -3,8 +3,9 @@
 One reader for everything that looks at finished (or running) runs: `hotprune diagnose`, `show`,
 `list`, `report`, the console (`Tail`: the events logged since the last read), hotprune.api and
 the tests. The trainer's events are read as the run's history: after a trainer resumed from a
-checkpoint, the lines of the epochs it redid replace those of the trainer before it. A missing directory, a directory that is not a run, or a run with no logs yet raise
-RunError with one line that says which.
+checkpoint, the lines of the epochs it redid replace those of the trainer before it. A missing
+directory, a directory that is not a run, or a run with no logs yet raise RunError with one line that
+says which.
 
 The reader is total: whatever a log file holds, reading it returns events or counts what it could
 not read, and never raises. A line is read only if it is UTF-8, one JSON object (nested at most as

@@ -1,4 +1,5 @@
-"""The files a run can start from, read and checked without torch: a mask file and an init file.
+"""The files a run can start from, read and checked without torch: a mask file and an init file; and
+the names of the files a dense run keeps for its tickets (`weights/epoch-K.safetensors`, `transitions.safetensors`).
 
 `pruning.mask_file` holds keep-masks (bool, True = kept, dense shapes) named `actor.<name>` and
 `critic.<name>` (`hotprune lth create-mask` writes them); `init_file` holds starting weights (float32)
@@ -11,13 +12,16 @@ and a mask file masks the twins only (each target keeps its critic's mask).
 
 Checked before anything starts (the CLI calls `check` before it makes the run directory, and the
 trainer and the compressor read the files through the same functions): the file exists and is a
-tensor file, is for the run's environment, names only tensors the model has, in the model's shapes
-and the right dtype, and a mask keeps at least one entry of every tensor. Each failure is one line
+tensor file, not corrupt (its checksum) and finite (hotprune.runs.artifacts.load), is for the run's
+environment, names only tensors the model has, in the model's shapes and the right dtype, and a mask
+keeps at least one entry of every tensor. These files come from other runs by design (a ticket trains
+on a dense run's masks and weights): their run uid is not checked. Each failure is one line
 (ArtifactError). The compressor imports no torch, nor does this module.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +35,27 @@ from hotprune.envs import EnvSource, env_spec
 from hotprune.pruning.engine import Masks, masked_stats, prunable_names
 
 PARTS = ("actor", "critic")
-# A dense run that keeps what tickets need (hotprune lth train-dense; under the user's settings): the weights
-# every 10 epochs (epoch 0: the rewind point), the last 8 epochs' transitions (2,048 samples of CartPole's preset).
-TRAIN_DENSE = ["pruning.method=none", "keep_weights_every=10", "keep_transitions=8"]
 Parts = dict[str, dict[str, np.ndarray]]  # "actor" / "critic" -> name -> array
+# What a dense run keeps for its tickets (the trainer writes them: hotprune.roles.trainer.lottery)
+WEIGHTS_DIR = "weights"
+TRANSITIONS = "transitions.safetensors"
+_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.safetensors$")
+
+
+def weights_path(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / WEIGHTS_DIR / f"epoch-{epoch}.safetensors"
+
+
+def kept_epochs(run_dir: Path) -> list[int]:
+    """The epochs whose weights a run kept, in order."""
+    folder = Path(run_dir) / WEIGHTS_DIR
+    found = [_EPOCH_FILE.match(p.name) for p in folder.iterdir()] if folder.is_dir() else []
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec, hidden = env_spec(EnvSource.of(cfg)), cfg.hidden_sizes
+    spec, hidden = env_spec(EnvSource.of(cfg)), cfg.algo.hidden_sizes
     return {"actor": actor_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm),
             "critic": critic_shapes(spec, hidden, cfg.normalize_obs, cfg.algorithm)}
 
@@ -51,7 +67,7 @@ def joined(parts: Parts) -> dict[str, np.ndarray]:
 
 def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
     """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
-    env_id, hidden_sizes = cfg.env_id, cfg.hidden_sizes
+    env_id, hidden_sizes = cfg.env_id, cfg.algo.hidden_sizes
     try:
         tensors, meta = artifacts.load(Path(path))
     except ArtifactError as exc:
@@ -92,11 +108,7 @@ def read_masks(cfg) -> tuple[Parts, dict]:
 
 def read_init(cfg) -> tuple[Parts, dict]:
     """init_file's starting weights by part, and its metadata."""
-    parts, meta = read(cfg.init_file, "init file", cfg, "float32")
-    for key, array in joined(parts).items():
-        if not np.isfinite(array).all():
-            raise ArtifactError(f"init file {cfg.init_file}: {key} is not finite")
-    return parts, meta
+    return read(cfg.init_file, "init file", cfg, "float32")  # finite: artifacts.load refuses NaN and infinity
 
 
 def check(cfg) -> None:

@@ -1,0 +1,37 @@
+"""The run's learner built from its config: the algorithm's own section (`cfg.algo`), the run's length and
+whether observations are normalised, given by name. A learner (hotprune.learning.ppo.Learner,
+hotprune.learning.sac.Learner) never sees the whole config, so it reads its own hyperparameters only."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hotprune.algorithms import ALGORITHMS
+
+if TYPE_CHECKING:
+    import torch
+
+    from hotprune.config import Config
+    from hotprune.envs import EnvSpec
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long the run is: PPO anneals its learning rate over its epochs, SAC sizes its replay buffer by its
+    samples."""
+
+    epochs: int  # updates
+    epoch_samples: int  # env samples each update takes in
+
+    @property
+    def samples(self) -> int:
+        return self.epochs * self.epoch_samples
+
+
+def make_learner(cfg: Config, spec: EnvSpec, generator: torch.Generator):
+    """The `Learner` of the run's algorithm (its module imports torch)."""
+    module = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}")
+    return module.Learner(spec, cfg.algo, RunLength(cfg.total_epochs, cfg.epoch_samples), generator,
+                          normalize_obs=cfg.normalize_obs)
