@@ -27,6 +27,8 @@ _PUBLIC = {
     "Experiments": "hotprune.api",
     "load_policy": "hotprune.policy_api",
     "Policy": "hotprune.policy_api",
+    "import_policy": "hotprune.commands.import_checkpoint",
+    "Imported": "hotprune.commands.import_checkpoint",
     "ArtifactError": "hotprune.runs.artifacts",
     "RunError": "hotprune.runs.runlog",
 }

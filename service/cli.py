@@ -17,6 +17,8 @@
     hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S] [--video OUT.mp4]
     hotprune export     RUN_DIR --format state_dict|torch-prune|masks|onnx|torchscript [--out FILE]
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
+    hotprune import     sb3|cleanrl FILE --env ENV_ID [--out FILE]
+                                                                an SB3 or CleanRL PPO model as a policy file
     hotprune experiments --experiment NAME [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
                          [--eval-episodes N]
     hotprune keys       DIR                                     a CURVE key set for tcp runs across hosts
@@ -42,7 +44,7 @@ PROCESSES = {
 # The commands that run a torch model. The others (the supervisor, the compressor and the workers above
 # all: every process of a run starts at once, and each torch import is over a second of CPU) never load
 # torch, so they need no thread setting (a worker limits its numpy to one thread itself).
-TORCH_COMMANDS = {"trainer", "eval", "export", "experiments", "report"}
+TORCH_COMMANDS = {"trainer", "eval", "export", "experiments", "report", "import"}
 
 
 # The keys people type most, as options of their own.
@@ -167,6 +169,14 @@ def _main(argv: list[str]) -> int:
                         "extra) | torchscript")
     export.add_argument("--out", type=Path, help="default: export_<format>.safetensors (.onnx, .pt) in the run "
                         "directory")
+    importing = sub.add_parser("import", help="write a PPO policy trained by Stable-Baselines3 (its model zip) or "
+                               "CleanRL (a .cleanrl_model) as a hotprune policy file, which init_file starts a run "
+                               "from; nothing in it is unpickled")
+    importing.add_argument("kind", choices=("sb3", "cleanrl"))
+    importing.add_argument("file", type=Path)
+    importing.add_argument("--env", required=True, metavar="ENV_ID",
+                           help="the environment it was trained on (neither file names it)")
+    importing.add_argument("--out", type=Path, help="default: FILE with the suffix .safetensors")
     plots = sub.add_parser("report", help="PNG plots of runs, overlaid (needs matplotlib: the plots extra)")
     plots.add_argument("run_dirs", type=Path, nargs="+")
     plots.add_argument("--out", type=Path, help="default: report/ in the (first) run directory")
@@ -216,6 +226,8 @@ def _main(argv: list[str]) -> int:
             return module.main(rest)
         if args.command in ("diagnose", "show", "list", "eval", "export", "report", "experiments"):
             return _inspect(args)
+        if args.command == "import":
+            return _import(args)
         if args.command == "keys":
             from hotprune.comms import curve
 
@@ -426,6 +438,18 @@ def _experiments(experiment: str, args: argparse.Namespace) -> int:
         print(f"hotprune experiments: {grid.failed} run(s) failed; their console output is in console.txt "
               "in their run directories", file=sys.stderr)
     return 1 if grid.failed else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from hotprune.commands.import_checkpoint import import_policy
+
+    imported = import_policy(args.file, args.kind, args.env, args.out)
+    print(imported.path)
+    if not imported.critic:
+        print("its value network has other widths than its policy network: the file holds the actor alone, "
+              "a run's critic starts fresh")
+    print(f"start a run from it: {imported.command()}")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -85,6 +85,8 @@ def test_aliases_are_overrides_of_the_keys_people_type_most_in_command_line_orde
     (["run", "--resume", "runs/x", "--seed", "3"], "run: error: --resume continues a run with its own config"),
     (["init", "--config", "/nonexistent/my.toml"], "init: error: config file /nonexistent/my.toml does not exist"),
     (["show", "/nonexistent/run"], "show: error: /nonexistent/run is not a directory"),
+    (["import", "sb3", "/nonexistent/m.zip"], "import: error: the following arguments are required: --env"),
+    (["import", "cleanrl", "/nonexistent/m", "--env", "CartPole-v1"], "import: error: /nonexistent/m does not exist"),
 ])
 def test_every_subcommand_fails_with_its_name_a_line_and_exit_2(capsys, argv, error):
     code, _, err = hotprune(capsys, *argv)

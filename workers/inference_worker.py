@@ -30,8 +30,8 @@ from hotprune import eventlog
 from hotprune.actor_spec import actor_spec
 from hotprune.config import Config, ConfigError
 from hotprune.envs import EnvSource, clip_actions, env_spec, make_vector_env
-from hotprune.roles.process import TRAJECTORY_BUFFER, WAIT_NOTE_S, StopFlag, run_dir_parser, send_when_ready, \
-    socket, start
+from hotprune.roles.process import TRAJECTORY_BUFFER, WAIT_NOTE_S, StopFlag, role_process, send_when_ready, \
+    socket
 from hotprune.pruning.engine import prunable_names, sparsity_of_counts
 from hotprune.comms.curve import SocketSecurity
 from hotprune.protocol.store_layout import segment_name
@@ -316,14 +316,9 @@ class InferenceWorker:
         return 0 if self.stopping else self.stop.exit_code()  # ended by the run's `stop`, or by a signal
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = run_dir_parser("worker", "steps environments with the newest pruned policy")
-    parser.add_argument("--index", type=int, default=0, help="worker index, 0 .. num_workers-1")
-    args = parser.parse_args(argv)
-    cfg, stop = start(args.run_dir)
-    worker = InferenceWorker(cfg, args.index, stop)
-    with eventlog.crashes_logged(worker.log):
-        return worker.run()
+main = role_process("worker", "steps environments with the newest pruned policy",
+                    lambda cfg, stop, args: InferenceWorker(cfg, args.index, stop),
+                    (("--index",), {"type": int, "default": 0, "help": "worker index, 0 .. num_workers-1"}))
 
 
 if __name__ == "__main__":

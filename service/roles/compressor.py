@@ -30,7 +30,7 @@ from hotprune import eventlog
 from hotprune.actor_spec import OBS_NORM, actor_spec
 from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
-from hotprune.roles.process import StopFlag, run_dir_parser, send_when_ready, socket, start
+from hotprune.roles.process import StopFlag, role_process, send_when_ready, socket
 from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, \
     pruner_for, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
@@ -334,14 +334,10 @@ class Compressor:
         return 0 if self.stopping else self.stop.exit_code()  # ended by the run's `stop`, or by a signal
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = run_dir_parser("compressor", "prunes snapshots into the shared weight store")
-    parser.add_argument("--resume", action="store_true", help="take up the masks of the run's last compression")
-    args = parser.parse_args(argv)
-    cfg, stop = start(args.run_dir)
-    role = Compressor(cfg, stop, args.resume)
-    with eventlog.crashes_logged(role.log):
-        return role.run()
+main = role_process("compressor", "prunes snapshots into the shared weight store",
+                    lambda cfg, stop, args: Compressor(cfg, stop, args.resume),
+                    (("--resume",), {"action": "store_true",
+                                     "help": "take up the masks of the run's last compression"}))
 
 
 if __name__ == "__main__":

@@ -9,20 +9,35 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
+from hotprune import eventlog
 from hotprune.config import Config, load_config
 from hotprune.runs import private
 from hotprune.protocol.codec import Message, MessageRejected, decode
 
 
-def run_dir_parser(role: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"hotprune {role}", description=description)
-    parser.add_argument("--run-dir", required=True, type=Path,
-                        help="run directory made by `hotprune init` or `hotprune run`")
-    return parser
+def role_process(role: str, description: str, make: Callable[[Config, "StopFlag", argparse.Namespace], Any],
+                 *arguments: tuple[tuple[str, ...], dict]) -> Callable[[list[str] | None], int]:
+    """A role's `main(argv)`, the same for every process: `--run-dir` and the role's own `arguments`
+    ((flags, add_argument keywords) pairs), the run's config and stop flag (`start`), then `make`'s role
+    run with a crash written into its own log. Its exit code is the role's."""
+
+    def main(argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(prog=f"hotprune {role}", description=description)
+        parser.add_argument("--run-dir", required=True, type=Path,
+                            help="run directory made by `hotprune init` or `hotprune run`")
+        for flags, options in arguments:
+            parser.add_argument(*flags, **options)
+        args = parser.parse_args(argv)
+        cfg, stop = start(args.run_dir)
+        process = make(cfg, stop, args)
+        with eventlog.crashes_logged(process.log):
+            return process.run()
+
+    return main
 
 
 def load_run_config(run_dir: Path) -> Config:

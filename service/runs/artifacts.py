@@ -163,7 +163,7 @@ def check_checkpoint(path: Path, meta: Mapping[str, Any], cfg: Config) -> None:
 def _verified(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         with safetensors.safe_open(str(path), "np") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            meta = {k: _meta_value(v) for k, v in (f.metadata() or {}).items()}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist") from None
@@ -187,18 +187,31 @@ def _warn_unverified(path: Path) -> None:
               "read unverified", file=sys.stderr)
 
 
+def _meta_value(text: str) -> Any:
+    """A metadata value: JSON, as `save` writes it; a value that is not JSON is the plain string it is
+    (a file written by other code: `env_id=CartPole-v1`, not `env_id="CartPole-v1"`)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth (a crafted file)
+        return text
+
+
 def read_policy(path: str | Path, env_id: str | None = None) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
-    """A policy file's path, tensors and metadata (a run directory means its policy.safetensors).
-    With `env_id`, a policy trained on another environment is refused."""
+    """A policy file's path, its actor's tensors and its metadata (a run directory means its
+    policy.safetensors). With `env_id`, a policy trained on another environment is refused."""
     path = Path(path)
     if path.is_dir():
         path = path / POLICY
     tensors, meta = load(path)
-    if "env_id" not in meta or "discrete" not in meta:
-        raise ArtifactError(f"{path} is not a hotprune policy (no env_id / discrete in its metadata)")
+    missing = [key for key in ("env_id", "discrete") if key not in meta]
+    if missing:
+        raise ArtifactError(f"{path} is not a hotprune policy: its metadata lacks {' and '.join(missing)} "
+                            "(expected e.g. env_id=CartPole-v1 and discrete=true)")
     if env_id is not None and meta["env_id"] != env_id:
         raise ArtifactError(f"{path} is a policy for {meta['env_id']}, not {env_id}")
-    return path, tensors, meta
+    # the actor's part: an init file's `actor.<name>` are its tensors too, its `critic.<name>` are not
+    actor = {name.removeprefix("actor."): a for name, a in tensors.items() if not name.startswith("critic.")}
+    return path, actor, meta
 
 
 def load_policy(path: str | Path, env_id: str | None = None) -> tuple[Actor, dict[str, Any]]:

@@ -13,10 +13,12 @@ and a mask file masks the twins only (each target keeps its critic's mask).
 Checked before anything starts (the CLI calls `check` before it makes the run directory, and the
 trainer and the compressor read the files through the same functions): the file exists and is a
 tensor file, not corrupt (its checksum) and finite (hotprune.runs.artifacts.load), is for the run's
-environment, names only tensors the model has, in the model's shapes and the right dtype, and a mask
-keeps at least one entry of every tensor. These files come from other runs by design (a ticket trains
-on a dense run's masks and weights): their run uid is not checked. Each failure is one line
-(ArtifactError). The compressor imports no torch, nor does this module.
+environment (and, where its metadata names an activation, as `hotprune import`'s files do, for the
+run's activation), names only tensors the model has (else the error lists the names it has), in the
+model's shapes and the right dtype, and a mask keeps at least one entry of every tensor. These files
+come from other runs by design (a ticket trains on a dense run's masks and weights): their run uid is
+not checked. Each failure is one line (ArtifactError). The compressor imports no torch, nor does this
+module.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from hotprune.runs import artifacts
 from hotprune.actor_spec import actor_shapes, critic_shapes
+from hotprune.algorithms import actor_kind
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.envs import EnvSource, env_spec
 from hotprune.pruning.engine import Masks, masked_stats, prunable_names
@@ -72,18 +75,25 @@ def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
         tensors, meta = artifacts.load(Path(path))
     except ArtifactError as exc:
         raise ArtifactError(f"{what} {exc}") from None
-    if meta.get("env_id") != env_id:
-        found = f"for {meta['env_id']}" if "env_id" in meta else "without an env_id in its metadata"
-        raise ArtifactError(f"{what} {path} is {found}, not for this run's {env_id}")
+    if "env_id" not in meta:
+        raise ArtifactError(f"{what} {path} has no env_id in its metadata: expected env_id={env_id} (this run's)")
+    if meta["env_id"] != env_id:
+        raise ArtifactError(f"{what} {path} is for {meta['env_id']}, not for this run's {env_id}")
     if not tensors:
         raise ArtifactError(f"{what} {path} holds no tensors")
+    activation = actor_kind(cfg.algorithm, env_spec(env_id).discrete).activation
+    if meta.get("activation", activation) != activation:  # files of runs name none: their algorithm's
+        raise ArtifactError(f"{what} {path} holds a {meta['activation']} network, this run's {cfg.algorithm} "
+                            f"networks are {activation}")
     shapes = model_shapes(cfg)
     parts: Parts = {part: {} for part in PARTS}
     for key, array in tensors.items():
         part, _, name = key.partition(".") if key.split(".", 1)[0] in PARTS else ("actor", "", key)
         if name not in shapes[part]:
+            expected = ", ".join(joined(shapes))
             raise ArtifactError(f"{what} {path} holds {key}, which this run's {cfg.algorithm} {part} (hidden sizes "
-                                f"{hidden_sizes}) does not have")
+                                f"{hidden_sizes}) does not have; expected names: {expected} (actor.<name> may "
+                                "be written <name>)")
         if tuple(array.shape) != shapes[part][name]:
             raise ArtifactError(f"{what} {path}: {key} has shape {tuple(array.shape)}, this run's {part} "
                                 f"(hidden sizes {hidden_sizes}) has {shapes[part][name]}")

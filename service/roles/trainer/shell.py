@@ -43,7 +43,7 @@ from hotprune.learning.learners import make_learner
 from hotprune.learning.policy import actor_arrays
 from hotprune.protocol.codec import Encoder
 from hotprune.pruning.schedule import Schedule, plan
-from hotprune.roles.process import StopFlag, compressor_awaited, run_dir_parser, start
+from hotprune.roles.process import StopFlag, compressor_awaited, role_process
 from hotprune.roles.trainer.collection import Collected, Collection, WorkerReports
 from hotprune.roles.trainer.lottery import Keeper, load_initial
 from hotprune.roles.trainer.mask_intake import MaskIntake
@@ -240,11 +240,6 @@ class Trainer:
         return {**artifacts.run_meta(self.cfg), "discrete": self.spec.discrete, **extra}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = run_dir_parser("trainer", "learner (PPO or SAC) that publishes weight snapshots")
-    parser.add_argument("--resume", action="store_true", help="go on from the run's checkpoint")
-    args = parser.parse_args(argv)
-    cfg, stop = start(args.run_dir)
-    role = Trainer(cfg, stop, args.resume)
-    with eventlog.crashes_logged(role.log):
-        return role.run()
+main = role_process("trainer", "learner (PPO or SAC) that publishes weight snapshots",
+                    lambda cfg, stop, args: Trainer(cfg, stop, args.resume),
+                    (("--resume",), {"action": "store_true", "help": "go on from the run's checkpoint"}))
