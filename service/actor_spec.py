@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from hotprune import spaces
 from hotprune.algorithms import actor_kind
-from hotprune.envs import EnvSpec, action_space, env_spec, spec_of
+from hotprune.envs import EnvSource, EnvSpec, action_space, env_spec, spec_of
 
 if TYPE_CHECKING:
     from hotprune.config import Config
@@ -91,6 +91,6 @@ def policy_spec(meta: Mapping[str, Any]) -> EnvSpec:
     """The env spec a policy file's metadata describes (`policy_metadata`); for a file from before it
     said so, its environment's (made to read its spaces)."""
     if "observation_space" not in meta:
-        return env_spec(meta["env_id"])
+        return env_spec(EnvSource.from_meta(meta))
     return spec_of(meta["env_id"], spaces.from_description(meta["observation_space"]),
                    spaces.from_description(meta["action_space"]))

@@ -15,7 +15,7 @@
     hotprune list       [RUNS_DIR]                              one line per run
     hotprune clean      [RUNS_DIR]                              remove what dead runs left: segments, sockets
     hotprune eval       RUN_DIR|POLICY [--episodes N] [--deterministic] [--seed S] [--video OUT.mp4]
-    hotprune export     RUN_DIR --format state_dict|torch-prune|masks [--out FILE]
+    hotprune export     RUN_DIR --format state_dict|torch-prune|masks|onnx|torchscript [--out FILE]
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
     hotprune import     sb3|cleanrl FILE --env ENV_ID [--out FILE]
                                                                 an SB3 or CleanRL PPO model as a policy file
@@ -162,10 +162,13 @@ def _main(argv: list[str]) -> int:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--video", type=Path, help="write the first episode to this mp4 (needs the video extra)")
     evaluate.add_argument("--env", help="refuse a policy trained on another environment than this id")
-    export = sub.add_parser("export", help="write a run's pruned policy for other code (safetensors)")
+    export = sub.add_parser("export", help="write a run's pruned policy for other code (safetensors; ONNX or "
+                                           "TorchScript: its deterministic action)")
     export.add_argument("run_dir", type=Path)
-    export.add_argument("--format", default="state_dict", help="state_dict | torch-prune | masks")
-    export.add_argument("--out", type=Path, help="default: export_<format>.safetensors in the run directory")
+    export.add_argument("--format", default="state_dict", help="state_dict | torch-prune | masks | onnx (the onnx "
+                        "extra) | torchscript")
+    export.add_argument("--out", type=Path, help="default: export_<format>.safetensors (.onnx, .pt) in the run "
+                        "directory")
     importing = sub.add_parser("import", help="write a PPO policy trained by Stable-Baselines3 (its model zip) or "
                                "CleanRL (a .cleanrl_model) as a hotprune policy file, which init_file starts a run "
                                "from; nothing in it is unpickled")

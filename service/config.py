@@ -103,8 +103,8 @@ def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), low: i
     `hotprune run --help` and the README's table are generated from it (`settings()`), and so are
     the checks of its value."""
     metadata = {"help": meaning, "allowed": Allowed(tuple(choices), low, high, low_open, high_open, checks)}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -113,6 +113,10 @@ def _positive_sizes(sizes: list[int]) -> bool:
 
 
 POSITIVE_SIZES = ((_positive_sizes, "must be positive sizes"),)
+
+
+def _is_wrapper(name: str) -> bool:
+    return re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name) is not None
 
 
 def _file_name_chars(run_id: str) -> bool:
@@ -303,8 +307,18 @@ class SupervisorConfig:
 class Config:
     env_id: str = setting("CartPole-v1", "any gymnasium id with Discrete or flat Box actions and observations that "
                                          "flatten: Box, Discrete (one-hot), MultiBinary, MultiDiscrete, a Dict or "
-                                         "Tuple of them (no images yet)",
+                                         "Tuple of them (no images yet); module:EnvName-vN imports module (from "
+                                         "env_dir) first, as gymnasium does",
                           checks=((bool, "must name a gymnasium environment"),))
+    env_kwargs: dict = setting({}, "keyword arguments of the environment's constructor, a table: {size = 8}, or "
+                                   "--set env_kwargs.size=8")
+    env_wrappers: list[str] = setting([], "module:callable wrappers applied to each environment in this order "
+                                          "(RL Zoo's env_wrapper), e.g. gymnasium.wrappers:FlattenObservation",
+                                      checks=((lambda names: all(_is_wrapper(n) for n in names),
+                                               "must be module:callable names"),))
+    env_dir: str = setting("", "the directory a module:EnvName-vN id's module and the wrappers' modules are "
+                               "imported from, in every process; empty: the directory the run is started in "
+                               "(config.toml records it as an absolute path)")
     algorithm: str = setting("ppo", "the learner: ppo (on-policy, any action space) or sac (off-policy from a "
                                     "replay buffer, Box actions)", choices=tuple(ALGORITHMS))
     preset: str = setting("auto", "tuned settings under yours: auto: the shipped preset of env_id (ppo) or "
@@ -540,6 +554,8 @@ def load_config_with_sources(path: str | Path | None = None, overrides: list[str
         data = {**data, "pruning": {**pruning, "method": "fixed"}}
     config = _build(Config, _renamed(data), "")
     config.epochs = config.total_epochs
+    if needs_env_dir(config):  # absolute, so every process imports the module from the same place
+        config.env_dir = str(Path(config.env_dir or os.getcwd()).resolve())
     generated_id = not config.run_id
     if generated_id:
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -550,10 +566,14 @@ def load_config_with_sources(path: str | Path | None = None, overrides: list[str
             config.run_id = stamp
     validate(config)
 
+    def within(key: str, keys: Any) -> bool:  # a key of `keys` names `key`, its section, or one of its table's
+        return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keys)
+
     def source(key: str) -> str:
-        if any(key == k or key.startswith(k + ".") for k in set_keys):  # `k` may name a whole section
+        if within(key, set_keys):
             return "--set"
-        return f"file {path}" if key in from_you else f"preset {preset_file}" if key in from_preset else "default"
+        return f"file {path}" if within(key, from_you) else f"preset {preset_file}" if within(key, from_preset) \
+            else "default"
 
     sources = {key: source(key) for key, *_ in _leaves(config)}
     if auto and with_preset:
@@ -564,7 +584,14 @@ def load_config_with_sources(path: str | Path | None = None, overrides: list[str
         sources["pruning.method"] = "from pruning.mask_file"
     if generated_id:
         sources["run_id"] = "generated"
+    if needs_env_dir(config) and sources["env_dir"] == "default":
+        sources["env_dir"] = "the start directory"
     return config, sources
+
+
+def needs_env_dir(c: Config) -> bool:
+    """Whether the run imports a module of the user's: a module:EnvName-vN id or a wrapper."""
+    return ":" in c.env_id or bool(c.env_wrappers)
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -583,9 +610,10 @@ def _read(path: str | Path) -> dict[str, Any]:
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
-    """The dotted keys of nested TOML tables: {"ppo": {"gamma": 0.9}} -> ppo.gamma."""
+    """The dotted keys of nested TOML tables: {"ppo": {"gamma": 0.9}} -> ppo.gamma (an empty table is a key:
+    env_kwargs = {})."""
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield prefix + key
@@ -739,6 +767,8 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             if all(_is_int(v) for v in items):
                 return items
         raise ConfigError(f"{key} must be a list of integers (e.g. 64,64 or [64, 64]), got {value!r}")
+    if kind is dict and not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a table (e.g. {{size = 8}}, or --set {key}.size=8), got {value!r}")
     if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
         raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
     if kind is float and not math.isfinite(value):
@@ -846,6 +876,9 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table; quoted keys are valid whatever the name
+        pairs = (f"{json.dumps(k, ensure_ascii=False)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -1,14 +1,99 @@
-"""Gymnasium environments: what a policy for `env_id` looks like, and the vector env workers step."""
+"""Gymnasium environments: how every process of a run makes its environment (`EnvSource`), what a
+policy for it looks like (`EnvSpec`), and the vector env workers step.
+
+An environment is a gymnasium id, the constructor's keyword arguments (`env_kwargs`) and wrappers
+applied in order (`env_wrappers`, each `module:callable`, as RL Zoo's `env_wrapper`). An id
+`module:EnvName-vN` (and a wrapper's module) is imported from the run's `env_dir`, the directory the run
+was started in, which its config.toml records as an absolute path: every process of the run, restarts
+included, and eval, lth and experiments import it from there without PYTHONPATH. `env_spec` makes the
+environment once: an import error, an unknown id or a constructor that refuses a keyword is a
+ConfigError of one line, which the supervisor's start-up checks (hotprune.runs.rundir) turn into exit 2
+before anything starts.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 import numpy as np
 
 from hotprune import spaces
 from hotprune.config import ConfigError
+
+
+@dataclass(frozen=True)
+class EnvSource:
+    """What makes a run's environment, the same in every process (`of` a config, `from_meta` a policy file)."""
+
+    env_id: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    wrappers: tuple[str, ...] = ()
+    directory: str = ""  # where a `module:` id's module and the wrappers' modules are imported from
+
+    @classmethod
+    def of(cls, cfg: Any) -> EnvSource:
+        """A run's environment, from its Config."""
+        return cls(cfg.env_id, dict(cfg.env_kwargs), tuple(cfg.env_wrappers), cfg.env_dir)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> EnvSource:
+        """The environment a policy file was trained on (files without these fields: the plain id)."""
+        return cls(meta["env_id"], dict(meta.get("env_kwargs", {})), tuple(meta.get("env_wrappers", ())),
+                   meta.get("env_dir", ""))
+
+    def meta(self) -> dict[str, Any]:
+        """What a policy file records beyond env_id to make its environment again; nothing for a plain id."""
+        fields = {"env_kwargs": dict(self.kwargs), "env_wrappers": list(self.wrappers), "env_dir": self.directory}
+        return {k: v for k, v in fields.items() if v}
+
+    def make(self, render_mode: str | None = None) -> gym.Env:
+        """One environment. `render_mode` reaches the constructor only when given: an environment whose
+        constructor has no such argument is made without it."""
+        self.registered()
+        wrappers = self._wrappers()
+        kwargs = {**self.kwargs, **({"render_mode": render_mode} if render_mode else {})}
+        env = gym.make(self.env_id, **kwargs)
+        for wrap in wrappers:
+            env = wrap(env)
+        return env
+
+    def registered(self) -> gym.envs.registration.EnvSpec:
+        """gymnasium's registration of the id (reward_threshold, max_episode_steps, ...), after
+        importing the module of a `module:` id; gymnasium's error for an unknown id."""
+        module, sep, name = self.env_id.partition(":")
+        if sep:
+            self._import(module, f"env_id {self.env_id!r}")
+        return gym.spec(name if sep else self.env_id)
+
+    def _wrappers(self) -> list[Callable[[gym.Env], gym.Env]]:
+        out = []
+        for name in self.wrappers:
+            module, _, attribute = name.partition(":")
+            wrapper = getattr(self._import(module, f"env_wrappers {name!r}"), attribute, None)
+            if not callable(wrapper):
+                raise ConfigError(f"env_wrappers {name!r}: {module} has no callable {attribute}")
+            out.append(wrapper)
+        return out
+
+    def _import(self, module: str, what: str) -> Any:
+        # Appended, not put first: a user's module named like one hotprune imports (json, gymnasium)
+        # must not replace it in hotprune's own processes.
+        if self.directory and self.directory not in sys.path:
+            sys.path.append(self.directory)
+        try:
+            return importlib.import_module(module)
+        except Exception as exc:  # the user's code: any error it raises on import is theirs to read
+            where = f" from {self.directory}" if self.directory else ""
+            raise ConfigError(f"{what}: cannot import {module}{where}: {type(exc).__name__}: {_line(exc)}") from None
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
 
 
 @dataclass(frozen=True)
@@ -32,16 +117,22 @@ class EnvSpec:
         return spaces.flatten(self.observation_space, obs, batched)
 
 
-def env_spec(env_id: str) -> EnvSpec:
-    """Inspect an environment's spaces; unknown ids and unsupported spaces raise ConfigError."""
+def env_spec(env: str | EnvSource) -> EnvSpec:
+    """Inspect an environment's spaces (made once, then closed); an import error, an unknown id, a
+    constructor that refuses its arguments and unsupported spaces raise ConfigError."""
+    source = EnvSource(env) if isinstance(env, str) else env
+    env_id = source.env_id
     try:
-        env = gym.make(env_id)
-    except gym.error.Error as exc:
-        raise ConfigError(f"env_id {env_id!r}: {exc}") from None
+        made = source.make()
+    except ConfigError:
+        raise
+    except Exception as exc:  # gymnasium's errors, and whatever the user's constructor or wrapper raises
+        given = f" with env_kwargs {dict(source.kwargs)}" if source.kwargs else ""
+        raise ConfigError(f"env_id {env_id!r}{given}: {type(exc).__name__}: {_line(exc)}") from None
     try:
-        obs, act = env.observation_space, env.action_space
+        obs, act = made.observation_space, made.action_space
     finally:
-        env.close()
+        made.close()
     return spec_of(env_id, obs, act)
 
 
@@ -66,15 +157,11 @@ def action_space(spec: EnvSpec) -> gym.Space:
     return gym.spaces.Box(np.array(spec.action_low, np.float32), np.array(spec.action_high, np.float32))
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+def make_vector_env(env: str | EnvSource, num_envs: int) -> gym.vector.VectorEnv:
+    source = EnvSource(env) if isinstance(env, str) else env
     # SAME_STEP autoreset: the observation after a done is already the next episode's first one, and
     # the final observation is in info["final_obs"] (needed to bootstrap truncated episodes).
-    return gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-    )
+    return gym.vector.SyncVectorEnv([source.make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def clip_actions(spec: EnvSpec, actions: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Environments with structured observations for tests/test_envs.py, registered with gymnasium when
+"""Environments with structured observations for tests/test_spaces.py, registered with gymnasium when
 this module is imported. A run's processes import it too: its id `tests.spaces_envs:Cue-v0` names
 the module (gymnasium imports it), and they start from the repository root, where `tests` is a package.
 """

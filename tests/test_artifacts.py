@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import struct
+import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -13,10 +16,13 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+import hotprune as api
 from hotprune.roles.process import load_run_config
 from hotprune.runs.artifacts import CHECKSUM, RUN_UID, ArtifactError, digest, load, load_policy, save
-from hotprune.commands.export import load_torch_prune
-from tests.servicekit import events, hotprune, of, run_cli, settings
+from hotprune.commands.export import export, load_torch_prune
+from hotprune.envs import env_spec
+from hotprune.learning.policy import actor_arrays, make_actor
+from tests.servicekit import HOTPRUNE, events, hotprune, of, run_cli, settings
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
@@ -131,6 +137,84 @@ def test_state_dict_export_loads_into_an_actor_of_its_shapes(run_dir):
     kept.load_state_dict(safetensors.torch.load_file(path))  # same names and shapes
 
 
+def exported_actions(path, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The actions of `hotprune export`'s ONNX and TorchScript files of `path` (a run directory) for a
+    batch, run with onnxruntime and torch.jit.load, and the ONNX file's initializers' shapes by name."""
+    import onnx
+    import onnxruntime
+
+    files = {fmt: export(path, fmt) for fmt in ("onnx", "torchscript")}
+    assert files == {"onnx": path / "export_onnx.onnx", "torchscript": path / "export_torchscript.pt"}
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    (by_onnx,) = session.run(["action"], {"obs": obs})
+    extra = {"hotprune.json": ""}
+    with warnings.catch_warnings():  # torch deprecates TorchScript (for torch.export); the file is what users load
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(files["torchscript"]), _extra_files=extra)
+    with torch.no_grad():
+        by_torchscript = module(torch.from_numpy(obs)).numpy()
+    model = onnx.load(str(files["onnx"]))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["hotprune"]) == json.loads(extra["hotprune.json"]) == load(path / "policy.safetensors")[1]
+    return by_onnx, by_torchscript, {t.name: tuple(t.dims) for t in model.graph.initializer}
+
+
+def test_onnx_and_torchscript_exports_act_as_the_policy_in_its_kept_shapes(run_dir):
+    obs = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
+    by_onnx, by_torchscript, shapes = exported_actions(run_dir, obs)
+    expected = api.load_policy(run_dir).predict(obs)
+    assert by_onnx.dtype == by_torchscript.dtype == np.int64
+    assert (by_onnx == expected).all() and (by_torchscript == expected).all()
+    policy, _ = load(run_dir / "policy.safetensors")
+    assert shapes == {f"actor.{n}": a.shape for n, a in policy.items()}  # the kept shapes: smaller with neuron
+    assert (shapes["actor.net.0.weight"][0] < 64) == (run_dir.name == "neuron")
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "sac"])
+def test_continuous_actors_export_their_deterministic_action_with_normalisation(algorithm, tmp_path):
+    """PPO's Gaussian (its mean) and SAC's tanh-squashed actor (tanh of its mean in the box), both with
+    observation statistics, held to predict within 1e-5; large observations reach the box's bounds."""
+    spec = env_spec("Pendulum-v1")
+    torch.manual_seed(0)
+    actor = make_actor(spec, [32, 16], normalize_obs=True, algorithm=algorithm)
+    actor.obs_norm.set(np.array([0.5, -0.5, 1.0]), np.array([0.2, 3.0, 4.0]))
+    if algorithm == "ppo":  # its output layer starts tiny (gain 0.01): some means beyond the box, to be clipped
+        with torch.no_grad():
+            actor.net[-1].weight.mul_(300)
+    save(tmp_path / "policy.safetensors", actor_arrays(actor), env_id="Pendulum-v1", discrete=False,
+         algorithm=algorithm, version=1)
+    obs = (np.random.default_rng(1).normal(size=(256, 3)) * [1, 1, 30]).astype(np.float32)
+    by_onnx, by_torchscript, _ = exported_actions(tmp_path, obs)
+    expected = api.load_policy(tmp_path).predict(obs)
+    assert by_onnx.shape == by_torchscript.shape == expected.shape == (256, 1)
+    np.testing.assert_allclose(by_onnx, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(by_torchscript, expected, rtol=0, atol=1e-5)
+    assert (np.abs(expected) == 2).any() if algorithm == "ppo" else (np.abs(expected) < 2).all()  # clipped; squashed
+
+
+def test_a_graph_export_that_cannot_be_made_says_one_line_and_writes_nothing(runs, tmp_path, capsys):
+    run_dir = runs["weight"]
+    shadow = tmp_path / "shadow" / "onnx"  # onnx not installed, as without the extra
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named onnx')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    out = tmp_path / "policy.onnx"
+    result = subprocess.run([HOTPRUNE, "export", str(run_dir), "--format", "onnx", "--out", str(out)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == \
+        "hotprune export: error: --format onnx needs the onnx extra: pip install -e '.[onnx]'\n"
+    assert not out.exists()
+    other = tmp_path / "other"  # a policy of an environment this machine does not have
+    other.mkdir()
+    tensors, meta = load(run_dir / "policy.safetensors")
+    save(other / "policy.safetensors", tensors, **{**meta, "env_id": "NoSuchEnv-v0"})
+    for fmt in ("onnx", "torchscript"):
+        code, _, err = run_cli(capsys, "export", str(other), "--format", fmt)
+        assert code == 2 and err.count("\n") == 1 and "env_id 'NoSuchEnv-v0'" in err, err
+    assert sorted(p.name for p in other.iterdir()) == ["policy.safetensors"]
+    assert not [p for p in [*run_dir.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".tmp")]
+
+
 def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     run_dir = runs["weight"]
     garbage = tmp_path / "garbage.safetensors"
@@ -139,7 +223,7 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
         (["eval", str(garbage)], "is not a hotprune tensor file"),
         (["eval", str(tmp_path / "missing.safetensors")], "does not exist"),
         (["eval", str(run_dir), "--episodes", "0"], "--episodes must be in"),
-        (["export", str(run_dir), "--format", "onnx"], "--format must be one of"),
+        (["export", str(run_dir), "--format", "tflite"], "--format must be one of"),
         (["export", str(tmp_path)], "does not exist"),
         (["eval", str(run_dir), "--env", "Pendulum-v1"], "is a policy for CartPole-v1, not Pendulum-v1"),
         (["eval", str(run_dir / "masks.safetensors")], "does not hold an actor"),

@@ -614,6 +614,46 @@ def test_a_bad_network_setting_is_one_line_and_exit_2(capsys, tmp_path, override
     assert not list(tmp_path.iterdir())
 
 
+# --- the environment's constructor, wrappers and module directory -----------------------------------
+
+
+def test_env_kwargs_are_a_table_from_a_file_from_set_and_from_python(tmp_path):
+    path = write(tmp_path, 'env_id = "CartPole-v1"\n[env_kwargs]\nsize = 8\nname = "long"\n')
+    c, sources = load_config_with_sources(path, ["env_kwargs.size=9", 'env_kwargs.layout=[1, 2]'])
+    assert c.env_kwargs == {"size": 9, "name": "long", "layout": [1, 2]}
+    assert sources["env_kwargs"] == "--set"
+    assert load_config_with_sources(path)[1]["env_kwargs"] == f"file {path}"
+    assert Config.from_dict({"env_kwargs": {"size": 8, "options": {"hard": True}}}).env_kwargs == \
+        {"size": 8, "options": {"hard": True}}
+    assert load_config().env_kwargs == {} and load_config().env_wrappers == []
+    saved = write(tmp_path, to_toml(c), name="config.toml")  # a run's config.toml keeps them as they were
+    assert load_config(saved, with_preset=False).env_kwargs == c.env_kwargs
+
+
+@pytest.mark.parametrize("override, message", [
+    ("env_kwargs=3", "env_kwargs must be a table (e.g. {size = 8}, or --set env_kwargs.size=8), got 3"),
+    ("env_wrappers=nowrap", "env_wrappers must be module:callable names, got ['nowrap']"),
+    ('env_wrappers=["a:b", "c d:e"]', "env_wrappers must be module:callable names, got ['a:b', 'c d:e']"),
+])
+def test_bad_environment_settings_are_one_line(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert str(error.value) == message
+
+
+def test_env_dir_is_the_start_directory_made_absolute_when_a_module_is_imported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c, sources = load_config_with_sources(overrides=["env_id=mymod:Corridor-v0"])
+    assert c.env_dir == str(tmp_path.resolve()) and sources["env_dir"] == "the start directory"
+    (tmp_path / "envs").mkdir()
+    assert load_config(overrides=["env_id=CartPole-v1", "env_wrappers=mymod:Wrap", "env_dir=envs"]).env_dir == \
+        str(tmp_path.resolve() / "envs")
+    assert load_config(overrides=["env_id=CartPole-v1"]).env_dir == ""  # no module of the user's: nothing recorded
+    saved = write(tmp_path, to_toml(c), name="config.toml")
+    monkeypatch.chdir(tmp_path / "envs")  # a restarted process, or --resume, from anywhere: the same directory
+    assert load_config(saved, with_preset=False).env_dir == str(tmp_path.resolve())
+
+
 def test_a_run_s_config_toml_written_with_ppo_input_bound_still_loads_under_its_new_name(tmp_path):
     """input_bound was ppo.input_bound; a run directory's config.toml holds every key as it was named."""
     today = to_toml(load_config())

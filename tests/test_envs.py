@@ -1,205 +1,166 @@
-"""Observation spaces (hotprune.spaces): flattened as gymnasium.spaces.flatten does, batched as a vector
-env batches them; described in JSON and built back; the numpy and torch actors agree on them; images
-refused in one line; and short real runs on FrozenLake-v1 (Discrete), Blackjack-v1 (Tuple) and a Dict
-environment of tests/spaces_envs.py learn, their policies predicting from the env's own observations."""
+"""Environments of the user's own: a `module:EnvName-vN` id imported from the run's directory, its
+constructor's keyword arguments and wrappers, and the one-line errors when any of it is wrong."""
 
 from __future__ import annotations
 
-import json
+import importlib.util
+import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
-import torch
-from gymnasium import spaces as gs
-from gymnasium.vector.utils import concatenate, create_empty_array
 
 import hotprune
-from hotprune import spaces
-from hotprune.actor_spec import policy_metadata
-from hotprune.config import Config, ConfigError
-from hotprune.envs import env_spec, spec_of
-from hotprune.learning.policy import actor_arrays, make_actor
+
+from hotprune.config import ConfigError
+from hotprune.envs import EnvSource, env_spec, make_vector_env
 from hotprune.runs import artifacts
-from hotprune.workers.numpy_policy import NumpyActor
-from tests import spaces_envs
-from tests.servicekit import run_cli
+from tests.servicekit import HOTPRUNE
+from tests.test_readme import section
 
-torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parent.parent
-
-SPACES = {
-    "box": gs.Box(-2.0, 3.0, (5,), np.float32),
-    "box-2d-float64": gs.Box(-np.inf, np.inf, (2, 3), np.float64),
-    "box-int": gs.Box(0, 9, (3,), np.int64),
-    "discrete": gs.Discrete(6),
-    "discrete-start": gs.Discrete(4, start=-2),
-    "multibinary": gs.MultiBinary([2, 3]),
-    "multidiscrete": gs.MultiDiscrete([[2, 3], [4, 2]], start=[[0, 1], [-1, 0]]),
-    "tuple": gs.Tuple((gs.Discrete(32), gs.Discrete(11), gs.Discrete(2))),  # Blackjack's
-    "dict": spaces_envs.Cue.observation_space,
-    "nested": gs.Dict({"z": gs.Tuple((gs.MultiBinary(2), gs.Dict({"b": gs.Discrete(3), "a": gs.Box(0, 1)}))),
-                       "a": gs.MultiDiscrete([3, 3])}),
-}
+MODULE = "hp_test_corridor"  # a name of its own: the module stays imported in this process
+SOURCE = f'''
+import gymnasium as gym
+import numpy as np
 
 
-def batch_of(space: gs.Space, n: int, seed: int = 0) -> tuple[list, object]:
-    """n samples of `space`, and the same as the batch a gymnasium vector env returns."""
-    space.seed(seed)
-    items = [space.sample() for _ in range(n)]
-    return items, concatenate(space, items, create_empty_array(space, n))
+class Corridor(gym.Env):
+    def __init__(self, size=5):
+        self.size = size
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (size,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position = 0
+        return np.eye(self.size, dtype=np.float32)[0], {{}}
+
+    def step(self, action):
+        self.position = max(0, self.position + (1 if action == 1 else -1))
+        done = self.position == self.size - 1
+        return np.eye(self.size, dtype=np.float32)[self.position], float(done), done, False, {{}}
 
 
-@pytest.mark.parametrize("name", SPACES)
-def test_a_batch_flattens_as_gymnasium_flattens_each_observation(name):
-    space = SPACES[name]
-    items, batch = batch_of(space, 7)
-    flat = spaces.flatten(space, batch)
-    expected = np.stack([gs.flatten(space, item) for item in items]).astype(np.float32)
-    assert flat.dtype == np.float32 and flat.shape == (7, spaces.check(space)) == (7, gs.flatdim(space))
-    assert np.array_equal(flat, expected)
-    assert np.array_equal(spaces.flatten(space, items[3], batched=False), expected[3:4])
-    assert spaces.is_batch(space, batch) and not spaces.is_batch(space, items[3])
+class AppendOne(gym.ObservationWrapper):
+    def __init__(self, env):
+        super().__init__(env)
+        n = env.observation_space.shape[0] + 1
+        self.observation_space = gym.spaces.Box(0.0, 2.0, (n,), np.float32)
+
+    def observation(self, obs):
+        return np.append(obs, np.float32(1.0))
 
 
-@pytest.mark.parametrize("name", SPACES)
-def test_a_space_is_described_in_strict_json_and_built_back(name):
-    space = SPACES[name]
-    text = json.dumps(spaces.describe(space), allow_nan=False)  # inf bounds as strings: any JSON reader
-    back = spaces.from_description(json.loads(text))
-    assert back == space
-    items, batch = batch_of(space, 5)
-    assert np.array_equal(spaces.flatten(back, batch), spaces.flatten(space, batch))
+class Double(gym.ObservationWrapper):
+    def observation(self, obs):
+        return obs * np.float32(2.0)
 
 
-@pytest.mark.parametrize("space, message", [
-    (gs.Box(0, 255, (8, 8, 3), np.uint8), r"^image observations are not supported yet \(pixel policies\), got Box"),
-    (gs.Dict({"camera": gs.Box(0, 255, (8, 8, 3), np.uint8)}), r"^image observations are not supported yet"),
-    (gs.Text(5), r"^observations must be Box, Discrete, MultiBinary, MultiDiscrete, or a Dict or Tuple of them"),
-    (gs.Sequence(gs.Discrete(2)), r"^observations must be Box"),
+gym.register("{MODULE}-v0", entry_point=Corridor, max_episode_steps=20)
+'''
+
+
+@pytest.fixture(scope="module")
+def env_dir(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("user")
+    (directory / f"{MODULE}.py").write_text(SOURCE)
+    (directory / "hp_test_broken.py").write_text("raise RuntimeError('the module is broken')\n")
+    assert importlib.util.find_spec(MODULE) is None  # not importable but from its directory
+    return str(directory)
+
+
+def test_a_module_id_is_imported_from_its_directory_with_its_kwargs(env_dir):
+    source = EnvSource(f"{MODULE}:{MODULE}-v0", {"size": 8}, (), env_dir)
+    spec = env_spec(source)
+    assert (spec.env_id, spec.obs_dim, spec.act_dim, spec.discrete) == (source.env_id, 8, 2, True)
+    envs = make_vector_env(source, 3)  # what a worker steps
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (3, 8) and (obs[:, 0] == 1).all()
+    envs.close()
+    assert source.registered().max_episode_steps == 20
+
+
+def test_wrappers_are_applied_in_their_order(env_dir):
+    def first_obs(*wrappers: str) -> np.ndarray:
+        env = EnvSource(f"{MODULE}:{MODULE}-v0", {"size": 3}, wrappers, env_dir).make()
+        obs, _ = env.reset(seed=0)
+        env.close()
+        return obs
+
+    append_then_double = first_obs(f"{MODULE}:AppendOne", f"{MODULE}:Double")
+    double_then_append = first_obs(f"{MODULE}:Double", f"{MODULE}:AppendOne")
+    assert append_then_double.tolist() == [2, 0, 0, 2] and double_then_append.tolist() == [2, 0, 0, 1]
+    assert env_spec(EnvSource(f"{MODULE}:{MODULE}-v0", {}, (f"{MODULE}:AppendOne",), env_dir)).obs_dim == 6
+
+
+def test_a_policy_file_records_what_makes_its_environment_again(env_dir):
+    source = EnvSource(f"{MODULE}:{MODULE}-v0", {"size": 4}, (f"{MODULE}:Double",), env_dir)
+    meta = {"env_id": source.env_id, **source.meta()}
+    assert EnvSource.from_meta(meta) == source
+    assert EnvSource("CartPole-v1").meta() == {}  # a plain id's files stay as they were
+    assert EnvSource.from_meta({"env_id": "CartPole-v1"}) == EnvSource("CartPole-v1")
+
+
+@pytest.mark.parametrize("env_id, kwargs, wrappers, message", [
+    ("hp_test_nosuch:Corridor-v0", {}, (), "env_id 'hp_test_nosuch:Corridor-v0': cannot import hp_test_nosuch from "
+                                          "{dir}: ModuleNotFoundError: No module named 'hp_test_nosuch'"),
+    ("hp_test_broken:Corridor-v0", {}, (), "env_id 'hp_test_broken:Corridor-v0': cannot import hp_test_broken from "
+                                          "{dir}: RuntimeError: the module is broken"),
+    (f"{MODULE}:Nowhere-v0", {}, (), f"env_id '{MODULE}:Nowhere-v0': NameNotFound: Environment `Nowhere` doesn't "
+                                     "exist."),
+    (f"{MODULE}:{MODULE}-v0", {"length": 6}, (), f"env_id '{MODULE}:{MODULE}-v0' with env_kwargs {{'length': 6}}: "
+                                                 "TypeError: Corridor.__init__() got an unexpected keyword argument "
+                                                 "'length'"),
+    (f"{MODULE}:{MODULE}-v0", {}, (f"{MODULE}:Triple",), f"env_wrappers '{MODULE}:Triple': {MODULE} has no callable "
+                                                         "Triple"),
+    (f"{MODULE}:{MODULE}-v0", {}, ("hp_test_nosuch:Wrap",), "env_wrappers 'hp_test_nosuch:Wrap': cannot import "
+                                                            "hp_test_nosuch from {dir}"),
 ])
-def test_images_and_spaces_that_do_not_flatten_are_one_line(space, message):
-    with pytest.raises(spaces.SpaceError, match=message):
-        spaces.check(space)
+def test_an_environment_that_cannot_be_made_is_one_line(env_dir, env_id, kwargs, wrappers, message):
+    with pytest.raises(ConfigError) as error:
+        env_spec(EnvSource(env_id, kwargs, wrappers, env_dir))
+    assert str(error.value).startswith(message.replace("{dir}", env_dir)) and "\n" not in str(error.value)
 
 
-def test_an_image_environment_is_refused_before_anything_starts(capsys, tmp_path):
-    with pytest.raises(ConfigError, match=r"^env_id 'tests.spaces_envs:Pixels-v0': image observations are not "
-                                          r"supported yet \(pixel policies\)"):
-        env_spec("tests.spaces_envs:Pixels-v0")
-    code, out, err = run_cli(capsys, "run", "--env", "tests.spaces_envs:Pixels-v0", "--set",
-                             f"runs_dir={json.dumps(str(tmp_path / 'runs'))}")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "(pixel policies)" in err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-
-
-def test_a_discrete_observation_outside_its_space_is_one_line():
-    with pytest.raises(ValueError, match=r"^a discrete observation outside its space's \[6\] values"):
-        spaces.flatten(SPACES["discrete"], np.array([6]))
-    with pytest.raises(ValueError, match=r"^discrete observations must be integers, got dtype float64"):
-        spaces.flatten(SPACES["discrete"], np.array([1.5]))
-
-
-@pytest.mark.parametrize("name", SPACES)
-@pytest.mark.parametrize("actions", [gs.Discrete(3), gs.Box(-1.0, 2.0, (2,), np.float32)], ids=["discrete", "box"])
-def test_the_numpy_and_torch_actors_agree_on_flattened_observations(name, actions):
-    spec = spec_of("Custom-v0", SPACES[name], actions)
-    torch.manual_seed(0)
-    algorithms = ["ppo"] if spec.discrete else ["ppo", "sac"]
-    _, batch = batch_of(SPACES[name], 32, seed=1)
-    obs = spec.flatten(batch)
-    for algorithm in algorithms:
-        actor = make_actor(spec, [16, 8], True, algorithm, "elu")
-        with torch.no_grad():
-            for p in actor.parameters():
-                p.add_(torch.randn_like(p) * 0.3)
-            actor.obs_norm.set(np.full(spec.obs_dim, 0.2), np.full(spec.obs_dim, 0.5))
-            expected = actor.act(torch.from_numpy(obs), deterministic=True).numpy()
-        got = NumpyActor(actor_arrays(actor), spec, np.random.default_rng(0), algorithm, "elu").most_likely(obs)
-        if spec.discrete:
-            assert np.array_equal(got, expected)
-        else:
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
-
-
-def test_a_policy_file_runs_without_its_environment(tmp_path):
-    """The metadata carries the spaces: an env id no gymnasium knows still loads and predicts, from one
-    observation of the Dict space or a vector env's batch of them."""
-    space = spaces_envs.Cue.observation_space
-    spec = spec_of("Unregistered-v0", space, gs.Discrete(3))
-    cfg = Config.from_dict({"actor.activation": "gelu", "ppo.hidden_sizes": [8]})
-    torch.manual_seed(0)
-    actor = make_actor(spec, [8], False, "ppo", "gelu")
-    path = tmp_path / "policy.safetensors"
-    meta = policy_metadata(spec, cfg)
-    artifacts.save(path, actor_arrays(actor), **meta, version=1)
-    assert (meta["activation"], meta["head"], meta["hidden_sizes"], meta["normalize_obs"]) == \
-        ("gelu", "categorical", [8], False)
-    policy = hotprune.load_policy(path)
-    assert policy.observation_space == space and policy.action_space == gs.Discrete(3)
-    items, batch = batch_of(space, 9)
-    actions = policy.predict(batch)
-    with torch.no_grad():
-        from_torch = policy.to_torch()(torch.from_numpy(spec.flatten(batch))).numpy()
-    assert actions.shape == (9,) and np.array_equal(actions, from_torch)
-    assert policy.predict(items[4]) == actions[4]
-    with pytest.raises(ValueError, match=r"^an observation of Dict\(.*\) must be a Dict of its parts, got int"):
-        policy.predict(3)
-
-
-def test_eval_steps_a_structured_observation_env_with_the_flattened_observations(tmp_path):
-    env_id = "tests.spaces_envs:Cue-v0"
-    spec = env_spec(env_id)
-    torch.manual_seed(0)
-    path = tmp_path / "policy.safetensors"
-    artifacts.save(path, actor_arrays(make_actor(spec, [64, 64])), **policy_metadata(spec, Config()), version=1)
-    result = hotprune.evaluate(path, episodes=2, deterministic=True)
-    assert result["episodes"] == 2 and all(0 <= r <= spaces_envs.CUE_STEPS for r in result["returns"])
-
-
-# --- short real runs ------------------------------------------------------------------------------
-
-RUNS = {  # env id: (total steps, the trained policy's mean return must beat the initial one's by)
-    "FrozenLake-v1": (20480, 0.05),  # slippery: a 1.5% success rate at random
-    "Blackjack-v1": (8192, 0.15),
-    "tests.spaces_envs:Cue-v0": (4096, 3.0),
-}
-
-
-def mean_return(policy, env_id: str, episodes: int) -> float:
-    """Deterministic actions from the env's own observations (Policy.predict flattens them)."""
-    env = gym.make(env_id)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=episode)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy.predict(obs))
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
+def run_readme_lines(cwd: Path) -> list[subprocess.CompletedProcess]:
+    """The README's bash lines of "Your own environment", each as it is, with the installed command."""
+    block = re.search(r"```bash\n(.*?)```", section("Your own environment"), re.S).group(1)
+    path = f"{Path(HOTPRUNE).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PATH": path}
+    return [subprocess.run(shlex.split(line), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+            for line in block.splitlines()]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env_id", RUNS)
-def test_a_short_ppo_run_on_structured_observations_learns(tmp_path, env_id):
-    steps, margin = RUNS[env_id]
-    args = ["run", "--env", env_id, "--quiet"]
-    for item in [f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", "run_id=r", "preset=none", f"total_steps={steps}",
-                 "samples_per_epoch=1024", "chunk_steps=32", "num_workers=1", "envs_per_worker=8",
-                 "pruning.method=none", "supervisor.stop_grace_s=5.0"]:
-        args += ["--set", item]
-    # `python -m` from the repository root: every process of the run can import tests.spaces_envs
-    result = subprocess.run([sys.executable, "-m", "hotprune.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    run_dir = tmp_path / "runs" / "r"
-    trained, initial = (hotprune.load_policy(run_dir / name) for name in (artifacts.POLICY, artifacts.INITIAL))
-    assert trained.metadata["observation_space"] == spaces.describe(env_spec(env_id).observation_space)
-    assert trained.metadata["activation"] == "tanh"
-    episodes = 16 if env_id.endswith("Cue-v0") else 300
-    assert mean_return(trained, env_id, episodes) > mean_return(initial, env_id, episodes) + margin
+def test_the_readme_example_trains_and_evaluates_its_own_environment(tmp_path, monkeypatch):
+    code = re.search(r"```python\n(.*?)```", section("Your own environment"), re.S).group(1)
+    (tmp_path / "corridor.py").write_text(code)
+    run, evaluated = run_readme_lines(tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "" or "error" not in run.stderr
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert re.match(r"corridor:Corridor-v0: return -?\d+\.\d\d ± \d+\.\d\d over 5 episode\(s\)", evaluated.stdout)
+    run_dir = (tmp_path / "runs" / "latest").resolve()
+    config = (run_dir / "config.toml").read_text()
+    assert f"env_dir = \"{tmp_path.resolve()}\"" in config and 'env_kwargs = {"size" = 6}' in config
+    # every kept file says what makes its environment again (artifacts.run_meta), not only the policy
+    for kept in (artifacts.POLICY, artifacts.INITIAL, artifacts.CHECKPOINT, artifacts.MASKS):
+        meta = artifacts.load(run_dir / kept)[1]
+        assert (meta["env_kwargs"], meta["env_dir"]) == ({"size": 6}, str(tmp_path.resolve())), kept
+    # from anywhere: the policy file says where its environment comes from (this process has never had
+    # tmp_path on its module path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert "corridor" not in sys.modules
+    assert hotprune.evaluate(run_dir, episodes=1)["env_id"] == "corridor:Corridor-v0"
+    # a module that is not there: one line, exit 2, no run directory
+    before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    result = subprocess.run([HOTPRUNE, "run", "--env", "corridors:Corridor-v0"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot import corridors from {tmp_path.resolve()}: ModuleNotFoundError" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before

@@ -29,7 +29,7 @@ from hotprune.protocol.codec import Encoder, MessageRejected, decode
 from hotprune import eventlog
 from hotprune.actor_spec import actor_spec
 from hotprune.config import Config, ConfigError
-from hotprune.envs import clip_actions, env_spec, make_vector_env
+from hotprune.envs import EnvSource, clip_actions, env_spec, make_vector_env
 from hotprune.roles.process import TRAJECTORY_BUFFER, WAIT_NOTE_S, StopFlag, role_process, send_when_ready, \
     socket
 from hotprune.pruning.engine import prunable_names, sparsity_of_counts
@@ -50,12 +50,12 @@ class InferenceWorker:
         self.cfg, self.index, self.stop = cfg, index, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
-        self.spec = env_spec(cfg.env_id)
+        self.spec = env_spec(EnvSource.of(cfg))
         actor = cfg.network("actor")
         self.dense_spec = actor_spec(self.spec, actor.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         self.activation = actor.activation
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
-        self.envs = make_vector_env(cfg.env_id, cfg.envs_per_worker)
+        self.envs = make_vector_env(EnvSource.of(cfg), cfg.envs_per_worker)
         self.store = self.attach_store()
         self.rng = np.random.default_rng(cfg.seed + 1000 * (index + 1))  # the actions' samples, across swaps
         threadpool_limits(1, "blas")  # as every process of a run: one core each (OpenBLAS would take them all)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from hotprune.actor_spec import policy_spec
 from hotprune.runs.artifacts import load_policy
-from hotprune.envs import clip_actions
+from hotprune.envs import EnvSource, clip_actions
 
 MAX_EPISODES = 10_000
 
@@ -49,10 +48,11 @@ def evaluate(path: str | Path, episodes: int = 10, deterministic: bool = False, 
     if seed < 0:
         raise ValueError(f"--seed must be >= 0, got {seed}")
     actor, meta = load_policy(path, env_id)
+    source = EnvSource.from_meta(meta)
     spec = policy_spec(meta)
     imageio = _video_writer() if video else None
     torch.manual_seed(seed)
-    env = gym.make(meta["env_id"], render_mode="rgb_array" if video else None)
+    env = source.make(render_mode="rgb_array" if video else None)  # given only for a video: not every env takes it
     returns, frames = [], []
     try:
         for episode in range(episodes):

@@ -30,11 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 
 from hotprune.config import ConfigError, load_config, to_toml
 from hotprune.commands.evaluate import MAX_EPISODES, evaluate
+from hotprune.envs import EnvSource
 from hotprune.runs.runlog import Run, RunError, load
 from hotprune.commands import lth
 
@@ -346,7 +346,7 @@ def write_results(experiment: str, seeds: list[int], root: Path, eval_episodes: 
             rows.append({"variant": variant.name, "seeds": 0})
             continue
         env_id = runs[0].config.env_id
-        threshold = gym.spec(env_id).reward_threshold
+        threshold = EnvSource.of(runs[0].config).registered().reward_threshold
         threshold = THRESHOLDS.get(env_id) if threshold is None else threshold
         per_seed = [seed_row(r, threshold, eval_episodes) for r in runs]
         returns = [p["return"] for p in per_seed]

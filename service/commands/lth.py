@@ -33,7 +33,7 @@ from hotprune.actor_spec import SAC_CRITICS, policy_metadata
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config, ConfigError, load_config
-from hotprune.envs import env_spec
+from hotprune.envs import EnvSource, env_spec
 from hotprune.pruning.engine import CompressionFailed, Pruner, cut_inputs, masked_stats, prunable_names
 from hotprune.runs.runlog import RunError, run_config
 from hotprune.runs.tickets import TRANSITIONS, WEIGHTS_DIR, kept_epochs, weights_path
@@ -81,7 +81,7 @@ def gradient_statistics(cfg: Config, weights: tickets.Parts, batches: list[Batch
 
     torch.manual_seed(cfg.seed)  # SAC's losses sample actions
     generator = torch.Generator().manual_seed(cfg.seed)
-    learner = make_learner(cfg, env_spec(cfg.env_id), torch.Generator())
+    learner = make_learner(cfg, env_spec(EnvSource.of(cfg)), torch.Generator())
     actor, critic = learner.actor, learner.ticket_critic
     for module, part in ((actor, "actor"), (critic, "critic")):
         module.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in weights[part].items()})
@@ -165,7 +165,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                                     weights_meta)
     masks: tickets.Parts = {part: {} for part in targets}
     lines, inputs_cut = [], {}
-    obs_dim = env_spec(cfg.env_id).obs_dim
+    obs_dim = env_spec(EnvSource.of(cfg)).obs_dim
     for label, names in _ranked_groups(cfg, targets, weights):
         part = label.split(".")[0]
         spec = {names[n]: ("float32", weights[part][n].shape) for n in names}
@@ -190,7 +190,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
                          ("; a critic that ignores an action gives the actor no gradient through it"
                           if any(i >= obs_dim for i in cut) else ""))
     tensors = tickets.joined(masks)
-    meta = {"run_id": cfg.run_id, **policy_metadata(env_spec(cfg.env_id), cfg), "method": method,
+    meta = {"run_id": cfg.run_id, **policy_metadata(env_spec(EnvSource.of(cfg)), cfg), "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             "inputs_cut": inputs_cut,

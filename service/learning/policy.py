@@ -86,10 +86,14 @@ class Actor(nn.Module):
             self.register_buffer("action_scale", (high - low) / 2, persistent=False)
             self.register_buffer("action_bias", (high + low) / 2, persistent=False)
 
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The MLP's output: logits, the Gaussian's mean, or the squashed head's mean and log std."""
+        return self.net(self.obs_norm(obs) if self.obs_norm is not None else obs)
+
     def distribution(self, obs: torch.Tensor) -> Distribution:
         """Categorical(logits) or the Gaussian; for the squashed head the Gaussian before tanh (a
         bijection: its KL divergences are the squashed distribution's, which distilling needs)."""
-        out = self.net(self.obs_norm(obs) if self.obs_norm is not None else obs)
+        out = self.forward(obs)
         if self.head == "categorical":
             return Categorical(logits=out)
         if self.head == "gaussian":
@@ -111,12 +115,23 @@ class Actor(nn.Module):
         return self.squash(dist, dist.rsample())
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """An action to step an env with: sampled, or the most likely (argmax, the mean, tanh(mean))."""
+        """An action to step an env with: sampled, or the most likely (`most_likely`)."""
+        if deterministic:
+            return self.most_likely(obs)
         dist = self.distribution(obs)
+        x = dist.sample()
+        return x if self.head != "squashed" else self.squash(dist, x)[0]
+
+    def most_likely(self, obs: torch.Tensor) -> torch.Tensor:
+        """The argmax of the logits, the Gaussian's mean, or tanh of the squashed Gaussian's mean in the
+        action box, as the numpy workers compute it; plain tensor operations, no distribution object
+        (with its argument checks), so that `hotprune export` can trace it into ONNX and TorchScript."""
+        out = self.forward(obs)
         if self.head == "categorical":
-            return dist.probs.argmax(-1) if deterministic else dist.sample()
-        x = dist.mean if deterministic else dist.sample()
-        return x if self.head == "gaussian" else self.squash(dist, x)[0]
+            return out.argmax(-1)
+        if self.head == "gaussian":
+            return out
+        return torch.tanh(out.chunk(2, dim=-1)[0]) * self.action_scale + self.action_bias
 
     def log_prob(self, dist: Distribution, actions: torch.Tensor) -> torch.Tensor:
         if self.head == "squashed":  # back through the squash; actions at the bounds are pulled inside

@@ -29,7 +29,7 @@ from hotprune.runs import artifacts, tickets
 from hotprune import eventlog
 from hotprune.actor_spec import OBS_NORM, actor_spec, policy_metadata
 from hotprune.config import Config
-from hotprune.envs import env_spec
+from hotprune.envs import EnvSource, env_spec
 from hotprune.roles.process import StopFlag, role_process, send_when_ready, socket
 from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, \
     pruner_for, sparsity
@@ -54,7 +54,7 @@ class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
-        spec = self.spec = env_spec(cfg.env_id)
+        spec = self.spec = env_spec(EnvSource.of(cfg))
         self.weight_spec = actor_spec(spec, cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)

@@ -114,10 +114,13 @@ def load_kept(path: Path, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str,
 
 
 def run_meta(cfg: Config) -> dict[str, Any]:
-    """What every file a run keeps says about the run: its id and uid, environment, algorithm and model (the
-    actor's hidden sizes)."""
-    return {"run_id": cfg.run_id, RUN_UID: cfg.run_uid, "env_id": cfg.env_id, "algorithm": cfg.algorithm,
-            "hidden_sizes": cfg.network("actor").hidden_sizes}
+    """What every file a run keeps says about the run: its id and uid, environment (with env_kwargs,
+    env_wrappers and env_dir where set: what eval and load_policy need to make it again), algorithm and
+    model (the actor's hidden sizes)."""
+    from hotprune.envs import EnvSource
+
+    return {"run_id": cfg.run_id, RUN_UID: cfg.run_uid, "env_id": cfg.env_id, **EnvSource.of(cfg).meta(),
+            "algorithm": cfg.algorithm, "hidden_sizes": cfg.network("actor").hidden_sizes}
 
 
 # What a checkpoint's tensors mean depends on these settings (Config attributes, dotted for sections; the

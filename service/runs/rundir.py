@@ -28,7 +28,7 @@ from hotprune.comms import curve
 from hotprune.actor_spec import actor_shapes
 from hotprune.algorithms import actor_kind
 from hotprune.config import REPLAY_MEMORY_SHARE, Config, ConfigError, to_toml
-from hotprune.envs import EnvSpec, env_spec
+from hotprune.envs import EnvSource, EnvSpec, env_spec
 
 
 def prepare(cfg: Config, check_ports: bool = True) -> Path:
@@ -38,7 +38,7 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     process was killed) is removed; one in use is refused. With tcp, the ports are checked free
     unless `check_ports` is false (`hotprune init`: processes started by hand later bind them).
     """
-    spec = env_spec(cfg.env_id)  # unknown env ids fail here, before any process starts
+    spec = env_spec(EnvSource.of(cfg))  # unknown env ids fail here, before any process starts
     try:
         actor_kind(cfg.algorithm, spec.discrete)
     except ValueError:
@@ -157,7 +157,8 @@ WORKERS_PER_CORE = 4  # more inference workers than this per core only fight ove
 
 def store_slot_size(cfg: Config) -> int:
     """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
-    shapes = actor_shapes(env_spec(cfg.env_id), cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    shapes = actor_shapes(env_spec(EnvSource.of(cfg)), cfg.network("actor").hidden_sizes, cfg.normalize_obs,
+                          cfg.algorithm)
     return layout.payload_size({n: np.zeros(shape, np.float32) for n, shape in shapes.items()})
 
 
@@ -165,8 +166,9 @@ def largest_frame(cfg: Config) -> int:
     """Bytes of the largest single tensor any process of this run sends: an actor weight (and its
     gradient statistics) in a snapshot, a trajectory chunk's observations, or in teacher-student
     mode the observations a snapshot ships for distilling."""
-    obs_dim = env_spec(cfg.env_id).obs_dim
-    shapes = actor_shapes(env_spec(cfg.env_id), cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    spec = env_spec(EnvSource.of(cfg))
+    obs_dim = spec.obs_dim
+    shapes = actor_shapes(spec, cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
     weight = max(math.prod(shape) for shape in shapes.values()) * 4
     chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * obs_dim * 4
     distill_obs = min(cfg.pruning.distill_samples, cfg.epoch_samples) * obs_dim * 4 if cfg.distills else 0

@@ -37,7 +37,7 @@ from hotprune import eventlog
 from hotprune.actor_spec import policy_metadata
 from hotprune.comms.curve import SocketSecurity
 from hotprune.config import Config
-from hotprune.envs import env_spec
+from hotprune.envs import EnvSource, env_spec
 from hotprune.learning import checkpoints
 from hotprune.learning.chunks import Batch
 from hotprune.learning.learners import make_learner
@@ -64,7 +64,7 @@ class Trainer:
             raise checkpoints.CheckpointError(f"{cfg.run_dir} already has a trainer checkpoint: pass --resume "
                                               "to go on from it")
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer")
-        self.spec = env_spec(cfg.env_id)
+        self.spec = env_spec(EnvSource.of(cfg))
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.learner = make_learner(cfg, self.spec, self.generator)
