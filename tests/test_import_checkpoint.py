@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import safetensors.numpy
+import stable_baselines3 as sb3  # the test extra's (so never skipped); hotprune itself never imports it
 import torch
 from torch import nn
 
@@ -23,7 +24,6 @@ from hotprune.runs import artifacts
 from tests.servicekit import hotprune as hotprune_cli
 from tests.servicekit import run_cli, settings
 
-sb3 = pytest.importorskip("stable_baselines3")  # the test extra's; hotprune itself never imports it
 TRAIN_STEPS = 2048  # enough to move the policy well away from its initialisation, in a few seconds
 
 
