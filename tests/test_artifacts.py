@@ -204,10 +204,11 @@ def test_a_graph_export_that_cannot_be_made_says_one_line_and_writes_nothing(run
     assert result.returncode == 2 and result.stderr == \
         "hotprune export: error: --format onnx needs the onnx extra: pip install -e '.[onnx]'\n"
     assert not out.exists()
-    other = tmp_path / "other"  # a policy of an environment this machine does not have
-    other.mkdir()
+    other = tmp_path / "other"  # a policy of an environment this machine does not have, from before policy
+    other.mkdir()               # files described their spaces: the environment must be made to read them
     tensors, meta = load(run_dir / "policy.safetensors")
-    save(other / "policy.safetensors", tensors, **{**meta, "env_id": "NoSuchEnv-v0"})
+    old = {k: v for k, v in meta.items() if k not in ("observation_space", "action_space")}
+    save(other / "policy.safetensors", tensors, **{**old, "env_id": "NoSuchEnv-v0"})
     for fmt in ("onnx", "torchscript"):
         code, _, err = run_cli(capsys, "export", str(other), "--format", fmt)
         assert code == 2 and err.count("\n") == 1 and "env_id 'NoSuchEnv-v0'" in err, err

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,9 +187,20 @@ def planned_config(variant: Variant, seed: int, run_dir: Path, extra: list[str])
     return to_toml(load_config(None, _overrides(variant, seed, run_dir, extra)))
 
 
+def _settings(config_toml: str) -> dict | None:
+    """A config.toml's settings but its run uid (each run makes its own); None if it cannot be read."""
+    try:
+        data = tomllib.loads(config_toml)
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError):
+        return None
+    data.pop("run_uid", None)
+    return data
+
+
 def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -> bool:
-    same = (run_dir / "config.toml").is_file() and \
-        (run_dir / "config.toml").read_text() == planned_config(variant, seed, run_dir, extra)
+    kept = run_dir / "config.toml"
+    same = kept.is_file() and \
+        _settings(kept.read_text(errors="replace")) == _settings(planned_config(variant, seed, run_dir, extra))
     if completed(run_dir) and same:
         log(f"{variant.name} seed {seed}: done already ({run_dir})")
         return True
