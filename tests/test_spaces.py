@@ -86,16 +86,6 @@ def test_images_in_parts_and_spaces_that_do_not_flatten_are_one_line(space, mess
         spaces.check(space)
 
 
-def test_an_image_environment_is_refused_before_anything_starts(capsys, tmp_path):
-    with pytest.raises(ConfigError, match=r"^env_id 'tests.spaces_envs:Pixels-v0': image observations are not "
-                                          r"supported yet \(pixel policies\)"):
-        env_spec("tests.spaces_envs:Pixels-v0")
-    code, out, err = run_cli(capsys, "run", "--env", "tests.spaces_envs:Pixels-v0", "--set",
-                             f"runs_dir={json.dumps(str(tmp_path / 'runs'))}")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "(pixel policies)" in err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-
-
 def test_a_discrete_observation_outside_its_space_is_one_line():
     with pytest.raises(ValueError, match=r"^a discrete observation outside its space's \[6\] values"):
         spaces.flatten(SPACES["discrete"], np.array([6]))
