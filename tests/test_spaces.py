@@ -20,13 +20,12 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 import hotprune
 from hotprune import spaces
 from hotprune.actor_spec import policy_metadata
-from hotprune.config import Config, ConfigError
+from hotprune.config import Config
 from hotprune.envs import env_spec, spec_of
 from hotprune.learning.policy import actor_arrays, make_actor
 from hotprune.runs import artifacts
 from hotprune.workers.numpy_policy import NumpyActor
 from tests import spaces_envs
-from tests.servicekit import run_cli
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
