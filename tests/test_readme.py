@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -199,6 +200,28 @@ def test_a_link_to_a_missing_file_or_heading_is_found(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("# A title\n[ok](#a-title) [gone](nowhere.md) [no heading](#b-title) [web](https://x.org)\n")
     assert broken_links(page) == ["nowhere.md", "#b-title"]
+
+
+def readme_commands() -> list[list[str]]:
+    """The `hotprune ...` lines of the README's bash blocks, as argument lists, comments left out."""
+    blocks = re.findall(r"```bash\n(.*?)```", doc("README.md"), re.S)
+    return [shlex.split(line, comments=True)[1:] for block in blocks for line in block.splitlines()
+            if line.startswith("hotprune ")]
+
+
+def test_the_readmes_commands_are_commands_and_its_settings_are_accepted():
+    """Each line names a command the CLI has; the settings of a `run` line load (keys, values, rules),
+    as `hotprune run` would load them before starting anything."""
+    from hotprune.cli import ALIASES
+    from hotprune.config import load_config
+
+    commands = readme_commands()
+    assert len(commands) >= 8
+    for argv in commands:
+        assert argv[0] in {command[0] for command in COMMANDS if command}, argv
+        if argv[0] == "run":
+            pairs = zip(argv[1::2], argv[2::2])
+            load_config(None, [value if flag == "--set" else f"{ALIASES[flag]}={value}" for flag, value in pairs])
 
 
 def test_the_readme_fits_on_a_screen_and_links_the_reference():
