@@ -60,12 +60,12 @@ def events_table() -> list[str]:
     from hotprune.runs.console import FORMATS
     from hotprune.runs.runlog import EVENTS
 
-    lines = ["| event | role | declared fields (type) | console line |", "| --- | --- | --- | --- |"]
+    lines = ["| event | declared fields (type) | console line |", "| --- | --- | --- |"]
     for key, fields in EVENTS.items():
-        role, event = key if isinstance(key, tuple) else ("any", key)
+        event, named = (key[1], f"`{key[1]}` ({key[0]})") if isinstance(key, tuple) else (key, f"`{key}`")
         kinds = ", ".join(f"{name}: {kind.name}{' (optional)' if kind.optional else ''}"
                           for name, kind in fields.items())
-        lines.append(f"| `{event}` | {role} | {kinds.replace('|', '/')} | {'yes' if event in FORMATS else ''} |")
+        lines.append(f"| {named} | {kinds.replace('|', '/')} | {'yes' if event in FORMATS else ''} |")
     return lines
 
 
