@@ -224,6 +224,18 @@ def test_the_readmes_commands_are_commands_and_its_settings_are_accepted():
             load_config(None, [value if flag == "--set" else f"{ALIASES[flag]}={value}" for flag, value in pairs])
 
 
+def test_the_readmes_python_compiles_and_uses_what_hotprune_has():
+    """Not run here (a 20k-step run; docs/api.md's examples are run by tests/test_api.py): it must parse,
+    and every `hotprune.NAME` it uses must be there."""
+    import hotprune
+
+    code = re.search(r"```python\n(.*?)```", doc("README.md"), re.S).group(1)
+    compile(code, "README.md", "exec")
+    used = set(re.findall(r"\bhotprune\.(\w+)", code))
+    assert {"run", "Config", "load_policy"} <= used
+    assert all(hasattr(hotprune, name) for name in used), used
+
+
 def test_the_readme_fits_on_a_screen_and_links_the_reference():
     readme = doc("README.md")
     assert len(readme.splitlines()) < 150
