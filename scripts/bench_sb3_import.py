@@ -1,4 +1,4 @@
-"""An SB3 PPO policy on CartPole-v1, imported and pruned to 90% by hotprune, keeping its return (README,
+"""An SB3 PPO policy on CartPole-v1, imported and pruned to 90% by hotprune, keeping its return (docs/import.md,
 "Starting from a model trained elsewhere").
 
 Per seed: SB3's PPO with RL Zoo's CartPole hyperparameters (the ones hotprune's preset copies) for 100k

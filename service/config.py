@@ -2,7 +2,7 @@
 
 Each key is declared once, on its field: type, default, meaning and what it allows (choices drawn from
 the registry that implements them, bounds, a few named rules). The checks of single keys, `hotprune run
---help` and the README's table are all made from those declarations; only rules between keys are
+--help` and docs/settings.md's table are all made from those declarations; only rules between keys are
 written by hand (`validate`). A bad value fails with one line naming the key, the value and what is
 allowed; a misspelled key, with the keys it is closest to. `load_config_with_sources` also says where
 each value came from (default, preset, file, --set).
@@ -64,7 +64,7 @@ _types = functools.cache(get_type_hints)
 class Allowed:
     """What a key allows, declared on its field: a choice of values, bounds, and named rules (a test of
     the value and what it must be). Its rules are checked whenever a key is read or a config validated,
-    and `--help` and the README show them, all in the words of the error."""
+    and `--help` and docs/settings.md show them, all in the words of the error."""
 
     choices: tuple[str, ...] = ()
     low: int | float | None = None
@@ -100,7 +100,7 @@ def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), low: i
             high: int | float | None = None, low_open: bool = False, high_open: bool = False,
             checks: tuple[tuple[Callable[[Any], bool], str], ...] = ()) -> Any:
     """A config field, said once: its default, what it means and what it allows (`Allowed`).
-    `hotprune run --help` and the README's table are generated from it (`settings()`), and so are
+    `hotprune run --help` and docs/settings.md's table are generated from it (`settings()`), and so are
     the checks of its value."""
     metadata = {"help": meaning, "allowed": Allowed(tuple(choices), low, high, low_open, high_open, checks)}
     if isinstance(default, (list, dict)):
@@ -973,7 +973,7 @@ class Setting:
 
 def settings() -> list[tuple[str, str, list[Setting]]]:
     """Every key with its type, default, meaning and what it allows, by section: (name, what it is,
-    its keys), the top-level keys first (name ""). What `hotprune run --help` and the README's table show."""
+    its keys), the top-level keys first (name ""). What `hotprune run --help` and docs/settings.md's table show."""
     defaults = Config()
     sections: dict[str, tuple[str, list[Setting]]] = {"": ("the run", [])}
     for key, f, kind, default in _leaves(defaults):
