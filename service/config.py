@@ -210,12 +210,75 @@ class CriticConfig:
     activation: str = _own_activation("critic")
 
 
+def _same_lengths(section: CNNConfig) -> bool:
+    lengths = {len(v) for v in (section.channels, section.kernels, section.strides)}
+    return len(lengths) == 1
+
+
+@dataclass
+class CNNConfig:
+    """the convolutional layers of actor and critic for image observations (MinAtar, Atari); empty lists:
+    chosen from the observation's height and width (NATURE_CNN from 36x36 up, else SMALL_CNN)"""
+
+    channels: list[int] = setting([], "output channels of each conv layer, e.g. 32,64,64 (ReLU after each)",
+                                  checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+    kernels: list[int] = setting([], "square kernel size of each conv layer, e.g. 8,4,3 (no padding)",
+                                 checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+    strides: list[int] = setting([], "stride of each conv layer, e.g. 4,2,1",
+                                 checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+    hidden_sizes: list[int] = setting([], "the MLP head's hidden widths after the flattened conv output (instead "
+                                          "of ppo.hidden_sizes for images; actor.hidden_sizes and critic.hidden_sizes "
+                                          "still go over it); empty: 512 (Nature) or 128 (small)",
+                                      checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+
+
+@dataclass(frozen=True)
+class ConvNet:
+    """The conv layers of a CNN actor or critic (hotprune.learning.policy): Conv2d(kernel, stride, no
+    padding) and ReLU each, on the observation reshaped to `in_shape` (C, H, W) and divided by `scale`
+    (255 for Atari frames, 1 for MinAtar's 0/1 planes), then flattened channel-major into the MLP head."""
+
+    channels: tuple[int, ...]
+    kernels: tuple[int, ...]
+    strides: tuple[int, ...]
+    in_shape: tuple[int, int, int]
+    scale: float
+
+    def out_hw(self) -> tuple[int, int]:
+        """Height and width of the last conv layer's output (ValueError if a kernel outgrows its input)."""
+        h, w = self.in_shape[1:]
+        for k, s in zip(self.kernels, self.strides):
+            if k > h or k > w:
+                raise ValueError(f"a {k}x{k} kernel does not fit a {h}x{w} input (observations {self.in_shape})")
+            h, w = (h - k) // s + 1, (w - k) // s + 1
+        return h, w
+
+    def meta(self) -> dict[str, Any]:
+        """As a policy file's metadata keeps it (JSON)."""
+        return {"channels": list(self.channels), "kernels": list(self.kernels), "strides": list(self.strides),
+                "in_shape": list(self.in_shape), "scale": self.scale}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> ConvNet:
+        return cls(*(tuple(int(v) for v in meta[k]) for k in ("channels", "kernels", "strides", "in_shape")),
+                   float(meta["scale"]))
+
+
+# (channels, kernels, strides, head): Mnih et al. 2015's for 84x84 Atari frames (CleanRL's ppo_atari), and
+# Young & Tian 2019's one 3x3 layer of 16 for MinAtar's 10x10 planes
+NATURE_CNN = ((32, 64, 64), (8, 4, 3), (4, 2, 1), [512])
+SMALL_CNN = ((16,), (3,), (1,), [128])
+NATURE_MIN_SIDE = 36  # the Nature CNN's smallest input: 36 -> 8 -> 3 -> 1
+
+
 class Network(NamedTuple):
     """A network as the run builds it (Config.network): its hidden layer widths and the activation between
-    them, its own section's over the algorithm's."""
+    them, its own section's over the algorithm's; for image observations its conv layers (`conv`), the
+    head's widths from the cnn section and ReLU unless its section says otherwise."""
 
     hidden_sizes: list[int]
     activation: str
+    conv: ConvNet | None = None
 
 
 @dataclass
@@ -384,6 +447,7 @@ class Config:
     sac: SACConfig = field(default_factory=SACConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -415,12 +479,22 @@ class Config:
         """The run's algorithm's own section (its hidden sizes, gamma, minibatch, ...): `ppo` or `sac`."""
         return getattr(self, self.algorithm)
 
-    def network(self, part: str) -> Network:
+    def network(self, part: str, spec: Any = None) -> Network:
         """The "actor"'s or the "critic"'s network: its own section over the algorithm's `hidden_sizes`
-        and activation."""
+        and activation; for a `spec` (hotprune.envs.EnvSpec) of image observations, a CNN: the cnn
+        section's layers over the ones its observations' size picks, and ReLU."""
         own = getattr(self, part)
-        activation = ALGORITHMS[self.algorithm].activation if own.activation == "auto" else own.activation
-        return Network(own.hidden_sizes or self.algo.hidden_sizes, activation)
+        image = spec.image if spec is not None else None
+        if image is None:
+            activation = ALGORITHMS[self.algorithm].activation if own.activation == "auto" else own.activation
+            return Network(own.hidden_sizes or self.algo.hidden_sizes, activation)
+        channels, kernels, strides, head = NATURE_CNN if min(image[1:]) >= NATURE_MIN_SIDE else SMALL_CNN
+        c = self.cnn
+        scale = float(spec.observation_space.high.max())
+        conv = ConvNet(tuple(c.channels or channels), tuple(c.kernels or kernels), tuple(c.strides or strides),
+                       image, scale)
+        activation = "relu" if own.activation == "auto" else own.activation
+        return Network(own.hidden_sizes or c.hidden_sizes or head, activation, conv)
 
     @property
     def replay_capacity(self) -> int:
@@ -818,6 +892,7 @@ def validate(c: Config) -> None:
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
          f"must be 0 or {'SAC' if c.algorithm == 'sac' else 'PPO'}'s minibatch size {minibatch} (g comes from the "
          "trainer's own minibatches)")
+    need(_same_lengths(c.cnn), "cnn.channels", "with cnn.kernels and cnn.strides must be all empty or all given, one entry per conv layer")
     need("critic" not in q.targets or (c.algorithm == "sac" and c.prune_training_model), "pruning.targets",
          "may hold critic only with algorithm=sac and prune_training_model=true (the critics are the trainer's)")
 

@@ -76,12 +76,12 @@ def test_a_space_is_described_in_strict_json_and_built_back(name):
 
 
 @pytest.mark.parametrize("space, message", [
-    (gs.Box(0, 255, (8, 8, 3), np.uint8), r"^image observations are not supported yet \(pixel policies\), got Box"),
-    (gs.Dict({"camera": gs.Box(0, 255, (8, 8, 3), np.uint8)}), r"^image observations are not supported yet"),
+    (gs.Dict({"camera": gs.Box(0, 255, (3, 8, 8), np.uint8)}), r"^an image observation must be the whole observation"),
+    (gs.Tuple([gs.Discrete(2), gs.Box(0, 255, (3, 8, 8), np.uint8)]), r"^an image observation must be the whole"),
     (gs.Text(5), r"^observations must be Box, Discrete, MultiBinary, MultiDiscrete, or a Dict or Tuple of them"),
     (gs.Sequence(gs.Discrete(2)), r"^observations must be Box"),
 ])
-def test_images_and_spaces_that_do_not_flatten_are_one_line(space, message):
+def test_images_in_parts_and_spaces_that_do_not_flatten_are_one_line(space, message):
     with pytest.raises(spaces.SpaceError, match=message):
         spaces.check(space)
 
