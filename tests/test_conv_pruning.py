@@ -4,6 +4,7 @@ and exact; the sliced network against the masked dense one; the smaller shapes t
 layout and the trainer's masks. The CNN is built here with issue 20's names (conv.K, net.K) and torch's NCHW
 flatten(1)."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -11,10 +12,14 @@ from torch import nn
 from torch.nn.utils import prune
 
 from hotprune.actor_spec import Layer, layer_chain
+from hotprune.config import ConvNet
+from hotprune.envs import EnvSpec
+from hotprune.learning.policy import actor_arrays, expected_spec, make_actor
 from hotprune.learning.training_masks import TrainingMasks
 from hotprune.protocol.store_layout import payload_size, read_payload, write_payload
 from hotprune.pruning.engine import Masks, Pruner, apply_masks, cut_inputs, erk_densities, masked_stats, \
     prunable_names, sparsity
+from hotprune.workers.numpy_policy import NumpyActor
 
 torch.set_num_threads(1)
 
@@ -276,3 +281,24 @@ def test_trainer_masks_keep_pruned_filters_and_conv_weights_zero_through_adam_st
         keeping.after_step()
     for name, keep in masks.elements.items():
         assert not params[name].detach().numpy()[~keep].any(), name
+
+
+def test_a_worker_runs_the_channel_pruned_cnn_as_the_masked_dense_torch_actor_does():
+    """The numpy policy a worker builds from the compressor's sliced table, against the torch actor it was cut
+    from with the masks applied: the same log-probabilities on uint8 frames (1e-5, as the dense policy's)."""
+    conv = ConvNet((16, 32), (3, 3), (1, 2), FRAME, 1.0)
+    spec = EnvSpec("Frames-v0", int(np.prod(FRAME)), ACTIONS, True,
+                   observation_space=gym.spaces.Box(0, 1, FRAME, np.uint8))
+    torch.manual_seed(16)
+    actor = make_actor(spec, [HIDDEN], activation="relu", conv=conv)
+    weights = actor_arrays(actor)
+    masks = Pruner(expected_spec(actor), method="magnitude", structure="channel").compute(weights, 0.75)
+    sliced = apply_masks(weights, masks)
+    assert sliced["conv.2.weight"].shape[0] < 32
+    numpy_actor = NumpyActor(sliced, spec, np.random.default_rng(0), "ppo", "relu", conv)
+    actor.load_state_dict({n: torch.from_numpy(w * masks.elements.get(n, True)).float() for n, w in weights.items()})
+    frames = np.random.default_rng(1).integers(0, 2, (8, spec.obs_dim), dtype=np.uint8)
+    actions = np.arange(8) % ACTIONS
+    with torch.no_grad():
+        expected = actor.log_prob(actor.distribution(torch.from_numpy(frames)), torch.from_numpy(actions)).numpy()
+    np.testing.assert_allclose(numpy_actor.log_prob(frames, actions), expected, rtol=0, atol=1e-5)
