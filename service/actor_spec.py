@@ -52,6 +52,13 @@ def actor_shapes(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = F
     return {**shapes, "log_std": (spec.act_dim,)} if kind.head == "gaussian" else shapes
 
 
+def run_shapes(cfg: Config, spec: EnvSpec, part: str = "actor") -> dict[str, tuple[int, ...]]:
+    """name -> shape of a run's dense actor's (or critic's) tensors, its network as the config says."""
+    network = cfg.network(part, spec)
+    shapes = actor_shapes if part == "actor" else critic_shapes
+    return shapes(spec, network.hidden_sizes, cfg.normalize_obs, cfg.algorithm, network.conv)
+
+
 def conv_shapes(conv: ConvNet) -> dict[str, tuple[int, ...]]:
     """name -> shape of the conv layers `conv.0`, `conv.2`, ... (a ReLU between each two)."""
     shapes: dict[str, tuple[int, ...]] = {}
