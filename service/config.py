@@ -210,6 +210,9 @@ class CriticConfig:
     activation: str = _own_activation("critic")
 
 
+EMPTY_OR_POSITIVE = ((lambda sizes: not sizes or _positive_sizes(sizes), "must be empty or positive sizes"),)
+
+
 def _same_lengths(section: CNNConfig) -> bool:
     lengths = {len(v) for v in (section.channels, section.kernels, section.strides)}
     return len(lengths) == 1
@@ -221,15 +224,15 @@ class CNNConfig:
     chosen from the observation's height and width (NATURE_CNN from 36x36 up, else SMALL_CNN)"""
 
     channels: list[int] = setting([], "output channels of each conv layer, e.g. 32,64,64 (ReLU after each)",
-                                  checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+                                  checks=EMPTY_OR_POSITIVE)
     kernels: list[int] = setting([], "square kernel size of each conv layer, e.g. 8,4,3 (no padding)",
-                                 checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+                                 checks=EMPTY_OR_POSITIVE)
     strides: list[int] = setting([], "stride of each conv layer, e.g. 4,2,1",
-                                 checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+                                 checks=EMPTY_OR_POSITIVE)
     hidden_sizes: list[int] = setting([], "the MLP head's hidden widths after the flattened conv output (instead "
                                           "of ppo.hidden_sizes for images; actor.hidden_sizes and critic.hidden_sizes "
                                           "still go over it); empty: 512 (Nature) or 128 (small)",
-                                      checks=((lambda v: not v or _positive_sizes(v), "must be empty or positive sizes"),))
+                                      checks=EMPTY_OR_POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -892,7 +895,8 @@ def validate(c: Config) -> None:
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
          f"must be 0 or {'SAC' if c.algorithm == 'sac' else 'PPO'}'s minibatch size {minibatch} (g comes from the "
          "trainer's own minibatches)")
-    need(_same_lengths(c.cnn), "cnn.channels", "with cnn.kernels and cnn.strides must be all empty or all given, one entry per conv layer")
+    need(_same_lengths(c.cnn), "cnn.channels",
+         "with cnn.kernels and cnn.strides must be all empty or all given, one entry per conv layer")
     need("critic" not in q.targets or (c.algorithm == "sac" and c.prune_training_model), "pruning.targets",
          "may hold critic only with algorithm=sac and prune_training_model=true (the critics are the trainer's)")
 

@@ -42,7 +42,8 @@ class Policy:
             raise artifacts.no_actor(path, exc) from None
         try:
             self._actor = NumpyActor(tensors, self.spec, np.random.default_rng(seed), self.algorithm,
-                                     meta.get("activation"), policy_conv(meta))  # None: the algorithm's, as files before it
+                                     meta.get("activation"),  # None: the algorithm's, as files before it
+                                     policy_conv(meta))
         except (KeyError, ValueError) as exc:
             raise artifacts.no_actor(path, exc) from None
 

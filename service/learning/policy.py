@@ -64,8 +64,10 @@ def conv_layers(conv: ConvNet) -> nn.Sequential:
 
 
 def pixels(layers: nn.Sequential, conv: ConvNet, obs: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float) rows of C*H*W -> float NCHW / scale -> the conv layers -> flat features."""
-    return layers(obs.reshape(-1, *conv.in_shape).to(torch.float32) / conv.scale).flatten(1)
+    """uint8 (or float) rows of C*H*W -> float NCHW / scale -> the conv layers -> flat features, under
+    the same leading axes as `obs` (the critic values [T + 1, N] observations at once)."""
+    x = layers(obs.reshape(-1, *conv.in_shape).to(torch.float32) / conv.scale)
+    return x.reshape(*obs.shape[:-1], -1)
 
 
 def conv_features(conv: ConvNet) -> int:
