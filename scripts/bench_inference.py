@@ -303,8 +303,8 @@ def main() -> None:
     meta = {"start": start, "end": benchkit.machine(), "rounds": rounds, "rollout_rounds": 4 * rounds,
             "command": " ".join(sys.argv)}
     lines = ["# Worker inference: numpy vs torch, dense vs pruned", "",
-             f"`{meta['command']}`; {rounds} alternating rounds after one warm-up (rollout: {4 * rounds} of 2 chunks "
-             "each), every call timed on its own; "
+             f"`{meta['command']}`; {rounds} alternating rounds after one warm-up"
+             + (f" (rollout: {4 * rounds} of 2 chunks each)" if rollout else "") + ", every call timed on its own; "
              f"1 thread per runtime; load average {start['loadavg']} at the start, {meta['end']['loadavg']} at the "
              f"end ({start['cpus']} cores, numpy {start['numpy']}, torch {start['torch']}).", ""]
     if steps:
