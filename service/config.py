@@ -572,6 +572,7 @@ def _with_preset(data: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
     if name == "auto":  # env_id's preset for its algorithm: <env_id> for PPO, <env_id>-<algorithm> for others
         env, algorithm = data.get("env_id", Config.env_id), data.get("algorithm", Config.algorithm)
         name = f"{env}-{algorithm}" if algorithm != Config.algorithm else env
+        name = name.replace("/", "-") if isinstance(name, str) else name  # MinAtar/Breakout-v1: MinAtar-Breakout-v1
         name = name if isinstance(env, str) and isinstance(algorithm, str) and name in shipped else "none"
     if name == "none":
         return {**data, "preset": "none"}, None

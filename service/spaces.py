@@ -60,7 +60,8 @@ def image_shape(space: spaces.Space) -> tuple[int, int, int] | None:
 
 def flatten(space: spaces.Space, obs: Any, batched: bool = True) -> np.ndarray:
     """float32 [n, flat size] (an image: uint8 [n, C*H*W]): a batch of observations of `space` (each
-    array with a leading batch axis, as a gymnasium vector env returns them), or with `batched=False` one observation (n = 1)."""
+    array with a leading batch axis, as a gymnasium vector env returns them), or with
+    `batched=False` one observation (n = 1)."""
     if isinstance(space, spaces.Tuple):
         return np.concatenate([flatten(s, o, batched) for s, o in zip(space.spaces, obs)], axis=1)
     if isinstance(space, spaces.Dict):
