@@ -35,7 +35,8 @@ SAC_UPDATE = {"qf_loss": -123456.7, "actor_loss": -1.2345e-5, "alpha": 1.2345e-5
 @pytest.mark.parametrize("update, second", [
     (PPO_UPDATE, "  loss policy -1.23e-5 value 1.23e5 | entropy -1.23e4 | KL 1.23e-5 | clip 100.0% | expl var -1.23e4"),
     (SAC_UPDATE, "  loss critic -1.23e5 actor -1.23e-5 | alpha 1.23e-5 | critic sparsity 99.9%"),
-    ({**SAC_UPDATE, "critic_sparsity": None}, "  loss critic -1.23e5 actor -1.23e-5 | alpha 1.23e-5 | critics not pruned"),
+    ({**SAC_UPDATE, "critic_sparsity": None},
+     "  loss critic -1.23e5 actor -1.23e-5 | alpha 1.23e-5 | critics not pruned"),
     ({**SAC_UPDATE, "qf_loss": None}, "  no gradient step yet: 10,000,000 samples in the replay buffer"),
     ({}, None),  # a log from before the update's statistics
 ], ids=["ppo", "sac", "sac, critics dense", "sac, before learning starts", "no statistics"])
