@@ -19,7 +19,7 @@ def timeline(run: Run) -> list[str]:
         taken = applied.get(e["version"])
         lines.append(
             f"  due epoch {e['due_epoch']:>4} | snapshot v{e['version']} (epoch {e['epoch']}) -> "
-            f"{e['achieved_sparsity']:.1%} ({e['params_kept']:,}/{e['params_total']:,} parameters kept, "
+            f"{console.pruned_to(e)} ({e['params_kept']:,}/{e['params_total']:,} parameters kept, "
             f"churn {e['mask_churn']:,}, {e['duration_ms']:.1f} ms)"
             + (f" | trainer took it up in epoch {taken['epoch']}" if taken else ""))
     for e in run.events("compressor", "compression_failed"):

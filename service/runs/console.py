@@ -179,13 +179,17 @@ def _pruning_planned(e: dict) -> str | None:
 PLAN_STEPS_SHOWN = 4  # the plan's second line stays within 100 columns
 
 
-def _compression_finished(e: dict) -> str:
-    """Neuron pruning counts hidden units; the weights it removes with them are a larger share (and
-    saying both takes a second line)."""
+def pruned_to(e: dict) -> str:
+    """A compression's sparsity: neuron pruning counts hidden units, and the weights it removes with
+    them are a larger share."""
     weights = f"{_pct(e['weight_sparsity'])} of weights"
+    return f"{_pct(e['unit_sparsity'])} of hidden units ({weights})" if e["structure"] == "neuron" else weights
+
+
+def _compression_finished(e: dict) -> str:
+    """Saying both shares of a neuron pruning takes a second line."""
     neuron = e["structure"] == "neuron"
-    what = f"{_pct(e['unit_sparsity'])} of hidden units ({weights})" if neuron else weights
-    return (f"[compressor] Pruned v{e['version']} to {what}, due epoch {e['due_epoch']}"
+    return (f"[compressor] Pruned v{e['version']} to {pruned_to(e)}, due epoch {e['due_epoch']}"
             + ("\n[compressor]   " if neuron else ": ")
             + f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms")
 
