@@ -119,10 +119,18 @@ def _verbosity(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Heavy imports (torch, zmq) happen inside: a Ctrl-C while they load is one line, not a traceback."""
-    from hotprune.roles.entry import guarded
+    """Heavy imports (torch, zmq) happen inside: a Ctrl-C while they load is one line, not a traceback.
+    Output whose reader has gone (`hotprune show RUN | head -1`, a grid's table piped to head) ends the
+    command quietly, with PIPE_CLOSED (hotprune.roles.entry says why that code)."""
+    from hotprune.roles.entry import PIPE_CLOSED, guarded, stdout_to_devnull
 
-    return guarded(lambda: _main(sys.argv[1:] if argv is None else argv))
+    try:
+        code = guarded(lambda: _main(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not in Python's exit
+    except BrokenPipeError:
+        stdout_to_devnull()
+        return PIPE_CLOSED
+    return code
 
 
 def _main(argv: list[str]) -> int:
@@ -208,10 +216,10 @@ def _main(argv: list[str]) -> int:
         return _watch(args)
     if args.command == "lth":
         return _lth(args, command)
-    announced = None  # `hotprune run`: its config, loaded and announced before torch loads
+    loaded = None  # `hotprune run`: its config, checked before the heavier imports
     if args.command == "run" and not args.resume:
-        announced = _announce(args)
-        if announced is None:
+        loaded = _run_config(args)
+        if loaded is None:
             return 2
     if args.command in TORCH_COMMANDS:
         from hotprune.roles.entry import one_torch_thread
@@ -241,7 +249,7 @@ def _main(argv: list[str]) -> int:
             return _supervise(Supervisor.resume(args.resume), _verbosity(args))
         if args.command == "clean":
             return _clean(args.runs_dir)
-        cfg = announced or load_config(args.config, args.set)
+        cfg = loaded or load_config(args.config, args.set)
         if args.command == "init":
             from hotprune.runs import rundir
 
@@ -251,7 +259,7 @@ def _main(argv: list[str]) -> int:
             return 0
         from hotprune.roles.supervisor import Supervisor
 
-        return _supervise(Supervisor(cfg), _verbosity(args), header_shown=announced is not None)
+        return _supervise(Supervisor(cfg), _verbosity(args))
     except refusals() as exc:
         return _error(args.command, exc)
 
@@ -312,10 +320,10 @@ def _watch(args: argparse.Namespace) -> int:
     return view.watch(args.run_dir, _verbosity(args))
 
 
-def _announce(args: argparse.Namespace):
-    """`hotprune run`: its config, and its first lines printed at once, before torch loads (seconds
-    on a busy machine); None after an error in the settings (printed)."""
-    from hotprune.runs import view
+def _run_config(args: argparse.Namespace):
+    """`hotprune run`: its config, checked before the supervisor (zmq, gymnasium) loads; None after an
+    error in the settings (printed). The console's first lines wait for the run directory: a run refused
+    before it is made says so in one line, under no header naming a directory that never was."""
     from hotprune.config import ConfigError, load_config
 
     from hotprune.runs.artifacts import ArtifactError
@@ -329,8 +337,6 @@ def _announce(args: argparse.Namespace):
     except (ConfigError, ArtifactError) as exc:
         _error(args.command, exc)
         return None
-    for line in view.header(cfg, cfg.run_dir):
-        print(line, flush=True)
     return cfg
 
 
@@ -380,12 +386,16 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from hotprune.commands.lth import TRAIN_DENSE  # no torch: the console starts before it loads
 
         args.set = [*TRAIN_DENSE, *args.set]  # yours win
-        announced = _announce(args)
-        if announced is None:
+        loaded = _run_config(args)
+        if loaded is None:
             return 2
+        from hotprune.roles.entry import refusals
         from hotprune.roles.supervisor import Supervisor
 
-        return _supervise(Supervisor(announced), _verbosity(args), header_shown=True)
+        try:
+            return _supervise(Supervisor(loaded), _verbosity(args))
+        except refusals() as exc:
+            return _error(name, exc)
     import torch
 
     torch.set_num_threads(1)
@@ -408,22 +418,20 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.config:
             parser.error("a ticket takes the dense run's own settings (its config.toml): change them with --set")
         cfg = lth.ticket_config(args.run_dir, args.mask, args.rewind, args.set)
-        from hotprune.runs import tickets, view
+        from hotprune.runs import tickets
         from hotprune.roles.supervisor import Supervisor
 
         tickets.check(cfg)
-        for line in view.header(cfg, cfg.run_dir):
-            print(line, flush=True)
-        return _supervise(Supervisor(cfg), _verbosity(args), header_shown=True)
+        return _supervise(Supervisor(cfg), _verbosity(args))
     except (ConfigError, ArtifactError, RunError) as exc:
         return _error(name, exc)
 
 
-def _supervise(supervisor, verbosity: int, header_shown: bool = False) -> int:
+def _supervise(supervisor, verbosity: int) -> int:
     """The run, with its console (hotprune.runs.view) drawn from the first line, before any process starts."""
     from hotprune.runs import view
 
-    with view.showing(supervisor.cfg, supervisor.run_dir, verbosity, header_shown):
+    with view.showing(supervisor.cfg, supervisor.run_dir, verbosity):
         return supervisor.run()
 
 

@@ -250,7 +250,7 @@ def test_a_wrong_observation_is_one_line(tmp_path, obs, message):
 def test_a_file_that_is_not_a_policy_is_one_line(tmp_path):
     with pytest.raises(hotprune.ArtifactError, match="does not exist"):
         hotprune.load_policy(tmp_path)
-    with pytest.raises(hotprune.ArtifactError, match=r"masks.safetensors does not hold an actor: "):
+    with pytest.raises(hotprune.ArtifactError, match=r"masks.safetensors is a masks file .*, not a policy: "):
         hotprune.load_policy(COMPAT_RUN / "masks.safetensors")  # a masks file, with a policy's metadata
 
 

@@ -227,7 +227,9 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
         (["export", str(run_dir), "--format", "tflite"], "--format must be one of"),
         (["export", str(tmp_path)], "does not exist"),
         (["eval", str(run_dir), "--env", "Pendulum-v1"], "is a policy for CartPole-v1, not Pendulum-v1"),
-        (["eval", str(run_dir / "masks.safetensors")], "does not hold an actor"),
+        (["eval", str(run_dir / "masks.safetensors")], "masks.safetensors is a masks file (True: a weight kept), "
+                                                        "not a policy: pass a run directory or its policy.safetensors"),
+        (["eval", str(run_dir / "checkpoint.safetensors")], "checkpoint.safetensors is a trainer checkpoint"),
         (["eval", str(run_dir), "--seed", "-1"], "--seed must be >= 0"),
         (["export", str(run_dir), "--out", str(tmp_path)], "is a directory"),
         (["export", str(run_dir), "--out", str(tmp_path / "no" / "such" / "dir.safetensors")], "cannot write"),

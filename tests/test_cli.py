@@ -3,6 +3,8 @@ and a --help that does not wait for torch."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -142,3 +144,46 @@ def test_a_misspelled_setting_on_the_command_line_names_the_one_it_most_likely_m
     assert code == 2
     assert err == ("hotprune run: error: unknown config key pruning.target_sparsty: did you mean "
                    "pruning.target_sparsity?\n")
+
+
+def cli(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    """`hotprune argv` as a process of its own (what its start-up and exit do is the point)."""
+    return subprocess.run([sys.executable, "-m", "hotprune.cli", *argv], stderr=subprocess.PIPE, text=True,
+                          timeout=60, **kwargs)
+
+
+def test_output_whose_reader_has_gone_ends_quietly_with_141():
+    """`hotprune show RUN | head -1`: what is written after head exits meets a closed pipe."""
+    read, write = os.pipe()
+    os.close(read)  # gone before the first line, so the test does not hang on a pipe's buffer size
+    try:
+        result = cli("presets", stdout=write)
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_a_run_console_whose_reader_has_gone_goes_on_without_it():
+    """`hotprune run | head`: the run is not stopped by its console (the logs keep everything)."""
+    read, write = os.pipe()
+    os.close(read)
+    script = ("import sys; from pathlib import Path; from hotprune.config import load_config; "
+              "from hotprune.runs import view\n"
+              "with view.View(load_config(None, []), Path('runs/x'), live=False) as shown:\n"
+              "    shown.feed([{'event': 'run_finished', 'role': 'supervisor', 'run_id': 'x', 'outcome': 'completed', "
+              "'logs': 'runs/x/logs'}])\n"
+              "print('went on', file=sys.stderr)")
+    try:
+        result = subprocess.run([sys.executable, "-c", script], stdout=write, stderr=subprocess.PIPE, text=True,
+                                timeout=60)
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (0, "went on\n")
+
+
+def test_a_run_refused_before_its_directory_is_made_prints_no_header_naming_it(tmp_path):
+    result = cli("run", "--set", f"runs_dir={json.dumps(str(tmp_path))}", "--set", "run_id=never",
+                 "--set", "env_id=NoSuchEnv-v0", stdout=subprocess.PIPE)
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr.startswith("hotprune run: error: env_id 'NoSuchEnv-v0'") and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

@@ -24,9 +24,64 @@ WIDEST_EPOCH = {  # every field at the widest a run can make it
     "inference_sparsity": 0.999, "inference_version": 99999, "policy_lag": 99.99}
 
 
-def test_the_epoch_line_fits_100_columns_at_its_widest():
-    line = console.human_line({"event": "epoch", **WIDEST_EPOCH})
-    assert line.startswith("epoch 9999/9999 | reward -12345.6 |") and len(line) <= view.WIDTH, (len(line), line)
+# The update's statistics at their widest (value loss and approx KL are never negative, the clip fraction
+# at most 1), and SAC's before its first gradient step.
+PPO_UPDATE = {"policy_loss": -1.2345e-5, "value_loss": 123456.7, "entropy": -12345.6, "approx_kl": 1.2345e-5,
+              "clip_frac": 1.0, "explained_variance": -12345.6}
+SAC_UPDATE = {"qf_loss": -123456.7, "actor_loss": -1.2345e-5, "alpha": 1.2345e-5, "critic_sparsity": 0.999,
+              "replay_size": 10**7}
+
+
+@pytest.mark.parametrize("update, second", [
+    (PPO_UPDATE, "  loss policy -1.23e-5 value 1.23e5 | entropy -1.23e4 | KL 1.23e-5 | clip 100.0% | expl var -1.23e4"),
+    (SAC_UPDATE, "  loss critic -1.23e5 actor -1.23e-5 | alpha 1.23e-5 | critic sparsity 99.9%"),
+    ({**SAC_UPDATE, "critic_sparsity": None},
+     "  loss critic -1.23e5 actor -1.23e-5 | alpha 1.23e-5 | critics not pruned"),
+    ({**SAC_UPDATE, "qf_loss": None}, "  no gradient step yet: 10,000,000 samples in the replay buffer"),
+    ({}, None),  # a log from before the update's statistics
+], ids=["ppo", "sac", "sac, critics dense", "sac, before learning starts", "no statistics"])
+@pytest.mark.parametrize("reward", [-12345.6, None], ids=["reward", "no episode ended"])
+def test_the_epoch_lines_fit_100_columns_at_their_widest(update, second, reward):
+    lines = console.human_line({"event": "epoch", **WIDEST_EPOCH, **update, "reward_mean": reward}).splitlines()
+    first = "epoch 9999/9999 | reward -12345.6 |" if reward else "epoch 9999/9999 | no episode ended |"
+    assert lines[0].startswith(first) and lines[1:] == ([second] if second else [])
+    assert max(map(len, lines)) <= view.WIDTH, lines
+    live = console.live_stats({**WIDEST_EPOCH, **update, "reward_mean": reward}, 1.23).splitlines()
+    assert live[0].startswith("reward -12345.6 |" if reward else "no episode has ended yet |")
+    assert live[2:] == ([second.strip()] if second else []) and max(map(len, live)) <= view.WIDTH
+
+
+def test_neuron_pruning_says_which_sparsity_counts_hidden_units_and_which_weights():
+    applied = console.human_line({"event": "masks_applied", "version": 3, "target_sparsity": 0.9, "newly_pruned": 10,
+                                  "structure": "neuron", "inference_version": 2, "inference_sparsity": 0.5,
+                                  "training_sparsity_verified": 0.987})
+    assert "training pruned to 90.0% of hidden units (masks v3)" in applied
+    assert "Training model sparsity verified: 98.7% of weights" in applied
+    finished = console.human_line({"event": "compression_finished", "version": 3, "due_epoch": 2, "structure": "neuron",
+                                   "weight_sparsity": 0.987, "unit_sparsity": 0.9, "params_kept": 100,
+                                   "params_total": 4610, "duration_ms": 1.0})
+    assert finished.startswith("[compressor] Pruned v3 to 90.0% of hidden units (98.7% of weights), due epoch 2")
+
+
+@pytest.mark.parametrize("outcome, resumable", [("stopped by SIGINT", True), ("failed: trainer", True),
+                                                 ("completed", False), ("refused: trainer", False)])
+def test_a_stopped_or_failed_run_ends_with_the_command_that_resumes_it(outcome, resumable):
+    lines = console.human_line({"event": "run_finished", "run_id": "r", "outcome": outcome,
+                                "logs": "runs/r/logs"}).splitlines()
+    assert lines[0] == f"[supervisor] run r finished: {outcome}, logs in runs/r/logs"
+    assert lines[1:] == (["[supervisor] resume it: hotprune run --resume runs/r"] if resumable else [])
+
+
+def test_a_dense_run_is_named_dense_not_both_pruned():
+    from hotprune.commands.lth import TRAIN_DENSE
+    from hotprune.config import load_config
+
+    for settings_, named in [(TRAIN_DENSE, "dense run for lottery tickets (weights kept every 10 epochs)"),
+                             (["pruning.method=none"], "dense baseline")]:
+        cfg = load_config(None, ["env_id=CartPole-v1", "mode=async", *settings_])
+        assert view.header(cfg, Path("runs/d"))[1] == f"  CartPole-v1, async, {named}"
+    summary = {"mode": "sync", "prune_training_model": True, "method": "none"}
+    assert console.kind_of_run(**summary) == "sync, dense"
 
 
 def test_the_diagnostic_lines_of_a_usual_run_fit_100_columns():
@@ -41,6 +96,8 @@ def test_the_diagnostic_lines_of_a_usual_run_fit_100_columns():
         {"event": "compression_finished", "version": 9999, "due_epoch": 9999, "structure": "neuron",
          "weight_sparsity": 0.987, "unit_sparsity": 0.9, "params_kept": 123_456, "params_total": 1_234_567,
          "duration_ms": 1234.0},
+        {"event": "masks_applied", "version": 99999, "target_sparsity": 0.987, "inference_version": 99998,
+         "inference_sparsity": 0.987, "training_sparsity_verified": 0.987, "newly_pruned": 10, "structure": "neuron"},
         {"event": "store_waiting", "worker_id": 15, "run_id": "cartpole-async-bp-mag80-s1-20261122-203000-ab12",
          "waited_s": 115.0, "timeout_s": 120.0},
     ]
@@ -145,7 +202,7 @@ def test_a_plain_console_is_one_process_lines_within_100_columns(plain):
     assert max(len(line) for line in out if str(run_dir) not in line) <= view.WIDTH
     assert [line.split("|")[0].split() for line in out if line.startswith("epoch")] == [
         ["epoch", "1/3"], ["epoch", "2/3"], ["epoch", "3/3"]]
-    for shown in ("[compressor] Pruning plan", "[compressor] Pruned v2 to 80.0%, due epoch 2",
+    for shown in ("[compressor] Pruning plan", "[compressor] Pruned v2 to 80.0% of weights, due epoch 2",
                   "Masks applied to training model", "=== Summary (async, both pruned) ===",
                   "[supervisor] run plain finished: completed"):
         assert sum(shown in line for line in out) == 1, shown  # once: only the supervisor prints it

@@ -1,4 +1,5 @@
-"""GAE with gymnasium's flags: a cut-off episode bootstraps from its final observation, an ended one never."""
+"""GAE with gymnasium's flags: a cut-off episode bootstraps from its final observation, an ended one never;
+and the explained variance the epoch line shows."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hotprune.learning.ppo import Batch, advantages
+from hotprune.learning.ppo import Batch, advantages, explained_variance
 
 torch.set_num_threads(1)
 VALUE = 10.0
@@ -40,3 +41,11 @@ def one_step(terminated: bool, truncated: bool) -> Batch:
 def test_one_step_return(terminated, truncated, expected):
     _, returns = advantages(one_step(terminated, truncated), constant_critic(), GAMMA, 0.95)
     assert returns.item() == pytest.approx(expected)
+
+
+def test_explained_variance_is_one_for_values_that_are_the_returns_and_zero_for_their_mean():
+    returns = torch.tensor([1.0, 2.0, 4.0, 8.0])
+    assert explained_variance(torch.zeros(4), returns) == 1.0  # advantages = returns - values
+    assert explained_variance(returns - returns.mean(), returns) == pytest.approx(0.0, abs=1e-6)
+    assert explained_variance(2 * returns, returns) == pytest.approx(-3.0)  # values = -returns: worse than none
+    assert explained_variance(torch.zeros(4), torch.ones(4)) is None  # returns that do not vary explain nothing

@@ -5,6 +5,7 @@ machine cannot run, refused before anything starts."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from types import SimpleNamespace
@@ -57,6 +58,10 @@ def test_a_both_pruned_sac_run_logs_every_epoch_field(sac_run):
     assert epochs[-1]["training_sparsity"] == pytest.approx(0.8, abs=0.005)
     assert epochs[-1]["critic_sparsity"] == pytest.approx(0.8, abs=0.005)
     assert epochs[-1]["inference_sparsity"] == pytest.approx(0.8, abs=0.005)
+    critics = of(events(run_dir, "trainer"), "summary")[0]["critics_sparsity"]
+    assert critics.keys() == {"qf1", "qf2"} and all(v == pytest.approx(0.8, abs=0.005) for v in critics.values())
+    assert re.search(r"^  loss critic \S+ actor \S+ \| alpha \S+ \| critic sparsity 80\.0%$", result.stdout, re.M)
+    assert "Critic sparsity: qf1 80.0%, qf2 80.0%" in result.stdout
     assert_clean(run_dir)
 
 

@@ -43,8 +43,18 @@ def test_run_completes_and_console_shows_the_diagnostics(both_pruned):
     assert "Training model sparsity verified: 80.0%" in out
     assert re.search(r"Snapshot taken \(v\d+, epoch \d+\) - Training model sparsity: 80\.0%", out)
     for line in ("=== Summary (async, both pruned) ===", "Throughput (avg samples/s)", "Rollout time avg",
-                 "Final sparsity: training 80.0% | inference 80.0%", "Swap latency: median", "Policy lag"):
+                 "Final sparsity: training 80.0% | inference 80.0%", "Swap latency: median", "Policy lag",
+                 "Critic sparsity: critic 0.0%"):
         assert line in out
+    # under each epoch's line its update's losses and health, which its record holds
+    assert len(re.findall(r"^epoch .*\n  loss policy \S+ value \S+ \| entropy \S+ \| KL \S+ \| clip \S+% \| "
+                          r"expl var \S+$", out, re.M)) == 9
+    epochs = of(events(run_dir, "trainer"), "epoch")
+    for e in epochs:
+        stats = [e[k] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac", "explained_variance")]
+        assert all(isinstance(v, float) for v in stats), e
+        assert e["value_loss"] > 0 and e["approx_kl"] >= 0 and 0 <= e["clip_frac"] <= 1 and e["explained_variance"] <= 1
+    assert of(events(run_dir, "trainer"), "summary")[0]["critics_sparsity"] == {"critic": 0.0}  # PPO's is never pruned
     assert_clean(run_dir)
 
 
@@ -231,7 +241,7 @@ def _start(tmp_path, run_id, *extra):
 
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
                          ids=["SIGTERM to the supervisor", "Ctrl-C to the whole process group"])
-def test_a_stop_signal_stops_everything(tmp_path, sig, to_group):
+def test_a_stop_signal_stops_everything(tmp_path, capsys, sig, to_group):
     proc, run_dir = _start(tmp_path, "stop")
     if to_group:
         os.killpg(proc.pid, sig)
@@ -247,6 +257,8 @@ def test_a_stop_signal_stops_everything(tmp_path, sig, to_group):
     term = 128 + signal.SIGTERM
     assert exits["trainer"] == term and set(exits.values()) <= {0, term}, exits
     assert of(events(run_dir, "trainer"), "summary")[0]["completed"] is False
+    code, shown, _ = run_cli(capsys, "show", str(run_dir))  # what its console ended with, too
+    assert code == 0 and shown.splitlines()[-1] == f"[supervisor] resume it: hotprune run --resume {run_dir}"
 
 
 @pytest.mark.parametrize("victim, sig", [("worker-1", signal.SIGKILL), ("trainer", signal.SIGTERM)],

@@ -8,7 +8,8 @@ here and values the observations the workers sent.
 algorithm (hotprune.learning.sac.Learner is the other), built from its own section of the config, the
 run's length and its networks (hotprune.learning.learners.make_learner): `actor` (what the workers run
 and the compressor prunes) and its `optimizer`; the critics the trainer may prune itself (`critics`,
-their `critic_targets` and `critic_optimizer`; none for PPO); `update(batch, epoch, hooks, critic_hooks)`
+their `critic_targets` and `critic_optimizer`; none for PPO); `value_networks` (every critic by name,
+pruned or not: the summary measures their sparsity); `update(batch, epoch, hooks, critic_hooks)`
 -> the losses for the `epoch` line; `modules()`, `optimizers()`, `state()` and `restore()` for
 checkpoints (hotprune.learning.checkpoints); `hidden_sizes` (the actor's); for lottery tickets
 (hotprune.commands.lth), `ticket_critic` (the critic tensors the files keep, as a module) and
@@ -45,6 +46,7 @@ class Learner:
         self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)
         self.critic_targets: dict[str, nn.Module] = {}
         self.critic_optimizer = self.optimizer
+        self.value_networks: dict[str, nn.Module] = {"critic": self.critic}
         self.ticket_critic = self.critic  # what lottery-ticket files keep of the critic (hotprune.commands.lth)
 
     def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
@@ -98,20 +100,22 @@ def update(
     cfg: PPOConfig,
     generator: torch.Generator,
     hooks: Sequence[UpdateHooks] = (),
-) -> dict[str, float]:
-    """One PPO update; returns loss statistics and `skipped_steps`.
+) -> dict[str, float | int | None]:
+    """One PPO update; returns its statistics (STATS: means over the optimizer steps taken, None when
+    none was) and `skipped_steps`.
 
     `hooks` run at each minibatch's update points (hotprune.learning.hooks): the trainer takes up masks
     before a minibatch, gradient statistics and mask keeping happen after backward and after the
     step. A minibatch whose gradients are not all finite takes no optimizer step (clipping would
-    spread one NaN to every weight) and is counted in `skipped_steps`.
+    spread one NaN to every weight) and is counted in `skipped_steps`. The statistics are summed as a
+    tensor and read once, at the end: no synchronisation per minibatch.
     """
     obs, actions, old_logp, adv, returns = samples(batch, critic, cfg)
     all_params = [*actor.parameters(), *critic.parameters()]
     size = batch.size
     mb_size = size // cfg.minibatches
     steps, skipped = 0, 0
-    stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clip_frac": 0.0}
+    sums = torch.zeros(len(STATS))
     for _ in range(cfg.update_epochs):
         order = torch.randperm(size, generator=generator)
         for start in range(0, size - mb_size + 1, mb_size):
@@ -127,14 +131,24 @@ def update(
 
             with torch.no_grad():
                 steps += 1
-                stats["policy_loss"] += policy_loss.item()
-                stats["value_loss"] += value_loss.item()
-                stats["entropy"] += entropy.item()
-                stats["approx_kl"] += ((ratio - 1) - log_ratio).mean().item()
-                stats["clip_frac"] += ((ratio - 1).abs() > cfg.clip_coef).float().mean().item()
+                approx_kl = ((ratio - 1) - log_ratio).mean()  # CleanRL's (Schulman's k3 estimator)
+                clip_frac = ((ratio - 1).abs() > cfg.clip_coef).float().mean()
+                sums += torch.stack([policy_loss, value_loss, entropy, approx_kl, clip_frac])
     optimizer.zero_grad()
-    means = {k: v / steps if steps else None for k, v in stats.items()}
-    return {**means, "skipped_steps": skipped}
+    means = dict.fromkeys(STATS) if not steps else dict(zip(STATS, (sums / steps).tolist()))
+    return {**means, "explained_variance": explained_variance(adv, returns), "skipped_steps": skipped}
+
+
+STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")  # an update's means, by name
+
+
+def explained_variance(adv: torch.Tensor, returns: torch.Tensor) -> float | None:
+    """How much of the value targets' variance the critic's values (before the update) explain:
+    1 - Var(returns - values) / Var(returns), values = returns - advantages (SB3's and CleanRL's
+    `explained_variance`; 1 is perfect, 0 no better than a constant, below 0 worse). None when the
+    returns do not vary."""
+    var = returns.var()
+    return None if var == 0 or not torch.isfinite(var) else float(1 - adv.var() / var)
 
 
 def samples(batch: Batch, critic: nn.Module, cfg: PPOConfig) -> tuple[torch.Tensor, ...]:

@@ -30,6 +30,12 @@ from hotprune.learning.hooks import UpdateHooks, hooked_step
 from hotprune.learning.learners import RunLength
 
 TRANSITION_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
+CRITIC_STATS = ("qf_loss", "qf1_values", "qf2_values")  # an update's means over its critic steps
+ACTOR_STATS = ("actor_loss", "alpha_loss")  # and over its actor steps
+
+
+def _means(names: Sequence[str], sums: torch.Tensor, steps: int) -> dict[str, float | None]:
+    return dict(zip(names, (sums / steps).tolist())) if steps else dict.fromkeys(names)
 
 
 class ReplayBuffer:
@@ -113,6 +119,7 @@ class Learner:
         self.critics = dict(zip(SAC_CRITICS, (self.qf1, self.qf2)))
         self.critic_targets = dict(zip(SAC_CRITICS, (self.qf1_target, self.qf2_target)))
         self.critic_optimizer = self.q_optimizer
+        self.value_networks = self.critics
         # What lottery-ticket files keep of the critics (hotprune.commands.lth): both, and their targets.
         targets = {f"{n}_target": t for n, t in self.critic_targets.items()}
         self.ticket_critic = nn.ModuleDict({**self.critics, **targets})
@@ -126,7 +133,7 @@ class Learner:
         return {"alpha": self.alpha}
 
     def critic_loss(self, data: dict[str, torch.Tensor],
-                    alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    alpha: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The twin critics' soft Bellman loss on replay rows `data`, and each critic's Q values."""
         with torch.no_grad():
             next_actions, next_log_pi = self.actor.sample(data["next_obs"])
@@ -137,7 +144,7 @@ class Learner:
         loss = F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value)
         return loss, qf1_a_values, qf2_a_values
 
-    def actor_loss(self, obs: torch.Tensor, alpha: float) -> torch.Tensor:
+    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
         pi, log_pi = self.actor.sample(obs)
         return (alpha * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
 
@@ -152,10 +159,10 @@ class Learner:
         steps = round(s.utd * batch.size) if self.samples_seen >= s.learning_starts else 0
         critic_params = [*self.qf1.parameters(), *self.qf2.parameters()]
         actor_params = list(self.actor.parameters())
-        sums = {"qf_loss": 0.0, "qf1_values": 0.0, "qf2_values": 0.0}
-        actor_sums = {"actor_loss": 0.0, "alpha_loss": 0.0}
+        # Summed as tensors and read once at the end: no synchronisation per gradient step.
+        sums, actor_sums = torch.zeros(len(CRITIC_STATS)), torch.zeros(len(ACTOR_STATS))
         critic_steps = actor_steps = skipped = 0
-        alpha = self.alpha
+        alpha = self._alpha()
         for _ in range(steps):
             data = self.buffer.sample(s.batch_size, self.generator)
             obs = data["obs"]
@@ -167,9 +174,8 @@ class Learner:
                 continue
             self.gradient_steps += 1
             critic_steps += 1
-            sums["qf_loss"] += qf_loss.item() / 2  # CleanRL logs the mean of the twins' losses
-            sums["qf1_values"] += qf1_a_values.mean().item()
-            sums["qf2_values"] += qf2_a_values.mean().item()
+            with torch.no_grad():  # CleanRL logs the mean of the twins' losses
+                sums += torch.stack([qf_loss / 2, qf1_a_values.mean(), qf2_a_values.mean()])
 
             if self.gradient_steps % s.policy_frequency == 0:  # TD3's delayed update
                 for _ in range(s.policy_frequency):  # as many actor steps as were delayed
@@ -180,7 +186,7 @@ class Learner:
                         skipped += 1
                         continue
                     actor_steps += 1
-                    actor_sums["actor_loss"] += actor_loss.item()
+                    alpha_loss = torch.zeros(())
                     if s.autotune:
                         with torch.no_grad():
                             _, log_pi = self.actor.sample(obs)
@@ -188,17 +194,20 @@ class Learner:
                         self.a_optimizer.zero_grad()
                         alpha_loss.backward()
                         self.a_optimizer.step()
-                        alpha = self.alpha
-                        actor_sums["alpha_loss"] += alpha_loss.item()
+                        alpha = self._alpha()
+                    actor_sums += torch.stack([actor_loss.detach(), alpha_loss.detach()])
 
             if self.gradient_steps % s.target_network_frequency == 0:
                 self.update_targets()
         self.q_optimizer.zero_grad()
         self.optimizer.zero_grad()
-        means = {k: v / critic_steps if critic_steps else None for k, v in sums.items()}
-        means |= {k: v / actor_steps if actor_steps else None for k, v in actor_sums.items()}
-        return {**means, "alpha": alpha, "gradient_steps": critic_steps + actor_steps, "skipped_steps": skipped,
+        means = _means(CRITIC_STATS, sums, critic_steps) | _means(ACTOR_STATS, actor_sums, actor_steps)
+        return {**means, "alpha": self.alpha, "gradient_steps": critic_steps + actor_steps, "skipped_steps": skipped,
                 "replay_size": len(self.buffer)}
+
+    def _alpha(self) -> torch.Tensor | float:
+        """The temperature the losses use: a tensor while tuned (read without a synchronisation), else the setting."""
+        return self.log_alpha.detach().exp() if self.cfg.autotune else self.cfg.alpha
 
     @torch.no_grad()
     def update_targets(self) -> None:

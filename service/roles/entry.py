@@ -7,12 +7,17 @@ role never imports the CLI: the CLI calls the roles, never the reverse).
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 from typing import Callable
 
 
 CONFIG_ERROR = 2  # the exit code of a refusal (argparse's for usage errors): a supervisor never restarts it
+# Output cut off by its reader (`hotprune show RUN | head -1`): what a shell reports for a writer that
+# SIGPIPE ended (`yes | head`: 141), so `set -o pipefail` scripts see it as coreutils' own; exit 0 would
+# say that everything was written.
+PIPE_CLOSED = 128 + signal.SIGPIPE
 
 
 def refusals() -> tuple[type[Exception], ...]:
@@ -49,6 +54,14 @@ def guarded(body: Callable[[], int], name: str = "hotprune") -> int:
         # already finished process with -15 (as if it had failed).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+def stdout_to_devnull() -> None:
+    """After a BrokenPipeError, as Python's docs advise (signal module, "Note on SIGPIPE"): stdout goes to
+    devnull, so that nothing written later (Python's own flush at exit included) fails again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 PR_SET_PDEATHSIG = 1

@@ -200,6 +200,16 @@ def _meta_value(text: str) -> Any:
         return text
 
 
+def other_kind(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str | None:
+    """What a kept file that is not a policy is, by its contents: masks (every tensor bool), or the
+    trainer's checkpoint (its records, its networks under prefixes); None for anything else."""
+    if tensors and all(a.dtype == np.bool_ for a in tensors.values()):
+        return "a masks file (True: a weight kept)"
+    if "records" in meta and "discrete" not in meta:
+        return "a trainer checkpoint (what `hotprune run --resume` goes on from)"
+    return None
+
+
 def read_policy(path: str | Path, env_id: str | None = None) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
     """A policy file's path, its actor's tensors and its metadata (a run directory means its
     policy.safetensors). With `env_id`, a policy trained on another environment is refused."""
@@ -207,6 +217,9 @@ def read_policy(path: str | Path, env_id: str | None = None) -> tuple[Path, dict
     if path.is_dir():
         path = path / POLICY
     tensors, meta = load(path)
+    other = other_kind(tensors, meta)
+    if other:
+        raise ArtifactError(f"{path} is {other}, not a policy: pass a run directory or its policy.safetensors")
     missing = [key for key in ("env_id", "discrete") if key not in meta]
     if missing:
         raise ArtifactError(f"{path} is not a hotprune policy: its metadata lacks {' and '.join(missing)} "

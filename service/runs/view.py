@@ -26,6 +26,7 @@ from hotprune.runs import console
 from hotprune.runs.runlog import Tail
 from hotprune import eventlog
 from hotprune.config import Config
+from hotprune.roles.entry import stdout_to_devnull
 from hotprune.roles.process import load_run_config
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -41,10 +42,15 @@ def header(cfg: Config, run_dir: Path) -> list[str]:
     """The first lines, before any process starts: where the run is (its last part is the run id),
     and what it will do."""
     p = cfg.pruning
-    mode = f"{cfg.mode}, {'both pruned' if cfg.prune_training_model else 'teacher-student'}"
-    pruning = "dense baseline" if p.method == "none" else f"fixed masks of {p.mask_file}" if p.method == "fixed" \
-        else f"{p.method} {p.structure}s to {p.target_sparsity:.1%}"
-    return [f"run {run_dir}", f"  {cfg.env_id}, {mode}, {pruning}",
+    kind = console.kind_of_run(cfg.mode, cfg.prune_training_model, p.method)
+    if p.method == "none":  # `hotprune lth train-dense` keeps weights for tickets
+        what = f"{kind} run for lottery tickets (weights kept every {cfg.keep_weights_every} epochs)" \
+            if cfg.keep_weights_every else f"{kind} baseline"
+    else:
+        pruning = f"fixed masks of {p.mask_file}" if p.method == "fixed" else \
+            f"{p.method} {p.structure}s to {p.target_sparsity:.1%}"
+        what = f"{kind}, {pruning}"
+    return [f"run {run_dir}", f"  {cfg.env_id}, {what}",
             f"  {cfg.total_epochs} epochs = {cfg.total_epochs * cfg.epoch_samples:,} env steps, "
             f"{cfg.num_workers} workers x {cfg.envs_per_worker} envs"]
 
@@ -103,10 +109,8 @@ class View:
     """The console of one run. `feed` it the run's events; as a context manager it prints the header
     and, on a terminal, draws the live view until the block ends."""
 
-    def __init__(self, cfg: Config, run_dir: Path, verbosity: int = NORMAL, live: bool | None = None,
-                 header_shown: bool = False):
+    def __init__(self, cfg: Config, run_dir: Path, verbosity: int = NORMAL, live: bool | None = None):
         self.cfg, self.run_dir, self.verbosity = cfg, run_dir, verbosity
-        self.header_shown = header_shown
         self.live_wanted = sys.stdout.isatty() and verbosity > QUIET if live is None else live
         self.live = None  # rich.live.Live while drawing
         self.problems = eventlog.Problems()
@@ -114,7 +118,7 @@ class View:
         self.deferred: list[str] = []  # END_EVENTS lines while live: shown under its last frame
 
     def __enter__(self) -> "View":
-        for line in [] if self.header_shown else header(self.cfg, self.run_dir):
+        for line in header(self.cfg, self.run_dir):
             self._print(line)
         if self.live_wanted:
             from rich.console import Console
@@ -172,8 +176,11 @@ class View:
     def _print(self, text: str) -> None:
         if self.live:
             self.live.console.print(text, markup=False)
-        else:
+            return
+        try:
             print(fit(text), flush=True)
+        except BrokenPipeError:  # `hotprune run | head`: the reader has gone, the run goes on (its logs keep all)
+            stdout_to_devnull()
 
     def _problem(self, line: str, level: str | None) -> None:
         if self.live and sys.stderr.isatty():  # the same terminal: above the live view, not through it
@@ -202,13 +209,13 @@ class View:
 
 
 @contextmanager
-def showing(cfg: Config, run_dir: Path, verbosity: int = NORMAL, header_shown: bool = False) -> Iterator[View]:
-    """The console of a run this process supervises: the header at once (unless the CLI printed it
-    before its heavy imports), then the run's logs followed in a thread until the block ends (and
-    what they hold by then)."""
+def showing(cfg: Config, run_dir: Path, verbosity: int = NORMAL) -> Iterator[View]:
+    """The console of a run this process supervises: the header at once (its directory is made: a run
+    refused before that prints its one error line alone), then the run's logs followed in a thread
+    until the block ends (and what they hold by then)."""
     tail = Tail(run_dir / "logs", from_end=True)
     done = threading.Event()
-    with View(cfg, run_dir, verbosity, header_shown=header_shown) as view:
+    with View(cfg, run_dir, verbosity) as view:
         thread = threading.Thread(target=view.follow, args=(tail, done.is_set), name="view", daemon=True)
         thread.start()
         try:

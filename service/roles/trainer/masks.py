@@ -55,6 +55,7 @@ class TrainerMasks:
         self.critics = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, p) \
             if ("critic" in p.targets and pruner) or fixed_critics else None
         self.critic_masks_epoch = -1  # the newest schedule step the critics were pruned for
+        self.value_networks = learner.value_networks
         if self.fixed:
             self.training.apply(fixed)
             critic_pruned = self.critics.fix(fixed_critics) if fixed_critics else 0
@@ -75,6 +76,15 @@ class TrainerMasks:
     def sparsity(self) -> float:
         """The actor's measured sparsity: exact zeros among its prunable weights."""
         return sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names)
+
+    def critics_sparsity(self) -> dict[str, float]:
+        """Each critic's measured sparsity (exact zeros among its prunable weights), pruned or not: SAC's
+        twins, PPO's one (masked only by a lottery ticket's mask file)."""
+        out = {}
+        for name, critic in self.value_networks.items():
+            spec = expected_spec(critic)
+            out[name] = sparsity(actor_arrays(critic), spec, prunable_names(spec, self.cfg.pruning.prune_output_layer))
+        return out
 
     def stats(self) -> dict:
         """The masks in force, layer by layer (hotprune.pruning.engine.masked_stats)."""

@@ -106,9 +106,10 @@ class EpochRecords:
 
     def summary(self, *, training_sparsity: float, training: dict, pruned_policy: dict | None,
                 compression_failures: int, target_sparsity: float, params_total: int, trainer_starts: int,
-                critic_sparsity: float | None) -> dict:
+                critic_sparsity: float | None, critics_sparsity: dict[str, float]) -> dict:
         """The `summary` event: the records, and the final state of the other parts (`training`: the
-        training model's masked_stats; `pruned_policy`: the newest compression the compressor reported)."""
+        training model's masked_stats; `pruned_policy`: the newest compression the compressor reported;
+        `critics_sparsity`: each critic's measured sparsity, pruned or not)."""
         r, c = self.rows, self.cfg
 
         def mean(key, rows=r):
@@ -154,6 +155,7 @@ class EpochRecords:
             "trainer_starts": trainer_starts,
             "algorithm": c.algorithm,
             **({"final_critic_sparsity": critic_sparsity} if critic_sparsity is not None else {}),
+            "critics_sparsity": critics_sparsity,
         }
 
     def state_dict(self) -> tuple[Tensors, dict]:

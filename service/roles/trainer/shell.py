@@ -233,7 +233,8 @@ class Trainer:
                 pruned_policy=self.intake.pruned_policy, compression_failures=self.intake.compression_failures,
                 target_sparsity=self.masks.target_sparsity(), params_total=self.masks.params_total,
                 trainer_starts=self.position.trainer_start + 1,
-                critic_sparsity=self.masks.critics.sparsity() if self.masks.critics else None))
+                critic_sparsity=self.masks.critics.sparsity() if self.masks.critics else None,
+                critics_sparsity=self.masks.critics_sparsity()))
         self.ctx.destroy(linger=1000)  # let the stop go out
 
     def policy_meta(self, **extra) -> dict:
