@@ -8,8 +8,8 @@ critic step (policy_frequency 2), SB3 once every step. HalfCheetah-v5's dimensio
 stands in for it (MuJoCo need not be installed), the same rows for every system.
 
   hotprune        hotprune.learning.sac.Learner.update on an epoch of `--steps` env steps;
-  hotprune_fused  the same with Adam's fused kernel instead of its foreach one (what ADAM_IMPLEMENTATION
-                  chooses between);
+  hotprune_foreach  the same with Adam's foreach implementation instead of its fused kernel (what
+                  ADAM_IMPLEMENTATION chooses between);
   sb3             stable_baselines3.SAC.train(gradient_steps=`--steps`, batch_size=256);
   cleanrl         CleanRL's update loop (sac_continuous_action.py, vwxyzjn/cleanrl commit 004f8a0, the
                   `if global_step > args.learning_starts:` block), written again here on plain
@@ -47,7 +47,7 @@ from hotprune.learning.chunks import Batch  # noqa: E402
 from hotprune.learning.learners import make_learner  # noqa: E402
 
 OBS, ACT, HIDDEN, BATCH, ROWS = 17, 6, 256, 256, 20_000  # HalfCheetah-v5's dimensions
-SYSTEMS = ("hotprune", "hotprune_fused", "sb3", "cleanrl")
+SYSTEMS = ("hotprune", "hotprune_foreach", "sb3", "cleanrl")
 
 
 def random_rows(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -66,17 +66,17 @@ def env_steps(rng: np.random.Generator, n: int) -> Batch:
                  truncated=np.zeros((n, 1), bool), final_obs=np.zeros((n, 1, OBS), np.float32))
 
 
-def hotprune_system(rows: dict[str, np.ndarray], steps: int, fused: bool):
+def hotprune_system(rows: dict[str, np.ndarray], steps: int, foreach: bool):
     cfg = load_config(overrides=["algorithm=sac", "env_id=Pendulum-v1", "preset=none", "sac.learning_starts=0",
                                  f"sac.batch_size={BATCH}", f"sac.hidden_sizes={HIDDEN},{HIDDEN}",
                                  "samples_per_epoch=256", "chunk_steps=64", "envs_per_worker=4", "epochs=1000"])
     spec = EnvSpec("HalfCheetah-v5", OBS, ACT, False, (-1.0,) * ACT, (1.0,) * ACT)
     learner = make_learner(cfg, spec, torch.Generator().manual_seed(0))
     learner.buffer.add(rows)
-    if fused:
+    if foreach:
         for optimizer in learner.optimizers().values():
             for group in optimizer.param_groups:
-                group.update(foreach=None, fused=True)
+                group.update(foreach=True, fused=None)
     rng = np.random.default_rng(1)
     return lambda: learner.update(env_steps(rng, steps), 1)["gradient_steps"]
 
@@ -196,8 +196,8 @@ def main() -> None:
         args.rounds, args.steps = 2, 8
     benchkit.one_thread()
     rows = random_rows(np.random.default_rng(0))
-    makers = {"hotprune": lambda: hotprune_system(rows, args.steps, fused=False),
-              "hotprune_fused": lambda: hotprune_system(rows, args.steps, fused=True),
+    makers = {"hotprune": lambda: hotprune_system(rows, args.steps, foreach=False),
+              "hotprune_foreach": lambda: hotprune_system(rows, args.steps, foreach=True),
               "sb3": lambda: sb3_system(rows, args.steps), "cleanrl": lambda: cleanrl_system(rows, args.steps)}
     systems = {name: make() for name, make in makers.items()}
     start = benchkit.machine()
