@@ -138,6 +138,8 @@ def _hand_out_grad(stacked: torch.Tensor, own: list[nn.Parameter]) -> None:
     """A stacked tensor's gradient, just accumulated, to its critics' parameters as views (added to
     what they hold, as autograd accumulates); the stacked tensor itself keeps none."""
     grad, stacked.grad = stacked.grad, None
+    if grad is None:  # a compiled graph may accumulate nothing into a leaf it was handed
+        return
     for k, param in enumerate(own):
         param.grad = grad[k] if param.grad is None else param.grad + grad[k]
 
