@@ -10,6 +10,8 @@ stands in for it (MuJoCo need not be installed), the same rows for every system.
   hotprune        hotprune.learning.sac.Learner.update on an epoch of `--steps` env steps;
   hotprune_foreach  the same with Adam's foreach implementation instead of its fused kernel (what
                   ADAM_IMPLEMENTATION chooses between);
+  hotprune_compiled  (--compile) the same with its critic and actor losses through torch.compile (what the
+                  user's `async_prune_compile` variant did), written to benchmarks/sac_speed_compile.*;
   sb3             stable_baselines3.SAC.train(gradient_steps=`--steps`, batch_size=256);
   cleanrl         CleanRL's update loop (sac_continuous_action.py, vwxyzjn/cleanrl commit 004f8a0, the
                   `if global_step > args.learning_starts:` block), written again here on plain
@@ -22,7 +24,7 @@ One torch thread; the systems alternate within each round (the order rotating), 
 discarded; per system the median and spread of its rounds, and per round each system's time over
 hotprune's (the paired ratio, which the machine's load drifts less).
 
-    .venv/bin/python scripts/bench_sac.py [--rounds 7] [--steps 128] [--quick]
+    .venv/bin/python scripts/bench_sac.py [--rounds 7] [--steps 128] [--compile] [--quick]
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from hotprune.learning.chunks import Batch  # noqa: E402
 from hotprune.learning.learners import make_learner  # noqa: E402
 
 OBS, ACT, HIDDEN, BATCH, ROWS = 17, 6, 256, 256, 20_000  # HalfCheetah-v5's dimensions
-SYSTEMS = ("hotprune", "hotprune_foreach", "sb3", "cleanrl")
 
 
 def random_rows(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -66,18 +67,23 @@ def env_steps(rng: np.random.Generator, n: int) -> Batch:
                  truncated=np.zeros((n, 1), bool), final_obs=np.zeros((n, 1, OBS), np.float32))
 
 
-def hotprune_system(rows: dict[str, np.ndarray], steps: int, foreach: bool):
+def hotprune_system(rows: dict[str, np.ndarray], steps: int, foreach: bool = False, compiled: bool = False):
     cfg = load_config(overrides=["algorithm=sac", "env_id=Pendulum-v1", "preset=none", "sac.learning_starts=0",
                                  f"sac.batch_size={BATCH}", f"sac.hidden_sizes={HIDDEN},{HIDDEN}",
                                  "samples_per_epoch=256", "chunk_steps=64", "envs_per_worker=4", "epochs=1000"])
     spec = EnvSpec("HalfCheetah-v5", OBS, ACT, False, (-1.0,) * ACT, (1.0,) * ACT)
     learner = make_learner(cfg, spec, torch.Generator().manual_seed(0))
     learner.buffer.add(rows)
+    rng = np.random.default_rng(1)
+    if compiled:  # the losses (forward and backward) through torch.compile; compiling is the first update's time
+        learner.critic_loss, learner.actor_loss = torch.compile(learner.critic_loss), torch.compile(learner.actor_loss)
+        t0 = time.perf_counter()
+        learner.update(env_steps(rng, 4), 1)
+        print(f"hotprune_compiled: compiled in {time.perf_counter() - t0:.1f} s", flush=True)
     if foreach:
         for optimizer in learner.optimizers().values():
             for group in optimizer.param_groups:
                 group.update(foreach=True, fused=None)
-    rng = np.random.default_rng(1)
     return lambda: learner.update(env_steps(rng, steps), 1)["gradient_steps"]
 
 
@@ -190,6 +196,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="rounds after the discarded first")
     parser.add_argument("--steps", type=int, default=128, help="env steps (critic steps) each system trains per round")
+    parser.add_argument("--compile", action="store_true", help="also hotprune_compiled: the losses through "
+                        "torch.compile (benchmarks/sac_speed_compile.*)")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 8 env steps: does it run")
     args = parser.parse_args()
     if args.quick:
@@ -198,13 +206,16 @@ def main() -> None:
     rows = random_rows(np.random.default_rng(0))
     makers = {"hotprune": lambda: hotprune_system(rows, args.steps, foreach=False),
               "hotprune_foreach": lambda: hotprune_system(rows, args.steps, foreach=True),
+              **({"hotprune_compiled": lambda: hotprune_system(rows, args.steps, compiled=True)}
+                 if args.compile else {}),
               "sb3": lambda: sb3_system(rows, args.steps), "cleanrl": lambda: cleanrl_system(rows, args.steps)}
     systems = {name: make() for name, make in makers.items()}
+    names = tuple(systems)
     start = benchkit.machine()
     clocks = {"cpu": time.process_time, "wall": time.perf_counter}
-    per_step = {clock: {name: [] for name in SYSTEMS} for clock in clocks}
+    per_step = {clock: {name: [] for name in names} for clock in clocks}
     for round_ in range(args.rounds + 1):
-        order = SYSTEMS[round_ % len(SYSTEMS):] + SYSTEMS[:round_ % len(SYSTEMS)]
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in order:
             t0 = {clock: now() for clock, now in clocks.items()}
             gradient_steps = systems[name]()
@@ -213,7 +224,7 @@ def main() -> None:
                 if round_:
                     per_step[clock][name].append((now() - t0[clock]) * 1e3 / args.steps)
         if round_:
-            print(f"round {round_} (cpu ms): " + ", ".join(f"{n} {per_step['cpu'][n][-1]:.2f}" for n in SYSTEMS),
+            print(f"round {round_} (cpu ms): " + ", ".join(f"{n} {per_step['cpu'][n][-1]:.2f}" for n in names),
                   flush=True)
     report(args, start, per_step)
 
@@ -222,7 +233,7 @@ def table(per_step: dict[str, list[float]]) -> tuple[list[str], dict]:
     """The markdown rows of one clock, and each system's summary and paired ratios."""
     base = np.asarray(per_step["hotprune"])
     out, rows = {}, []
-    for name in SYSTEMS:
+    for name in per_step:
         s, r = benchkit.summary(per_step[name]), np.asarray(per_step[name]) / base
         out[name] = {**s, "over_hotprune": r.tolist(), "over_hotprune_median": float(np.median(r))}
         rows.append(f"| {name} | {s['median_ms']:.2f} | {s['min_ms']:.2f} | {s['max_ms']:.2f} | "
@@ -245,8 +256,9 @@ def report(args, start: dict, per_step: dict[str, dict[str, list[float]]]) -> No
         lines += ["", f"## {clock} time", "",
                   "| system | median ms/env step | min | max | env steps/s (median) "
                   "| time / hotprune's in the same round, median [min, max] |", "|---|---|---|---|---|---|", *rows]
-    lines += ["", f"Command: `.venv/bin/python scripts/bench_sac.py --rounds {args.rounds} --steps {args.steps}`"]
-    benchkit.write("sac_speed", results, lines)
+    flag = " --compile" if args.compile else ""
+    lines += ["", f"Command: `.venv/bin/python scripts/bench_sac.py --rounds {args.rounds} --steps {args.steps}{flag}`"]
+    benchkit.write("sac_speed_compile" if args.compile else "sac_speed", results, lines)
 
 
 if __name__ == "__main__":
