@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from hotprune.actor_spec import critic_shapes
 from hotprune.learning import checkpoints
 from hotprune.learning.chunks import Batch
 from hotprune.config import load_config
@@ -181,3 +182,89 @@ def test_a_restored_sac_learner_continues_exactly_as_the_original(tmp_path):
         for (n, a), b in zip(module.state_dict().items(), other.modules()[name].state_dict().values()):
             assert torch.equal(a, b), f"{name}.{n}"
     assert torch.equal(learner.log_alpha, other.log_alpha)
+
+
+# --- the batched update against SAC written plainly ------------------------------------------------------
+
+
+def plain_update(learner: Learner, steps: int) -> dict[str, list[float]]:
+    """The previous formulation, written plainly (CleanRL's loop): each critic on its own forward, the
+    actor's loss backward through both critics' weights, Adam's per-tensor loop, Polyak per tensor,
+    Python floats every step. On `learner`'s modules, buffer and generator; its own optimizers."""
+    s, actor, qf1, qf2 = learner.cfg, learner.actor, learner.qf1, learner.qf2
+    q_opt = torch.optim.Adam([*qf1.parameters(), *qf2.parameters()], lr=s.q_lr, foreach=False)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=s.policy_lr, foreach=False)
+    a_opt = torch.optim.Adam([learner.log_alpha], lr=s.q_lr, foreach=False)
+    alpha, logged = learner.log_alpha.exp().item(), {"qf_loss": [], "actor_loss": [], "alpha_loss": []}
+    for step in range(1, steps + 1):
+        data = learner.buffer.sample(s.batch_size, learner.generator)
+        with torch.no_grad():
+            next_actions, next_log_pi = actor.sample(data["next_obs"])
+            q_next = torch.min(learner.qf1_target(data["next_obs"], next_actions),
+                               learner.qf2_target(data["next_obs"], next_actions)) - alpha * next_log_pi
+            target = data["rewards"] + (1 - data["terminated"]) * s.gamma * q_next
+        qf_loss = (torch.nn.functional.mse_loss(qf1(data["obs"], data["actions"]), target)
+                   + torch.nn.functional.mse_loss(qf2(data["obs"], data["actions"]), target))
+        q_opt.zero_grad()
+        qf_loss.backward()
+        q_opt.step()
+        logged["qf_loss"].append(qf_loss.item() / 2)
+        if step % s.policy_frequency == 0:
+            for _ in range(s.policy_frequency):
+                pi, log_pi = actor.sample(data["obs"])
+                actor_loss = (alpha * log_pi - torch.min(qf1(data["obs"], pi), qf2(data["obs"], pi))).mean()
+                actor_opt.zero_grad()
+                actor_loss.backward()
+                actor_opt.step()
+                with torch.no_grad():
+                    _, log_pi = actor.sample(data["obs"])
+                alpha_loss = (-learner.log_alpha.exp() * (log_pi + learner.target_entropy)).mean()
+                a_opt.zero_grad()
+                alpha_loss.backward()
+                a_opt.step()
+                alpha = learner.log_alpha.exp().item()
+                logged["actor_loss"].append(actor_loss.item())
+                logged["alpha_loss"].append(alpha_loss.item())
+        with torch.no_grad():
+            for critic, target in ((qf1, learner.qf1_target), (qf2, learner.qf2_target)):
+                for p, t in zip(critic.parameters(), target.parameters()):
+                    t.mul_(1 - s.tau).add_(p, alpha=s.tau)
+    return logged
+
+
+def test_the_batched_update_is_the_plain_one_losses_and_weights_within_1e_6():
+    cfg = config("sac.learning_starts=0", "sac.utd=0.125")  # 64 samples: 8 critic steps, 8 actor steps
+    fast, plain = (make_learner(cfg, PENDULUM, torch.Generator().manual_seed(5)) for _ in range(2))
+    for name, module in fast.modules().items():
+        plain.modules()[name].load_state_dict(module.state_dict())
+    batch = pendulum_batch(np.random.default_rng(5))
+    torch.manual_seed(7)
+    got = fast.update(batch, 1)
+    plain.buffer.add(batch.transitions())
+    torch.manual_seed(7)
+    want = plain_update(plain, 8)
+    assert got["gradient_steps"] == 16
+    for key, values in want.items():
+        assert got[key] == pytest.approx(np.mean(values), rel=1e-6, abs=1e-6), key
+    for name, module in fast.modules().items():
+        for n, p in module.state_dict().items():
+            torch.testing.assert_close(p, plain.modules()[name].state_dict()[n], rtol=1e-6, atol=1e-6,
+                                       msg=f"{name}.{n}")
+    torch.testing.assert_close(fast.log_alpha, plain.log_alpha, rtol=1e-6, atol=1e-6)
+
+
+def test_the_critics_parameters_are_views_of_the_stacked_tensors_under_their_own_names():
+    cfg = config("normalize_obs=true")
+    learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(6))
+    names = {f"{m}.{n}": tuple(p.shape) for m, module in learner.modules().items() if m != "actor"
+             for n, p in module.state_dict().items()}
+    assert names == critic_shapes(PENDULUM, [32, 32], True, "sac")
+    with torch.no_grad():
+        learner.qf2.net[2].weight[3, 4] = 5.0  # a write to a critic's own parameter is one to the stack
+        learner.twin_target.stacked[0][1, 0, 0] = -3.0  # and the other way round
+    assert learner.twin.stacked[2][1, 3, 4] == 5.0 and learner.qf2_target.net[0].weight[0, 0] == -3.0
+    learner.buffer.add(pendulum_batch(np.random.default_rng(6)).transitions())
+    learner.critic_loss(learner.buffer.sample(16, learner.generator), 0.2)[0].backward()
+    assert all(t.grad is None for t in learner.twin.stacked)  # handed out to the critics' own parameters
+    assert learner.qf2.net[0].weight.grad.data_ptr() != learner.qf1.net[0].weight.grad.data_ptr()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.qf1.parameters())

@@ -49,5 +49,7 @@ def hooked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Se
 
 
 def all_finite_grads(params: Sequence[torch.Tensor]) -> bool:
+    """Whether every gradient is finite, from each tensor's largest |g| (one pass over it; a NaN or an inf
+    anywhere makes it non-finite, and a maximum, unlike a sum, never overflows)."""
     grads = [p.grad for p in params if p.grad is not None]
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+    return bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all()) if grads else True

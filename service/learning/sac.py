@@ -38,6 +38,14 @@ def _means(names: Sequence[str], sums: torch.Tensor, steps: int) -> dict[str, fl
     return dict(zip(names, (sums / steps).tolist())) if steps else dict.fromkeys(names)
 
 
+ADAM_IMPLEMENTATION = {"foreach": None, "fused": True}  # 3.5x foreach on CPU: docs/sac_speed.md
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam's fused kernel: one pass over each tensor per step, not a Python loop of operations over them."""
+    return torch.optim.Adam(params, lr=lr, **ADAM_IMPLEMENTATION)
+
+
 class ReplayBuffer:
     """A ring of the last `capacity` transitions, float32 numpy arrays (zeros: the OS hands pages out
     as rows are first written, so a buffer larger than the run costs only what it holds)."""
@@ -90,6 +98,60 @@ class SoftQNetwork(nn.Module):
         return self.net(torch.cat([obs, actions], 1)).view(-1)
 
 
+class TwinQ:
+    """Both critics of a pair (the twins, or their targets) in one batched pass: each layer's weights of the
+    two stacked [2, out, in] and its biases [2, out], one `baddbmm` per layer for both. The critics' own
+    parameters (`qf1.net.0.weight`, ...) stay what checkpoints, masks, lottery tickets and the optimizer
+    hold, as views of the stacked tensors: a write to either is a write to both. The stacked tensors are
+    leaves of their own; after a backward pass a hook hands each critic its slice of their gradient, so
+    whatever reads `qf1.net.0.weight.grad` (mask keeping, gradient statistics, Adam) reads it unchanged."""
+
+    def __init__(self, critics: Sequence[SoftQNetwork], trained: bool):
+        first = critics[0]
+        self.obs_norm = first.obs_norm  # the actor's: one for every net
+        self.activation = first.net[1] if len(first.net) > 1 else None
+        self.stacked: list[torch.Tensor] = []  # weight, bias of each layer, input to output
+        for i, layer in enumerate(first.net):
+            if isinstance(layer, nn.Linear):
+                for name in ("weight", "bias"):
+                    self.stacked.append(self._stack([getattr(c.net[i], name) for c in critics], trained))
+
+    @staticmethod
+    def _stack(own: list[nn.Parameter], trained: bool) -> torch.Tensor:
+        stacked = torch.stack([p.detach() for p in own]).requires_grad_(trained)
+        for k, param in enumerate(own):
+            param.data = stacked.data[k]  # the same Parameter object, its storage now the stacked tensor's
+        if trained:
+            stacked.register_post_accumulate_grad_hook(lambda t: _hand_out_grad(t, own))
+        return stacked
+
+    def __call__(self, obs: torch.Tensor, actions: torch.Tensor, critic_grads: bool = True) -> torch.Tensor:
+        """Both critics' Q(s, a), [2, n]. `critic_grads` False: gradients reach the inputs (the actor's
+        actions) but not the critics' weights, which the actor's step does not train."""
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
+        x = torch.cat([obs, actions], 1).expand(2, -1, -1)
+        last = len(self.stacked) - 2
+        for i in range(0, len(self.stacked), 2):
+            weight, bias = self.stacked[i], self.stacked[i + 1]
+            if not critic_grads:
+                weight, bias = weight.detach(), bias.detach()
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            if i < last:
+                x = self.activation(x)
+        return x.squeeze(-1)
+
+
+def _hand_out_grad(stacked: torch.Tensor, own: list[nn.Parameter]) -> None:
+    """A stacked tensor's gradient, just accumulated, to its critics' parameters as views (added to
+    what they hold, as autograd accumulates); the stacked tensor itself keeps none."""
+    grad, stacked.grad = stacked.grad, None
+    if grad is None:  # a compiled graph may accumulate nothing into a leaf it was handed
+        return
+    for k, param in enumerate(own):
+        param.grad = grad[k] if param.grad is None else param.grad + grad[k]
+
+
 class Learner:
     """SAC's learning state (nets, targets, optimizers, entropy temperature, replay buffer) and its
     update, behind the trainer's algorithm interface (see hotprune.learning.ppo.Learner)."""
@@ -106,12 +168,14 @@ class Learner:
         self.qf1_target, self.qf2_target = (SoftQNetwork(spec, *q) for _ in range(2))
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
-        self.q_optimizer = torch.optim.Adam([*self.qf1.parameters(), *self.qf2.parameters()], lr=s.q_lr)
-        self.optimizer = torch.optim.Adam(self.actor.parameters(), lr=s.policy_lr)  # the actor's
+        self.twin = TwinQ((self.qf1, self.qf2), trained=True)
+        self.twin_target = TwinQ((self.qf1_target, self.qf2_target), trained=False)
+        self.q_optimizer = adam([*self.qf1.parameters(), *self.qf2.parameters()], s.q_lr)
+        self.optimizer = adam(self.actor.parameters(), s.policy_lr)  # the actor's
         # Automatic entropy tuning: alpha = exp(log_alpha) is driven towards entropy -act_dim.
         self.target_entropy = -float(spec.act_dim)
         self.log_alpha = torch.zeros(1, requires_grad=True)
-        self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=s.q_lr)
+        self.a_optimizer = adam([self.log_alpha], s.q_lr)
         self.buffer = ReplayBuffer(s.replay_capacity(length.samples), spec.obs_dim, spec.act_dim)
         self.samples_seen = 0  # env steps added to the buffer (this trainer's, and its checkpoint's)
         self.gradient_steps = 0  # critic steps so far: the clock of the delayed actor and target updates
@@ -128,31 +192,38 @@ class Learner:
     def alpha(self) -> float:
         return self.log_alpha.exp().item() if self.cfg.autotune else self.cfg.alpha
 
+    def _alpha(self) -> torch.Tensor:
+        """The temperature as a tensor, for the update's loop (no .item() per step)."""
+        return self.log_alpha.detach().exp() if self.cfg.autotune else torch.tensor(self.cfg.alpha)
+
     def ticket_meta(self) -> dict:
         """What a kept weights file says beyond the weights: the temperature, which the losses need."""
         return {"alpha": self.alpha}
 
     def critic_loss(self, data: dict[str, torch.Tensor],
-                    alpha: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    alpha: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The twin critics' soft Bellman loss on replay rows `data`, and each critic's Q values."""
         with torch.no_grad():
             next_actions, next_log_pi = self.actor.sample(data["next_obs"])
-            q_next = torch.min(self.qf1_target(data["next_obs"], next_actions),
-                               self.qf2_target(data["next_obs"], next_actions)) - alpha * next_log_pi
+            q_next = self.twin_target(data["next_obs"], next_actions)
+            q_next = torch.min(q_next[0], q_next[1]) - alpha * next_log_pi
             next_q_value = data["rewards"] + (1 - data["terminated"]) * self.cfg.gamma * q_next
-        qf1_a_values, qf2_a_values = self.qf1(data["obs"], data["actions"]), self.qf2(data["obs"], data["actions"])
-        loss = F.mse_loss(qf1_a_values, next_q_value) + F.mse_loss(qf2_a_values, next_q_value)
-        return loss, qf1_a_values, qf2_a_values
+        q = self.twin(data["obs"], data["actions"])
+        return F.mse_loss(q[0], next_q_value) + F.mse_loss(q[1], next_q_value), q[0], q[1]
 
-    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    def actor_loss(self, obs: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        """The actor's loss; its gradient reaches the critics' inputs but not their weights (the critics'
+        own step recomputes theirs from zero, so the actor's step need not make any)."""
         pi, log_pi = self.actor.sample(obs)
-        return (alpha * log_pi - torch.min(self.qf1(obs, pi), self.qf2(obs, pi))).mean()
+        q = self.twin(obs, pi, critic_grads=False)
+        return (alpha * log_pi - torch.min(q[0], q[1])).mean()
 
     def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
                critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | int | None]:
         """The epoch's transitions into the buffer, then round(utd * samples) gradient steps (none
         before `learning_starts` env steps). Returns the mean losses over the steps (None when none
-        were taken), `gradient_steps`, `skipped_steps` and the buffer's size."""
+        were taken), `gradient_steps`, `skipped_steps` and the buffer's size. The losses are summed as
+        tensors and read once, at the end: no step waits on a Python float."""
         s = self.cfg
         self.buffer.add(batch.transitions())
         self.samples_seen += batch.size
@@ -186,16 +257,10 @@ class Learner:
                         skipped += 1
                         continue
                     actor_steps += 1
-                    alpha_loss = torch.zeros(())
+                    alpha_loss = self.alpha_step(obs) if s.autotune else torch.zeros(())
                     if s.autotune:
-                        with torch.no_grad():
-                            _, log_pi = self.actor.sample(obs)
-                        alpha_loss = (-self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()
-                        self.a_optimizer.zero_grad()
-                        alpha_loss.backward()
-                        self.a_optimizer.step()
                         alpha = self._alpha()
-                    actor_sums += torch.stack([actor_loss.detach(), alpha_loss.detach()])
+                    actor_sums += torch.stack([actor_loss.detach(), alpha_loss])
 
             if self.gradient_steps % s.target_network_frequency == 0:
                 self.update_targets()
@@ -205,18 +270,24 @@ class Learner:
         return {**means, "alpha": self.alpha, "gradient_steps": critic_steps + actor_steps, "skipped_steps": skipped,
                 "replay_size": len(self.buffer)}
 
-    def _alpha(self) -> torch.Tensor | float:
-        """The temperature the losses use: a tensor while tuned (read without a synchronisation), else the setting."""
-        return self.log_alpha.detach().exp() if self.cfg.autotune else self.cfg.alpha
+    def alpha_step(self, obs: torch.Tensor) -> torch.Tensor:
+        """The temperature's step, on log-probabilities of the just-updated actor; its loss."""
+        with torch.no_grad():
+            _, log_pi = self.actor.sample(obs)
+        alpha_loss = (-self.log_alpha.exp() * (log_pi + self.target_entropy)).mean()
+        self.a_optimizer.zero_grad()
+        alpha_loss.backward()
+        self.a_optimizer.step()
+        return alpha_loss.detach()
 
     @torch.no_grad()
     def update_targets(self) -> None:
-        """Polyak averaging: target <- tau * critic + (1 - tau) * target. A weight the trainer's critic
-        masks hold at zero (and its target, zeroed with it) stays exactly zero."""
+        """Polyak averaging: target <- tau * critic + (1 - tau) * target, every layer of both critics in
+        two foreach operations. A weight the trainer's critic masks hold at zero (and its target,
+        zeroed with it) stays exactly zero."""
         tau = self.cfg.tau
-        for name, critic in self.critics.items():
-            for param, target in zip(critic.parameters(), self.critic_targets[name].parameters()):
-                target.mul_(1 - tau).add_(param, alpha=tau)
+        torch._foreach_mul_(self.twin_target.stacked, 1 - tau)
+        torch._foreach_add_(self.twin_target.stacked, [w.detach() for w in self.twin.stacked], alpha=tau)
 
     # --- checkpoints (hotprune.learning.checkpoints) ------------------------------------------------------
 
@@ -233,6 +304,9 @@ class Learner:
                 {"samples_seen": self.samples_seen, "gradient_steps": self.gradient_steps})
 
     def restore(self, tensors: dict[str, np.ndarray], meta: dict) -> None:
+        for optimizer in self.optimizers().values():  # a checkpoint's param_groups name no implementation
+            for group in optimizer.param_groups:
+                group.update(ADAM_IMPLEMENTATION)
         with torch.no_grad():
             self.log_alpha.copy_(torch.from_numpy(tensors["log_alpha"]))
         self.samples_seen, self.gradient_steps = meta["samples_seen"], meta["gradient_steps"]
