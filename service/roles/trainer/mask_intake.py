@@ -50,6 +50,17 @@ class MaskIntake:
         """The compressor reported on the last scheduled step (there is none without a schedule)."""
         return self.reported_due_epoch >= self.final_due_epoch
 
+    def report_awaited(self) -> bool:
+        """Sync mode, both pruned: the compressor's report on the snapshot the workers just ran (a step
+        was due at its epoch) has not come yet. The compressor sent it right after writing the store the
+        workers swapped from, so waiting costs nothing, and the update starts from the same masks in every
+        run instead of from whatever had arrived (docs/reproducibility.md). A failed step's retry on the
+        next snapshot is not awaited: its report says nothing the trainer could wait on."""
+        if self.cfg.mode != "sync" or not self.cfg.prune_training_model:
+            return False
+        ran = self.position.epoch - 1  # the epoch of the snapshot whose version the workers ran
+        return any(self.reported_due_epoch < epoch <= ran for epoch in self.steps)
+
     def newly_applied(self) -> bool:
         """Whether masks were applied since the last time this was asked (each snapshot asks once)."""
         applied, self.applied_since_published = self.applied_since_published, False
