@@ -5,7 +5,8 @@ What made two such runs differ was the trainer, not the workers: it used an epoc
 they arrived, which shuffled PPO's minibatches and SAC's replay rows, and moved the shared reward
 statistics and the window of episode returns in that order. The in-process tests below hold the part that
 timing cannot reach in a whole run on demand: an epoch is the same whichever worker's chunk arrives first,
-and sync mode does not start an update before the report on the snapshot the workers ran.
+and sync mode does not start an update before the report on the snapshot the workers ran. The same sync
+runs also show that sync mode throws no env step away (the workers pause after their share of a version).
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ from hotprune.learning.chunks import Batch
 from hotprune.protocol.codec import Encoder
 from hotprune.roles.process import StopFlag, load_run_config
 from hotprune.roles.trainer import Trainer
-from tests.servicekit import HOTPRUNE, assert_clean, hotprune, logged, settings
+from tests.servicekit import HOTPRUNE, accounting_adds_up, assert_clean, hotprune, logged, settings
 
 TIMING = {"ts", "pid", "run_id", "rollout_s", "train_s", "epoch_s", "samples_per_s"}  # what differs by right
 # Checkpoint tensors that record when, not what: swap latencies, and the reward returns' worker process starts.
 TIMED_TENSORS = {"swap_latencies_ms", "reward_stats.starts"}
 
 PPO = ["mode=sync", "epochs=5", "normalize_obs=true", "normalize_reward=true", "pruning.method=taylor"]
-SAC = ["mode=sync", "algorithm=sac", "env_id=Pendulum-v1", "epochs=4", "sac.hidden_sizes=32,32",
+SAC = ["mode=sync", "algorithm=sac", "env_id=Pendulum-v1", "epochs=3", "sac.hidden_sizes=32,32",
        "sac.batch_size=64", "sac.learning_starts=512", "sac.utd=0.25", "pruning.targets=actor,critic"]
 # SMALL's 512-sample epochs are two 128-sample chunks from each of the two workers; both-pruned, a
-# compression is due from the snapshot of epoch 2, so the masks go back to the trainer mid-run.
+# compression is due from the snapshot of epoch 2, so the masks go back to the trainer mid-run. SAC: version 0
+# acts at random, epochs 1-3 take 128 critic and 128 actor steps each; its critics are pruned at epoch 2.
 
 
 def sync_trainer(tmp_path: Path, run_id: str, *extra: str) -> Trainer:
@@ -124,6 +126,19 @@ def start(tmp_path: Path, run_id: str, config: list[str], seed: int) -> subproce
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture(scope="module")
+def sync_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two PPO runs with seed 1, one with seed 2, two SAC runs with seed 1: all at once, so the machine's
+    load varies the timing of each as much as it can."""
+    tmp = tmp_path_factory.mktemp("sync")
+    runs = {"ppo-a": (PPO, 1), "ppo-b": (PPO, 1), "ppo-seed2": (PPO, 2), "sac-a": (SAC, 1), "sac-b": (SAC, 1)}
+    procs = {run_id: start(tmp, run_id, config, seed) for run_id, (config, seed) in runs.items()}
+    for run_id, proc in procs.items():
+        assert proc.wait(timeout=300) == 0, f"{run_id}: {proc.stderr.read()}"
+        assert_clean(tmp / "runs" / run_id)
+    return {run_id: tmp / "runs" / run_id for run_id in runs}
+
+
 def records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in e.items() if k not in TIMING} for e in logged(run_dir, "trainer", "epoch")]
 
@@ -137,14 +152,8 @@ def kept(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_two_sync_runs_with_one_seed_are_identical_and_another_seed_differs(tmp_path):
-    # All at once: the machine's load then varies the timing of each run as much as it can.
-    runs = {"ppo-a": (PPO, 1), "ppo-b": (PPO, 1), "ppo-seed2": (PPO, 2), "sac-a": (SAC, 1), "sac-b": (SAC, 1)}
-    procs = {run_id: start(tmp_path, run_id, config, seed) for run_id, (config, seed) in runs.items()}
-    for run_id, proc in procs.items():
-        assert proc.wait(timeout=300) == 0, f"{run_id}: {proc.stderr.read()}"
-        assert_clean(tmp_path / "runs" / run_id)
-    run = {run_id: tmp_path / "runs" / run_id for run_id in runs}
+def test_two_sync_runs_with_one_seed_are_identical_and_another_seed_differs(sync_runs):
+    run = sync_runs
     for a, b in (("ppo-a", "ppo-b"), ("sac-a", "sac-b")):
         assert records(run[a]) == records(run[b]), f"{a} and {b} logged different epochs"
         one, other = kept(run[a]), kept(run[b])
@@ -155,3 +164,19 @@ def test_two_sync_runs_with_one_seed_are_identical_and_another_seed_differs(tmp_
     assert records(run["ppo-a"])[-1]["training_sparsity"] > 0
     one, other = kept(run["ppo-a"]), kept(run["ppo-seed2"])
     assert not np.array_equal(one["policy:net.0.weight"], other["policy:net.0.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_id", ["ppo-a", "sac-a"])
+def test_sync_workers_pause_after_their_share_so_no_env_step_is_thrown_away(sync_runs, run_id):
+    run_dir = sync_runs[run_id]
+    cfg = load_run_config(run_dir)
+    epochs, summary = accounting_adds_up(run_dir)
+    assert len(epochs) == cfg.total_epochs and summary["samples_dropped_stale"] == 0
+    assert all(e["policy_lag"] == 0 for e in epochs)
+    taken = sum(logged(run_dir, f"worker-{i}", "worker_stopped")[-1]["samples"] for i in range(cfg.num_workers))
+    # Every env step the workers took was trained on, but for the share each sends of the last
+    # version (nobody trains on it: the run is over) and a chunk begun when the stop came.
+    share = cfg.chunks_per_worker * cfg.chunk_samples
+    assert summary["samples_received"] <= taken <= summary["samples_received"] + cfg.num_workers * (
+        share + cfg.chunk_samples), (taken, summary["samples_received"])
