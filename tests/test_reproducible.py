@@ -98,22 +98,32 @@ def test_sync_does_not_update_before_the_report_on_the_snapshot_the_workers_ran(
     trainer = sync_trainer(tmp_path, "report", "pruning.start_epoch=2")
     ctx = zmq.Context()
     try:
-        intake, step = trainer.intake, trainer.schedule.steps[0]
-        trainer.position.epoch, trainer.position.version = 2, 1  # collecting the data of snapshot 1
-        assert not intake.report_awaited()  # no step was due at epoch 1
-        trainer.position.epoch, trainer.position.version = 3, 2  # the data of snapshot 2, a step's
-        assert intake.report_awaited()
-        keep = {n: np.ones(tuple(p.shape), bool) for n, p in trainer.masks.training.params.items()}
-        for name in keep:
-            keep[name].reshape(-1)[: int(step.sparsity * keep[name].size)] = False
-        report = {"version": 2, "epoch": 2, "due_epoch": step.epoch, "target_sparsity": step.sparsity,
-                  "failed": False, "weight_sparsity": step.sparsity, "params_kept": 100}
+        intake, step, position = trainer.intake, trainer.schedule.steps[0], trainer.position
         push = ctx.socket(zmq.PUSH)
         push.connect(trainer.cfg.endpoints().masks)
-        push.send_multipart(Encoder(trainer.cfg.run_id, "compressor").encode("masks", report, keep))
-        assert intake.socket.poll(10_000), "the report never reached the trainer"
-        intake.drain()
+        encoder = Encoder(trainer.cfg.run_id, "compressor")
+
+        def report(version: int, failed: bool) -> None:
+            fields = {"version": version, "epoch": version, "due_epoch": step.epoch, "target_sparsity": step.sparsity,
+                      "failed": failed, "weight_sparsity": 0.0 if failed else step.sparsity, "params_kept": 100}
+            keep = {} if failed else {n: np.arange(p.numel()).reshape(tuple(p.shape)) >= step.sparsity * p.numel()
+                                      for n, p in trainer.masks.training.params.items()}
+            push.send_multipart(encoder.encode("masks", fields, keep))
+            assert intake.socket.poll(10_000), "the report never reached the trainer"
+            intake.drain()
+
+        position.epoch, position.version = 2, 1  # collecting the data of snapshot 1 (epoch 1)
+        assert not intake.report_awaited()  # no step was due at epoch 1
+        position.epoch, position.version = 3, 2  # the data of snapshot 2, whose epoch is the step's
+        assert intake.report_awaited()
+        report(2, failed=True)  # the criterion could not rank: the step stays due
         assert not intake.report_awaited()
+        position.epoch, position.version = 4, 3  # the compressor tries again on snapshot 3
+        assert intake.report_awaited()
+        report(3, failed=False)
+        assert not intake.report_awaited() and intake.pending is not None  # the masks wait for take_up
+        position.epoch, position.version = 5, 4
+        assert not intake.report_awaited()  # the step is done
     finally:
         ctx.destroy(linger=0)
         trainer.ctx.destroy(linger=0)
