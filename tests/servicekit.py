@@ -91,6 +91,17 @@ def logged(run_dir: Path, name: str, event: str) -> list[dict]:
         return []
 
 
+def accounting_adds_up(run_dir: Path) -> tuple[list[dict], dict]:
+    """Every received sample is used or dropped as stale, epoch by epoch and in the summary: (epochs, summary)."""
+    epochs = logged(run_dir, "trainer", "epoch")
+    summary = logged(run_dir, "trainer", "summary")[-1]
+    assert all(e["samples_received"] == e["samples"] + e["samples_dropped_stale"] for e in epochs)
+    assert summary["samples_used"] == sum(e["samples"] for e in epochs)
+    assert summary["samples_dropped_stale"] == sum(e["samples_dropped_stale"] for e in epochs)
+    assert summary["samples_received"] == summary["samples_used"] + summary["samples_dropped_stale"]
+    return epochs, summary
+
+
 def processes_mentioning(text: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():

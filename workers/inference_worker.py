@@ -41,6 +41,18 @@ from hotprune.workers.numpy_policy import NumpyActor
 
 READ_TIMEOUT_S = 0.05  # per safe point: a failed read is retried at the next one, not waited out
 CREDITS_LOST_S = 5.0  # a trainer that keeps collecting this long without taking our chunks lost them
+WORKER_SEED_STRIDE = 1000  # worker i's seed is the run's + 1000 * (i + 1): its envs take that one and the next
+ACTION_STREAM = 1  # spawn key of the actions' generator, apart from every env's seed
+
+
+def worker_seeds(seed: int, index: int) -> tuple[int, np.random.SeedSequence]:
+    """Worker `index`'s env seed (its vector env seeds env j with it + j, and each env's later episodes
+    follow from its own generator) and its actions' seed sequence. Both depend on the run's seed and the
+    index only, so a worker steps the same episodes with the same samples in every run of a seed. The
+    actions' sequence is spawned from the env seed rather than being the next worker's env seed, which
+    drew the same numbers."""
+    env_seed = seed + WORKER_SEED_STRIDE * (index + 1)
+    return env_seed, np.random.SeedSequence(env_seed, spawn_key=(ACTION_STREAM,))
 
 
 class InferenceWorker:
@@ -57,7 +69,8 @@ class InferenceWorker:
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(EnvSource.of(cfg), cfg.envs_per_worker)
         self.store = self.attach_store()
-        self.rng = np.random.default_rng(cfg.seed + 1000 * (index + 1))  # the actions' samples, across swaps
+        self.env_seed, actions_seed = worker_seeds(cfg.seed, index)
+        self.rng = np.random.default_rng(actions_seed)  # the actions' samples, across swaps
         threadpool_limits(1, "blas")  # as every process of a run: one core each (OpenBLAS would take them all)
 
         ep = cfg.endpoints()
@@ -286,7 +299,7 @@ class InferenceWorker:
         return True
 
     def run(self) -> int:
-        obs, _ = self.envs.reset(seed=self.cfg.seed + 1000 * self.index)
+        obs, _ = self.envs.reset(seed=self.env_seed)
         episode = {"return": np.zeros(self.cfg.envs_per_worker), "length": np.zeros(self.cfg.envs_per_worker, int)}
         try:
             while self.actor is None and self.running():  # wait for the first weights

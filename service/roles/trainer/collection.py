@@ -6,6 +6,13 @@ needs no correction, and keeps the bound only for what it guards against, a stal
 workers run one old policy on and on. Sync: `chunks_per_worker` chunks of the newest version from every
 worker (the workers pause after sending them, so none are thrown away).
 
+Which chunks an epoch takes is decided as they arrive; what is done with them waits for `finish`, which
+goes through them in the order of (worker, worker process, sequence number), not of arrival: the batch's
+layout (PPO's minibatches, SAC's replay rows), the shared reward statistics and the window of episode
+returns then do not depend on which worker's pipe the trainer happened to read first. In sync mode,
+where the chunks themselves are the same from run to run, that makes the epoch the same
+(docs/reproducibility.md); it costs no wait, since the epoch's last chunk is in hand either way.
+
 Credits, the channel's flow control: the trainer publishes on `credits` how many chunks it has taken from
 each worker process, and a worker keeps at most its share of an epoch in flight, so the pipes never
 buffer more than about one epoch. A chunk whose data is rejected still credits its worker process (it
@@ -49,6 +56,19 @@ class Collected:
     episodes: int
     received: int
     dropped_stale: int
+
+
+@dataclass
+class Arrival:
+    """A valid chunk as it came in, used by the epoch or dropped, waiting for `Collection.finish`."""
+
+    fields: dict
+    tensors: dict[str, np.ndarray]
+    seq: int  # its worker process's message count: a worker's chunks in the order it sent them
+    used: bool
+
+    def order(self) -> tuple[int, int, int]:
+        return self.fields["worker_id"], self.fields["worker_start"], self.seq
 
 
 class WorkerReports:
@@ -98,13 +118,32 @@ class Collection:
         self.taken = [[0, 0] for _ in range(cfg.num_workers)]  # per worker: [its process's start, chunks taken]
         self.credits_sent_at = 0.0
         self.collected = Collected([], [], 0, 0, 0)
+        self.arrivals: list[Arrival] = []
         self.current = [0] * cfg.num_workers  # sync: chunks of the newest version from each worker
         self.last_usable = 0.0
 
     def begin(self) -> None:
         self.collected = Collected([], [], 0, 0, 0)
+        self.arrivals = []
         self.current = [0] * self.cfg.num_workers
         self.last_usable = time.monotonic()
+
+    def finish(self) -> Collected:
+        """The epoch, its chunks in (worker, worker process, sequence) order: each chunk's rewards scaled
+        and what it reports taken in, in that order, and the used ones side by side in it."""
+        got = self.collected
+        got.chunks, got.versions = [], []
+        for arrival in sorted(self.arrivals, key=Arrival.order):
+            f, tensors = arrival.fields, arrival.tensors
+            if self.rewards:  # every chunk of the env's stream, used or not, moves the return
+                tensors["rewards"] = self.rewards.scale(f["worker_id"], f["worker_start"], tensors["rewards"],
+                                                        tensors["terminated"] | tensors["truncated"])
+            self.reports.add(f)
+            if arrival.used:
+                got.chunks.append(tensors)
+                got.versions.append(f["policy_version"])
+        self.arrivals = []
+        return got
 
     def wants_more(self) -> bool:
         c = self.cfg
@@ -129,7 +168,8 @@ class Collection:
         self.credits_sent_at = time.monotonic()
 
     def receive(self) -> None:
-        """The next chunk: into the epoch if it is usable, counted as dropped if it is too old."""
+        """The next chunk: into the epoch if it is usable, counted as dropped if it is too old (its
+        rewards and reports are taken in by `finish`)."""
         c, got = self.cfg, self.collected
         sync = c.mode == "sync"
         msg, f = self._checked()
@@ -137,21 +177,18 @@ class Collection:
             if sync and f is not None and f["policy_version"] == self.position.version:
                 self.current[f["worker_id"]] += 1  # its worker sent its share and paused: it counts, without data
             return
-        if self.rewards:  # every chunk of the env's stream, used or not, moves the return
-            msg.tensors["rewards"] = self.rewards.scale(f["worker_id"], f["worker_start"], msg.tensors["rewards"],
-                                                        msg.tensors["terminated"] | msg.tensors["truncated"])
-        self.reports.add(f)
         got.received += c.chunk_samples
         lag = self.position.version - f["policy_version"]
         beyond_share = sync and self.current[f["worker_id"]] >= c.chunks_per_worker  # a restarted worker's repeat
-        if lag > (0 if sync else c.max_policy_lag) or beyond_share:
+        used = not (lag > (0 if sync else c.max_policy_lag) or beyond_share)
+        self.arrivals.append(Arrival(f, msg.tensors, msg.seq, used))
+        if not used:
             got.dropped_stale += c.chunk_samples
             return
         self.last_usable = time.monotonic()
         got.episodes += len(f["episode_returns"])
         self.current[f["worker_id"]] += 1
         got.chunks.append(msg.tensors)
-        got.versions.append(f["policy_version"])
 
     def _checked(self) -> tuple[Message | None, dict | None]:
         """(the chunk, its fields); (None, fields) for a chunk from a known worker process whose data

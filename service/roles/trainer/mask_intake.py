@@ -39,6 +39,8 @@ class MaskIntake:
         self.steps = {s.epoch: s for s in schedule.steps}
         self.final_due_epoch = schedule.steps[-1].epoch if schedule.steps else -1
         self.reported_due_epoch = -1  # newest step the compressor reported on
+        self.reported_version = -1  # newest snapshot it reported on (not checkpointed: a resumed compressor
+        # reports again, on its newest step or on the resumed trainer's first snapshot)
         self.pruned_policy = masks.fixed_policy()  # the newest compression's weight_sparsity, params_kept, due_epoch
         self.compression_failures = 0
         self.pending: Message | None = None
@@ -49,6 +51,19 @@ class MaskIntake:
     def all_reported(self) -> bool:
         """The compressor reported on the last scheduled step (there is none without a schedule)."""
         return self.reported_due_epoch >= self.final_due_epoch
+
+    def report_awaited(self) -> bool:
+        """Sync mode, both pruned: the compressor's report on the snapshot the workers just ran has not come,
+        though a step was due at its epoch (a failed step stays due, and the compressor tries it again on
+        every snapshot until it succeeds). The compressor sent the report right after writing the store the
+        workers swapped from, so waiting costs nothing, and the update starts from the same masks in every
+        run instead of from whatever had arrived (docs/reproducibility.md)."""
+        if self.cfg.mode != "sync" or not self.cfg.prune_training_model:
+            return False
+        ran = self.position.epoch - 1  # the epoch of the snapshot whose version the workers ran
+        succeeded = self.pruned_policy["due_epoch"] if self.pruned_policy else -1
+        due = any(succeeded < epoch <= ran for epoch in self.steps)
+        return due and self.reported_version < self.position.version
 
     def newly_applied(self) -> bool:
         """Whether masks were applied since the last time this was asked (each snapshot asks once)."""
@@ -67,6 +82,7 @@ class MaskIntake:
             self.log.warning("message_rejected", reason=exc.reason, expected="masks", sender=msg.sender)
             return
         self.reported_due_epoch = max(self.reported_due_epoch, f["due_epoch"])
+        self.reported_version = max(self.reported_version, f["version"])
         if f["failed"]:
             self.compression_failures += 1
             return

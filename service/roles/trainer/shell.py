@@ -146,10 +146,11 @@ class Trainer:
         return 0 if self.records.completed else self.stop.exit_code()
 
     def collect(self) -> Collected | None:
-        """One epoch's chunks (hotprune.roles.trainer.collection) while the other sockets are served; None
-        if asked to stop."""
+        """One epoch's chunks (hotprune.roles.trainer.collection) while the other sockets are served (in
+        sync mode, both pruned, and the compressor's report on the snapshot the workers ran); None if
+        asked to stop."""
         self.collection.begin()
-        while self.collection.wants_more():
+        while self.collection.wants_more() or self.intake.report_awaited():
             if self.stop.is_set():
                 return None
             self.heartbeat.beat(version=self.position.version, chunks=len(self.collection.collected.chunks),
@@ -166,7 +167,7 @@ class Trainer:
                 self.compressor.arrived()
             if self.collection.socket in ready:
                 self.collection.receive()
-        return self.collection.collected
+        return self.collection.finish()
 
     def publish(self, epoch: int, training_sparsity: float) -> None:
         """The snapshot of `epoch`: the actor's weights, with gradient statistics when a criterion ranks by
