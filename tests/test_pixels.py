@@ -17,6 +17,9 @@ from hotprune.actor_spec import actor_shapes, critic_shapes
 from hotprune.config import NATURE_CNN, SMALL_CNN, Config
 from hotprune.envs import EnvSource, env_spec, spec_of
 from hotprune.learning.policy import actor_from_tensors, make_actor, make_critic
+from hotprune.pruning.engine import prunable_names
+from hotprune.runs.runlog import run_config
+from hotprune.runs.tickets import model_shapes
 from hotprune.workers.numpy_policy import NumpyActor
 from tests.servicekit import assert_clean, events, hotprune, of, run_cli, settings
 
@@ -134,3 +137,30 @@ def test_a_minatar_run_trains_a_cnn_both_pruned_and_its_policy_evaluates_and_exp
     exported = hotprune("export", str(run_dir), "--format", "onnx")
     assert exported.returncode == 0, exported.stderr
     assert_clean(run_dir)
+
+
+@pytest.mark.slow
+def test_the_lottery_ticket_workflow_on_a_cnn_keeps_the_masks_zeros_in_the_tickets_actor_and_critic(
+        tmp_path, capsys):
+    """train-dense -> create-mask (actor and critic) -> train-ticket on MinAtar: the ticket trains with
+    the mask's zeros held in every pruned layer of both networks, and its workers ran them."""
+    dense = tmp_path / "runs" / "dense"
+    trained = hotprune("lth", "train-dense", *settings(tmp_path, "dense", f"env_id={json.dumps(MINATAR)}",
+                                                       "epochs=2", "num_workers=1", "samples_per_epoch=256"))
+    assert trained.returncode == 0, trained.stderr
+    code, _, err = run_cli(capsys, "lth", "create-mask", str(dense), "--method", "magnitude", "--sparsity", "0.8",
+                           "--targets", "actor,critic")
+    assert code == 0, err
+    mask_file = dense / "masks" / "magnitude-weight-80.safetensors"
+    ticket = hotprune("lth", "train-ticket", str(dense), "--mask", str(mask_file), "--set", "run_id=ticket")
+    assert ticket.returncode == 0, ticket.stderr
+    masks = load_file(mask_file)
+    actor = {n: ("float32", s) for n, s in model_shapes(run_config(dense))["actor"].items()}
+    pruned = {f"actor.{n}" for n in prunable_names(actor, False)} | {"critic.net.0.weight"}
+    assert pruned <= set(masks)  # every layer the engine prunes (conv.* too where it prunes them), both parts
+    final = load_file(tmp_path / "runs" / "ticket" / "checkpoint.safetensors")  # actor.* and critic.*
+    for name, keep in masks.items():
+        assert (final[name][~keep] == 0).all() and (final[name][keep] != 0).mean() > 0.99, name
+    assert (~masks["actor.net.0.weight"]).mean() == pytest.approx(0.8, abs=1e-3)
+    policy = load_file(tmp_path / "runs" / "ticket" / "policy.safetensors")  # what the workers last ran
+    assert all((policy[n.removeprefix("actor.")][~k] == 0).all() for n, k in masks.items() if n.startswith("actor."))
