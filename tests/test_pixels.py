@@ -13,14 +13,16 @@ from gymnasium import spaces as gs
 from safetensors.numpy import load_file
 
 from hotprune import load_policy
-from hotprune.actor_spec import actor_shapes, critic_shapes
+from hotprune.actor_spec import actor_shapes, critic_shapes, policy_metadata
 from hotprune.config import NATURE_CNN, SMALL_CNN, Config
 from hotprune.envs import EnvSource, env_spec, spec_of
 from hotprune.learning.policy import actor_from_tensors, make_actor, make_critic
 from hotprune.pruning.engine import prunable_names
+from hotprune.runs.artifacts import save
 from hotprune.runs.runlog import run_config
 from hotprune.runs.tickets import model_shapes
 from hotprune.workers.numpy_policy import NumpyActor
+from tests.test_artifacts import exported_actions
 from tests.servicekit import assert_clean, events, hotprune, of, run_cli, settings
 
 MINATAR = "MinAtar/Breakout-v1"
@@ -93,6 +95,19 @@ def test_the_numpy_conv_actor_is_the_torch_actor_within_1e_5(layout, kept, batch
     actions = np.arange(batch) % spec.act_dim
     np.testing.assert_allclose(numpy_actor.log_prob(obs, actions),
                                dist.log_prob(torch.from_numpy(actions)).numpy(), atol=1e-5)
+
+
+def test_onnx_and_torchscript_exports_of_a_channel_pruned_cnn_take_uint8_frames_and_act_as_the_policy(tmp_path):
+    spec = LAYOUTS["small"]
+    _, tensors, conv = random_actor("small", 5)
+    save(tmp_path / "policy.safetensors", tensors, **policy_metadata(spec, Config.from_dict({})), version=1)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, int(conv.scale) + 1, (64, *spec.image)).astype(np.uint8)
+    obs[np.arange(64), rng.integers(0, spec.image[0], 64)] = 0  # a plane off in each: not all one action
+    by_onnx, by_torchscript, shapes = exported_actions(tmp_path, obs)  # (n, C, H, W) uint8, as the env gives
+    expected = load_policy(tmp_path).predict(obs)
+    assert len(set(expected)) > 1 and (by_onnx == expected).all() and (by_torchscript == expected).all()
+    assert shapes["1.actor.conv.0.weight"][0] == 5, shapes  # the pruned shapes, not the dense ones
 
 
 def test_a_conv_table_that_does_not_chain_is_refused_with_one_line():
