@@ -37,11 +37,13 @@ def actors(spec):
     return NumpyActor(tensors, spec, rng, "ppo", "relu", network.conv), torch_actor, network.conv
 
 
-def per_call_us(step, inner: int) -> float:
-    start = time.perf_counter()
+def per_call_us(step, inner: int) -> tuple[float, float]:
+    """µs per call, wall clock and this thread's CPU time: on a shared, oversubscribed machine the
+    CPU time leaves out the waits for a core (not the cache misses others cause)."""
+    wall, cpu = time.perf_counter(), time.thread_time()
     for _ in range(inner):
         step()
-    return (time.perf_counter() - start) / inner * 1e6
+    return (time.perf_counter() - wall) / inner * 1e6, (time.thread_time() - cpu) / inner * 1e6
 
 
 def measure(spec, batch: int, rounds: int, reps: int) -> dict:
@@ -51,13 +53,14 @@ def measure(spec, batch: int, rounds: int, reps: int) -> dict:
         np.testing.assert_allclose(numpy_actor.forward(obs), torch_actor(torch.from_numpy(obs)).numpy(),
                                    atol=1e-4, rtol=1e-4)  # the same function (tests/test_pixels.py: 1e-5)
         steps = {"numpy": lambda: numpy_actor.forward(obs), "torch": lambda: torch_actor(torch.from_numpy(obs))}
-        inner = max(1, int(3e3 / per_call_us(steps["torch"], 3)))  # a rep of about 3 ms
+        inner = max(1, int(3e3 / per_call_us(steps["torch"], 3)[0]))  # a rep of about 3 ms
         times = {name: [] for name in steps}
         for _ in range(rounds):
             for _ in range(reps):
                 for name, step in steps.items():
                     times[name].append(per_call_us(step, inner))
-    return {name: float(np.median(t)) for name, t in times.items()} | {"reps": rounds * reps, "inner": inner}
+    return {f"{name}_{clock}": float(np.median([t[i] for t in runs])) for name, runs in times.items()
+            for i, clock in enumerate(("wall", "cpu"))} | {"reps": rounds * reps, "inner": inner}
 
 
 def main() -> None:
@@ -72,12 +75,16 @@ def main() -> None:
     lines = ["# The workers' numpy CNN step vs torch (scripts/bench_conv.py)", "",
              f"One thread each (torch and numpy's BLAS), alternating rep by rep; median of {args.rounds} "
              f"rounds x {args.reps} reps, µs per actor forward (uint8 frames -> logits), random weights.", "",
-             f"Machine: {info}", "", "| net | batch | numpy µs | torch µs | numpy / torch |",
-             "| --- | --- | --- | --- | --- |"]
+             "CPU: this thread's CPU time (time.thread_time), which leaves out the waits for a core on a "
+             "busy machine; wall: perf_counter.", "", f"Machine: {info}", "",
+             "| net | batch | numpy µs CPU | torch µs CPU | numpy / torch CPU | numpy µs wall | torch µs wall "
+             "| numpy / torch wall |", "|---" * 8 + "|"]
     for key, row in rows.items():
         name, batch = key.rsplit(" b", 1)
-        ratio = row["numpy"] / row["torch"]
-        lines.append(f"| {name} | {batch} | {row['numpy']:,.0f} | {row['torch']:,.0f} | {ratio:.2f} |")
+        cells = [f"{row[f'{lib}_{clock}']:,.0f}" for clock in ("cpu", "wall") for lib in ("numpy", "torch")]
+        ratios = [f"{row[f'numpy_{clock}'] / row[f'torch_{clock}']:.2f}" for clock in ("cpu", "wall")]
+        lines.append(f"| {name} | {batch} | {cells[0]} | {cells[1]} | {ratios[0]} | {cells[2]} | {cells[3]} | "
+                     f"{ratios[1]} |")
     write("conv", {"machine": info, "rows": rows}, lines)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchkit import machine, write
+from benchkit import machine, one_thread, write
 from hotprune import load_policy
 from hotprune.config import Config, ConfigError
 from hotprune.envs import make_vector_env
@@ -59,7 +59,8 @@ def run(structure: str, steps: int, runs_dir: Path, sets: list[str]) -> dict:
     return {"structure": structure, "wall_s": wall, "run_dir": str(run_dir),
             "achieved_sparsity": compressed[-1].get("achieved_sparsity"),
             "nbytes_first": written[0]["nbytes"], "nbytes_last": written[-1]["nbytes"],
-            "swaps": len(swaps), "last_swap_ms": swaps[-1]["latency_ms"], "worker_shapes": swaps[-1]["shapes"],
+            "swaps": len(swaps), "last_swap_ms": swaps[-1]["latency_ms"],
+            "worker_shapes": [s["shapes"] for s in swaps if s["shapes"]][-1],  # logged when they change
             "epochs": [{k: e[k] for k in ("epoch", "rollout_s", "train_s", "epoch_s", "samples_per_s")}
                        for e in epochs]}
 
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2048)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    one_thread()  # the worker-step timing, as a worker runs: one BLAS thread
     structures = ["weight"]
     try:
         Config.from_dict({"pruning": {"structure": "channel"}})

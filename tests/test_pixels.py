@@ -131,7 +131,7 @@ def test_what_a_cnn_run_cannot_do_is_refused_before_anything_starts(capsys, tmp_
 
 
 @pytest.mark.slow
-def test_a_minatar_run_trains_a_cnn_both_pruned_and_its_policy_evaluates_and_exports(tmp_path):
+def test_a_minatar_run_trains_a_cnn_both_pruned_and_its_policy_evaluates(tmp_path):
     run_id = "minatar"
     result = hotprune("run", "--env", MINATAR, *settings(tmp_path, run_id, "epochs=5", "num_workers=1"))
     run_dir = tmp_path / "runs" / run_id
@@ -148,9 +148,7 @@ def test_a_minatar_run_trains_a_cnn_both_pruned_and_its_policy_evaluates_and_exp
     assert trainer["final_training_sparsity"] == pytest.approx(first["weight_sparsity"])
     pol = load_policy(run_dir)
     frame = EnvSource(MINATAR).make().reset(seed=0)[0]
-    assert int(pol.predict(frame)) in range(3)
-    exported = hotprune("export", str(run_dir), "--format", "onnx")
-    assert exported.returncode == 0, exported.stderr
+    assert int(pol.predict(frame)) in range(3)  # the ONNX export of a CNN: test_onnx_and_torchscript_exports_...
     assert_clean(run_dir)
 
 
