@@ -105,6 +105,8 @@ def main() -> None:
              f"`hotprune run --env {ENV}` (the preset: Nature CNN, 2 workers x {envs} envs, PPO), "
              f"{args.steps} steps, samples_per_epoch=512, both pruned to the default 80% from the first snapshot "
              f"(pruning.start_epoch=1, every=1){', ' + ' '.join(args.sets) if args.sets else ''}.", "",
+             *([] if "channel" in structures else
+               ["pruning.structure=channel is not in this build (convprune): the weight run only.", ""]),
              f"Machine: {info}", "",
              "| structure | run wall s | sparsity | weights_written nbytes first -> last | worker's net.0 / conv.0 "
              "| swaps | env step µs (vector of {n}) | policy step µs | update s / epoch | samples/s |".replace(
