@@ -5,7 +5,7 @@ The two are timed alternately, rep by rep, so that a busy machine slows both ali
 enough calls for a few milliseconds, and a row is the median over every rep of every round.
 Writes benchmarks/conv.md and .json.
 
-    python scripts/bench_conv.py [--rounds 5] [--reps 20]
+    python scripts/bench_conv.py [--rounds 5] [--reps 20] [--quick]
 """
 
 from __future__ import annotations
@@ -67,7 +67,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="1 round of 5 reps: that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.reps = 1, 5
     one_thread()
     rows = {f"{name} b{batch}": measure(spec, batch, args.rounds, args.reps)
             for name, spec in LAYOUTS.items() for batch in (1, 8)}
