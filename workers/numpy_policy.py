@@ -15,8 +15,9 @@ runs of k * C floats, so one strided copy makes a layer's patch matrix [n * Ho *
 matmul with the weight as [k * k * C, C_out] (rows in that (kh, kw, c) order, made at swap time) gives
 the next NHWC activations; the last ones are copied once into channel-major columns for the head, whose
 weights stay as they come (a worker swap copies nothing of the Nature CNN's 1.6M-weight net.0). The
-buffers and window views are made once per batch size: at batch 1 a Python-level view costs as much as
-a small layer's matmul. scripts/bench_conv.py measures it against torch's conv (docs/pixels.md).
+buffers and window views are made once per batch size (those of the last one kept): at batch 1 a
+Python-level view costs as much as a small layer's matmul. scripts/bench_conv.py measures it against
+torch's conv (docs/pixels.md).
 tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5, for every activation)
 and its samples to the distribution.
 """
@@ -71,7 +72,7 @@ class NumpyActor:
         self.conv = conv_of(tensors, conv) if conv is not None else None
         self.conv_layers = checked_conv_layers(tensors, spec, self.conv)
         self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec, algorithm, self.conv)]
-        self.plans: dict[int, ConvPlan] = {}  # per batch size, made on first use
+        self.plan: ConvPlan | None = None  # the conv buffers for the last batch size (a worker's never changes)
         self.tensors = tensors  # what it runs on, by name
         self.discrete, self.head, self.rng = spec.discrete, kind.head, rng
         self.activation = ACTIVATIONS[kind.activation]
@@ -129,9 +130,9 @@ class NumpyActor:
         """The conv layers' output as the head's input: a channel-major column per observation
         [C_last * H * W, n] (from uint8 rows of C*H*W). The buffers are reused: valid until the next call."""
         c, h, w = self.conv.in_shape
-        plan = self.plans.get(len(obs))
-        if plan is None:
-            plan = self.plans[len(obs)] = self.conv_plan(len(obs))
+        plan = self.plan
+        if plan is None or len(plan.frames) != len(obs):
+            plan = self.plan = self.conv_plan(len(obs))
         np.copyto(plan.frames, np.asarray(obs).reshape(-1, c, h, w).transpose(0, 2, 3, 1))  # uint8 -> float32
         for (windows, patches, out), (cols_weight, bias, _, _) in zip(plan.layers, self.conv_layers):
             np.copyto(patches.reshape(windows.shape), windows)  # im2col: one strided copy
