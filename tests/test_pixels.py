@@ -13,11 +13,16 @@ from gymnasium import spaces as gs
 from safetensors.numpy import load_file
 
 from hotprune import load_policy
-from hotprune.actor_spec import actor_shapes, critic_shapes
+from hotprune.actor_spec import actor_shapes, critic_shapes, policy_metadata
 from hotprune.config import NATURE_CNN, SMALL_CNN, Config
 from hotprune.envs import EnvSource, env_spec, spec_of
 from hotprune.learning.policy import actor_from_tensors, make_actor, make_critic
+from hotprune.pruning.engine import prunable_names
+from hotprune.runs.artifacts import save
+from hotprune.runs.runlog import run_config
+from hotprune.runs.tickets import model_shapes
 from hotprune.workers.numpy_policy import NumpyActor
+from tests.test_artifacts import exported_actions
 from tests.servicekit import assert_clean, events, hotprune, of, run_cli, settings
 
 MINATAR = "MinAtar/Breakout-v1"
@@ -92,6 +97,19 @@ def test_the_numpy_conv_actor_is_the_torch_actor_within_1e_5(layout, kept, batch
                                dist.log_prob(torch.from_numpy(actions)).numpy(), atol=1e-5)
 
 
+def test_onnx_and_torchscript_exports_of_a_channel_pruned_cnn_take_uint8_frames_and_act_as_the_policy(tmp_path):
+    spec = LAYOUTS["small"]
+    _, tensors, conv = random_actor("small", 5)
+    save(tmp_path / "policy.safetensors", tensors, **policy_metadata(spec, Config.from_dict({})), version=1)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, int(conv.scale) + 1, (64, *spec.image)).astype(np.uint8)
+    obs[np.arange(64), rng.integers(0, spec.image[0], 64)] = 0  # a plane off in each: not all one action
+    by_onnx, by_torchscript, shapes = exported_actions(tmp_path, obs)  # (n, C, H, W) uint8, as the env gives
+    expected = load_policy(tmp_path).predict(obs)
+    assert len(set(expected)) > 1 and (by_onnx == expected).all() and (by_torchscript == expected).all()
+    assert shapes["1.actor.conv.0.weight"][0] == 5, shapes  # the pruned shapes, not the dense ones
+
+
 def test_a_conv_table_that_does_not_chain_is_refused_with_one_line():
     spec = LAYOUTS["small"]
     _, tensors, conv = random_actor("small")
@@ -113,7 +131,7 @@ def test_what_a_cnn_run_cannot_do_is_refused_before_anything_starts(capsys, tmp_
 
 
 @pytest.mark.slow
-def test_a_minatar_run_trains_a_cnn_both_pruned_and_its_policy_evaluates_and_exports(tmp_path):
+def test_a_minatar_run_trains_a_cnn_both_pruned_and_its_policy_evaluates(tmp_path):
     run_id = "minatar"
     result = hotprune("run", "--env", MINATAR, *settings(tmp_path, run_id, "epochs=5", "num_workers=1"))
     run_dir = tmp_path / "runs" / run_id
@@ -130,7 +148,32 @@ def test_a_minatar_run_trains_a_cnn_both_pruned_and_its_policy_evaluates_and_exp
     assert trainer["final_training_sparsity"] == pytest.approx(first["weight_sparsity"])
     pol = load_policy(run_dir)
     frame = EnvSource(MINATAR).make().reset(seed=0)[0]
-    assert int(pol.predict(frame)) in range(3)
-    exported = hotprune("export", str(run_dir), "--format", "onnx")
-    assert exported.returncode == 0, exported.stderr
+    assert int(pol.predict(frame)) in range(3)  # the ONNX export of a CNN: test_onnx_and_torchscript_exports_...
     assert_clean(run_dir)
+
+
+@pytest.mark.slow
+def test_the_lottery_ticket_workflow_on_a_cnn_keeps_the_masks_zeros_in_the_tickets_actor_and_critic(
+        tmp_path, capsys):
+    """train-dense -> create-mask (actor and critic) -> train-ticket on MinAtar: the ticket trains with
+    the mask's zeros held in every pruned layer of both networks, and its workers ran them."""
+    dense = tmp_path / "runs" / "dense"
+    trained = hotprune("lth", "train-dense", *settings(tmp_path, "dense", f"env_id={json.dumps(MINATAR)}",
+                                                       "epochs=2", "num_workers=1", "samples_per_epoch=256"))
+    assert trained.returncode == 0, trained.stderr
+    code, _, err = run_cli(capsys, "lth", "create-mask", str(dense), "--method", "magnitude", "--sparsity", "0.8",
+                           "--targets", "actor,critic")
+    assert code == 0, err
+    mask_file = dense / "masks" / "magnitude-weight-80.safetensors"
+    ticket = hotprune("lth", "train-ticket", str(dense), "--mask", str(mask_file), "--set", "run_id=ticket")
+    assert ticket.returncode == 0, ticket.stderr
+    masks = load_file(mask_file)
+    actor = {n: ("float32", s) for n, s in model_shapes(run_config(dense))["actor"].items()}
+    pruned = {f"actor.{n}" for n in prunable_names(actor, False)} | {"critic.net.0.weight"}
+    assert pruned <= set(masks)  # every layer the engine prunes (conv.* too where it prunes them), both parts
+    final = load_file(tmp_path / "runs" / "ticket" / "checkpoint.safetensors")  # actor.* and critic.*
+    for name, keep in masks.items():
+        assert (final[name][~keep] == 0).all() and (final[name][keep] != 0).mean() > 0.99, name
+    assert (~masks["actor.net.0.weight"]).mean() == pytest.approx(0.8, abs=1e-3)
+    policy = load_file(tmp_path / "runs" / "ticket" / "policy.safetensors")  # what the workers last ran
+    assert all((policy[n.removeprefix("actor.")][~k] == 0).all() for n, k in masks.items() if n.startswith("actor."))

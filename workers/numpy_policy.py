@@ -10,11 +10,14 @@ rescaled to the action box, its log-probability with the tanh correction), log-p
 the action dimensions; a policy trained with observation normalisation carries its statistics
 (`obs_norm.mean`, `obs_norm.var`) and normalises its input as the torch actor does.
 A CNN actor (hotprune.config.ConvNet: image observations, uint8 rows of C*H*W) runs its conv layers
-as im2col: numpy's `sliding_window_view` over the activations kept channels-last (NHWC), so each
-layer's windows reshape straight into the patch matrix [n * Ho * Wo, C * k * k] in the weight's own
-(c, kh, kw) order, and one matmul with the weight as [C * k * k, C_out] gives the next NHWC activations;
-the head's first weight has its columns permuted once from channel-major to NHWC order, so no
-activation is ever transposed back (scripts/bench_inference.py measures it against torch's conv).
+as im2col with the activations kept channels-last (NHWC): a window's rows (kw, C) are then contiguous
+runs of k * C floats, so one strided copy makes a layer's patch matrix [n * Ho * Wo, k * k * C] and one
+matmul with the weight as [k * k * C, C_out] (rows in that (kh, kw, c) order, made at swap time) gives
+the next NHWC activations; the last ones are copied once into channel-major columns for the head, whose
+weights stay as they come (a worker swap copies nothing of the Nature CNN's 1.6M-weight net.0). The
+buffers and window views are made once per batch size (those of the last one kept): at batch 1 a
+Python-level view costs as much as a small layer's matmul. scripts/bench_conv.py measures it against
+torch's conv (docs/pixels.md).
 tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5, for every activation)
 and its samples to the distribution.
 """
@@ -22,10 +25,10 @@ and its samples to the distribution.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, conv_of, conv_weight_names, linear_weight_names
 from hotprune.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
@@ -48,6 +51,15 @@ ACTIVATIONS = {
 }
 
 
+class ConvPlan(NamedTuple):
+    """The conv layers' buffers for one batch size, made once: a Python-level view (as_strided,
+    transpose) costs microseconds per call, as much as a MinAtar layer's matmul at batch 1."""
+    frames: np.ndarray  # the first layer's input: the frames as float32 NHWC
+    layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (windows over the input, patches as windows, out)
+    head_view: np.ndarray  # the last output seen as (c, h, w, n), channel-major columns
+    head_in: np.ndarray  # [C_last * H * W, n]
+
+
 class NumpyActor:
     """A policy over the arrays it is given, which it keeps without copying (a worker's store read is
     already its own copy). Any layer sizes: a neuron-pruned policy comes as smaller matrices, a
@@ -60,11 +72,7 @@ class NumpyActor:
         self.conv = conv_of(tensors, conv) if conv is not None else None
         self.conv_layers = checked_conv_layers(tensors, spec, self.conv)
         self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec, algorithm, self.conv)]
-        if self.conv is not None:  # the head's columns from channel-major (c, h, w) to the NHWC order (h, w, c)
-            weight, bias = self.layers[0]
-            hw = self.conv.out_hw()
-            nhwc = weight.reshape(len(weight), self.conv.channels[-1], *hw).transpose(0, 2, 3, 1)
-            self.layers[0] = (np.ascontiguousarray(nhwc.reshape(len(weight), -1)), bias)
+        self.plan: ConvPlan | None = None  # the conv buffers for the last batch size (a worker's never changes)
         self.tensors = tensors  # what it runs on, by name
         self.discrete, self.head, self.rng = spec.discrete, kind.head, rng
         self.activation = ACTIVATIONS[kind.activation]
@@ -109,7 +117,7 @@ class NumpyActor:
         """The MLP's output, a row per observation: logits (discrete) or the Gaussian's mean (continuous)."""
         # The batch as columns, weight @ h: at [1024, 1024] and batch 4 numpy's OpenBLAS (one thread)
         # takes half the time of h @ weight.T (scripts/bench_inference.py), about 1.5 µs more on tiny layers.
-        h = np.asarray(obs, np.float32).T if self.conv is None else self.features(obs).T
+        h = np.asarray(obs, np.float32).T if self.conv is None else self.features(obs)
         if self.obs_norm is not None:
             mean, inv_std = self.obs_norm
             h = np.clip((h - mean) * inv_std, -NORM_CLIP, NORM_CLIP)
@@ -119,14 +127,37 @@ class NumpyActor:
         return (weight @ h + bias).T
 
     def features(self, obs: np.ndarray) -> np.ndarray:
-        """The conv layers' output, one NHWC-flattened row per observation (uint8 rows of C*H*W)."""
+        """The conv layers' output as the head's input: a channel-major column per observation
+        [C_last * H * W, n] (from uint8 rows of C*H*W). The buffers are reused: valid until the next call."""
         c, h, w = self.conv.in_shape
-        x = np.asarray(obs).reshape(-1, c, h, w).transpose(0, 2, 3, 1) * np.float32(1 / self.conv.scale)
-        for cols_weight, bias, k, stride in self.conv_layers:
-            windows = sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]  # n, Ho, Wo, C, k, k
-            n, ho, wo = windows.shape[:3]
-            x = np.maximum(windows.reshape(n * ho * wo, -1) @ cols_weight + bias, 0).reshape(n, ho, wo, -1)
-        return x.reshape(len(x), -1)
+        plan = self.plan
+        if plan is None or len(plan.frames) != len(obs):
+            plan = self.plan = self.conv_plan(len(obs))
+        np.copyto(plan.frames, np.asarray(obs).reshape(-1, c, h, w).transpose(0, 2, 3, 1))  # uint8 -> float32
+        for (windows, patches, out), (cols_weight, bias, _, _) in zip(plan.layers, self.conv_layers):
+            np.copyto(patches.reshape(windows.shape), windows)  # im2col: one strided copy
+            np.matmul(patches, cols_weight, out=out)
+            out += bias
+            np.maximum(out, 0, out=out)
+        np.copyto(plan.head_in.reshape(plan.head_view.shape), plan.head_view)
+        return plan.head_in
+
+    def conv_plan(self, n: int) -> ConvPlan:
+        """The buffers and window views of the conv layers for a batch of `n` (activations NHWC float32).
+        A window's rows (kw, C) are contiguous runs of k * C floats in NHWC, hence the (kh, kw, c) weights."""
+        channels, h, w = self.conv.in_shape
+        x = frames = np.empty((n, h, w, channels), np.float32)
+        layers = []
+        for cols_weight, _, k, stride in self.conv_layers:
+            ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+            sn, sh, sw, sc = x.strides
+            windows = as_strided(x, (n, ho, wo, k, k * channels), (sn, sh * stride, sw * stride, sh, sc),
+                                 writeable=False)
+            out = np.empty((n * ho * wo, cols_weight.shape[1]), np.float32)
+            layers.append((windows, np.empty((n * ho * wo, k * k * channels), np.float32), out))
+            x, h, w, channels = out.reshape(n, ho, wo, -1), ho, wo, cols_weight.shape[1]
+        head_view = x.transpose(3, 1, 2, 0)
+        return ConvPlan(frames, layers, head_view, np.empty((channels * h * w, n), np.float32))
 
     def mean_log_std(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The squashed head's Gaussian (before tanh): the output's halves, the log std tanh-rescaled."""
@@ -156,9 +187,10 @@ class NumpyActor:
 
 def checked_conv_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
                         conv: ConvNet | None) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
-    """(weight as [C_in * k * k, C_out], bias, k, stride) of each conv layer, input first; none for an
-    MLP. ValueError unless the conv weights are a chain conv.0, conv.2, ... of square 4-D kernels from
-    the observations' channels, as many layers as `conv` has strides, each fitting its input."""
+    """(weight as [k * k * C_in, C_out] in (kh, kw, c) row order, the first one divided by the frames'
+    scale; bias, k, stride) of each conv layer, input first; none for an MLP. ValueError unless the conv
+    weights are a chain conv.0, conv.2, ... of square 4-D kernels from the observations' channels, as
+    many layers as `conv` has strides, each fitting its input."""
     names = conv_weight_names(tensors)
     if conv is None:
         if names:
@@ -174,7 +206,10 @@ def checked_conv_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
         if weight.ndim != 4 or weight.shape[1] != channels or weight.shape[2] != weight.shape[3] \
                 or bias.shape != weight.shape[:1]:
             raise ValueError(f"{name} {weight.shape} with bias {bias.shape} does not take {channels} channels")
-        layers.append((np.ascontiguousarray(weight.reshape(len(weight), -1).T), bias, weight.shape[-1], stride))
+        cols = weight.transpose(2, 3, 1, 0).reshape(-1, len(weight))  # (kh, kw, c) rows: a window's order
+        if not layers:  # the frames' scale, folded into the first layer's weights (uint8 frames go in raw)
+            cols = cols * np.float32(1 / conv.scale)
+        layers.append((np.ascontiguousarray(cols), bias, weight.shape[-1], stride))
         channels = weight.shape[0]
     conv.out_hw()  # ValueError if a kernel outgrows its input
     return layers

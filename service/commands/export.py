@@ -10,7 +10,8 @@ The first three are safetensors files (no pickle), read with `safetensors.torch.
   `load_state_dict`; the module then computes exactly the pruned policy.
 - `masks`: the keep-masks (bool, dense shapes) of the last compression.
 
-The last two are the policy as a graph from observations (float32, a batch `obs` of shape (n, obs_dim))
+The last two are the policy as a graph from observations (float32, a batch `obs` of shape (n, obs_dim);
+for a CNN policy the frames as its environment gives them, uint8 (n, C, H, W), scaled inside the graph)
 to the deterministic action `action` (what `hotprune.load_policy(...).predict(obs)` returns: the argmax
 of the logits, as int64; the Gaussian's mean; for SAC's tanh-squashed actor tanh of its mean in the
 action box; continuous actions clipped to the box), observation normalisation included, in the kept
@@ -105,6 +106,8 @@ def export_graph(run_dir: Path, fmt: str, out: Path) -> Path:
         raise artifacts.ArtifactError(f"{out} is a directory; give a file name")
     module = policy.to_torch(deterministic=True)
     example = torch.zeros(2, policy.spec.obs_dim)
+    if image := policy.spec.image:  # a CNN takes the frames as the environment gives them: uint8 (n, C, H, W)
+        module, example = torch.nn.Sequential(torch.nn.Flatten(1), module), torch.zeros(2, *image, dtype=torch.uint8)
     meta = json.dumps(policy.metadata)
     tmp = out.with_name(f".{out.name}.tmp")
     try:

@@ -117,9 +117,10 @@ def gradient_statistics(cfg: Config, weights: tickets.Parts, batches: list[Batch
 
 def _ranked_groups(cfg: Config, targets: tuple[str, ...], names) -> list[tuple[str, dict[str, str]]]:
     """What `targets` ranks, each on its own, as (label, its names -> the pruning engine's names). The
-    engine finds linear layers by the actor's names (net.<i>.weight): PPO's critic's bare Sequential
-    names (<i>.weight) are given to it under that prefix; SAC's twin critics are ranked each on its own
-    (as its trainer prunes them), by their own names (qf1.net.<i>.weight), never their targets."""
+    engine finds linear layers by the actor's names (net.<i>.weight): PPO's MLP critic's bare Sequential
+    names (<i>.weight) are given to it under that prefix (a CNN critic has the actor's names already);
+    SAC's twin critics are ranked each on its own (as its trainer prunes them), by their own names
+    (qf1.net.<i>.weight), never their targets."""
     groups = []
     for part in targets:
         if part == "actor":
@@ -128,7 +129,8 @@ def _ranked_groups(cfg: Config, targets: tuple[str, ...], names) -> list[tuple[s
             groups += [(f"critic.{c}", {n: n.removeprefix(f"{c}.") for n in names["critic"] if n.startswith(f"{c}.")})
                        for c in SAC_CRITICS]
         else:
-            groups.append(("critic", {n: f"net.{n}" for n in names["critic"]}))
+            own = names["critic"]
+            groups.append(("critic", {n: n if n.startswith(("net.", "conv.")) else f"net.{n}" for n in own}))
     return groups
 
 

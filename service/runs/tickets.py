@@ -33,7 +33,7 @@ import numpy as np
 from hotprune.runs import artifacts
 from hotprune.actor_spec import run_shapes
 from hotprune.runs.artifacts import ArtifactError
-from hotprune.envs import EnvSource, env_spec
+from hotprune.envs import EnvSource, EnvSpec, env_spec
 from hotprune.pruning.engine import Masks, masked_stats, prunable_names
 
 PARTS = ("actor", "critic")
@@ -55,9 +55,9 @@ def kept_epochs(run_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
-    """The shapes of the tensors a run's actor and critic have, by part."""
-    spec = env_spec(EnvSource.of(cfg))
+def model_shapes(cfg, spec: EnvSpec | None = None) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The shapes of the tensors a run's actor and critic have, by part (`spec`: its environment's, if made)."""
+    spec = spec or env_spec(EnvSource.of(cfg))
     return {part: run_shapes(cfg, spec, part) for part in PARTS}
 
 
@@ -68,7 +68,8 @@ def joined(parts: Parts) -> dict[str, np.ndarray]:
 
 def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
     """A mask or init file's tensors by part, checked against the model of run config `cfg`, and its metadata."""
-    env_id, hidden_sizes = cfg.env_id, {part: cfg.network(part).hidden_sizes for part in PARTS}
+    spec = env_spec(EnvSource.of(cfg))  # a CNN's network (ReLU, its head) depends on the observations
+    env_id, hidden_sizes = cfg.env_id, {part: cfg.network(part, spec).hidden_sizes for part in PARTS}
     try:
         tensors, meta = artifacts.load(Path(path), warn_unverified=False)
     except ArtifactError as exc:
@@ -79,11 +80,11 @@ def read(path: str | Path, what: str, cfg, dtype: str) -> tuple[Parts, dict]:
         raise ArtifactError(f"{what} {path} is for {meta['env_id']}, not for this run's {env_id}")
     if not tensors:
         raise ArtifactError(f"{what} {path} holds no tensors")
-    activation = cfg.network("actor").activation
+    activation = cfg.network("actor", spec).activation
     if meta.get("activation", activation) != activation:  # files of older runs name none
         raise ArtifactError(f"{what} {path} holds a {meta['activation']} network, this run's actor is "
                             f"{activation} (actor.activation)")
-    shapes = model_shapes(cfg)
+    shapes = model_shapes(cfg, spec)
     parts: Parts = {part: {} for part in PARTS}
     for key, array in tensors.items():
         part, _, name = key.partition(".") if key.split(".", 1)[0] in PARTS else ("actor", "", key)
