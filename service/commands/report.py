@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,13 +41,15 @@ from hotprune.runs.runlog import Run
 
 PLOT_REPS = 1000  # bootstrap resamples per band: a band's edge, not a table's number
 MAX_POINTS = 300  # points of an interpolated group curve
+LEGEND_COLUMNS = 4
+TITLE_WIDTH = 100  # characters of a title line
 SEED_DIR = re.compile(r"s\d+")
 
 
 @dataclass(frozen=True)
 class Curve:
-    """An epoch-record field against env steps, times `scale`, in `style`; `part` names it in the legend
-    when a plot has several curves per run."""
+    """An epoch-record field against env steps, times `scale`, in `style`; `part` names it in the title
+    when a plot has several curves per run (the legend names the runs)."""
 
     key: str
     scale: float = 1.0
@@ -63,12 +66,12 @@ class Plot:
 
 PLOTS: dict[str, Plot] = {
     "return": Plot("Return", "mean return (last 10 episodes)", (Curve("reward_mean"),)),
-    "sparsity": Plot("Sparsity (solid: training, dotted: inference, dashed: critics)", "sparsity (%)",
-                     (Curve("training_sparsity", 100), Curve("inference_sparsity", 100, ":", "inference"),
-                      Curve("critic_sparsity", 100, "--", "critics"))),
-    "losses": Plot("Losses and health", ""),
-    "time": Plot("Epoch time (solid: train, dotted: waiting for data)", "seconds per epoch",
-                 (Curve("train_s"), Curve("rollout_s", style=":", part="rollout wait"))),
+    "sparsity": Plot("Sparsity", "sparsity (%)", (
+        Curve("training_sparsity", 100, part="training"), Curve("inference_sparsity", 100, ":", "inference"),
+        Curve("critic_sparsity", 100, "--", "critics"))),
+    "losses": Plot("Losses and health", "", (Curve(""),)),  # one panel per field present: LOSSES
+    "time": Plot("Epoch time", "seconds per epoch",
+                 (Curve("train_s", part="train"), Curve("rollout_s", style=":", part="waiting for data"))),
     "throughput": Plot("Throughput", "env samples / s", (Curve("samples_per_s"),)),
     "swaps": Plot("Swap latency (store written -> worker swapped)", "ms"),
     "lag": Plot("Policy lag", "versions (mean per epoch)", (Curve("policy_lag"),)),
@@ -128,9 +131,8 @@ def band(ax, series: list[tuple[np.ndarray, np.ndarray]], color, label: str, sty
 
 def _curves(ax, plot: Plot, groups: dict[str, list[Run]], colors) -> None:
     for (label, runs), color in zip(groups.items(), colors):
-        for curve in plot.curves:
-            band(ax, [_series(r, curve.key, curve.scale) for r in runs], color,
-                 label if not curve.part else f"_{label} {curve.part}", curve.style)
+        for i, curve in enumerate(plot.curves):  # the legend names each group once
+            band(ax, [_series(r, curve.key, curve.scale) for r in runs], color, label if i == 0 else "_", curve.style)
 
 
 def _sparsity_events(ax, groups: dict[str, list[Run]], colors) -> None:
@@ -141,10 +143,10 @@ def _sparsity_events(ax, groups: dict[str, list[Run]], colors) -> None:
         steps = {e["epoch"]: e["global_step"] for e in runs[0].epochs()}
         for c in runs[0].events("compressor", "compression_finished"):
             if c["epoch"] in steps:
-                ax.axvline(steps[c["epoch"]], linestyle="--", linewidth=0.6, alpha=0.5, color=color)
+                ax.axvline(steps[c["epoch"]], linewidth=0.8, alpha=0.6, color=color)
         applied = [m for m in runs[0].events("trainer", "masks_applied") if m["epoch"] in steps]
         ax.plot([steps[m["epoch"]] for m in applied], [m["training_sparsity_verified"] * 100 for m in applied], "o",
-                markersize=3, color=color)
+                markersize=5, color=color)
 
 
 def _swaps(ax, groups: dict[str, list[Run]], colors) -> None:
@@ -175,16 +177,26 @@ def _note(groups: dict[str, list[Run]]) -> str:
     if len(envs) > 1:
         parts.append(f"{len(envs)} environments ({', '.join(envs)}): one figure each")
     if len(algorithms) > 1:
-        parts.append(f"{' and '.join(a.upper() for a in algorithms)} runs drawn together")
+        parts.append(f"runs of {len(algorithms)} algorithms ({', '.join(a.upper() for a in algorithms)}): returns "
+                     "and losses on different scales")
     return "; ".join(parts)
 
 
-def _title(plot: Plot, env: str, groups: dict[str, list[Run]], note: str) -> str:
-    algorithms = " and ".join(sorted({r.config.algorithm.upper() for rs in groups.values() for r in rs}))
-    title = f"{plot.title}: {env}, {algorithms}"
-    if any(len(runs) > 1 for runs in groups.values()):
-        title += "\nline: IQM over seeds, band: its 95% bootstrap CI, thin: each seed"
-    return title + (f"\nNote: {note}" if note else "")
+STYLES = {"-": "solid", ":": "dotted", "--": "dashed"}
+
+
+def _title(name: str, env: str, groups: dict[str, list[Run]], note: str) -> str:
+    """What the figure shows: environment and algorithms, what each line style is, how seeds are drawn."""
+    plot, runs = PLOTS[name], [r for rs in groups.values() for r in rs]
+    algorithms = " and ".join(sorted({r.config.algorithm.upper() for r in runs}))
+    styles = [f"{STYLES[c.style]}: {c.part}" for c in plot.curves if c.part and any(len(_series(r, c.key)[0])
+                                                                                      for r in runs)]
+    lines = [f"{plot.title}: {env}, {algorithms}" + (f" ({', '.join(styles)})" if len(styles) > 1 else "")]
+    if name == "sparsity" and any(len(rs) == 1 for rs in groups.values()):
+        lines.append("a single run's thin vertical lines: compressions finished; dots: its masks applied")
+    if plot.curves and any(len(rs) > 1 for rs in groups.values()):
+        lines.append("line: IQM over seeds, band: its 95% bootstrap CI, thin lines: each seed")
+    return "\n".join(lines + (textwrap.wrap(f"Note: {note}", TITLE_WIDTH) if note else []))
 
 
 def figure(name: str, groups: dict[str, list[Run]], env: str = "", note: str = ""):
@@ -215,10 +227,11 @@ def figure(name: str, groups: dict[str, list[Run]], env: str = "", note: str = "
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
-    fig.suptitle(_title(plot, env, groups, note), fontsize="medium")
+    fig.suptitle(_title(name, env, groups, note), fontsize="medium")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:  # beside the axes, never over a curve
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    if handles:  # below the axes, never over a curve or the title
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(LEGEND_COLUMNS, len(labels)),
+                   fontsize="small", frameon=False)
     return fig
 
 
