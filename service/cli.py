@@ -132,6 +132,8 @@ def _main(argv: list[str]) -> int:
     run = _config_parser(sub, "run", "run trainer, compressor and workers under the supervisor")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue a stopped run from its trainer checkpoint, with its own config")
+    run.add_argument("--track", dest="set", action="append_const", const="wandb.track=true",
+                     help="same as --set wandb.track=true: log to Weights & Biases (the wandb extra)")
     _verbosity_args(run)
     watching = sub.add_parser("watch", help="the console of a run started elsewhere, until it ends (Ctrl-C: "
                               "stop watching); of a finished run, its summary")
