@@ -80,7 +80,8 @@ def plan(grid: Grid, seeds: list[int], root: Path, extra: list[str]) -> list[tup
         try:
             planned = planned_config(v, s, run_dir, extra)
         except ConfigError as exc:
-            raise ConfigError(f"variant {v.name}: {exc}") from None
+            load_config(None, extra)  # a --set bad on its own is the command line's fault, not the grid file's
+            raise ConfigError(f"{grid.path}: variant {v.name}: {exc}") from None
         changed = _changed(run_dir, planned)
         if changed:
             raise ConfigError(

@@ -60,6 +60,7 @@ class Grid:
     variants: tuple[Variant, ...]
     seeds: tuple[int, ...] = (1, 2, 3)
     prepare: dict | None = None  # the [prepare] table, its step checked against PREPARE
+    path: Path | None = None  # the file it was read from, which errors name
 
 
 def lth_mask(method: str, sparsity: float) -> str:
@@ -114,7 +115,7 @@ def load(path: Path) -> Grid:
     if fault:
         raise ConfigError(f"{path}: {fault}")
     variants = tuple(_variant(v) for v in data["variant"])
-    return Grid(path.stem, variants, tuple(data.get("seeds", Grid.seeds)), data.get("prepare"))
+    return Grid(path.stem, variants, tuple(data.get("seeds", Grid.seeds)), data.get("prepare"), path)
 
 
 def _variant(table: dict) -> Variant:
