@@ -42,6 +42,7 @@ from hotprune.runs.runlog import Run
 PLOT_REPS = 1000  # bootstrap resamples per band: a band's edge, not a table's number
 MAX_POINTS = 300  # points of an interpolated group curve
 LEGEND_COLUMNS = 4
+PANELS_PER_ROW = 3  # of losses.png
 TITLE_WIDTH = 100  # characters of a title line
 SEED_DIR = re.compile(r"s\d+")
 
@@ -136,7 +137,8 @@ def _curves(ax, plot: Plot, groups: dict[str, list[Run]], colors) -> None:
 
 
 def _sparsity_events(ax, groups: dict[str, list[Run]], colors) -> None:
-    """A single run's compressions (dashed) and masks applied (dots), at their epochs' env steps."""
+    """A single run's compressions finished (thin vertical lines) and masks applied (dots), at their epochs'
+    env steps."""
     for runs, color in zip(groups.values(), colors):
         if len(runs) != 1:
             continue
@@ -209,9 +211,10 @@ def figure(name: str, groups: dict[str, list[Run]], env: str = "", note: str = "
     colors = [palette[i % len(palette)] for i in range(len(groups))]
     env = env or next(iter(groups.values()))[0].config.env_id
     keys = losses_present([r for rs in groups.values() for r in rs]) if name == "losses" else [None]
-    cols = min(3, len(keys))
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(9 if cols == 1 else 12, 4.5 if cols == 1
-                             else 2.6 * math.ceil(len(keys) / cols) + 1), dpi=100, layout="constrained", squeeze=False)
+    cols = min(PANELS_PER_ROW, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(9, 4.5) if cols == 1 else (12, 2.6 * rows + 1), dpi=100,
+                             layout="constrained", squeeze=False)
     for ax, key in zip(axes.flat, keys):
         if key is not None:
             _curves(ax, Plot(key, key, (Curve(key),)), groups, colors)
@@ -228,10 +231,13 @@ def figure(name: str, groups: dict[str, list[Run]], env: str = "", note: str = "
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     fig.suptitle(_title(name, env, groups, note), fontsize="medium")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:  # below the axes, never over a curve or the title
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(LEGEND_COLUMNS, len(labels)),
-                   fontsize="small", frameon=False)
+    shown = {}  # label -> handle, over every panel: a group may have only some of the losses
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            shown.setdefault(label, handle)
+    if shown:  # below the axes, never over a curve or the title
+        fig.legend(list(shown.values()), list(shown), loc="outside lower center",
+                   ncols=min(LEGEND_COLUMNS, len(shown)), fontsize="small", frameon=False)
     return fig
 
 
