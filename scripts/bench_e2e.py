@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -69,9 +70,10 @@ print(json.dumps({"startup_s": until.first, "wall_s": wall, "steps": model.num_t
 """ % {"window": WINDOW, "target": TARGET}
 
 
-def sb3(seed: int, max_steps: int) -> dict:
+def sb3(seed: int, max_steps: int, tmp: str) -> dict:
     done = subprocess.run([sys.executable, "-c", SB3, str(time.time()), str(seed), str(max_steps)],
-                          capture_output=True, text=True, timeout=3600)
+                          capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "SB3_LOGDIR": tmp})  # SB3 makes its log folder there, not in /tmp
     if done.returncode != 0:
         raise RuntimeError(f"sb3 exited {done.returncode}: {done.stderr[-500:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -125,7 +127,7 @@ def main() -> None:
         for i, seed in enumerate(seeds):
             order = list(rows)[i % 3:] + list(rows)[: i % 3]
             for name in order:
-                got = sb3(seed, args.total_steps) if name.startswith("sb3") else \
+                got = sb3(seed, args.total_steps, tmp) if name.startswith("sb3") else \
                     hotprune(name, seed, args.total_steps, tmp)
                 rows[name].append({"seed": seed, **got})
                 print(f"seed {seed} {name}: {got}", flush=True)

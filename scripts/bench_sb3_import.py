@@ -1,4 +1,4 @@
-"""An SB3 PPO policy on CartPole-v1, imported and pruned to 90% by hotprune, keeping its return (README,
+"""An SB3 PPO policy on CartPole-v1, imported and pruned to 90% by hotprune, keeping its return (docs/import.md,
 "Starting from a model trained elsewhere").
 
 Per seed: SB3's PPO with RL Zoo's CartPole hyperparameters (the ones hotprune's preset copies) for 100k
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
 
 import hotprune
 from hotprune.pruning.engine import Pruner, apply_masks
@@ -41,6 +42,7 @@ def train_sb3(seed: int, path: Path) -> float:
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
                 ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2), seed=seed, device="cpu")
+    model.set_logger(configure(str(path.parent / f"sb3_log_s{seed}"), []))  # not a new /tmp/SB3-* folder
     model.learn(SB3_STEPS)
     model.save(path)
     return time.perf_counter() - began

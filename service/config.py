@@ -2,7 +2,7 @@
 
 Each key is declared once, on its field: type, default, meaning and what it allows (choices drawn from
 the registry that implements them, bounds, a few named rules). The checks of single keys, `hotprune run
---help` and the README's table are all made from those declarations; only rules between keys are
+--help` and docs/settings.md's table are all made from those declarations; only rules between keys are
 written by hand (`validate`). A bad value fails with one line naming the key, the value and what is
 allowed; a misspelled key, with the keys it is closest to. `load_config_with_sources` also says where
 each value came from (default, preset, file, --set).
@@ -64,7 +64,7 @@ _types = functools.cache(get_type_hints)
 class Allowed:
     """What a key allows, declared on its field: a choice of values, bounds, and named rules (a test of
     the value and what it must be). Its rules are checked whenever a key is read or a config validated,
-    and `--help` and the README show them, all in the words of the error."""
+    and `--help` and docs/settings.md show them, all in the words of the error."""
 
     choices: tuple[str, ...] = ()
     low: int | float | None = None
@@ -100,7 +100,7 @@ def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), low: i
             high: int | float | None = None, low_open: bool = False, high_open: bool = False,
             checks: tuple[tuple[Callable[[Any], bool], str], ...] = ()) -> Any:
     """A config field, said once: its default, what it means and what it allows (`Allowed`).
-    `hotprune run --help` and the README's table are generated from it (`settings()`), and so are
+    `hotprune run --help` and docs/settings.md's table are generated from it (`settings()`), and so are
     the checks of its value."""
     metadata = {"help": meaning, "allowed": Allowed(tuple(choices), low, high, low_open, high_open, checks)}
     if isinstance(default, (list, dict)):
@@ -210,12 +210,78 @@ class CriticConfig:
     activation: str = _own_activation("critic")
 
 
+EMPTY_OR_POSITIVE = ((lambda sizes: not sizes or _positive_sizes(sizes), "must be empty or positive sizes"),)
+
+
+def _same_lengths(section: CNNConfig) -> bool:
+    lengths = {len(v) for v in (section.channels, section.kernels, section.strides)}
+    return len(lengths) == 1
+
+
+@dataclass
+class CNNConfig:
+    """the convolutional layers of actor and critic for image observations (MinAtar, Atari); empty lists:
+    chosen from the observation's height and width (NATURE_CNN from 36x36 up, else SMALL_CNN)"""
+
+    channels: list[int] = setting([], "output channels of each conv layer, e.g. 32,64,64 (ReLU after each)",
+                                  checks=EMPTY_OR_POSITIVE)
+    kernels: list[int] = setting([], "square kernel size of each conv layer, e.g. 8,4,3 (no padding)",
+                                 checks=EMPTY_OR_POSITIVE)
+    strides: list[int] = setting([], "stride of each conv layer, e.g. 4,2,1",
+                                 checks=EMPTY_OR_POSITIVE)
+    hidden_sizes: list[int] = setting([], "the MLP head's hidden widths after the flattened conv output (instead "
+                                          "of ppo.hidden_sizes for images; actor.hidden_sizes and critic.hidden_sizes "
+                                          "still go over it); empty: 512 (Nature) or 128 (small)",
+                                      checks=EMPTY_OR_POSITIVE)
+
+
+@dataclass(frozen=True)
+class ConvNet:
+    """The conv layers of a CNN actor or critic (hotprune.learning.policy): Conv2d(kernel, stride, no
+    padding) and ReLU each, on the observation reshaped to `in_shape` (C, H, W) and divided by `scale`
+    (255 for Atari frames, 1 for MinAtar's 0/1 planes), then flattened channel-major into the MLP head."""
+
+    channels: tuple[int, ...]
+    kernels: tuple[int, ...]
+    strides: tuple[int, ...]
+    in_shape: tuple[int, int, int]
+    scale: float
+
+    def out_hw(self) -> tuple[int, int]:
+        """Height and width of the last conv layer's output (ValueError if a kernel outgrows its input)."""
+        h, w = self.in_shape[1:]
+        for k, s in zip(self.kernels, self.strides):
+            if k > h or k > w:
+                raise ValueError(f"a {k}x{k} kernel does not fit a {h}x{w} input (observations {self.in_shape})")
+            h, w = (h - k) // s + 1, (w - k) // s + 1
+        return h, w
+
+    def meta(self) -> dict[str, Any]:
+        """As a policy file's metadata keeps it (JSON)."""
+        return {"channels": list(self.channels), "kernels": list(self.kernels), "strides": list(self.strides),
+                "in_shape": list(self.in_shape), "scale": self.scale}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> ConvNet:
+        return cls(*(tuple(int(v) for v in meta[k]) for k in ("channels", "kernels", "strides", "in_shape")),
+                   float(meta["scale"]))
+
+
+# (channels, kernels, strides, head): Mnih et al. 2015's for 84x84 Atari frames (CleanRL's ppo_atari), and
+# Young & Tian 2019's one 3x3 layer of 16 for MinAtar's 10x10 planes
+NATURE_CNN = ((32, 64, 64), (8, 4, 3), (4, 2, 1), [512])
+SMALL_CNN = ((16,), (3,), (1,), [128])
+NATURE_MIN_SIDE = 36  # the Nature CNN's smallest input: 36 -> 8 -> 3 -> 1
+
+
 class Network(NamedTuple):
     """A network as the run builds it (Config.network): its hidden layer widths and the activation between
-    them, its own section's over the algorithm's."""
+    them, its own section's over the algorithm's; for image observations its conv layers (`conv`), the
+    head's widths from the cnn section and ReLU unless its section says otherwise."""
 
     hidden_sizes: list[int]
     activation: str
+    conv: ConvNet | None = None
 
 
 @dataclass
@@ -395,6 +461,7 @@ class Config:
     sac: SACConfig = field(default_factory=SACConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -427,12 +494,22 @@ class Config:
         """The run's algorithm's own section (its hidden sizes, gamma, minibatch, ...): `ppo` or `sac`."""
         return getattr(self, self.algorithm)
 
-    def network(self, part: str) -> Network:
+    def network(self, part: str, spec: Any = None) -> Network:
         """The "actor"'s or the "critic"'s network: its own section over the algorithm's `hidden_sizes`
-        and activation."""
+        and activation; for a `spec` (hotprune.envs.EnvSpec) of image observations, a CNN: the cnn
+        section's layers over the ones its observations' size picks, and ReLU."""
         own = getattr(self, part)
-        activation = ALGORITHMS[self.algorithm].activation if own.activation == "auto" else own.activation
-        return Network(own.hidden_sizes or self.algo.hidden_sizes, activation)
+        image = spec.image if spec is not None else None
+        if image is None:
+            activation = ALGORITHMS[self.algorithm].activation if own.activation == "auto" else own.activation
+            return Network(own.hidden_sizes or self.algo.hidden_sizes, activation)
+        channels, kernels, strides, head = NATURE_CNN if min(image[1:]) >= NATURE_MIN_SIDE else SMALL_CNN
+        c = self.cnn
+        scale = float(spec.observation_space.high.max())
+        conv = ConvNet(tuple(c.channels or channels), tuple(c.kernels or kernels), tuple(c.strides or strides),
+                       image, scale)
+        activation = "relu" if own.activation == "auto" else own.activation
+        return Network(own.hidden_sizes or c.hidden_sizes or head, activation, conv)
 
     @property
     def replay_capacity(self) -> int:
@@ -507,6 +584,7 @@ def _with_preset(data: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
     if name == "auto":  # env_id's preset for its algorithm: <env_id> for PPO, <env_id>-<algorithm> for others
         env, algorithm = data.get("env_id", Config.env_id), data.get("algorithm", Config.algorithm)
         name = f"{env}-{algorithm}" if algorithm != Config.algorithm else env
+        name = name.replace("/", "-") if isinstance(name, str) else name  # MinAtar/Breakout-v1: MinAtar-Breakout-v1
         name = name if isinstance(env, str) and isinstance(algorithm, str) and name in shipped else "none"
     if name == "none":
         return {**data, "preset": "none"}, None
@@ -829,6 +907,8 @@ def validate(c: Config) -> None:
     need(q.gradient_batch_size in (0, minibatch), "pruning.gradient_batch_size",
          f"must be 0 or {'SAC' if c.algorithm == 'sac' else 'PPO'}'s minibatch size {minibatch} (g comes from the "
          "trainer's own minibatches)")
+    need(_same_lengths(c.cnn), "cnn.channels",
+         "with cnn.kernels and cnn.strides must be all empty or all given, one entry per conv layer")
     need("critic" not in q.targets or (c.algorithm == "sac" and c.prune_training_model), "pruning.targets",
          "may hold critic only with algorithm=sac and prune_training_model=true (the critics are the trainer's)")
 
@@ -907,7 +987,7 @@ class Setting:
 
 def settings() -> list[tuple[str, str, list[Setting]]]:
     """Every key with its type, default, meaning and what it allows, by section: (name, what it is,
-    its keys), the top-level keys first (name ""). What `hotprune run --help` and the README's table show."""
+    its keys), the top-level keys first (name ""). What `hotprune run --help` and docs/settings.md's table show."""
     defaults = Config()
     sections: dict[str, tuple[str, list[Setting]]] = {"": ("the run", [])}
     for key, f, kind, default in _leaves(defaults):

@@ -9,11 +9,21 @@ included, and eval, lth and experiments import it from there without PYTHONPATH.
 environment once: an import error, an unknown id or a constructor that refuses a keyword is a
 ConfigError of one line, which the supervisor's start-up checks (hotprune.runs.rundir) turn into exit 2
 before anything starts.
+
+Pixel environments are made as the community makes them: an `ALE/...-v5` id (ale-py, the `atari`
+extra) with frameskip=1 under gymnasium's `AtariPreprocessing` (noop reset, 4 skipped frames with a
+max over the last two, 84x84 grayscale) and `FrameStackObservation(4)`: uint8 (4, 84, 84), CleanRL's
+and SB3's recipe; a `MinAtar/...` id (the `minatar` extra, registered on first use: gymnasium 1.x no
+longer loads its plugin) with its bool (10, 10, C) planes as uint8 (C, 10, 10). Any other image
+(a 3-D uint8 or bool Box) is made channels-first the same way when its last axis looks like channels
+(1, 3 or 4 of them, after a larger first axis). The user's env_wrappers come before these.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -56,10 +66,12 @@ class EnvSource:
         self.registered()
         wrappers = self._wrappers()
         kwargs = {**self.kwargs, **({"render_mode": render_mode} if render_mode else {})}
+        if self.env_id.startswith(ATARI):
+            kwargs.setdefault("frameskip", 1)  # AtariPreprocessing skips the frames itself
         env = gym.make(self.env_id, **kwargs)
         for wrap in wrappers:
             env = wrap(env)
-        return env
+        return pixels(env, self.env_id)
 
     def registered(self) -> gym.envs.registration.EnvSpec:
         """gymnasium's registration of the id (reward_threshold, max_episode_steps, ...), after
@@ -67,6 +79,11 @@ class EnvSource:
         module, sep, name = self.env_id.partition(":")
         if sep:
             self._import(module, f"env_id {self.env_id!r}")
+        elif self.env_id.startswith(ATARI):
+            self._import("ale_py", f"env_id {self.env_id!r} (pip install -e \".[atari]\")")  # registers ALE/*
+        elif self.env_id.startswith(MINATAR) and self.env_id not in gym.registry:
+            with _quiet_root_logger():  # minatar logs a warning on import when seaborn (its renderer) is missing
+                self._import("minatar.gym", f"env_id {self.env_id!r} (pip install -e \".[minatar]\")").register_envs()
         return gym.spec(name if sep else self.env_id)
 
     def _wrappers(self) -> list[Callable[[gym.Env], gym.Env]]:
@@ -91,6 +108,49 @@ class EnvSource:
             raise ConfigError(f"{what}: cannot import {module}{where}: {type(exc).__name__}: {_line(exc)}") from None
 
 
+ATARI, MINATAR = "ALE/", "MinAtar/"
+FRAME_STACK = 4  # Atari frames a policy sees at once (Mnih et al. 2015)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class ChannelsFirst(gym.ObservationWrapper):
+    """An image observation as hotprune's CNNs take it: uint8 (C, H, W) from (H, W, C) or bool planes."""
+
+    def __init__(self, env: gym.Env, transpose: bool):
+        super().__init__(env)
+        space = env.observation_space
+        self.transpose = transpose
+        shape = (space.shape[2], *space.shape[:2]) if transpose else space.shape
+        high = 1 if space.dtype == np.bool_ else 255
+        self.observation_space = gym.spaces.Box(0, high, shape, np.uint8)
+
+    def observation(self, obs):
+        obs = np.asarray(obs, np.uint8)
+        return np.ascontiguousarray(obs.transpose(2, 0, 1)) if self.transpose else obs
+
+
+def pixels(env: gym.Env, env_id: str) -> gym.Env:
+    """The preprocessing of image observations (module docstring); other environments as they are."""
+    if env_id.startswith(ATARI):
+        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+        return FrameStackObservation(AtariPreprocessing(env, frame_skip=4), FRAME_STACK)
+    space = env.observation_space
+    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype in (np.uint8, np.bool_)):
+        return env
+    channels_last = env_id.startswith(MINATAR) or (space.shape[2] in (1, 3, 4) and space.shape[0] > space.shape[2])
+    return ChannelsFirst(env, channels_last) if channels_last or space.dtype == np.bool_ else env
+
+
 def _line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else repr(exc)
@@ -112,8 +172,18 @@ class EnvSpec:
             box = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
             object.__setattr__(self, "observation_space", box)  # frozen: set once, here
 
+    @property
+    def image(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of image observations (a CNN policy), None for flat ones (an MLP)."""
+        return spaces.image_shape(self.observation_space)
+
+    @property
+    def obs_dtype(self) -> str:
+        """What observations travel as: uint8 for images (scaled in the network), float32 otherwise."""
+        return "float32" if self.image is None else "uint8"
+
     def flatten(self, obs, batched: bool = True) -> np.ndarray:
-        """float32 [n, obs_dim]: observations of the env as the policy takes them."""
+        """[n, obs_dim] of obs_dtype: observations of the env as the policy takes them."""
         return spaces.flatten(self.observation_space, obs, batched)
 
 

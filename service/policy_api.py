@@ -23,7 +23,7 @@ import numpy as np
 from gymnasium.spaces import Box
 
 from hotprune import spaces
-from hotprune.actor_spec import policy_spec
+from hotprune.actor_spec import policy_conv, policy_spec
 from hotprune.envs import EnvSpec, action_space, clip_actions
 from hotprune.runs import artifacts
 from hotprune.workers.numpy_policy import NumpyActor
@@ -42,7 +42,8 @@ class Policy:
             raise artifacts.no_actor(path, exc) from None
         try:
             self._actor = NumpyActor(tensors, self.spec, np.random.default_rng(seed), self.algorithm,
-                                     meta.get("activation"))  # None: the algorithm's, as files before it
+                                     meta.get("activation"),  # None: the algorithm's, as files before it
+                                     policy_conv(meta))
         except (KeyError, ValueError) as exc:
             raise artifacts.no_actor(path, exc) from None
 

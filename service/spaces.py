@@ -8,10 +8,14 @@ apply it to what their vector env returns (so trajectories, the trainer's critic
 buffer see flat float32 only: the wire format), and `hotprune eval` and `hotprune.load_policy(...)
 .predict` to what they are given. tests/test_envs.py holds it to gymnasium's, row by row.
 
+Image observations (`image_shape`: a uint8 Box of three dimensions, channels first, as
+hotprune.envs makes MinAtar's and Atari's) are the exception: they keep their dtype, uint8 rows of
+C*H*W in channel-major order (4x fewer bytes than float32 in every trajectory chunk); the CNN
+reshapes and scales them itself (hotprune.learning.policy).
+
 `describe(space)` is the space as JSON (a policy file's metadata keeps it, so a policy is run without
-its environment) and `from_description` builds it back. Image observations (a uint8 Box of three
-dimensions) and spaces that do not flatten to a fixed size (Text, Graph, Sequence, OneOf) are refused
-with one line (`SpaceError`).
+its environment) and `from_description` builds it back. Spaces that do not flatten to a fixed size
+(Text, Graph, Sequence, OneOf) are refused with one line (`SpaceError`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-IMAGES = "image observations are not supported yet (pixel policies)"
 
 
 class SpaceError(ValueError):
@@ -30,10 +33,8 @@ class SpaceError(ValueError):
 
 
 def check(space: spaces.Space) -> int:
-    """The flat size of `space`; SpaceError for images and for spaces that do not flatten."""
+    """The flat size of `space`; SpaceError for spaces that do not flatten."""
     if isinstance(space, spaces.Box):
-        if space.dtype == np.uint8 and len(space.shape) == 3:
-            raise SpaceError(f"{IMAGES}, got {space}")
         return math.prod(space.shape)
     if isinstance(space, spaces.Discrete):
         return int(space.n)
@@ -41,17 +42,26 @@ def check(space: spaces.Space) -> int:
         return math.prod(space.shape)
     if isinstance(space, spaces.MultiDiscrete):
         return int(space.nvec.sum())
-    if isinstance(space, spaces.Tuple):
-        return sum(check(s) for s in space.spaces)
-    if isinstance(space, spaces.Dict):
-        return sum(check(s) for s in space.spaces.values())
+    if isinstance(space, (spaces.Tuple, spaces.Dict)):
+        parts = space.spaces.values() if isinstance(space, spaces.Dict) else space.spaces
+        if any(image_shape(s) is not None for s in parts):
+            raise SpaceError(f"an image observation must be the whole observation, not a part of {space}")
+        return sum(check(s) for s in parts)
     raise SpaceError(f"observations must be Box, Discrete, MultiBinary, MultiDiscrete, or a Dict or Tuple of them, "
                      f"got {space}")
 
 
+def image_shape(space: spaces.Space) -> tuple[int, int, int] | None:
+    """(C, H, W) of an image observation space (a uint8 Box of three dimensions, channels first), else None."""
+    if isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3:
+        return tuple(int(n) for n in space.shape)
+    return None
+
+
 def flatten(space: spaces.Space, obs: Any, batched: bool = True) -> np.ndarray:
-    """float32 [n, flat size]: a batch of observations of `space` (each array with a leading batch
-    axis, as a gymnasium vector env returns them), or with `batched=False` one observation (n = 1)."""
+    """float32 [n, flat size] (an image: uint8 [n, C*H*W]): a batch of observations of `space` (each
+    array with a leading batch axis, as a gymnasium vector env returns them), or with
+    `batched=False` one observation (n = 1)."""
     if isinstance(space, spaces.Tuple):
         return np.concatenate([flatten(s, o, batched) for s, o in zip(space.spaces, obs)], axis=1)
     if isinstance(space, spaces.Dict):
@@ -64,6 +74,8 @@ def flatten(space: spaces.Space, obs: Any, batched: bool = True) -> np.ndarray:
         return _one_hot(array.reshape(n, 1) - space.start, np.array([space.n]))
     if isinstance(space, spaces.MultiDiscrete):
         return _one_hot(array.reshape(n, -1) - space.start.reshape(-1), space.nvec.reshape(-1))
+    if image_shape(space) is not None:
+        return np.ascontiguousarray(array.reshape(n, -1), np.uint8)
     return array.reshape(n, -1).astype(np.float32, copy=False)  # Box, MultiBinary
 
 

@@ -43,7 +43,7 @@ def test_help_lists_every_setting_with_its_type_default_and_meaning(capsys, comm
 def test_every_setting_says_what_it_means():
     for _, _, rows in settings():
         for s in rows:
-            assert s.meaning and "|" not in s.meaning, s.key  # "|" would split the README's table row
+            assert s.meaning and "|" not in s.meaning, s.key  # "|" would split docs/settings.md's table row
 
 
 def test_config_show_prints_what_the_run_would_keep_and_it_loads_back(capsys, tmp_path):

@@ -320,12 +320,13 @@ def test_env_spec_unknown_id():
 
 @pytest.mark.parametrize("name", sorted(presets()))
 def test_every_shipped_preset_is_a_valid_config_of_its_env(name):
-    """preset = auto picks it from env_id and algorithm (<env_id> for PPO, <env_id>-<algorithm> else)."""
+    """preset = auto picks it from env_id and algorithm (<env_id> for PPO, <env_id>-<algorithm> else; a / in
+    the id is a - in the name)."""
     shipped = tomllib.loads(presets()[name].read_text())
     algorithm = shipped.get("algorithm", "ppo")
     c = load_config(overrides=[f"env_id={shipped['env_id']}", f"algorithm={algorithm}"])
     assert c.preset == name and c.env_id == shipped["env_id"] and c.algorithm == algorithm
-    assert name == (c.env_id if algorithm == "ppo" else f"{c.env_id}-{algorithm}")
+    assert name == (c.env_id if algorithm == "ppo" else f"{c.env_id}-{algorithm}").replace("/", "-")
     assert c.total_steps == shipped["total_steps"] and c.samples_per_epoch == shipped["samples_per_epoch"]
     assert dataclasses.asdict(getattr(c, algorithm)).items() >= shipped[algorithm].items()
     assert presets()[name].read_text().startswith(f"# {name}: ")  # `hotprune presets` shows that line
@@ -582,19 +583,19 @@ def test_actor_and_critic_take_their_own_widths_and_activation_over_the_algorith
     from hotprune.learning.learners import make_learner
 
     c = load_config(overrides=["preset=none"])
-    assert c.network("actor") == c.network("critic") == ([64, 64], "tanh")  # PPO's shorthand and its own tanh
+    assert c.network("actor") == c.network("critic") == ([64, 64], "tanh", None)  # PPO's shorthand and its own tanh
     path = write(tmp_path, '[ppo]\nhidden_sizes = [32]\n[actor]\nhidden_sizes = [8, 4]\nactivation = "elu"\n'
                            '[critic]\nactivation = "gelu"\n')
     c = load_config(path, ["preset=none"])
-    assert c.network("actor") == ([8, 4], "elu") and c.network("critic") == ([32], "gelu")
+    assert c.network("actor") == ([8, 4], "elu", None) and c.network("critic") == ([32], "gelu", None)
     learner = make_learner(c, env_spec("CartPole-v1"), torch.Generator())
     assert [m.out_features for m in learner.actor.net if isinstance(m, torch.nn.Linear)] == [8, 4, 2]
     assert isinstance(learner.actor.net[1], torch.nn.ELU)
     assert [type(m).__name__ for m in learner.critic] == ["Linear", "GELU", "Linear"]
     saved = write(tmp_path, to_toml(c), "saved.toml")  # a run's config.toml keeps them
-    assert load_config(saved, with_preset=False).network("critic") == ([32], "gelu")
+    assert load_config(saved, with_preset=False).network("critic") == ([32], "gelu", None)
     s = load_config(overrides=["algorithm=sac", "env_id=Pendulum-v1", "preset=none", "critic.hidden_sizes=16,16"])
-    assert s.network("actor") == ([256, 256], "relu") and s.network("critic") == ([16, 16], "relu")
+    assert s.network("actor") == ([256, 256], "relu", None) and s.network("critic") == ([16, 16], "relu", None)
     learner = make_learner(s, env_spec("Pendulum-v1"), torch.Generator())
     assert learner.qf1_target.net[0].out_features == 16 and learner.actor.net[0].out_features == 256
 

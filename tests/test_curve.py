@@ -314,7 +314,7 @@ def test_hotprune_keys_makes_a_set_a_run_can_use_and_refuses_to_overwrite(tmp_pa
     assert again.returncode == 2 and again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
     assert curve.load(tmp_path / "shared") == shared  # untouched
 
-    # The multi-host recipe of the README: the set copied (modes kept) into the run directory first.
+    # The multi-host recipe of docs/operations.md: the set copied (modes kept) into the run directory first.
     shutil.copytree(tmp_path / "shared", tmp_path / "runs" / "multi" / "keys")
     init = hotprune("init", *settings(tmp_path, "multi", *tcp()), timeout=60)
     assert init.returncode == 0, init.stderr

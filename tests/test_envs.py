@@ -20,7 +20,7 @@ from hotprune.config import ConfigError
 from hotprune.envs import EnvSource, env_spec, make_vector_env
 from hotprune.runs import artifacts
 from tests.servicekit import HOTPRUNE
-from tests.test_readme import section
+from tests.test_readme import doc
 
 MODULE = "hp_test_corridor"  # a name of its own: the module stays imported in this process
 SOURCE = f'''
@@ -127,8 +127,8 @@ def test_an_environment_that_cannot_be_made_is_one_line(env_dir, env_id, kwargs,
 
 
 def run_readme_lines(cwd: Path) -> list[subprocess.CompletedProcess]:
-    """The README's bash lines of "Your own environment", each as it is, with the installed command."""
-    block = re.search(r"```bash\n(.*?)```", section("Your own environment"), re.S).group(1)
+    """The bash lines of docs/environments.md, each as it is, with the installed command."""
+    block = re.search(r"```bash\n(.*?)```", doc("docs/environments.md"), re.S).group(1)
     path = f"{Path(HOTPRUNE).parent}{os.pathsep}{os.environ['PATH']}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PATH": path}
     return [subprocess.run(shlex.split(line), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -137,7 +137,7 @@ def run_readme_lines(cwd: Path) -> list[subprocess.CompletedProcess]:
 
 @pytest.mark.slow
 def test_the_readme_example_trains_and_evaluates_its_own_environment(tmp_path, monkeypatch):
-    code = re.search(r"```python\n(.*?)```", section("Your own environment"), re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", doc("docs/environments.md"), re.S).group(1)
     (tmp_path / "corridor.py").write_text(code)
     run, evaluated = run_readme_lines(tmp_path)
     assert run.returncode == 0, run.stderr

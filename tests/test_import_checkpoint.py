@@ -45,9 +45,11 @@ def observations(env_id: str, count: int = 512) -> np.ndarray:
 @pytest.fixture(scope="module")
 def sb3_cartpole(tmp_path_factory) -> Path:
     """An SB3 PPO MlpPolicy trained on CartPole-v1 in the test, saved as SB3 saves it."""
+    folder = tmp_path_factory.mktemp("sb3")
     model = sb3.PPO("MlpPolicy", "CartPole-v1", n_steps=512, batch_size=128, n_epochs=4, seed=0, device="cpu")
+    model.set_logger(sb3.common.logger.configure(str(folder / "log"), []))  # not SB3's default, a new /tmp/SB3-*
     model.learn(TRAIN_STEPS)
-    path = tmp_path_factory.mktemp("sb3") / "ppo_cartpole.zip"
+    path = folder / "ppo_cartpole.zip"
     model.save(path)
     return path
 

@@ -20,13 +20,12 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 import hotprune
 from hotprune import spaces
 from hotprune.actor_spec import policy_metadata
-from hotprune.config import Config, ConfigError
+from hotprune.config import Config
 from hotprune.envs import env_spec, spec_of
 from hotprune.learning.policy import actor_arrays, make_actor
 from hotprune.runs import artifacts
 from hotprune.workers.numpy_policy import NumpyActor
 from tests import spaces_envs
-from tests.servicekit import run_cli
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,24 +75,14 @@ def test_a_space_is_described_in_strict_json_and_built_back(name):
 
 
 @pytest.mark.parametrize("space, message", [
-    (gs.Box(0, 255, (8, 8, 3), np.uint8), r"^image observations are not supported yet \(pixel policies\), got Box"),
-    (gs.Dict({"camera": gs.Box(0, 255, (8, 8, 3), np.uint8)}), r"^image observations are not supported yet"),
+    (gs.Dict({"camera": gs.Box(0, 255, (3, 8, 8), np.uint8)}), r"^an image observation must be the whole observation"),
+    (gs.Tuple([gs.Discrete(2), gs.Box(0, 255, (3, 8, 8), np.uint8)]), r"^an image observation must be the whole"),
     (gs.Text(5), r"^observations must be Box, Discrete, MultiBinary, MultiDiscrete, or a Dict or Tuple of them"),
     (gs.Sequence(gs.Discrete(2)), r"^observations must be Box"),
 ])
-def test_images_and_spaces_that_do_not_flatten_are_one_line(space, message):
+def test_images_in_parts_and_spaces_that_do_not_flatten_are_one_line(space, message):
     with pytest.raises(spaces.SpaceError, match=message):
         spaces.check(space)
-
-
-def test_an_image_environment_is_refused_before_anything_starts(capsys, tmp_path):
-    with pytest.raises(ConfigError, match=r"^env_id 'tests.spaces_envs:Pixels-v0': image observations are not "
-                                          r"supported yet \(pixel policies\)"):
-        env_spec("tests.spaces_envs:Pixels-v0")
-    code, out, err = run_cli(capsys, "run", "--env", "tests.spaces_envs:Pixels-v0", "--set",
-                             f"runs_dir={json.dumps(str(tmp_path / 'runs'))}")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "(pixel policies)" in err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_a_discrete_observation_outside_its_space_is_one_line():

@@ -51,9 +51,9 @@ class InferenceWorker:
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(EnvSource.of(cfg))
-        actor = cfg.network("actor")
-        self.dense_spec = actor_spec(self.spec, actor.hidden_sizes, cfg.normalize_obs, cfg.algorithm)
-        self.activation = actor.activation
+        actor = cfg.network("actor", self.spec)
+        self.dense_spec = actor_spec(self.spec, actor.hidden_sizes, cfg.normalize_obs, cfg.algorithm, actor.conv)
+        self.activation, self.conv = actor.activation, actor.conv
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(EnvSource.of(cfg), cfg.envs_per_worker)
         self.store = self.attach_store()
@@ -120,7 +120,7 @@ class InferenceWorker:
         header, tensors = got
         structure_changed = header.structure_id != self.structure_id
         try:  # the actor runs on this read's own (fresh) copy, not a copy of it
-            self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm, self.activation)
+            self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm, self.activation, self.conv)
         except ValueError as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
                              version=self.version)
@@ -206,7 +206,7 @@ class InferenceWorker:
         """One chunk of `chunk_steps` vector steps; returns (fields, tensors, next obs). The chunk's
         observations are flattened (hotprune.spaces): what the trainer and the policy take."""
         steps, n, dim = self.cfg.chunk_steps, self.cfg.envs_per_worker, self.spec.obs_dim
-        obs_buf = np.zeros((steps + 1, n, dim), np.float32)
+        obs_buf = np.zeros((steps + 1, n, dim), self.spec.obs_dtype)  # images stay uint8
         act_buf = np.zeros((steps, n) if self.spec.discrete else (steps, n, self.spec.act_dim),
                            np.int64 if self.spec.discrete else np.float32)
         logp_buf = np.zeros((steps, n), np.float32)
@@ -251,7 +251,7 @@ class InferenceWorker:
         tensors = {
             "obs": obs_buf, "actions": act_buf, "logprobs": logp_buf, "rewards": rew_buf,
             "terminated": term_buf, "truncated": trunc_buf,
-            "final_obs": np.asarray(final_obs, np.float32).reshape(len(final_obs), dim),
+            "final_obs": np.asarray(final_obs, self.spec.obs_dtype).reshape(len(final_obs), dim),
         }
         return fields, tensors, obs
 

@@ -9,18 +9,27 @@ then Categorical(logits), Normal(mean, exp(log_std)) or SAC's squashed Gaussian 
 rescaled to the action box, its log-probability with the tanh correction), log-probabilities summed over
 the action dimensions; a policy trained with observation normalisation carries its statistics
 (`obs_norm.mean`, `obs_norm.var`) and normalises its input as the torch actor does.
+A CNN actor (hotprune.config.ConvNet: image observations, uint8 rows of C*H*W) runs its conv layers
+as im2col: numpy's `sliding_window_view` over the activations kept channels-last (NHWC), so each
+layer's windows reshape straight into the patch matrix [n * Ho * Wo, C * k * k] in the weight's own
+(c, kh, kw) order, and one matmul with the weight as [C * k * k, C_out] gives the next NHWC activations;
+the head's first weight has its columns permuted once from channel-major to NHWC order, so no
+activation is ever transposed back (scripts/bench_inference.py measures it against torch's conv).
 tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5, for every activation)
 and its samples to the distribution.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_names
+from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, conv_of, conv_weight_names, linear_weight_names
 from hotprune.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
+from hotprune.config import ConvNet
 from hotprune.envs import EnvSpec
 
 LOG_SQRT_2PI = np.float32(0.5 * np.log(2 * np.pi))
@@ -41,12 +50,21 @@ ACTIVATIONS = {
 
 class NumpyActor:
     """A policy over the arrays it is given, which it keeps without copying (a worker's store read is
-    already its own copy). Any layer sizes: a neuron-pruned policy comes as smaller matrices."""
+    already its own copy). Any layer sizes: a neuron-pruned policy comes as smaller matrices, a
+    channel-pruned CNN as fewer channels. `conv`: a CNN's strides, input shape and scale (its channels
+    and kernels are read from `tensors`)."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], spec: EnvSpec, rng: np.random.Generator,
-                 algorithm: str = "ppo", activation: str | None = None):
+                 algorithm: str = "ppo", activation: str | None = None, conv: ConvNet | None = None):
         kind = actor_kind(algorithm, spec.discrete, activation)
-        self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec, algorithm)]
+        self.conv = conv_of(tensors, conv) if conv is not None else None
+        self.conv_layers = checked_conv_layers(tensors, spec, self.conv)
+        self.layers = [(weight, bias[:, None]) for weight, bias in checked_layers(tensors, spec, algorithm, self.conv)]
+        if self.conv is not None:  # the head's columns from channel-major (c, h, w) to the NHWC order (h, w, c)
+            weight, bias = self.layers[0]
+            hw = self.conv.out_hw()
+            nhwc = weight.reshape(len(weight), self.conv.channels[-1], *hw).transpose(0, 2, 3, 1)
+            self.layers[0] = (np.ascontiguousarray(nhwc.reshape(len(weight), -1)), bias)
         self.tensors = tensors  # what it runs on, by name
         self.discrete, self.head, self.rng = spec.discrete, kind.head, rng
         self.activation = ACTIVATIONS[kind.activation]
@@ -91,7 +109,7 @@ class NumpyActor:
         """The MLP's output, a row per observation: logits (discrete) or the Gaussian's mean (continuous)."""
         # The batch as columns, weight @ h: at [1024, 1024] and batch 4 numpy's OpenBLAS (one thread)
         # takes half the time of h @ weight.T (scripts/bench_inference.py), about 1.5 µs more on tiny layers.
-        h = np.asarray(obs, np.float32).T
+        h = np.asarray(obs, np.float32).T if self.conv is None else self.features(obs).T
         if self.obs_norm is not None:
             mean, inv_std = self.obs_norm
             h = np.clip((h - mean) * inv_std, -NORM_CLIP, NORM_CLIP)
@@ -99,6 +117,16 @@ class NumpyActor:
             h = self.activation(weight @ h + bias)
         weight, bias = self.layers[-1]
         return (weight @ h + bias).T
+
+    def features(self, obs: np.ndarray) -> np.ndarray:
+        """The conv layers' output, one NHWC-flattened row per observation (uint8 rows of C*H*W)."""
+        c, h, w = self.conv.in_shape
+        x = np.asarray(obs).reshape(-1, c, h, w).transpose(0, 2, 3, 1) * np.float32(1 / self.conv.scale)
+        for cols_weight, bias, k, stride in self.conv_layers:
+            windows = sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]  # n, Ho, Wo, C, k, k
+            n, ho, wo = windows.shape[:3]
+            x = np.maximum(windows.reshape(n * ho * wo, -1) @ cols_weight + bias, 0).reshape(n, ho, wo, -1)
+        return x.reshape(len(x), -1)
 
     def mean_log_std(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The squashed head's Gaussian (before tanh): the output's halves, the log std tanh-rescaled."""
@@ -126,20 +154,47 @@ class NumpyActor:
         return (-0.5 * z * z - self.log_std - LOG_SQRT_2PI).sum(axis=-1)
 
 
-def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
-                   algorithm: str = "ppo") -> list[tuple[np.ndarray, np.ndarray]]:
+def checked_conv_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
+                        conv: ConvNet | None) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """(weight as [C_in * k * k, C_out], bias, k, stride) of each conv layer, input first; none for an
+    MLP. ValueError unless the conv weights are a chain conv.0, conv.2, ... of square 4-D kernels from
+    the observations' channels, as many layers as `conv` has strides, each fitting its input."""
+    names = conv_weight_names(tensors)
+    if conv is None:
+        if names:
+            raise ValueError(f"conv layers {names} in an actor without image observations")
+        return []
+    if names != [f"conv.{2 * i}.weight" for i in range(len(conv.strides))]:
+        raise ValueError(f"conv layers {names} are not a chain conv.0, conv.2, ... of {len(conv.strides)}")
+    if spec.image != conv.in_shape:
+        raise ValueError(f"the actor takes observations {conv.in_shape}, {spec.env_id} gives {spec.image}")
+    layers, channels = [], conv.in_shape[0]
+    for name, stride in zip(names, conv.strides):
+        weight, bias = tensors[name], tensors[name.removesuffix("weight") + "bias"]
+        if weight.ndim != 4 or weight.shape[1] != channels or weight.shape[2] != weight.shape[3] \
+                or bias.shape != weight.shape[:1]:
+            raise ValueError(f"{name} {weight.shape} with bias {bias.shape} does not take {channels} channels")
+        layers.append((np.ascontiguousarray(weight.reshape(len(weight), -1).T), bias, weight.shape[-1], stride))
+        channels = weight.shape[0]
+    conv.out_hw()  # ValueError if a kernel outgrows its input
+    return layers
+
+
+def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec, algorithm: str = "ppo",
+                   conv: ConvNet | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (weight, bias) of each linear layer, input first; ValueError unless `tensors` are exactly an
     actor of `algorithm` for `spec`: a chain net.0, net.2, ... from obs_dim inputs to act_dim outputs
     (2 * act_dim for a squashed head), 2-D weights, 1-D biases, `log_std` of act_dim iff the head is
     Gaussian, optionally the observation
-    statistics (both, of obs_dim, the variances finite and >= 0), all float32."""
+    statistics (both, of obs_dim, the variances finite and >= 0), all float32; with `conv`, the conv
+    layers' tensors too, and the chain starts from their flattened output."""
     weights = linear_weight_names(tensors)
     chain = [f"net.{2 * i}.weight" for i in range(len(weights))]
     if not weights or weights != chain:
         raise ValueError(f"linear layers {weights} are not a chain net.0, net.2, ...")
     kind = actor_kind(algorithm, spec.discrete)
     head = kind.head
-    names = {n for w in weights for n in (w, w.removesuffix("weight") + "bias")}
+    names = {n for w in weights + conv_weight_names(tensors) for n in (w, w.removesuffix("weight") + "bias")}
     if head == "gaussian":
         names.add("log_std")
     if OBS_NORM[0] in tensors or OBS_NORM[1] in tensors:
@@ -156,6 +211,8 @@ def checked_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
         if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all()):
             raise ValueError("observation statistics are not finite, or a variance is negative")
     layers, width = [], spec.obs_dim
+    if conv is not None:
+        width = conv.channels[-1] * math.prod(conv.out_hw())
     for name in weights:
         weight, bias = tensors[name], tensors[name.removesuffix("weight") + "bias"]
         if weight.ndim != 2 or weight.shape[1] != width or bias.shape != weight.shape[:1]:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from hotprune.actor_spec import actor_shapes
+from hotprune.actor_spec import run_shapes
 from hotprune.envs import EnvSource, env_spec
 from hotprune.pruning.criteria import CRITERIA
 from hotprune.pruning.engine import prunable_names, sparsity, sparsity_of_counts
@@ -263,8 +263,7 @@ def kept_files_agree(run: Run) -> Check:
     name = "logs agree with the kept files and config"
     cfg = run.config
     problems = []
-    shapes = actor_shapes(env_spec(EnvSource.of(cfg)), cfg.network("actor").hidden_sizes, cfg.normalize_obs,
-                          cfg.algorithm)
+    shapes = run_shapes(cfg, env_spec(EnvSource.of(cfg)))
     spec = {n: ("float32", shape) for n, shape in shapes.items()}
     names = prunable_names(spec, cfg.pruning.prune_output_layer)
     masks, shown = None, [f"config.toml's schedule to {cfg.pruning.target_sparsity:.2%} = the logged plan and targets"]

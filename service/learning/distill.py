@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.distributions import kl_divergence
 
+from hotprune.config import ConvNet
 from hotprune.learning.policy import Actor, actor_arrays, actor_from_tensors
 from hotprune.actor_spec import OBS_NORM
 from hotprune.pruning.engine import Masks, apply_masks
@@ -29,20 +30,20 @@ from hotprune.pruning.engine import Masks, apply_masks
 class Distiller:
     def __init__(self, discrete: bool, steps: int, lr: float, algorithm: str = "ppo",
                  action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                 activation: str | None = None):
+                 activation: str | None = None, conv: ConvNet | None = None):
         torch.set_num_threads(1)  # one CPU thread per process, as the trainer and the workers
         # torch's optimizers import torch._dynamo on first use (about a second): paid here, at start,
         # not at the first compression, where it would hold the store back while the trainer runs on
         torch.optim.Adam([torch.zeros(1, requires_grad=True)]).zero_grad()
         self.discrete, self.steps, self.lr = discrete, steps, lr
-        self.algorithm, self.action_box, self.activation = algorithm, action_box, activation
+        self.algorithm, self.action_box, self.activation, self.conv = algorithm, action_box, activation, conv
         self.student: Actor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.masks: Masks | None = None
         self.keep: dict[str, torch.Tensor] = {}
 
     def actor(self, tensors: dict[str, np.ndarray]) -> Actor:
-        return actor_from_tensors(tensors, self.discrete, self.algorithm, self.action_box, self.activation)
+        return actor_from_tensors(tensors, self.discrete, self.algorithm, self.action_box, self.activation, self.conv)
 
     def distil(self, teacher: dict[str, np.ndarray], masks: Masks,
                obs: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:

@@ -35,4 +35,5 @@ def make_learner(cfg: Config, spec: EnvSpec, generator: torch.Generator):
     """The `Learner` of the run's algorithm (its module imports torch)."""
     module = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}")
     return module.Learner(spec, cfg.algo, RunLength(cfg.total_epochs, cfg.epoch_samples), generator,
-                          actor=cfg.network("actor"), critic=cfg.network("critic"), normalize_obs=cfg.normalize_obs)
+                          actor=cfg.network("actor", spec), critic=cfg.network("critic", spec),
+                          normalize_obs=cfg.normalize_obs)

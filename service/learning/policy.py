@@ -7,6 +7,11 @@ layer sizes are read back from the weights themselves (`actor_from_tensors`), so
 whatever shape the weight store holds. With observation normalisation, actor and critic share one
 `ObsNormalizer` whose statistics the trainer keeps (hotprune.learning.normalize); they are buffers of
 the actor, so they travel with its weights.
+
+For image observations actor and critic are CNNs (CleanRL's ppo_atari): conv layers `conv.0`, `conv.2`,
+... with ReLU after each (hotprune.config.ConvNet), on the uint8 rows reshaped to (C, H, W) and divided
+by the ConvNet's scale inside the network (observations travel as uint8), flattened channel-major into
+the MLP (`net.*`, ReLU); orthogonal init with gain sqrt(2), as the MLP's.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
-from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, linear_weight_names
+from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, conv_of, linear_weight_names
 from hotprune.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
+from hotprune.config import ConvNet
 from hotprune.envs import EnvSpec
 
 ACTIVATIONS = {  # hotprune.algorithms.ACTIVATIONS, as hotprune.workers.numpy_policy computes them
@@ -46,6 +52,42 @@ def mlp(sizes: list[int], activation: str = "tanh", out_gain: float | None = Non
     return nn.Sequential(*layers)
 
 
+def conv_layers(conv: ConvNet) -> nn.Sequential:
+    """Conv2d layers `0`, `2`, ... with ReLU after each, CleanRL's init (orthogonal, gain sqrt(2), zero biases)."""
+    layers: list[nn.Module] = []
+    for c_in, c_out, k, stride in zip((conv.in_shape[0], *conv.channels), conv.channels, conv.kernels, conv.strides):
+        layer = nn.Conv2d(c_in, c_out, k, stride)
+        nn.init.orthogonal_(layer.weight, np.sqrt(2))
+        nn.init.zeros_(layer.bias)
+        layers += [layer, nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def pixels(layers: nn.Sequential, conv: ConvNet, obs: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float) rows of C*H*W -> float NCHW / scale -> the conv layers -> flat features, under
+    the same leading axes as `obs` (the critic values [T + 1, N] observations at once)."""
+    x = layers(obs.reshape(-1, *conv.in_shape).to(torch.float32) / conv.scale)
+    return x.reshape(*obs.shape[:-1], -1)
+
+
+def conv_features(conv: ConvNet) -> int:
+    """The MLP head's inputs: the last conv layer's outputs, flattened."""
+    h, w = conv.out_hw()
+    return conv.channels[-1] * h * w
+
+
+class ConvCritic(nn.Module):
+    """PPO's value network on image observations: the actor's layout (`conv.*`, then `net.*`)."""
+
+    def __init__(self, conv: ConvNet, hidden_sizes: list[int], activation: str = "relu"):
+        super().__init__()
+        self.layout, self.conv = conv, conv_layers(conv)
+        self.net = mlp([conv_features(conv), *hidden_sizes, 1], activation, out_gain=1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels(self.conv, self.layout, obs))
+
+
 class ObsNormalizer(nn.Module):
     """clip((obs - mean) / sqrt(var + eps), +-clip) with the running statistics as buffers (not
     parameters: no optimizer moves them; the trainer sets them with `set`)."""
@@ -68,15 +110,19 @@ class Actor(nn.Module):
     """`sizes` are the MLP's, input to output (a squashed head's output has 2 units per action).
     `action_box` (low, high): the squashed head's action bounds; its scale and offset are buffers that
     are not part of the state dict (not weights: the env, or a policy file's metadata, gives them).
-    `activation`: None, the algorithm's own."""
+    `activation`: None, the algorithm's own. `conv`: a CNN's conv layers, before the MLP (whose first
+    size is then conv_features(conv))."""
 
     def __init__(self, sizes: list[int], discrete: bool, normalize_obs: bool = False, algorithm: str = "ppo",
                  action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                 activation: str | None = None):
+                 activation: str | None = None, conv: ConvNet | None = None):
         super().__init__()
         self.kind = actor_kind(algorithm, discrete, activation)
         self.head, self.discrete = self.kind.head, discrete
         self.obs_norm = ObsNormalizer(sizes[0]) if normalize_obs else None
+        self.layout = conv
+        if conv is not None:
+            self.conv = conv_layers(conv)
         squashed = self.head == "squashed"
         self.net = mlp(sizes, self.kind.activation, out_gain=None if squashed else 0.01)
         if self.head == "gaussian":  # state-independent log std of a diagonal Gaussian
@@ -88,6 +134,8 @@ class Actor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """The MLP's output: logits, the Gaussian's mean, or the squashed head's mean and log std."""
+        if self.layout is not None:
+            return self.net(pixels(self.conv, self.layout, obs))
         return self.net(self.obs_norm(obs) if self.obs_norm is not None else obs)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
@@ -164,27 +212,33 @@ class Acting(nn.Module):
 
 
 def make_actor(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False, algorithm: str = "ppo",
-               activation: str | None = None) -> Actor:
+               activation: str | None = None, conv: ConvNet | None = None) -> Actor:
     outputs = spec.act_dim * actor_kind(algorithm, spec.discrete).outputs_per_action
-    return Actor([spec.obs_dim, *hidden_sizes, outputs], spec.discrete, normalize_obs, algorithm,
-                 (spec.action_low, spec.action_high), activation)
+    inputs = spec.obs_dim if conv is None else conv_features(conv)
+    return Actor([inputs, *hidden_sizes, outputs], spec.discrete, normalize_obs, algorithm,
+                 (spec.action_low, spec.action_high), activation, conv)
 
 
 def make_critic(spec: EnvSpec, hidden_sizes: list[int], obs_norm: ObsNormalizer | None = None,
-                activation: str = "tanh") -> nn.Sequential:
-    """The value MLP; given the actor's `obs_norm`, it sees the observations normalised the same way."""
+                activation: str = "tanh", conv: ConvNet | None = None) -> nn.Module:
+    """The value MLP; given the actor's `obs_norm`, it sees the observations normalised the same way;
+    given `conv`, the CNN critic (`ConvCritic`)."""
+    if conv is not None:
+        return ConvCritic(conv, hidden_sizes, activation)
     value = mlp([spec.obs_dim, *hidden_sizes, 1], activation, out_gain=1.0)
     return value if obs_norm is None else nn.Sequential(obs_norm, *value)
 
 
 def actor_from_tensors(tensors: dict[str, np.ndarray], discrete: bool, algorithm: str = "ppo",
                        action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                       activation: str | None = None) -> Actor:
+                       activation: str | None = None, conv: ConvNet | None = None) -> Actor:
     """Build an actor whose layer sizes are those of `tensors` and load them into it (`action_box`:
-    the env's action bounds, for a squashed head; `activation`: None, the algorithm's own)."""
+    the env's action bounds, for a squashed head; `activation`: None, the algorithm's own; `conv`: a
+    CNN's strides, input shape and scale, its channels and kernels read from `tensors`)."""
     weights = linear_weight_names(tensors)
     sizes = [tensors[weights[0]].shape[1]] + [tensors[n].shape[0] for n in weights]
-    actor = Actor(sizes, discrete, OBS_NORM[0] in tensors, algorithm, action_box, activation)
+    conv = conv_of(tensors, conv) if conv is not None else None
+    actor = Actor(sizes, discrete, OBS_NORM[0] in tensors, algorithm, action_box, activation, conv)
     actor.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
     return actor
 

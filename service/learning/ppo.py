@@ -38,8 +38,8 @@ class Learner:
                  actor: Network, critic: Network, normalize_obs: bool = False):
         self.cfg, self.epochs, self.generator = cfg, length.epochs, generator
         self.hidden_sizes = actor.hidden_sizes
-        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "ppo", actor.activation)
-        self.critic = make_critic(spec, critic.hidden_sizes, self.actor.obs_norm, critic.activation)
+        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "ppo", actor.activation, actor.conv)
+        self.critic = make_critic(spec, critic.hidden_sizes, self.actor.obs_norm, critic.activation, critic.conv)
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
                                           lr=cfg.learning_rate, eps=1e-5)
         self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)

@@ -55,7 +55,8 @@ class Compressor:
         self.cfg, self.stop = cfg, stop
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
         spec = self.spec = env_spec(EnvSource.of(cfg))
-        self.weight_spec = actor_spec(spec, cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+        network = cfg.network("actor", spec)
+        self.weight_spec = actor_spec(spec, network.hidden_sizes, cfg.normalize_obs, cfg.algorithm, network.conv)
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
@@ -67,7 +68,7 @@ class Compressor:
             from hotprune.learning.distill import Distiller
 
             self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr, cfg.algorithm,
-                                       (spec.action_low, spec.action_high), cfg.network("actor").activation)
+                                       (spec.action_low, spec.action_high), network.activation, network.conv)
         # The first liveness ping (the hang timeout runs from it) once the slow set-up is done:
         # the distiller's optimizer warm-up imports torch._dynamo.
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)

@@ -237,13 +237,14 @@ def no_actor(path: Path, exc: Exception) -> ArtifactError:
 def policy_actor(tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Actor:
     """The actor of a policy file's tensors, as its metadata says (hotprune.actor_spec.policy_metadata:
     algorithm, activation, action bounds; older files: the algorithm's activation, the env's bounds)."""
-    from hotprune.actor_spec import policy_spec
+    from hotprune.actor_spec import policy_conv, policy_spec
     from hotprune.learning.policy import actor_from_tensors
 
     algorithm = meta.get("algorithm", "ppo")  # files from before SAC are PPO's
     spec = policy_spec(meta) if algorithm == "sac" else None  # older PPO files: no env needed
     return actor_from_tensors(dict(tensors), meta["discrete"], algorithm,
-                              (spec.action_low, spec.action_high) if spec else None, meta.get("activation"))
+                              (spec.action_low, spec.action_high) if spec else None, meta.get("activation"),
+                              policy_conv(meta))
 
 
 class Progress:

@@ -25,7 +25,7 @@ from hotprune.protocol.endpoints import SOCKETS, socket_dir
 from hotprune.runs import artifacts, cleanup, metrics, private, tickets
 from hotprune.runs.artifacts import CHECKPOINT, MASKS, POLICY
 from hotprune.comms import curve
-from hotprune.actor_spec import actor_shapes
+from hotprune.actor_spec import run_shapes
 from hotprune.algorithms import actor_kind
 from hotprune.config import REPLAY_MEMORY_SHARE, Config, ConfigError, to_toml
 from hotprune.envs import EnvSource, EnvSpec, env_spec
@@ -44,6 +44,8 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     except ValueError:
         raise ConfigError(f"algorithm {cfg.algorithm} needs Box actions; env_id {cfg.env_id} has Discrete "
                           "actions (use algorithm=ppo)") from None
+    if spec.image is not None:
+        _check_images(cfg, spec)
     if cfg.algorithm == "sac":
         _check_replay_memory(cfg, spec)
     if cfg.tensorboard and not metrics.available("tensorboard"):
@@ -90,6 +92,20 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     cfg.run_uid = uuid.uuid4().hex  # this run's own, whatever the settings said: a copied config.toml carries one
     private.write_text(run_dir / "config.toml", to_toml(cfg))
     return run_dir
+
+
+def _check_images(cfg: Config, spec: EnvSpec) -> None:
+    """What a CNN run cannot do, one line each: SAC (its critics take observation and action as one flat
+    vector), observation normalisation (frames are scaled in the network), conv layers that do not fit."""
+    if cfg.algorithm == "sac":
+        raise ConfigError(f"algorithm sac does not take image observations ({cfg.env_id}: {spec.image}); use ppo")
+    if cfg.normalize_obs:
+        raise ConfigError(f"normalize_obs must be false for image observations ({cfg.env_id}): the CNN scales "
+                          "frames itself")
+    try:
+        cfg.network("actor", spec).conv.out_hw()
+    except ValueError as exc:
+        raise ConfigError(f"cnn.kernels: {exc}") from None
 
 
 def check_resume(cfg: Config) -> None:
@@ -159,8 +175,7 @@ WORKERS_PER_CORE = 4  # more inference workers than this per core only fight ove
 
 def store_slot_size(cfg: Config) -> int:
     """A slot holds the run's dense actor: every later (pruned or smaller) version fits too."""
-    shapes = actor_shapes(env_spec(EnvSource.of(cfg)), cfg.network("actor").hidden_sizes, cfg.normalize_obs,
-                          cfg.algorithm)
+    shapes = run_shapes(cfg, env_spec(EnvSource.of(cfg)))
     return layout.payload_size({n: np.zeros(shape, np.float32) for n, shape in shapes.items()})
 
 
@@ -170,7 +185,7 @@ def largest_frame(cfg: Config) -> int:
     mode the observations a snapshot ships for distilling."""
     spec = env_spec(EnvSource.of(cfg))
     obs_dim = spec.obs_dim
-    shapes = actor_shapes(spec, cfg.network("actor").hidden_sizes, cfg.normalize_obs, cfg.algorithm)
+    shapes = run_shapes(cfg, spec)
     weight = max(math.prod(shape) for shape in shapes.values()) * 4
     chunk_obs = (cfg.chunk_steps + 1) * cfg.envs_per_worker * obs_dim * 4
     distill_obs = min(cfg.pruning.distill_samples, cfg.epoch_samples) * obs_dim * 4 if cfg.distills else 0

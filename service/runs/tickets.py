@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hotprune.runs import artifacts
-from hotprune.actor_spec import actor_shapes, critic_shapes
+from hotprune.actor_spec import run_shapes
 from hotprune.runs.artifacts import ArtifactError
 from hotprune.envs import EnvSource, env_spec
 from hotprune.pruning.engine import Masks, masked_stats, prunable_names
@@ -57,9 +57,8 @@ def kept_epochs(run_dir: Path) -> list[int]:
 
 def model_shapes(cfg) -> dict[str, dict[str, tuple[int, ...]]]:
     """The shapes of the tensors a run's actor and critic have, by part."""
-    spec, actor, critic = env_spec(EnvSource.of(cfg)), cfg.network("actor"), cfg.network("critic")
-    return {"actor": actor_shapes(spec, actor.hidden_sizes, cfg.normalize_obs, cfg.algorithm),
-            "critic": critic_shapes(spec, critic.hidden_sizes, cfg.normalize_obs, cfg.algorithm)}
+    spec = env_spec(EnvSource.of(cfg))
+    return {part: run_shapes(cfg, spec, part) for part in PARTS}
 
 
 def joined(parts: Parts) -> dict[str, np.ndarray]:

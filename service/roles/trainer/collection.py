@@ -172,7 +172,7 @@ class Collection:
             return None, None
         try:
             check_trajectory(msg.tensors, c.chunk_steps, c.envs_per_worker, spec.obs_dim, spec.act_dim,
-                             spec.discrete, c.input_bound)
+                             spec.discrete, c.input_bound, spec.obs_dtype)
         except MessageRejected as exc:
             self.log.warning("message_rejected", reason=exc.reason, expected="trajectory", sender=msg.sender)
             known = self.count_taken(f["worker_id"], f["worker_start"], valid=False)

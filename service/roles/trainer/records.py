@@ -1,6 +1,6 @@
 """The trainer's record of the run: each epoch's line, the epochs a killed trainer never logged, and the summary.
 
-An epoch's record is one dict for three readers: the `epoch` event (README's event table; diagnose and the
+An epoch's record is one dict for three readers: the `epoch` event (docs/events.md; diagnose and the
 console read it), a row of progress.csv, and the trackers' scalars (TensorBoard, W&B: hotprune.runs.metrics).
 The records are checkpointed with the run's sample counts and largest policy lag, so a resumed trainer's
 summary covers the whole run.

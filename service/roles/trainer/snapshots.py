@@ -79,7 +79,7 @@ class DistillSample:
     def draw(self, batch: Batch) -> None:
         seen = batch.obs[:-1].reshape(-1, self.obs_dim)
         rows = self.rng.choice(len(seen), min(len(seen), self.size), replace=False)
-        self.obs = np.ascontiguousarray(seen[np.sort(rows)])
+        self.obs = np.ascontiguousarray(seen[np.sort(rows)], np.float32)  # image rows come as uint8
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {DISTILL_OBS: self.obs}
