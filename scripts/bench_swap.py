@@ -67,7 +67,10 @@ from hotprune.comms.weight_store import WeightStore  # noqa: E402
 from hotprune.workers.inference_worker import InferenceWorker  # noqa: E402
 from hotprune.workers.numpy_policy import NumpyActor  # noqa: E402
 
-SIZES = {"10K": [96, 96], "1M": [1024, 1024], "10M": [3162, 3162]}
+# hidden sizes of the CartPole actor; 1.7M: as many parameters as the Nature CNN actor (1,687,206 with 6 actions),
+# the size issue 20 holds to within 2x of 1M's swap cost (the path moves bytes; a conv actor's worker also
+# reorders its head's columns once per version, measured in docs/pixels.md)
+SIZES = {"10K": [96, 96], "1M": [1024, 1024], "1.7M": [1296, 1296], "10M": [3162, 3162]}
 SYSTEMS = ("floor", "floor_shm", "hotprune", "via_compressor", "via_compressor_every", "mp_queue", "sample_factory",
            "torchrl")
 WARMUP = 2

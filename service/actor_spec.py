@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from hotprune import spaces
 from hotprune.algorithms import actor_kind
@@ -110,6 +111,48 @@ def conv_weight_names(names: Iterable[str]) -> list[str]:
     """A CNN's conv weight names, input layer first (none for an MLP)."""
     found = [(int(m.group(1)), n) for n in names if (m := _CONV_WEIGHT.match(n))]
     return [n for _, n in sorted(found)]
+
+
+# --- the layer chain: which layer feeds which (convolutions, then the MLP head) ---------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One weighted layer of a network: its weight and bias names, `conv` (weight [out, in, kh, kw]) or
+    `linear` ([out, in]), and `flatten`: how many of its input columns each output unit of the layer
+    before feeds. That is H*W for the first linear layer after the last convolution (the feature map is
+    flattened channel-major, as torch's NCHW flatten(1): channel c feeds columns [c*H*W, (c+1)*H*W)),
+    and 1 everywhere else."""
+
+    weight: str
+    bias: str
+    kind: str
+    flatten: int = 1
+
+
+def layer_weight_names(names: Iterable[str]) -> list[str]:
+    """The weight names of every conv and linear layer, input first (conv.0, conv.2, ..., net.0, ...)."""
+    names = list(names)
+    return conv_weight_names(names) + linear_weight_names(names)
+
+
+def layer_chain(shapes: Mapping[str, Sequence[int]]) -> list[Layer]:
+    """The chain of layers of a tensor table (name -> shape), dense or with channels and units removed:
+    what the pruning engine scores, what the compressor slices and what a worker runs, read from names
+    and shapes alone. ValueError when a layer's inputs are not the outputs of the one before."""
+    chain, width = [], None  # width: the previous layer's output units
+    for name in layer_weight_names(shapes):
+        shape, kind = tuple(shapes[name]), "conv" if name.startswith("conv.") else "linear"
+        if len(shape) != (4 if kind == "conv" else 2):
+            raise ValueError(f"{name} has shape {shape}: a {kind} weight is {4 if kind == 'conv' else 2}-D")
+        flatten = 1
+        if width is not None and kind == "linear" and chain[-1].kind == "conv":
+            flatten = shape[1] // width if width else 0
+        if width is not None and shape[1] != width * flatten or flatten == 0:
+            raise ValueError(f"{name} has {shape[1]} inputs, not a multiple of the {width} outputs before it")
+        chain.append(Layer(name, name.removesuffix("weight") + "bias", kind, flatten))
+        width = shape[0]
+    return chain
 
 
 def conv_of(tensors: Mapping[str, Any], conv: ConvNet) -> ConvNet:

@@ -356,7 +356,7 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
                       "minibatch, SAC's batch_size)")
     mask.add_argument("--targets", default="actor", help="actor, or actor,critic (SAC: both twin critics, each "
                       "ranked on its own)")
-    mask.add_argument("--structure", default="weight", help="weight | neuron")
+    mask.add_argument("--structure", default="weight", help="weight | neuron | channel")
     mask.add_argument("--scope", default="global", help="global | layer")
     mask.add_argument("--out", type=Path, help="default: RUN_DIR/masks/<method>-<structure>-<percent>.safetensors")
     ticket = _config_parser(steps, "train-ticket", "a run with RUN_DIR's settings, from its rewound weights, "

@@ -294,9 +294,11 @@ class PruningConfig:
     mask_file: str = setting("", "keep-masks in force from the first step, in training and inference, never "
                                  "changed (a lottery ticket: hotprune lth create-mask); given without a method, it "
                                  "makes the method fixed, which needs it")
-    structure: str = setting("weight", "weight: single weights; neuron: whole hidden units, which the workers then "
-                                       "run as smaller matrices", choices=STRUCTURES)
-    target_sparsity: float = setting(0.8, "fraction of prunable weights (neuron: of hidden units) removed, exactly "
+    structure: str = setting("weight", "weight: single weights; neuron: whole hidden units of the MLP, which the "
+                                       "workers then run as smaller matrices; channel: those and whole output "
+                                       "channels (filters) of the conv layers", choices=tuple(STRUCTURES))
+    target_sparsity: float = setting(0.8, "fraction of prunable weights (neuron, channel: of hidden units and "
+                                          "channels) removed, exactly "
                                           "round(s * n) per scope", low=0, high=1, high_open=True)
     start_epoch: int = setting(3, "the first compression is due from the snapshot of this epoch; a due step is "
                                   "served by the newest snapshot at or past its epoch, never skipped", low=1)
@@ -760,12 +762,12 @@ def _renamed(data: dict[str, Any]) -> dict[str, Any]:
 def describe(c: Config) -> str:
     """What a run is, for its generated id: env, algorithm (unless PPO), mode, placement, pruning, seed;
     e.g. cartpole-async-bp-mag80-s1, pendulum-sac-async-bp-mag80-s1 (bp: both pruned, ts: teacher-student;
-    an n after the method: neurons). Short on purpose: ipc socket paths under the run directory are
+    an n after the method: neurons, a c: channels). Short on purpose: ipc socket paths under the run directory are
     capped at 107 bytes."""
     env = re.sub(r"[^a-z0-9]+", "-", re.sub(r"-v\d+$", "", c.env_id.lower())).strip("-")[:16] or "env"
     p = c.pruning
     pruning = "dense" if p.method == "none" else "fixed" if p.method == "fixed" else \
-        f"{p.method[:3]}{'n' if p.structure == 'neuron' else ''}{round(p.target_sparsity * 100)}"
+        f"{p.method[:3]}{'' if p.structure == 'weight' else p.structure[0]}{round(p.target_sparsity * 100)}"
     algorithm = "" if c.algorithm == Config.algorithm else f"{c.algorithm}-"
     return f"{env}-{algorithm}{c.mode}-{'bp' if c.prune_training_model else 'ts'}-{pruning}-s{c.seed}"
 
@@ -897,10 +899,11 @@ def validate(c: Config) -> None:
     need(q.end_epoch == 0 or q.end_epoch > q.start_epoch, "pruning.end_epoch", "must be 0 or > start_epoch")
     need(q.distribution == "uniform" or (q.scope == "layer" and q.structure == "weight"), "pruning.distribution",
          "erk needs pruning.scope=layer and pruning.structure=weight")
-    need(not (q.prune_output_layer and q.structure == "neuron"), "pruning.prune_output_layer",
-         "must be false with pruning.structure=neuron (output units are the actions)")
-    need(not (q.regrow and q.structure == "neuron"), "pruning.regrow",
-         "must be false with pruning.structure=neuron (a revived unit has no weights in or out: it cannot learn)")
+    need(not (q.prune_output_layer and q.structure != "weight"), "pruning.prune_output_layer",
+         f"must be false with pruning.structure={q.structure} (output units are the actions)")
+    need(not (q.regrow and q.structure != "weight"), "pruning.regrow",
+         f"must be false with pruning.structure={q.structure} (a revived unit has no weights in or out: it cannot "
+         "learn)")
     need((q.method == "fixed") == bool(q.mask_file), "pruning.mask_file",
          "is what method fixed prunes with, and only it (a mask file given without a method makes it fixed)")
     minibatch = c.algo.minibatch_size(c.epoch_samples)

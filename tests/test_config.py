@@ -172,7 +172,7 @@ def test_wrong_type_in_file_names_the_key(tmp_path):
     ("transport.base_port=80", "transport.base_port"),
     ("run_id=a/b", "run_id"),
     ("env_id=", "env_id"),
-    ("pruning.structure=channel", "pruning.structure"),
+    ("pruning.structure=filter", "pruning.structure"),
     ("pruning.distribution=erk", "pruning.distribution"),  # erk needs layer scope
     ("pruning.num_gradient_batches=0", "pruning.num_gradient_batches"),
     ("pruning.gradient_batch_size=64", "pruning.gradient_batch_size"),  # PPO's minibatch is 256

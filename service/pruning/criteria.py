@@ -34,6 +34,9 @@ CRITERIA: dict[str, Criterion] = {
 # `none`: the dense baseline, nothing pruned; `fixed`: the masks of a file from the first step on
 # (pruning.mask_file: a lottery ticket), never changed, no schedule
 METHODS = ("none", "fixed", *CRITERIA)
-STRUCTURES = ("weight", "neuron")
+# What a structure removes whole: the output units of its hidden layers of these kinds (hotprune.actor_spec.Layer);
+# none for `weight`, which removes single weights. `channel` is `neuron` plus the conv layers' output channels
+# (filters); on an MLP the two are the same.
+STRUCTURES: dict[str, tuple[str, ...]] = {"weight": (), "neuron": ("linear",), "channel": ("conv", "linear")}
 SCOPES = ("global", "layer")
 DISTRIBUTIONS = ("uniform", "erk")

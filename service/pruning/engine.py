@@ -1,16 +1,21 @@
-"""The pruning engine: importance criteria, exact-count nested masks, ERK, whole-neuron removal.
+"""The pruning engine: importance criteria, exact-count nested masks, ERK, whole-neuron and -channel removal.
 
 Two separate choices, as in Torch-Pruning's importance / pruner split:
 
 - a **criterion** turns weights (and, if it needs them, gradient statistics) into one importance
   score per weight: `magnitude` |w|, `taylor` |w * g|, `gradient` g, where g = mean |dL/dw| over
   recent minibatches. Adding one is adding an entry to CRITERIA; the config's choices come from it.
-- a **structure** decides what is removed: single weights (`weight`) or whole hidden units
-  (`neuron`, scored by the mean of its incoming weights' scores: within a layer that ranks exactly
-  like their sum, i.e. like `torch.nn.utils.prune.ln_structured(n=1, dim=0)` for magnitude). Under
-  one global threshold, unit scores are divided by their layer's mean first (Torch-Pruning's "mean"
-  normalizer), so layers of different fan-in and gradient scale compete fairly; every hidden layer
-  keeps at least one unit. `target_sparsity` is then the fraction of hidden units removed.
+- a **structure** (hotprune.pruning.criteria.STRUCTURES) decides what is removed: single weights
+  (`weight`, conv kernels' included) or whole output units of hidden layers: the MLP's hidden units
+  (`neuron`), and those plus the conv layers' output channels, their filters (`channel`). A unit is
+  scored by the mean of its incoming weights' scores (a filter's: over in-channels x kh x kw): within
+  a layer that ranks exactly like their sum, i.e. like `torch.nn.utils.prune.ln_structured(n=1,
+  dim=0)` for magnitude. Under one global threshold, unit scores are divided by their layer's mean
+  first (Torch-Pruning's "mean" normalizer; the same for means and sums), so layers of different
+  fan-in and gradient scale compete fairly; every hidden layer keeps at least one unit.
+  `target_sparsity` is then the fraction of those units removed. Removing a unit removes its weights
+  and bias and the next layer's inputs from it: for the last conv layer, the H*W columns of the
+  flattened feature map that its channel feeds (hotprune.actor_spec.layer_chain).
 
 Guarantees of `Pruner.compute`:
 - exactly k = round(s * n) items pruned per scope (global: all prunable items; layer: each layer, or
@@ -29,8 +34,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hotprune.pruning.criteria import CRITERIA
-from hotprune.actor_spec import linear_weight_names
+from hotprune.pruning.criteria import CRITERIA, STRUCTURES
+from hotprune.actor_spec import Layer, layer_chain, layer_weight_names
 
 Spec = Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
 
@@ -43,10 +48,11 @@ class CompressionFailed(ValueError):
 
 @dataclass
 class Masks:
-    """Keep-masks (True = kept) in the dense shapes, and for `neuron` the kept units of each hidden layer.
+    """Keep-masks (True = kept) in the dense shapes, and for `neuron` and `channel` the kept units of
+    each pruned hidden layer.
 
     `elements` is what the trainer applies and what a snapshot is multiplied by; `units` is what a
-    neuron-pruned snapshot is sliced by (layer weight name -> bool per output unit).
+    unit-pruned snapshot is sliced by (layer weight name -> bool per output unit or channel).
     """
 
     elements: dict[str, np.ndarray]
@@ -57,18 +63,30 @@ class Masks:
 
     @classmethod
     def from_elements(cls, elements: Mapping[str, np.ndarray], structure: str) -> "Masks":
-        """Masks rebuilt from their element masks (a masks file): for `neuron`, a unit is kept iff its bias is."""
+        """Masks rebuilt from their element masks (a masks file): for `neuron` and `channel`, a unit of
+        a layer that structure prunes is kept iff its bias is."""
         elements = {n: np.asarray(m, bool) for n, m in elements.items()}
-        if structure != "neuron":
+        if not STRUCTURES[structure]:
             return cls(elements)
-        return cls(elements, {n: elements[_bias(n)].copy() for n in elements if n.endswith("weight")
-                              and _bias(n) in elements})
+        chain = layer_chain({n: m.shape for n, m in elements.items()})
+        return cls(elements, {layer.weight: elements[layer.bias].copy() for layer in _unit_layers(chain, structure)})
 
 
 def prunable_names(names, prune_output_layer: bool) -> list[str]:
-    """The weight matrices sparsity is measured over (and, for `weight`, pruned): biases never."""
-    weights = linear_weight_names(names)
+    """The weights (conv kernels and matrices) sparsity is measured over (and, for `weight`, pruned):
+    biases never."""
+    weights = layer_weight_names(names)
     return weights if prune_output_layer else weights[:-1]
+
+
+def _unit_layers(chain: Sequence[Layer], structure: str) -> list[Layer]:
+    """The hidden layers whose output units `structure` removes whole (none for `weight`)."""
+    return [layer for layer in chain[:-1] if layer.kind in STRUCTURES[structure]]
+
+
+def _shapes(table: Mapping) -> dict[str, tuple[int, ...]]:
+    """name -> shape of a Spec (name -> (dtype, shape)) or of a tensor table."""
+    return {n: tuple(v.shape) if hasattr(v, "shape") else tuple(v[1]) for n, v in table.items()}
 
 
 class Pruner:
@@ -78,12 +96,17 @@ class Pruner:
                  distribution: str = "uniform", prune_output_layer: bool = False, regrow: bool = False):
         if method not in CRITERIA:
             raise ValueError(f"unknown criterion {method!r} (known: {', '.join(CRITERIA)})")
+        if structure not in STRUCTURES:
+            raise ValueError(f"unknown structure {structure!r} (known: {', '.join(STRUCTURES)})")
         self.spec = dict(spec)
         self.criterion = CRITERIA[method]
         self.structure, self.scope, self.distribution, self.regrow = structure, scope, distribution, regrow
-        # What gets scored: for `weight` the prunable matrices, for `neuron` the hidden layers' incoming weights.
-        hidden = linear_weight_names(self.spec)[:-1]
-        self.scored = prunable_names(self.spec, prune_output_layer) if structure == "weight" else hidden
+        self.by_unit = bool(STRUCTURES[structure])
+        # Single weights need no chain (nor layers that chain up); units are removed along it.
+        self.chain = layer_chain(_shapes(self.spec)) if self.by_unit else []
+        # What gets scored: for `weight` the prunable weights, else the pruned hidden layers' incoming weights.
+        self.scored = [layer.weight for layer in _unit_layers(self.chain, structure)] if self.by_unit \
+            else prunable_names(self.spec, prune_output_layer)
 
     @property
     def grad_names(self) -> list[str]:
@@ -91,7 +114,7 @@ class Pruner:
         return list(self.scored) if self.criterion.needs_grads else []
 
     def mask_names(self) -> list[str]:
-        return mask_names(self.spec, self.structure, self.scored)
+        return mask_names(self.chain, self.structure, self.scored)
 
     def compute(self, weights: Mapping[str, np.ndarray], sparsity: float, grads: Mapping[str, np.ndarray] | None = None,
                 previous: Masks | None = None) -> Masks:
@@ -106,16 +129,16 @@ class Pruner:
                                                 None if g is None else g.astype(np.float64)), np.float64)
             if not np.isfinite(s).all():
                 raise CompressionFailed(f"criterion {self.criterion.name} gave non-finite scores in {name}")
-            scores[name] = s.mean(axis=1) if self.structure == "neuron" else s.reshape(-1)
+            scores[name] = s.reshape(len(s), -1).mean(axis=1) if self.by_unit else s.reshape(-1)
         before = None
         if previous is not None and not self.regrow:
-            before = previous.units if self.structure == "neuron" else previous.elements
+            before = previous.units if self.by_unit else previous.elements
             before = {n: before[n].reshape(-1) for n in self.scored}
-        if self.structure == "neuron" and self.scope == "global":
+        if self.by_unit and self.scope == "global":
             scores = {n: _normalized(s, None if before is None else before[n]) for n, s in scores.items()}
         counts = self._counts(sparsity, before)
-        keep = select(scores, counts, self.scope, previous=before, min_keep=1 if self.structure == "neuron" else 0)
-        if self.structure == "weight":
+        keep = select(scores, counts, self.scope, previous=before, min_keep=1 if self.by_unit else 0)
+        if not self.by_unit:
             return Masks({n: keep[n].reshape(self.spec[n][1]) for n in self.scored})
         return Masks(unit_element_masks(self.spec, keep), keep)
 
@@ -132,7 +155,7 @@ class Pruner:
 
     def _items(self, name: str) -> int:
         shape = self.spec[name][1]
-        return shape[0] if self.structure == "neuron" else int(np.prod(shape))
+        return shape[0] if self.by_unit else int(np.prod(shape))
 
 
 def _normalized(unit_scores: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
@@ -143,17 +166,12 @@ def _normalized(unit_scores: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
     return unit_scores / mean if mean > 0 else unit_scores
 
 
-def mask_names(spec: Spec, structure: str, scored: Sequence[str]) -> list[str]:
-    """The tensors a Masks carries: the scored weights, or for `neuron` every tensor a unit touches
-    (its incoming weights and bias, the next layer's weights)."""
-    if structure == "weight":
+def mask_names(chain: Sequence[Layer], structure: str, scored: Sequence[str]) -> list[str]:
+    """The tensors a Masks carries: the scored weights, or for `neuron` and `channel` every tensor a
+    unit can touch (every layer's weights, the hidden layers' biases)."""
+    if not STRUCTURES[structure]:
         return list(scored)
-    linear = linear_weight_names(spec)
-    return [*linear, *(_bias(n) for n in linear[:-1])]
-
-
-def _bias(weight_name: str) -> str:
-    return weight_name.removesuffix("weight") + "bias"
+    return [*(layer.weight for layer in chain), *(layer.bias for layer in chain[:-1])]
 
 
 def select(scores: Mapping[str, np.ndarray], counts: Mapping[str, int] | int, scope: str, *,
@@ -241,26 +259,41 @@ def allocate(sizes: Mapping[str, int], densities: Mapping[str, float], total: in
     return counts
 
 
+def _kept_inputs(chain: Sequence[Layer], i: int, units: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Which inputs of layer i the removed units of layer i - 1 leave (None: all of them): a removed
+    channel of the last conv layer takes its `flatten` (H*W) columns of the first linear layer."""
+    before = units.get(chain[i - 1].weight) if i else None
+    return None if before is None else np.repeat(before, chain[i].flatten)
+
+
 def unit_element_masks(spec: Spec, units: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Element masks of removed hidden units: their incoming weights and bias, the next layer's inputs."""
-    linear = linear_weight_names(spec)
+    """Element masks of removed hidden units and channels: their incoming weights (a filter: all of its
+    kernel) and bias, the next layer's inputs from them."""
+    shapes = _shapes(spec)
+    chain = layer_chain(shapes)
     masks = {}
-    for i, name in enumerate(linear):
-        out_shape = spec[name][1]
-        rows = units.get(name, np.ones(out_shape[0], bool))
-        cols = units.get(linear[i - 1], np.ones(out_shape[1], bool)) if i else np.ones(out_shape[1], bool)
-        masks[name] = np.outer(rows, cols)
-        if i < len(linear) - 1:
-            masks[_bias(name)] = rows.copy()
+    for i, layer in enumerate(chain):
+        shape = shapes[layer.weight]
+        rows = units.get(layer.weight, np.ones(shape[0], bool))
+        cols = _kept_inputs(chain, i, units)
+        cols = np.ones(shape[1], bool) if cols is None else cols
+        masks[layer.weight] = np.broadcast_to(np.outer(rows, cols).reshape(*shape[:2], *[1] * (len(shape) - 2)),
+                                              shape).copy()
+        if i < len(chain) - 1:
+            masks[layer.bias] = rows.copy()
     return masks
 
 
 def apply_masks(weights: Mapping[str, np.ndarray], masks: Masks | None) -> dict[str, np.ndarray]:
-    """The weights as workers run them: masked entries +0.0, and removed units sliced out."""
+    """The weights as workers run them: masked entries +0.0, and removed units sliced out. Sliced first,
+    masks too: masking the smaller tensors gives the same result, and for the Nature CNN with 75% of its
+    channels gone takes 3-10x less time than masking the dense ones (its 6 MB head is not copied whole)."""
     if masks is None:
         return dict(weights)
-    out = {n: _masked(w, masks.elements[n]) if n in masks.elements else w for n, w in weights.items()}
-    return shrink(out, masks.units) if masks.units is not None else out
+    keep = masks.elements
+    if masks.units is not None:
+        weights, keep = shrink(weights, masks.units), shrink(keep, masks.units)
+    return {n: _masked(w, keep[n]) if n in keep else w for n, w in weights.items()}
 
 
 def _masked(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -273,17 +306,20 @@ def _masked(w: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def shrink(weights: Mapping[str, np.ndarray], units: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Physically smaller tensors without the removed hidden units (a new tensor table)."""
-    linear = linear_weight_names(weights)
+    """Physically smaller tensors without the removed hidden units and channels (a new tensor table):
+    a removed channel's filter and bias, and the next conv's input channel or the first linear layer's
+    H*W columns it fed."""
+    chain = layer_chain(_shapes(weights))
     out = dict(weights)
-    for i, name in enumerate(linear):
-        w = weights[name]
-        if name in units:
-            w = w[units[name]]
-            out[_bias(name)] = weights[_bias(name)][units[name]]
-        if i and linear[i - 1] in units:
-            w = w[:, units[linear[i - 1]]]
-        out[name] = np.ascontiguousarray(w)
+    for i, layer in enumerate(chain):
+        w = weights[layer.weight]
+        if layer.weight in units:
+            w = w[units[layer.weight]]
+            out[layer.bias] = weights[layer.bias][units[layer.weight]]
+        cols = _kept_inputs(chain, i, units)
+        if cols is not None:
+            w = w[:, cols]
+        out[layer.weight] = np.ascontiguousarray(w)
     return out
 
 
@@ -301,7 +337,7 @@ def sparsity_of_counts(nonzero: Mapping[str, int], dense: Spec, names: Sequence[
 def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:
     """What a compression leaves: per layer of `names` its sparsity and kept / total weights, the
     whole model's kept / total parameters (every tensor: weights, biases, log std), and for `neuron`
-    the fraction of hidden units removed."""
+    and `channel` the fraction of hidden units and channels removed."""
     layers, pruned_all = {}, 0
     elements = masks.elements if masks is not None else {}
     for n, (_, shape) in spec.items():
@@ -318,13 +354,16 @@ def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:
             "unit_sparsity": unit_sparsity}
 
 
-def cut_inputs(masks: Masks | None, first_layer: str = "net.0.weight") -> list[int]:
-    """The network's inputs whose every weight in the first layer is pruned: it no longer sees them.
-    Magnitude ranks by |w|, so an input on a large scale (an angular velocity) or one the network
-    weighs lightly can lose all of its weights; for SAC's critics an action input cut off means Q
-    ignores that action, and the actor gets no gradient through it."""
-    keep = masks.elements.get(first_layer) if masks is not None else None
-    return [] if keep is None else np.flatnonzero(~keep.any(axis=0)).tolist()
+def cut_inputs(masks: Masks | None) -> list[int]:
+    """The network's inputs (features, or a CNN's input channels) whose every weight in the first layer
+    is pruned: it no longer sees them. Magnitude ranks by |w|, so an input on a large scale (an angular
+    velocity) or one the network weighs lightly can lose all of its weights; for SAC's critics an action
+    input cut off means Q ignores that action, and the actor gets no gradient through it."""
+    first = layer_weight_names(masks.elements)[:1] if masks is not None else []
+    if not first:
+        return []
+    keep = masks.elements[first[0]]
+    return np.flatnonzero(~keep.any(axis=tuple(a for a in range(keep.ndim) if a != 1))).tolist()
 
 
 def churn(previous: Masks | None, new: Masks) -> tuple[int, int]:

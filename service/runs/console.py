@@ -90,7 +90,8 @@ def _summary(e: dict) -> str:
             f"Throughput (avg samples/s): {e['samples_per_s_mean']:.1f}",
             f"Final sparsity: training {_pct(e['final_training_sparsity'])} | "
             f"inference {_pct(e['final_inference_sparsity'])} | pruned policy {_pct(e.get('pruned_sparsity'))} "
-            f"(target {_pct(e['target_sparsity'])}" + (" of hidden units)" if e.get("structure") == "neuron" else ")"),
+            f"(target {_pct(e['target_sparsity'])}"
+            + {"neuron": " of hidden units)", "channel": " of units and channels)"}.get(e.get("structure"), ")"),
             *_parameters(e),
             f"Swap latency: median {_num(e['swap_latency_ms_median'], '.2f')} ms | "
             f"p99 {_num(e['swap_latency_ms_p99'], '.2f')} ms ({e['swaps']} swaps)",
@@ -128,7 +129,7 @@ PLAN_STEPS_SHOWN = 4  # the plan's second line stays within 100 columns
 
 
 def _compression_finished(e: dict) -> str:
-    units = f" ({_pct(e['unit_sparsity'])} of units)" if e["structure"] == "neuron" else ""
+    units = f" ({_pct(e['unit_sparsity'])} of units)" if e["structure"] != "weight" else ""
     return (f"[compressor] Pruned v{e['version']} to {_pct(e['weight_sparsity'])}{units}, due epoch {e['due_epoch']}: "
             f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms")
 

@@ -121,16 +121,16 @@ class MaskIntake:
 
     def _check_sparsity(self, masks: dict[str, np.ndarray], planned: float) -> None:
         """Masks may prune what the schedule step plans and no more: every tensor keeps something, and the
-        pruned share of the items the run prunes (weights, or for `neuron` the hidden units, one bias
-        entry each) is within 1% of it."""
+        pruned share of the items the run prunes (weights, or for `neuron` and `channel` the hidden
+        units and channels, one bias entry each) is within 1% of it."""
         for name, keep in masks.items():
             if not keep.any():
                 raise MessageRejected(f"masks prune all of {name}")
-        ndim = 1 if self.cfg.pruning.structure == "neuron" else 2
-        items = [keep for keep in masks.values() if keep.ndim == ndim]
+        by_unit = self.cfg.pruning.structure != "weight"
+        items = [keep for keep in masks.values() if (keep.ndim == 1) == by_unit]
         pruned = sum(int(np.count_nonzero(~keep)) for keep in items) / sum(keep.size for keep in items)
         if pruned > planned + 0.01:
-            raise MessageRejected(f"masks prune {pruned:.4f} of the {'units' if ndim == 1 else 'weights'}, "
+            raise MessageRejected(f"masks prune {pruned:.4f} of the {'units' if by_unit else 'weights'}, "
                                   f"more than the planned {planned}")
 
     def state_dict(self) -> tuple[Tensors, dict]:
