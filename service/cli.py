@@ -184,13 +184,15 @@ def _main(argv: list[str]) -> int:
     plots.add_argument("--out", type=Path, help="default: report/ in the (first) run directory")
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
     which = grid.add_mutually_exclusive_group(required=True)
-    which.add_argument("--experiment", help="a built-in grid: basic | modes | methods | sparsity | schedules | "
-                       "teacher_student | presets | sac (these two with --set env_id=...) | lth | lth_sac")
+    which.add_argument("--experiment", metavar="NAME",
+                       help="a built-in grid: basic | modes | methods | sparsity | schedules | teacher_student | "
+                            "presets | sac (these two with --set env_id=...) | lth | lth_sac")
     which.add_argument("--grid", type=Path, metavar="FILE.toml",
                        help="a grid file: its variants and seeds (docs/experiments.md)")
     grid.add_argument("--seeds", type=int, nargs="+", help="default: the grid's own (1 2 3 for the built-in ones)")
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
-    grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
+    grid.add_argument("--root", type=Path, default=Path("logs"),
+                      help="runs go to ROOT/pruning_<grid>/: the built-in grid's name or the grid file's stem")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run of the grid, e.g. --set epochs=50")
     grid.add_argument("--eval-episodes", type=int, default=0, metavar="N",
