@@ -14,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from hotprune.commands.experiments import welch
+from hotprune.commands.stats import welch
 from hotprune.runs.runlog import RunError, load
 
 

@@ -241,14 +241,22 @@ class Experiments:
     failed: int
 
 
-def experiments(name: str, seeds: Sequence[int] = (1, 2, 3), *, settings: Mapping[str, Any] | Sequence[str] = (),
+def experiments(name: str | None = None, seeds: Sequence[int] | None = None, *,
+                grid: str | os.PathLike | None = None, settings: Mapping[str, Any] | Sequence[str] = (),
                 root: str | os.PathLike = "logs", jobs: int = 1, eval_episodes: int = 0,
                 log: Callable[[str], Any] = print) -> Experiments:
-    """`hotprune experiments --experiment NAME`: its grid of runs under root/pruning_<name>/ (completed
-    runs are kept, not run again), then its table. `settings` apply to every run: a dict as
-    Config.from_dict takes, or `--set` KEY=VALUE strings; `log` gets each progress line."""
+    """`hotprune experiments --experiment NAME` (a built-in grid) or `--grid FILE.toml` (`grid`, a grid
+    file: docs/experiments.md): its runs under root/pruning_<name>/ (completed runs are kept, not run
+    again), then its table and plots. `seeds`: the grid's own (its file's `seeds`) when None. `settings`
+    apply to every run: a dict as Config.from_dict takes, or `--set` KEY=VALUE strings; `log` gets each
+    progress line."""
+    from hotprune.commands import grids
     from hotprune.commands.experiments import run_grid
 
+    if (name is None) == (grid is None):
+        raise ConfigError("experiments takes a built-in grid's name or a grid file, one of the two")
+    chosen = grids.builtin(name) if grid is None else grids.load(Path(os.fspath(grid)))
     extra = as_overrides(settings) if isinstance(settings, Mapping) else list(settings)
-    results, rows, failed = run_grid(name, list(seeds), Path(root), jobs, extra, log, eval_episodes)
+    results, rows, failed = run_grid(chosen, None if seeds is None else list(seeds), Path(root), jobs, extra, log,
+                                     eval_episodes)
     return Experiments(results, rows, failed)

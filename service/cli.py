@@ -19,8 +19,8 @@
     hotprune report     RUN_DIR [RUN_DIR ...] [--out DIR]        PNG plots (needs the `plots` extra)
     hotprune import     sb3|cleanrl FILE --env ENV_ID [--out FILE]
                                                                 an SB3 or CleanRL PPO model as a policy file
-    hotprune experiments --experiment NAME [--seeds 1 2 3] [--jobs N] [--root logs] [--set key=value ...]
-                         [--eval-episodes N]
+    hotprune experiments --experiment NAME | --grid FILE.toml [--seeds 1 2 3] [--jobs N] [--root logs]
+                         [--set key=value ...] [--eval-episodes N]
     hotprune keys       DIR                                     a CURVE key set for tcp runs across hosts
     hotprune lth train-dense  [--config FILE] [--set key=value ...]       a dense run that keeps what tickets need
     hotprune lth create-mask  RUN_DIR --method M --sparsity S [...]       masks from its final weights
@@ -140,6 +140,8 @@ def _main(argv: list[str]) -> int:
     run = _config_parser(sub, "run", "run trainer, compressor and workers under the supervisor")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue a stopped run from its trainer checkpoint, with its own config")
+    run.add_argument("--track", dest="set", action="append_const", const="wandb.track=true",
+                     help="same as --set wandb.track=true: log to Weights & Biases (the wandb extra)")
     _verbosity_args(run)
     watching = sub.add_parser("watch", help="the console of a run started elsewhere, until it ends (Ctrl-C: "
                               "stop watching); of a finished run, its summary")
@@ -189,12 +191,16 @@ def _main(argv: list[str]) -> int:
     plots.add_argument("run_dirs", type=Path, nargs="+")
     plots.add_argument("--out", type=Path, help="default: report/ in the (first) run directory")
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
-    grid.add_argument("--experiment", required=True,
-                      help="basic | modes | methods | sparsity | schedules | teacher_student | presets | sac "
-                           "(these two with --set env_id=...) | lth | lth_sac")
-    grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    which = grid.add_mutually_exclusive_group(required=True)
+    which.add_argument("--experiment", metavar="NAME",
+                       help="a built-in grid: basic | modes | methods | sparsity | schedules | teacher_student | "
+                            "presets | sac (these two with --set env_id=...) | lth | lth_sac")
+    which.add_argument("--grid", type=Path, metavar="FILE.toml",
+                       help="a grid file: its variants and seeds (docs/experiments.md)")
+    grid.add_argument("--seeds", type=int, nargs="+", help="default: the grid's own (1 2 3 for the built-in ones)")
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
-    grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
+    grid.add_argument("--root", type=Path, default=Path("logs"),
+                      help="runs go to ROOT/pruning_<grid>/: the built-in grid's name or the grid file's stem")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run of the grid, e.g. --set epochs=50")
     grid.add_argument("--eval-episodes", type=int, default=0, metavar="N",
@@ -435,11 +441,11 @@ def _supervise(supervisor, verbosity: int) -> int:
         return supervisor.run()
 
 
-def _experiments(experiment: str, args: argparse.Namespace) -> int:
+def _experiments(experiment: str | None, args: argparse.Namespace) -> int:
     from hotprune import api
 
-    grid = api.experiments(experiment, args.seeds, settings=args.set, root=args.root, jobs=args.jobs,
-                           eval_episodes=args.eval_episodes)
+    grid = api.experiments(experiment, args.seeds, grid=getattr(args, "grid", None), settings=args.set,
+                           root=args.root, jobs=args.jobs, eval_episodes=args.eval_episodes)
     print(grid.results.read_text())
     print(f"results: {grid.results} and {grid.results.with_suffix('.csv')}")
     if grid.failed:

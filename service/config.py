@@ -372,6 +372,19 @@ class SupervisorConfig:
 
 
 @dataclass
+class WandbConfig:
+    """experiment tracking with Weights & Biases (CleanRL's --track): the trainer logs TensorBoard's scalars"""
+
+    track: bool = setting(False, "log each epoch's metrics to a W&B run (hotprune run --track); its files go to "
+                                 "the run directory's wandb/ (WANDB_MODE=offline: only there, `wandb sync` "
+                                 "later); needs the wandb extra: pip install -e \".[wandb]\"")
+    project: str = setting("hotprune", "the W&B project")
+    entity: str = setting("", "the W&B team or user; empty: your default entity")
+    group: str = setting("", "the W&B group, e.g. an experiment's name; empty: none")
+    tags: list[str] = setting([], "W&B tags of the run, e.g. --set wandb.tags=pruned,async")
+
+
+@dataclass
 class Config:
     env_id: str = setting("CartPole-v1", "any gymnasium id with Discrete or flat Box actions and observations that "
                                          "flatten: Box, Discrete (one-hot), MultiBinary, MultiDiscrete, a Dict or "
@@ -454,6 +467,7 @@ class Config:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -22,7 +22,9 @@ from hotprune.learning import ppo, sac
 from hotprune.learning.learners import make_learner
 from hotprune.config import ConfigError, load_config, to_toml
 from hotprune.envs import env_spec
-from hotprune.commands.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides, lth_mask, plan
+from hotprune.commands import grids
+from hotprune.commands.experiments import _overrides, plan
+from hotprune.commands.grids import lth_mask
 from hotprune.learning.policy import make_actor, make_critic
 from hotprune.pruning.engine import Pruner
 from tests.servicekit import events, hotprune, of, run_cli, settings
@@ -155,22 +157,23 @@ def test_a_mask_file_alone_makes_the_method_fixed_and_fixed_needs_one(tmp_path):
 
 
 def test_the_lth_grid_pairs_tickets_with_their_seeds_dense_run_and_reinitialises_with_another_seed(tmp_path):
-    variants = {v.name: v for v in EXPERIMENTS["lth"]}
+    variants = {v.name: v for v in grids.builtin("lth").variants}
     base = tmp_path / "pruning_lth"
     ticket = _overrides(variants["ticket_taylor_90"], 2, base / "ticket_taylor_90" / "s2", [])
     assert f'pruning.mask_file="{base}/masks/s2/taylor-90.safetensors"' in ticket
     assert f'init_file="{base}/dense/s2/weights/epoch-0.safetensors"' in ticket and "seed=2" in ticket
     random = _overrides(variants["random_magnitude_80"], 2, base / "random_magnitude_80" / "s2", [])
-    assert f"seed={2 + RANDOM_REINIT_SEED_OFFSET}" in random and not any(o.startswith("init_file") for o in random)
-    assert {v.stage for v in EXPERIMENTS["lth"] if v.name.startswith(("ticket", "random"))} == {1}
+    offset = variants["random_magnitude_80"].seed_offset
+    assert offset > 0 and f"seed={2 + offset}" in random and not any(o.startswith("init_file") for o in random)
+    assert {v.stage for v in variants.values() if v.name.startswith(("ticket", "random"))} == {1}
     gradual = load_config(None, list(variants["gradual_90"].overrides))
     assert (gradual.pruning.schedule, gradual.pruning.target_sparsity) == ("cubic", 0.9)
     assert gradual.pruning.targets == ["actor"]
 
 
 def test_the_sac_lth_grid_prunes_actor_and_critics_in_its_gradual_runs_and_its_tickets_masks(tmp_path):
-    grid = plan("lth_sac", [1], tmp_path, ["env_id=Pendulum-v1"])  # every run's config is valid
-    assert all("algorithm=sac" in v.overrides for v, _, _ in grid)
+    grid = plan(grids.builtin("lth_sac"), [1], tmp_path, ["env_id=Pendulum-v1"])  # every run's config is valid
+    assert all('algorithm="sac"' in v.overrides for v, _, _ in grid)
     gradual = load_config(None, [*{v.name: v for v, _, _ in grid}["gradual_80"].overrides, "env_id=Pendulum-v1"])
     assert gradual.pruning.targets == ["actor", "critic"] and gradual.pruning.schedule == "cubic"
     base = tmp_path / "pruning_lth_sac"

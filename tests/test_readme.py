@@ -183,17 +183,9 @@ def broken_links(page: Path) -> list[str]:
     return broken
 
 
-# Pages that other branches of issue 23 write, linked from here before they arrive. Each must still be
-# missing: the test below fails once one arrives, until it is taken out of this set.
-NOT_YET_MERGED = {"experiments.md"}
-
-
 def test_every_relative_link_of_the_readme_and_docs_resolves():
-    broken = {str(page.relative_to(ROOT)): [link for link in links if Path(link).name not in NOT_YET_MERGED]
-              for page in PAGES if (links := broken_links(page))}
-    assert not any(broken.values()), f"links to nothing: {broken}"
-    arrived = sorted(name for name in NOT_YET_MERGED if (ROOT / "docs" / name).exists())
-    assert not arrived, f"take {arrived} out of NOT_YET_MERGED: they are here now"
+    broken = {str(page.relative_to(ROOT)): links for page in PAGES if (links := broken_links(page))}
+    assert not broken, f"links to nothing: {broken}"
 
 
 def test_a_link_to_a_missing_file_or_heading_is_found(tmp_path):

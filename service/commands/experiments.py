@@ -1,25 +1,29 @@
-"""`hotprune experiments --experiment NAME`: a grid of service runs, resumable, ending in a results table.
+"""`hotprune experiments --experiment NAME | --grid FILE.toml`: a grid of service runs, resumable, ending in a
+results table and plots.
 
-Each variant is a set of config overrides; each (variant, seed) is one `hotprune run` whose run
-directory is `<root>/pruning_<experiment>/<variant>/s<seed>` (the seed's `logs/pruning_basic/...`
-layout with root `logs`). A (variant, seed) whose run completed is not run again, so an interrupted
-grid resumes where it stopped; a failed or unfinished one is moved aside and run again.
+A grid (hotprune.commands.grids: a TOML file; the built-in ones ship as files too) is variants, each a set
+of config overrides, and seeds; each (variant, seed) is one `hotprune run` whose run directory is
+`<root>/pruning_<grid>/<variant>/s<seed>` (the seed's `logs/pruning_basic/...` layout with root `logs`).
+A (variant, seed) whose run completed is not run again, so an interrupted grid resumes where it
+stopped; an unfinished one is moved aside (`s1.failed-<time>`) and run again. A grid whose finished
+runs were made with other settings (another `--set`, an edited grid file) is refused before anything
+runs: its finished runs are results, never relabelled as failed, and a grid directory holds one set
+of settings, so its table compares like with like (`plan`).
 
-The table (results.md and results.csv next to the variants) has, per variant over its seeds: last-10
-return mean ± std, samples to the environment's reward threshold, epoch time with its rollout/train
-split, throughput, final sparsities, the pruned policy's parameters, swap latency and policy lag.
-Whether a variant's return differs from the first variant's beyond seed-to-seed noise is decided by
-Welch's t-test on the per-seed last-10 returns (unequal variances; "differs" when p < 0.05). A
-bootstrap of 3 seeds was tried first and called same-distribution samples different 19% of the time
-(3 possible values per resample); Welch's test keeps that near 5% for normal noise, and with few
-seeds it has little power: "within noise" does not mean equal.
+The table (results.md and results.csv next to the variants) has, per variant over its seeds: the
+return as an IQM with a 95% stratified-bootstrap interval (hotprune.commands.stats), samples to the
+environment's reward threshold, epoch time with its rollout/train split, throughput, final
+sparsities, the pruned policy's parameters, swap latency and policy lag. Whether a variant's return
+differs from the first variant's beyond seed-to-seed noise is Welch's t-test on the per-seed returns
+("differs" when p < 0.05). A bootstrap test of 3 seeds was tried first and called same-distribution
+samples different 19% of the time (3 possible values per resample); Welch's test keeps that near 5%
+for normal noise, and with few seeds it has little power: "within noise" does not mean equal.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import statistics
@@ -28,16 +32,14 @@ import sys
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from hotprune.config import ConfigError, load_config, to_toml
+from hotprune.commands import stats
 from hotprune.commands.evaluate import MAX_EPISODES, evaluate
+from hotprune.commands.grids import PREPARE, Grid, Variant
 from hotprune.envs import EnvSource
 from hotprune.runs.runlog import Run, RunError, load
-from hotprune.commands import lth
 
 ALPHA = 0.05
 # Thresholds for environments gymnasium gives none: the issues' targets (Pendulum: above -250)
@@ -45,107 +47,7 @@ THRESHOLDS = {"Pendulum-v1": -250.0}
 CORES_PER_RUN = 2  # trainer + compressor + workers: a run keeps about two cores busy
 MIN_SEEDS_TO_COMPARE = 2  # a sample variance needs two
 EVAL_FILE = "eval_deterministic.json"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A run's overrides; `{base}` (the experiment's directory) and `{seed}` in them are filled in. Stage 1
-    runs after stage 0 and the experiment's PREPARE step (lth: masks from stage 0's dense runs). A
-    seed offset gives the run another seed than its row's (lth's random re-initialisation: the dense
-    run's seed would draw the dense run's own initial weights, the ticket itself)."""
-
-    name: str
-    overrides: tuple[str, ...]
-    stage: int = 0
-    seed_offset: int = 0
-
-
-def _v(name: str, *overrides: str, stage: int = 0, seed_offset: int = 0) -> Variant:
-    return Variant(name, overrides, stage, seed_offset)
-
-
-RANDOM_REINIT_SEED_OFFSET = 1000
-LTH_SPARSITIES = (0.8, 0.9)
-LTH_METHODS = ("magnitude", "taylor", "gradient")
-
-
-def lth_mask(method: str, sparsity: float) -> str:
-    """Where the lth grid's masks of a seed's dense run go, under its directory."""
-    return f"{{base}}/masks/s{{seed}}/{method}-{round(sparsity * 100)}.safetensors"
-
-
-def _lth_variants(sac: bool = False) -> list[Variant]:
-    """Dense (keeping what tickets need), gradual magnitude pruning while training (a cubic schedule,
-    every 2 epochs, from epoch 3 to half the run: Zhu & Gupta's, the baseline Graesser et al. 2022
-    found hard to beat in deep RL), tickets rewound to the dense run's initial weights, and the same
-    masks from a fresh random initialisation (is it the init or the mask's layout?). SAC's (`sac`):
-    every variant algorithm=sac, and actor and critics pruned (the gradual runs, and the tickets'
-    masks: lth.grid_masks)."""
-    common = ("algorithm=sac",) if sac else ()
-    out = [_v("dense", *common, *lth.TRAIN_DENSE)]
-    out += [_v(f"gradual_{round(s * 100)}", *common, f"pruning.target_sparsity={s}", "pruning.schedule=cubic",
-               "pruning.every=2", *(["pruning.targets=actor,critic"] if sac else [])) for s in LTH_SPARSITIES]
-    out += [_v(f"ticket_{m}_{round(s * 100)}", *common, "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
-               'init_file="{base}/dense/s{seed}/weights/epoch-0.safetensors"', stage=1)
-            for s in LTH_SPARSITIES for m in LTH_METHODS]
-    out += [_v(f"random_{m}_{round(s * 100)}", *common, "pruning.method=fixed", f'pruning.mask_file="{lth_mask(m, s)}"',
-               stage=1, seed_offset=RANDOM_REINIT_SEED_OFFSET)
-            for s in LTH_SPARSITIES for m in LTH_METHODS]
-    return out
-
-
-EXPERIMENTS: dict[str, list[Variant]] = {
-    # the seed's basic experiment: both modes, both pruning placements, and the dense baseline
-    "basic": [
-        _v("async_both_pruned"), _v("async_teacher_student", "prune_training_model=false"),
-        _v("sync_both_pruned", "mode=sync"), _v("sync_teacher_student", "mode=sync", "prune_training_model=false"),
-        _v("async_dense", "pruning.method=none"),
-    ],
-    "modes": [
-        _v(f"{mode}_{place}_{structure}", f"mode={mode}", f"prune_training_model={str(place == 'both').lower()}",
-           f"pruning.structure={structure}", *(["pruning.scope=layer"] if structure == "neuron" else []))
-        for mode in ("async", "sync") for place in ("both", "teacher_student") for structure in ("weight", "neuron")
-    ],
-    "methods": [
-        _v(f"{method}_{structure}", f"pruning.method={method}", f"pruning.structure={structure}",
-           "pruning.target_sparsity=0.9", *(["pruning.scope=layer"] if structure == "neuron" else []))
-        for structure in ("weight", "neuron") for method in ("magnitude", "taylor", "gradient")
-    ] + [_v("dense", "pruning.method=none")],
-    "sparsity": [_v(f"s{round(s * 100)}", f"pruning.target_sparsity={s}") for s in (0.5, 0.8, 0.9, 0.95, 0.98)]
-    + [_v("dense", "pruning.method=none")],
-    # teacher-student (the student distilled, or not) against both pruned, and async against sync
-    "teacher_student": [
-        _v("both_pruned_90", "pruning.target_sparsity=0.9"),
-        _v("teacher_student_80", "prune_training_model=false"),
-        _v("teacher_student_90", "prune_training_model=false", "pruning.target_sparsity=0.9"),
-        _v("teacher_student_90_undistilled", "prune_training_model=false", "pruning.target_sparsity=0.9",
-           "pruning.distill_steps=0"),
-        _v("sync_both_pruned_90", "mode=sync", "pruning.target_sparsity=0.9"),
-    ],
-    # an environment's preset (--set env_id=...): dense against both pruned at 90%
-    "presets": [_v("dense", "pruning.method=none"), _v("both_pruned_90", "pruning.target_sparsity=0.9")],
-    # SAC on an environment's SAC preset (--set env_id=...): dense against actor and critics both pruned at
-    # pruning.target_sparsity (0.8 unless --set; the table's sparsity columns say which)
-    "sac": [_v("sac_dense", "algorithm=sac", "pruning.method=none"),
-            _v("sac_both_pruned", "algorithm=sac", "pruning.targets=actor,critic")],
-    # lottery tickets (hotprune lth compare): PPO's, the actor's masks; SAC's, the actor's and the critics'
-    "lth": _lth_variants(),
-    "lth_sac": _lth_variants(sac=True),
-    "schedules": [
-        _v("constant_90", "pruning.target_sparsity=0.9"),
-        _v("cubic_90", "pruning.target_sparsity=0.9", "pruning.schedule=cubic", "pruning.every=2"),
-        _v("cubic_90_regrow", "pruning.target_sparsity=0.9", "pruning.schedule=cubic", "pruning.every=2",
-           "pruning.regrow=true"),
-        _v("late_constant_90", "pruning.target_sparsity=0.9", "pruning.start_epoch=50"),
-    ],
-}
-
-
-def _lth_masks(base: Path, seeds: list[int], log) -> None:
-    lth.grid_masks(base, seeds, LTH_METHODS, LTH_SPARSITIES, lth_mask, log)
-
-
-PREPARE = {"lth": _lth_masks, "lth_sac": _lth_masks}  # between stage 0 and stage 1
+SHOWN_DIFFERENCES = 3  # settings named in the refusal of a grid whose finished runs had others
 
 
 def hotprune_command() -> list[str]:
@@ -160,19 +62,54 @@ def completed(run_dir: Path) -> bool:
     return bool(summary and summary["completed"])
 
 
-def plan(experiment: str, seeds: list[int], root: Path, extra: list[str]) -> list[tuple[Variant, int, Path]]:
-    if experiment not in EXPERIMENTS:
-        raise ConfigError(f"--experiment must be one of {'|'.join(EXPERIMENTS)}, got {experiment!r}")
+def directory(grid: Grid, root: Path) -> Path:
+    return root / f"pruning_{grid.name}"
+
+
+def plan(grid: Grid, seeds: list[int], root: Path, extra: list[str]) -> list[tuple[Variant, int, Path]]:
+    """Every (variant, seed) run with its directory, after checking every run's config and that no finished
+    run of the grid was made with other settings."""
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
-    base = root / f"pruning_{experiment}"
+    base = directory(grid, root)
     seeds = list(dict.fromkeys(seeds))  # a seed given twice is one run
     # seed by seed, the variants alternating: a grid cut short (or a machine whose load drifts) still
     # compares every variant on the same seeds and under the same conditions
-    grid = [(v, s, base / v.name / f"s{s}") for s in seeds for v in EXPERIMENTS[experiment]]
-    for v, s, run_dir in grid:  # every variant's config is valid before anything runs
-        planned_config(v, s, run_dir, extra)
-    return grid
+    cells = [(v, s, base / v.name / f"s{s}") for s in seeds for v in grid.variants]
+    for v, s, run_dir in cells:  # every variant's config is valid before anything runs
+        try:
+            planned = planned_config(v, s, run_dir, extra)
+        except ConfigError as exc:
+            load_config(None, extra)  # a --set bad on its own is the command line's fault, not the grid file's
+            raise ConfigError(f"{grid.path}: variant {v.name}: {exc}") from None
+        changed = _changed(run_dir, planned)
+        if changed:
+            raise ConfigError(
+                f"{base} has finished runs made with other settings ({v.name}/s{s}: {changed}); a grid keeps "
+                "its finished runs: start a new grid for these settings with another --root")
+    return cells
+
+
+def _changed(run_dir: Path, planned: str) -> str | None:
+    """The settings in which a finished run differs from its planned config ("a: 1 -> 2, ..."), or None if
+    it has not finished or has the same ones."""
+    if not completed(run_dir):
+        return None
+    kept = _settings((run_dir / "config.toml").read_text(errors="replace")) or {}
+    planned_settings = _settings(planned)
+    if kept == planned_settings:
+        return None
+    old, new = _flat(kept), _flat(planned_settings)
+    keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:SHOWN_DIFFERENCES])
+    return shown + (f" and {len(keys) - SHOWN_DIFFERENCES} more" if len(keys) > SHOWN_DIFFERENCES else "")
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def _overrides(variant: Variant, seed: int, run_dir: Path, extra: list[str]) -> list[str]:
@@ -198,17 +135,14 @@ def _settings(config_toml: str) -> dict | None:
 
 
 def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -> bool:
-    kept = run_dir / "config.toml"
-    same = kept.is_file() and \
-        _settings(kept.read_text(errors="replace")) == _settings(planned_config(variant, seed, run_dir, extra))
-    if completed(run_dir) and same:
+    """One run of the grid, unless it finished (plan refused a grid whose finished runs differ from it)."""
+    if completed(run_dir):
         log(f"{variant.name} seed {seed}: done already ({run_dir})")
         return True
-    if run_dir.exists():  # failed, interrupted, or made with other settings: keep it aside, run again
-        why = "an unfinished run" if same or not (run_dir / "config.toml").is_file() else "a run with other settings"
+    if run_dir.exists():  # failed or interrupted: keep it aside, run again
         aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(str(run_dir), aside)
-        log(f"{variant.name} seed {seed}: {why} moved to {aside.name}")
+        log(f"{variant.name} seed {seed}: an unfinished run moved to {aside.name}")
     args = _overrides(variant, seed, run_dir, extra)
     command = hotprune_command() + ["run", *(x for a in args for x in ("--set", a))]
     t0 = time.monotonic()
@@ -219,46 +153,41 @@ def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -
     return code == 0
 
 
-def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str],
+def run_grid(grid: Grid, seeds: list[int] | None, root: Path, jobs: int, extra: list[str],
              log=print, eval_episodes: int = 0) -> tuple[Path, list[dict], int]:
-    """Run the grid; returns the results table (results.md), its rows (write_results) and how many runs
-    failed."""
+    """Run the grid (on its own seeds if `seeds` is None); returns the results table (results.md), its rows
+    (write_results) and how many runs failed."""
     if not 0 <= eval_episodes <= MAX_EPISODES:
         raise ConfigError(f"--eval-episodes must be in [0, {MAX_EPISODES}], got {eval_episodes}")
     most = max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
     if not 1 <= jobs <= most:
         raise ConfigError(f"--jobs must be in [1, {most}] here (a run keeps about {CORES_PER_RUN} cores busy), "
                           f"got {jobs}")
-    grid = plan(experiment, seeds, root, extra)
-    base = root / f"pruning_{experiment}"
+    seeds = list(dict.fromkeys(grid.seeds if seeds is None else seeds))
+    cells = plan(grid, seeds, root, extra)
+    base = directory(grid, root)
     base.mkdir(parents=True, exist_ok=True)
-    seeds = list(dict.fromkeys(seeds))
     ok = []
-    for stage in sorted({v.stage for v, _, _ in grid}):
-        if stage and experiment in PREPARE:
-            PREPARE[experiment](base, seeds, log)
+    for stage in sorted({v.stage for v, _, _ in cells}):
+        if stage and grid.prepare:
+            PREPARE[grid.prepare["step"]][0](base, seeds, grid.prepare, log)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            ok += pool.map(lambda item: run_one(*item, extra, log), [g for g in grid if g[0].stage == stage])
-    results, rows = write_results(experiment, seeds, root, eval_episodes)
-    plot(experiment, seeds, root, log)
+            ok += pool.map(lambda item: run_one(*item, extra, log), [c for c in cells if c[0].stage == stage])
+    results, rows = write_results(grid, seeds, root, eval_episodes)
+    plot(grid, seeds, root, log)
     return results, rows, ok.count(False)
 
 
-def plot(experiment: str, seeds: list[int], root: Path, log) -> None:
-    """The report plots, the first completed seed of each variant overlaid (matplotlib, if installed)."""
+def plot(grid: Grid, seeds: list[int], root: Path, log) -> None:
+    """The report plots of the grid's completed runs, one band per variant over its seeds (matplotlib, if
+    installed)."""
     from hotprune.commands import report  # noqa: PLC0415 -- only here: it brings in matplotlib
 
-    base = root / f"pruning_{experiment}"
-    runs = []
-    for variant in EXPERIMENTS[experiment]:
-        for s in seeds:
-            if completed(base / variant.name / f"s{s}"):
-                run = load(base / variant.name / f"s{s}")
-                run.path = base / variant.name  # the legend names the variant
-                runs.append(run)
-                break
+    base = directory(grid, root)
+    groups = {v.name: [load(base / v.name / f"s{s}") for s in seeds if completed(base / v.name / f"s{s}")]
+              for v in grid.variants}
     try:
-        paths = report.report(runs, base / "report")
+        paths = report.report({name: runs for name, runs in groups.items() if runs}, base / "report", log)
     except RuntimeError as exc:
         log(f"no plots: {exc}")
         return
@@ -294,42 +223,6 @@ def seed_row(run: Run, threshold: float | None, eval_episodes: int = 0) -> dict:
             "eval_return": evaluated(run.path, eval_episodes)["return_mean"] if eval_episodes else None}
 
 
-def welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Welch's t-test: (mean(b) - mean(a), two-sided p-value); unequal variances, no scipy."""
-    a_, b_ = np.asarray(a, float), np.asarray(b, float)
-    diff = float(b_.mean() - a_.mean())
-    va, vb = a_.var(ddof=1) / a_.size, b_.var(ddof=1) / b_.size
-    se2 = va + vb
-    if se2 == 0:  # both constant (e.g. every seed at the maximum return)
-        return diff, 1.0 if diff == 0 else 0.0
-    df = se2**2 / (va**2 / (a_.size - 1) + vb**2 / (b_.size - 1))
-    t = abs(diff) / math.sqrt(se2)
-    return diff, float(_betainc(df / 2, 0.5, df / (df + t * t)))  # = 2 * P(T_df > t)
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b) (Numerical Recipes' continued fraction)."""
-    if x <= 0 or x >= 1:
-        return 0.0 if x <= 0 else 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x > (a + 1) / (a + b + 2):
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    f = d
-    for m in range(1, 300):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            f *= c * d
-        if abs(c * d - 1.0) < 1e-12:
-            break
-    return front * f / a
-
-
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
@@ -339,46 +232,71 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def write_results(experiment: str, seeds: list[int], root: Path, eval_episodes: int = 0) -> tuple[Path, list[dict]]:
+def _variant_row(name: str, runs: list[Run], eval_episodes: int) -> dict:
+    """A variant's row over its completed runs: the table's columns, and its per-seed "returns"."""
+    env_id = runs[0].config.env_id
+    threshold = EnvSource.of(runs[0].config).registered().reward_threshold
+    threshold = THRESHOLDS.get(env_id) if threshold is None else threshold
+    per_seed = [seed_row(r, threshold, eval_episodes) for r in runs]
+    returns = [p["return"] for p in per_seed]
+    low, high = stats.iqm_interval(returns)
+    return {"variant": name, "seeds": len(runs), "env_id": env_id, "algorithm": runs[0].config.algorithm,
+            "return_iqm": stats.iqm(returns), "return_ci_low": low, "return_ci_high": high,
+            "return_mean": statistics.fmean(returns),
+            "return_std": statistics.stdev(returns) if len(returns) > 1 else 0.0, "returns": returns,
+            "threshold": threshold, "samples_to_threshold": [p["samples_to_threshold"] for p in per_seed],
+            "eval_returns": [p["eval_return"] for p in per_seed] if eval_episodes else None,
+            **{k: _mean(p[k] for p in per_seed) for k in per_seed[0]
+               if k not in ("return", "samples_to_threshold", "eval_return")}}
+
+
+def _versus(reference: dict, row: dict) -> str:
+    if min(len(row["returns"]), len(reference["returns"])) < MIN_SEEDS_TO_COMPARE:
+        return f"too few seeds to tell (need {MIN_SEEDS_TO_COMPARE})"
+    diff, p = stats.welch(reference["returns"], row["returns"])
+    return f"{'differs' if p < ALPHA else 'within noise'} ({diff:+.1f}, p={p:.3g})"
+
+
+def _how(rows: list[dict], seeds: list[int]) -> list[str]:
+    """What the table compares and how, above it."""
+    done = [r for r in rows if r["seeds"]]
+    kinds = sorted({f"{r['algorithm']} on {r['env_id']}" for r in done})
+    lines = [f"Runs: {len(seeds)} seed(s) per variant ({', '.join(map(str, seeds))}); "
+             f"{' and '.join(kinds) or 'none completed'}."]
+    if len(kinds) > 1:
+        lines.append(f"**Note: the variants ran {len(kinds)} different algorithm/environment pairs: their returns "
+                     "are on different scales and are not comparable.**")
+    lines.append(f"Return: each seed's mean of its last 10 epochs' returns (each the mean of the last 10 episodes); "
+                 f"per variant the interquartile mean (IQM) over seeds with a {stats.CONFIDENCE:.0%} stratified "
+                 f"bootstrap percentile interval ({stats.BOOTSTRAP_REPS:,} resamples, seed {stats.BOOTSTRAP_SEED}; "
+                 "Agarwal et al. 2021, rliable's method). With 3 or fewer seeds the IQM is the mean, and the "
+                 "interval of 3 seeds is wide and coarse.")
+    lines.append(f"vs first variant: Welch's t-test (scipy.stats.ttest_ind, unequal variances, two-sided) on the "
+                 f"per-seed returns against the first variant's; \"differs\" when p < {ALPHA}; with few seeds "
+                 "\"within noise\" does not mean equal.")
+    return lines
+
+
+def write_results(grid: Grid, seeds: list[int], root: Path, eval_episodes: int = 0) -> tuple[Path, list[dict]]:
     """results.md and results.csv of the grid's completed runs; returns results.md and the table's rows,
     one per variant: {"variant", "seeds": 0} when none completed, else every column of results.csv
     (per-seed lists as lists) and the variant's "returns" and "threshold"."""
-    base = root / f"pruning_{experiment}"
+    base = directory(grid, root)
     rows, reference = [], None
-    for variant in EXPERIMENTS[experiment]:
-        runs = []
-        for s in seeds:
-            try:
-                run = load(base / variant.name / f"s{s}")
-            except RunError:
-                continue
-            if run.summary and run.summary["completed"]:
-                runs.append(run)
+    for variant in grid.variants:
+        runs = [load(base / variant.name / f"s{s}") for s in seeds if completed(base / variant.name / f"s{s}")]
         if not runs:
             rows.append({"variant": variant.name, "seeds": 0})
             continue
-        env_id = runs[0].config.env_id
-        threshold = EnvSource.of(runs[0].config).registered().reward_threshold
-        threshold = THRESHOLDS.get(env_id) if threshold is None else threshold
-        per_seed = [seed_row(r, threshold, eval_episodes) for r in runs]
-        returns = [p["return"] for p in per_seed]
-        row = {"variant": variant.name, "seeds": len(runs), "return_mean": statistics.fmean(returns),
-               "return_std": statistics.stdev(returns) if len(returns) > 1 else 0.0, "returns": returns,
-               "threshold": threshold,
-               "samples_to_threshold": [p["samples_to_threshold"] for p in per_seed],
-               "eval_returns": [p["eval_return"] for p in per_seed] if eval_episodes else None,
-               **{k: _mean(p[k] for p in per_seed) for k in per_seed[0]
-                  if k not in ("return", "samples_to_threshold", "eval_return")}}
+        row = _variant_row(variant.name, runs, eval_episodes)
         if reference is None:
             reference, row["vs_first"] = row, "reference"
-        elif min(len(returns), len(reference["returns"])) < MIN_SEEDS_TO_COMPARE:
-            row["vs_first"] = f"too few seeds to tell (need {MIN_SEEDS_TO_COMPARE})"
         else:
-            diff, p = welch(reference["returns"], returns)
-            row["vs_first"] = f"{'differs' if p < ALPHA else 'within noise'} ({diff:+.1f}, p={p:.3g})"
+            row["vs_first"] = _versus(reference, row)
         rows.append(row)
-    columns = ["variant", "seeds", "return_mean", "return_std", "samples_to_threshold", "epoch_s", "rollout_s",
-               "train_s", "samples_per_s", "training_sparsity", "inference_sparsity", "pruned_sparsity", "params_kept",
+    columns = ["variant", "seeds", "env_id", "algorithm", "return_iqm", "return_ci_low", "return_ci_high",
+               "return_mean", "return_std", "returns", "samples_to_threshold", "epoch_s", "rollout_s", "train_s",
+               "samples_per_s", "training_sparsity", "inference_sparsity", "pruned_sparsity", "params_kept",
                "params_total", "swap_ms", "policy_lag", "vs_first", "eval_returns"]
     with open(base / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -386,19 +304,20 @@ def write_results(experiment: str, seeds: list[int], root: Path, eval_episodes: 
         for row in rows:
             writer.writerow({k: (";".join("" if x is None else str(x) for x in v) if isinstance(v, list) else v)
                              for k, v in row.items()})
-    lines = [f"# pruning_{experiment}: {len(seeds)} seed(s) per variant ({', '.join(map(str, seeds))})", "",
-             "| variant | seeds | return (last 10) mean ± std | samples to threshold per seed "
+    lines = [f"# pruning_{grid.name}", "", *_how(rows, seeds), "",
+             f"| variant | seeds | return IQM [{stats.CONFIDENCE:.0%} CI] | mean ± std | samples to threshold per seed "
              "| epoch s (rollout / train) | samples/s | sparsity train / infer / pruned | params kept "
-             "| swap ms (median) | policy lag | vs first variant (Welch t-test on the return, p < 0.05) |",
-             "| --- " * 11 + "|"]
+             "| swap ms (median) | policy lag | vs first variant (Welch's t-test) |",
+             "| --- " * 12 + "|"]
     for r in rows:
         if not r["seeds"]:
-            lines.append(f"| {r['variant']} | 0 | no completed run | | | | | | | | |")
+            lines.append(f"| {r['variant']} | 0 | no completed run | | | | | | | | | |")
             continue
         reach = ", ".join(f"{x // 1000}k" if x else "never" for x in r["samples_to_threshold"])
+        interval = f" [{r['return_ci_low']:.1f}, {r['return_ci_high']:.1f}]" if r["seeds"] > 1 else ""
         lines.append(
-            f"| {r['variant']} | {r['seeds']} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | {reach} "
-            f"(>= {_fmt(r['threshold'], '.0f')}) | {_fmt(r['epoch_s'])} "
+            f"| {r['variant']} | {r['seeds']} | {r['return_iqm']:.1f}{interval} | {r['return_mean']:.1f} ± "
+            f"{r['return_std']:.1f} | {reach} (>= {_fmt(r['threshold'], '.0f')}) | {_fmt(r['epoch_s'])} "
             f"({_fmt(r['rollout_s'])} / {_fmt(r['train_s'])}) "
             f"| {_fmt(r['samples_per_s'], '.0f')} | {_fmt(r['training_sparsity'], '.1%')} / "
             f"{_fmt(r['inference_sparsity'], '.1%')} / {_fmt(r['pruned_sparsity'], '.1%')} "

@@ -48,8 +48,10 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
         _check_images(cfg, spec)
     if cfg.algorithm == "sac":
         _check_replay_memory(cfg, spec)
-    if cfg.tensorboard and not metrics.available():
+    if cfg.tensorboard and not metrics.available("tensorboard"):
         raise ConfigError("tensorboard = true needs TensorBoard: pip install -e '.[tensorboard]'")
+    if cfg.wandb.track and not metrics.available("wandb"):
+        raise ConfigError("wandb.track = true needs Weights & Biases: pip install -e '.[wandb]'")
     run_dir = cfg.run_dir
     try:
         cfg.endpoints()

@@ -1,8 +1,9 @@
 """The trainer's record of the run: each epoch's line, the epochs a killed trainer never logged, and the summary.
 
 An epoch's record is one dict for three readers: the `epoch` event (docs/events.md; diagnose and the
-console read it), a row of progress.csv, and TensorBoard's scalars. The records are checkpointed with the
-run's sample counts and largest policy lag, so a resumed trainer's summary covers the whole run.
+console read it), a row of progress.csv, and the trackers' scalars (TensorBoard, W&B: hotprune.runs.metrics).
+The records are checkpointed with the run's sample counts and largest policy lag, so a resumed trainer's
+summary covers the whole run.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ class EpochRecords:
         self.samples_dropped_stale = 0
         self.max_lag = 0
         self.progress: artifacts.Progress | None = None
-        self.tensorboard: metrics.TensorBoard | None = None
+        self.trackers: list[metrics.Tracker] = []
 
     def open(self) -> None:
-        """progress.csv, from the rows kept (a resumed trainer drops the epochs it redoes), and TensorBoard."""
+        """progress.csv, from the rows kept (a resumed trainer drops the epochs it redoes), and the trackers."""
         self.progress = artifacts.Progress(self.cfg.run_dir / artifacts.PROGRESS, self.rows)
-        self.tensorboard = metrics.TensorBoard(self.cfg.run_dir) if self.cfg.tensorboard else None
+        self.trackers = metrics.trackers(self.cfg)
 
     @property
     def completed(self) -> bool:
@@ -75,10 +76,12 @@ class EpochRecords:
         return record
 
     def write(self, record: dict, layers: dict[str, dict]) -> None:
-        """The record out: progress.csv, TensorBoard (with each layer's sparsity), then the `epoch` line."""
+        """The record out: progress.csv, the trackers (with each layer's sparsity), then the `epoch` line."""
         self.progress.write(record)
-        if self.tensorboard:
-            self.tensorboard.epoch(record, {n: v["sparsity"] for n, v in layers.items()})
+        if self.trackers:
+            values = metrics.scalars(record, {n: v["sparsity"] for n, v in layers.items()})
+            for tracker in self.trackers:
+                tracker.log(values, record["global_step"])
         self.log.info("epoch", **record)
 
     def log_lost_epochs(self) -> None:
@@ -101,8 +104,8 @@ class EpochRecords:
     def close(self) -> None:
         if self.progress:
             self.progress.close()
-        if self.tensorboard:
-            self.tensorboard.close()
+        for tracker in self.trackers:
+            tracker.close()
 
     def summary(self, *, training_sparsity: float, training: dict, pruned_policy: dict | None,
                 compression_failures: int, target_sparsity: float, params_total: int, trainer_starts: int,

@@ -141,7 +141,7 @@ class Trainer:
             if epoch % c.checkpoint_every == 0 or epoch == epochs:
                 self.checkpoint.save(epoch, self.position.version)
             self.publish(epoch, training_sparsity)
-            self.records.write(record, self.masks.stats()["layers"] if self.records.tensorboard else {})
+            self.records.write(record, self.masks.stats()["layers"] if self.records.trackers else {})
         self.finish()
         return 0 if self.records.completed else self.stop.exit_code()
 
