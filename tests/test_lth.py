@@ -66,13 +66,14 @@ SAC_HIDDEN = [16, 16]
 PENDULUM_Q_HIDDEN = 16 * 4 + 16 * 16  # a Q network's prunable weights (obs 3 + action 1 in; not the output)
 
 
-def kept_sac_run(tmp_path: Path, name: str = "sac") -> Path:
+def kept_sac_run(tmp_path: Path, name: str = "sac", *overrides: str) -> Path:
     """kept_run's SAC twin (Pendulum): the learner's actor, twin critics and targets, alpha in the
     weights' metadata, and the replay rows of its last epochs."""
     cfg = load_config(None, ["preset=none", "env_id=Pendulum-v1", "algorithm=sac", f"epochs={EPOCHS}",
                              "keep_weights_every=10", "keep_transitions=2", "sac.hidden_sizes=16,16",
                              f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", f"run_id={name}",
-                             "samples_per_epoch=256", "chunk_steps=32", "sac.batch_size=64", "pruning.method=none"])
+                             "samples_per_epoch=256", "chunk_steps=32", "sac.batch_size=64", "pruning.method=none",
+                             *overrides])
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.toml").write_text(to_toml(cfg))
     spec = env_spec("Pendulum-v1")
@@ -354,8 +355,9 @@ def test_sac_masks_rank_each_twin_critic_on_its_own_and_never_name_the_targets(t
                    for i in (0, 2))
 
 
-def test_masks_that_cut_off_an_input_say_so_and_a_critic_blind_to_its_action_is_a_warning(tmp_path, capsys):
-    run = kept_sac_run(tmp_path)
+@pytest.mark.parametrize("minimum", [0, 1])
+def test_masks_that_cut_off_an_input_say_so_and_by_default_no_mask_cuts_the_critics_action(tmp_path, capsys, minimum):
+    run = kept_sac_run(tmp_path, "sac", f"pruning.min_weights_per_input={minimum}", "pruning.critic_distribution=actor")
     weights, meta = artifacts.load(lth.weights_path(run, EPOCHS))
     weights["critic.qf1.net.0.weight"][:, 3] *= 1e-4  # the action's weights: the lightest of qf1's
     artifacts.save(lth.weights_path(run, EPOCHS), weights, **meta)
@@ -363,8 +365,13 @@ def test_masks_that_cut_off_an_input_say_so_and_a_critic_blind_to_its_action_is_
                              "--targets", "actor,critic")
     assert code == 0, err
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    masks, mask_meta = artifacts.load(run / "masks" / "magnitude-weight-50.safetensors")
+    assert masks["critic.qf1.net.0.weight"][:, 3].sum() == minimum  # the minimum, no more: the lightest weights
+    assert hidden_pruned(masks, "critic.qf1.") == round(0.5 * PENDULUM_Q_HIDDEN)  # the budget moved, not lost
+    if minimum:
+        assert warnings == [] and mask_meta["inputs_cut"] == {}
+        return
     assert len(warnings) == 1 and "critic.qf1 has every weight of input 3 pruned (action 0)" in warnings[0]
-    _, mask_meta = artifacts.load(run / "masks" / "magnitude-weight-50.safetensors")
     assert mask_meta["inputs_cut"] == {"critic.qf1": [3]}
 
 

@@ -11,8 +11,9 @@ the service's own parts:
   the trainer measures it) of the algorithm's own loss: PPO's (`ppo.minibatch_loss`) for actor and
   critic; SAC's actor loss for the actor and its critic loss for the twin critics
   (`sac.Learner.actor_loss`, `critic_loss`), as SAC's trainer measures them. So the masks are exactly
-  what the compressor (and, for SAC's critics, the trainer) computes from the same scores; each SAC
-  critic is ranked on its own, as the trainer prunes them. Written as safetensors (the format every
+  what the compressor (and, for SAC's critics, the trainer) computes from the same scores (every input
+  keeping `pruning.min_weights_per_input` weights); each SAC critic is ranked on its own, as the trainer
+  prunes them (by default each layer to its ERK share: `pruning.critic_distribution`). Written as safetensors (the format every
   run reads: `pruning.mask_file`; other tools read it with `safetensors.torch.load_file`), never as a
   pickle.
 - **A ticket** (`ticket_overrides`): the dense run's settings with `pruning.method = fixed`, its mask
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config, ConfigError, load_config
 from hotprune.envs import EnvSource, env_spec
-from hotprune.pruning.engine import CompressionFailed, Pruner, cut_inputs, masked_stats, prunable_names
+from hotprune.pruning.engine import CompressionFailed, cut_inputs, masked_stats, prunable_names, pruner_for
 from hotprune.runs.runlog import RunError, run_config
 from hotprune.runs.tickets import TRANSITIONS, WEIGHTS_DIR, kept_epochs, weights_path
 
@@ -164,12 +165,16 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         grads = gradient_statistics(cfg, weights, load_transitions(run_dir, cfg), num_batches, batch_size,
                                     weights_meta)
     masks: tickets.Parts = {part: {} for part in targets}
+    # the trainer's own choice of masks (pruner_for: input coverage, SAC critics' ERK) at the asked
+    # method, structure and scope; the weights of the output layer are never pruned here
+    chosen = replace(cfg.pruning, method=method, structure=structure, scope=scope, distribution="uniform",
+                     prune_output_layer=False, regrow=False)
     lines, inputs_cut = [], {}
     obs_dim = env_spec(EnvSource.of(cfg)).obs_dim
     for label, names in _ranked_groups(cfg, targets, weights):
         part = label.split(".")[0]
         spec = {names[n]: ("float32", weights[part][n].shape) for n in names}
-        pruner = Pruner(spec, method=method, structure=structure, scope=scope)
+        pruner = pruner_for(spec, chosen, critic=part == "critic")
         try:
             own_grads = None if grads is None else {names[n]: grads[part][n] for n in names if n in grads[part]}
             keep = pruner.compute({names[n]: weights[part][n] for n in names}, sparsity, own_grads)
