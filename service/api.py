@@ -243,12 +243,13 @@ class Experiments:
 
 def experiments(name: str, seeds: Sequence[int] = (1, 2, 3), *, settings: Mapping[str, Any] | Sequence[str] = (),
                 root: str | os.PathLike = "logs", jobs: int = 1, eval_episodes: int = 0,
-                log: Callable[[str], Any] = print) -> Experiments:
+                log: Callable[[str], Any] = print, variants: Sequence[str] = ()) -> Experiments:
     """`hotprune experiments --experiment NAME`: its grid of runs under root/pruning_<name>/ (completed
     runs are kept, not run again), then its table. `settings` apply to every run: a dict as
-    Config.from_dict takes, or `--set` KEY=VALUE strings; `log` gets each progress line."""
+    Config.from_dict takes, or `--set` KEY=VALUE strings; `log` gets each progress line; `variants`: only
+    these of the grid's (a part of a grid too long to run whole; its table has the others' rows empty)."""
     from hotprune.commands.experiments import run_grid
 
     extra = as_overrides(settings) if isinstance(settings, Mapping) else list(settings)
-    results, rows, failed = run_grid(name, list(seeds), Path(root), jobs, extra, log, eval_episodes)
+    results, rows, failed = run_grid(name, list(seeds), Path(root), jobs, extra, log, eval_episodes, variants)
     return Experiments(results, rows, failed)

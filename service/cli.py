@@ -186,6 +186,7 @@ def _main(argv: list[str]) -> int:
                            "(these two with --set env_id=...) | lth | lth_sac")
     grid.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
+    grid.add_argument("--variants", nargs="+", default=[], metavar="NAME", help="only these variants of the grid")
     grid.add_argument("--root", type=Path, default=Path("logs"), help="runs go to ROOT/pruning_<experiment>/")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="an override for every run of the grid, e.g. --set epochs=50")
@@ -367,6 +368,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
                                "with --set algorithm=sac the lth_sac grid (actor and critics)")
     compare.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     compare.add_argument("--jobs", type=int, default=1)
+    compare.add_argument("--variants", nargs="+", default=[], metavar="NAME",
+                         help="only these variants, e.g. dense ticket_magnitude_80")
     compare.add_argument("--root", type=Path, default=Path("logs"))
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     compare.add_argument("--eval-episodes", type=int, default=0, metavar="N",
@@ -431,7 +434,7 @@ def _experiments(experiment: str, args: argparse.Namespace) -> int:
     from hotprune import api
 
     grid = api.experiments(experiment, args.seeds, settings=args.set, root=args.root, jobs=args.jobs,
-                           eval_episodes=args.eval_episodes)
+                           eval_episodes=args.eval_episodes, variants=args.variants)
     print(grid.results.read_text())
     print(f"results: {grid.results} and {grid.results.with_suffix('.csv')}")
     if grid.failed:

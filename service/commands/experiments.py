@@ -30,6 +30,7 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -160,16 +161,22 @@ def completed(run_dir: Path) -> bool:
     return bool(summary and summary["completed"])
 
 
-def plan(experiment: str, seeds: list[int], root: Path, extra: list[str]) -> list[tuple[Variant, int, Path]]:
+def plan(experiment: str, seeds: list[int], root: Path, extra: list[str],
+         variants: Sequence[str] = ()) -> list[tuple[Variant, int, Path]]:
+    """The grid's (variant, seed, run directory), seed by seed; `variants`: only these of the experiment's."""
     if experiment not in EXPERIMENTS:
         raise ConfigError(f"--experiment must be one of {'|'.join(EXPERIMENTS)}, got {experiment!r}")
+    names = [v.name for v in EXPERIMENTS[experiment]]
+    if unknown := [v for v in variants if v not in names]:
+        raise ConfigError(f"--variants must be among {experiment}'s {', '.join(names)}, got {', '.join(unknown)}")
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     base = root / f"pruning_{experiment}"
     seeds = list(dict.fromkeys(seeds))  # a seed given twice is one run
     # seed by seed, the variants alternating: a grid cut short (or a machine whose load drifts) still
     # compares every variant on the same seeds and under the same conditions
-    grid = [(v, s, base / v.name / f"s{s}") for s in seeds for v in EXPERIMENTS[experiment]]
+    grid = [(v, s, base / v.name / f"s{s}") for s in seeds for v in EXPERIMENTS[experiment]
+            if not variants or v.name in variants]
     for v, s, run_dir in grid:  # every variant's config is valid before anything runs
         planned_config(v, s, run_dir, extra)
     return grid
@@ -220,16 +227,16 @@ def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -
 
 
 def run_grid(experiment: str, seeds: list[int], root: Path, jobs: int, extra: list[str],
-             log=print, eval_episodes: int = 0) -> tuple[Path, list[dict], int]:
-    """Run the grid; returns the results table (results.md), its rows (write_results) and how many runs
-    failed."""
+             log=print, eval_episodes: int = 0, variants: Sequence[str] = ()) -> tuple[Path, list[dict], int]:
+    """Run the grid (`variants`: only these); returns the results table (results.md), its rows
+    (write_results) and how many runs failed."""
     if not 0 <= eval_episodes <= MAX_EPISODES:
         raise ConfigError(f"--eval-episodes must be in [0, {MAX_EPISODES}], got {eval_episodes}")
     most = max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
     if not 1 <= jobs <= most:
         raise ConfigError(f"--jobs must be in [1, {most}] here (a run keeps about {CORES_PER_RUN} cores busy), "
                           f"got {jobs}")
-    grid = plan(experiment, seeds, root, extra)
+    grid = plan(experiment, seeds, root, extra, variants)
     base = root / f"pruning_{experiment}"
     base.mkdir(parents=True, exist_ok=True)
     seeds = list(dict.fromkeys(seeds))

@@ -13,9 +13,9 @@ the service's own parts:
   (`sac.Learner.actor_loss`, `critic_loss`), as SAC's trainer measures them. So the masks are exactly
   what the compressor (and, for SAC's critics, the trainer) computes from the same scores (every input
   keeping `pruning.min_weights_per_input` weights); each SAC critic is ranked on its own, as the trainer
-  prunes them (by default each layer to its ERK share: `pruning.critic_distribution`). Written as safetensors (the format every
-  run reads: `pruning.mask_file`; other tools read it with `safetensors.torch.load_file`), never as a
-  pickle.
+  prunes them (by default each layer to its ERK share: `pruning.critic_distribution`). Written as
+  safetensors (the format every run reads: `pruning.mask_file`; other tools read it with
+  `safetensors.torch.load_file`), never as a pickle.
 - **A ticket** (`ticket_overrides`): the dense run's settings with `pruning.method = fixed`, its mask
   file, and `init_file` its epoch-0 (or epoch-K) weights; `random` keeps the fresh init of the seed.
 """
