@@ -62,9 +62,16 @@ def covered(scores: Mapping[str, np.ndarray], spec: Mapping[str, tuple[str, tupl
 
 
 def _best(rows: np.ndarray, minimum: int) -> np.ndarray:
-    """Per row, the `minimum` highest keys that are not -inf, ties to the later position: the last
-    `minimum` of a stable ascending sort, the order the engine keeps items by."""
-    order = np.argsort(rows, axis=1, kind="stable")[:, -minimum:]
-    best = np.zeros(rows.shape, bool)
-    np.put_along_axis(best, order, True, axis=1)
-    return best & (rows > -np.inf)
+    """Per row, the `minimum` highest keys that are not -inf, ties to the later position (the last
+    `minimum` of a stable ascending sort: the order the engine keeps items by). One argmax pass per
+    weight kept, over the rows reversed (argmax takes the first of its ties): a sort of a 385k-weight
+    first layer takes 20x longer than the one pass of minimum 1."""
+    left = rows[:, ::-1].copy()
+    best = np.zeros(left.shape, bool)
+    at = np.arange(len(left))
+    for _ in range(min(minimum, left.shape[1])):
+        i = np.argmax(left, axis=1)
+        hit = left[at, i] > -np.inf
+        best[at[hit], i[hit]] = True
+        left[at, i] = -np.inf
+    return best[:, ::-1]
