@@ -128,3 +128,13 @@ def test_welch_tells_noise_from_a_difference_and_keeps_false_alarms_near_five_pe
     assert alarms / 2000 < 0.07
     with pytest.raises(ConfigError):
         experiments.plan("basic", [], Path("/tmp"), [])
+
+
+def test_variants_run_only_those_of_the_grid_seed_by_seed_and_an_unknown_one_is_refused(tmp_path, capsys):
+    grid = experiments.plan("lth", [2, 1], tmp_path, [], ["ticket_magnitude_80", "dense"])
+    assert [(v.name, s) for v, s, _ in grid] == [("dense", 2), ("ticket_magnitude_80", 2), ("dense", 1),
+                                                 ("ticket_magnitude_80", 1)]
+    code, _, err = run_cli(capsys, "experiments", "--experiment", "lth", "--root", str(tmp_path),
+                           "--variants", "dense", "ticket_magnitude_85")
+    assert code == 2 and "--variants must be among lth's dense, gradual_80" in err and "got ticket_magnitude_85" in err
+    assert not any(tmp_path.iterdir())
