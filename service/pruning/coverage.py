@@ -50,12 +50,12 @@ def covered(scores: Mapping[str, np.ndarray], spec: Mapping[str, tuple[str, tupl
     if kept is not None:
         live[~kept[first]] = -np.inf  # pruned before: never protected (nested)
     shape = spec[first][1]
-    if structure == "neuron":  # items are the first layer's units: each input keeps one weight per unit kept
-        units = live.reshape(1, -1)
-    else:  # one row per input unit: weight[:, j, ...], in position order
+    if structure == "weight":  # one row per input unit: weight[:, j, ...], in position order
         units = live.reshape(shape[0], shape[1], -1).transpose(1, 0, 2).reshape(shape[1], -1)
+    else:  # items are the first layer's units: each input keeps its weights in every unit kept
+        units = live.reshape(1, -1)
     best = _best(units, minimum)
-    if structure != "neuron":
+    if structure == "weight":
         best = best.reshape(shape[1], shape[0], -1).transpose(1, 0, 2).reshape(-1)
     out[first] = np.where(best.reshape(-1), np.inf, scores[first])
     return out
