@@ -24,7 +24,7 @@ from hotprune.config import ConfigError, load_config, to_toml
 from hotprune.envs import env_spec
 from hotprune.commands.experiments import EXPERIMENTS, RANDOM_REINIT_SEED_OFFSET, _overrides, lth_mask, plan
 from hotprune.learning.policy import make_actor, make_critic
-from hotprune.pruning.engine import Pruner
+from hotprune.pruning.engine import Pruner, allocate, erk_densities
 from tests.servicekit import events, hotprune, of, run_cli, settings
 
 HIDDEN = [16, 16]
@@ -349,8 +349,13 @@ def test_sac_masks_rank_each_twin_critic_on_its_own_and_never_name_the_targets(t
     assert "critic.qf1: 75.0% pruned" in out and "critic.qf2: 75.0% pruned" in out
     masks = safetensors.numpy.load_file(run / "masks" / "taylor-weight-75.safetensors")
     assert set(masks) == {f"{p}.net.{i}.weight" for p in ("actor", "critic.qf1", "critic.qf2") for i in (0, 2)}
+    shapes = {f"net.{i}.weight": masks[f"critic.qf1.net.{i}.weight"].shape for i in (0, 2)}
+    erk = allocate({n: int(np.prod(s)) for n, s in shapes.items()}, erk_densities(shapes, 0.75),
+                   round(0.75 * PENDULUM_Q_HIDDEN))
     for critic in ("qf1", "qf2"):  # each exactly at the sparsity: ranked on its own, not over both
         assert hidden_pruned(masks, f"critic.{critic}.") == round(0.75 * PENDULUM_Q_HIDDEN)
+        # each layer at its ERK share, as the trainer prunes its critics (pruning.critic_distribution)
+        assert {n: int((~masks[f"critic.{critic}.{n}"]).sum()) for n in shapes} == erk
     assert not all(np.array_equal(masks[f"critic.qf1.net.{i}.weight"], masks[f"critic.qf2.net.{i}.weight"])
                    for i in (0, 2))
 
