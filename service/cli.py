@@ -352,9 +352,11 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     mask.add_argument("--batch-size", type=int, help="samples per minibatch (default: the run's own: PPO's "
                       "minibatch, SAC's batch_size)")
     mask.add_argument("--targets", default="actor", help="actor, or actor,critic (SAC: both twin critics, each "
-                      "ranked on its own)")
+                      "ranked on its own; as the trainer prunes them: the run's pruning.critic_distribution, erk "
+                      "by default, and min_weights_per_input)")
     mask.add_argument("--structure", default="weight", help="weight | neuron")
-    mask.add_argument("--scope", default="global", help="global | layer")
+    mask.add_argument("--scope", default="global", help="global | layer (SAC's critics: erk unless the run's "
+                      "pruning.critic_distribution is actor)")
     mask.add_argument("--out", type=Path, help="default: RUN_DIR/masks/<method>-<structure>-<percent>.safetensors")
     ticket = _config_parser(steps, "train-ticket", "a run with RUN_DIR's settings, from its rewound weights, "
                             "pruned with the mask's fixed masks from the first step")
