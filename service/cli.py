@@ -357,6 +357,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     mask.add_argument("--structure", default="weight", help="weight | neuron")
     mask.add_argument("--scope", default="global", help="global | layer (SAC's critics: erk unless the run's "
                       "pruning.critic_distribution is actor)")
+    mask.add_argument("--critic-distribution", help="erk | actor: SAC's critics' (default: the run's "
+                      "pruning.critic_distribution)")
     mask.add_argument("--out", type=Path, help="default: RUN_DIR/masks/<method>-<structure>-<percent>.safetensors")
     ticket = _config_parser(steps, "train-ticket", "a run with RUN_DIR's settings, from its rewound weights, "
                             "pruned with the mask's fixed masks from the first step")
@@ -403,7 +405,8 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.action == "create-mask":
             path, layers = lth.create_mask(args.run_dir, args.method, args.sparsity, num_batches=args.num_batches,
                                             batch_size=args.batch_size, targets=tuple(args.targets.split(",")),
-                                            structure=args.structure, scope=args.scope, out=args.out)
+                                            structure=args.structure, scope=args.scope, out=args.out,
+                                            critic_distribution=args.critic_distribution)
             print("\n".join([*layers, str(path)]))
             return 0
         if args.action == "compare":

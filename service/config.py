@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, NamedTuple, get_type_hints
 from hotprune.protocol.endpoints import SOCKETS, TRANSPORTS, Endpoints, endpoints
 from hotprune.protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
 from hotprune.algorithms import ACTIVATIONS, ALGORITHMS
-from hotprune.pruning.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
+from hotprune.pruning.criteria import CRITIC_DISTRIBUTIONS, DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from hotprune.pruning.schedule import SCHEDULES
 
 
@@ -254,7 +254,7 @@ class PruningConfig:
     critic_distribution: str = setting("erk", "SAC's critics (targets critic): erk prunes each critic layer to "
                                               "its Erdos-Renyi-kernel share (with structure weight; neuron: as "
                                               "the actor); actor: the actor's scope and distribution",
-                                       choices=("erk", "actor"))
+                                       choices=CRITIC_DISTRIBUTIONS)
     regrow: bool = setting(False, "false: masks are nested, a pruned weight stays pruned; true: each compression "
                                   "re-selects, and revived weights restart at zero with no optimizer history")
     num_gradient_batches: int = setting(32, "taylor, gradient: g is averaged over the last N minibatches of the "

@@ -135,10 +135,12 @@ def _ranked_groups(cfg: Config, targets: tuple[str, ...], names) -> list[tuple[s
 
 def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int | None = None,
                 batch_size: int | None = None, targets: tuple[str, ...] = ("actor",), structure: str = "weight",
-                scope: str = "global", out: Path | None = None) -> tuple[Path, list[str]]:
+                scope: str = "global", out: Path | None = None,
+                critic_distribution: str | None = None) -> tuple[Path, list[str]]:
     """Masks from a kept run's final weights; returns the file written (safetensors) and
-    the per-layer sparsity lines. Nothing is written unless every input checks out."""
-    from hotprune.pruning.criteria import CRITERIA, SCOPES, STRUCTURES
+    the per-layer sparsity lines; `critic_distribution` over the run's pruning.critic_distribution.
+    Nothing is written unless every input checks out."""
+    from hotprune.pruning.criteria import CRITERIA, CRITIC_DISTRIBUTIONS, SCOPES, STRUCTURES
 
     cfg = run_config(Path(run_dir))
     if method not in CRITERIA:
@@ -147,6 +149,10 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         raise ConfigError(f"--sparsity must be in (0, 1), got {sparsity}")
     if structure not in STRUCTURES or scope not in SCOPES:
         raise ConfigError(f"--structure must be one of {'|'.join(STRUCTURES)} and --scope one of {'|'.join(SCOPES)}")
+    critic_distribution = critic_distribution or cfg.pruning.critic_distribution
+    if critic_distribution not in CRITIC_DISTRIBUTIONS:
+        raise ConfigError(f"--critic-distribution must be one of {'|'.join(CRITIC_DISTRIBUTIONS)}, "
+                          f"got {critic_distribution!r}")
     if not targets or any(t not in TARGETS for t in targets):
         raise ConfigError(f"--targets must be a list of {','.join(TARGETS)}, got {','.join(targets)}")
     epochs = kept_epochs(run_dir)
@@ -168,7 +174,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     # the trainer's own choice of masks (pruner_for: input coverage, SAC critics' ERK) at the asked
     # method, structure and scope; the weights of the output layer are never pruned here
     chosen = replace(cfg.pruning, method=method, structure=structure, scope=scope, distribution="uniform",
-                     prune_output_layer=False, regrow=False)
+                     prune_output_layer=False, regrow=False, critic_distribution=critic_distribution)
     lines, inputs_cut = [], {}
     obs_dim = env_spec(EnvSource.of(cfg)).obs_dim
     for label, names in _ranked_groups(cfg, targets, weights):
@@ -197,6 +203,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     tensors = tickets.joined(masks)
     meta = {"run_id": cfg.run_id, **policy_metadata(env_spec(EnvSource.of(cfg)), cfg), "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
+            **({"critic_distribution": critic_distribution} if "critic" in targets else {}),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             "inputs_cut": inputs_cut,
             **({"num_batches": num_batches, "batch_size": batch_size} if grads is not None else {})}
