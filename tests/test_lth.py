@@ -468,3 +468,18 @@ def test_the_lth_command_module_loads_no_torch_so_train_dense_starts_its_console
     found = subprocess.run([sys.executable, "-c", "import sys, hotprune.commands.lth; print('torch' in sys.modules)"],
                            capture_output=True, text=True, timeout=60)
     assert found.stdout.strip() == "False", found.stderr
+
+
+def test_create_mask_can_rank_the_critics_as_the_actor_is_ranked_and_refuses_an_unknown_distribution(tmp_path):
+    run = kept_sac_run(tmp_path)  # the run's own pruning.critic_distribution: erk
+    with pytest.raises(ConfigError, match="--critic-distribution must be one of erk|actor"):
+        lth.create_mask(run, "magnitude", 0.9, targets=("actor", "critic"), critic_distribution="uniform")
+    assert not (run / "masks").exists()
+    path, _ = lth.create_mask(run, "magnitude", 0.9, targets=("actor", "critic"), critic_distribution="actor")
+    masks, meta = artifacts.load(path)
+    weights, _ = artifacts.load(lth.weights_path(run, EPOCHS))
+    spec = {f"net.{i}.weight": ("float32", weights[f"critic.qf1.net.{i}.weight"].shape) for i in (0, 2, 4)}
+    expected = Pruner(spec, method="magnitude", min_weights_per_input=1).compute(
+        {n: weights[f"critic.qf1.{n}"] for n in spec}, 0.9).elements  # one global threshold, inputs covered
+    assert meta["critic_distribution"] == "actor"
+    assert all(np.array_equal(masks[f"critic.qf1.{n}"], m) for n, m in expected.items())
