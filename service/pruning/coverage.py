@@ -43,7 +43,7 @@ def covered(scores: Mapping[str, np.ndarray], spec: Mapping[str, tuple[str, tupl
     still `kept` set to +inf, which the engine's selection never prunes. A new dict; the inputs are
     not changed. Nothing to do when minimum is 0 or the first layer is not scored."""
     out = dict(scores)
-    first = linear_weight_names(spec)[0] if linear_weight_names(spec) else None
+    first = next(iter(linear_weight_names(spec)), None)
     if not minimum or first not in scores:
         return out
     live = np.asarray(scores[first], np.float64).copy()
