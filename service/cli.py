@@ -199,6 +199,7 @@ def _main(argv: list[str]) -> int:
                        help="a grid file: its variants and seeds (docs/experiments.md)")
     grid.add_argument("--seeds", type=int, nargs="+", help="default: the grid's own (1 2 3 for the built-in ones)")
     grid.add_argument("--jobs", type=int, default=1, help="runs side by side (each is several processes)")
+    grid.add_argument("--variants", nargs="+", default=[], metavar="NAME", help="only these variants of the grid")
     grid.add_argument("--root", type=Path, default=Path("logs"),
                       help="runs go to ROOT/pruning_<grid>/: the built-in grid's name or the grid file's stem")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -363,9 +364,13 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
     mask.add_argument("--batch-size", type=int, help="samples per minibatch (default: the run's own: PPO's "
                       "minibatch, SAC's batch_size)")
     mask.add_argument("--targets", default="actor", help="actor, or actor,critic (SAC: both twin critics, each "
-                      "ranked on its own)")
+                      "ranked on its own; as the trainer prunes them: the run's pruning.critic_distribution, erk "
+                      "by default, and min_weights_per_input)")
     mask.add_argument("--structure", default="weight", help="weight | neuron | channel")
-    mask.add_argument("--scope", default="global", help="global | layer")
+    mask.add_argument("--scope", default="global", help="global | layer (SAC's critics: erk unless the run's "
+                      "pruning.critic_distribution is actor)")
+    mask.add_argument("--critic-distribution", help="erk | actor: SAC's critics' (default: the run's "
+                      "pruning.critic_distribution)")
     mask.add_argument("--out", type=Path, help="default: RUN_DIR/masks/<method>-<structure>-<percent>.safetensors")
     ticket = _config_parser(steps, "train-ticket", "a run with RUN_DIR's settings, from its rewound weights, "
                             "pruned with the mask's fixed masks from the first step")
@@ -379,6 +384,8 @@ def _lth_parsers(sub) -> dict[str, argparse.ArgumentParser]:
                                "with --set algorithm=sac the lth_sac grid (actor and critics)")
     compare.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     compare.add_argument("--jobs", type=int, default=1)
+    compare.add_argument("--variants", nargs="+", default=[], metavar="NAME",
+                         help="only these variants, e.g. dense ticket_magnitude_80")
     compare.add_argument("--root", type=Path, default=Path("logs"))
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     compare.add_argument("--eval-episodes", type=int, default=0, metavar="N",
@@ -414,7 +421,8 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.action == "create-mask":
             path, layers = lth.create_mask(args.run_dir, args.method, args.sparsity, num_batches=args.num_batches,
                                             batch_size=args.batch_size, targets=tuple(args.targets.split(",")),
-                                            structure=args.structure, scope=args.scope, out=args.out)
+                                            structure=args.structure, scope=args.scope, out=args.out,
+                                            critic_distribution=args.critic_distribution)
             print("\n".join([*layers, str(path)]))
             return 0
         if args.action == "compare":
@@ -445,7 +453,7 @@ def _experiments(experiment: str | None, args: argparse.Namespace) -> int:
     from hotprune import api
 
     grid = api.experiments(experiment, args.seeds, grid=getattr(args, "grid", None), settings=args.set,
-                           root=args.root, jobs=args.jobs, eval_episodes=args.eval_episodes)
+                           root=args.root, jobs=args.jobs, eval_episodes=args.eval_episodes, variants=args.variants)
     print(grid.results.read_text())
     print(f"results: {grid.results} and {grid.results.with_suffix('.csv')}")
     if grid.failed:

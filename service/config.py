@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, NamedTuple, get_type_hints
 from hotprune.protocol.endpoints import SOCKETS, TRANSPORTS, Endpoints, endpoints
 from hotprune.protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
 from hotprune.algorithms import ACTIVATIONS, ALGORITHMS
-from hotprune.pruning.criteria import DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
+from hotprune.pruning.criteria import CRITIC_DISTRIBUTIONS, DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
 from hotprune.pruning.schedule import SCHEDULES
 
 
@@ -315,6 +315,14 @@ class PruningConfig:
                                 choices=DISTRIBUTIONS)
     prune_output_layer: bool = setting(False, "prune the output layer's weights too (not with neuron); biases are "
                                               "never pruned")
+    min_weights_per_input: int = setting(1, "every criterion, scope and structure keeps at least this many first-"
+                                            "layer weights of each input (observation feature; SAC's critics: "
+                                            "action inputs too), pruning as many others instead; 0: off",
+                                         low=0)
+    critic_distribution: str = setting("erk", "SAC's critics (targets critic): erk prunes each critic layer to "
+                                              "its Erdos-Renyi-kernel share (with structure weight; neuron: as "
+                                              "the actor); actor: the actor's scope and distribution",
+                                       choices=CRITIC_DISTRIBUTIONS)
     regrow: bool = setting(False, "false: masks are nested, a pruned weight stays pruned; true: each compression "
                                   "re-selects, and revived weights restart at zero with no optimizer history")
     num_gradient_batches: int = setting(32, "taylor, gradient: g is averaged over the last N minibatches of the "

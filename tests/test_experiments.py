@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import hotprune as hotprune_api
-from hotprune.commands import experiments, report, stats
+from hotprune.commands import experiments, grids, report, stats
 from hotprune.runs.runlog import load
 from tests.servicekit import SMALL, hotprune, run_cli
 
@@ -171,4 +171,14 @@ def test_report_groups_a_variants_seeds_and_draws_two_environments_in_a_figure_e
 def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, capsys, args, message):
     code, _, err = run_cli(capsys, "experiments", "--root", str(tmp_path), *args)
     assert code == 2 and message in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_variants_run_only_those_of_the_grid_seed_by_seed_and_an_unknown_one_is_refused(tmp_path, capsys):
+    grid = experiments.plan(grids.builtin("lth"), [2, 1], tmp_path, [], ["ticket_magnitude_80", "dense"])
+    assert [(v.name, s) for v, s, _ in grid] == [("dense", 2), ("ticket_magnitude_80", 2), ("dense", 1),
+                                                 ("ticket_magnitude_80", 1)]
+    code, _, err = run_cli(capsys, "experiments", "--experiment", "lth", "--root", str(tmp_path),
+                           "--variants", "dense", "ticket_magnitude_85")
+    assert code == 2 and "--variants must be among lth's dense, gradual_80" in err and "got ticket_magnitude_85" in err
     assert not any(tmp_path.iterdir())

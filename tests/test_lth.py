@@ -26,7 +26,7 @@ from hotprune.commands import grids
 from hotprune.commands.experiments import _overrides, plan
 from hotprune.commands.grids import lth_mask
 from hotprune.learning.policy import make_actor, make_critic
-from hotprune.pruning.engine import Pruner
+from hotprune.pruning.engine import Pruner, allocate, erk_densities
 from tests.servicekit import events, hotprune, of, run_cli, settings
 
 HIDDEN = [16, 16]
@@ -68,13 +68,14 @@ SAC_HIDDEN = [16, 16]
 PENDULUM_Q_HIDDEN = 16 * 4 + 16 * 16  # a Q network's prunable weights (obs 3 + action 1 in; not the output)
 
 
-def kept_sac_run(tmp_path: Path, name: str = "sac") -> Path:
+def kept_sac_run(tmp_path: Path, name: str = "sac", *overrides: str) -> Path:
     """kept_run's SAC twin (Pendulum): the learner's actor, twin critics and targets, alpha in the
     weights' metadata, and the replay rows of its last epochs."""
     cfg = load_config(None, ["preset=none", "env_id=Pendulum-v1", "algorithm=sac", f"epochs={EPOCHS}",
                              "keep_weights_every=10", "keep_transitions=2", "sac.hidden_sizes=16,16",
                              f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", f"run_id={name}",
-                             "samples_per_epoch=256", "chunk_steps=32", "sac.batch_size=64", "pruning.method=none"])
+                             "samples_per_epoch=256", "chunk_steps=32", "sac.batch_size=64", "pruning.method=none",
+                             *overrides])
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.toml").write_text(to_toml(cfg))
     spec = env_spec("Pendulum-v1")
@@ -351,14 +352,20 @@ def test_sac_masks_rank_each_twin_critic_on_its_own_and_never_name_the_targets(t
     assert "critic.qf1: 75.0% pruned" in out and "critic.qf2: 75.0% pruned" in out
     masks = safetensors.numpy.load_file(run / "masks" / "taylor-weight-75.safetensors")
     assert set(masks) == {f"{p}.net.{i}.weight" for p in ("actor", "critic.qf1", "critic.qf2") for i in (0, 2)}
+    shapes = {f"net.{i}.weight": masks[f"critic.qf1.net.{i}.weight"].shape for i in (0, 2)}
+    erk = allocate({n: int(np.prod(s)) for n, s in shapes.items()}, erk_densities(shapes, 0.75),
+                   round(0.75 * PENDULUM_Q_HIDDEN))
     for critic in ("qf1", "qf2"):  # each exactly at the sparsity: ranked on its own, not over both
         assert hidden_pruned(masks, f"critic.{critic}.") == round(0.75 * PENDULUM_Q_HIDDEN)
+        # each layer at its ERK share, as the trainer prunes its critics (pruning.critic_distribution)
+        assert {n: int((~masks[f"critic.{critic}.{n}"]).sum()) for n in shapes} == erk
     assert not all(np.array_equal(masks[f"critic.qf1.net.{i}.weight"], masks[f"critic.qf2.net.{i}.weight"])
                    for i in (0, 2))
 
 
-def test_masks_that_cut_off_an_input_say_so_and_a_critic_blind_to_its_action_is_a_warning(tmp_path, capsys):
-    run = kept_sac_run(tmp_path)
+@pytest.mark.parametrize("minimum", [0, 1])
+def test_masks_that_cut_off_an_input_say_so_and_by_default_no_mask_cuts_the_critics_action(tmp_path, capsys, minimum):
+    run = kept_sac_run(tmp_path, "sac", f"pruning.min_weights_per_input={minimum}", "pruning.critic_distribution=actor")
     weights, meta = artifacts.load(lth.weights_path(run, EPOCHS))
     weights["critic.qf1.net.0.weight"][:, 3] *= 1e-4  # the action's weights: the lightest of qf1's
     artifacts.save(lth.weights_path(run, EPOCHS), weights, **meta)
@@ -366,8 +373,13 @@ def test_masks_that_cut_off_an_input_say_so_and_a_critic_blind_to_its_action_is_
                              "--targets", "actor,critic")
     assert code == 0, err
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    masks, mask_meta = artifacts.load(run / "masks" / "magnitude-weight-50.safetensors")
+    assert masks["critic.qf1.net.0.weight"][:, 3].sum() == minimum  # the minimum, no more: the lightest weights
+    assert hidden_pruned(masks, "critic.qf1.") == round(0.5 * PENDULUM_Q_HIDDEN)  # the budget moved, not lost
+    if minimum:
+        assert warnings == [] and mask_meta["inputs_cut"] == {}
+        return
     assert len(warnings) == 1 and "critic.qf1 has every weight of input 3 pruned (action 0)" in warnings[0]
-    _, mask_meta = artifacts.load(run / "masks" / "magnitude-weight-50.safetensors")
     assert mask_meta["inputs_cut"] == {"critic.qf1": [3]}
 
 
@@ -459,3 +471,18 @@ def test_the_lth_command_module_loads_no_torch_so_train_dense_starts_its_console
     found = subprocess.run([sys.executable, "-c", "import sys, hotprune.commands.lth; print('torch' in sys.modules)"],
                            capture_output=True, text=True, timeout=60)
     assert found.stdout.strip() == "False", found.stderr
+
+
+def test_create_mask_can_rank_the_critics_as_the_actor_is_ranked_and_refuses_an_unknown_distribution(tmp_path):
+    run = kept_sac_run(tmp_path)  # the run's own pruning.critic_distribution: erk
+    with pytest.raises(ConfigError, match="--critic-distribution must be one of erk|actor"):
+        lth.create_mask(run, "magnitude", 0.9, targets=("actor", "critic"), critic_distribution="uniform")
+    assert not (run / "masks").exists()
+    path, _ = lth.create_mask(run, "magnitude", 0.9, targets=("actor", "critic"), critic_distribution="actor")
+    masks, meta = artifacts.load(path)
+    weights, _ = artifacts.load(lth.weights_path(run, EPOCHS))
+    spec = {f"net.{i}.weight": ("float32", weights[f"critic.qf1.net.{i}.weight"].shape) for i in (0, 2, 4)}
+    expected = Pruner(spec, method="magnitude", min_weights_per_input=1).compute(
+        {n: weights[f"critic.qf1.{n}"] for n in spec}, 0.9).elements  # one global threshold, inputs covered
+    assert meta["critic_distribution"] == "actor"
+    assert all(np.array_equal(masks[f"critic.qf1.{n}"], m) for n, m in expected.items())

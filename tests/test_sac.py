@@ -18,7 +18,7 @@ from hotprune.config import load_config
 from hotprune.learning.critic_masks import CriticMasks
 from hotprune.envs import env_spec
 from hotprune.learning.gradient_stats import GradientStats
-from hotprune.pruning.engine import pruner_for
+from hotprune.pruning.engine import allocate, erk_densities, pruner_for
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.learning.learners import make_learner
 from hotprune.learning.sac import Learner, ReplayBuffer
@@ -133,14 +133,34 @@ def test_pruned_weights_of_actor_and_critics_stay_exactly_positive_zero_through_
             assert (params[n].detach()[torch.from_numpy(k)] != 0).any(), f"{who}.{n} did not train"
 
 
-def test_a_critic_pruned_blind_to_its_action_is_reported_with_the_input_it_lost():
-    cfg = config("pruning.method=magnitude", "pruning.targets=actor,critic")
+@pytest.mark.parametrize("minimum", [0, 1])
+def test_a_critic_keeps_its_action_input_by_default_and_one_pruned_blind_to_it_is_reported(minimum):
+    cfg = config("pruning.method=magnitude", "pruning.targets=actor,critic", "pruning.critic_distribution=actor",
+                 f"pruning.min_weights_per_input={minimum}")
     learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(3))
     *_, critic = both_pruned(cfg, learner)
     with torch.no_grad():
         learner.qf2.net[0].weight[:, PENDULUM.obs_dim] *= 1e-4  # the action's column: the lightest of qf2's
     report = critic.prune(0.5)
-    assert report["inputs_cut"] == {"qf2": [PENDULUM.obs_dim]}
+    assert report["inputs_cut"] == ({} if minimum else {"qf2": [PENDULUM.obs_dim]})
+    assert critic.keep_masks()["qf2.net.0.weight"][:, PENDULUM.obs_dim].sum() == minimum
+    assert learner.qf2.net[0].weight[:, PENDULUM.obs_dim].count_nonzero() == minimum
+
+
+def test_sacs_critics_are_pruned_to_their_erk_shares_by_default_and_to_the_actors_scope_otherwise():
+    for distribution in ("erk", "actor"):
+        cfg = config("pruning.method=magnitude", "pruning.targets=actor,critic",
+                     f"pruning.critic_distribution={distribution}")
+        learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(3))
+        *_, critic = both_pruned(cfg, learner)
+        critic.prune(0.8)
+        keep = critic.keep_masks()
+        shapes = {n: tuple(p.shape) for n, p in learner.qf1.named_parameters() if n in ("net.0.weight", "net.2.weight")}
+        pruned = {n: int((~keep[f"qf1.{n}"]).sum()) for n in shapes}
+        sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
+        erk = allocate(sizes, erk_densities(shapes, 0.8), round(0.8 * sum(sizes.values())))
+        assert sum(pruned.values()) == round(0.8 * sum(sizes.values()))
+        assert (pruned == erk) == (distribution == "erk"), pruned
 
 
 def test_gradient_statistics_come_from_the_last_replay_batches_of_each_loss():

@@ -33,6 +33,7 @@ import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 from hotprune.config import ConfigError, load_config, to_toml
 from hotprune.commands import stats
@@ -66,16 +67,21 @@ def directory(grid: Grid, root: Path) -> Path:
     return root / f"pruning_{grid.name}"
 
 
-def plan(grid: Grid, seeds: list[int], root: Path, extra: list[str]) -> list[tuple[Variant, int, Path]]:
-    """Every (variant, seed) run with its directory, after checking every run's config and that no finished
-    run of the grid was made with other settings."""
+def plan(grid: Grid, seeds: list[int], root: Path, extra: list[str],
+         variants: Sequence[str] = ()) -> list[tuple[Variant, int, Path]]:
+    """Every (variant, seed) run with its directory, seed by seed (`variants`: only these of the grid's),
+    after checking every run's config and that no finished run of the grid was made with other settings."""
+    names = [v.name for v in grid.variants]
+    if unknown := [v for v in variants if v not in names]:
+        raise ConfigError(f"--variants must be among {grid.name}'s {', '.join(names)}, got {', '.join(unknown)}")
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds must be non-negative integers, got {seeds}")
     base = directory(grid, root)
     seeds = list(dict.fromkeys(seeds))  # a seed given twice is one run
     # seed by seed, the variants alternating: a grid cut short (or a machine whose load drifts) still
     # compares every variant on the same seeds and under the same conditions
-    cells = [(v, s, base / v.name / f"s{s}") for s in seeds for v in grid.variants]
+    cells = [(v, s, base / v.name / f"s{s}") for s in seeds for v in grid.variants
+             if not variants or v.name in variants]
     for v, s, run_dir in cells:  # every variant's config is valid before anything runs
         try:
             planned = planned_config(v, s, run_dir, extra)
@@ -154,9 +160,9 @@ def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -
 
 
 def run_grid(grid: Grid, seeds: list[int] | None, root: Path, jobs: int, extra: list[str],
-             log=print, eval_episodes: int = 0) -> tuple[Path, list[dict], int]:
-    """Run the grid (on its own seeds if `seeds` is None); returns the results table (results.md), its rows
-    (write_results) and how many runs failed."""
+             log=print, eval_episodes: int = 0, variants: Sequence[str] = ()) -> tuple[Path, list[dict], int]:
+    """Run the grid (on its own seeds if `seeds` is None; `variants`: only these); returns the results
+    table (results.md), its rows (write_results) and how many runs failed."""
     if not 0 <= eval_episodes <= MAX_EPISODES:
         raise ConfigError(f"--eval-episodes must be in [0, {MAX_EPISODES}], got {eval_episodes}")
     most = max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
@@ -164,7 +170,7 @@ def run_grid(grid: Grid, seeds: list[int] | None, root: Path, jobs: int, extra: 
         raise ConfigError(f"--jobs must be in [1, {most}] here (a run keeps about {CORES_PER_RUN} cores busy), "
                           f"got {jobs}")
     seeds = list(dict.fromkeys(grid.seeds if seeds is None else seeds))
-    cells = plan(grid, seeds, root, extra)
+    cells = plan(grid, seeds, root, extra, variants)
     base = directory(grid, root)
     base.mkdir(parents=True, exist_ok=True)
     ok = []

@@ -11,10 +11,11 @@ the service's own parts:
   the trainer measures it) of the algorithm's own loss: PPO's (`ppo.minibatch_loss`) for actor and
   critic; SAC's actor loss for the actor and its critic loss for the twin critics
   (`sac.Learner.actor_loss`, `critic_loss`), as SAC's trainer measures them. So the masks are exactly
-  what the compressor (and, for SAC's critics, the trainer) computes from the same scores; each SAC
-  critic is ranked on its own, as the trainer prunes them. Written as safetensors (the format every
-  run reads: `pruning.mask_file`; other tools read it with `safetensors.torch.load_file`), never as a
-  pickle.
+  what the compressor (and, for SAC's critics, the trainer) computes from the same scores (every input
+  keeping `pruning.min_weights_per_input` weights); each SAC critic is ranked on its own, as the trainer
+  prunes them (by default each layer to its ERK share: `pruning.critic_distribution`). Written as
+  safetensors (the format every run reads: `pruning.mask_file`; other tools read it with
+  `safetensors.torch.load_file`), never as a pickle.
 - **A ticket** (`ticket_overrides`): the dense run's settings with `pruning.method = fixed`, its mask
   file, and `init_file` its epoch-0 (or epoch-K) weights; `random` keeps the fresh init of the seed.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config, ConfigError, load_config
 from hotprune.envs import EnvSource, env_spec
-from hotprune.pruning.engine import CompressionFailed, Pruner, cut_inputs, masked_stats, prunable_names
+from hotprune.pruning.engine import CompressionFailed, cut_inputs, masked_stats, prunable_names, pruner_for
 from hotprune.runs.runlog import RunError, run_config
 from hotprune.runs.tickets import TRANSITIONS, WEIGHTS_DIR, kept_epochs, weights_path
 
@@ -136,10 +137,12 @@ def _ranked_groups(cfg: Config, targets: tuple[str, ...], names) -> list[tuple[s
 
 def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int | None = None,
                 batch_size: int | None = None, targets: tuple[str, ...] = ("actor",), structure: str = "weight",
-                scope: str = "global", out: Path | None = None) -> tuple[Path, list[str]]:
+                scope: str = "global", out: Path | None = None,
+                critic_distribution: str | None = None) -> tuple[Path, list[str]]:
     """Masks from a kept run's final weights; returns the file written (safetensors) and
-    the per-layer sparsity lines. Nothing is written unless every input checks out."""
-    from hotprune.pruning.criteria import CRITERIA, SCOPES, STRUCTURES
+    the per-layer sparsity lines; `critic_distribution` over the run's pruning.critic_distribution.
+    Nothing is written unless every input checks out."""
+    from hotprune.pruning.criteria import CRITERIA, CRITIC_DISTRIBUTIONS, SCOPES, STRUCTURES
 
     cfg = run_config(Path(run_dir))
     if method not in CRITERIA:
@@ -148,6 +151,10 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         raise ConfigError(f"--sparsity must be in (0, 1), got {sparsity}")
     if structure not in STRUCTURES or scope not in SCOPES:
         raise ConfigError(f"--structure must be one of {'|'.join(STRUCTURES)} and --scope one of {'|'.join(SCOPES)}")
+    critic_distribution = critic_distribution or cfg.pruning.critic_distribution
+    if critic_distribution not in CRITIC_DISTRIBUTIONS:
+        raise ConfigError(f"--critic-distribution must be one of {'|'.join(CRITIC_DISTRIBUTIONS)}, "
+                          f"got {critic_distribution!r}")
     if not targets or any(t not in TARGETS for t in targets):
         raise ConfigError(f"--targets must be a list of {','.join(TARGETS)}, got {','.join(targets)}")
     epochs = kept_epochs(run_dir)
@@ -166,12 +173,16 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
         grads = gradient_statistics(cfg, weights, load_transitions(run_dir, cfg), num_batches, batch_size,
                                     weights_meta)
     masks: tickets.Parts = {part: {} for part in targets}
+    # the trainer's own choice of masks (pruner_for: input coverage, SAC critics' ERK) at the asked
+    # method, structure and scope; the weights of the output layer are never pruned here
+    chosen = replace(cfg.pruning, method=method, structure=structure, scope=scope, distribution="uniform",
+                     prune_output_layer=False, regrow=False, critic_distribution=critic_distribution)
     lines, inputs_cut = [], {}
     obs_dim = env_spec(EnvSource.of(cfg)).obs_dim
     for label, names in _ranked_groups(cfg, targets, weights):
         part = label.split(".")[0]
         spec = {names[n]: ("float32", weights[part][n].shape) for n in names}
-        pruner = Pruner(spec, method=method, structure=structure, scope=scope)
+        pruner = pruner_for(spec, chosen, critic=part == "critic")
         try:
             own_grads = None if grads is None else {names[n]: grads[part][n] for n in names if n in grads[part]}
             keep = pruner.compute({names[n]: weights[part][n] for n in names}, sparsity, own_grads)
@@ -194,6 +205,7 @@ def create_mask(run_dir: Path, method: str, sparsity: float, *, num_batches: int
     tensors = tickets.joined(masks)
     meta = {"run_id": cfg.run_id, **policy_metadata(env_spec(EnvSource.of(cfg)), cfg), "method": method,
             "sparsity": sparsity, "structure": structure, "scope": scope, "targets": list(targets),
+            **({"critic_distribution": critic_distribution} if "critic" in targets else {}),
             "weights_epoch": epochs[-1], "shapes": {k: list(m.shape) for k, m in tensors.items()},
             "inputs_cut": inputs_cut,
             **({"num_batches": num_batches, "batch_size": batch_size} if grads is not None else {})}

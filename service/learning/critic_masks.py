@@ -4,7 +4,10 @@ The compressor prunes the actor, which the workers run; the critics live only in
 their masks are computed here, by the same pruning engine (hotprune.pruning.engine.Pruner: criterion,
 structure, scope, nesting) over each critic's own weights and, for taylor/gradient, g = mean
 |dL/dw| of the critic loss over the last `num_gradient_batches` critic steps. They are never sent
-anywhere. Each critic is pruned on its own (its own global threshold), at the sparsity of each
+anywhere. Each critic is pruned on its own: by default each of its layers to its ERK share
+(`pruning.critic_distribution`; `actor`: the actor's scope, e.g. one global threshold per critic),
+every input, the action's included, keeping `pruning.min_weights_per_input` weights of the first
+layer (hotprune.pruning.coverage: the actor's gradient flows through Q's action input), at the sparsity of each
 schedule step once the trainer has trained through that step's epoch. Keeping them zero is
 hotprune.learning.training_masks.TrainingMasks on the critics' own optimizer; the target critics are zeroed
 with them, so their Polyak averages stay exactly zero there too. A lottery ticket's critics (method
@@ -30,7 +33,8 @@ class CriticMasks:
                  optimizer: torch.optim.Optimizer, p):
         self.critics = dict(critics)
         self.specs = {name: expected_spec(critic) for name, critic in self.critics.items()}
-        self.pruners = {name: pruner_for(spec, p) for name, spec in self.specs.items()}  # None: method fixed
+        # None: method fixed
+        self.pruners = {name: pruner_for(spec, p, critic=True) for name, spec in self.specs.items()}
         self.names = {name: prunable_names(spec, p.prune_output_layer) for name, spec in self.specs.items()}
         params, grads = {}, {}
         for name, critic in self.critics.items():

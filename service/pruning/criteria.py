@@ -40,3 +40,4 @@ METHODS = ("none", "fixed", *CRITERIA)
 STRUCTURES: dict[str, tuple[str, ...]] = {"weight": (), "neuron": ("linear",), "channel": ("conv", "linear")}
 SCOPES = ("global", "layer")
 DISTRIBUTIONS = ("uniform", "erk")
+CRITIC_DISTRIBUTIONS = ("erk", "actor")  # SAC's critics: ERK per layer, or as the actor (pruning.critic_distribution)

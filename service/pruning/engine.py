@@ -23,6 +23,8 @@ Guarantees of `Pruner.compute`:
   position (as a stable sort would): the same inputs always give the same masks;
 - nested unless asked to regrow: items the previous masks pruned score lowest, so a mask never
   un-prunes (masks only grow, whatever order snapshots and masks arrive in);
+- no input cut off: each first-layer input keeps `min_weights_per_input` weights, the count still exact
+  (hotprune.pruning.coverage);
 - a criterion that cannot rank (non-finite scores, or all candidates equal) raises CompressionFailed
   and changes nothing.
 """
@@ -34,6 +36,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from hotprune.pruning.coverage import covered
 from hotprune.pruning.criteria import CRITERIA, STRUCTURES
 from hotprune.actor_spec import Layer, layer_chain, layer_weight_names
 
@@ -93,7 +96,8 @@ class Pruner:
     """Computes masks for one model's tensor table under one run's pruning settings."""
 
     def __init__(self, spec: Spec, *, method: str, structure: str = "weight", scope: str = "global",
-                 distribution: str = "uniform", prune_output_layer: bool = False, regrow: bool = False):
+                 distribution: str = "uniform", prune_output_layer: bool = False, regrow: bool = False,
+                 min_weights_per_input: int = 0):
         if method not in CRITERIA:
             raise ValueError(f"unknown criterion {method!r} (known: {', '.join(CRITERIA)})")
         if structure not in STRUCTURES:
@@ -101,6 +105,7 @@ class Pruner:
         self.spec = dict(spec)
         self.criterion = CRITERIA[method]
         self.structure, self.scope, self.distribution, self.regrow = structure, scope, distribution, regrow
+        self.min_weights_per_input = min_weights_per_input  # hotprune.pruning.coverage
         self.by_unit = bool(STRUCTURES[structure])
         # Single weights need no chain (nor layers that chain up); units are removed along it.
         self.chain = layer_chain(_shapes(self.spec)) if self.by_unit else []
@@ -136,6 +141,7 @@ class Pruner:
             before = {n: before[n].reshape(-1) for n in self.scored}
         if self.by_unit and self.scope == "global":
             scores = {n: _normalized(s, None if before is None else before[n]) for n, s in scores.items()}
+        scores = covered(scores, self.spec, self.structure, self.min_weights_per_input, before)
         counts = self._counts(sparsity, before)
         keep = select(scores, counts, self.scope, previous=before, min_keep=1 if self.by_unit else 0)
         if not self.by_unit:
@@ -378,9 +384,13 @@ def churn(previous: Masks | None, new: Masks) -> tuple[int, int]:
     return changed, revived
 
 
-def pruner_for(spec: Spec, p) -> Pruner | None:
-    """The run's pruner (p: the config's `pruning` section); None for the dense baseline."""
+def pruner_for(spec: Spec, p, critic: bool = False) -> Pruner | None:
+    """The run's pruner (p: the config's `pruning` section) of its actor, or of a SAC `critic`: with
+    p.critic_distribution erk and weight structure, each critic layer pruned to its ERK share; None for
+    the dense baseline."""
     if p.method not in CRITERIA:  # none, fixed: nothing to compute
         return None
-    return Pruner(spec, method=p.method, structure=p.structure, scope=p.scope, distribution=p.distribution,
-                  prune_output_layer=p.prune_output_layer, regrow=p.regrow)
+    erk = critic and p.critic_distribution == "erk" and p.structure == "weight"
+    return Pruner(spec, method=p.method, structure=p.structure, scope="layer" if erk else p.scope,
+                  distribution="erk" if erk else p.distribution, prune_output_layer=p.prune_output_layer,
+                  regrow=p.regrow, min_weights_per_input=p.min_weights_per_input)
