@@ -256,8 +256,9 @@ def test_tensorboard_event_files_hold_cleanrl_and_pruning_tags_against_env_steps
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"charts/episodic_return", "charts/SPS", "losses/policy_loss", "losses/approx_kl", "sparsity/training",
-            "sparsity/inference", "sparsity/net.0.weight", "sparsity/net.2.weight", "async/policy_lag"} <= tags
+    assert {"charts/episodic_return", "charts/SPS", "losses/policy_loss", "losses/approx_kl",
+            "losses/explained_variance", "sparsity/training", "sparsity/inference", "sparsity/net.0.weight",
+            "sparsity/net.2.weight", "async/policy_lag"} <= tags
     rows = list(csv.DictReader(open(run_dir / "progress.csv")))
     logged = [(e.step, e.value) for e in acc.Scalars("sparsity/training")]
     assert logged == [(int(r["global_step"]), pytest.approx(float(r["training_sparsity"]), abs=1e-6)) for r in rows]

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Protocol
 
-LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac",  # PPO's
+LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac", "explained_variance",  # PPO's
           "qf_loss", "qf1_values", "qf2_values", "actor_loss", "alpha", "alpha_loss")  # SAC's (CleanRL's tags)
 DIRECTORY = "tensorboard"
 WANDB_DIRECTORY = "wandb"
