@@ -174,6 +174,7 @@ def test_the_lottery_ticket_workflow_on_a_cnn_keeps_the_masks_zeros_in_the_ticke
     final = load_file(tmp_path / "runs" / "ticket" / "checkpoint.safetensors")  # actor.* and critic.*
     for name, keep in masks.items():
         assert (final[name][~keep] == 0).all() and (final[name][keep] != 0).mean() > 0.99, name
-    assert (~masks["actor.net.0.weight"]).mean() == pytest.approx(0.8, abs=1e-3)
+    actor_masks = [keep for name, keep in masks.items() if name.startswith("actor.")]  # one global threshold:
+    assert sum((~k).sum() for k in actor_masks) / sum(k.size for k in actor_masks) == pytest.approx(0.8, abs=1e-3)
     policy = load_file(tmp_path / "runs" / "ticket" / "policy.safetensors")  # what the workers last ran
     assert all((policy[n.removeprefix("actor.")][~k] == 0).all() for n, k in masks.items() if n.startswith("actor."))
