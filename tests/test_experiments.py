@@ -143,7 +143,7 @@ def test_the_grid_plots_each_variant_as_its_seeds_iqm_with_a_band_and_thin_seed_
     assert max(max(line.get_ydata()) for line in sparsity.get_lines()) == pytest.approx(80, abs=0.1)  # in %
     losses = report.figure("losses", groups)
     assert [a.get_title() for a in losses.axes if a.get_visible()] == ["policy_loss", "value_loss", "entropy",
-                                                                       "approx_kl", "clip_frac"]
+                                                                       "approx_kl", "clip_frac", "explained_variance"]
 
 
 def test_report_groups_a_variants_seeds_and_draws_two_environments_in_a_figure_each_with_a_note(grid, tmp_path):
