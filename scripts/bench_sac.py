@@ -96,11 +96,11 @@ class Spaces(gym.Env):
 
 def sb3_system(rows: dict[str, np.ndarray], steps: int):
     from stable_baselines3 import SAC
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger
 
     model = SAC("MlpPolicy", Spaces(), batch_size=BATCH, buffer_size=ROWS, learning_starts=0, device="cpu",
                 policy_kwargs={"net_arch": [HIDDEN, HIDDEN]}, seed=0)
-    model.set_logger(configure(None, []))
+    model.set_logger(Logger(None, []))  # writes nowhere (configure() would make a /tmp/SB3-* folder)
     buffer = model.replay_buffer
     buffer.observations[:, 0] = rows["obs"]
     buffer.next_observations[:, 0] = rows["next_obs"]
