@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +24,8 @@ from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.learning.learners import make_learner
 from hotprune.learning.sac import Learner, ReplayBuffer
 from hotprune.learning.training_masks import TrainingMasks
+from hotprune.roles import liveness
+from hotprune.roles.trainer.shell import StillAlive
 
 torch.set_num_threads(1)
 PENDULUM = env_spec("Pendulum-v1")
@@ -288,3 +291,20 @@ def test_the_critics_parameters_are_views_of_the_stacked_tensors_under_their_own
     assert all(t.grad is None for t in learner.twin.stacked)  # handed out to the critics' own parameters
     assert learner.qf2.net[0].weight.grad.data_ptr() != learner.qf1.net[0].weight.grad.data_ptr()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.qf1.parameters())
+
+
+def test_a_long_update_pings_the_supervisor_between_its_gradient_steps(monkeypatch):
+    """The trainer's update hooks carry its liveness pings (hotprune.roles.trainer.shell.StillAlive): an update
+    longer than supervisor.hang_timeout_s is not taken for a hang."""
+    monkeypatch.setattr(liveness, "PING_S", 0.0)  # a ping due at every call
+    read_end, write_end = os.pipe()
+    try:
+        learner = make_learner(config(), PENDULUM, torch.Generator().manual_seed(1))
+        losses = learner.update(pendulum_batch(np.random.default_rng(0)), 1, [StillAlive(liveness.Pulse(write_end))])
+        os.set_blocking(read_end, False)
+        pings = os.read(read_end, 1 << 16)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    actor_steps = losses["gradient_steps"] - learner.gradient_steps  # one ping before each (critic steps: the clock)
+    assert actor_steps >= 2 and pings == liveness.PING * actor_steps

@@ -40,10 +40,12 @@ from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
 from hotprune.learning import checkpoints
 from hotprune.learning.chunks import Batch
+from hotprune.learning.hooks import UpdateHooks
 from hotprune.learning.learners import make_learner
 from hotprune.learning.policy import actor_arrays
 from hotprune.protocol.codec import Encoder
 from hotprune.pruning.schedule import Schedule, plan
+from hotprune.roles.liveness import Pulse
 from hotprune.roles.process import StopFlag, compressor_awaited, role_process
 from hotprune.roles.trainer.collection import Collected, Collection, WorkerReports
 from hotprune.roles.trainer.lottery import Keeper, load_initial
@@ -55,6 +57,18 @@ from hotprune.roles.trainer.state import Checkpoint, LearnerState, Normalisation
 from hotprune.runs import artifacts
 
 FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
+
+
+class StillAlive(UpdateHooks):
+    """The liveness ping before every minibatch (a clock read when none is due), so an update that outlasts
+    `supervisor.hang_timeout_s` (SAC's hundreds of gradient steps on a starved machine: a trainer restarted
+    as hung loses its replay buffer) is work, not a hang. A hang inside an update still goes silent."""
+
+    def __init__(self, pulse: Pulse):
+        self.pulse = pulse
+
+    def before_minibatch(self) -> None:
+        self.pulse.ping()
 
 
 class Trainer:
@@ -103,6 +117,7 @@ class Trainer:
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
+        self.alive = StillAlive(self.heartbeat.pulse)
         self.compressor = compressor_awaited(self.log, cfg)  # until its first subscription
 
     def run(self) -> int:
@@ -125,7 +140,7 @@ class Trainer:
             batch = Batch.stack(collected.chunks)
             if self.distill:
                 self.distill.draw(batch)
-            losses = self.learner.update(batch, epoch, [self.hooks], self.masks.critic_hooks())
+            losses = self.learner.update(batch, epoch, [self.hooks, self.alive], self.masks.critic_hooks())
             critic_sparsity = self.masks.prune_critics(epoch)
             if losses["skipped_steps"]:
                 self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],
