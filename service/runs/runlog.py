@@ -131,6 +131,7 @@ EVENTS: dict[str | tuple[str, str], dict[str, Kind]] = {
     "compression_finished": {"version": INT, "epoch": INT, "due_epoch": INT, "structure": STR,
                              "target_sparsity": NUM, "achieved_sparsity": NUM, "weight_sparsity": NUM,
                              "unit_sparsity": maybe(NUM), "params_kept": INT, "params_total": INT, "mask_churn": INT,
+                             "dropped": optional(INT), "regrown": optional(INT), "drop_fraction": optional(NUM),
                              "duration_ms": NUM},
     "compression_failed": {"version": INT, "epoch": INT, "due_epoch": INT, "reason": STR},
     "masks_sent": {"version": INT, "weight_sparsity": optional(NUM), "tensors": optional(BOOL),
