@@ -23,6 +23,26 @@ def summary(run_dir) -> dict:
     return of(events(run_dir, "trainer"), "summary")[0]
 
 
+def run_listening(tmp_path, run_id: str, *extra: str) -> list:
+    """`hotprune run` to its end, and every snapshot the trainer published, heard on a SUB socket of our own."""
+    ctx = zmq.Context()
+    listener = ctx.socket(zmq.SUB)
+    listener.rcvhwm = 0  # keep every snapshot until read
+    listener.subscribe(b"")
+    listener.connect(endpoints(tmp_path / "runs" / run_id).snapshots)  # connects once the trainer binds
+    try:
+        result = hotprune("run", *settings(tmp_path, run_id, *extra))
+        assert result.returncode == 0, result.stderr
+        snapshots = []
+        while listener.poll(0):
+            msg = decode(listener.recv_multipart(), run_id=run_id)
+            if msg.kind == "snapshot":
+                snapshots.append(msg)
+        return snapshots
+    finally:
+        ctx.destroy(linger=0)
+
+
 def test_a_due_compression_is_served_by_a_newer_snapshot_when_its_own_was_dropped(tmp_path):
     """The issue's case: 12 epochs, start 3, every 10. The compressor is still busy when the snapshot
     of epoch 3 arrives, so that snapshot is dropped; the step stays due and a newer snapshot serves it."""
@@ -46,25 +66,10 @@ def test_under_a_slow_compressor_masks_only_grow_and_no_pruned_weight_comes_back
     """Compressing takes longer than `every` epochs, so masks are computed on snapshots the previous
     masks have not reached yet. Listening to every snapshot the trainer publishes: once the trainer
     is masked, the set of zero weights never shrinks."""
-    run_id = "nest"
-    run_dir = tmp_path / "runs" / run_id
-    ctx = zmq.Context()
-    listener = ctx.socket(zmq.SUB)
-    listener.rcvhwm = 0  # keep every snapshot until read
-    listener.subscribe(b"")
-    listener.connect(endpoints(run_dir).snapshots)  # connects once the trainer binds
-    try:
-        result = hotprune("run", *settings(tmp_path, run_id, "epochs=40", "pruning.start_epoch=2", "pruning.every=1",
-                                           "pruning.schedule=cubic", "pruning.end_epoch=30",
-                                           "pruning.target_sparsity=0.9", "pruning.delay_s=0.4"))
-        assert result.returncode == 0, result.stderr
-        snapshots = []
-        while listener.poll(0):
-            msg = decode(listener.recv_multipart(), run_id=run_id)
-            if msg.kind == "snapshot":
-                snapshots.append(msg)
-    finally:
-        ctx.destroy(linger=0)
+    run_dir = tmp_path / "runs" / "nest"
+    snapshots = run_listening(tmp_path, "nest", "epochs=40", "pruning.start_epoch=2", "pruning.every=1",
+                              "pruning.schedule=cubic", "pruning.end_epoch=30", "pruning.target_sparsity=0.9",
+                              "pruning.delay_s=0.4")
     names = prunable_names(snapshots[0].tensors, prune_output_layer=False)
     masked = [m for m in snapshots if m.fields["masks_version"] >= 0]
     assert len(masked) >= 5, "too few masked snapshots to check"
@@ -158,25 +163,9 @@ def test_rigl_updates_masks_that_trainer_and_workers_follow_at_an_exact_sparsity
     from hotprune.commands.diagnose import diagnose
     from hotprune.runs.runlog import load
 
-    run_id = "rigl"
-    run_dir = tmp_path / "runs" / run_id
-    ctx = zmq.Context()
-    listener = ctx.socket(zmq.SUB)
-    listener.rcvhwm = 0
-    listener.subscribe(b"")
-    listener.connect(endpoints(run_dir).snapshots)
-    try:
-        result = hotprune("run", *settings(tmp_path, run_id, "epochs=10", "mode=sync", "pruning.method=rigl",
-                                           "pruning.every=2", "pruning.update_end_epoch=9",
-                                           "pruning.num_gradient_batches=8"))
-        assert result.returncode == 0, result.stderr
-        snapshots = []
-        while listener.poll(0):
-            msg = decode(listener.recv_multipart(), run_id=run_id)
-            if msg.kind == "snapshot":
-                snapshots.append(msg)
-    finally:
-        ctx.destroy(linger=0)
+    run_dir = tmp_path / "runs" / "rigl"
+    snapshots = run_listening(tmp_path, "rigl", "epochs=10", "mode=sync", "pruning.method=rigl", "pruning.every=2",
+                              "pruning.update_end_epoch=9", "pruning.num_gradient_batches=8")
     compressor, trainer = events(run_dir, "compressor"), events(run_dir, "trainer")
     finished = of(compressor, "compression_finished")
     assert [e["due_epoch"] for e in finished] == [2, 4, 6, 8]
