@@ -573,7 +573,7 @@ class Config:
     @property
     def update_end_epoch(self) -> int:
         """set, rigl: the epoch the masks freeze at (RigL's T_end, 75% of the run by default)."""
-        return self.pruning.update_end_epoch or max(self.pruning.start_epoch + 1, round(0.75 * self.total_epochs))
+        return self.pruning.update_end_epoch or max(self.pruning.start_epoch + 1, int(0.75 * self.total_epochs))
 
     # The Python API (hotprune.Config, docs/api.md): the command line's path, `--config PATH --set KEY=VALUE`.
     @classmethod

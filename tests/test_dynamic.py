@@ -117,6 +117,11 @@ def test_the_update_fraction_decays_by_rigls_cosine_and_the_masks_freeze_at_the_
     explicit = plan(config("pruning.method=set", "pruning.start_epoch=3", "pruning.every=4", "epochs=40",
                            "pruning.update_end_epoch=12"))[0]
     assert [s.epoch for s in explicit] == [3, 7, 11]
+    assert config("pruning.method=set", "epochs=10").update_end_epoch == 7  # int(0.75 * 10), as RigL's end step
+    frozen, warnings = plan(config("pruning.method=set", "pruning.start_epoch=3", "pruning.every=4", "epochs=40",
+                                   "pruning.update_end_epoch=6"))
+    assert frozen == [Step(3, 0.8)] and warnings == ["no mask update between the first compression (epoch 3) and "
+                                                     "update_end_epoch 6: the masks never change (every=4)"]
 
 
 @pytest.mark.parametrize("setting, rule", [
