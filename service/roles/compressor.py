@@ -31,8 +31,9 @@ from hotprune.actor_spec import OBS_NORM, actor_spec, policy_metadata
 from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
 from hotprune.roles.process import StopFlag, role_process, send_when_ready, socket
-from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, \
-    pruner_for, sparsity
+from hotprune.pruning.dynamic import pruner_for
+from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, masks_sparsity, \
+    prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
 from hotprune.protocol.store_layout import segment_name
@@ -58,7 +59,7 @@ class Compressor:
         network = cfg.network("actor", spec)
         self.weight_spec = actor_spec(spec, network.hidden_sizes, cfg.normalize_obs, cfg.algorithm, network.conv)
         p = cfg.pruning
-        self.pruner = pruner_for(self.weight_spec, p)
+        self.pruner = pruner_for(self.weight_spec, p, seed=cfg.seed)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
         grads = self.pruner.grad_names if self.pruner else []
         self.snapshot_spec = {**self.weight_spec, **{GRAD_PREFIX + n: self.weight_spec[n] for n in grads}}
@@ -75,8 +76,9 @@ class Compressor:
         steps, warnings = plan(cfg)
         self.schedule = Schedule(steps)
         self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,
-                      distribution=p.distribution, regrow=p.regrow, schedule=p.schedule,
-                      steps=[[s.epoch, s.sparsity] for s in steps], warnings=warnings)
+                      distribution=p.distribution, regrow=p.regrows, schedule=p.schedule,
+                      steps=[[s.epoch, s.sparsity] for s in steps], drop_fractions=[s.fraction for s in steps],
+                      warnings=warnings)
         for warning in warnings:
             self.log.warning("schedule_degenerate", reason=warning)
         self.store = open_store(cfg)
@@ -133,10 +135,9 @@ class Compressor:
         self.history[meta["masks_version"]] = masks  # the trainer's snapshots say they apply these: checked too
         self.schedule.done(step)
         stats = masked_stats(masks, self.weight_spec, self.sparsity_names)
-        weights = apply_masks({n: np.ones(shape, np.float32) for n, (_, shape) in self.weight_spec.items()}, masks)
         fields = {"version": meta["masks_version"], "epoch": meta["masks_epoch"], "due_epoch": step.epoch,
                   "target_sparsity": step.sparsity, "failed": False,
-                  "weight_sparsity": sparsity(weights, self.weight_spec, self.sparsity_names),
+                  "weight_sparsity": masks_sparsity(masks, self.weight_spec, self.sparsity_names),
                   "params_kept": stats["params_kept"]}
         self.last_report = (fields, masks.elements if self.cfg.prune_training_model else {})
         self.log.info("compressor_resumed", masks=True, version=fields["version"], due_epoch=step.epoch,
@@ -235,13 +236,16 @@ class Compressor:
         out = apply_masks(policy, self.masks)
         structure_changed = self.store.changes_structure(out)
         achieved = sparsity(out, self.weight_spec, self.sparsity_names)
+        # What the masks prune: the zeros written may be more (a weight regrown at zero in both-pruned mode)
+        held = masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)
         stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
         if outcome is not None:
             step = due[0]
             self.log.info("compression_finished", version=version, epoch=epoch, due_epoch=step.epoch,
                           method=p.method, structure=p.structure, target_sparsity=step.sparsity,
-                          achieved_sparsity=stats["unit_sparsity"] if self.masks.units else achieved,
-                          weight_sparsity=achieved, **stats, **outcome, structure_changed=structure_changed)
+                          achieved_sparsity=stats["unit_sparsity"] if self.masks.units else held,
+                          weight_sparsity=held, drop_fraction=step.fraction, **stats, **outcome,
+                          structure_changed=structure_changed)
         slot, nbytes, _ = self.store.publish(out, version)
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
@@ -254,7 +258,7 @@ class Compressor:
         if due is not None:  # the workers first, then the trainer
             failed = outcome is None
             fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity,
-                      "failed": failed, "weight_sparsity": achieved, "params_kept": stats["params_kept"]}
+                      "failed": failed, "weight_sparsity": held, "params_kept": stats["params_kept"]}
             tensors = self.masks.elements if self.cfg.prune_training_model and not failed else {}
             self.send_report(fields, tensors)
             if not failed:
@@ -276,7 +280,7 @@ class Compressor:
         t0 = time.perf_counter()
         grads = {n: msg.tensors[GRAD_PREFIX + n] for n in self.pruner.grad_names}
         try:
-            masks = self.pruner.compute(weights, step.sparsity, grads, previous=self.masks)
+            masks = self.pruner.at_step(step, weights, grads, previous=self.masks)
         except CompressionFailed as exc:
             self.log.warning("compression_failed", version=version, epoch=epoch, due_epoch=step.epoch,
                              method=p.method, reason=str(exc), masks_in_force=self.masks is not None)
@@ -287,7 +291,8 @@ class Compressor:
         for old in sorted(self.history)[:-MASKS_KEPT]:
             del self.history[old]
         self.schedule.done(step)
-        return {"mask_churn": changed, "regrown": regrown, "duration_ms": (time.perf_counter() - t0) * 1e3}
+        return {"mask_churn": changed, "dropped": changed - regrown, "regrown": regrown,
+                "duration_ms": (time.perf_counter() - t0) * 1e3}
 
     def keep_policy(self, **extra) -> None:
         """Write the policy last published (and the masks in force) into the run directory."""
@@ -298,12 +303,15 @@ class Compressor:
         meta = {**artifacts.run_meta(c), **policy_metadata(self.spec, c), "method": c.pruning.method,
                 "structure": c.pruning.structure, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
+        # The masks file states what the masks prune, not the zeros of the policy written with them
+        meta_masks = {**meta, "weight_sparsity": masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)}
         if self.masks_source is not None:
             version, epoch, step = self.masks_source
-            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, masks_version=version,
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta_masks, masks_version=version,
                            masks_epoch=epoch, masks_due_epoch=step.epoch)
         elif self.masks is not None:  # method fixed
-            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, mask_file=c.pruning.mask_file)
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta_masks,
+                           mask_file=c.pruning.mask_file)
         self.log.info("policy_saved", path=str(c.run_dir / artifacts.POLICY), **fields, **extra)
 
     def running(self) -> bool:

@@ -194,9 +194,11 @@ UNITS = {"neuron": "hidden units", "channel": "units and channels"}  # what a st
 def _compression_finished(e: dict) -> str:
     """Saying both shares of a structured pruning takes a second line."""
     structured = e["structure"] != "weight"
+    update = f", {e['dropped']:,} dropped and {e['regrown']:,} regrown (f={e['drop_fraction']:.3f})" \
+        if e.get("drop_fraction") else ""  # a dynamic sparse training update
     return (f"[compressor] Pruned v{e['version']} to {pruned_to(e)}, due epoch {e['due_epoch']}"
             + ("\n[compressor]   " if structured else ": ")
-            + f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms")
+            + f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms{update}")
 
 
 def _waiting(e: dict, who: str, what: str) -> str:

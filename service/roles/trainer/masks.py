@@ -24,7 +24,8 @@ from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
 from hotprune.protocol.codec import GRAD_PREFIX
-from hotprune.pruning.engine import CompressionFailed, Masks, masked_stats, prunable_names, pruner_for, sparsity
+from hotprune.pruning.dynamic import pruner_for
+from hotprune.pruning.engine import CompressionFailed, Masks, masked_stats, masks_sparsity, prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule
 from hotprune.roles.trainer.state import Tensors, load_counters
 from hotprune.runs import tickets
@@ -37,7 +38,7 @@ class TrainerMasks:
         self.weight_spec = expected_spec(self.actor)
         self.params_total = sum(int(np.prod(shape)) for _, shape in self.weight_spec.values())
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
-        pruner = pruner_for(self.weight_spec, p)
+        pruner = pruner_for(self.weight_spec, p, seed=cfg.seed)
         critic = learner.ticket_critic
         params = dict(self.actor.named_parameters()) | {f"critic.{n}": q for n, q in critic.named_parameters()}
         masked = pruner.mask_names() if pruner and cfg.prune_training_model else []
@@ -47,12 +48,12 @@ class TrainerMasks:
         fixed = {} if not self.fixed or not cfg.prune_training_model else \
             {**self.fixed.actor, **({} if learner.critics else
                                     {f"critic.{n}": keep for n, keep in self.fixed.critic.items()})}
-        self.training = TrainingMasks({n: params[n] for n in [*masked, *fixed]}, learner.optimizer, regrow=p.regrow)
+        self.training = TrainingMasks({n: params[n] for n in [*masked, *fixed]}, learner.optimizer, regrow=p.regrows)
         grad_names = pruner.grad_names if pruner else []
         self.grad_stats = GradientStats({n: params[n] for n in grad_names}, p.num_gradient_batches) \
             if grad_names else None
         fixed_critics = self.fixed.critic if self.fixed and learner.critics and cfg.prune_training_model else {}
-        self.critics = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, p) \
+        self.critics = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, p, cfg.seed) \
             if ("critic" in p.targets and pruner) or fixed_critics else None
         self.critic_masks_epoch = -1  # the newest schedule step the critics were pruned for
         self.value_networks = learner.value_networks
@@ -76,6 +77,11 @@ class TrainerMasks:
     def sparsity(self) -> float:
         """The actor's measured sparsity: exact zeros among its prunable weights."""
         return sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names)
+
+    def masks_sparsity(self) -> float:
+        """What the actor's masks in training prune of its prunable weights: its measured sparsity is at least
+        this, more while weights regrown at zero (regrow, dynamic sparse training) have not moved yet."""
+        return masks_sparsity(Masks(self.training.keep_masks()), self.weight_spec, self.sparsity_names)
 
     def critics_sparsity(self) -> dict[str, float]:
         """Each critic's measured sparsity (exact zeros among its prunable weights), pruned or not: SAC's
@@ -115,7 +121,7 @@ class TrainerMasks:
         due = [step for step in self.schedule.steps if self.critic_masks_epoch < step.epoch <= epoch]
         if due:
             try:
-                report = self.critics.prune(due[-1].sparsity)
+                report = self.critics.prune(due[-1])
             except CompressionFailed as exc:
                 self.log.warning("critic_compression_failed", epoch=epoch, due_epoch=due[-1].epoch, reason=str(exc))
             else:
