@@ -122,7 +122,7 @@ class Trainer:
                            **self.policy_meta(version=0, epoch=0))
             self.keeper.after_epoch(0, None)
         self.checkpoint.save(self.position.epoch, self.position.version)  # epoch 0, or resumed under its new version
-        self.publish(self.position.epoch, self.masks.sparsity(), self.snapshot())
+        self.publish(self.position.epoch, self.masks.sparsity())
         for epoch in range(self.position.epoch + 1, epochs + 1):
             self.position.epoch = epoch
             t0 = time.perf_counter()
@@ -185,10 +185,10 @@ class Trainer:
         with gradient statistics when a criterion ranks by them."""
         return HostCopy(self.actor.state_dict() | self.masks.gradients())
 
-    def publish(self, epoch: int, training_sparsity: float, snapshot: HostCopy) -> None:
-        """The snapshot of `epoch` (`snapshot`'s tensors, and the distillation sample when the compressor
-        distils)."""
-        tensors = snapshot.arrays() | (self.distill.tensors() if self.distill else {})
+    def publish(self, epoch: int, training_sparsity: float, snapshot: HostCopy | None = None) -> None:
+        """The snapshot of `epoch`: `snapshot`'s tensors (None: copied now), and the distillation sample when
+        the compressor distils."""
+        tensors = (snapshot or self.snapshot()).arrays() | (self.distill.tensors() if self.distill else {})
         fields = {"version": self.position.version, "epoch": epoch, "training_sparsity": training_sparsity,
                   "masks_version": self.intake.applied_masks_version, "trainer_start": self.position.trainer_start}
         self.publisher.publish(fields, tensors, compression_scheduled=self.schedule.is_step(epoch),
