@@ -5,6 +5,8 @@ the same tests run on cuda too, and a checkpoint crosses between the two (script
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,9 @@ from hotprune.learning.learners import make_learner
 from hotprune.learning.policy import actor_arrays
 from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
 from hotprune.protocol.codec import GRAD_PREFIX
+from hotprune.roles.process import StopFlag, load_run_config
+from hotprune.roles.trainer.shell import Trainer
+from hotprune.runs import rundir
 from hotprune.runs.console import human_line
 from tests.servicekit import run_cli, settings
 from tests.test_mask_intake import cartpole_batch
@@ -69,6 +74,20 @@ def test_device_cuda_without_a_cuda_device_is_refused_in_one_line_before_the_run
     assert not (tmp_path / "runs" / "gpu").exists()
     with pytest.raises(ConfigError, match="device cuda needs a CUDA device"):  # a compressor started by hand
         Distiller(True, 1, 1e-3, device="cuda")
+
+
+@NO_CUDA
+def test_a_run_whose_config_toml_was_edited_to_cuda_is_refused_by_its_trainer_and_its_resume(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "init", *settings(tmp_path, "edited"))
+    assert code == 0, err
+    run_dir = Path(out.strip())
+    toml = run_dir / "config.toml"
+    toml.write_text(toml.read_text().replace('device = "auto"', 'device = "cuda"'))
+    cfg = load_run_config(run_dir)
+    with pytest.raises(ConfigError, match="device cuda needs a CUDA device"):  # `hotprune trainer`: exit 2, one line
+        Trainer(cfg, StopFlag())
+    with pytest.raises(ConfigError, match="device cuda needs a CUDA device"):  # `hotprune run --resume`
+        rundir.check_resume(cfg)
 
 
 def test_a_device_that_is_no_choice_is_refused_by_the_config():
