@@ -47,6 +47,7 @@ MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table
 # also holds it to 4 per core of the machine that starts the run)
 LAST_BASE_PORT = 65536 - len(SOCKETS)  # the run's sockets take consecutive ports from base_port
 MODES = ("async", "sync")
+DEVICES = ("auto", "cpu", "cuda")  # torch's names (hotprune.learning.device resolves them)
 
 
 class ConfigError(ValueError):
@@ -424,6 +425,10 @@ class Config:
                                "(config.toml records it as an absolute path)")
     algorithm: str = setting("ppo", "the learner: ppo (on-policy, any action space) or sac (off-policy from a "
                                     "replay buffer, Box actions)", choices=tuple(ALGORITHMS))
+    device: str = setting("auto", "where the trainer learns (networks, optimizers, replay buffer, masks) and the "
+                                  "compressor distils: auto: cuda when torch finds a CUDA device, else cpu; cuda "
+                                  "without one is refused at start. Workers, pruning and the store are always CPU",
+                          choices=DEVICES)
     preset: str = setting("auto", "tuned settings under yours: auto: the shipped preset of env_id (ppo) or "
                                   "<env_id>-<algorithm>, if any (hotprune presets); none: the built-in defaults; or "
                                   "a preset's name")

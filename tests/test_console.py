@@ -201,7 +201,8 @@ def test_the_first_lines_come_before_the_first_epoch_and_say_what_the_run_is(pla
     assert code == 0, err
     assert epochs_then == []
     assert first == [f"run {run_dir}", "  CartPole-v1, async, both pruned, magnitude weights to 80.0%",
-                     "  3 epochs = 1,536 env steps, 2 workers x 4 envs", "starting 4 processes..."]
+                     "  3 epochs = 1,536 env steps, 2 workers x 4 envs, trainer on cuda if found (device auto)",
+                     "starting 4 processes..."]
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 
+from hotprune.learning.device import resolve
 from tests.servicekit import (HOTPRUNE, as_from_a_terminal, assert_clean, events, hotprune, logged, of, run_cli,
                               settings, wait_for)
 
@@ -55,6 +56,9 @@ def test_run_completes_and_console_shows_the_diagnostics(both_pruned):
         assert all(isinstance(v, float) for v in stats), e
         assert e["value_loss"] > 0 and e["approx_kl"] >= 0 and 0 <= e["clip_frac"] <= 1 and e["explained_variance"] <= 1
     assert of(events(run_dir, "trainer"), "summary")[0]["critics_sparsity"] == {"critic": 0.0}  # PPO's is never pruned
+    started = of(events(run_dir, "trainer"), "trainer_started")[0]  # device auto: what this machine has
+    assert (started["device"].split()[0], started["device_setting"]) == (resolve("auto").type, "auto")
+    assert f"[trainer] PPO learner on {started['device']} (device auto)" in out
     assert_clean(run_dir)
 
 

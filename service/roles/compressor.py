@@ -69,7 +69,8 @@ class Compressor:
             from hotprune.learning.distill import Distiller
 
             self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr, cfg.algorithm,
-                                       (spec.action_low, spec.action_high), network.activation, network.conv)
+                                       (spec.action_low, spec.action_high), network.activation, network.conv,
+                                       cfg.device)
         # The first liveness ping (the hang timeout runs from it) once the slow set-up is done:
         # the distiller's optimizer warm-up imports torch._dynamo.
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
@@ -78,7 +79,7 @@ class Compressor:
         self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,
                       distribution=p.distribution, regrow=p.regrows, schedule=p.schedule,
                       steps=[[s.epoch, s.sparsity] for s in steps], drop_fractions=[s.fraction for s in steps],
-                      warnings=warnings)
+                      warnings=warnings, distill_device=self.distiller.device.type if self.distiller else None)
         for warning in warnings:
             self.log.warning("schedule_degenerate", reason=warning)
         self.store = open_store(cfg)

@@ -215,6 +215,12 @@ def _compressor_waiting(e: dict) -> str:
     return _waiting(e, "[trainer]", "the compressor")
 
 
+def _trainer_started(e: dict) -> str:
+    """Where the learner runs: with device auto, what it found."""
+    found = " (device auto)" if e.get("device_setting") == "auto" else ""
+    return f"[trainer] {e['algorithm'].upper()} learner on {e['device']}{found}"
+
+
 def _process(e: dict) -> str:
     exit_code = f" exit code {e['exitcode']}" if "exitcode" in e else ""
     return f"[supervisor] {e['event'].replace('_', ' ')}: {e['name']} (pid {e['child_pid']}){exit_code}"
@@ -236,6 +242,7 @@ def _run_finished(e: dict) -> str:
 FORMATS: dict[str, Callable[[dict], str | None]] = {
     "epoch": _epoch,
     "snapshot_published": _snapshot,
+    "trainer_started": _trainer_started,
     "masks_applied": _masks_applied,
     "masks_loaded": _masks_loaded,
     "pruning_planned": _pruning_planned,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import torch
 
 from hotprune.config import Config
 from hotprune.learning.critic_masks import CriticMasks
@@ -96,9 +97,10 @@ class TrainerMasks:
         """The masks in force, layer by layer (hotprune.pruning.engine.masked_stats)."""
         return masked_stats(Masks(self.training.keep_masks()), self.weight_spec, self.sparsity_names)
 
-    def gradients(self) -> dict[str, np.ndarray]:
-        """The gradient statistics a snapshot carries (`grad:<name>`); none without a criterion that needs them."""
-        return {GRAD_PREFIX + n: g for n, g in self.grad_stats.mean().items()} if self.grad_stats else {}
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """The gradient statistics a snapshot carries (`grad:<name>`), on the learner's device; none without a
+        criterion that needs them."""
+        return {GRAD_PREFIX + n: g for n, g in self.grad_stats.tensors().items()} if self.grad_stats else {}
 
     def fixed_policy(self) -> dict | None:
         """Method fixed: what the compressor makes of every snapshot (the pruned policy from the start)."""

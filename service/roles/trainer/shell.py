@@ -16,6 +16,12 @@ socket, in this package:
 - state: the run position, learner and normalisation state, and the checkpoint as the sum of the parts;
 - records: the epoch lines, progress.csv, TensorBoard, the summary; lottery: what tickets need.
 
+The learner lives on the run's `device` (hotprune.learning.device: cuda when asked or, with auto, found;
+the chosen one in the `trainer_started` event). What leaves it goes through the host: the snapshot is
+copied off as soon as the update's weights are final, without waiting (pinned memory on a GPU), and
+waited for only right before it is published; checkpoints are written from host copies, and loaded onto
+whatever device this trainer learns on, so a run checkpointed on a GPU resumes on a CPU and back.
+
 It checkpoints (hotprune.learning.checkpoints) at epoch 0, every `checkpoint_every` epochs and at the end,
 before publishing that epoch's snapshot. With `--resume` it goes on from its checkpoint: it redoes the
 epochs after it, and its versions start above any its lost epochs could have published, so workers
@@ -40,6 +46,7 @@ from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
 from hotprune.learning import checkpoints
 from hotprune.learning.chunks import Batch
+from hotprune.learning.device import HostCopy, describe, resolve
 from hotprune.learning.hooks import UpdateHooks
 from hotprune.learning.learners import make_learner
 from hotprune.learning.policy import actor_arrays
@@ -79,9 +86,12 @@ class Trainer:
                                               "to go on from it")
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer")
         self.spec = env_spec(EnvSource.of(cfg))
-        torch.manual_seed(cfg.seed)
+        self.device = resolve(cfg.device)  # a refusal (one line) before anything is built
+        torch.manual_seed(cfg.seed)  # every device's generator
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.learner = make_learner(cfg, self.spec, self.generator)
+        self.learner = make_learner(cfg, self.spec, self.generator, self.device)
+        self.log.info("trainer_started", algorithm=cfg.algorithm, device=describe(self.device),
+                      device_setting=cfg.device)
         self.actor = self.learner.actor
         critic = self.learner.ticket_critic  # PPO's critic, SAC's twins and targets: what ticket files hold
         init_meta = load_initial(cfg, self.actor, critic)  # init_file's weights, if it names one
@@ -146,6 +156,7 @@ class Trainer:
                 self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],
                                  reason="non-finite gradients")
             self.normalisation.after_update(batch.obs)
+            snapshot = self.snapshot()  # the update's weights are final: their copy to the host starts
             lags = [self.position.version - v for v in collected.versions]
             self.position.version += 1
             t2 = time.perf_counter()
@@ -155,7 +166,7 @@ class Trainer:
             self.keeper.after_epoch(epoch, batch)
             if epoch % c.checkpoint_every == 0 or epoch == epochs:
                 self.checkpoint.save(epoch, self.position.version)
-            self.publish(epoch, training_sparsity)
+            self.publish(epoch, training_sparsity, snapshot)
             self.records.write(record, self.masks.stats()["layers"] if self.records.trackers else {})
         self.finish()
         return 0 if self.records.completed else self.stop.exit_code()
@@ -184,11 +195,15 @@ class Trainer:
                 self.collection.receive()
         return self.collection.finish()
 
-    def publish(self, epoch: int, training_sparsity: float) -> None:
-        """The snapshot of `epoch`: the actor's weights, with gradient statistics when a criterion ranks by
-        them and the distillation sample when the compressor distils."""
-        tensors = actor_arrays(self.actor) | self.masks.gradients()
-        tensors |= self.distill.tensors() if self.distill else {}
+    def snapshot(self) -> HostCopy:
+        """The snapshot's tensors on their way to the host (`publish` waits for them): the actor's weights,
+        with gradient statistics when a criterion ranks by them."""
+        return HostCopy(self.actor.state_dict() | self.masks.gradients())
+
+    def publish(self, epoch: int, training_sparsity: float, snapshot: HostCopy | None = None) -> None:
+        """The snapshot of `epoch`: `snapshot`'s tensors (None: copied now), and the distillation sample when
+        the compressor distils."""
+        tensors = (snapshot or self.snapshot()).arrays() | (self.distill.tensors() if self.distill else {})
         fields = {"version": self.position.version, "epoch": epoch, "training_sparsity": training_sparsity,
                   "masks_version": self.intake.applied_masks_version, "trainer_start": self.position.trainer_start}
         self.publisher.publish(fields, tensors, compression_scheduled=self.schedule.is_step(epoch),
