@@ -11,7 +11,8 @@ replaced as the reference.
            16, head [128]) and the Nature CNN (4x84x84, 32-64-64 filters 8/4/3 strides 4/2/1, head [512],
            about 1.7M parameters), dense and channel-pruned (`channel`: every conv layer's filters and
            the head's hidden units, each layer to the target, sliced as the compressor publishes them) at
-           50/75/90%, batch 1, `envs_per_worker` and 8, the numpy step the worker runs against the torch
+           50/75/90% and "one each" (every layer cut to one channel or unit: the floor of the step, which
+           no pruning goes below), batch 1, `envs_per_worker` and 8, the numpy step the worker runs against the torch
            actor of the same (smaller) shapes; wall clock and CPU time (time.thread_time) per call.
   rollout  samples/s of `InferenceWorker.rollout` itself (one chunk: the safe-point store check, the
            heartbeat, the policy step, a CartPole vector env of `envs_per_worker`, the episode log
@@ -62,7 +63,8 @@ ROLLOUT_WIDTHS = (64, 1024)
 # name -> (conv layers, head, actions): MinAtar Breakout's planes and an Atari game's stacked frames
 CNNS = {"minatar": (ConvNet((16,), (3,), (1,), (4, 10, 10), 1.0), [128], 3),
         "nature": (ConvNet((32, 64, 64), (8, 4, 3), (4, 2, 1), (4, 84, 84), 255.0), [512], 6)}
-CNN_SPARSITIES = (0.5, 0.75, 0.9)
+# 1.0: every layer down to the one channel or unit the engine keeps, the step's floor (no pruning goes below it)
+CNN_SPARSITIES = (0.5, 0.75, 0.9, 1.0)
 CNN_BATCHES = sorted({1, DEFAULTS.envs_per_worker, 8})  # the 1 and 8, and a default worker's vector
 
 
@@ -203,8 +205,12 @@ def cnn_policies(name: str) -> dict[str, dict[str, np.ndarray]]:
     actor = make_actor(image_spec(name), head, activation="relu", conv=conv)
     weights = actor_arrays(actor)
     pruner = Pruner(expected_spec(actor), method="magnitude", structure="channel", scope="layer")
-    return {"dense": weights, **{f"channel {s:.0%}": apply_masks(weights, pruner.compute(weights, s))
-                                 for s in CNN_SPARSITIES}}
+    return {"dense": weights,
+            **{cnn_policy(s): apply_masks(weights, pruner.compute(weights, s)) for s in CNN_SPARSITIES}}
+
+
+def cnn_policy(sparsity: float) -> str:
+    return f"channel {sparsity:.0%}" if sparsity < 1 else "one each"
 
 
 def measure_cnn_steps(name: str, batch: int, rounds: int, steps: int) -> dict:
@@ -229,7 +235,7 @@ def measure_cnn_steps(name: str, batch: int, rounds: int, steps: int) -> dict:
 
 
 def cnn_lines(rows: list[dict]) -> list[str]:
-    policies = ["dense", *(f"channel {s:.0%}" for s in CNN_SPARSITIES)]
+    policies = ["dense", *map(cnn_policy, CNN_SPARSITIES)]
     lines = ["| cnn | batch | runtime | " + " | ".join(policies) + " |", "|---" * (3 + len(policies)) + "|"]
     for r in rows:
         dense = r["cases"]["numpy dense"]

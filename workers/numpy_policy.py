@@ -163,11 +163,12 @@ class NumpyActor:
             shape, strides = zip(*(kernel + at if cm_in else at + kernel))
             windows = as_strided(x, shape, strides, writeable=False)
             if cm_in:  # patches [k * k * C + 1, P]: runs along x (and the batch) land contiguous
-                patches = np.ones((k * k * channels + 1, n * ho * wo), np.float32)
-                fill, cols = patches[:-1].reshape(shape), patches
+                cols = patches = np.empty((k * k * channels + 1, n * ho * wo), np.float32)
+                fill = patches[:-1].reshape(shape)
             else:  # patches [P, k * k * C + 1]: runs along (kw, c) land contiguous
-                patches = np.ones((n * ho * wo, k * k * channels + 1), np.float32)
+                patches = np.empty((n * ho * wo, k * k * channels + 1), np.float32)
                 fill, cols = patches[:, :-1].reshape(shape), patches.T
+            cols[-1] = 1  # the row the bias meets
             channels, h, w = weight.shape[1], ho, wo
             if cm_out:  # weight^T @ patches: [C_out, (y, x, observation)]
                 out = np.empty((channels, n * h * w), np.float32)
