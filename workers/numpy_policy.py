@@ -168,7 +168,7 @@ class NumpyActor:
             else:  # patches [P, k * k * C + 1]: runs along (kw, c) land contiguous
                 patches = np.empty((n * ho * wo, k * k * channels + 1), np.float32)
                 fill, cols = patches[:, :-1].reshape(shape), patches.T
-            cols[-1] = 1  # the row the bias meets
+            cols[-1] = 1  # the row the bias meets; `fill` is a view (reshape only splits axes here)
             channels, h, w = weight.shape[1], ho, wo
             if cm_out:  # weight^T @ patches: [C_out, (y, x, observation)]
                 out = np.empty((channels, n * h * w), np.float32)
