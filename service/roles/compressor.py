@@ -3,9 +3,10 @@
 For each snapshot (older queued ones are dropped, each logged): when a compression step is due
 (hotprune.pruning.schedule: due from its epoch on, never skipped), compute new masks, nested in the current
 ones (hotprune.pruning.engine); otherwise keep the current ones. Apply them, write the result into the weight
-store, announce `weights_ready`, and report each compression to the trainer on the masks channel
-(with the masks themselves in both-pruned mode; `failed` when the criterion could not rank). Before
-the first compression, weights pass through unchanged: every policy update reaches the workers.
+store (masked weights as kept values + bitmap where that halves their bytes: `stored`), announce
+`weights_ready`, and report each compression to the trainer on the masks channel (with the masks
+themselves in both-pruned mode; `failed` when the criterion could not rank). Before the first
+compression, weights pass through unchanged: every policy update reaches the workers.
 
 A restarted compressor (`--resume`) takes up the masks of the run's last compression from
 masks.safetensors (written after every compression), counts the steps up to its due epoch as done, and
@@ -35,7 +36,8 @@ from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn
     pruner_for, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
-from hotprune.protocol.store_layout import segment_name
+from hotprune.protocol.sparse import SparseCode, SparseTensor, worth_sparse
+from hotprune.protocol.store_layout import payload_size, segment_name
 from hotprune.runs.rundir import store_slot_size
 from hotprune.comms.weight_store import StoreError, WeightStore
 
@@ -102,6 +104,7 @@ class Compressor:
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = self.last_epoch = -1
         self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
+        self.codes: tuple[Masks | None, dict[str, SparseCode]] = (None, {})  # masks -> the sparse ones' codes
         self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
         # The newest trainer_start seen in a snapshot; a resumed compressor takes the first it sees.
         self.trainer_start: int | None = None if resume else 0
@@ -242,8 +245,10 @@ class Compressor:
                           method=p.method, structure=p.structure, target_sparsity=step.sparsity,
                           achieved_sparsity=stats["unit_sparsity"] if self.masks.units else achieved,
                           weight_sparsity=achieved, **stats, **outcome, structure_changed=structure_changed)
-        slot, nbytes, _ = self.store.publish(out, version)
-        self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
+        stored = self.stored(out)
+        slot, nbytes, _ = self.store.publish(stored, version)
+        self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes,
+                      dense_nbytes=nbytes if stored is out else payload_size(out), sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
         self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
                                    "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
@@ -260,6 +265,19 @@ class Compressor:
             if not failed:
                 self.last_report = (fields, tensors)
         self.last_version, self.last_epoch = version, epoch
+
+    def stored(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray | SparseTensor]:
+        """The version as the store holds it: each masked weight as its kept values and its mask's bitmap
+        where that takes at most half its dense bytes (hotprune.protocol.sparse's rule), the rest dense.
+        Neuron and channel structure publish sliced dense tensors, in which every entry left is kept."""
+        masks = self.masks
+        if masks is None or masks.units is not None:
+            return out
+        if self.codes[0] is not masks:  # once per mask: its bitmap and kept indices
+            self.codes = (masks, {n: SparseCode.of_mask(m) for n, m in masks.elements.items()
+                                  if worth_sparse(m.size, int(np.count_nonzero(m)), out[n].dtype.itemsize)})
+        codes = self.codes[1]
+        return {n: codes[n].sparse(w) if n in codes else w for n, w in out.items()}
 
     def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
         self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)
