@@ -13,7 +13,7 @@ import math
 import reprlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import msgpack
 import numpy as np
@@ -279,9 +279,10 @@ def check_tensors(
     expected: Mapping[str, tuple[str, tuple[int, ...]]],
     *,
     finite: bool = True,
+    sparse: Collection[str] = (),
 ) -> None:
-    """Require exactly the expected names with matching dtype and shape (and finite values), all dense:
-    a receiver that takes sparse tensors (hotprune.protocol.sparse) rebuilds them before it checks."""
+    """Require exactly the expected names with matching dtype and shape (and finite values), dense but
+    those named in `sparse`, which may be SparseTensors (their values were checked finite by `decode`)."""
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing:
@@ -290,12 +291,12 @@ def check_tensors(
         raise MessageRejected(f"unexpected tensors {shown(extra)}")
     for name, (dtype, shape) in expected.items():
         array = tensors[name]
-        if isinstance(array, SparseTensor):
+        if isinstance(array, SparseTensor) and name not in sparse:
             raise MessageRejected(f"tensor {name!r} is sparse, expected dense")
         if array.dtype.name != dtype or tuple(array.shape) != tuple(shape):
             raise MessageRejected(
                 f"tensor {name!r} is {array.dtype.name}{list(array.shape)}, expected {dtype}{list(shape)}"
             )
-        if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        if finite and isinstance(array, np.ndarray) and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise MessageRejected(f"tensor {name!r} has non-finite values")
 

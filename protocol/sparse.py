@@ -94,6 +94,35 @@ class SparseCode:
         out.reshape(-1)[self.indices] = values
 
 
+class Codes:
+    """The SparseCode of each named tensor's newest mask, for a reader: a bitmap is unpacked once per
+    mask, and each later tensor under the same mask costs a comparison of its bitmap."""
+
+    def __init__(self):
+        self.codes: dict[str, SparseCode] = {}
+
+    def of(self, name: str, tensor: SparseTensor) -> SparseCode:
+        code = self.codes.get(name)
+        if code is None or not code.describes(tensor):
+            code = self.codes[name] = SparseCode.of(tensor)
+        return code
+
+    def dense(self, tensors: Mapping[str, np.ndarray | SparseTensor]) -> dict[str, np.ndarray]:
+        """The version with its sparse tensors rebuilt in new arrays."""
+        out = {}
+        for name, tensor in tensors.items():
+            if isinstance(tensor, SparseTensor):
+                out[name] = np.zeros(tensor.shape, tensor.dtype)
+                self.of(name, tensor).scatter(tensor.values, out[name])
+            else:
+                out[name] = tensor
+        return out
+
+    def forget_all_but(self, names) -> None:
+        for name in set(self.codes) - set(names):
+            del self.codes[name]
+
+
 def sparse_tensor(name: str, dtype: np.dtype, shape: list[int], values: np.ndarray, bitmap: np.ndarray) -> SparseTensor:
     """A received sparse tensor, checked: ValueError (with a reason naming it) unless `values` are 1-D
     finite `dtype` entries, as many as the bitmap has bits set, and the bitmap has exactly ceil(size/8)

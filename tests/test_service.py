@@ -130,6 +130,14 @@ def test_once_masks_are_in_force_a_version_costs_the_store_bytes_in_proportion_t
         else:
             assert 4 * kept <= e["nbytes"] <= 4 * kept + total / 8 + 1024, (e, kept, total)
             assert e["nbytes"] < 0.35 * e["dense_nbytes"]
+    # and so does a snapshot once the trainer's masks are applied (it sends their kept values), which the
+    # compressor rebuilds: the weights its masks prune are still exactly 0
+    snapshots = of(events(run_dir, "trainer"), "snapshot_published")
+    dense = snapshots[0]["nbytes"]
+    assert dense > 4 * total and all(s["nbytes"] == dense for s in snapshots if s["masks_version"] < 0)
+    assert all(s["nbytes"] < 0.35 * dense for s in snapshots if s["masks_version"] >= 0)
+    received = [e for e in of(compressor, "snapshot_received") if e["masks_version"] >= 0]
+    assert received and all(e["pruned_nonzero"] == 0 for e in received)
 
 
 def test_training_sparsity_persists_from_the_epoch_after_the_first_compression(both_pruned):

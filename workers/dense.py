@@ -13,12 +13,12 @@ from typing import Mapping
 
 import numpy as np
 
-from hotprune.protocol.sparse import SparseCode, SparseTensor
+from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor
 
 
 class DenseBuffers:
     def __init__(self):
-        self.codes: dict[str, SparseCode] = {}  # each sparse tensor's newest mask
+        self.codes = Codes()  # each sparse tensor's newest mask
         self.sets: list[dict[str, tuple[SparseCode, np.ndarray]]] = [{}, {}]  # name -> (mask it holds, buffer)
         self.spare = 0  # the set the next rebuild writes
 
@@ -33,9 +33,7 @@ class DenseBuffers:
                 held.pop(name, None)
                 out[name] = tensor
                 continue
-            code = self.codes.get(name)
-            if code is None or not code.describes(tensor):
-                code = self.codes[name] = SparseCode.of(tensor)
+            code = self.codes.of(name, tensor)
             mask, buffer = held.get(name, (None, None))
             if mask is not code:  # zero what the buffer's mask kept and this one does not
                 if buffer is not None and buffer.shape == tensor.shape and buffer.dtype == tensor.dtype:
@@ -45,8 +43,7 @@ class DenseBuffers:
                 held[name] = (code, buffer)
             code.scatter(tensor.values, buffer)
             out[name] = buffer
-        for name in set(self.codes) - set(tensors):
-            del self.codes[name]
+        self.codes.forget_all_but(tensors)
         return out
 
     def keep(self) -> None:

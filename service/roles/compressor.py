@@ -1,6 +1,7 @@
 """The compressor: prunes the trainer's newest snapshot and publishes it to the workers.
 
-For each snapshot (older queued ones are dropped, each logged): when a compression step is due
+For each snapshot (older queued ones are dropped, each logged; in both-pruned mode its masked weights
+come as kept values + bitmaps, rebuilt here): when a compression step is due
 (hotprune.pruning.schedule: due from its epoch on, never skipped), compute new masks, nested in the current
 ones (hotprune.pruning.engine); otherwise keep the current ones. Apply them, write the result into the weight
 store (masked weights as kept values + bitmap where that halves their bytes: `stored`), announce
@@ -36,7 +37,7 @@ from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn
     pruner_for, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
-from hotprune.protocol.sparse import SparseCode, SparseTensor, worth_sparse
+from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor, worth_sparse
 from hotprune.protocol.store_layout import payload_size, segment_name
 from hotprune.runs.rundir import store_slot_size
 from hotprune.comms.weight_store import StoreError, WeightStore
@@ -105,6 +106,7 @@ class Compressor:
         self.last_version = self.last_epoch = -1
         self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
         self.codes: tuple[Masks | None, dict[str, SparseCode]] = (None, {})  # masks -> the sparse ones' codes
+        self.snapshot_codes = Codes()  # the masks of the trainer's sparse snapshot weights
         self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
         # The newest trainer_start seen in a snapshot; a resumed compressor takes the first it sees.
         self.trainer_start: int | None = None if resume else 0
@@ -157,7 +159,7 @@ class Compressor:
                 if msg.kind == "control":
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
-                check_tensors(msg.tensors, self._expected_tensors(msg.tensors))
+                check_tensors(msg.tensors, self._expected_tensors(msg.tensors), sparse=self.weight_spec)
                 if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
                     raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
                 self._check_fields(msg.fields)
@@ -219,7 +221,7 @@ class Compressor:
     def handle(self, msg: Message) -> None:
         f, p = msg.fields, self.cfg.pruning
         version, epoch = f["version"], f["epoch"]
-        weights = {n: msg.tensors[n] for n in self.weight_spec}
+        weights = self.snapshot_codes.dense({n: msg.tensors[n] for n in self.weight_spec})
         masks_version = f["masks_version"]
         self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
                       masks_version=masks_version, pruned_nonzero=self._pruned_nonzero(weights, masks_version),
