@@ -27,7 +27,10 @@ import numpy as np
 # 51% sparsity or more). Not as soon as sparse is smaller: a reader's scatter costs about as much per
 # kept value as a copy of several dense ones, and the swap must not get slower.
 SPARSE_AT_MOST = 0.5
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)  # np.bitwise_count needs numpy 2
+# ... and never below this many dense bytes: a sparse entry's longer table entry and its second array's
+# alignment take up to 32 bytes more, and a version must never outgrow the slot sized for it dense.
+SPARSE_MIN_BYTES = 256
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # np.bitwise_count needs numpy 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,8 +64,10 @@ def bitmap_bytes(size: int) -> int:
 
 
 def worth_sparse(size: int, kept: int, itemsize: int) -> bool:
-    """The rule a writer picks sparse by: kept values + bitmap <= SPARSE_AT_MOST of the dense bytes."""
-    return kept * itemsize + bitmap_bytes(size) <= SPARSE_AT_MOST * size * itemsize
+    """The rule a writer picks sparse by: kept values + bitmap <= SPARSE_AT_MOST of the dense bytes, and
+    those at least SPARSE_MIN_BYTES."""
+    dense = size * itemsize
+    return dense >= SPARSE_MIN_BYTES and kept * itemsize + bitmap_bytes(size) <= SPARSE_AT_MOST * dense
 
 
 class SparseCode:
@@ -132,7 +137,7 @@ def sparse_tensor(name: str, dtype: np.dtype, shape: list[int], values: np.ndarr
         raise ValueError(f"sparse {name}: bitmap of {bitmap.size} bytes for {size} entries")
     if size % 8 and bitmap[-1] & (0xFF >> (size % 8)):
         raise ValueError(f"sparse {name}: bitmap bits set past its {size} entries")
-    kept = int(POPCOUNT[bitmap].sum())
+    kept = int(POPCOUNT[bitmap].sum(dtype=np.int64))  # a byte per bitmap byte, not eight
     if values.ndim != 1 or values.size != kept:
         raise ValueError(f"sparse {name}: {values.size} values for a bitmap of {kept} kept entries")
     if values.dtype != dtype:

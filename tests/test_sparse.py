@@ -71,6 +71,21 @@ def test_a_tensor_goes_sparse_only_where_that_halves_its_bytes(sparsity, sparse)
     assert worth_sparse(n, round(n * (1 - sparsity)), 4) is sparse
 
 
+@pytest.mark.parametrize("shape", [(1,), (7,), (63,), (64,), (65,), (8, 9), (300,)])
+def test_a_version_written_by_the_rule_never_outgrows_its_dense_payload(shape):
+    """The store's slots are sized for the dense model: whatever the rule picks must fit."""
+    n = int(np.prod(shape))
+    for kept in sorted({0, 1, n // 8, n // 3, n // 2, n}):
+        keep = np.zeros(n, bool)
+        keep[:kept] = True
+        keep = keep.reshape(shape)
+        w = np.ones(shape, np.float32) * keep
+        tensors = {"a": np.ones(3, np.float32), "w": w, "z": np.ones(5, np.float32)}
+        if worth_sparse(n, kept, 4):
+            tensors["w"] = SparseCode.of_mask(keep).sparse(w)
+        assert payload_size(tensors) <= payload_size({**tensors, "w": w}), (shape, kept)
+
+
 def test_kept_values_that_are_exactly_zero_stay_kept():
     keep = np.array([True, False, True, True])
     back = read_payload(payload({"w": SparseCode.of_mask(keep).sparse(np.array([0, 0, -2, 0], np.float32))}))["w"]

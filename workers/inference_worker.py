@@ -27,6 +27,7 @@ import zmq
 from threadpoolctl import threadpool_limits
 
 from hotprune.protocol.codec import Encoder, MessageRejected, decode
+from hotprune.protocol.sparse import SparseTensor
 from hotprune import eventlog
 from hotprune.actor_spec import actor_spec
 from hotprune.config import Config, ConfigError
@@ -146,7 +147,8 @@ class InferenceWorker:
         self.dense.keep()
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
-        nonzero = {n: int(np.count_nonzero(t)) for n, t in tensors.items()}  # one pass for both figures
+        # one pass for both figures, over a sparse tensor's kept values only
+        nonzero = {n: int(np.count_nonzero(t.values if isinstance(t, SparseTensor) else t)) for n, t in stored.items()}
         self.sparsity = sparsity_of_counts(nonzero, self.dense_spec, self.sparsity_names)
         self.nonzero_params = sum(nonzero.values())
         self.latencies.append(latency_ms)
