@@ -174,7 +174,7 @@ class Trainer:
         them and the distillation sample when the compressor distils."""
         tensors = actor_arrays(self.actor) | self.masks.gradients()
         tensors |= self.distill.tensors() if self.distill else {}
-        tensors |= self.masks.kept(tensors, self.intake.applied_masks_version)  # masked weights: kept values only
+        tensors |= self.masks.kept(tensors, self.intake.applied_masks_version)  # masked weights: kept values + bitmaps
         fields = {"version": self.position.version, "epoch": epoch, "training_sparsity": training_sparsity,
                   "masks_version": self.intake.applied_masks_version, "trainer_start": self.position.trainer_start}
         self.publisher.publish(fields, tensors, compression_scheduled=self.schedule.is_step(epoch),
