@@ -35,6 +35,8 @@ POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # np.bit
 
 @dataclass(frozen=True, eq=False)
 class SparseTensor:
+    """A masked tensor as stored and sent (see above); `dtype` and `shape` are the dense tensor's."""
+
     values: np.ndarray
     bitmap: np.ndarray
     shape: tuple[int, ...]
@@ -57,6 +59,9 @@ class SparseTensor:
         out = np.zeros(self.shape, self.dtype)
         SparseCode.of(self).scatter(self.values, out)
         return out
+
+
+Version = Mapping[str, np.ndarray | SparseTensor]  # a weight version's tensors, dense or sparse
 
 
 def bitmap_bytes(size: int) -> int:
@@ -112,7 +117,7 @@ class Codes:
             code = self.codes[name] = SparseCode.of(tensor)
         return code
 
-    def dense(self, tensors: Mapping[str, np.ndarray | SparseTensor]) -> dict[str, np.ndarray]:
+    def dense(self, tensors: Version) -> dict[str, np.ndarray]:
         """The version with its sparse tensors rebuilt in new arrays."""
         out = {}
         for name, tensor in tensors.items():
@@ -147,6 +152,6 @@ def sparse_tensor(name: str, dtype: np.dtype, shape: list[int], values: np.ndarr
     return SparseTensor(values, bitmap, tuple(shape))
 
 
-def densified(tensors: Mapping[str, np.ndarray | SparseTensor]) -> dict[str, np.ndarray]:
+def densified(tensors: Version) -> dict[str, np.ndarray]:
     """A version with every tensor dense (new arrays for the sparse ones)."""
     return {n: t.dense() if isinstance(t, SparseTensor) else t for n, t in tensors.items()}

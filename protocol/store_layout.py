@@ -18,13 +18,13 @@ import math
 import struct
 import zlib
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import msgpack
 import numpy as np
 
 from hotprune.protocol.codec import WIRE_DTYPES, little_endian
-from hotprune.protocol.sparse import SparseTensor, bitmap_bytes, sparse_tensor
+from hotprune.protocol.sparse import SparseTensor, Version, bitmap_bytes, sparse_tensor
 
 SEGMENT_PREFIX = "hotprune-"  # a run's segment is /dev/shm/hotprune-<run_id>-<hash of its run directory>
 SEGMENT_SUFFIX_LEN = 9  # "-" and 8 hex digits
@@ -74,7 +74,7 @@ def _parts(tensor: np.ndarray | SparseTensor) -> list[np.ndarray]:
     return [little_endian(tensor)]
 
 
-def _table(tensors: Mapping[str, np.ndarray | SparseTensor]) -> tuple[bytes, list[list[np.ndarray]], list[int], int]:
+def _table(tensors: Version) -> tuple[bytes, list[list[np.ndarray]], list[int], int]:
     """Tensor table bytes, each tensor's arrays, their offsets in the payload, and the payload size."""
     parts = [_parts(t) for t in tensors.values()]
 
@@ -97,11 +97,11 @@ def _table(tensors: Mapping[str, np.ndarray | SparseTensor]) -> tuple[bytes, lis
     return pack(offsets), parts, offsets, cursor
 
 
-def payload_size(tensors: Mapping[str, np.ndarray | SparseTensor]) -> int:
+def payload_size(tensors: Version) -> int:
     return _table(tensors)[3]
 
 
-def write_payload(buf: memoryview, tensors: Mapping[str, np.ndarray | SparseTensor]) -> tuple[int, int]:
+def write_payload(buf: memoryview, tensors: Version) -> tuple[int, int]:
     """Write a version's tensors (dense or sparse) into `buf`; return (payload size, checksum of the payload)."""
     for name, tensor in tensors.items():
         if tensor.dtype.name not in WIRE_DTYPES:
@@ -117,7 +117,7 @@ def write_payload(buf: memoryview, tensors: Mapping[str, np.ndarray | SparseTens
     return size, checksum(buf[:size])
 
 
-def read_payload(payload: bytes | memoryview) -> dict[str, np.ndarray | SparseTensor]:
+def read_payload(payload: bytes | memoryview) -> Version:
     """Rebuild the tensors of a payload copy, sparse ones as SparseTensor (the arrays view `payload`;
     keep it alive)."""
     if len(payload) < TABLE_LEN.size:

@@ -9,11 +9,10 @@ of its bitmap (kept for both sets) and one zero-fill.
 
 from __future__ import annotations
 
-from typing import Mapping
 
 import numpy as np
 
-from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor
+from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor, Version
 
 
 class DenseBuffers:
@@ -22,7 +21,7 @@ class DenseBuffers:
         self.sets: list[dict[str, tuple[SparseCode, np.ndarray]]] = [{}, {}]  # name -> (mask it holds, buffer)
         self.spare = 0  # the set the next rebuild writes
 
-    def rebuild(self, tensors: Mapping[str, np.ndarray | SparseTensor]) -> dict[str, np.ndarray]:
+    def rebuild(self, tensors: Version) -> dict[str, np.ndarray]:
         """The version with its sparse tensors dense, in the spare set of buffers (dense tensors as they
         are). Call `keep()` once the caller runs on them: until then the next rebuild writes the same set."""
         held, out = self.sets[self.spare], {}

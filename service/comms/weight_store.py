@@ -21,16 +21,13 @@ import os
 import time
 import zlib
 from multiprocessing import shared_memory
-from typing import Callable, Mapping
+from typing import Callable
 
 import _posixshmem
 import msgpack
-import numpy as np
 
 from hotprune.protocol import store_layout as layout
-from hotprune.protocol.sparse import SparseTensor
-
-Version = Mapping[str, np.ndarray | SparseTensor]  # a weight version's tensors, dense or sparse
+from hotprune.protocol.sparse import Version
 
 
 class StoreError(RuntimeError):
@@ -152,7 +149,7 @@ class WeightStore:
         """The newest published version (-1 before the first); a cheap check, not a consistent read."""
         return self.header().version
 
-    def read(self, timeout_s: float = 1.0) -> tuple[layout.StoreHeader, dict[str, np.ndarray | SparseTensor]] | None:
+    def read(self, timeout_s: float = 1.0) -> tuple[layout.StoreHeader, Version] | None:
         """A consistent copy of the active slot, or None if nothing was published yet.
 
         Tries at least once; retries while the writer moves underneath, up to `timeout_s`.
