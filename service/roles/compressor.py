@@ -1,11 +1,13 @@
 """The compressor: prunes the trainer's newest snapshot and publishes it to the workers.
 
-For each snapshot (older queued ones are dropped, each logged): when a compression step is due
+For each snapshot (older queued ones are dropped, each logged; in both-pruned mode its masked weights
+come as kept values + bitmaps, rebuilt here): when a compression step is due
 (hotprune.pruning.schedule: due from its epoch on, never skipped), compute new masks, nested in the current
 ones (hotprune.pruning.engine); otherwise keep the current ones. Apply them, write the result into the weight
-store, announce `weights_ready`, and report each compression to the trainer on the masks channel
-(with the masks themselves in both-pruned mode; `failed` when the criterion could not rank). Before
-the first compression, weights pass through unchanged: every policy update reaches the workers.
+store (masked weights as kept values + bitmap where that halves their bytes: `stored`), announce
+`weights_ready`, and report each compression to the trainer on the masks channel (with the masks
+themselves in both-pruned mode; `failed` when the criterion could not rank). Before the first
+compression, weights pass through unchanged: every policy update reaches the workers.
 
 A restarted compressor (`--resume`) takes up the masks of the run's last compression from
 masks.safetensors (written after every compression), counts the steps up to its due epoch as done, and
@@ -36,7 +38,8 @@ from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn
     prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
-from hotprune.protocol.store_layout import segment_name
+from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor, worth_sparse
+from hotprune.protocol.store_layout import payload_size, segment_name
 from hotprune.runs.rundir import store_slot_size
 from hotprune.comms.weight_store import StoreError, WeightStore
 
@@ -105,6 +108,8 @@ class Compressor:
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = self.last_epoch = -1
         self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
+        self.codes: tuple[Masks | None, dict[str, SparseCode]] = (None, {})  # masks -> the sparse ones' codes
+        self.snapshot_codes = Codes()  # the masks of the trainer's sparse snapshot weights
         self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
         # The newest trainer_start seen in a snapshot; a resumed compressor takes the first it sees.
         self.trainer_start: int | None = None if resume else 0
@@ -156,7 +161,7 @@ class Compressor:
                 if msg.kind == "control":
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
-                check_tensors(msg.tensors, self._expected_tensors(msg.tensors))
+                check_tensors(msg.tensors, self._expected_tensors(msg.tensors), sparse=self.weight_spec)
                 if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
                     raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
                 self._check_fields(msg.fields)
@@ -218,7 +223,7 @@ class Compressor:
     def handle(self, msg: Message) -> None:
         f, p = msg.fields, self.cfg.pruning
         version, epoch = f["version"], f["epoch"]
-        weights = {n: msg.tensors[n] for n in self.weight_spec}
+        weights = self.snapshot_codes.dense({n: msg.tensors[n] for n in self.weight_spec})
         masks_version = f["masks_version"]
         self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
                       masks_version=masks_version, pruned_nonzero=self._pruned_nonzero(weights, masks_version),
@@ -247,8 +252,10 @@ class Compressor:
                           achieved_sparsity=stats["unit_sparsity"] if self.masks.units else held,
                           weight_sparsity=held, drop_fraction=step.fraction, **stats, **outcome,
                           structure_changed=structure_changed)
-        slot, nbytes, _ = self.store.publish(out, version)
-        self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
+        stored = self.stored(out)
+        slot, nbytes, _ = self.store.publish(stored, version)
+        self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes,
+                      dense_nbytes=nbytes if stored is out else payload_size(out), sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
         self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
                                    "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
@@ -265,6 +272,19 @@ class Compressor:
             if not failed:
                 self.last_report = (fields, tensors)
         self.last_version, self.last_epoch = version, epoch
+
+    def stored(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray | SparseTensor]:
+        """The version as the store holds it: each masked weight as its kept values and its mask's bitmap
+        where that takes at most half its dense bytes (hotprune.protocol.sparse's rule), the rest dense.
+        Neuron and channel structure publish sliced dense tensors, in which every entry left is kept."""
+        masks = self.masks
+        if masks is None or masks.units is not None:
+            return out
+        if self.codes[0] is not masks:  # once per mask: its bitmap and kept indices
+            self.codes = (masks, {n: SparseCode.of_mask(m) for n, m in masks.elements.items()
+                                  if worth_sparse(m.size, int(np.count_nonzero(m)), out[n].dtype.itemsize)})
+        codes = self.codes[1]
+        return {n: codes[n].sparse(w) if n in codes else w for n, w in out.items()}
 
     def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
         self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)

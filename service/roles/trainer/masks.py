@@ -4,6 +4,7 @@
   (hotprune.roles.trainer.mask_intake), and with method fixed the mask file's from the start (PPO's critic's
   too: one optimizer, the same hooks); kept exactly zero by hotprune.learning.training_masks.TrainingMasks.
 - The gradient statistics a criterion ranks by (taylor, gradient), shipped with every snapshot.
+- The snapshot's masked weights as kept values + bitmaps (`kept`), in both-pruned mode.
 - With `pruning.targets` "critic" (SAC, both pruned) or a ticket's critic masks, the critics' own masks
   (hotprune.learning.critic_masks), pruned at a schedule step's sparsity once trained through its epoch;
   never sent anywhere.
@@ -25,6 +26,7 @@ from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
 from hotprune.protocol.codec import GRAD_PREFIX
+from hotprune.protocol.sparse import SparseCode, SparseTensor, worth_sparse
 from hotprune.pruning.dynamic import pruner_for
 from hotprune.pruning.engine import CompressionFailed, Masks, masked_stats, masks_sparsity, prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule
@@ -57,6 +59,7 @@ class TrainerMasks:
         self.critics = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, p, cfg.seed) \
             if ("critic" in p.targets and pruner) or fixed_critics else None
         self.critic_masks_epoch = -1  # the newest schedule step the critics were pruned for
+        self.codes: tuple[int | None, dict[str, SparseCode]] = (None, {})  # masks version -> its sparse weights' codes
         self.value_networks = learner.value_networks
         if self.fixed:
             self.training.apply(fixed)
@@ -96,6 +99,17 @@ class TrainerMasks:
     def stats(self) -> dict:
         """The masks in force, layer by layer (hotprune.pruning.engine.masked_stats)."""
         return masked_stats(Masks(self.training.keep_masks()), self.weight_spec, self.sparsity_names)
+
+    def kept(self, tensors: dict[str, np.ndarray], masks_version: int) -> dict[str, SparseTensor]:
+        """Both-pruned mode: the snapshot's weights these masks prune, as kept values + bitmap where that
+        halves their bytes (hotprune.protocol.sparse's rule). Each snapshot carries its bitmaps (1/32 of
+        the dense bytes), so the compressor reads any one whole: one after dropped ones, a restarted
+        compressor, one resuming a restarted trainer. The codes are made once per masks version."""
+        if self.codes[0] != masks_version:
+            keep = {n: m for n, m in self.training.keep_masks().items() if n in self.weight_spec}
+            self.codes = (masks_version, {n: SparseCode.of_mask(m) for n, m in keep.items()
+                                          if worth_sparse(m.size, int(np.count_nonzero(m)), tensors[n].dtype.itemsize)})
+        return {n: code.sparse(tensors[n]) for n, code in self.codes[1].items()}
 
     def gradients(self) -> dict[str, torch.Tensor]:
         """The gradient statistics a snapshot carries (`grad:<name>`), on the learner's device; none without a

@@ -204,6 +204,7 @@ class Trainer:
         """The snapshot of `epoch`: `snapshot`'s tensors (None: copied now), and the distillation sample when
         the compressor distils."""
         tensors = (snapshot or self.snapshot()).arrays() | (self.distill.tensors() if self.distill else {})
+        tensors |= self.masks.kept(tensors, self.intake.applied_masks_version)  # masked weights: kept values + bitmaps
         fields = {"version": self.position.version, "epoch": epoch, "training_sparsity": training_sparsity,
                   "masks_version": self.intake.applied_masks_version, "trainer_start": self.position.trainer_start}
         self.publisher.publish(fields, tensors, compression_scheduled=self.schedule.is_step(epoch),
