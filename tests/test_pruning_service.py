@@ -13,6 +13,7 @@ import zmq
 
 from hotprune.protocol.codec import decode
 from hotprune.protocol.endpoints import endpoints
+from hotprune.protocol.sparse import densified
 from hotprune.pruning.engine import prunable_names
 from tests.servicekit import assert_clean, events, hotprune, of, settings
 
@@ -24,7 +25,8 @@ def summary(run_dir) -> dict:
 
 
 def run_listening(tmp_path, run_id: str, *extra: str) -> list:
-    """`hotprune run` to its end, and every snapshot the trainer published, heard on a SUB socket of our own."""
+    """`hotprune run` to its end, and every snapshot the trainer published, heard on a SUB socket of our own
+    (its tensors dense)."""
     ctx = zmq.Context()
     listener = ctx.socket(zmq.SUB)
     listener.rcvhwm = 0  # keep every snapshot until read
@@ -37,6 +39,7 @@ def run_listening(tmp_path, run_id: str, *extra: str) -> list:
         while listener.poll(0):
             msg = decode(listener.recv_multipart(), run_id=run_id)
             if msg.kind == "snapshot":
+                msg.tensors = densified(msg.tensors)  # masked weights come as kept values + bitmaps
                 snapshots.append(msg)
         return snapshots
     finally:
