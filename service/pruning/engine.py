@@ -206,7 +206,7 @@ def _select_one(scores: Mapping[str, np.ndarray], k: int, previous: Mapping[str,
         previous = None  # folded into the keys as -inf
     # Only the items still standing are ranked: the selection runs over them alone, not over the whole
     # model with the pruned ones at -inf (a partition slows down 100x on that many equal keys).
-    pruned = pinned_low = pinned_high = 0  # pruned before; -inf (pruned first); +inf (never pruned)
+    pruned = pinned_low = 0  # pruned before; at -inf (pruned first). Items at +inf are never pruned.
     live = []
     for n in names:
         x = scores[n]
@@ -215,12 +215,11 @@ def _select_one(scores: Mapping[str, np.ndarray], k: int, previous: Mapping[str,
             x = np.compress(previous[n], x)  # compress, not x[mask]: 20x faster on a random mask here
         if x.size and (x.min() == -np.inf or x.max() == np.inf):  # covered()'s protected weights, min_keep
             pinned_low += int(np.count_nonzero(x == -np.inf))
-            pinned_high += int(np.count_nonzero(x == np.inf))
             x = np.compress(np.isfinite(x), x)
         live.append(x)
     live = np.concatenate(live) if len(live) > 1 else live[0]  # in position order across layers
     already = pruned + pinned_low
-    k = min(max(k, already), already + live.size)  # the +inf items stay
+    k = min(max(k, already), already + live.size)
     take = k - already  # the lowest-scored standing items to prune now
     if take and live.size > 1 and live.min() == live.max():
         raise CompressionFailed(f"all {live.size} candidate scores are equal ({live[0]:g}): nothing to rank by")
