@@ -58,6 +58,19 @@ class LoopbackCluster:
         """The nodes' Ray node ids (hex), head first."""
         return [node.node_id for node in self.nodes]
 
+    def node_of(self, pid: int) -> Any:
+        """The node whose raylet started process `pid` (a Ray worker, or anything a worker started), or None."""
+        raylets = {node.all_processes["raylet"][0].process.pid: node for node in self.nodes}
+        while pid > 1:
+            if pid in raylets:
+                return raylets[pid]
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return None
+            pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        return None
+
     def add_node(self, cpus: int, **node_args) -> Any:
         """One more node (the custom resource `node<i>`, i its index), started and registered."""
         node = self.cluster.add_node(node_ip_address=LOOPBACK, num_cpus=cpus, object_store_memory=NODE_MEMORY,

@@ -9,6 +9,7 @@ import io
 import sys
 import tarfile
 import tempfile
+import threading
 import tomllib
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hotprune.commands import experiments, ray_grid
 from hotprune.config import ConfigError
 from hotprune.runs import private
 from hotprune.runs.runlog import load
-from tests.servicekit import SMALL, run_cli
+from tests.servicekit import SMALL, alive, logged, processes_mentioning, run_cli, wait_for
 
 GRID = """# two variants, one seed: one cell per node
 seeds = [1]
@@ -91,6 +92,47 @@ def test_a_finished_grid_run_again_on_the_cluster_runs_nothing(cluster, grid):
         f"{n} seed 1: done already ({root / 'pruning_two' / n / 's1'})" for n in NAMES]
     assert not [line for line in lines if "ran on Ray node" in line or "exit" in line]
     assert {p: p.stat().st_mtime_ns for p in (root / "pruning_two").rglob("*.jsonl")} == before
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_cell_whose_node_is_lost_runs_again_on_another_and_its_first_run_stops(cluster, tmp_path_factory):
+    """--ray-shared too: the cells write on a path every node sees and the run is moved into the grid. The
+    head is kept busy, so that the cell starts on a node this test can take away."""
+    import ray
+
+    cluster.add_node(2)
+    cluster.connect()  # this process as the driver: the grid uses its connection
+    hold = ray.remote(num_cpus=2, resources={"node0": 1})(Hold).remote()
+    ray.get(hold.ping.remote())
+    tmp_path = tmp_path_factory.mktemp("lost")  # short: the run's ipc socket paths are within 107 bytes
+    (tmp_path / "two.toml").write_text(GRID)
+    shared, root, lines, outcome = tmp_path / "shared", tmp_path / "root", [], []
+    staging = shared / "pruning_two" / "both_pruned" / "s1"
+    grid = threading.Thread(target=lambda: outcome.append(hotprune_api.experiments(
+        grid=tmp_path / "two.toml", settings=[*SMALL, "epochs=5"], root=root, log=lines.append, ray=cluster.address,
+        ray_shared=shared, variants=["both_pruned"])))
+    grid.start()
+    wait_for(lambda: logged(staging, "trainer", "epoch") or not grid.is_alive(), timeout=120, what="the first epoch")
+    assert grid.is_alive(), (lines, outcome)  # the cell has not failed
+    first = processes_mentioning(str(staging.parent))  # the run and its processes
+    lost = cluster.node_of(first[0])
+    assert lost is not None and lost is not cluster.nodes[0]
+    cluster.remove_node(lost)  # its raylet and Ray workers SIGKILLed, as when a machine goes
+    wait_for(lambda: not any(alive(pid) for pid in first), timeout=30, what="the lost node's run to stop")
+    grid.join(timeout=300)
+    assert not grid.is_alive() and outcome[0].failed == 0, lines
+    run_dir = root / "pruning_two" / "both_pruned" / "s1"
+    assert load(run_dir).summary["completed"] and not staging.exists()
+    assert list(staging.parent.glob("s1.failed-*")), "the lost run's directory, set aside"
+    ran = [line for line in lines if "ran on Ray node" in line]  # once, on a node still there
+    assert len(ran) == 1 and ran[0].endswith(f"(moved here from {staging})") and lost.node_id not in ran[0], lines
+    ray.kill(hold)
+
+
+class Hold:
+    def ping(self) -> int:
+        return 1
 
 
 # --- without a cluster ------------------------------------------------------------------------------
