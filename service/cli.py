@@ -211,8 +211,8 @@ def _main(argv: list[str]) -> int:
                       help="run the cells as tasks on this Ray cluster (the ray extra); their run directories "
                            "come back here (docs/experiments.md)")
     grid.add_argument("--ray-shared", type=Path, metavar="PATH",
-                      help="with --ray: a directory every node sees at this path; the cells write there and "
-                           "nothing travels (a --root under it: the runs are written in place)")
+                      help="with --ray: a directory every node sees at this path; the cells write there instead "
+                           "of sending their run directories back (a --root under it: the runs stay in place)")
     sub.add_parser("keys", help="write a new CURVE key set (server and client key pairs) into DIR, for tcp runs "
                    "whose processes share it: copy DIR to each host's <run_dir>/keys").add_argument("dir", type=Path)
     lth = _lth_parsers(sub)
