@@ -5,6 +5,7 @@ unpacked (nothing outside its run directory, no link) and what is refused before
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 import tarfile
@@ -18,7 +19,7 @@ import pytest
 from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
 import hotprune as hotprune_api
 from hotprune.commands import experiments, ray_grid
-from hotprune.config import ConfigError
+from hotprune.config import Config, ConfigError
 from hotprune.runs import private
 from hotprune.runs.runlog import load
 from tests.servicekit import SMALL, alive, logged, processes_mentioning, run_cli, wait_for
@@ -211,3 +212,11 @@ def test_a_cell_reserves_a_cpu_for_every_two_of_its_processes():
     assert ray_grid.resources(load_config(None, []))["num_cpus"] == experiments.CORES_PER_RUN  # 4 processes
     assert ray_grid.resources(load_config(None, ["num_workers=1"]))["num_cpus"] == 2  # 3: rounded up
     assert ray_grid.resources(load_config(None, ["num_workers=6"]))["num_cpus"] == 4
+
+
+@pytest.mark.skipif("device" not in {f.name for f in dataclasses.fields(Config)}, reason="no device setting yet")
+def test_a_cell_on_cuda_reserves_a_gpu_and_one_on_auto_or_cpu_none():
+    from hotprune.config import load_config
+
+    assert [ray_grid.resources(load_config(None, [f"device={d}"]))["num_gpus"] for d in ("cuda", "auto", "cpu")] \
+        == [1, 0, 0]

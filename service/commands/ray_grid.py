@@ -46,9 +46,13 @@ EXTRA = "pip install 'hotprune[ray]'"
 
 def resources(cfg: Config) -> dict:
     """What a cell's task reserves on its node: a CPU per PROCESSES_PER_CPU of its run's processes
-    (trainer, compressor and num_workers workers), rounded up; a GPU when its trainer runs on one."""
+    (trainer, compressor and num_workers workers), rounded up; a GPU when its run says device = "cuda"
+    (Ray then shows it that GPU alone). "auto" reserves none: such a run uses its node's GPU if it has
+    one, unreserved (Ray leaves CUDA_VISIBLE_DEVICES alone for a task of no GPU)."""
     processes = 2 + cfg.num_workers
-    return {"num_cpus": math.ceil(processes / PROCESSES_PER_CPU), "num_gpus": 0}
+    # getattr: the device setting comes with issue 21's item 5 (branch `device`); without it, every run is on cpu
+    gpus = 1 if getattr(cfg, "device", "cpu") == "cuda" else 0
+    return {"num_cpus": math.ceil(processes / PROCESSES_PER_CPU), "num_gpus": gpus}
 
 
 def run_cell(settings: list[str], name: str, staging: str | None) -> tuple[int, bytes | None, str]:
