@@ -37,17 +37,8 @@ from tests import raykit  # noqa: E402 -- before ray is imported: the cluster st
 import benchkit  # noqa: E402
 import hotprune  # noqa: E402
 from tests.servicekit import SMALL  # noqa: E402
+from tests.test_experiments import GRID  # noqa: E402 -- both pruned and dense, seeds 1 and 2
 
-GRID = """seeds = [1, 2]
-
-[[variant]]
-name = "both_pruned"
-settings = {}
-
-[[variant]]
-name = "dense"
-settings = {pruning.method = "none"}
-"""
 SYSTEMS = [("here", 1), ("ray", 1), ("ray", 2)]
 
 

@@ -19,23 +19,13 @@ import pytest
 from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
 import hotprune as hotprune_api
 from hotprune.commands import experiments, ray_grid
-from hotprune.config import Config, ConfigError
+from hotprune.config import Config, ConfigError, load_config
 from hotprune.runs import private
 from hotprune.runs.runlog import load
 from tests.servicekit import SMALL, alive, logged, processes_mentioning, run_cli, wait_for
+from tests.test_experiments import GRID, NAMES
 
-GRID = """# two variants, one seed: one cell per node
-seeds = [1]
-
-[[variant]]
-name = "both_pruned"
-settings = {}
-
-[[variant]]
-name = "dense"
-settings = {pruning.method = "none"}
-"""
-NAMES = ["both_pruned", "dense"]
+SEEDS = [1]  # of the grid of test_experiments (two variants): a cell per node
 TINY = [*SMALL, "epochs=3"]
 
 
@@ -51,8 +41,8 @@ def grid(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("raygrid")
     (root / "two.toml").write_text(GRID)
     lines = []
-    result = hotprune_api.experiments(grid=root / "two.toml", settings=TINY, root=root, jobs=2, log=lines.append,
-                                      ray=cluster.address)
+    result = hotprune_api.experiments(grid=root / "two.toml", seeds=SEEDS, settings=TINY, root=root, jobs=2,
+                                      log=lines.append, ray=cluster.address)
     return root, result, lines
 
 
@@ -86,8 +76,8 @@ def test_a_finished_grid_run_again_on_the_cluster_runs_nothing(cluster, grid):
     root, _, _ = grid
     before = {p: p.stat().st_mtime_ns for p in (root / "pruning_two").rglob("*.jsonl")}
     lines = []
-    result = hotprune_api.experiments(grid=root / "two.toml", settings=TINY, root=root, log=lines.append,
-                                      ray=cluster.address)
+    result = hotprune_api.experiments(grid=root / "two.toml", seeds=SEEDS, settings=TINY, root=root,
+                                      log=lines.append, ray=cluster.address)
     assert result.failed == 0 and [r["seeds"] for r in result.rows] == [1, 1]
     assert [line for line in lines if "done already" in line] == [
         f"{n} seed 1: done already ({root / 'pruning_two' / n / 's1'})" for n in NAMES]
@@ -111,8 +101,8 @@ def test_a_cell_whose_node_is_lost_runs_again_on_another_and_its_first_run_stops
     shared, root, lines, outcome = tmp_path / "shared", tmp_path / "root", [], []
     staging = shared / "pruning_two" / "both_pruned" / "s1"
     grid = threading.Thread(target=lambda: outcome.append(hotprune_api.experiments(
-        grid=tmp_path / "two.toml", settings=[*SMALL, "epochs=5"], root=root, log=lines.append, ray=cluster.address,
-        ray_shared=shared, variants=["both_pruned"])))
+        grid=tmp_path / "two.toml", seeds=SEEDS, settings=[*SMALL, "epochs=5"], root=root, log=lines.append,
+        ray=cluster.address, ray_shared=shared, variants=["both_pruned"])))
     grid.start()
     wait_for(lambda: logged(staging, "trainer", "epoch") or not grid.is_alive(), timeout=120, what="the first epoch")
     assert grid.is_alive(), (lines, outcome)  # the cell has not failed
@@ -207,8 +197,6 @@ def test_an_archive_with_anything_outside_its_run_directory_or_a_link_is_refused
 
 
 def test_a_cell_reserves_a_cpu_for_every_two_of_its_processes():
-    from hotprune.config import load_config
-
     assert ray_grid.resources(load_config(None, []))["num_cpus"] == experiments.CORES_PER_RUN  # 4 processes
     assert ray_grid.resources(load_config(None, ["num_workers=1"]))["num_cpus"] == 2  # 3: rounded up
     assert ray_grid.resources(load_config(None, ["num_workers=6"]))["num_cpus"] == 4
@@ -216,7 +204,5 @@ def test_a_cell_reserves_a_cpu_for_every_two_of_its_processes():
 
 @pytest.mark.skipif("device" not in {f.name for f in dataclasses.fields(Config)}, reason="no device setting yet")
 def test_a_cell_on_cuda_reserves_a_gpu_and_one_on_auto_or_cpu_none():
-    from hotprune.config import load_config
-
     assert [ray_grid.resources(load_config(None, [f"device={d}"]))["num_gpus"] for d in ("cuda", "auto", "cpu")] \
         == [1, 0, 0]
