@@ -136,6 +136,16 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch)
     assert "--ray needs Ray, an optional extra: pip install 'hotprune[ray]'" in err
 
 
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:1", "--ray 127.0.0.1:1: no Ray cluster answers there (Connection refused)"),
+    ("head", "--ray takes a cluster head's HOST:PORT (or ray://HOST:PORT, or auto), got 'head'"),
+])
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(tmp_path, capsys, address, message):
+    pytest.importorskip("ray")
+    code, out, err = run_cli(capsys, "experiments", "--experiment", "basic", "--root", str(tmp_path), "--ray", address)
+    assert code == 2 and not out and err.count("\n") == 1 and message in err, err
+
+
 def test_a_grid_reading_its_own_directory_needs_its_root_under_the_shared_path(tmp_path):
     with pytest.raises(ConfigError, match=r"grid lth has runs that read files of its own directory \(\{base\}\)"):
         hotprune_api.experiments("lth", root=tmp_path, ray="127.0.0.1:1")  # refused before connecting

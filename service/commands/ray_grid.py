@@ -27,6 +27,7 @@ import io
 import logging
 import math
 import shutil
+import socket
 import tarfile
 import tempfile
 import threading
@@ -42,6 +43,7 @@ PROCESSES_PER_CPU = 2  # a run's processes take turns: the default run's four (t
 CELL_RETRIES = 3  # runs of a cell whose node (or Ray worker) was lost before it ended
 NOT_BACK = -1  # the exit code of a cell whose run did not come back (no result from Ray, an unsafe archive)
 EXTRA = "pip install 'hotprune[ray]'"
+CONNECT_TIMEOUT_S = 5.0
 
 
 def resources(cfg: Config) -> dict:
@@ -117,6 +119,20 @@ def unpack(archive: bytes, run_dir: Path) -> None:
         shutil.rmtree(incoming, ignore_errors=True)
 
 
+def _answers(address: str) -> None:
+    """Refuse, in one line and at once, an address (HOST:PORT, or ray://HOST:PORT) where nothing listens:
+    ray.init would retry it for minutes. "auto" is Ray's to find."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray takes a cluster head's HOST:PORT (or ray://HOST:PORT, or auto), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
 class RayCells:
     """A grid's cells as Ray tasks (experiments.Here's three members: most_jobs, run, cancel); a context
     that connects to the cluster at `address` ("auto": the one this machine is part of) unless this
@@ -140,6 +156,7 @@ class RayCells:
             raise ConfigError(f"--ray needs Ray, an optional extra: {EXTRA}") from None
         self._ray = ray
         if not ray.is_initialized():
+            _answers(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as exc:
