@@ -12,7 +12,7 @@ The cluster is started once (tests/raykit.py: both nodes on 127.0.0.1 of this ma
 reported apart) and each grid runs in a fresh root. On one 2-core machine the nodes share its cores: this
 measures what Ray adds, not what more machines give. The load average is recorded before and after each grid.
 
-    python scripts/bench_grid.py [--repeats N] [--epochs E]
+    python scripts/bench_grid.py [--repeats N] [--epochs E] [--quick]
 
 Results: benchmarks/grid.json and benchmarks/grid.md.
 """
@@ -64,7 +64,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one repeat of 2-epoch runs")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.epochs = 1, 2
     benchkit.one_thread()
     rows = []
     t0 = time.monotonic()
