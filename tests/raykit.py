@@ -54,6 +54,13 @@ class LoopbackCluster:
         ray.init(address=self.address, _node_ip_address=LOOPBACK, log_to_driver=False)
         self.connected = True
 
+    def disconnect(self) -> None:
+        """This process no longer the cluster's driver (the cluster goes on)."""
+        import ray
+
+        ray.shutdown()
+        self.connected = False
+
     def node_ids(self) -> list[str]:
         """The nodes' Ray node ids (hex), head first."""
         return [node.node_id for node in self.nodes]

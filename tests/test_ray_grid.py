@@ -94,9 +94,18 @@ def test_a_cell_whose_node_is_lost_runs_again_on_another_and_its_first_run_stops
 
     cluster.add_node(2)
     cluster.connect()  # this process as the driver: the grid uses its connection
-    hold = ray.remote(num_cpus=2, resources={"node0": 1})(Hold).remote()
-    ray.get(hold.ping.remote())
-    tmp_path = tmp_path_factory.mktemp("lost")  # short: the run's ipc socket paths are within 107 bytes
+    try:
+        hold = ray.remote(num_cpus=2, resources={"node0": 1})(Hold).remote()
+        ray.get(hold.ping.remote())
+        with pytest.raises(ConfigError, match=f"--ray 127.0.0.1:1: this process is connected to the Ray cluster at "
+                                              f"{cluster.address}"):  # a driver joins one cluster
+            hotprune_api.experiments("basic", root=tmp_path_factory.mktemp("other"), ray="127.0.0.1:1")
+        _lose_a_node(cluster, tmp_path_factory.mktemp("lost"))  # short: ipc socket paths are within 107 bytes
+    finally:
+        cluster.disconnect()
+
+
+def _lose_a_node(cluster, tmp_path: Path) -> None:
     (tmp_path / "two.toml").write_text(GRID)
     shared, root, lines, outcome = tmp_path / "shared", tmp_path / "root", [], []
     staging = shared / "pruning_two" / "both_pruned" / "s1"
@@ -118,7 +127,6 @@ def test_a_cell_whose_node_is_lost_runs_again_on_another_and_its_first_run_stops
     assert list(staging.parent.glob("s1.failed-*")), "the lost run's directory, set aside"
     ran = [line for line in lines if "ran on Ray node" in line]  # once, on a node still there
     assert len(ran) == 1 and ran[0].endswith(f"(moved here from {staging})") and lost.node_id not in ran[0], lines
-    ray.kill(hold)
 
 
 class Hold:

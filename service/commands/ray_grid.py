@@ -135,8 +135,8 @@ def _answers(address: str) -> None:
 
 class RayCells:
     """A grid's cells as Ray tasks (experiments.Here's three members: most_jobs, run, cancel); a context
-    that connects to the cluster at `address` ("auto": the one this machine is part of) unless this
-    process is connected to one already, and disconnects what it connected."""
+    that connects to the cluster at `address` ("auto": the one this machine is part of), or uses this
+    process's connection to it (or, with "auto", to any cluster), and disconnects what it connected."""
 
     def __init__(self, address: str, shared: Path | None, grid: Grid, root: Path, log):
         self.address, self.root, self.log = address, root, log
@@ -155,7 +155,11 @@ class RayCells:
         except ImportError:
             raise ConfigError(f"--ray needs Ray, an optional extra: {EXTRA}") from None
         self._ray = ray
-        if not ray.is_initialized():
+        if ray.is_initialized():  # this process is some cluster's driver already (the Python API): that one
+            joined = ray.get_runtime_context().gcs_address
+            if self.address not in ("auto", joined):
+                raise ConfigError(f"--ray {self.address}: this process is connected to the Ray cluster at {joined}")
+        else:
             _answers(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
