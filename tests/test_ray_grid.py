@@ -5,7 +5,6 @@ unpacked (nothing outside its run directory, no link) and what is refused before
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import sys
 import tarfile
@@ -19,7 +18,7 @@ import pytest
 from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
 import hotprune as hotprune_api
 from hotprune.commands import experiments, ray_grid
-from hotprune.config import Config, ConfigError, load_config
+from hotprune.config import ConfigError, load_config
 from hotprune.runs import private
 from hotprune.runs.runlog import load
 from tests.servicekit import SMALL, alive, logged, processes_mentioning, run_cli, wait_for
@@ -220,7 +219,6 @@ def test_a_cell_reserves_a_cpu_for_every_two_of_its_processes():
     assert ray_grid.resources(load_config(None, ["num_workers=6"]))["num_cpus"] == 4
 
 
-@pytest.mark.skipif("device" not in {f.name for f in dataclasses.fields(Config)}, reason="no device setting yet")
 def test_a_cell_on_cuda_reserves_a_gpu_and_one_on_auto_or_cpu_none():
     assert [ray_grid.resources(load_config(None, [f"device={d}"]))["num_gpus"] for d in ("cuda", "auto", "cpu")] \
         == [1, 0, 0]

@@ -52,9 +52,7 @@ def resources(cfg: Config) -> dict:
     (Ray then shows it that GPU alone). "auto" reserves none: such a run uses its node's GPU if it has
     one, unreserved (Ray leaves CUDA_VISIBLE_DEVICES alone for a task of no GPU)."""
     processes = 2 + cfg.num_workers
-    # getattr: the device setting comes with issue 21's item 5 (branch `device`); without it, every run is on cpu
-    gpus = 1 if getattr(cfg, "device", "cpu") == "cuda" else 0
-    return {"num_cpus": math.ceil(processes / PROCESSES_PER_CPU), "num_gpus": gpus}
+    return {"num_cpus": math.ceil(processes / PROCESSES_PER_CPU), "num_gpus": 1 if cfg.device == "cuda" else 0}
 
 
 def run_cell(settings: list[str], name: str, staging: str | None) -> tuple[int, bytes | None, str]:

@@ -31,9 +31,13 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("gradient", "g", True, lambda w, g: g),
     )
 }
+# Dynamic sparse training (hotprune.pruning.dynamic): masks at a constant sparsity from the first compression on,
+# whose smallest |w| are dropped at every update and as many pruned positions regrown: at random (SET, Mocanu
+# et al. 2018) or where g is largest (RigL, Evci et al. 2020)
+DYNAMIC = ("set", "rigl")
 # `none`: the dense baseline, nothing pruned; `fixed`: the masks of a file from the first step on
 # (pruning.mask_file: a lottery ticket), never changed, no schedule
-METHODS = ("none", "fixed", *CRITERIA)
+METHODS = ("none", "fixed", *CRITERIA, *DYNAMIC)
 # What a structure removes whole: the output units of its hidden layers of these kinds (hotprune.actor_spec.Layer);
 # none for `weight`, which removes single weights. `channel` is `neuron` plus the conv layers' output channels
 # (filters); on an MLP the two are the same.

@@ -38,6 +38,7 @@ import numpy as np
 
 from hotprune.pruning.coverage import covered
 from hotprune.pruning.criteria import CRITERIA, STRUCTURES
+from hotprune.pruning.schedule import Step
 from hotprune.actor_spec import Layer, layer_chain, layer_weight_names
 
 Spec = Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
@@ -120,6 +121,12 @@ class Pruner:
 
     def mask_names(self) -> list[str]:
         return mask_names(self.chain, self.structure, self.scored)
+
+    def at_step(self, step: Step, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray] | None = None,
+                previous: Masks | None = None) -> Masks:
+        """The masks of a schedule step (hotprune.pruning.schedule): `compute` at its sparsity here; an update
+        of `previous` in dynamic sparse training (hotprune.pruning.dynamic.DynamicPruner)."""
+        return self.compute(weights, step.sparsity, grads, previous)
 
     def compute(self, weights: Mapping[str, np.ndarray], sparsity: float, grads: Mapping[str, np.ndarray] | None = None,
                 previous: Masks | None = None) -> Masks:
@@ -340,6 +347,14 @@ def sparsity_of_counts(nonzero: Mapping[str, int], dense: Spec, names: Sequence[
     return 1 - sum(nonzero[n] for n in names) / total if total else 0.0
 
 
+def masks_sparsity(masks: Masks | None, dense: Spec, names: Sequence[str]) -> float:
+    """The fraction of the named tensors' dense positions the masks prune: the sparsity they hold the weights
+    at, whatever zeros the kept weights have besides (a weight regrown at zero, or a kept weight exactly 0)."""
+    elements = masks.elements if masks is not None else {}
+    return sparsity_of_counts({n: int(np.count_nonzero(elements[n])) if n in elements else int(np.prod(dense[n][1]))
+                               for n in names}, dense, names)
+
+
 def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:
     """What a compression leaves: per layer of `names` its sparsity and kept / total weights, the
     whole model's kept / total parameters (every tensor: weights, biases, log std), and for `neuron`
@@ -382,15 +397,3 @@ def churn(previous: Masks | None, new: Masks) -> tuple[int, int]:
         changed += int(np.count_nonzero(old != m))
         revived += int(np.count_nonzero(~old & m))
     return changed, revived
-
-
-def pruner_for(spec: Spec, p, critic: bool = False) -> Pruner | None:
-    """The run's pruner (p: the config's `pruning` section) of its actor, or of a SAC `critic`: with
-    p.critic_distribution erk and weight structure, each critic layer pruned to its ERK share; None for
-    the dense baseline."""
-    if p.method not in CRITERIA:  # none, fixed: nothing to compute
-        return None
-    erk = critic and p.critic_distribution == "erk" and p.structure == "weight"
-    return Pruner(spec, method=p.method, structure=p.structure, scope="layer" if erk else p.scope,
-                  distribution="erk" if erk else p.distribution, prune_output_layer=p.prune_output_layer,
-                  regrow=p.regrow, min_weights_per_input=p.min_weights_per_input)
