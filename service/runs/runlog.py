@@ -135,6 +135,7 @@ EVENTS: dict[str | tuple[str, str], dict[str, Kind]] = {
     "masks_sent": {"version": INT, "weight_sparsity": optional(NUM), "tensors": optional(BOOL),
                    "again": optional(BOOL), "failed": optional(BOOL)},
     "policy_saved": {"version": INT, "weight_sparsity": NUM},
+    "relay_wrote": {"version": INT, "nbytes": INT, "node_id": STR},
     "worker_swapped": {"version": INT, "sparsity": NUM, "latency_ms": optional(NUM)},
     "store_waiting": {"worker_id": INT, "waited_s": NUM, "timeout_s": NUM},
     "message_rejected": {"reason": STR},
