@@ -39,14 +39,12 @@ from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn
     pruner_for, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
-from hotprune.comms.publisher import StorePublisher
+from hotprune.comms.publisher import VERSIONS_QUEUE, StorePublisher, VersionFeed
 from hotprune.protocol.store_layout import segment_name
 from hotprune.runs.rundir import store_slot_size
 from hotprune.comms.weight_store import WeightStore
 
 MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned weights are still zero
-# Versions queued for each relay: a relay that falls behind loses the older ones (it wants the newest).
-RELAY_QUEUE = 2
 
 
 class Compressor:
@@ -92,11 +90,11 @@ class Compressor:
         self.security.bind(notify, ep.weights)
         self.encoder = Encoder(cfg.run_id, "compressor")
         self.publisher = StorePublisher(self.store, notify, self.encoder)
-        # XPUB, not PUB: each relay's subscription reaches us (verbose: every one, not only the first
-        # of a topic), and is answered with the newest version; a relay never waits for the next epoch.
-        self.relays = socket(self.ctx, zmq.XPUB, hwm=RELAY_QUEUE)
-        self.relays.xpub_verbose = True
-        self.security.bind(self.relays, ep.versions)
+        # XPUB, not PUB: each relay's subscription reaches us and is answered with the newest version;
+        # a relay that (re)starts never waits for the next epoch.
+        relays = socket(self.ctx, zmq.XPUB, hwm=VERSIONS_QUEUE)
+        self.relays = VersionFeed(relays, self.encoder)  # verbose before it binds
+        self.security.bind(relays, ep.versions)
 
         fixed = tickets.fixed_masks(cfg)  # method fixed: the file's masks, on every snapshot from the first
         self.masks: Masks | None = fixed.masks if fixed else None
@@ -252,7 +250,7 @@ class Compressor:
                       masked=self.masks is not None, structure_changed=structure_changed)
         self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
                                    "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
-        self.send_version()
+        self.relays.send(out, version, epoch)
         if outcome is not None:
             self.keep_policy(due_epoch=due[0].epoch)
         if due is not None:  # the workers first, then the trainer
@@ -264,20 +262,6 @@ class Compressor:
             if not failed:
                 self.last_report = (fields, tensors)
         self.last_version, self.last_epoch = version, epoch
-
-    def send_version(self) -> None:
-        """The newest version, whole, to every relay subscribed (none: ZeroMQ drops it at once)."""
-        out, fields = self.last_written
-        self.relays.send_multipart(self.encoder.encode("version", {"version": fields["version"],
-                                                                   "epoch": fields["epoch"]}, out), copy=False)
-
-    def answer_relays(self) -> None:
-        """A relay that subscribes has just (re)started: send it the newest version now."""
-        joined = False
-        while self.relays.poll(0):
-            joined |= self.relays.recv()[:1] == b"\x01"  # XPUB: 1 subscribes, 0 unsubscribes
-        if joined and self.last_written is not None:
-            self.send_version()
 
     def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
         self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)
@@ -331,7 +315,7 @@ class Compressor:
         try:
             while self.running():
                 self.heartbeat.beat(version=self.last_version, dropped=self.dropped)
-                self.answer_relays()
+                self.relays.answer()
                 msg = self._newest()
                 if msg is not None:
                     self.handle(msg)
@@ -343,7 +327,7 @@ class Compressor:
             # Pass the stop on to the workers (a run started by hand has no supervisor to do it).
             if self.stopping:
                 self.publisher.stop()
-                self.relays.send_multipart(self.encoder.encode("control", {"command": "stop"}))
+                self.relays.stop()
             # A SUB sends nothing but its subscription, which waits to reconnect to a trainer that
             # has ended: under the linger below it kept the compressor, the run's last process, a second.
             self.snapshots.close(linger=0)
