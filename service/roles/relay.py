@@ -41,15 +41,18 @@ POLL_MS = 100  # the receive loop's wait: how soon a stop or a due heartbeat is 
 
 def check_version(tensors: dict[str, np.ndarray], dense: dict[str, tuple[str, tuple[int, ...]]]) -> None:
     """A version's tensors are the actor's (names, dtypes), each no larger than its dense shape (neuron
-    pruning slices units out), with finite values; MessageRejected says what is not."""
+    pruning slices units out), with finite values; MessageRejected says what is not. A tensor may be
+    kept values and a mask's bitmap (anything with the dense tensor's `dtype` and `shape`, its kept
+    entries in `values`): it is checked the same, and written on as it came."""
     if set(tensors) != set(dense):
         raise MessageRejected(f"tensors {sorted(set(tensors) ^ set(dense))[:3]} are not the actor's")
     for name, (dtype, shape) in dense.items():
-        array = tensors[name]
-        if array.dtype.name != dtype or array.ndim != len(shape) or any(n > d for n, d in zip(array.shape, shape)):
-            raise MessageRejected(f"tensor {name!r} is {array.dtype.name}{list(array.shape)}, "
+        tensor = tensors[name]
+        got = tuple(tensor.shape)
+        if tensor.dtype.name != dtype or len(got) != len(shape) or any(n > d for n, d in zip(got, shape)):
+            raise MessageRejected(f"tensor {name!r} is {tensor.dtype.name}{list(got)}, "
                                   f"not {dtype} within {list(shape)}")
-        if not np.isfinite(array).all():
+        if not np.isfinite(getattr(tensor, "values", tensor)).all():
             raise MessageRejected(f"tensor {name!r} has non-finite values")
 
 
