@@ -243,8 +243,10 @@ def test_a_dead_runs_relay_segment_is_cleaned_up_with_its_own(tmp_path):
 @pytest.mark.slow
 def test_workers_swap_from_the_local_relays_store_and_a_killed_relay_is_restarted(tmp_path):
     """One run, tcp with CURVE, every worker fed by the relay: they swap only versions the relay
-    wrote, and go on swapping those of its replacement after a SIGKILL."""
-    run = ["run", *settings(tmp_path, "relay", "epochs=14", "relay.local=true", "transport.kind=tcp",
+    wrote, and go on swapping those of its replacement after a SIGKILL. In sync mode, so that the run
+    cannot end unless they do: after its share of a version a worker waits for the next in its store,
+    which only a relay writes (its replacement, first, the version it is sent when it subscribes)."""
+    run = ["run", *settings(tmp_path, "relay", "epochs=8", "mode=sync", "relay.local=true", "transport.kind=tcp",
                             f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2")]
     run_dir = tmp_path / "runs" / "relay"
     relay_log = f"relay-{LOCAL_NODE}"
@@ -267,6 +269,8 @@ def test_workers_swap_from_the_local_relays_store_and_a_killed_relay_is_restarte
     assert [e["name"] for e in of(supervisor, "process_restarting")] == [relay_log]
     assert of(supervisor, "run_started")[0]["node_stores"] == [segment_name(run_dir, LOCAL_NODE)]
     by_relay = {e["version"] for e in wrote}
+    written = {e["version"]: e["nbytes"] for e in of(events(run_dir, "compressor"), "weights_written")}
+    assert all(e["nbytes"] == written[e["version"]] for e in wrote)  # the node's store holds what the run's does
     after_kill = {e["version"] for e in wrote if e["pid"] == pids[1]}
     for worker in ("worker-0", "worker-1"):
         lines = events(run_dir, worker)
