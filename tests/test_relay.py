@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import zmq
 
 from hotprune.actor_spec import actor_spec
+from hotprune.commands.diagnose import diagnose
 from hotprune.comms.curve import SocketSecurity
 from hotprune.comms.publisher import VERSIONS_QUEUE, VersionFeed
 from hotprune.comms.weight_store import WeightStore
@@ -29,9 +31,11 @@ from hotprune.protocol.store_layout import MAX_NODE_CHARS, check_node, segment_n
 from hotprune.roles.process import StopFlag, socket
 from hotprune.roles.relay import Relay
 from hotprune.runs import cleanup, rundir
+from hotprune.runs.runlog import load
 from tests.servicekit import assert_clean, events, free_base_port, hotprune, logged, of, settings, wait_for
 
 NODE = "n1"
+RELAYED = "workers on a relay's node run what it wrote"  # the diagnose check
 
 
 class Lines:
@@ -282,3 +286,19 @@ def test_workers_swap_from_the_local_relays_store_and_a_killed_relay_is_restarte
             ("credits", "CURVE"), ("trajectories", "CURVE"), ("node_weights", "NULL")}
     assert not (Path("/dev/shm") / segment_name(run_dir, LOCAL_NODE)).exists()
     assert_clean(run_dir)
+
+    checks = {c.name: c for c in diagnose(load(run_dir))}
+    assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
+    assert "worker-0 on local" in checks[RELAYED].evidence
+    # the same logs, but a worker that ran a version its relay never wrote, and the relay one of nobody's
+    for name, event, version, said in (("worker-1", "worker_swapped", 99, "worker-1 ran v99, which relay-local "
+                                        "never wrote"),
+                                       (relay_log, "relay_wrote", 98, "relay-local wrote v98, which the compressor")):
+        copy = tmp_path / f"forged-{name}"
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("sock"))
+        log = copy / "logs" / f"{name}.jsonl"
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        next(e for e in reversed(lines) if e["event"] == event)["version"] = version
+        log.write_text("".join(json.dumps(e) + "\n" for e in lines))
+        [check] = [c for c in diagnose(load(copy)) if c.name == RELAYED]
+        assert check.status == "FAIL" and said in check.evidence, check
