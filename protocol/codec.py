@@ -2,7 +2,9 @@
 
 The header names every buffer (name, dtype, shape), so a receiver can rebuild numpy arrays without
 copying and without trusting the sender: decoding is strict and bounded, and anything that does not
-fit raises `MessageRejected` with a reason the receiver logs as `message_rejected`.
+fit raises `MessageRejected` with a reason the receiver logs as `message_rejected`. A sparse tensor
+(hotprune.protocol.sparse) is one buffer entry with `kept` added and two frames, its values and its
+bitmap; it arrives as a SparseTensor, checked as the store checks it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import math
 import reprlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import msgpack
 import numpy as np
 
-PROTO_VERSION = 4
+from hotprune.protocol.sparse import SparseTensor, bitmap_bytes, sparse_tensor
+
+PROTO_VERSION = 5  # 5: sparse tensors
 
 # dtypes allowed on the wire; anything else (object arrays above all) is refused.
 WIRE_DTYPES = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool"})
@@ -124,7 +128,8 @@ class Encoder:
         self.sender = sender
         self._seq = 0
 
-    def encode(self, kind: str, fields: Mapping[str, Any], tensors: Mapping[str, np.ndarray] | None = None) -> list:
+    def encode(self, kind: str, fields: Mapping[str, Any],
+               tensors: Mapping[str, np.ndarray | SparseTensor] | None = None) -> list:
         if kind not in KIND_FIELDS:
             raise ValueError(f"unknown message kind {kind!r}")
         clash = set(fields) & set(ENVELOPE_FIELDS)
@@ -133,12 +138,16 @@ class Encoder:
         tensors = tensors or {}
         self._seq += 1
         buffers, frames = [], []
-        for name, array in tensors.items():
-            if array.dtype.name not in WIRE_DTYPES:
-                raise ValueError(f"tensor {name!r} has dtype {array.dtype.name}, not sendable")
-            array = little_endian(array)
-            buffers.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
-            frames.append(array.reshape(-1).view(np.uint8))  # zero-copy, even when empty
+        for name, tensor in tensors.items():
+            if tensor.dtype.name not in WIRE_DTYPES:
+                raise ValueError(f"tensor {name!r} has dtype {tensor.dtype.name}, not sendable")
+            spec = {"name": name, "dtype": tensor.dtype.name, "shape": list(tensor.shape)}
+            arrays = [tensor]
+            if isinstance(tensor, SparseTensor):
+                spec["kept"] = tensor.values.size
+                arrays = [tensor.values, tensor.bitmap]
+            buffers.append(spec)
+            frames += [little_endian(a).reshape(-1).view(np.uint8) for a in arrays]  # zero-copy, even when empty
         header = {
             "proto": PROTO_VERSION,
             "kind": kind,
@@ -193,14 +202,16 @@ def decode(
     _check_fields(header, KIND_FIELDS[kind])
 
     specs = header["buffers"]
-    if len(specs) != len(frames) - 1:
-        raise MessageRejected(f"header lists {len(specs)} buffers but {len(frames) - 1} frames follow")
-    tensors = {}
-    for spec, frame in zip(specs, frames[1:]):
-        name, array = _tensor_from_frame(spec, frame, max_frame_bytes)
+    wanted = sum(2 if isinstance(spec, dict) and "kept" in spec else 1 for spec in specs)
+    if wanted != len(frames) - 1:
+        sparse = f" ({wanted} frames)" if wanted != len(specs) else ""
+        raise MessageRejected(f"header lists {len(specs)} buffers{sparse} but {len(frames) - 1} frames follow")
+    tensors, rest = {}, iter(frames[1:])
+    for spec in specs:
+        name, tensor = _tensor_from_frames(spec, rest, max_frame_bytes)
         if name in tensors:
             raise MessageRejected(f"duplicate buffer {shown(name)}")
-        tensors[name] = array
+        tensors[name] = tensor
 
     fields = {k: v for k, v in header.items() if k not in ENVELOPE_FIELDS}
     return Message(kind, fields, tensors, header["run_id"], header["sender"], header["seq"], header["ts_ns"])
@@ -222,16 +233,33 @@ def _check_fields(header: dict, required: Mapping[str, type | tuple[type, ...]])
             raise MessageRejected(f"field {name!r} is not finite")
 
 
-def _tensor_from_frame(spec: Any, frame: bytes | memoryview, max_frame_bytes: int) -> tuple[str, np.ndarray]:
-    if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+def _tensor_from_frames(spec: Any, frames, max_frame_bytes: int) -> tuple[str, np.ndarray | SparseTensor]:
+    """The tensor of one buffer entry, from the next frame (or two, values and bitmap, for a sparse one)."""
+    if not isinstance(spec, dict) or set(spec) - {"kept"} != {"name", "dtype", "shape"}:
         raise MessageRejected("malformed buffer entry")
+    if "kept" not in spec:
+        return _tensor_from_frame(spec, next(frames), max_frame_bytes)
+    kept, shape = spec["kept"], spec["shape"]
+    if not isinstance(kept, int) or isinstance(kept, bool) or kept < 0:
+        raise MessageRejected(f"buffer {shown(spec['name'])}: bad kept count {shown(kept)}")
+    name, values = _tensor_from_frame({**spec, "shape": [kept]}, next(frames), max_frame_bytes)
+    _check_shape(name, shape)
+    size = math.prod(shape)
+    _, bitmap = _tensor_from_frame({"name": name, "dtype": "uint8", "shape": [bitmap_bytes(size)]}, next(frames),
+                                   max_frame_bytes)
+    try:
+        return name, sparse_tensor(shown(name), values.dtype, shape, values, bitmap)
+    except ValueError as exc:
+        raise MessageRejected(str(exc)) from None
+
+
+def _tensor_from_frame(spec: dict, frame: bytes | memoryview, max_frame_bytes: int) -> tuple[str, np.ndarray]:
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
     if not isinstance(name, str) or not name:
         raise MessageRejected("buffer without a name")
     if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:  # a list or map would not even hash
         raise MessageRejected(f"buffer {shown(name)}: dtype {shown(dtype)} not allowed")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise MessageRejected(f"buffer {shown(name)}: bad shape {shown(shape)}")
+    _check_shape(name, shape)
     if len(frame) > max_frame_bytes:
         raise MessageRejected(f"buffer {shown(name)}: frame of {len(frame)} bytes exceeds {max_frame_bytes}")
     np_dtype = np.dtype(dtype).newbyteorder("<")
@@ -244,13 +272,20 @@ def _tensor_from_frame(spec: Any, frame: bytes | memoryview, max_frame_bytes: in
         raise MessageRejected(f"buffer {shown(name)}: shape {shown(shape)} not representable") from None
 
 
+def _check_shape(name: str, shape: Any) -> None:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise MessageRejected(f"buffer {shown(name)}: bad shape {shown(shape)}")
+
+
 def check_tensors(
     tensors: Mapping[str, np.ndarray],
     expected: Mapping[str, tuple[str, tuple[int, ...]]],
     *,
     finite: bool = True,
+    sparse: Collection[str] = (),
 ) -> None:
-    """Require exactly the expected names with matching dtype and shape (and finite values)."""
+    """Require exactly the expected names with matching dtype and shape (and finite values), dense but
+    those named in `sparse`, which may be SparseTensors (their values were checked finite by `decode`)."""
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing:
@@ -259,10 +294,12 @@ def check_tensors(
         raise MessageRejected(f"unexpected tensors {shown(extra)}")
     for name, (dtype, shape) in expected.items():
         array = tensors[name]
+        if isinstance(array, SparseTensor) and name not in sparse:
+            raise MessageRejected(f"tensor {name!r} is sparse, expected dense")
         if array.dtype.name != dtype or tuple(array.shape) != tuple(shape):
             raise MessageRejected(
                 f"tensor {name!r} is {array.dtype.name}{list(array.shape)}, expected {dtype}{list(shape)}"
             )
-        if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        if finite and isinstance(array, np.ndarray) and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise MessageRejected(f"tensor {name!r} has non-finite values")
 

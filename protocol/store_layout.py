@@ -5,8 +5,11 @@
     slot    u32 table length | msgpack tensor table | tensor bytes, each 8-byte aligned
 
 `seq` is the seqlock counter (odd while the writer updates the header). The tensor table lists
-(name, dtype, shape, offset) per tensor, so a slot can hold a model of a different shape than the
-other one: a structure change is just another version. The checksum (`checksum`) covers the payload.
+(name, dtype, shape, offset) per dense tensor and (name, dtype, shape, offset, kept, bitmap offset)
+per sparse one (hotprune.protocol.sparse: `kept` values at `offset`, the packed mask at the bitmap
+offset), so a slot can hold a model of a different shape than the other one: a structure change is
+just another version, and each version carries its own bitmaps (a reader needs nothing but the slot).
+The checksum (`checksum`) covers the payload.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import math
 import struct
 import zlib
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import msgpack
 import numpy as np
 
 from hotprune.protocol.codec import WIRE_DTYPES, little_endian
+from hotprune.protocol.sparse import SparseTensor, Version, bitmap_bytes, sparse_tensor
 
 SEGMENT_PREFIX = "hotprune-"  # a run's segment is /dev/shm/hotprune-<run_id>-<hash of its run directory>
 SEGMENT_SUFFIX_LEN = 9  # "-" and 8 hex digits
@@ -46,7 +50,7 @@ def segment_name(run_dir: Path, node: str | None = None) -> str:
     name = f"{SEGMENT_PREFIX}{Path(path).name}-{zlib.crc32(path.encode()):08x}"
     return name if node is None else f"{name}{NODE_SEPARATOR}{check_node(node)}"
 MAGIC = b"HOTPRUNE"
-LAYOUT_VERSION = 2  # 2: the payload checksum is a word sum, no longer CRC-32
+LAYOUT_VERSION = 3  # 2: the payload checksum is a word sum, no longer CRC-32; 3: sparse tensors
 HEADER = struct.Struct("<8sIIQqQQIIQ")
 HEADER_SIZE = 64
 SEQ = struct.Struct("<Q")
@@ -77,45 +81,59 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def _table(tensors: Mapping[str, np.ndarray]) -> tuple[bytes, list[int], int]:
-    """Tensor table bytes, each tensor's offset in the payload, and the payload size."""
+def _parts(tensor: np.ndarray | SparseTensor) -> list[np.ndarray]:
+    """The arrays a tensor is stored as: a dense one itself, a sparse one its values and its bitmap."""
+    if isinstance(tensor, SparseTensor):
+        return [little_endian(tensor.values), tensor.bitmap]
+    return [little_endian(tensor)]
+
+
+def _table(tensors: Version) -> tuple[bytes, list[list[np.ndarray]], list[int], int]:
+    """Tensor table bytes, each tensor's arrays, their offsets in the payload, and the payload size."""
+    parts = [_parts(t) for t in tensors.values()]
+
     # Offsets depend on the table's own length, so size the table with placeholder offsets first:
     # msgpack ints of the final values are never longer than the 8-byte placeholders.
     def pack(offsets):
-        entries = [[n, a.dtype.name, list(a.shape), o] for (n, a), o in zip(tensors.items(), offsets)]
+        entries, at = [], iter(offsets)
+        for (name, tensor), arrays in zip(tensors.items(), parts):
+            entry = [name, arrays[0].dtype.name, list(tensor.shape), next(at)]
+            if isinstance(tensor, SparseTensor):
+                entry += [arrays[0].size, next(at)]
+            entries.append(entry)
         return msgpack.packb(entries, use_bin_type=True)
 
-    start = _aligned(TABLE_LEN.size + len(pack([2**63 - 1] * len(tensors))))
+    start = _aligned(TABLE_LEN.size + len(pack([2**63 - 1] * sum(map(len, parts)))))
     offsets, cursor = [], start
-    for array in tensors.values():
+    for array in (a for arrays in parts for a in arrays):
         offsets.append(cursor)
         cursor = _aligned(cursor + array.nbytes)
-    return pack(offsets), offsets, cursor
+    return pack(offsets), parts, offsets, cursor
 
 
-def payload_size(tensors: Mapping[str, np.ndarray]) -> int:
-    return _table(tensors)[2]
+def payload_size(tensors: Version) -> int:
+    return _table(tensors)[3]
 
 
-def write_payload(buf: memoryview, tensors: Mapping[str, np.ndarray]) -> tuple[int, int]:
-    """Write tensors into `buf`; return (payload size, checksum of the payload)."""
-    for name, array in tensors.items():
-        if array.dtype.name not in WIRE_DTYPES:
-            raise LayoutError(f"tensor {name!r}: dtype {array.dtype.name} cannot be stored")
-    tensors = {name: little_endian(array) for name, array in tensors.items()}
-    table, offsets, size = _table(tensors)
+def write_payload(buf: memoryview, tensors: Version) -> tuple[int, int]:
+    """Write a version's tensors (dense or sparse) into `buf`; return (payload size, checksum of the payload)."""
+    for name, tensor in tensors.items():
+        if tensor.dtype.name not in WIRE_DTYPES:
+            raise LayoutError(f"tensor {name!r}: dtype {tensor.dtype.name} cannot be stored")
+    table, parts, offsets, size = _table(tensors)
     if size > len(buf):
         raise LayoutError(f"payload of {size} bytes does not fit a slot of {len(buf)} bytes")
     TABLE_LEN.pack_into(buf, 0, len(table))
     buf[TABLE_LEN.size : TABLE_LEN.size + len(table)] = table
-    for array, offset in zip(tensors.values(), offsets):
+    for array, offset in zip((a for arrays in parts for a in arrays), offsets):
         flat = array.reshape(-1).view(np.uint8)
         buf[offset : offset + flat.size] = flat.data
     return size, checksum(buf[:size])
 
 
-def read_payload(payload: bytes | memoryview) -> dict[str, np.ndarray]:
-    """Rebuild the tensors of a payload copy (the arrays view `payload`; keep it alive)."""
+def read_payload(payload: bytes | memoryview) -> Version:
+    """Rebuild the tensors of a payload copy, sparse ones as SparseTensor (the arrays view `payload`;
+    keep it alive)."""
     if len(payload) < TABLE_LEN.size:
         raise LayoutError("payload shorter than its table length")
     (table_len,) = TABLE_LEN.unpack_from(payload, 0)
@@ -129,19 +147,32 @@ def read_payload(payload: bytes | memoryview) -> dict[str, np.ndarray]:
         raise LayoutError("tensor table is not a list")
     tensors = {}
     for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 4):
+        if not (isinstance(entry, list) and len(entry) in (4, 6)):
             raise LayoutError("malformed tensor table entry")
-        name, dtype, shape, offset = entry
+        name, dtype, shape, offset, *sparse = entry
         if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
             raise LayoutError(f"tensor {name!r}: dtype {dtype!r} not allowed")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and type(offset) is int):
-            raise LayoutError(f"tensor {name!r}: bad shape {shape!r} or offset {offset!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                and all(type(i) is int for i in (offset, *sparse))):
+            raise LayoutError(f"tensor {name!r}: bad shape {shape!r} or offsets {[offset, *sparse]!r}")
         np_dtype = np.dtype(dtype).newbyteorder("<")
-        count = math.prod(shape)
-        if offset < 0 or offset + count * np_dtype.itemsize > len(payload):
-            raise LayoutError(f"tensor {name!r} runs past the payload")
-        tensors[name] = np.frombuffer(payload, dtype=np_dtype, count=count, offset=offset).reshape(shape)
+        if not sparse:
+            tensors[name] = _array(payload, name, np_dtype, math.prod(shape), offset).reshape(shape)
+            continue
+        kept, bitmap_offset = sparse
+        values = _array(payload, name, np_dtype, kept, offset)
+        bitmap = _array(payload, name, np.dtype(np.uint8), bitmap_bytes(math.prod(shape)), bitmap_offset)
+        try:
+            tensors[name] = sparse_tensor(name, np_dtype, shape, values, bitmap)
+        except ValueError as exc:
+            raise LayoutError(str(exc)) from None
     return tensors
+
+
+def _array(payload: bytes | memoryview, name: str, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
+    if count < 0 or offset < 0 or offset + count * dtype.itemsize > len(payload):
+        raise LayoutError(f"tensor {name!r} runs past the payload")
+    return np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
 
 
 def checksum(payload: bytes | memoryview) -> int:

@@ -9,10 +9,11 @@ replaced as the reference.
            dense, stepped as the worker stepped it before (distribution, sample, log_prob, no_grad).
   cnn      the same step for a CNN actor on uint8 frames (issue 20): MinAtar's (4x10x10, one 3x3 layer of
            16, head [128]) and the Nature CNN (4x84x84, 32-64-64 filters 8/4/3 strides 4/2/1, head [512],
-           about 1.7M parameters), dense and channel-pruned (`channel`:
-           every conv layer's filters and the head's hidden units, each layer to the target, sliced as the
-           compressor publishes them) at 50/75/90%, batch 1 and 8, the numpy step the worker runs against
-           the torch actor of the same (smaller) shapes.
+           about 1.7M parameters), dense and channel-pruned (`channel`: every conv layer's filters and
+           the head's hidden units, each layer to the target, sliced as the compressor publishes them) at
+           50/75/90% and "one each" (every layer cut to one channel or unit: the floor of the step, which
+           no pruning goes below), batch 1, `envs_per_worker` and 8, the numpy step the worker runs against the torch
+           actor of the same (smaller) shapes; wall clock and CPU time (time.thread_time) per call.
   rollout  samples/s of `InferenceWorker.rollout` itself (one chunk: the safe-point store check, the
            heartbeat, the policy step, a CartPole vector env of `envs_per_worker`, the episode log
            lines) of a real worker on a real weight store, dense vs neuron 90% at [64, 64] and
@@ -62,8 +63,9 @@ ROLLOUT_WIDTHS = (64, 1024)
 # name -> (conv layers, head, actions): MinAtar Breakout's planes and an Atari game's stacked frames
 CNNS = {"minatar": (ConvNet((16,), (3,), (1,), (4, 10, 10), 1.0), [128], 3),
         "nature": (ConvNet((32, 64, 64), (8, 4, 3), (4, 2, 1), (4, 84, 84), 255.0), [512], 6)}
-CNN_SPARSITIES = (0.5, 0.75, 0.9)
-CNN_BATCHES = (1, 8)  # the issue's: a worker's one env, and a vector of 8
+# 1.0: every layer down to the one channel or unit the engine keeps, the step's floor (no pruning goes below it)
+CNN_SPARSITIES = (0.5, 0.75, 0.9, 1.0)
+CNN_BATCHES = sorted({1, DEFAULTS.envs_per_worker, 8})  # the issue's 1 and 8, and a default worker's vector
 
 
 class TorchStep:
@@ -92,17 +94,23 @@ def policies(width: int, sparsities=SPARSITIES) -> dict[str, dict[str, np.ndarra
     return out
 
 
-def alternate(runs: dict, rounds: int, per_block: int) -> dict[str, list[float]]:
-    """Each run `per_block` times per round, runs alternating; seconds per call, round 0 discarded."""
-    samples = {name: [] for name in runs}
+def alternate(runs: dict, rounds: int, per_block: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each run `per_block` times per round, runs alternating; seconds per call, round 0 discarded: wall
+    clock (perf_counter), and this thread's CPU time (thread_time: it leaves out the waits for a core on
+    a busy machine, not the cache misses others cause; its own clock reads are in it, alike for every run)."""
+    wall, cpu = {name: [] for name in runs}, {name: [] for name in runs}
     for r in range(rounds + 1):
         for name, run in runs.items():
             for _ in range(per_block):
+                c0 = time.thread_time()
                 t0 = time.perf_counter()
                 run()
+                t1 = time.perf_counter()
+                c1 = time.thread_time()
                 if r:
-                    samples[name].append(time.perf_counter() - t0)
-    return samples
+                    wall[name].append(t1 - t0)
+                    cpu[name].append(c1 - c0)
+    return wall, cpu
 
 
 def measure_steps(width: int, batch: int, rounds: int, steps: int) -> dict:
@@ -110,7 +118,7 @@ def measure_steps(width: int, batch: int, rounds: int, steps: int) -> dict:
     obs = np.random.default_rng(0).standard_normal((batch, CARTPOLE.obs_dim)).astype(np.float32)
     actors = {"torch dense": TorchStep(tensors["dense"]),
               **{f"numpy {name}": NumpyActor(t, CARTPOLE, np.random.default_rng(0)) for name, t in tensors.items()}}
-    samples = alternate({name: (lambda a=a: a.act(obs)) for name, a in actors.items()}, rounds, steps)
+    samples, _ = alternate({name: (lambda a=a: a.act(obs)) for name, a in actors.items()}, rounds, steps)
     cases = {name: benchkit.summary([s * 1e3 for s in v]) for name, v in samples.items()}
     dense = cases["numpy dense"]["median_ms"]
     print(f"step [{width}, {width}] batch {batch}: " + ", ".join(
@@ -169,7 +177,7 @@ class Rollouts:
 def measure_rollouts(rounds: int, chunks: int, tmp: str) -> list[dict]:
     rollouts = Rollouts(tmp)
     try:
-        samples = alternate({key: (lambda k=key: rollouts.chunk(k)) for key in rollouts.workers}, rounds, chunks)
+        samples, _ = alternate({key: (lambda k=key: rollouts.chunk(k)) for key in rollouts.workers}, rounds, chunks)
     finally:
         rollouts.close()
     per_chunk = DEFAULTS.chunk_steps * DEFAULTS.envs_per_worker
@@ -197,8 +205,12 @@ def cnn_policies(name: str) -> dict[str, dict[str, np.ndarray]]:
     actor = make_actor(image_spec(name), head, activation="relu", conv=conv)
     weights = actor_arrays(actor)
     pruner = Pruner(expected_spec(actor), method="magnitude", structure="channel", scope="layer")
-    return {"dense": weights, **{f"channel {s:.0%}": apply_masks(weights, pruner.compute(weights, s))
-                                 for s in CNN_SPARSITIES}}
+    return {"dense": weights,
+            **{cnn_policy(s): apply_masks(weights, pruner.compute(weights, s)) for s in CNN_SPARSITIES}}
+
+
+def cnn_policy(sparsity: float) -> str:
+    return f"channel {sparsity:.0%}" if sparsity < 1 else "one each"
 
 
 def measure_cnn_steps(name: str, batch: int, rounds: int, steps: int) -> dict:
@@ -209,11 +221,13 @@ def measure_cnn_steps(name: str, batch: int, rounds: int, steps: int) -> dict:
     for policy, t in tensors.items():
         actors[f"numpy {policy}"] = NumpyActor(t, spec, np.random.default_rng(0), "ppo", "relu", conv)
         actors[f"torch {policy}"] = TorchStep(t, spec, conv)
-    samples = alternate({key: (lambda a=a: a.act(obs)) for key, a in actors.items()}, rounds, steps)
-    cases = {key: benchkit.summary([s * 1e3 for s in v]) for key, v in samples.items()}
-    dense = cases["numpy dense"]["median_ms"]
+    wall, cpu = alternate({key: (lambda a=a: a.act(obs)) for key, a in actors.items()}, rounds, steps)
+    cases = {key: benchkit.summary([s * 1e3 for s in v]) | {"cpu_median_ms": float(np.median(cpu[key])) * 1e3}
+             for key, v in wall.items()}
+    dense, dense_cpu = cases["numpy dense"]["median_ms"], cases["numpy dense"]["cpu_median_ms"]
     print(f"cnn {name} batch {batch}: " + ", ".join(
-        f"{key} {c['median_ms'] * 1e3:.0f} us ({dense / c['median_ms']:.2f}x)" for key, c in cases.items()), flush=True)
+        f"{key} {c['median_ms'] * 1e3:.0f} us ({dense / c['median_ms']:.2f}x; CPU {c['cpu_median_ms'] * 1e3:.0f} us, "
+        f"{dense_cpu / c['cpu_median_ms']:.2f}x)" for key, c in cases.items()), flush=True)
     return {"cnn": name, "batch": batch, "steps_per_block": steps, "cases": cases,
             "params": {policy: int(sum(a.size for a in t.values())) for policy, t in tensors.items()},
             "weight_shapes": {policy: [list(a.shape) for n, a in t.items() if n.endswith("weight")]
@@ -221,14 +235,15 @@ def measure_cnn_steps(name: str, batch: int, rounds: int, steps: int) -> dict:
 
 
 def cnn_lines(rows: list[dict]) -> list[str]:
-    policies = ["dense", *(f"channel {s:.0%}" for s in CNN_SPARSITIES)]
+    policies = ["dense", *map(cnn_policy, CNN_SPARSITIES)]
     lines = ["| cnn | batch | runtime | " + " | ".join(policies) + " |", "|---" * (3 + len(policies)) + "|"]
     for r in rows:
-        dense = r["cases"]["numpy dense"]["median_ms"]
+        dense = r["cases"]["numpy dense"]
         for runtime in ("numpy", "torch"):
             cells = [r["cases"][f"{runtime} {p}"] for p in policies]
             lines.append(f"| {r['cnn']} | {r['batch']} | {runtime} | " + " | ".join(
-                f"{c['median_ms'] * 1e3:.0f} ({c['p99_ms'] * 1e3:.0f}) {dense / c['median_ms']:.2f}x" for c in cells)
+                f"{c['median_ms'] * 1e3:.0f} ({c['p99_ms'] * 1e3:.0f}) {dense['median_ms'] / c['median_ms']:.2f}x; "
+                f"CPU {c['cpu_median_ms'] * 1e3:.0f} {dense['cpu_median_ms'] / c['cpu_median_ms']:.2f}x" for c in cells)
                 + " |")
     lines += ["", "Parameters and weight shapes (batch 1's tables; the same at every batch):", ""]
     for r in (r for r in rows if r["batch"] == 1):
@@ -312,8 +327,10 @@ def main() -> None:
     if cnn:
         lines += ["## CNN policy step, dense vs channel-pruned", "",
                   "`act` (forward, sample, log-prob) on a batch of uint8 frames, numpy (`NumpyActor`, what the worker "
-                  "runs) and torch (the Actor of the same shapes, no_grad). Median µs (p99), and the speed-up over "
-                  "numpy dense (its median / this one's):", "", *cnn_lines(cnn), ""]
+                  "runs) and torch (the Actor of the same shapes, no_grad). Wall-clock median µs (p99) and the "
+                  "speed-up over numpy dense (its median / this one's); then the median of this thread's CPU time "
+                  "(time.thread_time, which leaves out the waits for a core on a busy machine) and the same ratio:",
+                  "", *cnn_lines(cnn), ""]
     if rollout:
         lines += rollout_section(rollout)
     benchkit.write(args.out, {"meta": meta, "steps": steps, "cnn": cnn, "rollout": rollout}, lines)

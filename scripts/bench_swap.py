@@ -11,6 +11,12 @@ systems' workers run its numpy actor, the others the torch Actor):
                point: the least this worker loop can do, since it needs no other thread.
   hotprune     WeightStore.publish + weights_ready (what the compressor does once its masks are
                applied); the worker is a real InferenceWorker swapping at its safe point (maybe_swap).
+  masked90_dense  as hotprune, with a fixed 90% mask on every weight matrix, the masked version written
+               dense (what the compressor wrote before the kept-values path).
+  masked90_sparse  the same version written as kept values + bitmaps (hotprune.protocol.sparse: what
+               the compressor writes now); the worker rebuilds dense (hotprune.workers.dense). The
+               writer's publish call includes taking the kept values; the mask's multiply is not timed
+               (the compressor pays it either way).
   via_compressor  as hotprune, but the writer is the trainer: a snapshot over ZeroMQ to a real
                compressor process, which applies the masks in force (pruned once, at version 1) and
                writes the store: what a user waits for, trainer published -> every worker swapped.
@@ -56,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchkit  # noqa: E402
 
 from hotprune.protocol.codec import Encoder  # noqa: E402
+from hotprune.protocol.sparse import SparseCode  # noqa: E402
 from hotprune.runs import rundir  # noqa: E402
 from hotprune.config import load_config  # noqa: E402
 from hotprune.envs import env_spec, make_vector_env  # noqa: E402
@@ -71,8 +78,9 @@ from hotprune.workers.numpy_policy import NumpyActor  # noqa: E402
 # the size issue 20 holds to within 2x of 1M's swap cost (the path moves bytes; a conv actor's worker also
 # reorders its head's columns once per version, measured in docs/pixels.md)
 SIZES = {"10K": [96, 96], "1M": [1024, 1024], "1.7M": [1296, 1296], "10M": [3162, 3162]}
-SYSTEMS = ("floor", "floor_shm", "hotprune", "via_compressor", "via_compressor_every", "mp_queue", "sample_factory",
-           "torchrl")
+SYSTEMS = ("floor", "floor_shm", "hotprune", "masked90_dense", "masked90_sparse", "via_compressor",
+           "via_compressor_every", "mp_queue", "sample_factory", "torchrl")
+MASKED = 0.9  # the masked systems' sparsity
 WARMUP = 2
 CTX = mp.get_context("fork")  # the workers start in well under a second from a parent that has torch
 
@@ -82,12 +90,17 @@ def weights_of(base: dict[str, np.ndarray], version: int) -> dict[str, np.ndarra
     return {n: b + np.float32(version) for n, b in base.items()}
 
 
-def torn(actor: torch.nn.Module | NumpyActor, base: dict[str, np.ndarray]) -> bool:
-    """True if the actor's weights are not one whole version."""
+def torn(actor: torch.nn.Module | NumpyActor, base: dict[str, np.ndarray], keep: dict[str, np.ndarray] | None) -> bool:
+    """True if the actor's weights are not one whole version (masked by `keep`, whose first entries are kept)."""
     state = actor.tensors if isinstance(actor, NumpyActor) else {n: t.numpy() for n, t in actor.state_dict().items()}
     first = next(iter(state))
     version = int(round(float(state[first].flat[0] - base[first].flat[0])))
-    return any(not np.array_equal(state[n], w) for n, w in weights_of(base, version).items())
+    whole = masked(weights_of(base, version), keep) if keep else weights_of(base, version)
+    return any(not np.array_equal(state[n], w) for n, w in whole.items())
+
+
+def masked(weights: dict[str, np.ndarray], keep: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {n: w * keep[n] if n in keep else w for n, w in weights.items()}
 
 
 # --- the systems: a writer (in the bench process) and a swap function (in each worker) ----------
@@ -171,6 +184,7 @@ class Hotprune:
         self.via_compressor = via_compressor
         self.compressor = None
         self.base = base
+        self.nbytes = None  # the store payload of the last version written here
 
     def start_writer(self, ctx):
         ep = self.cfg.endpoints()
@@ -200,7 +214,7 @@ class Hotprune:
             while self.masks.poll(0):  # the compressor's reports: taken, not used
                 self.masks.recv_multipart()
             return
-        slot, _, changed = self.store.publish(weights, version)
+        slot, self.nbytes, changed = self.store.publish(weights, version)
         self.pub.send_multipart(self.encoder.encode("weights_ready", {"version": version, "slot": slot,
                                                                        "structure_changed": changed}))
 
@@ -223,6 +237,30 @@ class Hotprune:
                 self.compressor.kill()
         self.store.close()
         self.store.unlink()
+
+
+class Masked(Hotprune):
+    """hotprune's store with a fixed MASKED mask on each weight matrix (its first entry kept, so a worker
+    can tell the version), the version written dense or as kept values + bitmaps."""
+
+    def __init__(self, base, hidden, workers, tmp, sparse):
+        super().__init__(base, hidden, workers, False, tmp)
+        rng = np.random.default_rng(0)
+        self.keep = {}
+        for n, b in base.items():
+            if b.ndim == 2:
+                self.keep[n] = rng.random(b.shape) >= MASKED
+                self.keep[n].flat[0] = True
+        self.codes = {n: SparseCode.of_mask(k) for n, k in self.keep.items()} if sparse else {}
+        self.staged = None
+
+    def stage(self, weights):
+        self.staged = masked(weights, self.keep)
+
+    def publish(self, weights, version):
+        staged = self.staged if self.staged is not None else masked(weights, self.keep)  # v0: not staged
+        self.staged = None
+        super().publish({n: self.codes[n].sparse(w) if n in self.codes else w for n, w in staged.items()}, version)
 
 
 class MpQueue:
@@ -315,7 +353,7 @@ def worker_main(system, index, hidden, base, conn, stop, check_torn):
         obs, *_ = envs.step(action)
         if version is not None:
             stepped = time.monotonic_ns()
-            conn.send((version, stepped, torn(actor, base) if check_torn else None))
+            conn.send((version, stepped, torn(actor, base, getattr(system, "keep", None)) if check_torn else None))
 
 
 class Forked:
@@ -336,7 +374,8 @@ class Forked:
         time.sleep(0.5)  # notification subscriptions settle (a PUB drops what it sends before they have)
 
     def stage(self, weights):
-        pass
+        if isinstance(self.system, Masked):
+            self.system.stage(weights)
 
     def publish(self, weights, version):
         self.system.publish(weights, version)
@@ -485,6 +524,8 @@ def measure(size, hidden, workers, args, tmp):
         "floor": lambda: Floor(base, f"ipc://{tmp}/floor-{random.getrandbits(32):x}"),
         "floor_shm": lambda: Floor(base),
         "hotprune": lambda: Hotprune(base, hidden, workers, False, tmp),
+        "masked90_dense": lambda: Masked(base, hidden, workers, tmp, sparse=False),
+        "masked90_sparse": lambda: Masked(base, hidden, workers, tmp, sparse=True),
         "via_compressor": lambda: Hotprune(base, hidden, workers, True, tmp, every=100000),
         "via_compressor_every": lambda: Hotprune(base, hidden, workers, True, tmp),
         "mp_queue": lambda: MpQueue(workers),
@@ -522,7 +563,8 @@ def measure(size, hidden, workers, args, tmp):
     params = sum(b.size for b in base.values())
     return {"size": size, "params": params, "hidden": hidden, "workers": workers,
             "systems": {k: {**benchkit.summary(latencies[k]), **reads[k],
-                            "publish_median_ms": float(np.median(publish[k])) if publish[k] else None}
+                            "publish_median_ms": float(np.median(publish[k])) if publish[k] else None,
+                            "store_nbytes": getattr(systems.get(k), "nbytes", None)}
                         for k in names}}
 
 
@@ -558,7 +600,7 @@ def main() -> None:
              f"(+{WARMUP} warm-up each), 1 torch thread per process; load average {start['loadavg']} at the start, "
              f"{meta['end']['loadavg']} at the end ({start['cpus']} cores, torch {start['torch']}).", "",
              "| actor | workers | system | median ms | p99 ms | median / lower floor | p99 / lower floor median "
-             "| writer's publish call ms | swaps checked | torn |", "|---" * 10 + "|"]
+             "| writer's publish call ms | swaps checked | torn | store bytes per version |", "|---" * 11 + "|"]
     for r in results:
         floors = [r["systems"][f]["median_ms"] for f in ("floor", "floor_shm") if f in r["systems"]]
         floor = min(floors) if floors else None
@@ -569,7 +611,7 @@ def main() -> None:
                 else str(s["torn"])
             lines.append(f"| {r['size']} ({r['params']:,}) | {r['workers']} | {name} | {s['median_ms']:.2f} | "
                          f"{s['p99_ms']:.2f} | {ratio} | {p99} | {s['publish_median_ms']:.2f} | {s['swaps']} | "
-                         f"{torn_cell} |")
+                         f"{torn_cell} | {f'{nbytes:,}' if (nbytes := s['store_nbytes']) else '-'} |")
     lines += ["", "via_compressor: trainer snapshot over ZeroMQ -> a real compressor (masks in force, pruned once) "
               "-> store -> workers; via_compressor_every: a new compression (magnitude, nested, 80%) at every "
               "version. Their torn reads are those of `hotprune` (the same reader), not checked again: masked "

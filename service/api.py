@@ -244,13 +244,16 @@ class Experiments:
 def experiments(name: str | None = None, seeds: Sequence[int] | None = None, *,
                 grid: str | os.PathLike | None = None, settings: Mapping[str, Any] | Sequence[str] = (),
                 root: str | os.PathLike = "logs", jobs: int = 1, eval_episodes: int = 0,
-                log: Callable[[str], Any] = print, variants: Sequence[str] = ()) -> Experiments:
+                log: Callable[[str], Any] = print, variants: Sequence[str] = (), ray: str | None = None,
+                ray_shared: str | os.PathLike | None = None) -> Experiments:
     """`hotprune experiments --experiment NAME` (a built-in grid) or `--grid FILE.toml` (`grid`, a grid
     file: docs/experiments.md): its runs under root/pruning_<name>/ (completed runs are kept, not run
     again), then its table and plots. `seeds`: the grid's own (its file's `seeds`) when None. `settings`
     apply to every run: a dict as Config.from_dict takes, or `--set` KEY=VALUE strings; `log` gets each
     progress line; `variants`: only these of the grid's (a part of a grid too long to run whole; its table
-    has the others' rows empty)."""
+    has the others' rows empty). `ray`: a Ray cluster's address ("auto": this machine's) whose nodes run the
+    cells (docs/experiments.md, "On a Ray cluster"; the ray extra); `ray_shared`: a path every node sees,
+    where the cells write instead of sending their run directories back."""
     from hotprune.commands import grids
     from hotprune.commands.experiments import run_grid
 
@@ -259,5 +262,5 @@ def experiments(name: str | None = None, seeds: Sequence[int] | None = None, *,
     chosen = grids.builtin(name) if grid is None else grids.load(Path(os.fspath(grid)))
     extra = as_overrides(settings) if isinstance(settings, Mapping) else list(settings)
     results, rows, failed = run_grid(chosen, None if seeds is None else list(seeds), Path(root), jobs, extra, log,
-                                     eval_episodes, variants)
+                                     eval_episodes, variants, ray, None if ray_shared is None else Path(ray_shared))
     return Experiments(results, rows, failed)

@@ -21,7 +21,7 @@
     hotprune import     sb3|cleanrl FILE --env ENV_ID [--out FILE]
                                                                 an SB3 or CleanRL PPO model as a policy file
     hotprune experiments --experiment NAME | --grid FILE.toml [--seeds 1 2 3] [--jobs N] [--root logs]
-                         [--set key=value ...] [--eval-episodes N]
+                         [--set key=value ...] [--eval-episodes N] [--ray ADDRESS|auto [--ray-shared PATH]]
     hotprune keys       DIR                                     a CURVE key set for tcp runs across hosts
     hotprune lth train-dense  [--config FILE] [--set key=value ...]       a dense run that keeps what tickets need
     hotprune lth create-mask  RUN_DIR --method M --sparsity S [...]       masks from its final weights
@@ -209,6 +209,12 @@ def _main(argv: list[str]) -> int:
     grid.add_argument("--eval-episodes", type=int, default=0, metavar="N",
                       help="also evaluate each run's kept policy over N episodes with deterministic actions "
                            "(how RL Zoo and SB3 report returns), a column of the table")
+    grid.add_argument("--ray", metavar="ADDRESS|auto",
+                      help="run the cells as tasks on this Ray cluster (the ray extra); their run directories "
+                           "come back here (docs/experiments.md)")
+    grid.add_argument("--ray-shared", type=Path, metavar="PATH",
+                      help="with --ray: a directory every node sees at this path; the cells write there instead "
+                           "of sending their run directories back (a --root under it: the runs stay in place)")
     sub.add_parser("keys", help="write a new CURVE key set (server and client key pairs) into DIR, for tcp runs "
                    "whose processes share it: copy DIR to each host's <run_dir>/keys").add_argument("dir", type=Path)
     lth = _lth_parsers(sub)
@@ -455,7 +461,8 @@ def _experiments(experiment: str | None, args: argparse.Namespace) -> int:
     from hotprune import api
 
     grid = api.experiments(experiment, args.seeds, grid=getattr(args, "grid", None), settings=args.set,
-                           root=args.root, jobs=args.jobs, eval_episodes=args.eval_episodes, variants=args.variants)
+                           root=args.root, jobs=args.jobs, eval_episodes=args.eval_episodes, variants=args.variants,
+                           ray=getattr(args, "ray", None), ray_shared=getattr(args, "ray_shared", None))
     print(grid.results.read_text())
     print(f"results: {grid.results} and {grid.results.with_suffix('.csv')}")
     if grid.failed:

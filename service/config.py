@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, NamedTuple, get_type_hints
 from hotprune.protocol.endpoints import SOCKETS, TRANSPORTS, Endpoints, endpoints
 from hotprune.protocol.store_layout import NODE_SUFFIX_LEN, SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
 from hotprune.algorithms import ACTIVATIONS, ALGORITHMS
-from hotprune.pruning.criteria import CRITIC_DISTRIBUTIONS, DISTRIBUTIONS, METHODS, SCOPES, STRUCTURES
+from hotprune.pruning.criteria import CRITIC_DISTRIBUTIONS, DISTRIBUTIONS, DYNAMIC, METHODS, SCOPES, STRUCTURES
 from hotprune.pruning.schedule import SCHEDULES
 
 
@@ -47,6 +47,7 @@ MAX_WORKERS = 64  # processes on one machine: beyond this the supervisor's table
 # also holds it to 4 per core of the machine that starts the run)
 LAST_BASE_PORT = 65536 - len(SOCKETS)  # the run's sockets take consecutive ports from base_port
 MODES = ("async", "sync")
+DEVICES = ("auto", "cpu", "cuda")  # torch's names (hotprune.learning.device resolves them)
 
 
 class ConfigError(ValueError):
@@ -290,7 +291,10 @@ class PruningConfig:
 
     method: str = setting("magnitude", "none: the dense baseline; fixed: the masks of mask_file, no schedule; "
                                        "magnitude abs(w); taylor abs(w * g); gradient g; g is the mean abs(dL/dw) "
-                                       "over recent minibatches", choices=METHODS)
+                                       "over recent minibatches; set, rigl: dynamic sparse training at the target "
+                                       "from start_epoch on, each update dropping the smallest abs(w) and "
+                                       "regrowing as many at random (set) or at the largest g (rigl)",
+                          choices=METHODS)
     mask_file: str = setting("", "keep-masks in force from the first step, in training and inference, never "
                                  "changed (a lottery ticket: hotprune lth create-mask); given without a method, it "
                                  "makes the method fixed, which needs it")
@@ -324,8 +328,14 @@ class PruningConfig:
                                               "the actor); actor: the actor's scope and distribution",
                                        choices=CRITIC_DISTRIBUTIONS)
     regrow: bool = setting(False, "false: masks are nested, a pruned weight stays pruned; true: each compression "
-                                  "re-selects, and revived weights restart at zero with no optimizer history")
-    num_gradient_batches: int = setting(32, "taylor, gradient: g is averaged over the last N minibatches of the "
+                                  "re-selects, and revived weights restart at zero with no optimizer history "
+                                  "(set and rigl always regrow)")
+    drop_fraction: float = setting(0.3, "set, rigl: alpha, the share of each layer's kept weights dropped and "
+                                        "regrown at an update, decayed as alpha/2 * (1 + cos(pi * epoch / "
+                                        "update_end_epoch)) (RigL)", low=0, high=1, low_open=True)
+    update_end_epoch: int = setting(0, "set, rigl: the masks are updated every `every` epochs before this one, "
+                                       "frozen from it on (0: 75% of the run)", low=0)
+    num_gradient_batches: int = setting(32, "taylor, gradient, rigl: g is averaged over the last N minibatches of the "
                                             "trainer's own updates (no extra passes; SAC: replay batches, of the "
                                             "actor loss for the actor, of the critic loss for the critics)", low=1)
     gradient_batch_size: int = setting(0, "samples in each such minibatch: 0 or the algorithm's own (PPO's "
@@ -342,6 +352,11 @@ class PruningConfig:
     distill_lr: float = setting(1e-3, "teacher-student: the student's Adam step size", low=0, low_open=True)
     distill_samples: int = setting(1024, "teacher-student: observations of its last epoch the trainer ships with "
                                          "each snapshot for distilling", low=1)
+
+    @property
+    def regrows(self) -> bool:
+        """Whether a compression may revive pruned weights: with `regrow`, and always in dynamic sparse training."""
+        return self.regrow or self.method in DYNAMIC
 
 
 @dataclass
@@ -422,6 +437,10 @@ class Config:
                                "(config.toml records it as an absolute path)")
     algorithm: str = setting("ppo", "the learner: ppo (on-policy, any action space) or sac (off-policy from a "
                                     "replay buffer, Box actions)", choices=tuple(ALGORITHMS))
+    device: str = setting("auto", "where the trainer learns (networks, optimizers, replay buffer, masks) and the "
+                                  "compressor distils: auto: cuda when torch finds a CUDA device, else cpu; cuda "
+                                  "without one is refused at start. Workers, pruning and the store are always CPU",
+                          choices=DEVICES)
     preset: str = setting("auto", "tuned settings under yours: auto: the shipped preset of env_id (ppo) or "
                                   "<env_id>-<algorithm>, if any (hotprune presets); none: the built-in defaults; or "
                                   "a preset's name")
@@ -568,6 +587,11 @@ class Config:
     @property
     def pruning_end_epoch(self) -> int:
         return self.pruning.end_epoch or max(self.pruning.start_epoch + 1, self.total_epochs // 2)
+
+    @property
+    def update_end_epoch(self) -> int:
+        """set, rigl: the epoch the masks freeze at (RigL's T_end, 75% of the run by default)."""
+        return self.pruning.update_end_epoch or max(self.pruning.start_epoch + 1, int(0.75 * self.total_epochs))
 
     # The Python API (hotprune.Config, docs/api.md): the command line's path, `--config PATH --set KEY=VALUE`.
     @classmethod
@@ -922,6 +946,12 @@ def validate(c: Config) -> None:
          "erk needs pruning.scope=layer and pruning.structure=weight")
     need(not (q.prune_output_layer and q.structure != "weight"), "pruning.prune_output_layer",
          f"must be false with pruning.structure={q.structure} (output units are the actions)")
+    need(q.method not in DYNAMIC or q.structure == "weight", "pruning.structure",
+         f"must be weight with pruning.method={q.method} (dynamic sparse training drops and regrows single weights)")
+    need(q.method not in DYNAMIC or q.schedule == "constant", "pruning.schedule",
+         f"must be constant with pruning.method={q.method} (dynamic sparse training keeps the target from the start)")
+    need(q.update_end_epoch == 0 or q.update_end_epoch > q.start_epoch, "pruning.update_end_epoch",
+         "must be 0 or > start_epoch")
     need(not (q.regrow and q.structure != "weight"), "pruning.regrow",
          f"must be false with pruning.structure={q.structure} (a revived unit has no weights in or out: it cannot "
          "learn)")

@@ -20,6 +20,7 @@ import zmq
 
 from hotprune.protocol.codec import Encoder, decode
 from hotprune.protocol.endpoints import endpoints
+from hotprune.protocol.sparse import SparseCode, SparseTensor, densified
 from hotprune.protocol.trajectory import check_trajectory
 from hotprune.envs import env_spec
 from hotprune.learning.policy import actor_arrays, expected_spec, make_actor
@@ -98,6 +99,11 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
         wait_for(lambda: lands(snapshot(1, {**weights, **grads}), 1), what="the first snapshot (slow joiner)")
         nan = {**weights, "net.2.weight": np.full_like(weights["net.2.weight"], np.nan)}
         wrong_shape = {**weights, "net.0.weight": np.zeros((3, 3), np.float32)}
+        keep = np.arange(64 * 64).reshape(64, 64) % 10 == 0
+        code = SparseCode.of_mask(keep)
+        nan_kept = {**weights, "net.2.weight": SparseTensor(np.full(code.indices.size, np.nan, np.float32),
+                                                            code.bitmap, code.shape)}
+        sparse_grad = {**grads, "grad:net.2.weight": code.sparse(grads["grad:net.2.weight"])}
         bad = {
             "not msgpack": [b"\xc1garbage"],
             "unsupported proto 99": with_header(snapshot(2, {**weights, **grads}), proto=99),
@@ -108,6 +114,8 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
             "'grad:net.0.weight' has non-finite": snapshot(2, {**weights, **nan_grads}),
             "is float32[3, 3], expected float32[64, 4]": snapshot(2, {**wrong_shape, **grads}),
             "missing tensors": snapshot(2, weights),
+            "sparse 'net.2.weight': non-finite values": snapshot(2, {**nan_kept, **grads}),
+            "'grad:net.2.weight' is sparse, expected dense": snapshot(2, {**weights, **sparse_grad}),
             "not this run's": snapshot(2, {**weights, **grads}, Encoder("another-run", "x")),
             "do not match": with_header(snapshot(2, {**weights, **grads}), buffers=[
                 {"name": "net.0.weight", "dtype": "float32", "shape": [64, 5]}] + msgpack.unpackb(
@@ -125,7 +133,11 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
         wait_for(lambda: lands(snapshot(3, {**newer, **grads}), 3), what="a good snapshot after the bad ones")
         header, stored = store.read()
         assert header.version == 3 and all(np.array_equal(stored[k], newer[k]) for k in weights)
-        assert [e["version"] for e in of(events(run_dir, "compressor"), "weights_written")] == [1, 3]
+        kept = {**newer, "net.2.weight": code.sparse(newer["net.2.weight"])}  # as a both-pruned trainer sends
+        wait_for(lambda: lands(snapshot(4, {**kept, **grads}), 4), what="a snapshot with kept values")
+        header, stored = store.read()
+        assert header.version == 4 and np.array_equal(stored["net.2.weight"], newer["net.2.weight"] * keep)
+        assert [e["version"] for e in of(events(run_dir, "compressor"), "weights_written")] == [1, 3, 4]
 
 
 def test_with_observation_normalisation_snapshots_must_carry_valid_statistics(tmp_path, ctx):
@@ -168,7 +180,7 @@ def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapsho
         wait_for(lambda: lands(snapshot(3, real), 3), what="the next snapshot")
         [finished] = of(events(run_dir, "compressor"), "compression_finished")
         assert finished["due_epoch"] == 2 and finished["epoch"] == 3 and finished["method"] == "taylor"
-        stored = store.read()[1]
+        stored = densified(store.read()[1])  # pruned 80%: its weights are stored sparse
         assert sum(int((stored[n] == 0).sum()) for n in names) == round(0.8 * sum(DENSE[n].size for n in names))
 
 

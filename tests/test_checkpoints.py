@@ -246,6 +246,9 @@ TAMPERED = {
                            'actor.activation is "elu"'),
     "another environment": (lambda d: _edit_config(d, 'env_id = "CartPole-v1"', 'env_id = "Acrobot-v1"'),
                             'env_id is "Acrobot-v1"'),
+    "other environment arguments": (
+        lambda d: _edit_config(d, "env_kwargs = {}", "env_kwargs = { sutton_barto_reward = true }"),
+        'env_kwargs is {"sutton_barto_reward": true}'),
     "fewer epochs than the checkpoint's": (lambda d: _edit_config(d, "epochs = 10", "epochs = 3"),
                                            f"at epoch {CHECKPOINT_EPOCH}"),
 }

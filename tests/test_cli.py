@@ -37,7 +37,7 @@ def test_help_lists_every_setting_with_its_type_default_and_meaning(capsys, comm
         for s in rows:
             assert f"\n  {s.key} = {s.default}  ({s.kind})\n" in out
             assert s.meaning in flat and s.allowed in flat
-    assert "  pruning.method = \"magnitude\"  ({none,fixed,magnitude,taylor,gradient})\n" in out
+    assert "  pruning.method = \"magnitude\"  ({none,fixed,magnitude,taylor,gradient,set,rigl})\n" in out
     assert "  ppo.hidden_sizes = [64, 64]  (list[int])\n" in out
     assert "discount factor; must be in (0, 1]" in flat  # what a value is checked against
 

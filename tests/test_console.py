@@ -63,6 +63,15 @@ def test_neuron_pruning_says_which_sparsity_counts_hidden_units_and_which_weight
     assert finished.startswith("[compressor] Pruned v3 to 90.0% of hidden units (98.7% of weights), due epoch 2")
 
 
+def test_a_dynamic_sparse_training_update_says_how_many_weights_it_dropped_and_regrew():
+    e = {"event": "compression_finished", "version": 7, "due_epoch": 6, "structure": "weight", "weight_sparsity": 0.8,
+         "unit_sparsity": None, "params_kept": 1128, "params_total": 4610, "duration_ms": 1.0}
+    update = console.human_line({**e, "drop_fraction": 0.2571, "dropped": 223, "regrown": 223})
+    assert update == ("[compressor] Pruned v7 to 80.0% of weights, due epoch 6: 1,128/4,610 kept, 1 ms, "
+                      "223 dropped and 223 regrown (f=0.257)")
+    assert console.human_line({**e, "drop_fraction": 0.0, "dropped": 3482, "regrown": 0}).endswith("1 ms")
+
+
 @pytest.mark.parametrize("outcome, resumable", [("stopped by SIGINT", True), ("failed: trainer", True),
                                                  ("completed", False), ("refused: trainer", False)])
 def test_a_stopped_or_failed_run_ends_with_the_command_that_resumes_it(outcome, resumable):
@@ -192,7 +201,8 @@ def test_the_first_lines_come_before_the_first_epoch_and_say_what_the_run_is(pla
     assert code == 0, err
     assert epochs_then == []
     assert first == [f"run {run_dir}", "  CartPole-v1, async, both pruned, magnitude weights to 80.0%",
-                     "  3 epochs = 1,536 env steps, 2 workers x 4 envs", "starting 4 processes..."]
+                     "  3 epochs = 1,536 env steps, 2 workers x 4 envs, trainer on cuda if found (device auto)",
+                     "starting 4 processes..."]
 
 
 @pytest.mark.slow

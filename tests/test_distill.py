@@ -10,7 +10,9 @@ from hotprune.runs import artifacts
 from hotprune.learning.distill import Distiller
 from hotprune.envs import env_spec
 from hotprune.learning.policy import actor_arrays, expected_spec, make_actor
+from hotprune.pruning.dynamic import DynamicPruner
 from hotprune.pruning.engine import Masks, Pruner
+from hotprune.pruning.schedule import Step
 from tests.servicekit import assert_clean, hotprune, logged, settings
 
 
@@ -53,6 +55,20 @@ def test_a_new_mask_restarts_the_student_from_itself_masked_further():
     student2, _ = distiller.distil(teacher, tighter, obs)
     for name, keep in tighter.elements.items():
         assert not np.any(student2[name][~keep])
+
+
+def test_after_a_set_update_the_students_grown_weights_start_at_zero_not_at_the_teachers():
+    spec, teacher, masks, obs = _setup("CartPole-v1")
+    distiller = Distiller(spec.discrete, steps=1, lr=1e-12)  # one step too small to move a weight visibly
+    distiller.distil(teacher, masks, obs)
+    pruner = DynamicPruner(expected_spec(make_actor(spec, [32, 32])), method="set", seed=1)
+    moved = pruner.at_step(Step(5, 0.8, 0.3), teacher, previous=masks)
+    student, _ = distiller.distil(teacher, moved, obs)
+    for name, keep in moved.elements.items():
+        grown = keep & ~masks.elements[name]
+        assert grown.any() and np.abs(teacher[name][grown]).min() > 1e-6, name
+        assert np.abs(student[name][grown]).max() < 1e-9, name
+        assert not np.any(student[name][~keep]), name
 
 
 def test_a_carried_over_student_takes_each_teacher_s_observation_statistics():

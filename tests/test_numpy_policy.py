@@ -61,6 +61,17 @@ def test_log_probs_are_the_torch_actors(spec, shape):
     np.testing.assert_allclose(logp, torch_log_prob(actor, obs, actions), atol=1e-5)
 
 
+def test_discrete_log_probs_of_logits_far_apart_are_finite_and_torchs():
+    """Logits of +-1000 (exp overflows float32 at 89): the log-softmax is computed without exp of a logit."""
+    numpy_actor = NumpyActor(actor_arrays(torch_actor(CARTPOLE, "small")), CARTPOLE, np.random.default_rng(0))
+    logits = np.array([[1000, -1000], [-1000, 1000], [89, 90]], np.float32)
+    actions = np.array([1, 1, 0])
+    expected = torch.distributions.Categorical(logits=torch.from_numpy(logits)).log_prob(torch.from_numpy(actions))
+    got = numpy_actor.log_prob_of(logits, actions)
+    assert np.isfinite(got).all() and got[1] == 0
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+
+
 def test_discrete_samples_follow_the_categorical_distribution():
     """8 observations, each 5,000 times: the action counts against torch's probabilities, chi-square
     with 8 degrees of freedom (its 99.9% quantile is 26.1; a fixed seed makes the test deterministic)."""

@@ -13,6 +13,7 @@ import zmq
 
 from hotprune.protocol.codec import decode
 from hotprune.protocol.endpoints import endpoints
+from hotprune.protocol.sparse import densified
 from hotprune.pruning.engine import prunable_names
 from tests.servicekit import assert_clean, events, hotprune, of, settings
 
@@ -21,6 +22,28 @@ pytestmark = pytest.mark.slow
 
 def summary(run_dir) -> dict:
     return of(events(run_dir, "trainer"), "summary")[0]
+
+
+def run_listening(tmp_path, run_id: str, *extra: str) -> list:
+    """`hotprune run` to its end, and every snapshot the trainer published, heard on a SUB socket of our own
+    (its tensors dense)."""
+    ctx = zmq.Context()
+    listener = ctx.socket(zmq.SUB)
+    listener.rcvhwm = 0  # keep every snapshot until read
+    listener.subscribe(b"")
+    listener.connect(endpoints(tmp_path / "runs" / run_id).snapshots)  # connects once the trainer binds
+    try:
+        result = hotprune("run", *settings(tmp_path, run_id, *extra))
+        assert result.returncode == 0, result.stderr
+        snapshots = []
+        while listener.poll(0):
+            msg = decode(listener.recv_multipart(), run_id=run_id)
+            if msg.kind == "snapshot":
+                msg.tensors = densified(msg.tensors)  # masked weights come as kept values + bitmaps
+                snapshots.append(msg)
+        return snapshots
+    finally:
+        ctx.destroy(linger=0)
 
 
 def test_a_due_compression_is_served_by_a_newer_snapshot_when_its_own_was_dropped(tmp_path):
@@ -46,25 +69,10 @@ def test_under_a_slow_compressor_masks_only_grow_and_no_pruned_weight_comes_back
     """Compressing takes longer than `every` epochs, so masks are computed on snapshots the previous
     masks have not reached yet. Listening to every snapshot the trainer publishes: once the trainer
     is masked, the set of zero weights never shrinks."""
-    run_id = "nest"
-    run_dir = tmp_path / "runs" / run_id
-    ctx = zmq.Context()
-    listener = ctx.socket(zmq.SUB)
-    listener.rcvhwm = 0  # keep every snapshot until read
-    listener.subscribe(b"")
-    listener.connect(endpoints(run_dir).snapshots)  # connects once the trainer binds
-    try:
-        result = hotprune("run", *settings(tmp_path, run_id, "epochs=40", "pruning.start_epoch=2", "pruning.every=1",
-                                           "pruning.schedule=cubic", "pruning.end_epoch=30",
-                                           "pruning.target_sparsity=0.9", "pruning.delay_s=0.4"))
-        assert result.returncode == 0, result.stderr
-        snapshots = []
-        while listener.poll(0):
-            msg = decode(listener.recv_multipart(), run_id=run_id)
-            if msg.kind == "snapshot":
-                snapshots.append(msg)
-    finally:
-        ctx.destroy(linger=0)
+    run_dir = tmp_path / "runs" / "nest"
+    snapshots = run_listening(tmp_path, "nest", "epochs=40", "pruning.start_epoch=2", "pruning.every=1",
+                              "pruning.schedule=cubic", "pruning.end_epoch=30", "pruning.target_sparsity=0.9",
+                              "pruning.delay_s=0.4")
     names = prunable_names(snapshots[0].tensors, prune_output_layer=False)
     masked = [m for m in snapshots if m.fields["masks_version"] >= 0]
     assert len(masked) >= 5, "too few masked snapshots to check"
@@ -145,4 +153,52 @@ def test_a_degenerate_schedule_is_warned_about_at_start(tmp_path):
     assert any("prunes 0%" in w for w in planned["warnings"])
     assert "schedule_degenerate" in result.stderr
     assert "training pruned to 0.0%" not in result.stdout
+    assert_clean(run_dir)
+
+
+def test_rigl_updates_masks_that_trainer_and_workers_follow_at_an_exact_sparsity_with_regrown_weights_at_zero(
+        tmp_path):
+    """Dynamic sparse training through the service (both pruned, sync: every update is served by its own
+    snapshot): the first compression at epoch 2, RigL updates at 4, 6 and 8. Listening to the trainer's
+    snapshots: once masked, each keeps exactly the masks' count of weights or fewer, and weights pruned
+    in one are alive in a later one (the masks move). The trainer revives grown weights at zero, the
+    workers swap every update, and diagnose's checks hold."""
+    from hotprune.commands.diagnose import diagnose
+    from hotprune.runs.runlog import load
+
+    run_dir = tmp_path / "runs" / "rigl"
+    snapshots = run_listening(tmp_path, "rigl", "epochs=10", "mode=sync", "pruning.method=rigl", "pruning.every=2",
+                              "pruning.update_end_epoch=9", "pruning.num_gradient_batches=8")
+    compressor, trainer = events(run_dir, "compressor"), events(run_dir, "trainer")
+    finished = of(compressor, "compression_finished")
+    assert [e["due_epoch"] for e in finished] == [2, 4, 6, 8]
+    kept = finished[0]["params_kept"]
+    prunable = sum(layer["total"] for layer in finished[0]["layers"].values())
+    for e in finished:
+        assert e["weight_sparsity"] == pytest.approx(0.8, abs=1e-3) and e["params_kept"] == kept
+    for e in finished[1:]:
+        assert e["method"] == "rigl" and 0 < e["drop_fraction"] < 0.3
+        assert e["regrown"] > 0 and e["dropped"] == e["regrown"], e
+
+    applied = of(trainer, "masks_applied")
+    assert [e["version"] for e in applied] == [e["version"] for e in finished]
+    for e in applied[1:]:  # each grown weight is zero when it comes in: verified zeros = pruned + grown
+        assert e["revived"] == e["newly_pruned"] > 0
+        assert e["training_sparsity_verified"] * prunable == pytest.approx(e["pruned"] + e["revived"], abs=1e-6)
+        assert e["masks_sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+    names = prunable_names(snapshots[0].tensors, prune_output_layer=False)
+    masked = [m for m in snapshots if m.fields["masks_version"] >= 0]
+    alive = [np.concatenate([m.tensors[n].reshape(-1) != 0 for n in names]) for m in masked]
+    limit = prunable - round(0.8 * prunable)
+    assert all(a.sum() <= limit for a in alive)
+    assert (~alive[0] & alive[-1]).any(), "no weight pruned by the first masks ever came back"
+    checked = [e["pruned_nonzero"] for e in of(compressor, "snapshot_received") if e["pruned_nonzero"] is not None]
+    assert checked and set(checked) == {0}
+
+    for worker in ("worker-0", "worker-1"):
+        swapped = {e["version"] for e in events(run_dir, worker) if e["event"] == "worker_swapped"}
+        assert {e["version"] for e in finished if e["epoch"] < 10} <= swapped, worker  # sync: every version
+    checks = diagnose(load(run_dir))
+    assert all(c.status in ("PASS", "INFO") for c in checks), [c for c in checks if c.status == "FAIL"]
     assert_clean(run_dir)

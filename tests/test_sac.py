@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -18,11 +19,15 @@ from hotprune.config import load_config
 from hotprune.learning.critic_masks import CriticMasks
 from hotprune.envs import env_spec
 from hotprune.learning.gradient_stats import GradientStats
-from hotprune.pruning.engine import allocate, erk_densities, pruner_for
+from hotprune.pruning.dynamic import pruner_for
+from hotprune.pruning.engine import allocate, erk_densities
+from hotprune.pruning.schedule import Step
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.learning.learners import make_learner
 from hotprune.learning.sac import Learner, ReplayBuffer
 from hotprune.learning.training_masks import TrainingMasks
+from hotprune.roles import liveness
+from hotprune.roles.trainer.shell import StillAlive
 
 torch.set_num_threads(1)
 PENDULUM = env_spec("Pendulum-v1")
@@ -102,7 +107,7 @@ def both_pruned(cfg, learner: Learner):
     params = dict(learner.actor.named_parameters())
     actor_masks = TrainingMasks({n: params[n] for n in pruner.mask_names()}, learner.optimizer)
     actor_stats = GradientStats({n: params[n] for n in pruner.grad_names}, cfg.pruning.num_gradient_batches)
-    critic = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, cfg.pruning)
+    critic = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, cfg.pruning, cfg.seed)
     return pruner, actor_masks, actor_stats, critic
 
 
@@ -114,7 +119,7 @@ def test_pruned_weights_of_actor_and_critics_stay_exactly_positive_zero_through_
     learner.update(pendulum_batch(rng), 1, [actor_stats, actor_masks], [critic.hooks])  # gradients to prune by
     masks = pruner.compute(actor_arrays(learner.actor), 0.8, actor_stats.mean())
     actor_masks.apply(masks.elements)
-    report = critic.prune(0.8)
+    report = critic.prune(Step(1, 0.8))
     assert report["critic_sparsity"] == pytest.approx(0.8, abs=0.01) and report["newly_pruned"] > 0
     for epoch in range(2, 5):
         losses = learner.update(pendulum_batch(rng), epoch, [actor_stats, actor_masks], [critic.hooks])
@@ -141,7 +146,7 @@ def test_a_critic_keeps_its_action_input_by_default_and_one_pruned_blind_to_it_i
     *_, critic = both_pruned(cfg, learner)
     with torch.no_grad():
         learner.qf2.net[0].weight[:, PENDULUM.obs_dim] *= 1e-4  # the action's column: the lightest of qf2's
-    report = critic.prune(0.5)
+    report = critic.prune(Step(1, 0.5))
     assert report["inputs_cut"] == ({} if minimum else {"qf2": [PENDULUM.obs_dim]})
     assert critic.keep_masks()["qf2.net.0.weight"][:, PENDULUM.obs_dim].sum() == minimum
     assert learner.qf2.net[0].weight[:, PENDULUM.obs_dim].count_nonzero() == minimum
@@ -153,7 +158,7 @@ def test_sacs_critics_are_pruned_to_their_erk_shares_by_default_and_to_the_actor
                      f"pruning.critic_distribution={distribution}")
         learner = make_learner(cfg, PENDULUM, torch.Generator().manual_seed(3))
         *_, critic = both_pruned(cfg, learner)
-        critic.prune(0.8)
+        critic.prune(Step(1, 0.8))
         keep = critic.keep_masks()
         shapes = {n: tuple(p.shape) for n, p in learner.qf1.named_parameters() if n in ("net.0.weight", "net.2.weight")}
         pruned = {n: int((~keep[f"qf1.{n}"]).sum()) for n in shapes}
@@ -288,3 +293,20 @@ def test_the_critics_parameters_are_views_of_the_stacked_tensors_under_their_own
     assert all(t.grad is None for t in learner.twin.stacked)  # handed out to the critics' own parameters
     assert learner.qf2.net[0].weight.grad.data_ptr() != learner.qf1.net[0].weight.grad.data_ptr()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.qf1.parameters())
+
+
+def test_a_long_update_pings_the_supervisor_between_its_gradient_steps(monkeypatch):
+    """The trainer's update hooks carry its liveness pings (hotprune.roles.trainer.shell.StillAlive): an update
+    longer than supervisor.hang_timeout_s is not taken for a hang."""
+    monkeypatch.setattr(liveness, "PING_S", 0.0)  # a ping due at every call
+    read_end, write_end = os.pipe()
+    try:
+        learner = make_learner(config(), PENDULUM, torch.Generator().manual_seed(1))
+        losses = learner.update(pendulum_batch(np.random.default_rng(0)), 1, [StillAlive(liveness.Pulse(write_end))])
+        os.set_blocking(read_end, False)
+        pings = os.read(read_end, 1 << 16)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    actor_steps = losses["gradient_steps"] - learner.gradient_steps  # one ping before each (critic steps: the clock)
+    assert actor_steps >= 2 and pings == liveness.PING * actor_steps

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 
+from hotprune.learning.device import resolve
 from tests.servicekit import (HOTPRUNE, as_from_a_terminal, assert_clean, events, hotprune, logged, of, run_cli,
                               settings, wait_for)
 
@@ -55,6 +56,9 @@ def test_run_completes_and_console_shows_the_diagnostics(both_pruned):
         assert all(isinstance(v, float) for v in stats), e
         assert e["value_loss"] > 0 and e["approx_kl"] >= 0 and 0 <= e["clip_frac"] <= 1 and e["explained_variance"] <= 1
     assert of(events(run_dir, "trainer"), "summary")[0]["critics_sparsity"] == {"critic": 0.0}  # PPO's is never pruned
+    started = of(events(run_dir, "trainer"), "trainer_started")[0]  # device auto: what this machine has
+    assert (started["device"].split()[0], started["device_setting"]) == (resolve("auto").type, "auto")
+    assert f"[trainer] PPO learner on {started['device']} (device auto)" in out
     assert_clean(run_dir)
 
 
@@ -115,6 +119,29 @@ def test_workers_never_go_backwards_and_run_pruned_weights(both_pruned):
         assert versions == sorted(set(versions)) and versions[0] == 0
         pruned = [e["sparsity"] for e in swaps if e["version"] >= FIRST_COMPRESSION]
         assert pruned and all(s == pytest.approx(TARGET, abs=0.005) for s in pruned)
+
+
+def test_once_masks_are_in_force_a_version_costs_the_store_bytes_in_proportion_to_what_is_kept(both_pruned):
+    """Masked weights are written as kept values + bitmaps: 4 bytes per kept parameter, plus 1/8 byte per
+    parameter at most for the bitmaps and a table; the workers above still run exact zeros."""
+    _, run_dir = both_pruned
+    compressor = events(run_dir, "compressor")
+    [first] = [e for e in of(compressor, "compression_finished") if e["version"] == FIRST_COMPRESSION]
+    kept, total = first["params_kept"], first["params_total"]
+    for e in of(compressor, "weights_written"):
+        if e["version"] < FIRST_COMPRESSION:
+            assert e["nbytes"] == e["dense_nbytes"] >= 4 * total and not e["masked"]
+        else:
+            assert 4 * kept <= e["nbytes"] <= 4 * kept + total / 8 + 1024, (e, kept, total)
+            assert e["nbytes"] < 0.35 * e["dense_nbytes"]
+    # and so does a snapshot once the trainer's masks are applied (it sends their kept values), which the
+    # compressor rebuilds: the weights its masks prune are still exactly 0
+    snapshots = of(events(run_dir, "trainer"), "snapshot_published")
+    dense = snapshots[0]["nbytes"]
+    assert dense > 4 * total and all(s["nbytes"] == dense for s in snapshots if s["masks_version"] < 0)
+    assert all(s["nbytes"] < 0.35 * dense for s in snapshots if s["masks_version"] >= 0)
+    received = [e for e in of(compressor, "snapshot_received") if e["masks_version"] >= 0]
+    assert received and all(e["pruned_nonzero"] == 0 for e in received)
 
 
 def test_training_sparsity_persists_from_the_epoch_after_the_first_compression(both_pruned):

@@ -20,6 +20,8 @@ from hotprune.actor_spec import actor_spec
 from hotprune.config import load_config
 from hotprune.envs import env_spec
 from hotprune.comms.weight_store import StoreError, WeightStore, structure_id
+from hotprune.protocol.sparse import SparseCode, SparseTensor, densified
+from hotprune.workers.dense import DenseBuffers
 from tests.arrays import assert_same_tensors
 
 SLOT_SIZE = 64 * 1024
@@ -373,12 +375,15 @@ TORN_DURATION_S = 2.0
 SHAPE_PERIOD = 50  # the shape of "a" flips every SHAPE_PERIOD versions
 
 
-def _torn_test_tensors(version: int) -> dict[str, np.ndarray]:
+def _torn_test_tensors(version: int) -> dict[str, np.ndarray | SparseTensor]:
+    """Dense tensors all equal to the version, and a sparse one whose mask moves every 7 versions."""
     rows = 64 if (version // SHAPE_PERIOD) % 2 == 0 else 32
+    keep = (np.arange(1000) + version // 7) % 3 == 0
     return {
         "a": np.full((rows, 64), version, dtype=np.float32),
         "b": np.full(64, version, dtype=np.float32),
         "c": np.full(300, version, dtype=np.int64),
+        "s": SparseCode.of_mask(keep).sparse(np.full(1000, version, np.float32)),
     }
 
 
@@ -410,6 +415,7 @@ def _torn_reader(role: str, name: str, barrier, results, duration: float) -> Non
         versions: set[int] = set()
         rows_seen: set[int] = set()
         problems: list[str] = []
+        dense = DenseBuffers()  # as a worker rebuilds the sparse tensor: its cached masks must follow
         while time.monotonic() < deadline:
             try:
                 got = store.read(timeout_s=1.0)
@@ -430,7 +436,11 @@ def _torn_reader(role: str, name: str, barrier, results, duration: float) -> Non
             bad = []
             if v < last:
                 bad.append(f"version went back from {last} to {v}")
-            expected = _torn_test_tensors(v)
+            expected = densified(_torn_test_tensors(v))
+            if header.structure_id != structure_id(tensors):
+                bad.append(f"v{v}: header structure_id does not match the payload")
+            tensors = dense.rebuild(tensors)
+            dense.keep()
             if list(tensors) != list(expected):
                 bad.append(f"v{v}: tensors {list(tensors)}")
             else:
@@ -438,11 +448,9 @@ def _torn_reader(role: str, name: str, barrier, results, duration: float) -> Non
                     array = tensors[key]
                     if array.shape != want.shape or array.dtype != want.dtype:
                         bad.append(f"v{v}: {key} is {array.dtype}{array.shape}")
-                    elif not (array == v).all():
+                    elif not np.array_equal(array, want):
                         bad.append(f"v{v}: {key} holds {np.unique(array)[:5]}")
                 rows_seen.add(tensors["a"].shape[0])
-            if header.structure_id != structure_id(tensors):
-                bad.append(f"v{v}: header structure_id does not match the payload")
             if bad:
                 violations += 1
                 problems.extend(bad[: max(0, 20 - len(problems))])
@@ -457,7 +465,8 @@ def _torn_reader(role: str, name: str, barrier, results, duration: float) -> Non
 
 def test_concurrent_readers_never_see_a_torn_version():
     """The point of the store: a writer publishing flat out never lets a reader accept a mix of two
-    versions (every element of every tensor equals header.version), nor an older version."""
+    versions (every element of every tensor equals header.version, the sparse one's kept elements
+    under its version's mask and 0 elsewhere), nor an older version."""
     largest = max((_torn_test_tensors(v) for v in (0, SHAPE_PERIOD)), key=layout.payload_size)
     store = WeightStore.create(_unique_name(), layout.payload_size(largest))
     barrier = SPAWN.Barrier(4)

@@ -2,7 +2,8 @@
 
 Between two vector steps (the safe point), and while a finished chunk waits for the trainer to take
 it, it checks the weight store's version; when a newer one is there it copies it out consistently
-and swaps it in, so a step always runs one whole version.
+(sparse tensors rebuilt dense: hotprune.workers.dense) and swaps it in, so a step always runs one
+whole version.
 Every `chunk_steps` steps it pushes a trajectory chunk to the trainer, tagged with the version (and
 sparsity) of the policy that took its first step, the oldest in it, and carrying the behaviour
 log-probabilities PPO corrects with. Flow control: it sends only while fewer than its share of an
@@ -30,6 +31,7 @@ import zmq
 from threadpoolctl import threadpool_limits
 
 from hotprune.protocol.codec import Encoder, MessageRejected, decode
+from hotprune.protocol.sparse import SparseTensor
 from hotprune import eventlog
 from hotprune.actor_spec import actor_spec
 from hotprune.config import Config, ConfigError
@@ -41,6 +43,7 @@ from hotprune.comms.curve import SocketSecurity
 from hotprune.protocol.endpoints import node_weights
 from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.comms.weight_store import StoreError, WeightStore
+from hotprune.workers.dense import DenseBuffers
 from hotprune.workers.numpy_policy import NumpyActor
 
 
@@ -79,6 +82,7 @@ class InferenceWorker:
         self.sparsity_names = prunable_names(self.dense_spec, cfg.pruning.prune_output_layer)
         self.envs = make_vector_env(EnvSource.of(cfg), cfg.envs_per_worker)
         self.store = self.attach_store()
+        self.dense = DenseBuffers()  # the store's sparse tensors, rebuilt
         self.env_seed, actions_seed = worker_seeds(cfg.seed, index)
         self.rng = np.random.default_rng(actions_seed)  # the actions' samples, across swaps
         threadpool_limits(1, "blas")  # as every process of a run: one core each (OpenBLAS would take them all)
@@ -140,18 +144,21 @@ class InferenceWorker:
             return
         if got is None or got[0].version <= self.version:
             return
-        header, tensors = got
+        header, stored = got
         structure_changed = header.structure_id != self.structure_id
-        try:  # the actor runs on this read's own (fresh) copy, not a copy of it
+        tensors = self.dense.rebuild(stored)
+        try:  # the actor runs on this read's own (fresh) copy, or the buffers its sparse tensors were rebuilt in
             self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm, self.activation, self.conv)
         except ValueError as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
                              version=self.version)
             self.rejected_version = header.version  # not retried at every step
             return
+        self.dense.keep()
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
-        nonzero = {n: int(np.count_nonzero(t)) for n, t in tensors.items()}  # one pass for both figures
+        # one pass for both figures, over a sparse tensor's kept values only
+        nonzero = {n: int(np.count_nonzero(t.values if isinstance(t, SparseTensor) else t)) for n, t in stored.items()}
         self.sparsity = sparsity_of_counts(nonzero, self.dense_spec, self.sparsity_names)
         self.nonzero_params = sum(nonzero.values())
         self.latencies.append(latency_ms)

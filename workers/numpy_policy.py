@@ -9,15 +9,20 @@ then Categorical(logits), Normal(mean, exp(log_std)) or SAC's squashed Gaussian 
 rescaled to the action box, its log-probability with the tanh correction), log-probabilities summed over
 the action dimensions; a policy trained with observation normalisation carries its statistics
 (`obs_norm.mean`, `obs_norm.var`) and normalises its input as the torch actor does.
-A CNN actor (hotprune.config.ConvNet: image observations, uint8 rows of C*H*W) runs its conv layers
-as im2col with the activations kept channels-last (NHWC): a window's rows (kw, C) are then contiguous
-runs of k * C floats, so one strided copy makes a layer's patch matrix [n * Ho * Wo, k * k * C] and one
-matmul with the weight as [k * k * C, C_out] (rows in that (kh, kw, c) order, made at swap time) gives
-the next NHWC activations; the last ones are copied once into channel-major columns for the head, whose
-weights stay as they come (a worker swap copies nothing of the Nature CNN's 1.6M-weight net.0). The
-buffers and window views are made once per batch size (those of the last one kept): at batch 1 a
-Python-level view costs as much as a small layer's matmul. scripts/bench_conv.py measures it against
-torch's conv (docs/pixels.md).
+A CNN actor (hotprune.config.ConvNet: image observations, uint8 rows of C*H*W) runs each conv layer as
+im2col in three numpy calls: one strided copy of its input's windows into a patch matrix with a row (or
+column) of ones, one matmul with the weight as [k * k * C + 1, C_out] (kernel rows in (kh, kw, c) order,
+then the bias; the first layer's divided by the frames' scale, so the uint8 frames go in raw; made at
+swap time), one in-place ReLU. An activation is laid out for the layer that reads it, so that the copy
+moves long contiguous runs: channel-major with the batch innermost, (C, H, W, n), before a stride-1
+layer (a window row is then Wo * n consecutive floats: MinAtar's whole 8-wide output row for every
+observation), NHWC before a strided one (a window row is k * C consecutive floats: 32 to 128 in the
+Nature CNN's first two layers; channel-major would leave runs of n). The last layer writes channel-major
+[C_last, Ho * Wo * n], which is the head's input as it lies (a channel-major column per observation, as
+torch's flatten): nothing is transposed, and the head's weights stay as they come (a worker swap copies
+nothing of the Nature CNN's 1.6M-weight net.0). The buffers, window views and matmul operands are made
+once per batch size (those of the last one kept): at batch 1 a Python-level view costs as much as a
+small layer's matmul. scripts/bench_conv.py measures it against torch's conv (docs/pixels.md).
 tests/test_numpy_policy.py holds its log-probabilities to the torch actor's (1e-5, for every activation)
 and its samples to the distribution.
 """
@@ -54,10 +59,9 @@ ACTIVATIONS = {
 class ConvPlan(NamedTuple):
     """The conv layers' buffers for one batch size, made once: a Python-level view (as_strided,
     transpose) costs microseconds per call, as much as a MinAtar layer's matmul at batch 1."""
-    frames: np.ndarray  # the first layer's input: the frames as float32 NHWC
-    layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (windows over the input, patches as windows, out)
-    head_view: np.ndarray  # the last output seen as (c, h, w, n), channel-major columns
-    head_in: np.ndarray  # [C_last * H * W, n]
+    frames: np.ndarray  # the first layer's input (float32), indexed (n, C, H, W) as the observations are
+    layers: list[tuple[np.ndarray, ...]]  # (windows over the input, the patches they fill, matmul operands, out)
+    head_in: np.ndarray  # [C_last * H * W, n]: the last layer's out
 
 
 class NumpyActor:
@@ -122,42 +126,59 @@ class NumpyActor:
             mean, inv_std = self.obs_norm
             h = np.clip((h - mean) * inv_std, -NORM_CLIP, NORM_CLIP)
         for weight, bias in self.layers[:-1]:
-            h = self.activation(weight @ h + bias)
+            h = weight @ h
+            h += bias
+            h = self.activation(h)
         weight, bias = self.layers[-1]
         return (weight @ h + bias).T
 
     def features(self, obs: np.ndarray) -> np.ndarray:
         """The conv layers' output as the head's input: a channel-major column per observation
         [C_last * H * W, n] (from uint8 rows of C*H*W). The buffers are reused: valid until the next call."""
-        c, h, w = self.conv.in_shape
         plan = self.plan
         if plan is None or len(plan.frames) != len(obs):
             plan = self.plan = self.conv_plan(len(obs))
-        np.copyto(plan.frames, np.asarray(obs).reshape(-1, c, h, w).transpose(0, 2, 3, 1))  # uint8 -> float32
-        for (windows, patches, out), (cols_weight, bias, _, _) in zip(plan.layers, self.conv_layers):
-            np.copyto(patches.reshape(windows.shape), windows)  # im2col: one strided copy
-            np.matmul(patches, cols_weight, out=out)
-            out += bias
+        np.copyto(plan.frames, np.asarray(obs).reshape(plan.frames.shape))  # uint8 -> float32
+        for windows, patches, left, right, out in plan.layers:
+            np.copyto(patches, windows)  # im2col: one strided copy
+            np.matmul(left, right, out=out)  # the bias too: the patches' ones
             np.maximum(out, 0, out=out)
-        np.copyto(plan.head_in.reshape(plan.head_view.shape), plan.head_view)
         return plan.head_in
 
     def conv_plan(self, n: int) -> ConvPlan:
-        """The buffers and window views of the conv layers for a batch of `n` (activations NHWC float32).
-        A window's rows (kw, C) are contiguous runs of k * C floats in NHWC, hence the (kh, kw, c) weights."""
+        """The buffers, window views and matmul operands of the conv layers for a batch of `n`: a layer's
+        input channel-major (C, H, W, n) if its stride is 1, else NHWC; the last layer's output channel-major."""
         channels, h, w = self.conv.in_shape
-        x = frames = np.empty((n, h, w, channels), np.float32)
+        channel_major = [stride == 1 for _, _, stride in self.conv_layers] + [True]  # each layer's input, the head's
+        x = np.empty((channels, h, w, n) if channel_major[0] else (n, h, w, channels), np.float32)
+        frames = x.transpose((3, 0, 1, 2) if channel_major[0] else (0, 3, 1, 2))
         layers = []
-        for cols_weight, _, k, stride in self.conv_layers:
+        for i, (weight, k, stride) in enumerate(self.conv_layers):
+            cm_in, cm_out = channel_major[i], channel_major[i + 1]
             ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
-            sn, sh, sw, sc = x.strides
-            windows = as_strided(x, (n, ho, wo, k, k * channels), (sn, sh * stride, sw * stride, sh, sc),
-                                 writeable=False)
-            out = np.empty((n * ho * wo, cols_weight.shape[1]), np.float32)
-            layers.append((windows, np.empty((n * ho * wo, k * k * channels), np.float32), out))
-            x, h, w, channels = out.reshape(n, ho, wo, -1), ho, wo, cols_weight.shape[1]
-        head_view = x.transpose(3, 1, 2, 0)
-        return ConvPlan(frames, layers, head_view, np.empty((channels * h * w, n), np.float32))
+            step = dict(zip("chwn" if cm_in else "nhwc", x.strides))  # bytes along each axis of the input
+            at = [(ho, step["h"] * stride), (wo, step["w"] * stride)]  # a window's place, in `out`'s order
+            at = at + [(n, step["n"])] if cm_out else [(n, step["n"])] + at
+            kernel = [(k, step["h"]), (k, step["w"]), (channels, step["c"])]  # the weight's (kh, kw, c) rows
+            shape, strides = zip(*(kernel + at if cm_in else at + kernel))
+            windows = as_strided(x, shape, strides, writeable=False)
+            if cm_in:  # patches [k * k * C + 1, P]: runs along x (and the batch) land contiguous
+                cols = patches = np.empty((k * k * channels + 1, n * ho * wo), np.float32)
+                fill = patches[:-1].reshape(shape)
+            else:  # patches [P, k * k * C + 1]: runs along (kw, c) land contiguous
+                patches = np.empty((n * ho * wo, k * k * channels + 1), np.float32)
+                fill, cols = patches[:, :-1].reshape(shape), patches.T
+            cols[-1] = 1  # the row the bias meets; `fill` is a view (reshape only splits axes here)
+            channels, h, w = weight.shape[1], ho, wo
+            if cm_out:  # weight^T @ patches: [C_out, (y, x, observation)]
+                out = np.empty((channels, n * h * w), np.float32)
+                layers.append((windows, fill, weight.T, cols, out))
+                x = out.reshape(channels, h, w, n)
+            else:  # patches @ weight: [(observation, y, x), C_out], NHWC
+                out = np.empty((n * h * w, channels), np.float32)
+                layers.append((windows, fill, cols.T, weight, out))
+                x = out.reshape(n, h, w, channels)
+        return ConvPlan(frames, layers, out.reshape(-1, n))
 
     def mean_log_std(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The squashed head's Gaussian (before tanh): the output's halves, the log std tanh-rescaled."""
@@ -178,19 +199,18 @@ class NumpyActor:
             x = np.arctanh(y)
             z = (x - mean) / np.exp(log_std)
             return self.squash(x, -0.5 * z * z - log_std - LOG_SQRT_2PI)[1]
-        if self.discrete:  # logit - logsumexp(logits), shifted by the max so that exp cannot overflow
-            shifted = out - out.max(axis=-1, keepdims=True)
-            return shifted[np.arange(len(actions)), actions] - np.log(np.exp(shifted).sum(axis=-1))
+        if self.discrete:  # logit - logsumexp(logits): logaddexp cannot overflow, one call instead of five
+            return out[np.arange(len(actions)), actions] - np.logaddexp.reduce(out, axis=-1)
         z = (actions - out) / self.std
         return (-0.5 * z * z - self.log_std - LOG_SQRT_2PI).sum(axis=-1)
 
 
 def checked_conv_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
-                        conv: ConvNet | None) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
-    """(weight as [k * k * C_in, C_out] in (kh, kw, c) row order, the first one divided by the frames'
-    scale; bias, k, stride) of each conv layer, input first; none for an MLP. ValueError unless the conv
-    weights are a chain conv.0, conv.2, ... of square 4-D kernels from the observations' channels, as
-    many layers as `conv` has strides, each fitting its input."""
+                        conv: ConvNet | None) -> list[tuple[np.ndarray, int, int]]:
+    """(weight as [k * k * C_in + 1, C_out]: its kernel in (kh, kw, c) row order, the first one divided
+    by the frames' scale, then its bias as the last row; k, stride) of each conv layer, input first; none
+    for an MLP. ValueError unless the conv weights are a chain conv.0, conv.2, ... of square 4-D kernels
+    from the observations' channels, as many layers as `conv` has strides, each fitting its input."""
     names = conv_weight_names(tensors)
     if conv is None:
         if names:
@@ -209,7 +229,7 @@ def checked_conv_layers(tensors: Mapping[str, np.ndarray], spec: EnvSpec,
         cols = weight.transpose(2, 3, 1, 0).reshape(-1, len(weight))  # (kh, kw, c) rows: a window's order
         if not layers:  # the frames' scale, folded into the first layer's weights (uint8 frames go in raw)
             cols = cols * np.float32(1 / conv.scale)
-        layers.append((np.ascontiguousarray(cols), bias, weight.shape[-1], stride))
+        layers.append((np.vstack([cols, bias[None]]), weight.shape[-1], stride))
         channels = weight.shape[0]
     conv.out_hw()  # ValueError if a kernel outgrows its input
     return layers

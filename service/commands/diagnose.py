@@ -20,7 +20,7 @@ import numpy as np
 
 from hotprune.actor_spec import run_shapes
 from hotprune.envs import EnvSource, env_spec
-from hotprune.pruning.criteria import CRITERIA
+from hotprune.pruning.criteria import CRITERIA, DYNAMIC
 from hotprune.pruning.engine import prunable_names, sparsity, sparsity_of_counts
 from hotprune.pruning.schedule import plan
 from hotprune.runs import artifacts
@@ -115,17 +115,24 @@ def masks_applied_once_per_compression(run: Run) -> Check:
     return _ok("masks applied once per compression", ok, evidence)
 
 
+def _held(masks_applied: dict) -> float:
+    """The sparsity a masks_applied holds the training model at: what its masks prune (logs from before
+    `masks_sparsity`: the zeros verified then). Zeros verified right after applying may be more: weights
+    regrown at zero move with the next step."""
+    return masks_applied.get("masks_sparsity", masks_applied["training_sparsity_verified"])
+
+
 def training_sparsity_never_falls_back(run: Run) -> Check:
     floor, floor_from, checked = 0.0, None, 0
     for e in run.events("trainer"):
         if e["event"] == "masks_applied":
-            floor, floor_from = max(floor, e["training_sparsity_verified"]), e
+            floor, floor_from = max(floor, _held(e)), e
         elif e["event"] == "epoch" and floor_from is not None:
             checked += 1
             if e["training_sparsity"] < floor - TOLERANCE:
                 return _ok("training sparsity never falls back", False,
                            f"epoch {e['epoch']}: {e['training_sparsity']:.2%} after masks v{floor_from['version']} "
-                           f"were verified at {floor:.2%}")
+                           f"holding {floor:.2%}")
     if floor_from is None:
         return _ok("training sparsity never falls back", False, "the trainer never applied masks")
     epochs = run.events("trainer", "epoch")
@@ -133,7 +140,7 @@ def training_sparsity_never_falls_back(run: Run) -> Check:
     target = _compressions(run)[-1]["weight_sparsity"] if _compressions(run) else None
     at_target = final is not None and target is not None and abs(final - target) <= 1e-3
     return _ok("training sparsity never falls back", at_target,
-               f"{checked} epochs after the first masks all >= the masks' verified sparsity; final "
+               f"{checked} epochs after the first masks all >= the masks' sparsity; final "
                f"{final:.2%} against the last compression's {target:.2%}" if at_target else
                f"final training sparsity {final} is not the last compression's {target}")
 
@@ -142,7 +149,7 @@ def snapshots_after_masks_show_it(run: Run) -> Check:
     floor, seen, bad = None, 0, None
     for e in run.events("trainer"):
         if e["event"] == "masks_applied":
-            floor = max(floor or 0.0, e["training_sparsity_verified"])
+            floor = max(floor or 0.0, _held(e))
         elif e["event"] == "snapshot_published" and floor is not None:
             seen += 1
             if e["training_sparsity"] < floor - TOLERANCE and bad is None:
@@ -404,7 +411,7 @@ def diagnose(run: Run) -> list[Check]:
     checks = list(ALWAYS)
     if run.relays():
         checks.append(relays_feed_their_workers)
-    if run.config.pruning.method in CRITERIA:  # none, fixed: nothing is scheduled
+    if run.config.pruning.method in (*CRITERIA, *DYNAMIC):  # none, fixed: nothing is scheduled
         checks += PRUNING + (BOTH_PRUNED if run.config.prune_training_model else TEACHER_STUDENT)
     return [_guarded(check, run) for check in checks]
 

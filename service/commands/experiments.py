@@ -32,6 +32,7 @@ import sys
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +41,7 @@ from hotprune.commands import stats
 from hotprune.commands.evaluate import MAX_EPISODES, evaluate
 from hotprune.commands.grids import PREPARE, Grid, Variant
 from hotprune.envs import EnvSource
+from hotprune.roles.entry import die_with_parent
 from hotprune.runs.runlog import Run, RunError, load
 
 ALPHA = 0.05
@@ -119,69 +121,127 @@ def _flat(settings: dict, prefix: str = "") -> dict:
 
 
 def _overrides(variant: Variant, seed: int, run_dir: Path, extra: list[str]) -> list[str]:
+    """The run's settings (`--set` strings) but where it runs (`location`)."""
     base = str(run_dir.parent.parent)
     filled = [o.replace("{base}", base).replace("{seed}", str(seed)) for o in variant.overrides]
-    return [*filled, *extra, f"seed={seed + variant.seed_offset}", f"runs_dir={run_dir.parent}",
-            f"run_id={run_dir.name}"]
+    return [*filled, *extra, f"seed={seed + variant.seed_offset}"]
+
+
+def location(run_dir: Path) -> list[str]:
+    """The settings that put a run in `run_dir`."""
+    return [f"runs_dir={run_dir.parent}", f"run_id={run_dir.name}"]
 
 
 def planned_config(variant: Variant, seed: int, run_dir: Path, extra: list[str]) -> str:
     """The config.toml this (variant, seed) run has: a kept run with another one is not reused."""
-    return to_toml(load_config(None, _overrides(variant, seed, run_dir, extra)))
+    return to_toml(load_config(None, [*_overrides(variant, seed, run_dir, extra), *location(run_dir)]))
 
 
 def _settings(config_toml: str) -> dict | None:
-    """A config.toml's settings but its run uid (each run makes its own); None if it cannot be read."""
+    """A config.toml's settings but its run uid (each run makes its own) and its runs_dir (where it ran: a
+    cell run on a Ray node ran in that node's directory; its own directory is what decides, as
+    runlog.load has it); None if it cannot be read."""
     try:
         data = tomllib.loads(config_toml)
     except (tomllib.TOMLDecodeError, ValueError, RecursionError):
         return None
     data.pop("run_uid", None)
+    data.pop("runs_dir", None)
     return data
 
 
-def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log) -> bool:
-    """One run of the grid, unless it finished (plan refused a grid whose finished runs differ from it)."""
+def set_aside(run_dir: Path) -> Path:
+    """A failed or interrupted run directory moved aside (`s1.failed-<time>`), kept for its logs."""
+    aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(str(run_dir), aside)
+    return aside
+
+
+def run_here(settings: list[str], run_dir: Path) -> int:
+    """`hotprune run` with these settings in `run_dir` (made here, fresh), on this machine; its exit code.
+    What the run printed is its console.txt."""
+    command = hotprune_command() + ["run", *(x for a in [*settings, *location(run_dir)] for x in ("--set", a))]
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "console.txt", "w") as console:
+        # the run stops if this process does (a Ray worker killed with its node or by Ctrl-C's cancel)
+        return subprocess.run(command, stdout=console, stderr=subprocess.STDOUT, preexec_fn=die_with_parent).returncode
+
+
+class Here:
+    """Where a grid's cells run by default: `hotprune run` on this machine, up to its cores' worth at once.
+    hotprune.commands.ray_grid.RayCells is the other place, with the same three members."""
+
+    def most_jobs(self) -> int:
+        return max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
+
+    def run(self, settings: list[str], run_dir: Path) -> int:
+        return run_here(settings, run_dir)
+
+    def cancel(self) -> None:
+        """Nothing: Ctrl-C reached the runs as well (they share this terminal's process group)."""
+
+
+def run_one(variant: Variant, seed: int, run_dir: Path, extra: list[str], log, cells: Here) -> bool:
+    """One run of the grid where `cells` runs them, unless it finished (plan refused a grid whose finished
+    runs differ from it)."""
     if completed(run_dir):
         log(f"{variant.name} seed {seed}: done already ({run_dir})")
         return True
     if run_dir.exists():  # failed or interrupted: keep it aside, run again
-        aside = run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(run_dir), aside)
-        log(f"{variant.name} seed {seed}: an unfinished run moved to {aside.name}")
-    args = _overrides(variant, seed, run_dir, extra)
-    command = hotprune_command() + ["run", *(x for a in args for x in ("--set", a))]
+        log(f"{variant.name} seed {seed}: an unfinished run moved to {set_aside(run_dir).name}")
     t0 = time.monotonic()
-    run_dir.mkdir(parents=True)
-    with open(run_dir / "console.txt", "w") as console:  # what the run printed
-        code = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT).returncode
+    code = cells.run(_overrides(variant, seed, run_dir, extra), run_dir)
     log(f"{variant.name} seed {seed}: exit {code} in {time.monotonic() - t0:.0f}s")
     return code == 0
 
 
 def run_grid(grid: Grid, seeds: list[int] | None, root: Path, jobs: int, extra: list[str],
-             log=print, eval_episodes: int = 0, variants: Sequence[str] = ()) -> tuple[Path, list[dict], int]:
-    """Run the grid (on its own seeds if `seeds` is None; `variants`: only these); returns the results
-    table (results.md), its rows (write_results) and how many runs failed."""
+             log=print, eval_episodes: int = 0, variants: Sequence[str] = (), ray: str | None = None,
+             ray_shared: Path | None = None) -> tuple[Path, list[dict], int]:
+    """Run the grid (on its own seeds if `seeds` is None; `variants`: only these) on this machine, or on
+    the Ray cluster at `ray` (hotprune.commands.ray_grid; `ray_shared`: a path every node sees); returns
+    the results table (results.md), its rows (write_results) and how many runs failed."""
     if not 0 <= eval_episodes <= MAX_EPISODES:
         raise ConfigError(f"--eval-episodes must be in [0, {MAX_EPISODES}], got {eval_episodes}")
-    most = max(1, (os.cpu_count() or 1) // CORES_PER_RUN)
-    if not 1 <= jobs <= most:
-        raise ConfigError(f"--jobs must be in [1, {most}] here (a run keeps about {CORES_PER_RUN} cores busy), "
-                          f"got {jobs}")
+    if ray_shared is not None and ray is None:
+        raise ConfigError("--ray-shared names a path every node of a Ray cluster sees: it needs --ray")
+    if ray is not None:
+        root = root.absolute()  # what the nodes are told: their working directories are others
     seeds = list(dict.fromkeys(grid.seeds if seeds is None else seeds))
     cells = plan(grid, seeds, root, extra, variants)
     base = directory(grid, root)
-    base.mkdir(parents=True, exist_ok=True)
-    ok = []
-    for stage in sorted({v.stage for v, _, _ in cells}):
-        if stage and grid.prepare:
-            PREPARE[grid.prepare["step"]][0](base, seeds, grid.prepare, log)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            ok += pool.map(lambda item: run_one(*item, extra, log), [c for c in cells if c[0].stage == stage])
+    with _cells_at(ray, ray_shared, grid, root, log) as where:
+        most = where.most_jobs()
+        if not 1 <= jobs <= most:
+            raise ConfigError(f"--jobs must be in [1, {most}] {'here' if ray is None else 'on this Ray cluster'} "
+                              f"(a run keeps about {CORES_PER_RUN} cores busy), got {jobs}")
+        base.mkdir(parents=True, exist_ok=True)
+        ok = []
+        for stage in sorted({v.stage for v, _, _ in cells}):
+            if stage and grid.prepare:
+                PREPARE[grid.prepare["step"]][0](base, seeds, grid.prepare, log)
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                try:
+                    ok += pool.map(lambda item: run_one(*item, extra, log, where),
+                                   [c for c in cells if c[0].stage == stage])
+                except BaseException:  # Ctrl-C: the runs in flight stop too, wherever they are
+                    where.cancel()
+                    raise
     results, rows = write_results(grid, seeds, root, eval_episodes)
     plot(grid, seeds, root, log)
     return results, rows, ok.count(False)
+
+
+@contextmanager
+def _cells_at(ray: str | None, shared: Path | None, grid: Grid, root: Path, log):
+    """Where the grid's cells run: here, or as tasks on the Ray cluster at `ray` (connected for the grid)."""
+    if ray is None:
+        yield Here()
+        return
+    from hotprune.commands import ray_grid  # noqa: PLC0415 -- ray: only with --ray
+
+    with ray_grid.RayCells(ray, shared, grid, root, log) as cells:
+        yield cells
 
 
 def plot(grid: Grid, seeds: list[int], root: Path, log) -> None:

@@ -35,7 +35,8 @@ from hotprune.runs.artifacts import ArtifactError
 from hotprune.learning.chunks import Batch
 from hotprune.config import Config, ConfigError, load_config
 from hotprune.envs import EnvSource, env_spec
-from hotprune.pruning.engine import CompressionFailed, cut_inputs, masked_stats, prunable_names, pruner_for
+from hotprune.pruning.dynamic import pruner_for
+from hotprune.pruning.engine import CompressionFailed, cut_inputs, masked_stats, prunable_names
 from hotprune.runs.runlog import RunError, run_config
 from hotprune.runs.tickets import TRANSITIONS, WEIGHTS_DIR, kept_epochs, weights_path
 

@@ -3,6 +3,9 @@
 One writer (the compressor) fills the inactive slot, then publishes it by updating the header while
 the seqlock counter is odd. Readers (the workers) copy the active slot out, re-check the counter and
 verify the checksum, retrying until they hold a consistent copy: a reader never runs torn weights.
+A version's tensors are dense arrays or, with masks in force, sparse (hotprune.protocol.sparse: kept
+values and the mask's bitmap, in the slot); `read` returns them as stored, and a worker rebuilds the
+dense ones (hotprune.workers.dense).
 This relies on stores not being reordered with stores, nor loads with loads (x86-64 TSO); the
 checksum catches any torn copy that slipped through anyway.
 
@@ -18,21 +21,22 @@ import os
 import time
 import zlib
 from multiprocessing import shared_memory
-from typing import Callable, Mapping
+from typing import Callable
 
 import _posixshmem
 import msgpack
-import numpy as np
 
 from hotprune.protocol import store_layout as layout
+from hotprune.protocol.sparse import Version
 
 
 class StoreError(RuntimeError):
     """The segment is missing, not a hotprune store, or could not be read consistently."""
 
 
-def structure_id(tensors: Mapping[str, np.ndarray]) -> int:
-    """Identifies the tensor table's names, dtypes and shapes: equal ids mean the same model shape."""
+def structure_id(tensors: Version) -> int:
+    """Identifies the tensor table's names, dtypes and shapes: equal ids mean the same model shape
+    (whether a tensor is stored dense or sparse does not change it)."""
     table = [[n, a.dtype.name, list(a.shape)] for n, a in tensors.items()]
     return zlib.crc32(msgpack.packb(table))
 
@@ -130,7 +134,7 @@ class WeightStore:
         # could see that transient 0 as "even, consistent".
         self.buf[layout.SEQ_OFFSET : layout.SEQ_OFFSET + layout.SEQ.size] = layout.SEQ.pack(seq)
 
-    def publish(self, tensors: Mapping[str, np.ndarray], version: int) -> tuple[int, int, bool]:
+    def publish(self, tensors: Version, version: int) -> tuple[int, int, bool]:
         """Write a new version; return (slot, payload bytes, structure changed). Single writer only."""
         h = self.header()
         slot = 1 - h.active_slot if h.version >= 0 else 0
@@ -145,7 +149,7 @@ class WeightStore:
         self._set_seq(odd + 1)  # even: consistent again
         return slot, size, h.version >= 0 and sid != h.structure_id  # as changes_structure()
 
-    def changes_structure(self, tensors: Mapping[str, np.ndarray]) -> bool:
+    def changes_structure(self, tensors: Version) -> bool:
         """Would publishing `tensors` change the tensor table (what `publish` reports)?"""
         h = self.header()
         return h.version >= 0 and structure_id(tensors) != h.structure_id
@@ -154,7 +158,7 @@ class WeightStore:
         """The newest published version (-1 before the first); a cheap check, not a consistent read."""
         return self.header().version
 
-    def read(self, timeout_s: float = 1.0) -> tuple[layout.StoreHeader, dict[str, np.ndarray]] | None:
+    def read(self, timeout_s: float = 1.0) -> tuple[layout.StoreHeader, Version] | None:
         """A consistent copy of the active slot, or None if nothing was published yet.
 
         Tries at least once; retries while the writer moves underneath, up to `timeout_s`.

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import torch
 
+from hotprune.learning.policy import actor_arrays
 from hotprune.runs import artifacts
 from hotprune.runs.artifacts import CHECKPOINT
 
@@ -43,14 +44,16 @@ def path(run_dir: Path) -> Path:
 
 def state_tensors(modules: Mapping[str, torch.nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
                   generator: torch.Generator) -> dict[str, np.ndarray]:
-    """The learning state as named arrays: each module's parameters (`<module>.<name>`), each
-    optimizer's moments (`<optimizer>.<param index>.<key>`), the RNG states."""
+    """The learning state as named host arrays, whatever device it learns on: each module's parameters
+    (`<module>.<name>`), each optimizer's moments (`<optimizer>.<param index>.<key>`), the cpu RNG states
+    (a GPU's generator is not kept: sampled actions after a resume differ, as they would on another
+    device)."""
     out = {}
     for prefix, module in modules.items():
-        out |= {f"{prefix}.{n}": p.detach().numpy().copy() for n, p in module.state_dict().items()}
+        out |= {f"{prefix}.{n}": a for n, a in actor_arrays(module).items()}
     for prefix, optimizer in optimizers.items():
         for index, state in optimizer.state_dict()["state"].items():
-            out |= {f"{prefix}.{index}.{key}": value.numpy().copy() for key, value in state.items()
+            out |= {f"{prefix}.{index}.{key}": value.cpu().numpy().copy() for key, value in state.items()
                     if torch.is_tensor(value)}
     out["rng.torch"] = torch.get_rng_state().numpy()
     out["rng.generator"] = generator.get_state().numpy()
@@ -65,7 +68,9 @@ def param_groups(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, l
 def restore(tensors: dict[str, np.ndarray], modules: Mapping[str, torch.nn.Module],
             optimizers: Mapping[str, torch.optim.Optimizer], generator: torch.Generator,
             groups: Mapping[str, list[dict]]) -> None:
-    """Load what `state_tensors` wrote back into freshly built modules (same shapes)."""
+    """Load what `state_tensors` wrote back into freshly built modules (same shapes), on whatever device
+    they are: `load_state_dict` copies into the modules' own tensors, and torch's optimizers move their
+    state to their parameters' device (what torch.load's map_location does for a pickle)."""
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {n[len(prefix):]: torch.from_numpy(a.copy()) for n, a in tensors.items() if n.startswith(prefix)}
 

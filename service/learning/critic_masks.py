@@ -24,17 +24,20 @@ from torch import nn
 
 from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
-from hotprune.pruning.engine import Masks, cut_inputs, prunable_names, pruner_for, sparsity
+from hotprune.pruning.dynamic import pruner_for
+from hotprune.pruning.engine import Masks, cut_inputs, prunable_names, sparsity
+from hotprune.pruning.schedule import Step
 from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
 
 
 class CriticMasks:
     def __init__(self, critics: Mapping[str, nn.Module], targets: Mapping[str, nn.Module],
-                 optimizer: torch.optim.Optimizer, p):
+                 optimizer: torch.optim.Optimizer, p, seed: int):
         self.critics = dict(critics)
         self.specs = {name: expected_spec(critic) for name, critic in self.critics.items()}
         # None: method fixed
-        self.pruners = {name: pruner_for(spec, p, critic=True) for name, spec in self.specs.items()}
+        self.pruners = {name: pruner_for(spec, p, critic=True, seed=seed, stream=name)
+                        for name, spec in self.specs.items()}
         self.names = {name: prunable_names(spec, p.prune_output_layer) for name, spec in self.specs.items()}
         params, grads = {}, {}
         for name, critic in self.critics.items():
@@ -42,28 +45,29 @@ class CriticMasks:
             params |= {f"{name}_target.{n}": q for n, q in targets[name].named_parameters()}
             if self.pruners[name]:
                 grads |= {f"{name}.{n}": params[f"{name}.{n}"] for n in self.pruners[name].grad_names}
-        self.masks = TrainingMasks(params, optimizer, regrow=p.regrow)
+        self.masks = TrainingMasks(params, optimizer, regrow=p.regrows)
         self.grad_stats = GradientStats(grads, p.num_gradient_batches) if grads else None
         self.hooks = MaskedUpdate(keeping=self.masks, stats=self.grad_stats)  # the critics' steps' hooks
         self.previous: dict[str, Masks] = {}
 
-    def prune(self, target_sparsity: float) -> dict:
-        """Masks every critic to `target_sparsity` (nested in its masks before) and applies them; what
-        it did, for the `critic_masks_applied` event."""
+    def prune(self, step: Step) -> dict:
+        """Masks every critic at a schedule step (to its sparsity, nested in its masks before; in dynamic
+        sparse training, an update of them) and applies them; what it did, for the `critic_masks_applied`
+        event (`newly_pruned`: the weights dropped, `revived`: those grown)."""
         grads = self.grad_stats.mean() if self.grad_stats else {}
         counts = {"newly_pruned": 0, "revived": 0, "refused_revivals": 0}
         inputs_cut = {}
         for name, critic in self.critics.items():
             weights = actor_arrays(critic)
             own_grads = {n.removeprefix(f"{name}."): g for n, g in grads.items() if n.startswith(f"{name}.")}
-            masks = self.pruners[name].compute(weights, target_sparsity, own_grads or None, self.previous.get(name))
+            masks = self.pruners[name].at_step(step, weights, own_grads or None, self.previous.get(name))
             self.previous[name] = masks
             if cut := cut_inputs(masks):
                 inputs_cut[name] = cut
             keep = {f"{prefix}.{n}": m for prefix in (name, f"{name}_target") for n, m in masks.elements.items()}
             for key, value in self.masks.apply(keep).items():
                 counts[key] += value // 2  # the same positions in the critic and its target: counted once
-        return {"target_sparsity": target_sparsity, "critic_sparsity": self.sparsity(),
+        return {"target_sparsity": step.sparsity, "drop_fraction": step.fraction, "critic_sparsity": self.sparsity(),
                 "pruned": self.masks.count() // 2, **counts, "inputs_cut": inputs_cut}
 
     def fix(self, keep: Mapping[str, np.ndarray]) -> int:

@@ -10,6 +10,9 @@ exactly zero through every step, as in both-pruned training). The student carrie
 to version: it tracks a teacher that moves a little each epoch. A new mask (a later compression)
 starts it again from the student so far, masked further, with a fresh optimizer.
 
+It distils on the run's `device` (hotprune.learning.device: teacher, student, optimizer, masks and
+observations there); the student goes back to the compressor as host arrays.
+
 Imported by the compressor only in teacher-student mode: it is the one use of torch there.
 """
 
@@ -22,6 +25,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from hotprune.config import ConvNet
+from hotprune.learning.device import resolve, to_device
 from hotprune.learning.policy import Actor, actor_arrays, actor_from_tensors
 from hotprune.actor_spec import OBS_NORM
 from hotprune.pruning.engine import Masks, apply_masks
@@ -30,8 +34,9 @@ from hotprune.pruning.engine import Masks, apply_masks
 class Distiller:
     def __init__(self, discrete: bool, steps: int, lr: float, algorithm: str = "ppo",
                  action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                 activation: str | None = None, conv: ConvNet | None = None):
+                 activation: str | None = None, conv: ConvNet | None = None, device: str = "cpu"):
         torch.set_num_threads(1)  # one CPU thread per process, as the trainer and the workers
+        self.device = resolve(device)
         # torch's optimizers import torch._dynamo on first use (about a second): paid here, at start,
         # not at the first compression, where it would hold the store back while the trainer runs on
         torch.optim.Adam([torch.zeros(1, requires_grad=True)]).zero_grad()
@@ -43,7 +48,8 @@ class Distiller:
         self.keep: dict[str, torch.Tensor] = {}
 
     def actor(self, tensors: dict[str, np.ndarray]) -> Actor:
-        return actor_from_tensors(tensors, self.discrete, self.algorithm, self.action_box, self.activation, self.conv)
+        return actor_from_tensors(tensors, self.discrete, self.algorithm, self.action_box, self.activation,
+                                  self.conv).to(self.device)
 
     def distil(self, teacher: dict[str, np.ndarray], masks: Masks,
                obs: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
@@ -54,7 +60,7 @@ class Distiller:
             full_shapes = Masks(masks.elements)  # masked in place, no unit sliced out: the student keeps its shapes
             self.student = self.actor(apply_masks(start, full_shapes))
             self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.lr)
-            self.keep = {n: torch.from_numpy(k) for n, k in masks.elements.items()}
+            self.keep = {n: to_device(k, self.device) for n, k in masks.elements.items()}
             self.masks = masks
         student = self.student
         if student.obs_norm is not None:  # the trainer's newest statistics: the input the workers will see
@@ -62,7 +68,7 @@ class Distiller:
         if not len(obs):  # no observations yet (epoch 0, a resumed trainer): the student as it is
             return actor_arrays(student), {"steps": 0, "samples": 0, "kl_before": None, "kl_after": None,
                                            "diverged": False, "duration_ms": (time.perf_counter() - t0) * 1e3}
-        params, x = dict(student.named_parameters()), torch.from_numpy(np.array(obs))
+        params, x = dict(student.named_parameters()), to_device(np.array(obs), self.device)
         with torch.no_grad():  # copies: a snapshot's arrays are read-only views of its message
             target = self.actor({n: np.array(w) for n, w in teacher.items()}).distribution(x)
             last_good = {n: p.detach().clone() for n, p in params.items()}

@@ -27,11 +27,14 @@ class GradientStats(UpdateHooks):
         self.window.append({n: p.grad.abs() for n, p in self.params.items() if p.grad is not None})
 
     @torch.no_grad()
-    def mean(self) -> dict[str, np.ndarray]:
-        """g per tensor, float32; zeros before the first minibatch."""
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """g per tensor, on the weights' device (what a snapshot copies off); zeros before the first minibatch."""
         out = {}
         for name, p in self.params.items():
             seen = [b[name] for b in self.window if name in b]
-            total = torch.stack(seen).mean(0) if seen else torch.zeros_like(p)
-            out[name] = total.numpy().astype(np.float32, copy=False)
+            out[name] = torch.stack(seen).mean(0) if seen else torch.zeros_like(p)
         return out
+
+    def mean(self) -> dict[str, np.ndarray]:
+        """g per tensor on the host, float32 (what the pruning engine ranks by)."""
+        return {name: g.cpu().numpy().astype(np.float32, copy=False) for name, g in self.tensors().items()}

@@ -31,9 +31,11 @@ class RunLength:
         return self.epochs * self.epoch_samples
 
 
-def make_learner(cfg: Config, spec: EnvSpec, generator: torch.Generator):
-    """The `Learner` of the run's algorithm (its module imports torch)."""
+def make_learner(cfg: Config, spec: EnvSpec, generator: torch.Generator, device: torch.device | None = None):
+    """The `Learner` of the run's algorithm (its module imports torch), on `device` (None: the cpu; the
+    trainer passes hotprune.learning.device.resolve(cfg.device)). `generator` stays a cpu generator on
+    every device: the minibatch order and the replay draws are the same wherever the run learns."""
     module = importlib.import_module(f"hotprune.learning.{ALGORITHMS[cfg.algorithm].module}")
     return module.Learner(spec, cfg.algo, RunLength(cfg.total_epochs, cfg.epoch_samples), generator,
                           actor=cfg.network("actor", spec), critic=cfg.network("critic", spec),
-                          normalize_obs=cfg.normalize_obs)
+                          normalize_obs=cfg.normalize_obs, device=device)

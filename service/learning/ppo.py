@@ -11,7 +11,8 @@ and the compressor prunes) and its `optimizer`; the critics the trainer may prun
 their `critic_targets` and `critic_optimizer`; none for PPO); `value_networks` (every critic by name,
 pruned or not: the summary measures their sparsity); `update(batch, epoch, hooks, critic_hooks)`
 -> the losses for the `epoch` line; `modules()`, `optimizers()`, `state()` and `restore()` for
-checkpoints (hotprune.learning.checkpoints); `hidden_sizes` (the actor's); for lottery tickets
+checkpoints (hotprune.learning.checkpoints); `hidden_sizes` (the actor's); `device`, where all of it
+lives (hotprune.learning.device: batches are moved there, and whatever leaves is copied off); for lottery tickets
 (hotprune.commands.lth), `ticket_critic` (the critic tensors the files keep, as a module) and
 `ticket_meta()` (what else their losses need).
 """
@@ -26,6 +27,7 @@ from torch import nn
 
 from hotprune.learning.chunks import Batch
 from hotprune.config import Network, PPOConfig
+from hotprune.learning.device import to_device
 from hotprune.envs import EnvSpec
 from hotprune.learning.policy import Actor, make_actor, make_critic
 from hotprune.learning.hooks import UpdateHooks, hooked_step
@@ -36,11 +38,14 @@ class Learner:
     """PPO's learning state: actor, critic, one Adam over both (CleanRL's), and its update."""
 
     def __init__(self, spec: EnvSpec, cfg: PPOConfig, length: RunLength, generator: torch.Generator, *,
-                 actor: Network, critic: Network, normalize_obs: bool = False):
+                 actor: Network, critic: Network, normalize_obs: bool = False, device: torch.device | None = None):
         self.cfg, self.epochs, self.generator = cfg, length.epochs, generator
         self.hidden_sizes = actor.hidden_sizes
-        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "ppo", actor.activation, actor.conv)
-        self.critic = make_critic(spec, critic.hidden_sizes, self.actor.obs_norm, critic.activation, critic.conv)
+        self.device = device or torch.device("cpu")
+        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "ppo", actor.activation,
+                                actor.conv).to(self.device)
+        self.critic = make_critic(spec, critic.hidden_sizes, self.actor.obs_norm, critic.activation,
+                                  critic.conv).to(self.device)
         self.optimizer = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()],
                                           lr=cfg.learning_rate, eps=1e-5)
         self.critics: dict[str, nn.Module] = {}  # PPO's critic is never pruned (pruning.targets)
@@ -74,17 +79,19 @@ class Learner:
 
 @torch.no_grad()
 def advantages(batch: Batch, critic: nn.Module, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE(lambda) advantages and returns, [T, N]. Truncated steps bootstrap from their final obs."""
-    values = critic(torch.from_numpy(batch.obs)).squeeze(-1)
-    rewards = torch.from_numpy(batch.rewards).clone()
+    """GAE(lambda) advantages and returns, [T, N], on the critic's device. Truncated steps bootstrap from
+    their final obs."""
+    device = next(critic.parameters()).device
+    values = critic(to_device(batch.obs, device)).squeeze(-1)
+    rewards = to_device(batch.rewards, device).clone()
     # Only a cut-off episode continues past its end: a step can be both terminated and truncated
     # (the time limit fires on the terminal step), and then there is nothing to bootstrap.
     cut = batch.truncated & ~batch.terminated
     if cut.any():
-        rewards[torch.from_numpy(cut)] += gamma * critic(torch.from_numpy(batch.final_obs[cut])).squeeze(-1)
-    not_done = 1.0 - torch.from_numpy(batch.terminated | batch.truncated).float()
+        rewards[to_device(cut, device)] += gamma * critic(to_device(batch.final_obs[cut], device)).squeeze(-1)
+    not_done = 1.0 - to_device(batch.terminated | batch.truncated, device).float()
     adv = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[1])
+    last = torch.zeros(rewards.shape[1], device=device)
     for t in reversed(range(rewards.shape[0])):
         delta = rewards[t] + gamma * values[t + 1] * not_done[t] - values[t]
         last = delta + gamma * lam * not_done[t] * last
@@ -115,9 +122,9 @@ def update(
     size = batch.size
     mb_size = size // cfg.minibatches
     steps, skipped = 0, 0
-    sums = torch.zeros(len(STATS))
+    sums = torch.zeros(len(STATS), device=obs.device)
     for _ in range(cfg.update_epochs):
-        order = torch.randperm(size, generator=generator)
+        order = torch.randperm(size, generator=generator).to(obs.device)  # the cpu generator's order, anywhere
         for start in range(0, size - mb_size + 1, mb_size):
             for hook in hooks:
                 hook.before_minibatch()
@@ -152,12 +159,13 @@ def explained_variance(adv: torch.Tensor, returns: torch.Tensor) -> float | None
 
 
 def samples(batch: Batch, critic: nn.Module, cfg: PPOConfig) -> tuple[torch.Tensor, ...]:
-    """The batch as flat samples: observations, actions, behaviour log-probs, advantages, returns."""
+    """The batch as flat samples on the critic's device: observations, actions, behaviour log-probs,
+    advantages, returns."""
     adv, returns = advantages(batch, critic, cfg.gamma, cfg.gae_lambda)
     t, n = batch.rewards.shape
-    obs = torch.from_numpy(batch.obs[:-1]).reshape(t * n, -1)
-    actions = torch.from_numpy(batch.actions).reshape(t * n, *batch.actions.shape[2:])
-    old_logp = torch.from_numpy(batch.logprobs).reshape(-1)
+    obs = to_device(batch.obs[:-1], adv.device).reshape(t * n, -1)
+    actions = to_device(batch.actions, adv.device).reshape(t * n, *batch.actions.shape[2:])
+    old_logp = to_device(batch.logprobs, adv.device).reshape(-1)
     return obs, actions, old_logp, adv.reshape(-1), returns.reshape(-1)
 
 

@@ -8,8 +8,8 @@ the replay buffer here, whatever policy version acted in them, so the async lag 
 The actor's gradient steps call the update hooks (hotprune.learning.hooks) as PPO's minibatches do, so
 the trainer's mask intake, gradient statistics and mask keeping work unchanged; the critics' steps
 call `critic_hooks` (the trainer's own critic masks and their gradient statistics, when
-`pruning.targets` has "critic"). The replay buffer is numpy and lives only in the trainer; it is not
-checkpointed (a resumed trainer refills it).
+`pruning.targets` has "critic"). The replay buffer lives on the learner's device, only in the trainer; it
+is not checkpointed (a resumed trainer refills it).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from hotprune.learning.chunks import Batch
 from hotprune.actor_spec import SAC_CRITICS
+from hotprune.learning.device import to_device
 from hotprune.config import Network, SACConfig
 from hotprune.envs import EnvSpec
 from hotprune.learning.policy import make_actor, mlp
@@ -47,18 +48,16 @@ def adam(params, lr: float) -> torch.optim.Adam:
 
 
 class ReplayBuffer:
-    """A ring of the last `capacity` transitions, float32 numpy arrays (zeros: the OS hands pages out
-    as rows are first written, so a buffer larger than the run costs only what it holds)."""
+    """A ring of the last `capacity` transitions, float32 tensors on `device`. On the cpu they are numpy's
+    zeros (the OS hands pages out as rows are first written, so a buffer larger than the run costs only
+    what it holds; torch.zeros would write every page at once)."""
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | None = None):
         self.capacity = capacity
-        self.data = {
-            "obs": np.zeros((capacity, obs_dim), np.float32),
-            "actions": np.zeros((capacity, act_dim), np.float32),
-            "rewards": np.zeros(capacity, np.float32),
-            "next_obs": np.zeros((capacity, obs_dim), np.float32),
-            "terminated": np.zeros(capacity, np.float32),
-        }
+        shapes = {"obs": (capacity, obs_dim), "actions": (capacity, act_dim), "rewards": (capacity,),
+                  "next_obs": (capacity, obs_dim), "terminated": (capacity,)}
+        self.data = {name: to_device(np.zeros(shape, np.float32), device or torch.device("cpu"))
+                     for name, shape in shapes.items()}
         self.pos = 0  # the next row written
         self.size = 0
 
@@ -69,16 +68,18 @@ class ReplayBuffer:
         """Transitions, a row each (Batch.transitions); the oldest are overwritten once full."""
         n = len(rows["rewards"])
         skip = max(0, n - self.capacity)  # more rows than fit: only the newest capacity of them
-        index = (self.pos + np.arange(skip, n)) % self.capacity
+        index = (self.pos + torch.arange(skip, n)) % self.capacity
         for name in TRANSITION_FIELDS:
-            self.data[name][index] = rows[name][skip:]
+            buffer, new = self.data[name], np.ascontiguousarray(rows[name][skip:], np.float32)
+            buffer[index.to(buffer.device)] = to_device(new, buffer.device)
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.capacity, self.size + n)
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """n transitions drawn uniformly with replacement (the trainer's checkpointed generator)."""
-        index = torch.randint(self.size, (n,), generator=generator).numpy()
-        return {name: torch.from_numpy(self.data[name][index]) for name in TRANSITION_FIELDS}
+        """n transitions drawn uniformly with replacement (the trainer's checkpointed cpu generator), on the
+        buffer's device."""
+        index = torch.randint(self.size, (n,), generator=generator).to(self.data["obs"].device)
+        return {name: self.data[name][index] for name in TRANSITION_FIELDS}
 
 
 class SoftQNetwork(nn.Module):
@@ -157,15 +158,16 @@ class Learner:
     update, behind the trainer's algorithm interface (see hotprune.learning.ppo.Learner)."""
 
     def __init__(self, spec: EnvSpec, cfg: SACConfig, length: RunLength, generator: torch.Generator, *,
-                 actor: Network, critic: Network, normalize_obs: bool = False):
+                 actor: Network, critic: Network, normalize_obs: bool = False, device: torch.device | None = None):
         s = self.cfg = cfg
         self.generator = generator
         self.hidden_sizes = actor.hidden_sizes
-        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "sac", actor.activation)
+        self.device = device = device or torch.device("cpu")
+        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "sac", actor.activation).to(device)
         obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
         q = (critic.hidden_sizes, obs_norm, critic.activation)
-        self.qf1, self.qf2 = (SoftQNetwork(spec, *q) for _ in range(2))
-        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, *q) for _ in range(2))
+        self.qf1, self.qf2 = (SoftQNetwork(spec, *q).to(device) for _ in range(2))
+        self.qf1_target, self.qf2_target = (SoftQNetwork(spec, *q).to(device) for _ in range(2))
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
         self.twin = TwinQ((self.qf1, self.qf2), trained=True)
@@ -174,9 +176,9 @@ class Learner:
         self.optimizer = adam(self.actor.parameters(), s.policy_lr)  # the actor's
         # Automatic entropy tuning: alpha = exp(log_alpha) is driven towards entropy -act_dim.
         self.target_entropy = -float(spec.act_dim)
-        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.log_alpha = torch.zeros(1, requires_grad=True, device=device)
         self.a_optimizer = adam([self.log_alpha], s.q_lr)
-        self.buffer = ReplayBuffer(s.replay_capacity(length.samples), spec.obs_dim, spec.act_dim)
+        self.buffer = ReplayBuffer(s.replay_capacity(length.samples), spec.obs_dim, spec.act_dim, device)
         self.samples_seen = 0  # env steps added to the buffer (this trainer's, and its checkpoint's)
         self.gradient_steps = 0  # critic steps so far: the clock of the delayed actor and target updates
         # What the trainer's critic pruning masks and checkpoints: the critics and their targets by name.
@@ -194,7 +196,7 @@ class Learner:
 
     def _alpha(self) -> torch.Tensor:
         """The temperature as a tensor, for the update's loop (no .item() per step)."""
-        return self.log_alpha.detach().exp() if self.cfg.autotune else torch.tensor(self.cfg.alpha)
+        return self.log_alpha.detach().exp() if self.cfg.autotune else torch.tensor(self.cfg.alpha, device=self.device)
 
     def ticket_meta(self) -> dict:
         """What a kept weights file says beyond the weights: the temperature, which the losses need."""
@@ -231,7 +233,8 @@ class Learner:
         critic_params = [*self.qf1.parameters(), *self.qf2.parameters()]
         actor_params = list(self.actor.parameters())
         # Summed as tensors and read once at the end: no synchronisation per gradient step.
-        sums, actor_sums = torch.zeros(len(CRITIC_STATS)), torch.zeros(len(ACTOR_STATS))
+        sums = torch.zeros(len(CRITIC_STATS), device=self.device)
+        actor_sums = torch.zeros(len(ACTOR_STATS), device=self.device)
         critic_steps = actor_steps = skipped = 0
         alpha = self._alpha()
         for _ in range(steps):
@@ -257,7 +260,7 @@ class Learner:
                         skipped += 1
                         continue
                     actor_steps += 1
-                    alpha_loss = self.alpha_step(obs) if s.autotune else torch.zeros(())
+                    alpha_loss = self.alpha_step(obs) if s.autotune else torch.zeros((), device=self.device)
                     if s.autotune:
                         alpha = self._alpha()
                     actor_sums += torch.stack([actor_loss.detach(), alpha_loss])
@@ -300,7 +303,7 @@ class Learner:
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Tensors and metadata beyond modules and optimizers: the temperature and the step clocks.
         Not the replay buffer (up to buffer_size rows: a resumed trainer refills it)."""
-        return ({"log_alpha": self.log_alpha.detach().numpy().copy()},
+        return ({"log_alpha": self.log_alpha.detach().cpu().numpy().copy()},
                 {"samples_seen": self.samples_seen, "gradient_steps": self.gradient_steps})
 
     def restore(self, tensors: dict[str, np.ndarray], meta: dict) -> None:

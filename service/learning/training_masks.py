@@ -35,7 +35,8 @@ class TrainingMasks(UpdateHooks):
         `refused_revivals` (positions the new mask would have revived, kept pruned)."""
         counts = {"newly_pruned": 0, "revived": 0, "refused_revivals": 0}
         for name, mask in keep.items():
-            pruned = torch.from_numpy(~np.asarray(mask, dtype=bool))
+            param = self.params[name]
+            pruned = torch.from_numpy(~np.asarray(mask, dtype=bool)).to(param.device)  # where the weights learn
             old = self.pruned.get(name, torch.zeros_like(pruned))
             revive = old & ~pruned
             if self.regrow:
@@ -45,7 +46,6 @@ class TrainingMasks(UpdateHooks):
                 pruned = pruned | old
             counts["newly_pruned"] += int((pruned & ~old).sum())
             self.pruned[name] = pruned
-            param = self.params[name]
             clear = pruned | revive  # revived weights start from zero, with no optimizer history
             param.masked_fill_(clear, 0.0)
             for value in self.optimizer.state.get(param, {}).values():
@@ -71,7 +71,7 @@ class TrainingMasks(UpdateHooks):
 
     def keep_masks(self) -> dict[str, np.ndarray]:
         """The masks in force, as keep-masks (True = kept)."""
-        return {name: (~pruned).numpy() for name, pruned in self.pruned.items()}
+        return {name: (~pruned).cpu().numpy() for name, pruned in self.pruned.items()}
 
 
 class MaskedUpdate(UpdateHooks):

@@ -46,7 +46,7 @@ def covered(scores: Mapping[str, np.ndarray], spec: Mapping[str, tuple[str, tupl
     first = next(iter(layer_weight_names(spec)), None)  # conv.0 for a CNN
     if not minimum or first not in scores:
         return out
-    live = np.asarray(scores[first], np.float64).copy()
+    live = np.array(scores[first], np.result_type(scores[first], np.float32))  # ours: -inf goes in
     if kept is not None:
         live[~kept[first]] = -np.inf  # pruned before: never protected (nested)
     shape = spec[first][1]

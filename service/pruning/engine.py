@@ -20,7 +20,9 @@ Two separate choices, as in Torch-Pruning's importance / pruner split:
 Guarantees of `Pruner.compute`:
 - exactly k = round(s * n) items pruned per scope (global: all prunable items; layer: each layer, or
   the ERK allocation whose per-layer counts sum to round(s * n)), lowest score first, ties broken by
-  position (as a stable sort would): the same inputs always give the same masks;
+  position (as a stable sort would): the same inputs always give the same masks. Scores are float32
+  (a unit's, the float64 mean of its weights'); the selection ranks only the items still standing and
+  takes O(n) whatever the ties (`_kth`), a few passes over the scores in all;
 - nested unless asked to regrow: items the previous masks pruned score lowest, so a mask never
   un-prunes (masks only grow, whatever order snapshots and masks arrive in);
 - no input cut off: each first-layer input keeps `min_weights_per_input` weights, the count still exact
@@ -38,6 +40,7 @@ import numpy as np
 
 from hotprune.pruning.coverage import covered
 from hotprune.pruning.criteria import CRITERIA, STRUCTURES
+from hotprune.pruning.schedule import Step
 from hotprune.actor_spec import Layer, layer_chain, layer_weight_names
 
 Spec = Mapping[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
@@ -62,7 +65,7 @@ class Masks:
     units: dict[str, np.ndarray] | None = None
 
     def pruned(self) -> int:
-        return sum(int(np.count_nonzero(~m)) for m in self.elements.values())
+        return sum(m.size - int(np.count_nonzero(m)) for m in self.elements.values())
 
     @classmethod
     def from_elements(cls, elements: Mapping[str, np.ndarray], structure: str) -> "Masks":
@@ -121,6 +124,12 @@ class Pruner:
     def mask_names(self) -> list[str]:
         return mask_names(self.chain, self.structure, self.scored)
 
+    def at_step(self, step: Step, weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray] | None = None,
+                previous: Masks | None = None) -> Masks:
+        """The masks of a schedule step (hotprune.pruning.schedule): `compute` at its sparsity here; an update
+        of `previous` in dynamic sparse training (hotprune.pruning.dynamic.DynamicPruner)."""
+        return self.compute(weights, step.sparsity, grads, previous)
+
     def compute(self, weights: Mapping[str, np.ndarray], sparsity: float, grads: Mapping[str, np.ndarray] | None = None,
                 previous: Masks | None = None) -> Masks:
         """Masks pruning `sparsity` of the items (weights or hidden units), nested in `previous`
@@ -130,11 +139,12 @@ class Pruner:
             g = None if grads is None else grads.get(name)
             if self.criterion.needs_grads and g is None:
                 raise CompressionFailed(f"criterion {self.criterion.name} needs gradient statistics for {name}")
-            s = np.asarray(self.criterion.score(weights[name].astype(np.float64),
-                                                None if g is None else g.astype(np.float64)), np.float64)
+            s = self.criterion.score(np.asarray(weights[name], np.float32),
+                                     None if g is None else np.asarray(g, np.float32))
             if not np.isfinite(s).all():
                 raise CompressionFailed(f"criterion {self.criterion.name} gave non-finite scores in {name}")
-            scores[name] = s.reshape(len(s), -1).mean(axis=1) if self.by_unit else s.reshape(-1)
+            # A unit's mean over its weights' float32 scores, summed in float64: a few thousand unit scores.
+            scores[name] = s.reshape(len(s), -1).mean(axis=1, dtype=np.float64) if self.by_unit else s.reshape(-1)
         before = None
         if previous is not None and not self.regrow:
             before = previous.units if self.by_unit else previous.elements
@@ -155,7 +165,7 @@ class Pruner:
             return int(round(sparsity * sum(sizes.values())))
         if self.distribution == "erk":
             shapes = {n: self.spec[n][1] for n in self.scored}
-            already = {n: int(np.count_nonzero(~k)) for n, k in before.items()} if before is not None else None
+            already = {n: k.size - int(np.count_nonzero(k)) for n, k in before.items()} if before is not None else None
             return allocate(sizes, erk_densities(shapes, sparsity), int(round(sparsity * sum(sizes.values()))), already)
         return {n: int(round(sparsity * size)) for n, size in sizes.items()}
 
@@ -195,35 +205,86 @@ def select(scores: Mapping[str, np.ndarray], counts: Mapping[str, int] | int, sc
 
 def _select_one(scores: Mapping[str, np.ndarray], k: int, previous: Mapping[str, np.ndarray] | None,
                 min_keep: int) -> dict[str, np.ndarray]:
+    """One threshold over `scores`: the order is that of a stable argsort of the scores concatenated in
+    layer order, with the items `previous` pruned first (-inf) and the protected ones last (+inf)."""
     names = list(scores)
-    sizes = [scores[n].size for n in names]
-    keys = np.concatenate([scores[n] for n in names]).astype(np.float64, copy=False)  # a new array: ours to edit
-    if previous is not None:
-        keys[~np.concatenate([previous[n] for n in names])] = -np.inf  # already pruned: first in line (nested)
-    if min_keep:  # the layer's best min_keep items still standing are never candidates: they rank last
-        for layer in np.split(keys, np.cumsum(sizes)[:-1]):  # views into keys
-            layer[lowest(-layer, min_keep) & (layer > -np.inf)] = np.inf
-    already = int(np.count_nonzero(keys == -np.inf))
-    k = min(max(k, already), keys.size - int(np.count_nonzero(keys == np.inf)))
-    if k > already:
-        live = keys[np.isfinite(keys)]  # a copy: min(where=...) is 15x slower than min() on it
-        if live.size > 1 and live.min() == live.max():
-            raise CompressionFailed(f"all {live.size} candidate scores are equal ({live[0]:g}): nothing to rank by")
-    keep = ~lowest(keys, k)
-    return dict(zip(names, np.split(keep, np.cumsum(sizes)[:-1])))
+    if min_keep:  # unit scores (a few thousand): a layer's best min_keep items still standing go to +inf
+        scores = {n: _protected(scores[n], None if previous is None else previous[n], min_keep) for n in names}
+        previous = None  # folded into the keys as -inf
+    # Only the items still standing are ranked: the selection runs over them alone, not over the whole
+    # model with the pruned ones at -inf (a partition slows down 100x on that many equal keys).
+    pruned = pinned_low = 0  # pruned before; at -inf (pruned first). Items at +inf are never pruned.
+    live = []
+    for n in names:
+        x = scores[n]
+        if previous is not None:
+            pruned += x.size - int(np.count_nonzero(previous[n]))
+            x = np.compress(previous[n], x)  # compress, not x[mask]: 20x faster on a random mask here
+        if x.size and (x.min() == -np.inf or x.max() == np.inf):  # covered()'s protected weights, min_keep
+            pinned_low += int(np.count_nonzero(x == -np.inf))
+            x = np.compress(np.isfinite(x), x)
+        live.append(x)
+    live = np.concatenate(live) if len(live) > 1 else live[0]  # in position order across layers
+    already = pruned + pinned_low
+    k = min(max(k, already), already + live.size)
+    take = k - already  # the lowest-scored standing items to prune now
+    if take and live.size > 1 and live.min() == live.max():
+        raise CompressionFailed(f"all {live.size} candidate scores are equal ({live[0]:g}): nothing to rank by")
+    threshold, ties = _kth(live, take) if take else (-np.inf, 0)
+    keep = {}
+    for n in names:
+        keep[n] = scores[n] > threshold  # every tie pruned, -inf too; +inf kept
+        if previous is not None:
+            keep[n] &= previous[n]
+    if take and np.count_nonzero(live == threshold) > ties:  # some ties stay: the later ones
+        skip = ties
+        for n in names:
+            at = np.flatnonzero(scores[n] == threshold)
+            if previous is not None:
+                at = at[previous[n][at]]
+            keep[n][at[skip:]] = True
+            skip = max(0, skip - at.size)
+    return keep
+
+
+def _protected(scores: np.ndarray, kept: np.ndarray | None, min_keep: int) -> np.ndarray:
+    """A copy of `scores` with the items no longer `kept` at -inf and the best `min_keep` still kept
+    (ties to the earlier position) at +inf."""
+    keys = np.array(scores, np.result_type(scores, np.float32))
+    if kept is not None:
+        keys[~kept] = -np.inf
+    keys[lowest(-keys, min_keep) & (keys > -np.inf)] = np.inf
+    return keys
 
 
 def lowest(keys: np.ndarray, k: int) -> np.ndarray:
     """A bool mask of the k lowest keys, ties broken by position: the first k of a stable argsort,
-    found in O(n) (a partition for the k-th value, then the first of its ties) rather than a sort,
-    which takes 40x longer on a 1M-weight layer. Keys must not be NaN."""
+    found in O(n) (hotprune.pruning.engine._kth) rather than a sort, which takes 40x longer on a
+    1M-weight layer. Keys must not be NaN."""
     if k <= 0 or k >= keys.size:
         return np.full(keys.size, k > 0)
-    kth = np.partition(keys, k - 1)[k - 1]
+    kth, ties = _kth(keys, k)
     out = keys < kth
-    ties = np.flatnonzero(keys == kth)
-    out[ties[: k - np.count_nonzero(out)]] = True
+    out[np.flatnonzero(keys == kth)[:ties]] = True
     return out
+
+
+def _kth(values: np.ndarray, k: int) -> tuple[float, int]:
+    """The k-th lowest of `values` (1 <= k <= size; no NaN) as a stable argsort orders them, and how
+    many of the values equal to it are among the k lowest (the earliest ones)."""
+    if values.dtype == np.float32:
+        # A unique key per item, the value's bits then the position: np.partition (introselect) takes
+        # 100x longer when many values are equal (dead units' zero gradients), and the position settles
+        # the ties. The int32 order of a float32's bits, its sign folded in, is the float order.
+        bits = np.add(values, np.float32(0)).view(np.int32)  # -0.0 becomes +0.0: equal values, equal keys
+        bits ^= (bits >> 31) & 0x7FFFFFFF
+        key = np.left_shift(bits, 32, dtype=np.int64)
+        key |= np.arange(key.size, dtype=np.int64)
+        key.partition(k - 1)
+        at = int(key[k - 1] & 0xFFFFFFFF)
+        return values[at], int(np.count_nonzero(values[: at + 1] == values[at]))
+    kth = np.partition(values, k - 1)[k - 1]  # unit scores (float64): a few thousand
+    return kth, k - int(np.count_nonzero(values < kth))
 
 
 def erk_densities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dict[str, float]:
@@ -340,6 +401,14 @@ def sparsity_of_counts(nonzero: Mapping[str, int], dense: Spec, names: Sequence[
     return 1 - sum(nonzero[n] for n in names) / total if total else 0.0
 
 
+def masks_sparsity(masks: Masks | None, dense: Spec, names: Sequence[str]) -> float:
+    """The fraction of the named tensors' dense positions the masks prune: the sparsity they hold the weights
+    at, whatever zeros the kept weights have besides (a weight regrown at zero, or a kept weight exactly 0)."""
+    elements = masks.elements if masks is not None else {}
+    return sparsity_of_counts({n: int(np.count_nonzero(elements[n])) if n in elements else int(np.prod(dense[n][1]))
+                               for n in names}, dense, names)
+
+
 def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:
     """What a compression leaves: per layer of `names` its sparsity and kept / total weights, the
     whole model's kept / total parameters (every tensor: weights, biases, log std), and for `neuron`
@@ -348,7 +417,7 @@ def masked_stats(masks: Masks | None, spec: Spec, names: Sequence[str]) -> dict:
     elements = masks.elements if masks is not None else {}
     for n, (_, shape) in spec.items():
         total = int(np.prod(shape))
-        pruned = int(np.count_nonzero(~elements[n])) if n in elements else 0
+        pruned = total - int(np.count_nonzero(elements[n])) if n in elements else 0
         pruned_all += pruned
         if n in names:
             layers[n] = {"sparsity": pruned / total, "kept": total - pruned, "total": total}
@@ -379,18 +448,8 @@ def churn(previous: Masks | None, new: Masks) -> tuple[int, int]:
     changed = revived = 0
     for n, m in new.elements.items():
         old = previous.elements[n]
-        changed += int(np.count_nonzero(old != m))
-        revived += int(np.count_nonzero(~old & m))
+        flips = int(np.count_nonzero(old != m))
+        changed += flips
+        # flips = pruned now + revived, and kept(new) - kept(old) = revived - pruned now: no second pass
+        revived += (flips + int(np.count_nonzero(m)) - int(np.count_nonzero(old))) // 2
     return changed, revived
-
-
-def pruner_for(spec: Spec, p, critic: bool = False) -> Pruner | None:
-    """The run's pruner (p: the config's `pruning` section) of its actor, or of a SAC `critic`: with
-    p.critic_distribution erk and weight structure, each critic layer pruned to its ERK share; None for
-    the dense baseline."""
-    if p.method not in CRITERIA:  # none, fixed: nothing to compute
-        return None
-    erk = critic and p.critic_distribution == "erk" and p.structure == "weight"
-    return Pruner(spec, method=p.method, structure=p.structure, scope="layer" if erk else p.scope,
-                  distribution="erk" if erk else p.distribution, prune_output_layer=p.prune_output_layer,
-                  regrow=p.regrow, min_weights_per_input=p.min_weights_per_input)

@@ -10,11 +10,20 @@ target or on the cubic schedule s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - 
 2017), held at s_f after t1. A step to 0% prunes nothing and is left out of the plan; so is, with
 nested masks (no `regrow`), a step that does not raise the sparsity: it would select nothing new, so
 a constant schedule prunes once.
+
+Dynamic sparse training (methods `set`, `rigl`: hotprune.pruning.dynamic) keeps the target from the
+first compression at `start_epoch` on, and then every `every` epochs before `update_end_epoch` T_end
+updates the masks: each layer drops the fraction f_t of its kept weights and regrows as many, with
+f_t = alpha / 2 * (1 + cos(pi * t / T_end)) at epoch t (RigL's cosine decay, alpha =
+`drop_fraction`). From T_end on the masks are frozen: no step is planned there (f_T_end is 0).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from hotprune.pruning.criteria import DYNAMIC
 
 SCHEDULES = ("constant", "cubic")
 
@@ -23,6 +32,12 @@ SCHEDULES = ("constant", "cubic")
 class Step:
     epoch: int
     sparsity: float
+    fraction: float = 0.0  # dynamic sparse training: the share of each layer's kept weights dropped and regrown
+
+
+def drop_fraction(epoch: int, *, alpha: float, end_epoch: int) -> float:
+    """RigL's cosine decay of the update fraction: alpha / 2 * (1 + cos(pi * t / T_end)), 0 from T_end on."""
+    return alpha / 2 * (1 + math.cos(math.pi * epoch / end_epoch)) if epoch < end_epoch else 0.0
 
 
 def scheduled_sparsity(epoch: int, *, target: float, start_epoch: int, schedule: str = "constant",
@@ -41,6 +56,8 @@ def plan(cfg) -> tuple[list[Step], list[str]]:
     p = cfg.pruning
     if p.method in ("none", "fixed"):  # fixed: the masks of its file, from the start
         return [], []
+    if p.method in DYNAMIC:
+        return _dynamic_plan(cfg)
     end = cfg.pruning_end_epoch
     epochs = range(p.start_epoch, cfg.total_epochs + 1, p.every)
     all_steps = [Step(e, scheduled_sparsity(e, target=p.target_sparsity, start_epoch=p.start_epoch,
@@ -62,6 +79,19 @@ def plan(cfg) -> tuple[list[Step], list[str]]:
                             f"{end}: it is not gradual (every={p.every}, end_epoch={end})")
     if all_steps and not steps:
         warnings.append("every step prunes 0%: nothing will be pruned")
+    return steps, warnings
+
+
+def _dynamic_plan(cfg) -> tuple[list[Step], list[str]]:
+    """The first compression at start_epoch, then an update every `every` epochs before T_end."""
+    p, end = cfg.pruning, cfg.update_end_epoch
+    if p.start_epoch > cfg.total_epochs:
+        return [], [f"no compression: start_epoch {p.start_epoch} is after the last epoch {cfg.total_epochs}"]
+    steps = [Step(p.start_epoch, p.target_sparsity)]  # before T_end every f_t is > 0
+    steps += [Step(e, p.target_sparsity, drop_fraction(e, alpha=p.drop_fraction, end_epoch=end))
+              for e in range(p.start_epoch + p.every, min(end, cfg.total_epochs + 1), p.every)]
+    warnings = [] if len(steps) > 1 else [f"no mask update between the first compression (epoch {p.start_epoch}) "
+                                          f"and update_end_epoch {end}: the masks never change (every={p.every})"]
     return steps, warnings
 
 

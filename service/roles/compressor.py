@@ -1,11 +1,13 @@
 """The compressor: prunes the trainer's newest snapshot and publishes it to the workers.
 
-For each snapshot (older queued ones are dropped, each logged): when a compression step is due
+For each snapshot (older queued ones are dropped, each logged; in both-pruned mode its masked weights
+come as kept values + bitmaps, rebuilt here): when a compression step is due
 (hotprune.pruning.schedule: due from its epoch on, never skipped), compute new masks, nested in the current
 ones (hotprune.pruning.engine); otherwise keep the current ones. Apply them, write the result into the weight
-store, announce `weights_ready`, and report each compression to the trainer on the masks channel
-(with the masks themselves in both-pruned mode; `failed` when the criterion could not rank). Before
-the first compression, weights pass through unchanged: every policy update reaches the workers.
+store (masked weights as kept values + bitmap where that halves their bytes: `stored`), announce
+`weights_ready`, and report each compression to the trainer on the masks channel (with the masks
+themselves in both-pruned mode; `failed` when the criterion could not rank). Before the first
+compression, weights pass through unchanged: every policy update reaches the workers.
 
 A restarted compressor (`--resume`) takes up the masks of the run's last compression from
 masks.safetensors (written after every compression), counts the steps up to its due epoch as done, and
@@ -35,12 +37,14 @@ from hotprune.actor_spec import OBS_NORM, actor_spec, policy_metadata
 from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
 from hotprune.roles.process import StopFlag, role_process, send_when_ready, socket
-from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, prunable_names, \
-    pruner_for, sparsity
+from hotprune.pruning.dynamic import pruner_for
+from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, masks_sparsity, \
+    prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
 from hotprune.comms.publisher import VERSIONS_QUEUE, StorePublisher, VersionFeed
-from hotprune.protocol.store_layout import segment_name
+from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor, worth_sparse
+from hotprune.protocol.store_layout import payload_size, segment_name
 from hotprune.runs.rundir import store_slot_size
 from hotprune.comms.weight_store import WeightStore
 
@@ -55,7 +59,7 @@ class Compressor:
         network = cfg.network("actor", spec)
         self.weight_spec = actor_spec(spec, network.hidden_sizes, cfg.normalize_obs, cfg.algorithm, network.conv)
         p = cfg.pruning
-        self.pruner = pruner_for(self.weight_spec, p)
+        self.pruner = pruner_for(self.weight_spec, p, seed=cfg.seed)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
         grads = self.pruner.grad_names if self.pruner else []
         self.snapshot_spec = {**self.weight_spec, **{GRAD_PREFIX + n: self.weight_spec[n] for n in grads}}
@@ -65,15 +69,17 @@ class Compressor:
             from hotprune.learning.distill import Distiller
 
             self.distiller = Distiller(spec.discrete, p.distill_steps, p.distill_lr, cfg.algorithm,
-                                       (spec.action_low, spec.action_high), network.activation, network.conv)
+                                       (spec.action_low, spec.action_high), network.activation, network.conv,
+                                       cfg.device)
         # The first liveness ping (the hang timeout runs from it) once the slow set-up is done:
         # the distiller's optimizer warm-up imports torch._dynamo.
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         steps, warnings = plan(cfg)
         self.schedule = Schedule(steps)
         self.log.info("pruning_planned", method=p.method, structure=p.structure, scope=p.scope,
-                      distribution=p.distribution, regrow=p.regrow, schedule=p.schedule,
-                      steps=[[s.epoch, s.sparsity] for s in steps], warnings=warnings)
+                      distribution=p.distribution, regrow=p.regrows, schedule=p.schedule,
+                      steps=[[s.epoch, s.sparsity] for s in steps], drop_fractions=[s.fraction for s in steps],
+                      warnings=warnings, distill_device=self.distiller.device.type if self.distiller else None)
         for warning in warnings:
             self.log.warning("schedule_degenerate", reason=warning)
         self.store = WeightStore.attach_or_create(segment_name(cfg.run_dir), store_slot_size(cfg))
@@ -105,6 +111,8 @@ class Compressor:
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = self.last_epoch = -1
         self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
+        self.codes: tuple[Masks | None, dict[str, SparseCode]] = (None, {})  # masks -> the sparse ones' codes
+        self.snapshot_codes = Codes()  # the masks of the trainer's sparse snapshot weights
         self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
         # The newest trainer_start seen in a snapshot; a resumed compressor takes the first it sees.
         self.trainer_start: int | None = None if resume else 0
@@ -136,10 +144,9 @@ class Compressor:
         self.history[meta["masks_version"]] = masks  # the trainer's snapshots say they apply these: checked too
         self.schedule.done(step)
         stats = masked_stats(masks, self.weight_spec, self.sparsity_names)
-        weights = apply_masks({n: np.ones(shape, np.float32) for n, (_, shape) in self.weight_spec.items()}, masks)
         fields = {"version": meta["masks_version"], "epoch": meta["masks_epoch"], "due_epoch": step.epoch,
                   "target_sparsity": step.sparsity, "failed": False,
-                  "weight_sparsity": sparsity(weights, self.weight_spec, self.sparsity_names),
+                  "weight_sparsity": masks_sparsity(masks, self.weight_spec, self.sparsity_names),
                   "params_kept": stats["params_kept"]}
         self.last_report = (fields, masks.elements if self.cfg.prune_training_model else {})
         self.log.info("compressor_resumed", masks=True, version=fields["version"], due_epoch=step.epoch,
@@ -157,7 +164,7 @@ class Compressor:
                 if msg.kind == "control":
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
-                check_tensors(msg.tensors, self._expected_tensors(msg.tensors))
+                check_tensors(msg.tensors, self._expected_tensors(msg.tensors), sparse=self.weight_spec)
                 if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
                     raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
                 self._check_fields(msg.fields)
@@ -219,7 +226,7 @@ class Compressor:
     def handle(self, msg: Message) -> None:
         f, p = msg.fields, self.cfg.pruning
         version, epoch = f["version"], f["epoch"]
-        weights = {n: msg.tensors[n] for n in self.weight_spec}
+        weights = self.snapshot_codes.dense({n: msg.tensors[n] for n in self.weight_spec})
         masks_version = f["masks_version"]
         self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
                       masks_version=masks_version, pruned_nonzero=self._pruned_nonzero(weights, masks_version),
@@ -238,30 +245,48 @@ class Compressor:
         out = apply_masks(policy, self.masks)
         structure_changed = self.store.changes_structure(out)  # before the write: for compression_finished
         achieved = sparsity(out, self.weight_spec, self.sparsity_names)
+        # What the masks prune: the zeros written may be more (a weight regrown at zero in both-pruned mode)
+        held = masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)
         stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
         if outcome is not None:
             step = due[0]
             self.log.info("compression_finished", version=version, epoch=epoch, due_epoch=step.epoch,
                           method=p.method, structure=p.structure, target_sparsity=step.sparsity,
-                          achieved_sparsity=stats["unit_sparsity"] if self.masks.units else achieved,
-                          weight_sparsity=achieved, **stats, **outcome, structure_changed=structure_changed)
-        slot, nbytes, _ = self.publisher.publish(out, version)
-        self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes, sparsity=achieved,
+                          achieved_sparsity=stats["unit_sparsity"] if self.masks.units else held,
+                          weight_sparsity=held, drop_fraction=step.fraction, **stats, **outcome,
+                          structure_changed=structure_changed)
+        stored = self.stored(out)
+        slot, nbytes, _ = self.publisher.publish(stored, version)
+        self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes,
+                      dense_nbytes=nbytes if stored is out else payload_size(out), sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
         self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
                                    "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
-        self.relays.send(out, version, epoch)
+        self.relays.send(stored, version, epoch)  # as the store holds it: kept values + bitmaps
         if outcome is not None:
             self.keep_policy(due_epoch=due[0].epoch)
         if due is not None:  # the workers first, then the trainer
             failed = outcome is None
             fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity,
-                      "failed": failed, "weight_sparsity": achieved, "params_kept": stats["params_kept"]}
+                      "failed": failed, "weight_sparsity": held, "params_kept": stats["params_kept"]}
             tensors = self.masks.elements if self.cfg.prune_training_model and not failed else {}
             self.send_report(fields, tensors)
             if not failed:
                 self.last_report = (fields, tensors)
         self.last_version, self.last_epoch = version, epoch
+
+    def stored(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray | SparseTensor]:
+        """The version as the store holds it: each masked weight as its kept values and its mask's bitmap
+        where that takes at most half its dense bytes (hotprune.protocol.sparse's rule), the rest dense.
+        Neuron and channel structure publish sliced dense tensors, in which every entry left is kept."""
+        masks = self.masks
+        if masks is None or masks.units is not None:
+            return out
+        if self.codes[0] is not masks:  # once per mask: its bitmap and kept indices
+            self.codes = (masks, {n: SparseCode.of_mask(m) for n, m in masks.elements.items()
+                                  if worth_sparse(m.size, int(np.count_nonzero(m)), out[n].dtype.itemsize)})
+        codes = self.codes[1]
+        return {n: codes[n].sparse(w) if n in codes else w for n, w in out.items()}
 
     def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
         self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)
@@ -278,7 +303,7 @@ class Compressor:
         t0 = time.perf_counter()
         grads = {n: msg.tensors[GRAD_PREFIX + n] for n in self.pruner.grad_names}
         try:
-            masks = self.pruner.compute(weights, step.sparsity, grads, previous=self.masks)
+            masks = self.pruner.at_step(step, weights, grads, previous=self.masks)
         except CompressionFailed as exc:
             self.log.warning("compression_failed", version=version, epoch=epoch, due_epoch=step.epoch,
                              method=p.method, reason=str(exc), masks_in_force=self.masks is not None)
@@ -289,7 +314,8 @@ class Compressor:
         for old in sorted(self.history)[:-MASKS_KEPT]:
             del self.history[old]
         self.schedule.done(step)
-        return {"mask_churn": changed, "regrown": regrown, "duration_ms": (time.perf_counter() - t0) * 1e3}
+        return {"mask_churn": changed, "dropped": changed - regrown, "regrown": regrown,
+                "duration_ms": (time.perf_counter() - t0) * 1e3}
 
     def keep_policy(self, **extra) -> None:
         """Write the policy last published (and the masks in force) into the run directory."""
@@ -300,12 +326,15 @@ class Compressor:
         meta = {**artifacts.run_meta(c), **policy_metadata(self.spec, c), "method": c.pruning.method,
                 "structure": c.pruning.structure, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
+        # The masks file states what the masks prune, not the zeros of the policy written with them
+        meta_masks = {**meta, "weight_sparsity": masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)}
         if self.masks_source is not None:
             version, epoch, step = self.masks_source
-            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, masks_version=version,
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta_masks, masks_version=version,
                            masks_epoch=epoch, masks_due_epoch=step.epoch)
         elif self.masks is not None:  # method fixed
-            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta, mask_file=c.pruning.mask_file)
+            artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta_masks,
+                           mask_file=c.pruning.mask_file)
         self.log.info("policy_saved", path=str(c.run_dir / artifacts.POLICY), **fields, **extra)
 
     def running(self) -> bool:

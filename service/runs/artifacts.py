@@ -124,11 +124,13 @@ def run_meta(cfg: Config) -> dict[str, Any]:
 
 
 # What a checkpoint's tensors mean depends on these settings (Config attributes, dotted for sections; the
-# [actor] and [critic] sections as written, which with the algorithm's hidden sizes fix each network):
+# [actor], [critic] and [cnn] sections as written, which with the algorithm's hidden sizes fix each network; the
+# environment's constructor arguments and wrappers, which fix its spaces):
 # resumed with one of them edited in config.toml, they would be loaded into another model (or one with another
 # activation), or masks into a model that keeps none. `check_checkpoint` refuses that.
-CHECKPOINT_SETTINGS = ("env_id", "algorithm", "algo.hidden_sizes", "actor.hidden_sizes", "actor.activation",
-                       "critic.hidden_sizes", "critic.activation", "prune_training_model", "normalize_obs",
+CHECKPOINT_SETTINGS = ("env_id", "env_kwargs", "env_wrappers", "algorithm", "algo.hidden_sizes", "actor.hidden_sizes",
+                       "actor.activation", "critic.hidden_sizes", "critic.activation", "cnn.channels", "cnn.kernels",
+                       "cnn.strides", "cnn.hidden_sizes", "prune_training_model", "normalize_obs",
                        "normalize_reward", "pruning.method", "pruning.structure", "pruning.targets",
                        "pruning.prune_output_layer")
 

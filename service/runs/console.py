@@ -194,9 +194,11 @@ UNITS = {"neuron": "hidden units", "channel": "units and channels"}  # what a st
 def _compression_finished(e: dict) -> str:
     """Saying both shares of a structured pruning takes a second line."""
     structured = e["structure"] != "weight"
+    update = f", {e['dropped']:,} dropped and {e['regrown']:,} regrown (f={e['drop_fraction']:.3f})" \
+        if e.get("drop_fraction") else ""  # a dynamic sparse training update
     return (f"[compressor] Pruned v{e['version']} to {pruned_to(e)}, due epoch {e['due_epoch']}"
             + ("\n[compressor]   " if structured else ": ")
-            + f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms")
+            + f"{e['params_kept']:,}/{e['params_total']:,} kept, {e['duration_ms']:.0f} ms{update}")
 
 
 def _waiting(e: dict, who: str, what: str) -> str:
@@ -211,6 +213,12 @@ def _store_waiting(e: dict) -> str:
 
 def _compressor_waiting(e: dict) -> str:
     return _waiting(e, "[trainer]", "the compressor")
+
+
+def _trainer_started(e: dict) -> str:
+    """Where the learner runs: with device auto, what it found."""
+    found = " (device auto)" if e.get("device_setting") == "auto" else ""
+    return f"[trainer] {e['algorithm'].upper()} learner on {e['device']}{found}"
 
 
 def _process(e: dict) -> str:
@@ -234,6 +242,7 @@ def _run_finished(e: dict) -> str:
 FORMATS: dict[str, Callable[[dict], str | None]] = {
     "epoch": _epoch,
     "snapshot_published": _snapshot,
+    "trainer_started": _trainer_started,
     "masks_applied": _masks_applied,
     "masks_loaded": _masks_loaded,
     "pruning_planned": _pruning_planned,

@@ -48,6 +48,7 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
         _check_images(cfg, spec)
     if cfg.algorithm == "sac":
         _check_replay_memory(cfg, spec)
+    check_device(cfg)
     if cfg.tensorboard and not metrics.available("tensorboard"):
         raise ConfigError("tensorboard = true needs TensorBoard: pip install -e '.[tensorboard]'")
     if cfg.wandb.track and not metrics.available("wandb"):
@@ -122,6 +123,16 @@ def check_resume(cfg: Config) -> None:
             if name == CHECKPOINT:
                 artifacts.check_checkpoint(path, meta, cfg)
     tickets.check(cfg)
+    check_device(cfg)
+
+
+def check_device(cfg: Config) -> None:
+    """device = cuda needs a CUDA device here (ConfigError, one line). Only then is torch imported: the
+    supervisor never needs it, and auto falls back to the cpu in the trainer itself."""
+    if cfg.device == "cuda":
+        from hotprune.learning.device import resolve
+
+        resolve(cfg.device)
 
 
 def discard(run_dir: Path, made: bool) -> None:

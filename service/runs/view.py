@@ -52,7 +52,13 @@ def header(cfg: Config, run_dir: Path) -> list[str]:
         what = f"{kind}, {pruning}"
     return [f"run {run_dir}", f"  {cfg.env_id}, {what}",
             f"  {cfg.total_epochs} epochs = {cfg.total_epochs * cfg.epoch_samples:,} env steps, "
-            f"{cfg.num_workers} workers x {cfg.envs_per_worker} envs"]
+            f"{cfg.num_workers} workers x {cfg.envs_per_worker} envs, trainer on {_device(cfg.device)}"]
+
+
+def _device(setting: str) -> str:
+    """The device setting as the header says it before the trainer starts (its `trainer_started` line
+    says what auto found: the supervisor never imports torch to look)."""
+    return "cuda if found (device auto)" if setting == "auto" else setting
 
 
 def fit(text: str) -> str:

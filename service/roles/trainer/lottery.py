@@ -29,12 +29,12 @@ import torch
 from hotprune.actor_spec import SAC_CRITICS
 from hotprune.config import Config
 from hotprune.learning.chunks import Batch
+from hotprune.learning.policy import actor_arrays
 from hotprune.runs import artifacts, tickets
 
 
 def model_arrays(actor: torch.nn.Module, critic: torch.nn.Module) -> dict[str, np.ndarray]:
-    parts = {"actor": actor.state_dict(), "critic": critic.state_dict()}
-    return tickets.joined({p: {n: t.detach().numpy().copy() for n, t in sd.items()} for p, sd in parts.items()})
+    return tickets.joined({"actor": actor_arrays(actor), "critic": actor_arrays(critic)})
 
 
 class Keeper:

@@ -109,7 +109,7 @@ class MaskIntake:
         self.applied_masks_version = f["version"]
         self.log.info("masks_applied", version=f["version"], due_epoch=f["due_epoch"], epoch=self.position.epoch,
                       target_sparsity=f["target_sparsity"], structure=self.cfg.pruning.structure,
-                      training_sparsity_verified=self.masks.sparsity(),
+                      training_sparsity_verified=self.masks.sparsity(), masks_sparsity=self.masks.masks_sparsity(),
                       pruned=training.count(), **counts, inference_version=self.reports.inference[0],
                       inference_sparsity=self.reports.inference[1])
         if counts["refused_revivals"]:

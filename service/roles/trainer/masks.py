@@ -4,6 +4,7 @@
   (hotprune.roles.trainer.mask_intake), and with method fixed the mask file's from the start (PPO's critic's
   too: one optimizer, the same hooks); kept exactly zero by hotprune.learning.training_masks.TrainingMasks.
 - The gradient statistics a criterion ranks by (taylor, gradient), shipped with every snapshot.
+- The snapshot's masked weights as kept values + bitmaps (`kept`), in both-pruned mode.
 - With `pruning.targets` "critic" (SAC, both pruned) or a ticket's critic masks, the critics' own masks
   (hotprune.learning.critic_masks), pruned at a schedule step's sparsity once trained through its epoch;
   never sent anywhere.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import torch
 
 from hotprune.config import Config
 from hotprune.learning.critic_masks import CriticMasks
@@ -24,7 +26,9 @@ from hotprune.learning.gradient_stats import GradientStats
 from hotprune.learning.policy import actor_arrays, expected_spec
 from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
 from hotprune.protocol.codec import GRAD_PREFIX
-from hotprune.pruning.engine import CompressionFailed, Masks, masked_stats, prunable_names, pruner_for, sparsity
+from hotprune.protocol.sparse import SparseCode, SparseTensor, worth_sparse
+from hotprune.pruning.dynamic import pruner_for
+from hotprune.pruning.engine import CompressionFailed, Masks, masked_stats, masks_sparsity, prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule
 from hotprune.roles.trainer.state import Tensors, load_counters
 from hotprune.runs import tickets
@@ -37,7 +41,7 @@ class TrainerMasks:
         self.weight_spec = expected_spec(self.actor)
         self.params_total = sum(int(np.prod(shape)) for _, shape in self.weight_spec.values())
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
-        pruner = pruner_for(self.weight_spec, p)
+        pruner = pruner_for(self.weight_spec, p, seed=cfg.seed)
         critic = learner.ticket_critic
         params = dict(self.actor.named_parameters()) | {f"critic.{n}": q for n, q in critic.named_parameters()}
         masked = pruner.mask_names() if pruner and cfg.prune_training_model else []
@@ -47,14 +51,15 @@ class TrainerMasks:
         fixed = {} if not self.fixed or not cfg.prune_training_model else \
             {**self.fixed.actor, **({} if learner.critics else
                                     {f"critic.{n}": keep for n, keep in self.fixed.critic.items()})}
-        self.training = TrainingMasks({n: params[n] for n in [*masked, *fixed]}, learner.optimizer, regrow=p.regrow)
+        self.training = TrainingMasks({n: params[n] for n in [*masked, *fixed]}, learner.optimizer, regrow=p.regrows)
         grad_names = pruner.grad_names if pruner else []
         self.grad_stats = GradientStats({n: params[n] for n in grad_names}, p.num_gradient_batches) \
             if grad_names else None
         fixed_critics = self.fixed.critic if self.fixed and learner.critics and cfg.prune_training_model else {}
-        self.critics = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, p) \
+        self.critics = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, p, cfg.seed) \
             if ("critic" in p.targets and pruner) or fixed_critics else None
         self.critic_masks_epoch = -1  # the newest schedule step the critics were pruned for
+        self.codes: tuple[int | None, dict[str, SparseCode]] = (None, {})  # masks version -> its sparse weights' codes
         self.value_networks = learner.value_networks
         if self.fixed:
             self.training.apply(fixed)
@@ -77,6 +82,11 @@ class TrainerMasks:
         """The actor's measured sparsity: exact zeros among its prunable weights."""
         return sparsity(actor_arrays(self.actor), self.weight_spec, self.sparsity_names)
 
+    def masks_sparsity(self) -> float:
+        """What the actor's masks in training prune of its prunable weights: its measured sparsity is at least
+        this, more while weights regrown at zero (regrow, dynamic sparse training) have not moved yet."""
+        return masks_sparsity(Masks(self.training.keep_masks()), self.weight_spec, self.sparsity_names)
+
     def critics_sparsity(self) -> dict[str, float]:
         """Each critic's measured sparsity (exact zeros among its prunable weights), pruned or not: SAC's
         twins, PPO's one (masked only by a lottery ticket's mask file)."""
@@ -90,9 +100,21 @@ class TrainerMasks:
         """The masks in force, layer by layer (hotprune.pruning.engine.masked_stats)."""
         return masked_stats(Masks(self.training.keep_masks()), self.weight_spec, self.sparsity_names)
 
-    def gradients(self) -> dict[str, np.ndarray]:
-        """The gradient statistics a snapshot carries (`grad:<name>`); none without a criterion that needs them."""
-        return {GRAD_PREFIX + n: g for n, g in self.grad_stats.mean().items()} if self.grad_stats else {}
+    def kept(self, tensors: dict[str, np.ndarray], masks_version: int) -> dict[str, SparseTensor]:
+        """Both-pruned mode: the snapshot's weights these masks prune, as kept values + bitmap where that
+        halves their bytes (hotprune.protocol.sparse's rule). Each snapshot carries its bitmaps (1/32 of
+        the dense bytes), so the compressor reads any one whole: one after dropped ones, a restarted
+        compressor, one resuming a restarted trainer. The codes are made once per masks version."""
+        if self.codes[0] != masks_version:
+            keep = {n: m for n, m in self.training.keep_masks().items() if n in self.weight_spec}
+            self.codes = (masks_version, {n: SparseCode.of_mask(m) for n, m in keep.items()
+                                          if worth_sparse(m.size, int(np.count_nonzero(m)), tensors[n].dtype.itemsize)})
+        return {n: code.sparse(tensors[n]) for n, code in self.codes[1].items()}
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """The gradient statistics a snapshot carries (`grad:<name>`), on the learner's device; none without a
+        criterion that needs them."""
+        return {GRAD_PREFIX + n: g for n, g in self.grad_stats.tensors().items()} if self.grad_stats else {}
 
     def fixed_policy(self) -> dict | None:
         """Method fixed: what the compressor makes of every snapshot (the pruned policy from the start)."""
@@ -115,7 +137,7 @@ class TrainerMasks:
         due = [step for step in self.schedule.steps if self.critic_masks_epoch < step.epoch <= epoch]
         if due:
             try:
-                report = self.critics.prune(due[-1].sparsity)
+                report = self.critics.prune(due[-1])
             except CompressionFailed as exc:
                 self.log.warning("critic_compression_failed", epoch=epoch, due_epoch=due[-1].epoch, reason=str(exc))
             else:

@@ -16,6 +16,12 @@ socket, in this package:
 - state: the run position, learner and normalisation state, and the checkpoint as the sum of the parts;
 - records: the epoch lines, progress.csv, TensorBoard, the summary; lottery: what tickets need.
 
+The learner lives on the run's `device` (hotprune.learning.device: cuda when asked or, with auto, found;
+the chosen one in the `trainer_started` event). What leaves it goes through the host: the snapshot is
+copied off as soon as the update's weights are final, without waiting (pinned memory on a GPU), and
+waited for only right before it is published; checkpoints are written from host copies, and loaded onto
+whatever device this trainer learns on, so a run checkpointed on a GPU resumes on a CPU and back.
+
 It checkpoints (hotprune.learning.checkpoints) at epoch 0, every `checkpoint_every` epochs and at the end,
 before publishing that epoch's snapshot. With `--resume` it goes on from its checkpoint: it redoes the
 epochs after it, and its versions start above any its lost epochs could have published, so workers
@@ -40,10 +46,13 @@ from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
 from hotprune.learning import checkpoints
 from hotprune.learning.chunks import Batch
+from hotprune.learning.device import HostCopy, describe, resolve
+from hotprune.learning.hooks import UpdateHooks
 from hotprune.learning.learners import make_learner
 from hotprune.learning.policy import actor_arrays
 from hotprune.protocol.codec import Encoder
 from hotprune.pruning.schedule import Schedule, plan
+from hotprune.roles.liveness import Pulse
 from hotprune.roles.process import StopFlag, compressor_awaited, role_process
 from hotprune.roles.trainer.collection import Collected, Collection, WorkerReports
 from hotprune.roles.trainer.lottery import Keeper, load_initial
@@ -57,6 +66,18 @@ from hotprune.runs import artifacts
 FINAL_REPORT_WAIT_S = 30.0  # after the last epoch, how long to wait for the last step's compression (+ delay_s)
 
 
+class StillAlive(UpdateHooks):
+    """The liveness ping before every minibatch (a clock read when none is due), so an update that outlasts
+    `supervisor.hang_timeout_s` (SAC's hundreds of gradient steps on a starved machine: a trainer restarted
+    as hung loses its replay buffer) is work, not a hang. A hang inside an update still goes silent."""
+
+    def __init__(self, pulse: Pulse):
+        self.pulse = pulse
+
+    def before_minibatch(self) -> None:
+        self.pulse.ping()
+
+
 class Trainer:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
@@ -65,9 +86,12 @@ class Trainer:
                                               "to go on from it")
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "trainer")
         self.spec = env_spec(EnvSource.of(cfg))
-        torch.manual_seed(cfg.seed)
+        self.device = resolve(cfg.device)  # a refusal (one line) before anything is built
+        torch.manual_seed(cfg.seed)  # every device's generator
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.learner = make_learner(cfg, self.spec, self.generator)
+        self.learner = make_learner(cfg, self.spec, self.generator, self.device)
+        self.log.info("trainer_started", algorithm=cfg.algorithm, device=describe(self.device),
+                      device_setting=cfg.device)
         self.actor = self.learner.actor
         critic = self.learner.ticket_critic  # PPO's critic, SAC's twins and targets: what ticket files hold
         init_meta = load_initial(cfg, self.actor, critic)  # init_file's weights, if it names one
@@ -103,6 +127,7 @@ class Trainer:
         # The first liveness ping says the set-up is done: the supervisor's hang timeout runs from it,
         # and building the optimizer alone imports torch._dynamo (a second idle, several when busy).
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
+        self.alive = StillAlive(self.heartbeat.pulse)
         self.compressor = compressor_awaited(self.log, cfg)  # until its first subscription
 
     def run(self) -> int:
@@ -125,12 +150,13 @@ class Trainer:
             batch = Batch.stack(collected.chunks)
             if self.distill:
                 self.distill.draw(batch)
-            losses = self.learner.update(batch, epoch, [self.hooks], self.masks.critic_hooks())
+            losses = self.learner.update(batch, epoch, [self.hooks, self.alive], self.masks.critic_hooks())
             critic_sparsity = self.masks.prune_critics(epoch)
             if losses["skipped_steps"]:
                 self.log.warning("optimizer_steps_skipped", epoch=epoch, skipped_steps=losses["skipped_steps"],
                                  reason="non-finite gradients")
             self.normalisation.after_update(batch.obs)
+            snapshot = self.snapshot()  # the update's weights are final: their copy to the host starts
             lags = [self.position.version - v for v in collected.versions]
             self.position.version += 1
             t2 = time.perf_counter()
@@ -140,7 +166,7 @@ class Trainer:
             self.keeper.after_epoch(epoch, batch)
             if epoch % c.checkpoint_every == 0 or epoch == epochs:
                 self.checkpoint.save(epoch, self.position.version)
-            self.publish(epoch, training_sparsity)
+            self.publish(epoch, training_sparsity, snapshot)
             self.records.write(record, self.masks.stats()["layers"] if self.records.trackers else {})
         self.finish()
         return 0 if self.records.completed else self.stop.exit_code()
@@ -169,11 +195,16 @@ class Trainer:
                 self.collection.receive()
         return self.collection.finish()
 
-    def publish(self, epoch: int, training_sparsity: float) -> None:
-        """The snapshot of `epoch`: the actor's weights, with gradient statistics when a criterion ranks by
-        them and the distillation sample when the compressor distils."""
-        tensors = actor_arrays(self.actor) | self.masks.gradients()
-        tensors |= self.distill.tensors() if self.distill else {}
+    def snapshot(self) -> HostCopy:
+        """The snapshot's tensors on their way to the host (`publish` waits for them): the actor's weights,
+        with gradient statistics when a criterion ranks by them."""
+        return HostCopy(self.actor.state_dict() | self.masks.gradients())
+
+    def publish(self, epoch: int, training_sparsity: float, snapshot: HostCopy | None = None) -> None:
+        """The snapshot of `epoch`: `snapshot`'s tensors (None: copied now), and the distillation sample when
+        the compressor distils."""
+        tensors = (snapshot or self.snapshot()).arrays() | (self.distill.tensors() if self.distill else {})
+        tensors |= self.masks.kept(tensors, self.intake.applied_masks_version)  # masked weights: kept values + bitmaps
         fields = {"version": self.position.version, "epoch": epoch, "training_sparsity": training_sparsity,
                   "masks_version": self.intake.applied_masks_version, "trainer_start": self.position.trainer_start}
         self.publisher.publish(fields, tensors, compression_scheduled=self.schedule.is_step(epoch),

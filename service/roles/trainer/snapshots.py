@@ -21,6 +21,7 @@ import zmq
 from hotprune.comms.curve import SocketSecurity
 from hotprune.learning.chunks import Batch
 from hotprune.protocol.codec import DISTILL_OBS, Encoder
+from hotprune.protocol.sparse import SparseTensor
 from hotprune.roles.process import socket
 
 REPUBLISH_S = 0.5  # with no usable chunk for this long, publish the newest snapshot again (PUB may drop)
@@ -39,10 +40,11 @@ class Publisher:
         self.answered_at = -ANSWER_EVERY_S  # when a subscriber last got the newest snapshot
         self.subscriber_waiting = False  # one joined and is still to be answered
 
-    def publish(self, fields: dict, tensors: dict[str, np.ndarray], **logged) -> None:
-        """Send a snapshot (`logged`: what its `snapshot_published` line says beyond its fields)."""
-        self.log.info("snapshot_published", **fields, **logged)
+    def publish(self, fields: dict, tensors: dict[str, np.ndarray | SparseTensor], **logged) -> None:
+        """Send a snapshot (`logged`: what its `snapshot_published` line says beyond its fields, and
+        `nbytes`, its frames' bytes)."""
         self.last = self.encoder.encode("snapshot", fields, tensors)
+        self.log.info("snapshot_published", **fields, **logged, nbytes=sum(len(f) for f in self.last))
         self.socket.send_multipart(self.last, copy=False)
 
     def republish(self) -> None:

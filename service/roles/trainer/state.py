@@ -88,8 +88,8 @@ class Normalisation:
         self.actor, self.obs_dim = actor, obs_dim
         self.obs = RunningMeanStd((obs_dim,)) if cfg.normalize_obs else None
         if self.obs and "obs_count" in init_meta:  # rewound weights go on with their own statistics
-            self.obs.load({"mean": actor.obs_norm.mean.numpy().astype(np.float64),
-                           "var": actor.obs_norm.var.numpy().astype(np.float64),
+            self.obs.load({"mean": actor.obs_norm.mean.cpu().numpy().astype(np.float64),
+                           "var": actor.obs_norm.var.cpu().numpy().astype(np.float64),
                            "count": np.array([init_meta["obs_count"]], np.float64)})
         self.rewards = RewardScaler(cfg.num_workers, cfg.envs_per_worker, cfg.algo.gamma) \
             if cfg.normalize_reward else None
