@@ -46,6 +46,9 @@ KIND_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "masks": {"version": int, "epoch": int, "due_epoch": int, "target_sparsity": (int, float), "failed": bool,
               "weight_sparsity": (int, float), "params_kept": int},
     "weights_ready": {"version": int, "slot": int, "structure_changed": bool},
+    # version: a weight version whole (its tensors ride along), compressor -> the relays, each of which
+    # writes it into its node's own store; `epoch` is the snapshot's it was made from.
+    "version": {"version": int, "epoch": int},
     "trajectory": {
         "worker_id": int,
         "worker_start": int,  # the sending worker process's start (ns): credits count per worker process

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-SOCKETS = ("snapshots", "masks", "trajectories", "weights", "credits")
+SOCKETS = ("snapshots", "masks", "trajectories", "weights", "credits", "versions")
 TRANSPORTS = ("ipc", "tcp")  # what `endpoints` builds: the config's transport.kind choices
 # Linux caps a unix socket path at 107 bytes (sun_path is 108 with its NUL).
 MAX_IPC_PATH = 107
@@ -26,22 +26,29 @@ class Endpoints(NamedTuple):
     trajectories: str  # workers PUSH -> trainer PULL: trajectory chunks
     weights: str  # compressor PUB -> workers SUB: weights_ready hints and control
     credits: str  # trainer PUB -> workers SUB: the chunks the trainer has taken (flow control)
+    versions: str  # compressor XPUB -> relays SUB: each weight version whole, for a node's own store
 
 
 def socket_dir(run_dir: Path) -> Path:
     return run_dir / "sock"
 
 
+def _ipc(path: Path) -> str:
+    if len(os.fsencode(path)) > MAX_IPC_PATH:
+        raise ValueError(f"ipc socket path {path} is longer than {MAX_IPC_PATH} bytes; "
+                         "use a shorter runs_dir or transport = \"tcp\"")
+    return f"ipc://{path}"
+
+
+def node_weights(run_dir: Path, node: str) -> str:
+    """relay PUB -> its node's workers SUB: weights_ready hints for the node's store, and control. Always
+    ipc: it never leaves the node (its run directory there), whatever the run's transport."""
+    return _ipc(socket_dir(run_dir.resolve()) / f"weights@{node}")
+
+
 def endpoints(run_dir: Path, transport: str = "ipc", host: str = "127.0.0.1", base_port: int = 5550) -> Endpoints:
     if transport == "ipc":
-        paths = [socket_dir(run_dir.resolve()) / name for name in SOCKETS]
-        too_long = [p for p in paths if len(os.fsencode(p)) > MAX_IPC_PATH]
-        if too_long:
-            raise ValueError(
-                f"ipc socket path {too_long[0]} is longer than {MAX_IPC_PATH} bytes; "
-                "use a shorter runs_dir or transport = \"tcp\""
-            )
-        return Endpoints(*(f"ipc://{p}" for p in paths))
+        return Endpoints(*(_ipc(socket_dir(run_dir.resolve()) / name) for name in SOCKETS))
     if transport == "tcp":
         try:
             ipaddress.IPv4Address(host)

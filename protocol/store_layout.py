@@ -28,13 +28,27 @@ from hotprune.protocol.sparse import SparseTensor, Version, bitmap_bytes, sparse
 
 SEGMENT_PREFIX = "hotprune-"  # a run's segment is /dev/shm/hotprune-<run_id>-<hash of its run directory>
 SEGMENT_SUFFIX_LEN = 9  # "-" and 8 hex digits
+# A relay's store, on its node: the run's segment name, "@" (which no run id holds, so no other run's
+# segment name can be taken for it) and the node id: lowercase letters, digits and "-", at most 16.
+NODE_SEPARATOR = "@"
+MAX_NODE_CHARS = 16
+NODE_SUFFIX_LEN = len(NODE_SEPARATOR) + MAX_NODE_CHARS
 
 
-def segment_name(run_dir: Path) -> str:
+def check_node(node: str) -> str:
+    """A node id as it names a relay's store, log and socket; ValueError with the rule if it cannot."""
+    if not (0 < len(node) <= MAX_NODE_CHARS and all(c in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in node)):
+        raise ValueError(f"node id {node[:40]!r} must be 1-{MAX_NODE_CHARS} lowercase letters, digits or -")
+    return node
+
+
+def segment_name(run_dir: Path, node: str | None = None) -> str:
     """The run's segment, named after its run directory's absolute path as well as its id: two
-    runs of one id in different runs_dirs (two experiment grids' s1) do not share a segment."""
+    runs of one id in different runs_dirs (two experiment grids' s1) do not share a segment. With a
+    `node`, the store that node's relay feeds (hotprune.roles.relay)."""
     path = str(Path(run_dir).resolve())
-    return f"{SEGMENT_PREFIX}{Path(path).name}-{zlib.crc32(path.encode()):08x}"
+    name = f"{SEGMENT_PREFIX}{Path(path).name}-{zlib.crc32(path.encode()):08x}"
+    return name if node is None else f"{name}{NODE_SEPARATOR}{check_node(node)}"
 MAGIC = b"HOTPRUNE"
 LAYOUT_VERSION = 3  # 2: the payload checksum is a word sum, no longer CRC-32; 3: sparse tensors
 HEADER = struct.Struct("<8sIIQqQQIIQ")

@@ -8,7 +8,8 @@
                                                                 the config.toml such a run would keep
     hotprune trainer    --run-dir DIR [--resume]                one process by hand, against DIR
     hotprune compressor --run-dir DIR [--resume]
-    hotprune worker     --run-dir DIR --index I
+    hotprune worker     --run-dir DIR --index I [--node NODE]
+    hotprune relay      --run-dir DIR --node NODE               a node's own weight store, fed by the compressor
     hotprune watch      RUN_DIR [--quiet | --verbose]           the console of a run started elsewhere
     hotprune diagnose   RUN_DIR                                 the pruning checklist, from the logs
     hotprune show       RUN_DIR                                 the pruning timeline and the summary again
@@ -40,6 +41,7 @@ PROCESSES = {
     "trainer": "hotprune.roles.trainer",
     "compressor": "hotprune.roles.compressor",
     "worker": "hotprune.workers.inference_worker",
+    "relay": "hotprune.roles.relay",
 }
 # The commands that run a torch model. The others (the supervisor, the compressor and the workers above
 # all: every process of a run starts at once, and each torch import is over a second of CPU) never load

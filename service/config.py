@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, get_type_hints
 
 from hotprune.protocol.endpoints import SOCKETS, TRANSPORTS, Endpoints, endpoints
-from hotprune.protocol.store_layout import SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
+from hotprune.protocol.store_layout import NODE_SUFFIX_LEN, SEGMENT_PREFIX, SEGMENT_SUFFIX_LEN
 from hotprune.algorithms import ACTIVATIONS, ALGORITHMS
 from hotprune.pruning.criteria import CRITIC_DISTRIBUTIONS, DISTRIBUTIONS, DYNAMIC, METHODS, SCOPES, STRUCTURES
 from hotprune.pruning.schedule import SCHEDULES
 
 
-# the shared memory segment hotprune-<run_id>-<hash> is a file name: 255 bytes
-MAX_RUN_ID = 255 - len(SEGMENT_PREFIX) - SEGMENT_SUFFIX_LEN
+# the shared memory segment hotprune-<run_id>-<hash>[@<node>] is a file name: 255 bytes
+MAX_RUN_ID = 255 - len(SEGMENT_PREFIX) - SEGMENT_SUFFIX_LEN - NODE_SUFFIX_LEN
 MAX_SEED = 2**32 - 1  # numpy's legacy bound; worker seeds add at most 1000 * (MAX_WORKERS + 1)
 # A replay buffer takes at most this share of the machine's available memory (the rest is the run's).
 REPLAY_MEMORY_SHARE = 0.5
@@ -372,6 +372,18 @@ class TransportConfig:
     max_frame_bytes: int = setting(64 * 1024 * 1024, "a received frame larger than this is refused", low=1024)
 
 
+LOCAL_NODE = "local"  # relay.local: the node id of the relay on this machine
+
+
+@dataclass
+class RelayConfig:
+    """relays: a node's own weight store, fed with each version over the run's transport"""
+
+    local: bool = setting(False, "run one relay on this machine (node `local`) and have every worker swap from "
+                                 "its store and hints, not the compressor's: what the workers of a node other "
+                                 "than the compressor's do, on one host")
+
+
 @dataclass
 class SupervisorConfig:
     """starting, watching, restarting and stopping the processes"""
@@ -493,6 +505,7 @@ class Config:
     cnn: CNNConfig = field(default_factory=CNNConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

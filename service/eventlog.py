@@ -26,7 +26,7 @@ from hotprune.runs import console, private
 from hotprune.roles import liveness
 
 
-def log_path(run_dir: Path, role: str, index: int | None = None) -> Path:
+def log_path(run_dir: Path, role: str, index: int | str | None = None) -> Path:
     name = role if index is None else f"{role}-{index}"
     return run_dir / "logs" / f"{name}.jsonl"
 
@@ -124,11 +124,14 @@ def _leading_fields(logger, method_name, event_dict):
     return {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
 
 
-def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo: bool = True):
-    """Configure structlog for this process and return its logger, bound to role, pid and run_id.
+def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo: bool = True,
+          node: str | None = None):
+    """Configure structlog for this process and return its logger, bound to role, pid and run_id (and
+    worker_id for an `index`, node_id for a `node`: a relay, or a worker fed by one).
 
-    It echoes to the terminal (see the module's doc) if `echo` and no supervisor started it."""
-    path = log_path(run_dir, role, index)
+    It echoes to the terminal (see the module's doc) if `echo` and no supervisor started it. Its file is
+    logs/<role>[-<index>].jsonl; a relay's, logs/relay-<node>.jsonl."""
+    path = log_path(run_dir, role, node if index is None else index)
     private.make_dirs(path.parent, private.SHARED_DIR)
     stream = os.fdopen(private.create(path, append=True), "a", buffering=1, encoding="utf-8")  # 0644 under any umask
     echoing = [_echo()] if echo and not os.environ.get(SUPERVISED) else []
@@ -148,6 +151,8 @@ def setup(run_dir: Path, run_id: str, role: str, index: int | None = None, echo:
     context = {"role": role, "pid": os.getpid(), "run_id": run_id}
     if index is not None:
         context["worker_id"] = index
+    if node is not None:
+        context["node_id"] = node
     return structlog.get_logger().bind(**context)
 
 

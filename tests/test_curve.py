@@ -243,7 +243,7 @@ def test_a_tcp_run_completes_with_every_socket_curve(tmp_path):
     assert opened["trainer"] == [("credits", "bind", "CURVE", True), ("masks", "bind", "CURVE", True),
                                  ("snapshots", "bind", "CURVE", True), ("trajectories", "bind", "CURVE", True)]
     assert opened["compressor"] == [("masks", "connect", "CURVE", False), ("snapshots", "connect", "CURVE", False),
-                                    ("weights", "bind", "CURVE", True)]
+                                    ("versions", "bind", "CURVE", True), ("weights", "bind", "CURVE", True)]
     assert opened["worker-0"] == opened["worker-1"] == [("credits", "connect", "CURVE", False),
                                                         ("trajectories", "connect", "CURVE", False),
                                                         ("weights", "connect", "CURVE", False)]

@@ -15,7 +15,11 @@ no env step is thrown away.
 The policy runs in numpy (`hotprune.workers.numpy_policy`), on one BLAS thread: the worker never imports torch,
 which would cost it over a second of CPU at start-up, when every process of the run starts at once.
 
-Run it: `hotprune worker --run-dir runs/<run_id> --index 0` or `python -m hotprune.workers.inference_worker ...`.
+On a node fed by a relay (`--node NODE`, hotprune.roles.relay) it reads that node's store and takes its
+hints from that node's relay instead of the compressor; nothing else changes.
+
+Run it: `hotprune worker --run-dir runs/<run_id> --index 0 [--node NODE]` or
+`python -m hotprune.workers.inference_worker ...`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from hotprune.roles.process import TRAJECTORY_BUFFER, WAIT_NOTE_S, StopFlag, rol
     socket
 from hotprune.pruning.engine import prunable_names, sparsity_of_counts
 from hotprune.comms.curve import SocketSecurity
-from hotprune.protocol.store_layout import segment_name
+from hotprune.protocol.endpoints import node_weights
+from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.comms.weight_store import StoreError, WeightStore
 from hotprune.workers.dense import DenseBuffers
 from hotprune.workers.numpy_policy import NumpyActor
@@ -59,11 +64,16 @@ def worker_seeds(seed: int, index: int) -> tuple[int, np.random.SeedSequence]:
 
 
 class InferenceWorker:
-    def __init__(self, cfg: Config, index: int, stop: StopFlag):
+    def __init__(self, cfg: Config, index: int, stop: StopFlag, node: str | None = None):
         if not 0 <= index < cfg.num_workers:
             raise ConfigError(f"--index must be in [0, {cfg.num_workers}) (the run's num_workers), got {index}")
+        try:
+            self.node = node if node is None else check_node(node)
+            hints = cfg.endpoints().weights if node is None else node_weights(cfg.run_dir, node)
+        except ValueError as exc:
+            raise ConfigError(f"--node: {exc}") from None
         self.cfg, self.index, self.stop = cfg, index, stop
-        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index)
+        self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "worker", index, node=node)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         self.spec = env_spec(EnvSource.of(cfg))
         actor = cfg.network("actor", self.spec)
@@ -84,8 +94,8 @@ class InferenceWorker:
         self.security.connect(self.out, ep.trajectories)
         self.notify = socket(self.ctx, zmq.SUB, hwm=16, max_frame=cfg.transport.max_frame_bytes)
         self.notify.subscribe(b"")
-        self.security.connect(self.notify, ep.weights)
-        self.security.connect(self.notify, ep.credits)  # one SUB, two publishers: compressor and trainer
+        self.security.connect(self.notify, hints, "weights" if node is None else "node_weights")
+        self.security.connect(self.notify, ep.credits)  # one SUB, two publishers: compressor (or relay), trainer
         self.encoder = Encoder(cfg.run_id, f"worker-{index}")
 
         self.actor = None
@@ -107,7 +117,7 @@ class InferenceWorker:
     def attach_store(self) -> WeightStore:
         """The run's weight store, waiting up to `start_timeout_s` for it to appear, and saying so
         every WAIT_NOTE_S: a worker started by hand before its compressor is not stuck."""
-        name, timeout = segment_name(self.cfg.run_dir), self.cfg.supervisor.start_timeout_s
+        name, timeout = segment_name(self.cfg.run_dir, self.node), self.cfg.supervisor.start_timeout_s
         waited = 0.0
         while True:
             try:
@@ -340,8 +350,9 @@ class InferenceWorker:
 
 
 main = role_process("worker", "steps environments with the newest pruned policy",
-                    lambda cfg, stop, args: InferenceWorker(cfg, args.index, stop),
-                    (("--index",), {"type": int, "default": 0, "help": "worker index, 0 .. num_workers-1"}))
+                    lambda cfg, stop, args: InferenceWorker(cfg, args.index, stop, args.node),
+                    (("--index",), {"type": int, "default": 0, "help": "worker index, 0 .. num_workers-1"}),
+                    (("--node",), {"help": "swap from this node's relay (its store and hints), not the compressor"}))
 
 
 if __name__ == "__main__":

@@ -223,6 +223,33 @@ def workers_never_go_backwards(run: Run) -> Check:
                "; ".join(problems or shown))
 
 
+def relays_feed_their_workers(run: Run) -> Check:
+    """A worker on a relay's node ran only versions that relay wrote, and a relay wrote only versions
+    the compressor wrote: each node's store held the run's versions, and nothing else."""
+    wrote = {relay.removeprefix("relay-"): {e["version"] for e in run.events(relay, "relay_wrote")}
+             for relay in run.relays()}
+    compressed = {e["version"] for e in run.events("compressor", "weights_written")}
+    problems = [f"relay-{node} wrote {_versions(sorted(versions - compressed))}, which the compressor never wrote"
+                for node, versions in wrote.items() if versions - compressed]
+    shown = [f"relay-{node}: {len(versions)} versions" for node, versions in wrote.items()]
+    for w in run.workers():
+        by_node: dict[str | None, set[int]] = {}
+        for e in run.events(w, "worker_swapped"):
+            by_node.setdefault(e.get("node_id"), set()).add(e["version"])
+        for node, versions in by_node.items():
+            if node is None:
+                continue
+            if node not in wrote:
+                problems.append(f"{w} swapped from node {node}'s store, whose relay left no log")
+            elif versions - wrote[node]:
+                problems.append(f"{w} ran {_versions(sorted(versions - wrote[node]))}, which relay-{node} "
+                                "never wrote")
+            else:
+                shown.append(f"{w} on {node}: {len(versions)} versions")
+    return _ok("workers on a relay's node run what it wrote", bool(wrote) and not problems,
+               _listed(problems, "problems") if problems else "; ".join(shown))
+
+
 def async_lag(run: Run) -> Check:
     applied = run.events("trainer", "masks_applied")
     lags = [e["epoch"] - e["version"] for e in applied]
@@ -382,6 +409,8 @@ TEACHER_STUDENT: list[Callable[[Run], Check]] = [trainer_stays_dense]
 
 def diagnose(run: Run) -> list[Check]:
     checks = list(ALWAYS)
+    if run.relays():
+        checks.append(relays_feed_their_workers)
     if run.config.pruning.method in (*CRITERIA, *DYNAMIC):  # none, fixed: nothing is scheduled
         checks += PRUNING + (BOTH_PRUNED if run.config.prune_training_model else TEACHER_STUDENT)
     return [_guarded(check, run) for check in checks]

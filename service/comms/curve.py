@@ -13,7 +13,8 @@
   directory). `prepare` generates them for a tcp run; `hotprune keys DIR` makes a set to copy to
   several hosts.
 
-ipc needs none of this: its sockets are files in the run's private (0700) directory.
+ipc needs none of this: its sockets are files in the run's private (0700) directory. So a tcp run's
+node-local sockets (a relay's to its node's workers, always ipc) speak no CURVE either.
 """
 
 from __future__ import annotations
@@ -214,9 +215,10 @@ class SocketSecurity:
         self.keys = load(keys_dir(cfg.run_dir)) if cfg.transport.kind == "tcp" else None
         self.gatekeeper: Gatekeeper | None = None
 
-    def bind(self, sock: zmq.Socket, endpoint: str) -> None:
-        name = self._name(endpoint)
-        if self.keys:
+    def bind(self, sock: zmq.Socket, endpoint: str, name: str | None = None) -> None:
+        """Bind `sock` to one of the run's endpoints, or to a node-local one given its `name`."""
+        name = name or self._name(endpoint)
+        if self._curve(endpoint):
             if self.gatekeeper is None:
                 self.gatekeeper = Gatekeeper(self.ctx, {z85.decode(self.keys.client_public)}, self.log)
                 self.gatekeeper.start()
@@ -227,13 +229,16 @@ class SocketSecurity:
         sock.bind(endpoint)
         self._opened(sock, name, endpoint, "bind")
 
-    def connect(self, sock: zmq.Socket, endpoint: str) -> None:
-        if self.keys:
+    def connect(self, sock: zmq.Socket, endpoint: str, name: str | None = None) -> None:
+        if self._curve(endpoint):
             sock.curve_serverkey = self.keys.server_public
             sock.curve_publickey = self.keys.client_public
             sock.curve_secretkey = self.keys.client_secret
         sock.connect(endpoint)
-        self._opened(sock, self._name(endpoint), endpoint, "connect")
+        self._opened(sock, name or self._name(endpoint), endpoint, "connect")
+
+    def _curve(self, endpoint: str) -> bool:
+        return self.keys is not None and endpoint.startswith("tcp://")
 
     def _name(self, endpoint: str) -> str:
         return self.endpoints._fields[self.endpoints.index(endpoint)]

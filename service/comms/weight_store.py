@@ -72,6 +72,15 @@ class WeightStore:
         return cls(name, shm.buf, shm.close, shm.unlink)
 
     @classmethod
+    def attach_or_create(cls, name: str, slot_size: int) -> "WeightStore":
+        """Attach to the segment, or create it (and own it) when nobody has: a process run by hand,
+        with no supervisor to make its store."""
+        try:
+            return cls.attach(name)
+        except StoreError:
+            return cls.create(name, slot_size)
+
+    @classmethod
     def attach(cls, name: str, timeout_s: float = 0.0, cancelled: Callable[[], bool] = lambda: False) -> "WeightStore":
         """Open an existing segment, waiting up to `timeout_s` for it to appear and be initialised
         (its creator may be between creating and sizing it), unless `cancelled()` says stop."""

@@ -15,6 +15,10 @@ sends that report again: the trainer may have lost it. It also sends its newest 
 resumed trainer takes over (a snapshot with a higher `trainer_start`), whose epochs then restart from
 its checkpoint: steps already served stay served, and masks stay nested.
 
+Each version also goes, whole, to the relays that subscribe to `versions` (hotprune.roles.relay: a
+node's own store, fed over the network); a relay that subscribes (it has just started) is sent the
+newest version at once.
+
 Run it: `hotprune compressor --run-dir runs/<run_id> [--resume]` or `python -m hotprune.roles.compressor ...`.
 Run by hand, it creates the weight store if the supervisor has not, and then owns and unlinks it.
 """
@@ -38,20 +42,13 @@ from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn
     prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
+from hotprune.comms.publisher import VERSIONS_QUEUE, StorePublisher, VersionFeed
 from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor, worth_sparse
 from hotprune.protocol.store_layout import payload_size, segment_name
 from hotprune.runs.rundir import store_slot_size
-from hotprune.comms.weight_store import StoreError, WeightStore
+from hotprune.comms.weight_store import WeightStore
 
 MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned weights are still zero
-
-
-def open_store(cfg: Config) -> WeightStore:
-    """Attach to the run's store, or create it (and own it) when no supervisor made one."""
-    try:
-        return WeightStore.attach(segment_name(cfg.run_dir))
-    except StoreError:
-        return WeightStore.create(segment_name(cfg.run_dir), store_slot_size(cfg))
 
 
 class Compressor:
@@ -85,7 +82,7 @@ class Compressor:
                       warnings=warnings, distill_device=self.distiller.device.type if self.distiller else None)
         for warning in warnings:
             self.log.warning("schedule_degenerate", reason=warning)
-        self.store = open_store(cfg)
+        self.store = WeightStore.attach_or_create(segment_name(cfg.run_dir), store_slot_size(cfg))
 
         ep = cfg.endpoints()
         self.ctx = zmq.Context()
@@ -95,9 +92,15 @@ class Compressor:
         self.security.connect(self.snapshots, ep.snapshots)
         self.masks_out = socket(self.ctx, zmq.PUSH, hwm=4)
         self.security.connect(self.masks_out, ep.masks)
-        self.notify = socket(self.ctx, zmq.PUB, hwm=16)
-        self.security.bind(self.notify, ep.weights)
+        notify = socket(self.ctx, zmq.PUB, hwm=16)
+        self.security.bind(notify, ep.weights)
         self.encoder = Encoder(cfg.run_id, "compressor")
+        self.publisher = StorePublisher(self.store, notify, self.encoder)
+        # XPUB, not PUB: each relay's subscription reaches us and is answered with the newest version;
+        # a relay that (re)starts never waits for the next epoch.
+        relays = socket(self.ctx, zmq.XPUB, hwm=VERSIONS_QUEUE)
+        self.relays = VersionFeed(relays, self.encoder)  # verbose before it binds
+        self.security.bind(relays, ep.versions)
 
         fixed = tickets.fixed_masks(cfg)  # method fixed: the file's masks, on every snapshot from the first
         self.masks: Masks | None = fixed.masks if fixed else None
@@ -240,7 +243,7 @@ class Compressor:
                 self.log.warning("distill_diverged", version=version, reason="the student's weights or KL went "
                                  "non-finite: it stays as it was before this version's steps")
         out = apply_masks(policy, self.masks)
-        structure_changed = self.store.changes_structure(out)
+        structure_changed = self.store.changes_structure(out)  # before the write: for compression_finished
         achieved = sparsity(out, self.weight_spec, self.sparsity_names)
         # What the masks prune: the zeros written may be more (a weight regrown at zero in both-pruned mode)
         held = masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)
@@ -253,16 +256,15 @@ class Compressor:
                           weight_sparsity=held, drop_fraction=step.fraction, **stats, **outcome,
                           structure_changed=structure_changed)
         stored = self.stored(out)
-        slot, nbytes, _ = self.store.publish(stored, version)
+        slot, nbytes, _ = self.publisher.publish(stored, version)
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes,
                       dense_nbytes=nbytes if stored is out else payload_size(out), sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
         self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
                                    "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
+        self.relays.send(stored, version, epoch)  # as the store holds it: kept values + bitmaps
         if outcome is not None:
             self.keep_policy(due_epoch=due[0].epoch)
-        ready = {"version": version, "slot": slot, "structure_changed": structure_changed}
-        self.notify.send_multipart(self.encoder.encode("weights_ready", ready))
         if due is not None:  # the workers first, then the trainer
             failed = outcome is None
             fields = {"version": version, "epoch": epoch, "due_epoch": due[0].epoch, "target_sparsity": due[0].sparsity,
@@ -342,6 +344,7 @@ class Compressor:
         try:
             while self.running():
                 self.heartbeat.beat(version=self.last_version, dropped=self.dropped)
+                self.relays.answer()
                 msg = self._newest()
                 if msg is not None:
                     self.handle(msg)
@@ -352,14 +355,13 @@ class Compressor:
                 self.log.error("policy_not_saved", reason=str(exc)[:200])
             # Pass the stop on to the workers (a run started by hand has no supervisor to do it).
             if self.stopping:
-                self.notify.send_multipart(self.encoder.encode("control", {"command": "stop"}))
+                self.publisher.stop()
+                self.relays.stop()
             # A SUB sends nothing but its subscription, which waits to reconnect to a trainer that
             # has ended: under the linger below it kept the compressor, the run's last process, a second.
             self.snapshots.close(linger=0)
             self.ctx.destroy(linger=1000)  # let the stop go out
-            self.store.close()
-            if self.store.owner:
-                self.store.unlink()
+            self.publisher.close()
         return 0 if self.stopping else self.stop.exit_code()  # ended by the run's `stop`, or by a signal
 
 

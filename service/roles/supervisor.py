@@ -2,7 +2,8 @@
 stops all of it cleanly.
 
 It creates the run directory and the weight store, starts the compressor, the trainer and the
-workers as separate OS processes through their own CLIs (what a user could type), each in its own
+workers (with `relay.local`, a relay too, whose store it also makes: the workers swap from that one)
+as separate OS processes through their own CLIs (what a user could type), each in its own
 session (the terminal's Ctrl-C reaches the supervisor alone, which then stops the children in order),
 and watches them:
 
@@ -36,7 +37,7 @@ from hotprune.runs import cleanup, private, rundir, runlog
 from hotprune import eventlog
 from hotprune.roles import liveness
 from hotprune.roles.entry import CONFIG_ERROR, die_with_parent
-from hotprune.config import Config, ConfigError
+from hotprune.config import LOCAL_NODE, Config, ConfigError
 from hotprune.roles.process import load_run_config
 from hotprune.protocol.store_layout import segment_name
 from hotprune.comms.weight_store import StoreError, WeightStore
@@ -62,14 +63,22 @@ class Child:
     hung: bool = False  # killed by us for not pinging
 
 
+def nodes(cfg: Config) -> list[str | None]:
+    """The stores of a run: the compressor's (None) and each relay's node."""
+    return [None, LOCAL_NODE] if cfg.relay.local else [None]
+
+
 def process_table(cfg: Config, run_dir: Path) -> list[Child]:
     def cli(module: str, *extra: str) -> list[str]:
         return [sys.executable, "-m", module, "--run-dir", str(run_dir), *extra]
 
+    fed = ("--node", LOCAL_NODE) if cfg.relay.local else ()  # the workers' store: the relay's, or the run's
+    relays = [Child(f"relay-{LOCAL_NODE}", cli("hotprune.roles.relay", *fed))] if cfg.relay.local else []
     return [
         Child("compressor", cli("hotprune.roles.compressor"), resumable=True),
         Child("trainer", cli("hotprune.roles.trainer"), resumable=True),
-        *(Child(f"worker-{i}", cli("hotprune.workers.inference_worker", "--index", str(i)))
+        *relays,
+        *(Child(f"worker-{i}", cli("hotprune.workers.inference_worker", "--index", str(i), *fed))
           for i in range(cfg.num_workers)),
     ]
 
@@ -117,14 +126,20 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        stores = []  # made here, so that readers stay attached while a writer restarts
         try:
-            store = WeightStore.create(segment_name(self.run_dir), rundir.store_slot_size(self.cfg))
+            for node in nodes(self.cfg):
+                stores.append(WeightStore.create(segment_name(self.run_dir, node), rundir.store_slot_size(self.cfg)))
         except StoreError:
+            for store in stores:
+                store.close()
+                store.unlink()
             if not self.resuming:  # a resumed run's directory is its record: nothing to undo
                 rundir.discard(self.run_dir, self.made_run_dir)
             raise
         rundir.point_latest(self.run_dir)
-        self.log.info("run_started", run_dir=str(self.run_dir), store=store.name,
+        self.log.info("run_started", run_dir=str(self.run_dir), store=stores[0].name,
+                      node_stores=[store.name for store in stores[1:]],
                       config=str(self.run_dir / "config.toml"), resumed=self.resuming)
         early = None
         try:
@@ -136,8 +151,9 @@ class Supervisor:
             for child in self.children:
                 if child.listener:
                     child.listener.close()
-            store.close()
-            store.unlink()
+            for store in stores:
+                store.close()
+                store.unlink()
             cleanup.remove_sockets(self.run_dir)
         # A child waiting out a restart's backoff, or killed by us as hung (its restart not yet due),
         # when the run ended has been dealt with.

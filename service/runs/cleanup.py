@@ -1,11 +1,11 @@
 """What a dead run leaves behind, and removing it without touching a live run.
 
 Besides its records (config, logs, policies), a run holds two things that only make sense while it
-runs: the weight store's shared-memory segment (/dev/shm/hotprune-<run_id>-<hash of its directory>)
-and the ipc socket files in run_dir/sock/. A run stopped normally or by a signal unlinks its
-segment; if its supervisor is SIGKILLed, the supervisor's multiprocessing resource tracker unlinks
-it; if the tracker dies too (a SIGKILL of every process), the segment stays, and would refuse the
-next run in that directory.
+runs: the weight store's shared-memory segment (/dev/shm/hotprune-<run_id>-<hash of its directory>,
+and one more per relay's node: the same name with @<node>) and the ipc socket files in run_dir/sock/.
+A run stopped normally or by a signal unlinks its segments; if its supervisor is SIGKILLed, the
+supervisor's multiprocessing resource tracker unlinks them; if the tracker dies too (a SIGKILL of every
+process), the segments stay, and would refuse the next run in that directory.
 
 Alive, from /proc, never from a pid alone (pids are reused):
 - a run is alive while its supervisor lives (run_dir/supervisor.pid holds its pid and start time)
@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from hotprune.protocol.endpoints import socket_dir
-from hotprune.protocol.store_layout import SEGMENT_PREFIX, segment_name
+from hotprune.protocol.store_layout import NODE_SEPARATOR, SEGMENT_PREFIX, segment_name
 from hotprune.runs import private
 
 SHM_DIR = Path("/dev/shm")
@@ -31,6 +31,12 @@ PID_FILE = "supervisor.pid"
 
 def segment_path(run_dir: Path) -> Path:
     return SHM_DIR / segment_name(run_dir)
+
+
+def segment_paths(run_dir: Path) -> list[Path]:
+    """The run's segment and its relays' (those that exist, but the run's always)."""
+    base = segment_path(run_dir)
+    return [base, *sorted(SHM_DIR.glob(f"{base.name}{NODE_SEPARATOR}*"))]
 
 
 def record_supervisor(run_dir: Path) -> None:
@@ -52,7 +58,7 @@ def run_pids(run_dir: Path) -> list[int]:
 def segment_users(path: Path) -> list[int]:
     """The live processes that use a segment: they hold it open or mapped, or were started for the
     run it belongs to."""
-    by_run = {pid for pid, arg in _run_dir_args() if (d := _resolve(pid, arg)) and SHM_DIR / segment_name(d) == path}
+    by_run = {pid for pid, arg in _run_dir_args() if (d := _resolve(pid, arg)) and path in segment_paths(d)}
     return sorted(by_run | {pid for pid in _pids() if _holds(pid, str(path))})
 
 
@@ -86,11 +92,12 @@ def clean_run(run_dir: Path) -> list[Path]:
     if run_pids(run_dir):
         return []
     removed = remove_sockets(run_dir)
-    try:
-        if remove_stale_segment(segment_path(run_dir)):
-            removed.append(segment_path(run_dir))
-    except SegmentKept:  # held open by a process of no run (its own reasons)
-        pass
+    for path in segment_paths(run_dir):
+        try:
+            if remove_stale_segment(path):
+                removed.append(path)
+        except SegmentKept:  # held open by a process of no run (its own reasons)
+            pass
     return removed
 
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from hotprune.protocol import store_layout as layout
-from hotprune.protocol.endpoints import SOCKETS, socket_dir
+from hotprune.protocol.endpoints import SOCKETS, node_weights, socket_dir
 from hotprune.runs import artifacts, cleanup, metrics, private, tickets
 from hotprune.runs.artifacts import CHECKPOINT, MASKS, POLICY
 from hotprune.comms import curve
 from hotprune.actor_spec import run_shapes
 from hotprune.algorithms import actor_kind
-from hotprune.config import REPLAY_MEMORY_SHARE, Config, ConfigError, to_toml
+from hotprune.config import LOCAL_NODE, REPLAY_MEMORY_SHARE, Config, ConfigError, to_toml
 from hotprune.envs import EnvSource, EnvSpec, env_spec
 
 
@@ -56,6 +56,8 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     run_dir = cfg.run_dir
     try:
         cfg.endpoints()
+        if cfg.relay.local:
+            node_weights(cfg.run_dir, LOCAL_NODE)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cores = os.cpu_count() or 1
@@ -71,9 +73,9 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     if check_ports:
         _check_ports_free(cfg)
     try:
-        if cleanup.remove_stale_segment(cleanup.segment_path(cfg.run_dir)):
-            print(f"hotprune: removed {cleanup.segment_path(cfg.run_dir)}, left by a run with no live process",
-                  file=sys.stderr)
+        for path in cleanup.segment_paths(cfg.run_dir):
+            if cleanup.remove_stale_segment(path):
+                print(f"hotprune: removed {path}, left by a run with no live process", file=sys.stderr)
     except cleanup.SegmentKept as exc:
         raise ConfigError(f"{exc}; choose another run_id") from None
     try:

@@ -137,7 +137,8 @@ EVENTS: dict[str | tuple[str, str], dict[str, Kind]] = {
     "masks_sent": {"version": INT, "weight_sparsity": optional(NUM), "tensors": optional(BOOL),
                    "again": optional(BOOL), "failed": optional(BOOL)},
     "policy_saved": {"version": INT, "weight_sparsity": NUM},
-    "worker_swapped": {"version": INT, "sparsity": NUM, "latency_ms": optional(NUM)},
+    "relay_wrote": {"version": INT, "nbytes": INT, "node_id": STR},
+    "worker_swapped": {"version": INT, "sparsity": NUM, "latency_ms": optional(NUM), "node_id": optional(STR)},
     "store_waiting": {"worker_id": INT, "waited_s": NUM, "timeout_s": NUM},
     "message_rejected": {"reason": STR},
     "store_read_failed": {"reason": STR},
@@ -273,6 +274,10 @@ class Run:
 
     def workers(self) -> list[str]:
         return sorted(n for n in self.logs if n.startswith("worker-"))
+
+    def relays(self) -> list[str]:
+        """The relays' log files by stem (relay-<node>), one per node fed by a relay."""
+        return sorted(n for n in self.logs if n.startswith("relay-"))
 
     def all(self, event: str) -> list[dict]:
         """Every process's events of one name, in file order per process."""
