@@ -102,12 +102,17 @@ def accounting_adds_up(run_dir: Path) -> tuple[list[dict], dict]:
     return epochs, summary
 
 
-def processes_mentioning(text: str) -> list[int]:
+def processes_mentioning(text: str, within: Path | None = None) -> list[int]:
+    """Other processes whose command line contains `text`; with `within`, only those working in that
+    directory or below it (a run started with a relative runs_dir, or through the API, names its run by
+    a relative path or its id alone, which another test's run, in parallel, may share)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if within is not None and not Path(os.readlink(entry / "cwd")).is_relative_to(within):
+                    continue
             except OSError:
                 continue
             if text in cmdline:

@@ -37,9 +37,10 @@ def python(code: str, cwd: Path, timeout: float = 120, **kwargs) -> subprocess.C
                           timeout=timeout, **kwargs)
 
 
-def assert_left_nothing(run_dir: Path) -> None:
-    """No process of the run, no shared memory segment, no socket file."""
-    wait_for(lambda: not processes_mentioning(run_dir.name), timeout=15, what="the run's processes to exit")
+def assert_left_nothing(run_dir: Path, cwd: Path) -> None:
+    """No process of the run (started in `cwd`), no shared memory segment, no socket file."""
+    wait_for(lambda: not processes_mentioning(run_dir.name, within=cwd), timeout=15,
+             what="the run's processes to exit")
     assert not (Path("/dev/shm") / segment_name(run_dir)).exists()
     assert not socket_files(run_dir)
 
@@ -277,8 +278,8 @@ def test_a_policy_file_of_an_earlier_version_acts_as_it_did(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_an_earlier_version_resumes(tmp_path):
-    run_dir = tmp_path / "runs" / COMPAT_RUN.name
+def test_a_checkpoint_of_an_earlier_version_resumes(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("compat") / "runs" / COMPAT_RUN.name  # short: its socket paths are under it
     shutil.copytree(COMPAT_RUN, run_dir)
     (run_dir / "sock").mkdir(mode=0o700)  # what the run's start made (git keeps no empty directory)
     config = run_dir / "config.toml"  # its 2 epochs are done: one more to resume into
@@ -317,7 +318,7 @@ def test_every_example_in_the_docs_runs_as_written_and_leaves_nothing_behind(tmp
     runs = [p.resolve() for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]
     assert len(runs) == 2  # the blocking and the background run, each with its own id
     for run_dir in [*runs, *(tmp_path / "logs" / "pruning_presets").glob("*/s1")]:
-        assert_left_nothing(run_dir)
+        assert_left_nothing(run_dir, tmp_path)
 
 
 @pytest.mark.slow
@@ -341,7 +342,7 @@ def test_ctrl_c_in_a_blocking_run_stops_the_run_cleanly_then_raises_keyboard_int
     finally:
         proc.kill()
     assert proc.returncode == 0 and out.splitlines()[-1] == "KeyboardInterrupt after: stopped by SIGINT", out + err
-    assert_left_nothing(run_dir)
+    assert_left_nothing(run_dir, tmp_path)
 
 
 @pytest.mark.slow
@@ -362,4 +363,4 @@ def test_a_background_run_whose_program_is_killed_stops_cleanly(tmp_path):
     run_dir = tmp_path / "runs" / "orphaned"
     wait_for(lambda: runlog.load(run_dir).finished, timeout=60, what="the run to finish")
     assert runlog.load(run_dir).finished["outcome"] == "stopped by SIGTERM"
-    assert_left_nothing(run_dir)
+    assert_left_nothing(run_dir, tmp_path)

@@ -146,15 +146,19 @@ def test_with_observation_normalisation_snapshots_must_carry_valid_statistics(tm
     with lone_compressor(tmp_path, ctx, "norm", "normalize_obs=true", "pruning.start_epoch=50") as peer:
         stats = {"obs_norm.mean": np.arange(4, dtype=np.float32), "obs_norm.var": np.full(4, 2.0, np.float32)}
         negative = {**stats, "obs_norm.var": np.array([1, 1, -1, 1], np.float32)}
+        # one landed first: the compressor has subscribed (a PUB drops what it sends before that)
+        wait_for(lambda: peer.lands(peer.snapshot(1, {**DENSE, **stats}), 1), what="the first snapshot (slow joiner)")
         for tensors in (DENSE, {**DENSE, **negative}):
-            peer.trainer.send_multipart(peer.snapshot(1, tensors))
+            peer.trainer.send_multipart(peer.snapshot(2, tensors))
         wait_for(lambda: len(rejections(peer.run_dir, "compressor")) >= 2, what="both snapshots rejected")
         reasons = rejections(peer.run_dir, "compressor")
         assert "missing tensors ['obs_norm.mean', 'obs_norm.var']" in reasons[0]
         assert "obs_norm.var has negative variances" in reasons[1]
-        wait_for(lambda: peer.lands(peer.snapshot(2, {**DENSE, **stats}), 2), what="a snapshot with statistics")
+        assert peer.store.version() == 1
+        newer = {"obs_norm.mean": stats["obs_norm.mean"] + 1, "obs_norm.var": stats["obs_norm.var"] + 1}
+        wait_for(lambda: peer.lands(peer.snapshot(3, {**DENSE, **newer}), 3), what="a snapshot with statistics")
         stored = peer.store.read()[1]
-        assert all(np.array_equal(stored[n], v) for n, v in stats.items())
+        assert all(np.array_equal(stored[n], v) for n, v in newer.items())
 
 
 def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapshot_serves_the_step(tmp_path, ctx):

@@ -136,7 +136,8 @@ def run_readme_lines(cwd: Path) -> list[subprocess.CompletedProcess]:
 
 
 @pytest.mark.slow
-def test_the_readme_example_trains_and_evaluates_its_own_environment(tmp_path, monkeypatch):
+def test_the_readme_example_trains_and_evaluates_its_own_environment(tmp_path_factory, monkeypatch):
+    tmp_path = tmp_path_factory.mktemp("readme")  # short: the run's socket paths are under it
     code = re.search(r"```python\n(.*?)```", doc("docs/environments.md"), re.S).group(1)
     (tmp_path / "corridor.py").write_text(code)
     run, evaluated = run_readme_lines(tmp_path)

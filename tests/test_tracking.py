@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 from hotprune.config import load_config
 from hotprune.runs import metrics
+from tests.servicekit import wait_for
 
 BLOCK = 32 * 1024  # a .wandb file is a LevelDB-style log: 32 KiB blocks of records with 7-byte headers
 FULL, LAST = 1, 4
@@ -33,6 +35,17 @@ def wandb_records(path: Path) -> list:
             records.append(record)
             parts = b""
     return records
+
+
+def written_run(directory: Path) -> list | None:
+    """The records of the one offline run file in `directory` once it ends with its exit record, else None:
+    W&B's own service process writes the file, and `finish()` can return before it has (a busy machine)."""
+    (run_file,) = directory.glob("offline-run-*/run-*.wandb")
+    try:
+        records = wandb_records(run_file)
+    except DecodeError:  # a record cut off where the writer has got to
+        return None
+    return records if records and records[-1].WhichOneof("record_type") == "exit" else None
 
 
 def epoch(step: int, reward: float) -> dict:
@@ -60,8 +73,7 @@ def test_wandb_offline_gets_tensorboards_scalars_tags_and_settings_inside_the_ru
     for tracker in trackers:
         tracker.close()
 
-    (run_file,) = (cfg.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    records = wandb_records(run_file)
+    records = wait_for(lambda: written_run(cfg.run_dir / "wandb"), timeout=30, what="W&B's run file to be written")
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.project, run.run_group, run.display_name, list(run.tags)) == ("pruning", "grid-a", "r1",
                                                                               ["pruned", "async"])
