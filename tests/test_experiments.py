@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,27 @@ def test_a_set_change_on_a_finished_grid_is_refused_and_relabels_nothing(grid, c
     assert "has finished runs made with other settings (both_pruned/s1: samples_per_epoch 512 -> 1024)" in err
     assert "start a new grid for these settings with another --root" in err
     assert sorted(p.relative_to(base) for p in base.rglob("*")) == before  # nothing moved, nothing made
+
+
+def test_a_grid_finished_before_a_setting_existed_resumes_unless_that_setting_is_asked_otherwise(grid, tmp_path,
+                                                                                                capsys):
+    """An upgrade adds settings: runs made before it, whose config.toml lacks them, did what their defaults
+    do; a grid asking for another value of one is refused as any other change."""
+    base, _ = grid
+    old = tmp_path / base.name
+    shutil.copytree(base, old)
+    for config in old.glob("*/s*/config.toml"):  # as written before `device` existed
+        config.write_text(config.read_text().replace('device = "auto"\n', ""))
+    before = sorted(p.relative_to(old) for p in old.rglob("*"))
+    code, out, err = run_cli(capsys, "experiments", "--grid", str(base.parent / "two.toml"), "--root", str(tmp_path),
+                             *TINY)
+    assert code == 0 and out.count("done already") == len(NAMES) * len(SEEDS), err
+    code, out, err = run_cli(capsys, "experiments", "--grid", str(base.parent / "two.toml"), "--root", str(tmp_path),
+                             *TINY, "--set", "device=cpu")
+    assert code == 2 and "made with other settings" in err and "device None -> 'cpu'" in err, err
+    assert sorted(p.relative_to(old) for p in old.rglob("*") if "report" not in p.parts
+                  and p.name not in ("results.md", "results.csv")) == \
+        [p for p in before if "report" not in p.parts and p.name not in ("results.md", "results.csv")]
 
 
 def test_an_interrupted_grid_resumes_and_runs_only_what_is_missing(grid):

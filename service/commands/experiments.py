@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
-from hotprune.config import ConfigError, load_config, to_toml
+from hotprune.config import Config, ConfigError, load_config, to_toml
 from hotprune.commands import stats
 from hotprune.commands.evaluate import MAX_EPISODES, evaluate
 from hotprune.commands.grids import PREPARE, Grid, Variant
@@ -108,7 +108,12 @@ def _changed(run_dir: Path, planned: str) -> str | None:
     if kept == planned_settings:
         return None
     old, new = _flat(kept), _flat(planned_settings)
-    keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    # a setting added to hotprune since the run was made, planned at its default, is what the run did
+    defaults = _flat(_settings(to_toml(Config())))
+    keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)
+            and not (k not in old and k in defaults and new[k] == defaults[k])]
+    if not keys:
+        return None
     shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:SHOWN_DIFFERENCES])
     return shown + (f" and {len(keys) - SHOWN_DIFFERENCES} more" if len(keys) > SHOWN_DIFFERENCES else "")
 
