@@ -259,9 +259,7 @@ def _main(argv: list[str]) -> int:
         if getattr(args, "resume", None):
             if args.config or args.set:
                 command.error("--resume continues a run with its own config: no --config or --set")
-            from hotprune.roles.supervisor import Supervisor
-
-            return _supervise(Supervisor.resume(args.resume), _verbosity(args))
+            return _supervise(_supervisor_class().resume(args.resume), _verbosity(args))
         if args.command == "clean":
             return _clean(args.runs_dir)
         cfg = loaded or load_config(args.config, args.set)
@@ -272,11 +270,18 @@ def _main(argv: list[str]) -> int:
             rundir.point_latest(run_dir)
             print(run_dir)
             return 0
-        from hotprune.roles.supervisor import Supervisor
-
-        return _supervise(Supervisor(cfg), _verbosity(args))
+        return _supervise(_supervisor_class()(cfg), _verbosity(args))
     except refusals() as exc:
         return _error(args.command, exc)
+
+
+def _supervisor_class():
+    """hotprune.roles.supervisor.Supervisor, loaded with Ctrl-C held (it loads zmq, ssl and asyncio)."""
+    from hotprune.roles.entry import interrupts_held
+
+    with interrupts_held():
+        from hotprune.roles.supervisor import Supervisor
+    return Supervisor
 
 
 def _error(command: str, exc: Exception | str) -> int:
@@ -411,10 +416,9 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if loaded is None:
             return 2
         from hotprune.roles.entry import refusals
-        from hotprune.roles.supervisor import Supervisor
 
         try:
-            return _supervise(Supervisor(loaded), _verbosity(args))
+            return _supervise(_supervisor_class()(loaded), _verbosity(args))
         except refusals() as exc:
             return _error(name, exc)
     import torch
@@ -441,10 +445,9 @@ def _lth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("a ticket takes the dense run's own settings (its config.toml): change them with --set")
         cfg = lth.ticket_config(args.run_dir, args.mask, args.rewind, args.set)
         from hotprune.runs import tickets
-        from hotprune.roles.supervisor import Supervisor
 
         tickets.check(cfg)
-        return _supervise(Supervisor(cfg), _verbosity(args))
+        return _supervise(_supervisor_class()(cfg), _verbosity(args))
     except (ConfigError, ArtifactError, RunError) as exc:
         return _error(name, exc)
 

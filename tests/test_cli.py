@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -187,3 +188,21 @@ def test_a_run_refused_before_its_directory_is_made_prints_no_header_naming_it(t
     assert result.returncode == 2 and result.stdout == "", result.stdout
     assert result.stderr.startswith("hotprune run: error: env_id 'NoSuchEnv-v0'") and result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_ctrl_c_while_modules_load_comes_right_after_they_have_loaded():
+    """An interrupt raised inside an import can leave a module half made (asyncio without `base_events`, a
+    NameError instead of a clean stop): roles.entry.interrupts_held holds it until the imports are done."""
+    code = ("import os, signal, sys\n"
+            "from hotprune.roles.entry import guarded, interrupts_held\n"
+            "def body():\n"
+            "    with interrupts_held():\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        import json, zmq\n"
+            "        print('loaded', flush=True)\n"
+            "    print('not reached', flush=True)\n"
+            "    return 0\n"
+            "sys.exit(guarded(body))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 128 + signal.SIGINT and result.stdout == "loaded\n", result
+    assert result.stderr == "hotprune: interrupted\n"

@@ -11,7 +11,8 @@ import gc
 import os
 import signal
 import sys
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 
 CONFIG_ERROR = 2  # the exit code of a refusal (argparse's for usage errors): a supervisor never restarts it
@@ -59,6 +60,18 @@ def guarded(body: Callable[[], int], name: str = "hotprune") -> int:
         # objects torch made cost the shutdown no full collection (seconds for a trainer on a busy machine,
         # past the supervisor's stop grace, which then killed a finished process).
         gc.freeze()
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """A Ctrl-C while modules load waits until they have loaded, and comes right after: a KeyboardInterrupt
+    raised inside an import can leave a module half made (seen: `import zmq` left asyncio without its
+    `base_events`, and the run ended in a NameError traceback instead of `interrupted`)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def stdout_to_devnull() -> None:
