@@ -141,19 +141,23 @@ def test_compressor_rejects_bad_snapshots_and_keeps_its_last_good_weights(tmp_pa
 
 
 def test_with_observation_normalisation_snapshots_must_carry_valid_statistics(tmp_path, ctx):
-    """The statistics travel with the weights: a snapshot without them, or with a negative variance,
-    is rejected; a good one reaches the store with them."""
+    """The statistics travel with the weights: a snapshot without them, with a negative variance, or with
+    them as kept values + bitmap (no mask covers them), is rejected; a good one reaches the store with them."""
     with lone_compressor(tmp_path, ctx, "norm", "normalize_obs=true", "pruning.start_epoch=50") as peer:
         stats = {"obs_norm.mean": np.arange(4, dtype=np.float32), "obs_norm.var": np.full(4, 2.0, np.float32)}
         negative = {**stats, "obs_norm.var": np.array([1, 1, -1, 1], np.float32)}
         # one landed first: the compressor has subscribed (a PUB drops what it sends before that)
         wait_for(lambda: peer.lands(peer.snapshot(1, {**DENSE, **stats}), 1), what="the first snapshot (slow joiner)")
-        for tensors in (DENSE, {**DENSE, **negative}):
+        code = SparseCode.of_mask(np.array([1, 0, 1, 1], bool))
+        sparse = {**stats, "obs_norm.var": code.sparse(stats["obs_norm.var"])}
+        for tensors in (DENSE, {**DENSE, **negative}, {**DENSE, **sparse}):
             peer.trainer.send_multipart(peer.snapshot(2, tensors))
-        wait_for(lambda: len(rejections(peer.run_dir, "compressor")) >= 2, what="both snapshots rejected")
+        wait_for(lambda: len(rejections(peer.run_dir, "compressor")) >= 3, what="the three snapshots rejected")
         reasons = rejections(peer.run_dir, "compressor")
         assert "missing tensors ['obs_norm.mean', 'obs_norm.var']" in reasons[0]
         assert "obs_norm.var has negative variances" in reasons[1]
+        assert "'obs_norm.var' is sparse, expected dense" in reasons[2]
+        assert peer.compressor.poll() is None  # (it used to crash comparing a SparseTensor with 0)
         assert peer.store.version() == 1
         newer = {"obs_norm.mean": stats["obs_norm.mean"] + 1, "obs_norm.var": stats["obs_norm.var"] + 1}
         wait_for(lambda: peer.lands(peer.snapshot(3, {**DENSE, **newer}), 3), what="a snapshot with statistics")

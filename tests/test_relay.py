@@ -27,6 +27,7 @@ from hotprune.config import LOCAL_NODE, Config, ConfigError, load_config
 from hotprune.envs import EnvSource, env_spec
 from hotprune.protocol.codec import Encoder, decode
 from hotprune.protocol.endpoints import node_weights
+from hotprune.protocol.sparse import SparseCode
 from hotprune.protocol.store_layout import MAX_NODE_CHARS, check_node, segment_name
 from hotprune.roles.process import StopFlag, socket
 from hotprune.roles.relay import Relay
@@ -184,17 +185,24 @@ def test_a_version_that_is_not_the_actor_is_refused_and_a_neuron_pruned_one_is_w
     harness.send(4, {**weights(cfg, 2.0), "extra": np.zeros(1, np.float32)})
     wait_for(lambda: len(logged(cfg.run_dir, f"relay-{NODE}", "message_rejected")) == 3, timeout=10,
              what="three rejections")  # a relay more than the feed's queue behind would miss versions
+    everything_kept = {n: SparseCode.of_mask(np.ones(t.shape, bool)).sparse(t)
+                       for n, t in weights(cfg, 2.0).items()}
+    harness.send(5, everything_kept)  # the dense actor's bytes plus its bitmaps: more than a slot holds
+    wait_for(lambda: len(logged(cfg.run_dir, f"relay-{NODE}", "message_rejected")) == 4, timeout=10,
+             what="the fourth rejection")
     # neuron pruning slices hidden units out: 16 of net.0's 64 rows and net.2's matching columns remain
     sliced = weights(cfg, 3.0)
     sliced["net.0.weight"], sliced["net.0.bias"] = sliced["net.0.weight"][:16], sliced["net.0.bias"][:16]
     sliced["net.2.weight"] = np.ascontiguousarray(sliced["net.2.weight"][:, :16])
-    harness.send(5, sliced)
-    wait_for(lambda: harness.stored(5), timeout=10, what="the sliced version 5")
-    assert harness.wrote() == [1, 5]
+    harness.send(6, sliced)
+    wait_for(lambda: harness.stored(6), timeout=10, what="the sliced version 6")
+    assert harness.wrote() == [1, 6]
     assert of(events(cfg.run_dir, f"relay-{NODE}"), "relay_wrote")[-1]["structure_changed"] is True
     assert harness.store.read()[1]["net.2.weight"].shape == (64, 16)
     reasons = [e["reason"] for e in logged(cfg.run_dir, f"relay-{NODE}", "message_rejected")]
     assert "non-finite" in reasons[0] and "within" in reasons[1] and "not the actor's" in reasons[2]
+    assert "do not fit a store slot" in reasons[3]
+    assert harness.relay[1].is_alive()  # (a version too big for its slot used to kill the relay)
 
 
 def test_a_restarted_relay_takes_up_the_newest_version_and_the_stores_readers_stay_attached(harness):

@@ -61,6 +61,9 @@ class Compressor:
         p = cfg.pruning
         self.pruner = pruner_for(self.weight_spec, p, seed=cfg.seed)
         self.sparsity_names = prunable_names(self.weight_spec, p.prune_output_layer)
+        # what a snapshot may carry as kept values + bitmap: the network's parameters, never the
+        # normalisation statistics (checked as numbers below, and no mask ever covers them)
+        self.maskable = [n for n in self.weight_spec if n not in OBS_NORM]
         grads = self.pruner.grad_names if self.pruner else []
         self.snapshot_spec = {**self.weight_spec, **{GRAD_PREFIX + n: self.weight_spec[n] for n in grads}}
         self.obs_dim = spec.obs_dim
@@ -164,7 +167,7 @@ class Compressor:
                 if msg.kind == "control":
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
-                check_tensors(msg.tensors, self._expected_tensors(msg.tensors), sparse=self.weight_spec)
+                check_tensors(msg.tensors, self._expected_tensors(msg.tensors), sparse=self.maskable)
                 if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
                     raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
                 self._check_fields(msg.fields)

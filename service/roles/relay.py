@@ -32,18 +32,21 @@ from hotprune.config import Config, ConfigError
 from hotprune.envs import EnvSource, env_spec
 from hotprune.protocol.codec import Encoder, Message, MessageRejected, decode
 from hotprune.protocol.endpoints import node_weights
-from hotprune.protocol.store_layout import check_node, segment_name
+from hotprune.protocol.store_layout import check_node, payload_size, segment_name
 from hotprune.roles.process import StopFlag, role_process, socket
 from hotprune.runs.rundir import store_slot_size
 
 POLL_MS = 100  # the receive loop's wait: how soon a stop or a due heartbeat is seen
 
 
-def check_version(tensors: dict[str, np.ndarray], dense: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+def check_version(tensors: dict[str, np.ndarray], dense: dict[str, tuple[str, tuple[int, ...]]],
+                  slot_size: int) -> None:
     """A version's tensors are the actor's (names, dtypes), each no larger than its dense shape (neuron
-    pruning slices units out), with finite values; MessageRejected says what is not. A tensor may be
-    kept values and a mask's bitmap (anything with the dense tensor's `dtype` and `shape`, its kept
-    entries in `values`): it is checked the same, and written on as it came."""
+    pruning slices units out), with finite values, and all of it fits a store slot (sized for the dense
+    actor: kept values + bitmaps of a tensor that keeps nearly everything are larger than it);
+    MessageRejected says what is not. A tensor may be kept values and a mask's bitmap (anything with the
+    dense tensor's `dtype` and `shape`, its kept entries in `values`): it is checked the same, and written
+    on as it came."""
     if set(tensors) != set(dense):
         raise MessageRejected(f"tensors {sorted(set(tensors) ^ set(dense))[:3]} are not the actor's")
     for name, (dtype, shape) in dense.items():
@@ -54,6 +57,8 @@ def check_version(tensors: dict[str, np.ndarray], dense: dict[str, tuple[str, tu
                                   f"not {dtype} within {list(shape)}")
         if not np.isfinite(getattr(tensor, "values", tensor)).all():
             raise MessageRejected(f"tensor {name!r} has non-finite values")
+    if (size := payload_size(tensors)) > slot_size:
+        raise MessageRejected(f"the version's {size} bytes do not fit a store slot of {slot_size}")
 
 
 class Relay:
@@ -69,7 +74,8 @@ class Relay:
         spec = env_spec(EnvSource.of(cfg))
         actor = cfg.network("actor", spec)
         self.dense = actor_spec(spec, actor.hidden_sizes, cfg.normalize_obs, cfg.algorithm, actor.conv)
-        store = WeightStore.attach_or_create(segment_name(cfg.run_dir, node), store_slot_size(cfg))
+        self.slot_size = store_slot_size(cfg)
+        store = WeightStore.attach_or_create(segment_name(cfg.run_dir, node), self.slot_size)
 
         self.ctx = zmq.Context()
         self.security = SocketSecurity(cfg, self.ctx, self.log)
@@ -95,7 +101,7 @@ class Relay:
                 if msg.kind == "control":
                     self.stopping = self.stopping or msg.fields["command"] == "stop"
                     continue
-                check_version(msg.tensors, self.dense)
+                check_version(msg.tensors, self.dense, self.slot_size)
             except MessageRejected as exc:
                 self.log.warning("message_rejected", reason=exc.reason, expected="version or control")
                 continue
