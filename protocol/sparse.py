@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 
 # Sparse when the kept values and the bitmap take at most this share of the dense bytes (at float32,
-# 51% sparsity or more). Not as soon as sparse is smaller: a reader's scatter costs about as much per
+# 53% sparsity or more). Not as soon as sparse is smaller: a reader's scatter costs about as much per
 # kept value as a copy of several dense ones, and the swap must not get slower.
 SPARSE_AT_MOST = 0.5
 # ... and never below this many dense bytes: a sparse entry's longer table entry and its second array's

@@ -210,3 +210,26 @@ def test_sac_critics_follow_a_rigl_update_with_grown_weights_at_zero_and_their_a
             assert (params[key].detach()[grown] == 0).all(), key
             state = learner.critic_optimizer.state[params[key]]
             assert (state["exp_avg"][grown] == 0).all() and (state["exp_avg_sq"][grown] == 0).all(), key
+
+
+def test_a_rigl_update_that_fails_for_one_critic_changes_neither_and_stays_due():
+    """qf2's gradient statistics are all equal (nothing to grow by): the step fails for it, and qf1, whose
+    update could be made, is left as it was too, so the step's retry updates each critic once."""
+    cfg = config("algorithm=sac", "env_id=Pendulum-v1", "preset=none", "sac.hidden_sizes=32,32",
+                 "pruning.method=rigl", "pruning.targets=actor,critic")
+    learner = make_learner(cfg, env_spec("Pendulum-v1"), torch.Generator().manual_seed(1))
+    critic = CriticMasks(learner.critics, learner.critic_targets, learner.critic_optimizer, cfg.pruning, cfg.seed)
+    rng = np.random.default_rng(0)
+    for p in learner.critic_optimizer.param_groups[0]["params"]:
+        p.grad = torch.from_numpy(rng.normal(size=tuple(p.shape)).astype(np.float32))
+    critic.grad_stats.after_backward()
+    critic.prune(Step(3, 0.8))
+    before = critic.keep_masks()
+    for p in learner.critics["qf2"].parameters():
+        p.grad = torch.ones_like(p)  # every |g| equal
+    critic.grad_stats.window.clear()
+    critic.grad_stats.after_backward()
+    with pytest.raises(CompressionFailed):
+        critic.prune(Step(6, 0.8, 0.3))
+    after = critic.keep_masks()
+    assert all(np.array_equal(after[k], before[k]) for k in before)

@@ -57,10 +57,14 @@ class CriticMasks:
         grads = self.grad_stats.mean() if self.grad_stats else {}
         counts = {"newly_pruned": 0, "revived": 0, "refused_revivals": 0}
         inputs_cut = {}
+        computed = {}
         for name, critic in self.critics.items():
-            weights = actor_arrays(critic)
             own_grads = {n.removeprefix(f"{name}."): g for n, g in grads.items() if n.startswith(f"{name}.")}
-            masks = self.pruners[name].at_step(step, weights, own_grads or None, self.previous.get(name))
+            computed[name] = self.pruners[name].at_step(step, actor_arrays(critic), own_grads or None,
+                                                        self.previous.get(name))
+        # every critic's masks or none (CompressionFailed above leaves them all as they were): the step stays
+        # due, and a dynamic update applied to one critic now would be applied to it twice
+        for name, masks in computed.items():
             self.previous[name] = masks
             if cut := cut_inputs(masks):
                 inputs_cut[name] = cut
