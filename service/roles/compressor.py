@@ -30,13 +30,13 @@ import time
 import numpy as np
 import zmq
 
-from hotprune.protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors, decode
+from hotprune.protocol.codec import DISTILL_OBS, GRAD_PREFIX, Encoder, Message, MessageRejected, check_tensors
 from hotprune.runs import artifacts, tickets
 from hotprune import eventlog
 from hotprune.actor_spec import OBS_NORM, actor_spec, policy_metadata
 from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
-from hotprune.roles.process import StopFlag, role_process, send_when_ready, socket
+from hotprune.roles.process import StopFlag, receive, role_process, send_when_ready, socket
 from hotprune.pruning.dynamic import pruner_for
 from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, masks_sparsity, \
     prunable_names, sparsity
@@ -160,19 +160,11 @@ class Compressor:
         """Drain the socket: the newest valid snapshot (older ones are dropped), acting on control."""
         newest, dropped = None, []
         while self.snapshots.poll(0 if newest else 100):
-            frames = self.snapshots.recv_multipart(copy=False)
-            try:
-                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"snapshot", "control"},
-                             max_frame_bytes=self.cfg.transport.max_frame_bytes)
-                if msg.kind == "control":
-                    self.stopping = self.stopping or msg.fields["command"] == "stop"
-                    continue
-                check_tensors(msg.tensors, self._expected_tensors(msg.tensors), sparse=self.maskable)
-                if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
-                    raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
-                self._check_fields(msg.fields)
-            except MessageRejected as exc:
-                self.log.warning("message_rejected", reason=exc.reason, expected="snapshot")
+            msg = receive(self.snapshots, "snapshot", self.cfg, self.log, check=self._check_snapshot, control=True)
+            if msg is None:
+                continue
+            if msg.kind == "control":
+                self.stopping = self.stopping or msg.fields["command"] == "stop"
                 continue
             if msg.fields["version"] <= max(self.last_version, newest.fields["version"] if newest else -1):
                 continue  # a republished snapshot already handled or already queued
@@ -183,6 +175,14 @@ class Compressor:
             self.log.info("snapshot_dropped", version=version, newer=newest.fields["version"])
         self.dropped += len(dropped)
         return newest
+
+    def _check_snapshot(self, msg: Message) -> None:
+        """MessageRejected unless the snapshot is the run's actor (and what its settings add) with sane
+        statistics and fields."""
+        check_tensors(msg.tensors, self._expected_tensors(msg.tensors), sparse=self.maskable)
+        if OBS_NORM[1] in msg.tensors and (msg.tensors[OBS_NORM[1]] < 0).any():
+            raise MessageRejected(f"snapshot {OBS_NORM[1]} has negative variances")
+        self._check_fields(msg.fields)
 
     def _expected_tensors(self, tensors: dict[str, np.ndarray]) -> dict:
         """The snapshot's tensor table; in teacher-student mode with observations of up to

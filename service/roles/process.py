@@ -134,15 +134,20 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, ma
     return sock
 
 
-def receive(sock: zmq.Socket, kind: str, cfg: Config, log) -> Message | None:
-    """The next message on `sock`, decoded strictly as a `kind` of this run; None, logged as
-    `message_rejected`, when it is not one."""
+def receive(sock: zmq.Socket, kind: str, cfg: Config, log, check: Callable[[Message], None] | None = None,
+            control: bool = False) -> Message | None:
+    """The next message on `sock`, decoded strictly as a `kind` of this run (or, with `control`, a run
+    control) and passed by `check` (MessageRejected when it is not valid; control messages are not
+    checked); None, logged as `message_rejected`, when it is not one."""
     frames = sock.recv_multipart(copy=False)
     try:
-        return decode([f.buffer for f in frames], run_id=cfg.run_id, kinds={kind},
-                      max_frame_bytes=cfg.transport.max_frame_bytes)
+        msg = decode([f.buffer for f in frames], run_id=cfg.run_id, kinds={kind, "control"} if control else {kind},
+                     max_frame_bytes=cfg.transport.max_frame_bytes)
+        if check is not None and msg.kind == kind:
+            check(msg)
+        return msg
     except MessageRejected as exc:
-        log.warning("message_rejected", reason=exc.reason, expected=kind)
+        log.warning("message_rejected", reason=exc.reason, expected=f"{kind} or control" if control else kind)
         return None
 
 

@@ -30,10 +30,10 @@ from hotprune.comms.publisher import StorePublisher
 from hotprune.comms.weight_store import WeightStore
 from hotprune.config import Config, ConfigError
 from hotprune.envs import EnvSource, env_spec
-from hotprune.protocol.codec import Encoder, Message, MessageRejected, decode
+from hotprune.protocol.codec import Encoder, Message, MessageRejected
 from hotprune.protocol.endpoints import node_weights
 from hotprune.protocol.store_layout import check_node, payload_size, segment_name
-from hotprune.roles.process import StopFlag, role_process, socket
+from hotprune.roles.process import StopFlag, receive, role_process, socket
 from hotprune.runs.rundir import store_slot_size
 
 POLL_MS = 100  # the receive loop's wait: how soon a stop or a due heartbeat is seen
@@ -94,16 +94,12 @@ class Relay:
         on control; None when none came."""
         newest = None
         while self.versions.poll(0 if newest else POLL_MS):
-            frames = self.versions.recv_multipart(copy=False)
-            try:
-                msg = decode([f.buffer for f in frames], run_id=self.cfg.run_id, kinds={"version", "control"},
-                             max_frame_bytes=self.cfg.transport.max_frame_bytes)
-                if msg.kind == "control":
-                    self.stopping = self.stopping or msg.fields["command"] == "stop"
-                    continue
-                check_version(msg.tensors, self.dense, self.slot_size)
-            except MessageRejected as exc:
-                self.log.warning("message_rejected", reason=exc.reason, expected="version or control")
+            msg = receive(self.versions, "version", self.cfg, self.log, control=True,
+                          check=lambda m: check_version(m.tensors, self.dense, self.slot_size))
+            if msg is None:
+                continue
+            if msg.kind == "control":
+                self.stopping = self.stopping or msg.fields["command"] == "stop"
                 continue
             if msg.fields["version"] > max(self.version, newest.fields["version"] if newest else -1):
                 newest = msg
