@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import sys
 import tarfile
 import tempfile
@@ -117,7 +119,9 @@ def _lose_a_node(cluster, tmp_path: Path) -> None:
     first = processes_mentioning(str(staging.parent))  # the run and its processes
     lost = cluster.node_of(first[0])
     assert lost is not None and lost is not cluster.nodes[0]
+    signal_all(first, signal.SIGSTOP)  # so that it cannot end (and its result reach the grid) before its node goes
     cluster.remove_node(lost)  # its raylet and Ray workers SIGKILLed, as when a machine goes
+    signal_all(first, signal.SIGCONT)  # their parent-death signals, pending, now act
     wait_for(lambda: not any(alive(pid) for pid in first), timeout=30, what="the lost node's run to stop")
     grid.join(timeout=300)
     assert not grid.is_alive() and outcome[0].failed == 0, lines
@@ -126,6 +130,14 @@ def _lose_a_node(cluster, tmp_path: Path) -> None:
     assert list(staging.parent.glob("s1.failed-*")), "the lost run's directory, set aside"
     ran = [line for line in lines if "ran on Ray node" in line]  # once, on a node still there
     assert len(ran) == 1 and ran[0].endswith(f"(moved here from {staging})") and lost.node_id not in ran[0], lines
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 class Hold:
