@@ -49,6 +49,8 @@ PROCESSES = {
 TORCH_COMMANDS = {"trainer", "eval", "export", "experiments", "report", "import"}
 
 
+BUILT_IN_GRIDS = sorted(p.stem for p in (Path(__file__).parent / "grids").glob("*.toml"))  # commands/grids.py's
+
 # The keys people type most, as options of their own.
 ALIASES = {"--env": "env_id", "--seed": "seed", "--total-steps": "total_steps", "--sparsity": "pruning.target_sparsity"}
 
@@ -195,8 +197,8 @@ def _main(argv: list[str]) -> int:
     grid = sub.add_parser("experiments", help="a grid of runs, resumable, ending in a results table and plots")
     which = grid.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment", metavar="NAME",
-                       help="a built-in grid: basic | modes | methods | sparsity | schedules | teacher_student | "
-                            "presets | sac (these two with --set env_id=...) | lth | lth_sac")
+                       help=f"a built-in grid: {' | '.join(BUILT_IN_GRIDS)} (each file's comment says what it "
+                            "compares; presets, sac, dst, dst_sac and pixels take --set env_id=...)")
     which.add_argument("--grid", type=Path, metavar="FILE.toml",
                        help="a grid file: its variants and seeds (docs/experiments.md)")
     grid.add_argument("--seeds", type=int, nargs="+", help="default: the grid's own (1 2 3 for the built-in ones)")
