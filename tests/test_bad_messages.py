@@ -211,7 +211,7 @@ def _sent_as_kept_values_is_stored_as_the_masks_say(peer, real: dict) -> None:
         values = newer["net.2.weight"] + ~masks["net.2.weight"]  # non-zero where the masks prune (float32)
         sent = {**DENSE, **newer, **grads, **{n: c.sparse(newer[n]) for n, c in codes.items()},
                 "net.2.weight": code.sparse(values)}
-        wait_for(lambda: peer.lands(peer.snapshot(version, sent, masks_version=3), version), what=f"v{version}")
+        wait_for(lambda v=version, t=sent: peer.lands(peer.snapshot(v, t, masks_version=3), v), what=f"v{version}")
         stored = peer.store.read()[1]
         assert set(stored) == set(in_store) and all(isinstance(stored[n], SparseTensor) for n in codes)
         for n, code_in_force in codes.items():
