@@ -1,0 +1,128 @@
+"""`hotprune run --ray`: one run's workers over the nodes of a Ray cluster, a relay per other node.
+
+The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py): the second node's worker
+and relay are real processes under that node's raylet, the worker swaps from its node's own store, which
+only its relay writes, and a SIGKILLed remote worker is restarted through its node's host. The fast ones
+check the placement and what is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
+from hotprune.commands.diagnose import diagnose
+from hotprune.config import ConfigError
+from hotprune.roles.ray_nodes import short_id, spread
+from hotprune.runs.runlog import load
+from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
+    wait_for
+
+RELAYED = "workers on a relay's node run what it wrote"  # the diagnose check
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pytest.importorskip("ray")  # the only reason these tests skip: the ray extra is not installed
+    with raykit.loopback_cluster(nodes=2, cpus=2) as started:
+        yield started
+
+
+def test_workers_spread_evenly_by_default_or_fill_nodes_in_turn():
+    nodes = ["head", "b", "c"]
+    assert spread(5, nodes, 0) == {"head": [0, 1], "b": [2, 3], "c": [4]}
+    assert spread(2, nodes, 0) == {"head": [0], "b": [1]}  # a node with none gets no host
+    assert spread(5, nodes, 2) == {"head": [0, 1], "b": [2, 3], "c": [4]}
+    assert spread(3, nodes, 3) == {"head": [0, 1, 2]}
+    with pytest.raises(ConfigError, match="relay.workers_per_node = 1: 4 workers need 4 nodes, the Ray cluster has 3"):
+        spread(4, nodes, 1)
+
+
+def test_a_ray_node_id_names_a_relay_as_node_ids_must():
+    assert short_id("7D309C0F267E234E2343DAD14AF43834B896664344D574C31AECF7ED") == "7d309c0f267e"
+
+
+def test_ray_with_an_explicit_ipc_transport_is_one_line_before_anything_starts(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "run", "--ray", "127.0.0.1:1", *settings(tmp_path, "ipc", "transport.kind=ipc"))
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert '--ray runs over tcp: transport.kind = "ipc" (--set) cannot reach the other nodes' in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_ray_address_where_no_cluster_answers_is_one_line_and_makes_no_run(tmp_path, capsys):
+    pytest.importorskip("ray")
+    code, out, err = run_cli(capsys, "run", "--ray", "127.0.0.1:1", *settings(tmp_path, "nocluster"))
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert "--ray 127.0.0.1:1: no Ray cluster answers there (Connection refused)" in err
+    assert not (tmp_path / "runs" / "nocluster").exists()
+
+
+def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed: `import ray` fails
+    code, out, err = run_cli(capsys, "run", "--ray", "auto", *settings(tmp_path, "noray"))
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert "--ray needs Ray, an optional extra: pip install 'hotprune[ray]'" in err
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_killed_remote_worker_and_leaves_nothing(
+        cluster, tmp_path):
+    """In sync mode a worker takes its share of each version and then waits for the next in its store: the
+    run cannot end unless the second node's worker keeps swapping versions its node's relay wrote."""
+    run_id = f"spread{os.getpid()}"  # the node directories are found by it under the nodes' temp dir
+    run_dir = tmp_path / "runs" / run_id
+    remote = short_id(cluster.node_ids()[1])
+    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
+            *settings(tmp_path, run_id, "num_workers=2", "epochs=8", "mode=sync",
+                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # While the run goes on, the remote processes' logs arrive here, from processes under the second node.
+        swaps = wait_for(lambda: (s := logged(run_dir, "worker-1", "worker_swapped")) and len(s) >= 2 and s,
+                         timeout=180, what="two swaps of the remote worker")
+        relay = logged(run_dir, f"relay-{remote}", "relay_wrote")[0]
+        assert cluster.node_of(swaps[0]["pid"]) is cluster.nodes[1]
+        assert cluster.node_of(relay["pid"]) is cluster.nodes[1]
+        os.kill(swaps[0]["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+
+    supervisor = events(run_dir, "supervisor")
+    assert [e["name"] for e in of(supervisor, "process_restarting")] == ["worker-1"]
+    started = of(supervisor, "run_started")[0]
+    [node_store] = started["node_stores"]
+    assert node_store.endswith(f"@{remote}") and node_store.split("@")[0] != started["store"]  # its own segment
+
+    relay_lines = events(run_dir, f"relay-{remote}")
+    wrote = {e["version"] for e in of(relay_lines, "relay_wrote")}
+    assert wrote <= {e["version"] for e in of(events(run_dir, "compressor"), "weights_written")}
+    assert all(line["node_id"] == remote for line in relay_lines)
+    worker = events(run_dir, "worker-1")
+    assert all(line["node_id"] == remote for line in worker)
+    pids = list(dict.fromkeys(e["pid"] for e in worker))
+    swapped = of(worker, "worker_swapped")
+    assert len(pids) == 2 and {e["version"] for e in swapped} <= wrote
+    assert any(e["pid"] == pids[1] for e in swapped)  # the restarted worker swapped too
+    head_worker = events(run_dir, "worker-0")
+    assert of(head_worker, "worker_swapped") and not any("node_id" in line for line in head_worker)
+
+    checks = {c.name: c for c in diagnose(load(run_dir))}
+    assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
+    assert f"worker-1 on {remote}" in checks[RELAYED].evidence
+
+    # Nothing of the run is left on either node: no process, no segment, no node directory.
+    wait_for(lambda: not processes_mentioning(run_id), timeout=10, what="the run's processes to exit")
+    assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))
