@@ -9,6 +9,7 @@ check the placement and what is refused before anything starts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch)
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_killed_remote_worker_and_leaves_nothing(
+def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_killed_remote_processes_and_leaves_nothing(
         cluster, tmp_path):
     """In sync mode a worker takes its share of each version and then waits for the next in its store: the
     run cannot end unless the second node's worker keeps swapping versions its node's relay wrote."""
@@ -92,6 +93,7 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_killed_remo
         assert cluster.node_of(swaps[0]["pid"]) is cluster.nodes[1]
         assert cluster.node_of(relay["pid"]) is cluster.nodes[1]
         os.kill(swaps[0]["pid"], signal.SIGKILL)
+        os.kill(relay["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
@@ -100,13 +102,14 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_killed_remo
     assert proc.returncode == 0, err[-3000:]
 
     supervisor = events(run_dir, "supervisor")
-    assert [e["name"] for e in of(supervisor, "process_restarting")] == ["worker-1"]
+    assert sorted(e["name"] for e in of(supervisor, "process_restarting")) == [f"relay-{remote}", "worker-1"]
     started = of(supervisor, "run_started")[0]
     [node_store] = started["node_stores"]
     assert node_store.endswith(f"@{remote}") and node_store.split("@")[0] != started["store"]  # its own segment
 
     relay_lines = events(run_dir, f"relay-{remote}")
     wrote = {e["version"] for e in of(relay_lines, "relay_wrote")}
+    assert len({e["pid"] for e in of(relay_lines, "relay_wrote")}) == 2  # the relay, then its replacement
     assert wrote <= {e["version"] for e in of(events(run_dir, "compressor"), "weights_written")}
     assert all(line["node_id"] == remote for line in relay_lines)
     worker = events(run_dir, "worker-1")
@@ -126,3 +129,46 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_killed_remo
     wait_for(lambda: not processes_mentioning(run_id), timeout=10, what="the run's processes to exit")
     assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_completes(cluster, tmp_path):
+    """The second node dies mid-run (its raylet and everything on it killed): its relay and worker count as
+    crashed and start again under a new host, on the head (the only node left), with a relay and store of
+    the head's node id; the run still completes. Last in this module: it removes the cluster's node."""
+    run_id = f"lost{os.getpid()}"
+    run_dir = tmp_path / "runs" / run_id
+    lost, head = short_id(cluster.node_ids()[1]), short_id(cluster.node_ids()[0])
+    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
+            *settings(tmp_path, run_id, "num_workers=2", "epochs=8", "mode=sync",
+                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2, timeout=180,
+                 what="two swaps of the remote worker")
+        cluster.remove_node(cluster.nodes[1])
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        # What the lost node's host could not remove, killed with it: on a real cluster, gone with that machine.
+        wait_for(lambda: not processes_mentioning(run_id), timeout=30, what="the run's processes to exit")
+        for started in logged(run_dir, "supervisor", "process_started"):
+            if started["name"] == f"relay-{lost}":
+                shutil.rmtree(Path(started["argv"][started["argv"].index("--run-dir") + 1]).parent, ignore_errors=True)
+        for segment in Path("/dev/shm").glob(f"hotprune-{run_id}-*@{lost}"):
+            segment.unlink()
+    assert proc.returncode == 0, err[-3000:]
+
+    supervisor = events(run_dir, "supervisor")
+    assert sorted(e["name"] for e in of(supervisor, "process_restarting")) == [f"relay-{lost}", "worker-1"]
+    assert f"relay-{head}" in [e["name"] for e in of(supervisor, "process_started")]
+    moved = [e for e in of(events(run_dir, "worker-1"), "worker_swapped") if e["node_id"] == head]
+    assert moved and {e["version"] for e in moved} <= {e["version"] for e in logged(run_dir, f"relay-{head}",
+                                                                                   "relay_wrote")}
+    checks = {c.name: c for c in diagnose(load(run_dir))}
+    assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
+    assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))  # the head's host's is gone

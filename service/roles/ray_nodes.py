@@ -43,6 +43,7 @@ from hotprune.roles.supervisor import Child, launch, node_children
 from hotprune.runs import private, rundir
 
 POLL_S = 1.0  # a node's state and logs, at most this often: never per env step
+CALL_TIMEOUT_S = 30.0  # a node's host that does not answer a call this long counts as lost
 LOG_CHUNK = 4 * 1024 * 1024  # bytes of one log file per poll (the rest comes with the next)
 NODE_ID_CHARS = 12  # of a Ray node id (hex): the node's id in its relay's name, store and logs
 LOGS = "logs"
@@ -164,20 +165,26 @@ class NodeHost:
 
 @dataclass
 class RemoteChild(Child):
-    """A child on another node: started, signalled and read through its node's host."""
+    """A child on another node: started, signalled and read through its node's host. A child of a lost
+    node starts again on the host that replaces it (RayNodes.replace): a relay under that node's name."""
 
     host: Node | None = None
 
     def launch(self, argv: list[str]):
+        if self.host.lost:
+            self.host = self.host.owner.replace(self.host)
+            if self.name.startswith("relay-"):
+                self.name = f"relay-{self.host.node}"
         pid = self.host.call("start", self.name)
-        return RemoteProcess(self.host, self.name, pid), RemoteListener(self.host, self.name, pid)
+        self.argv = self.host.argvs[self.name]  # on its node, in that node's run directory
+        return RemoteProcess(self.host, self.name, pid, self.argv), RemoteListener(self.host, self.name, pid)
 
 
 class RemoteProcess:
     """A remote child's process as the supervisor uses a Popen: its state is the node's last poll."""
 
-    def __init__(self, host: Node, name: str, pid: int):
-        self.host, self.name, self.pid = host, name, pid
+    def __init__(self, host: Node, name: str, pid: int, args: list[str]):
+        self.host, self.name, self.pid, self.args = host, name, pid, args
         self.returncode = None
 
     def poll(self) -> int | None:
@@ -185,13 +192,15 @@ class RemoteProcess:
             state = self.host.states.get(self.name, {})
             if state.get("pid") == self.pid:
                 self.returncode = state["exitcode"]
-            elif self.host.lost:  # its node is gone, and it with it
+            if self.returncode is None and self.host.lost:  # its node is gone, and it with it
                 self.returncode = -signal.SIGKILL
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if not self.host.lost:
+        try:
             self.host.call("signal", self.name, sig)
+        except ConfigError:  # its node is lost: so is the process
+            pass
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -229,94 +238,140 @@ class RemoteListener:
 
 
 class Node:
-    """The driver's end of one node's host: its actor, its children's last states, its logs shipped here."""
+    """The driver's end of one node's host: its actor, its children's last states, its logs shipped here. A
+    host that dies, or does not answer within CALL_TIMEOUT_S, counts as lost with its node."""
 
-    def __init__(self, ray, actor, node_id: str, run_dir: Path):
-        self.ray, self.actor, self.node_id, self.run_dir = ray, actor, node_id, run_dir
+    def __init__(self, owner: RayNodes, actor, node_id: str, indices: list[int]):
+        self.owner, self.actor, self.node_id, self.indices = owner, actor, node_id, indices
+        self.ray, self.node = owner.ray, short_id(node_id)
         self.states: dict[str, dict] = {}
         self.polled_at = time.monotonic()
         self.lost = False
+        self.successor: Node | None = None  # the host its children moved to
+        self.argvs: dict[str, list[str]] = {}  # its children's, by name
 
     def call(self, method: str, *args):
-        """A method of the host, waited for; a lost node raises ConfigError."""
+        """A method of the host, waited for; ConfigError if the node is lost."""
         try:
-            return self.ray.get(getattr(self.actor, method).remote(*args))
-        except self.ray.exceptions.RayActorError as exc:
-            self.lost = True
-            raise ConfigError(f"Ray node {self.node_id} was lost: {str(exc).strip().splitlines()[0]}") from None
+            return self._get(getattr(self.actor, method).remote(*args))
+        except NodeLost as exc:
+            raise ConfigError(f"Ray node {self.node_id} was lost ({exc})") from None
 
     def poll(self, ref=None) -> None:
-        if self.lost:
-            return
         try:
-            states, logs = self.ray.get(ref or self.actor.poll.remote())
-        except self.ray.exceptions.RayActorError:
+            self.take(*self._get(ref or self.actor.poll.remote()))
+        except NodeLost:
+            pass
+
+    def _get(self, ref):
+        if self.lost:
+            raise NodeLost("earlier")
+        try:
+            return self.ray.get(ref, timeout=CALL_TIMEOUT_S)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as exc:
             self.lost = True
-            return
-        self.take(states, logs)
+            self.ray.kill(self.actor)  # one that only hangs is gone too: its children die with it
+            raise NodeLost(str(exc).strip().splitlines()[0]) from None
 
     def take(self, states: dict[str, dict], logs: dict[str, bytes]) -> None:
         self.states, self.polled_at = states, time.monotonic()
         for name, data in logs.items():
             if Path(name).name != name or not name.endswith(".jsonl"):  # only files of logs/, as the host sends
                 continue
-            fd = private.create(self.run_dir / LOGS / name, append=True)
+            fd = private.create(self.owner.run_dir / LOGS / name, append=True)
             try:
                 os.write(fd, data)
             finally:
                 os.close(fd)
 
 
+class NodeLost(Exception):
+    """A node's host died or stopped answering."""
+
+
 class RayNodes:
-    """The driver's side: the cluster joined, the workers placed, the hosts started, polled and stopped."""
+    """The driver's side: the cluster joined, the workers placed, the hosts started, polled, replaced and
+    stopped."""
 
     def __init__(self, address: str, cfg: Config):
         """Join the cluster and place the workers (`local`: the head's); --ray runs over tcp on the head's
         address, so that the other nodes reach its trainer and compressor."""
         self.ray, self.connected = raycluster.join(address)
         try:
-            head = self.ray.get_runtime_context().get_node_id()
+            self.head = self.ray.get_runtime_context().get_node_id()
             alive = {n["NodeID"]: n for n in self.ray.nodes() if n["Alive"]}
-            if head not in alive:
+            if self.head not in alive:
                 raise ConfigError(f"--ray {address}: run hotprune run --ray on a node of the cluster (the head)")
-            order = [head, *sorted(set(alive) - {head})]
+            order = [self.head, *sorted(set(alive) - {self.head})]
             self.placed = spread(cfg.num_workers, order, cfg.relay.workers_per_node)
         except BaseException:
             self.leave()
             raise
-        self.local = self.placed.pop(head, [])
-        cfg.transport.kind, cfg.transport.host = "tcp", alive[head]["NodeManagerAddress"]
+        self.local = self.placed.pop(self.head, [])
+        cfg.transport.kind, cfg.transport.host = "tcp", alive[self.head]["NodeManagerAddress"]
         self.nodes: list[Node] = []
         self.last_poll = 0.0
 
-    def start(self, cfg: Config, run_dir: Path, timeout_s: float) -> tuple[list[RemoteChild], list[str]]:
+    def start(self, cfg: Config, run_dir: Path) -> tuple[list[RemoteChild], list[str]]:
         """A host on each other node with workers: (their children, their stores)."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415 -- only with --ray
-
-        host_class = self.ray.remote(NodeHost)
-        files = run_files(run_dir)
-        starting = []
-        for node_id, indices in self.placed.items():
-            cpus = math.ceil((len(indices) + 1) / raycluster.PROCESSES_PER_CPU)  # the relay and the workers
-            pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
-            actor = host_class.options(num_cpus=cpus, max_restarts=0, scheduling_strategy=pinned).remote(
-                cfg.run_id, files, short_id(node_id), indices)
-            node = Node(self.ray, actor, node_id, run_dir)
-            self.nodes.append(node)
-            starting.append((node, actor.table.remote(), cpus))
+        self.run_id, self.run_dir, self.timeout_s = cfg.run_id, run_dir, cfg.supervisor.start_timeout_s
+        self.files = run_files(run_dir)
+        starting = [self._host(node_id, indices) for node_id, indices in self.placed.items()]
         children, stores = [], []
-        for node, ref, cpus in starting:
-            try:
-                argvs, store, _ = self.ray.get(ref, timeout=timeout_s)
-            except self.ray.exceptions.GetTimeoutError:
-                raise ConfigError(f"Ray node {node.node_id}: its host did not start within {timeout_s:g} s "
-                                  f"(supervisor.start_timeout_s; it needs {cpus} free CPUs)") from None
-            except self.ray.exceptions.RayError as exc:
-                raise ConfigError(f"Ray node {node.node_id}: its host failed to start: "
-                                  f"{str(exc).strip().splitlines()[-1]}") from None
+        for node, ref in starting:
+            argvs, store = self._ready(node, ref)
             children += [RemoteChild(name, argv, host=node) for name, argv in argvs.items()]
             stores.append(store)
         return children, stores
+
+    def _host(self, node_id: str, indices: list[int]):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415 -- only with --ray
+
+        pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        actor = self.ray.remote(NodeHost).options(num_cpus=self._cpus(indices), max_restarts=0,
+                                                  scheduling_strategy=pinned).remote(
+            self.run_id, self.files, short_id(node_id), indices)
+        node = Node(self, actor, node_id, indices)
+        self.nodes.append(node)
+        return node, actor.table.remote()
+
+    @staticmethod
+    def _cpus(indices: list[int]) -> int:
+        return math.ceil((len(indices) + 1) / raycluster.PROCESSES_PER_CPU)  # the relay and the workers
+
+    def _ready(self, node: Node, ref) -> tuple[dict[str, list[str]], str]:
+        try:
+            argvs, store, _ = self.ray.get(ref, timeout=self.timeout_s)
+        except self.ray.exceptions.GetTimeoutError:
+            raise ConfigError(f"Ray node {node.node_id}: its host did not start within {self.timeout_s:g} s "
+                              f"(supervisor.start_timeout_s; it needs {self._cpus(node.indices)} free CPUs)") from None
+        except self.ray.exceptions.RayError as exc:
+            raise ConfigError(f"Ray node {node.node_id}: its host failed to start: "
+                              f"{str(exc).strip().splitlines()[-1]}") from None
+        node.argvs = argvs
+        return argvs, store
+
+    def replace(self, lost: Node) -> Node:
+        """The host that takes over a lost node's workers (and a relay of its own): on a live node that
+        hosts none, or else on the head; made once, when the first of them restarts."""
+        node = lost
+        while node.successor is not None:
+            node = node.successor
+        if not node.lost:
+            return node
+        taken = {n.node_id for n in self.nodes}  # hosting, or lost (Ray may not know yet: it still lists it)
+        alive = sorted(n["NodeID"] for n in self.ray.nodes() if n["Alive"])
+        for candidate in [n for n in alive if n not in taken and n != self.head] + [self.head]:
+            successor, ref = self._host(candidate, node.indices)
+            try:
+                self._ready(successor, ref)
+            except ConfigError:  # that node is going too
+                successor.lost = True
+                self.ray.kill(successor.actor)
+                continue
+            node.successor = successor
+            return successor
+        raise ConfigError(f"Ray node {node.node_id} was lost and no other node could host its workers")
 
     def poll(self) -> None:
         """Every node's state and new logs, at most every POLL_S (one Ray call per node, all at once)."""

@@ -120,7 +120,8 @@ class Supervisor:
             self.nodes = RayNodes(ray, cfg)
         self.made_run_dir = not cfg.run_dir.exists()  # a failed start removes the directory only if it made it
         try:
-            self.run_dir = run_dir if run_dir is not None else rundir.prepare(cfg)
+            self.run_dir = run_dir if run_dir is not None else rundir.prepare(
+                cfg, workers_here=None if self.nodes is None else len(self.nodes.local))
         except BaseException:
             if self.nodes:
                 self.nodes.leave()
@@ -167,7 +168,7 @@ class Supervisor:
             for node in nodes(self.cfg):
                 stores.append(WeightStore.create(segment_name(self.run_dir, node), rundir.store_slot_size(self.cfg)))
             if self.nodes:
-                remote, remote_stores = self.nodes.start(self.cfg, self.run_dir, self.cfg.supervisor.start_timeout_s)
+                remote, remote_stores = self.nodes.start(self.cfg, self.run_dir)
                 self.children += remote
         except (StoreError, ConfigError):
             for store in stores:
@@ -221,14 +222,13 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         resume = child.resumable and (self.resuming or child.starts > 0)
-        argv = child.argv + ["--resume"] * resume
-        proc, listener = child.launch(argv)
+        proc, listener = child.launch(child.argv + ["--resume"] * resume)
         if child.listener:
             child.listener.close()
         child.proc, child.listener, child.exitcode, child.hung, child.restart_at = proc, listener, None, False, None
         child.started_at = time.monotonic()
         child.starts += 1
-        self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=argv, start=child.starts)
+        self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=proc.args, start=child.starts)
 
     def _crashed(self, child: Child) -> bool:
         """A child failed (exited non-zero, was killed, or hung): schedule its restart if the budget
