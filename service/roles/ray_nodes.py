@@ -268,7 +268,7 @@ class Node:
             raise NodeLost("earlier")
         try:
             return self.ray.get(ref, timeout=CALL_TIMEOUT_S)
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as exc:
+        except self.ray.exceptions.RayError as exc:  # it died, hung (GetTimeoutError) or failed
             self.lost = True
             self.ray.kill(self.actor)  # one that only hangs is gone too: its children die with it
             raise NodeLost(str(exc).strip().splitlines()[0]) from None
