@@ -98,9 +98,9 @@ class NodeHost:
         self.children = {c.name: c for c in node_children(self.run_dir, node, indices)}
         self.shipped: dict[str, int] = {}  # bytes of each log file sent so far
 
-    def table(self) -> tuple[dict[str, list[str]], str, int]:
-        """(each child's argv, the node's store, the host's pid)."""
-        return {name: c.argv for name, c in self.children.items()}, self.store.name, os.getpid()
+    def table(self) -> tuple[dict[str, list[str]], str]:
+        """(each child's argv, by name; the node's store)."""
+        return {name: c.argv for name, c in self.children.items()}, self.store.name
 
     def start(self, name: str) -> int:
         """(Re)start one child; its pid."""
@@ -341,7 +341,7 @@ class RayNodes:
 
     def _ready(self, node: Node, ref) -> tuple[dict[str, list[str]], str]:
         try:
-            argvs, store, _ = self.ray.get(ref, timeout=self.timeout_s)
+            argvs, store = self.ray.get(ref, timeout=self.timeout_s)
         except self.ray.exceptions.GetTimeoutError:
             raise ConfigError(f"Ray node {node.node_id}: its host did not start within {self.timeout_s:g} s "
                               f"(supervisor.start_timeout_s; it needs {self._cpus(node.indices)} free CPUs)") from None

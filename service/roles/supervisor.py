@@ -2,7 +2,8 @@
 stops all of it cleanly.
 
 It creates the run directory and the weight store, starts the compressor, the trainer and the
-workers (with `relay.local`, a relay too, whose store it also makes: the workers swap from that one)
+workers (with `relay.local`, a relay too, whose store it also makes: the workers swap from that one;
+with --ray, the other nodes' relays and workers through a host on each, hotprune.roles.ray_nodes)
 as separate OS processes through their own CLIs (what a user could type), each in its own
 session (the terminal's Ctrl-C reaches the supervisor alone, which then stops the children in order),
 and watches them:
@@ -296,7 +297,11 @@ class Supervisor:
             for child in self.children:
                 if child.restart_at is not None:
                     if time.monotonic() >= child.restart_at:
-                        self._spawn(child)
+                        try:
+                            self._spawn(child)
+                        except ConfigError as exc:  # with --ray: its node lost, and no other node can host it
+                            self.log.error("restart_failed", name=child.name, reason=str(exc))
+                            return child.name
                     continue
                 if not self._reap(child):
                     if not child.listener.done:
