@@ -2,15 +2,18 @@
 
 The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py): the second node's worker
 and relay are real processes under that node's raylet, the worker swaps from its node's own store, which
-only its relay writes, and a SIGKILLed remote worker is restarted through its node's host. The fast ones
+only its relay writes, and its SIGKILLed worker and relay are restarted through its node's host; another
+removes that node mid-run. The fast ones run a node's host in this process (a real relay under it), and
 check the placement and what is refused before anything starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -20,11 +23,15 @@ import pytest
 
 from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
 from hotprune.commands.diagnose import diagnose
+from hotprune.comms import curve
 from hotprune.config import ConfigError
-from hotprune.roles.ray_nodes import short_id, spread
+from hotprune.protocol.store_layout import segment_name
+from hotprune.roles.ray_nodes import NodeHost, run_files, short_id, spread
+from hotprune.runs import private
 from hotprune.runs.runlog import load
 from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
     wait_for
+from tests.test_relay import tcp_run
 
 RELAYED = "workers on a relay's node run what it wrote"  # the diagnose check
 
@@ -172,3 +179,47 @@ def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_
     assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
     assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))  # the head's host's is gone
+
+
+def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_byte_once_and_leaves_nothing(
+        tmp_path):
+    """NodeHost is a plain class (Ray only places it): here in this process, with a real relay process."""
+    cfg = tcp_run(tmp_path)
+    host = NodeHost(cfg.run_id, run_files(cfg.run_dir), "n1", [0])
+    top, run_dir = host.top, host.run_dir
+    shipped = []
+    try:
+        assert run_dir.name == cfg.run_id and stat.S_IMODE(top.stat().st_mode) == 0o700
+        private.check(run_dir)
+        for key in curve.keys_dir(cfg.run_dir).iterdir():  # the same keys, as private as on the head
+            copy = curve.keys_dir(run_dir) / key.name
+            assert copy.read_bytes() == key.read_bytes() and copy.stat().st_mode == key.stat().st_mode
+        argvs, store = host.table()
+        assert store == segment_name(run_dir, "n1") and (Path("/dev/shm") / store).exists()
+        assert set(argvs) == {"relay-n1", "worker-0"}
+        assert all(argv[argv.index("--run-dir") + 1] == str(run_dir) for argv in argvs.values())
+
+        def relay() -> dict:
+            """The relay's state, its new log bytes kept."""
+            states, logs = host.poll()
+            shipped.append(logs.get("relay-n1.jsonl", b""))
+            return states["relay-n1"]
+
+        first = host.start("relay-n1")
+        wait_for(lambda: relay()["pinged"] and b"socket_opened" in b"".join(shipped), timeout=60,
+                 what="the relay's first ping and lines")
+        host.signal("relay-n1", signal.SIGTERM)
+        assert wait_for(lambda: relay()["exitcode"], timeout=30, what="the relay to stop") == 128 + signal.SIGTERM
+        second = host.start("relay-n1")
+        wait_for(lambda: (state := relay())["pid"] == second and state["pinged"], timeout=60,
+                 what="the restarted relay's first ping")
+        states, logs = host.stop()  # it still runs: killed
+        shipped.append(logs.get("relay-n1.jsonl", b""))
+        assert states["relay-n1"]["exitcode"] == -signal.SIGKILL
+    finally:
+        if top.exists():
+            host.stop()
+    lines = [json.loads(line) for line in b"".join(shipped).decode().splitlines()]  # each byte once, in order
+    assert {line["pid"] for line in lines} == {first, second} and all(line["node_id"] == "n1" for line in lines)
+    assert not top.exists() and not (Path("/dev/shm") / store).exists()
+    assert not processes_mentioning(str(run_dir))
