@@ -187,7 +187,7 @@ def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_by
     cfg = tcp_run(tmp_path)
     host = NodeHost(cfg.run_id, run_files(cfg.run_dir), "n1", [0])
     top, run_dir = host.top, host.run_dir
-    shipped = []
+    shipped: dict[str, bytes] = {}  # by file, all that each poll sent
     try:
         assert run_dir.name == cfg.run_id and stat.S_IMODE(top.stat().st_mode) == 0o700
         private.check(run_dir)
@@ -199,27 +199,34 @@ def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_by
         assert set(argvs) == {"relay-n1", "worker-0"}
         assert all(argv[argv.index("--run-dir") + 1] == str(run_dir) for argv in argvs.values())
 
+        def ship(states: dict, logs: dict[str, bytes]) -> dict:
+            for name, data in logs.items():
+                shipped[name] = shipped.get(name, b"") + data
+            return states
+
         def relay() -> dict:
-            """The relay's state, its new log bytes kept."""
-            states, logs = host.poll()
-            shipped.append(logs.get("relay-n1.jsonl", b""))
-            return states["relay-n1"]
+            return ship(*host.poll())["relay-n1"]
 
         first = host.start("relay-n1")
-        wait_for(lambda: relay()["pinged"] and b"socket_opened" in b"".join(shipped), timeout=60,
+        wait_for(lambda: relay()["pinged"] and b"socket_opened" in shipped.get("relay-n1.jsonl", b""), timeout=60,
                  what="the relay's first ping and lines")
         host.signal("relay-n1", signal.SIGTERM)
         assert wait_for(lambda: relay()["exitcode"], timeout=30, what="the relay to stop") == 128 + signal.SIGTERM
         second = host.start("relay-n1")
         wait_for(lambda: (state := relay())["pid"] == second and state["pinged"], timeout=60,
                  what="the restarted relay's first ping")
-        states, logs = host.stop()  # it still runs: killed
-        shipped.append(logs.get("relay-n1.jsonl", b""))
+        (run_dir / "config.toml").write_text("epochs = [\n")  # a worker started now refuses, in one line
+        host.start("worker-0")
+        refused = wait_for(lambda: ship(*host.poll())["worker-0"]["exitcode"], timeout=60, what="the worker's refusal")
+        assert refused == 2
+        states = ship(*host.stop())  # the relay still runs: killed
         assert states["relay-n1"]["exitcode"] == -signal.SIGKILL
+        output = shipped["worker-0.out"].decode()  # what it printed, for the supervisor's terminal
+        assert output.startswith("hotprune worker: error: ") and output.count("\n") == 1, output
     finally:
         if top.exists():
             host.stop()
-    lines = [json.loads(line) for line in b"".join(shipped).decode().splitlines()]  # each byte once, in order
+    lines = [json.loads(line) for line in shipped["relay-n1.jsonl"].decode().splitlines()]  # each byte once, in order
     assert {line["pid"] for line in lines} == {first, second} and all(line["node_id"] == "n1" for line in lines)
     assert not top.exists() and not (Path("/dev/shm") / store).exists()
     assert not processes_mentioning(str(run_dir))

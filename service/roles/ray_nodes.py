@@ -13,7 +13,8 @@ The supervisor sees a node's processes as `RemoteChild`ren, with a local child's
 with backoff and budget, hang detection, stop order: hotprune.roles.supervisor keeps one code path),
 read from the node's `poll()`: one Ray call per node at most every POLL_S, which also carries the new bytes
 of the node's log files, appended to the run directory's logs/ (the console and `diagnose` see remote
-workers while the run goes on). At the end each host stops what is still running, ships the rest of its
+workers while the run goes on), and of what its processes print, written on the supervisor's stderr as a
+local child's output is. At the end each host stops what is still running, ships the rest of its
 logs, unlinks its store and removes its directory: nothing of the run stays on the node.
 
 Placement (`spread`): relay.workers_per_node workers per node, the head's first; 0 spreads num_workers
@@ -27,6 +28,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ CALL_TIMEOUT_S = 30.0  # a node's host that does not answer a call this long cou
 LOG_CHUNK = 4 * 1024 * 1024  # bytes of one log file per poll (the rest comes with the next)
 NODE_ID_CHARS = 12  # of a Ray node id (hex): the node's id in its relay's name, store and logs
 LOGS = "logs"
+OUTPUT = ".out"  # logs/<child>.out on a node: what a local child would print on the supervisor's terminal
 
 
 def spread(num_workers: int, nodes: list[str], per_node: int) -> dict[str, list[int]]:
@@ -105,7 +108,11 @@ class NodeHost:
     def start(self, name: str) -> int:
         """(Re)start one child; its pid."""
         child = self.children[name]
-        proc, listener = launch(child.argv)
+        output = private.create(self.run_dir / LOGS / f"{name}{OUTPUT}", append=True)
+        try:
+            proc, listener = launch(child.argv, output)
+        finally:
+            os.close(output)  # the child has its own
         if child.listener:
             child.listener.close()
         child.proc, child.listener = proc, listener
@@ -146,7 +153,7 @@ class NodeHost:
 
     def _new_logs(self) -> dict[str, bytes]:
         new = {}
-        for path in sorted((self.run_dir / LOGS).glob("*.jsonl")):
+        for path in sorted(p for p in (self.run_dir / LOGS).iterdir() if p.suffix in (".jsonl", OUTPUT)):
             with open(path, "rb") as f:
                 f.seek(self.shipped.get(path.name, 0))
                 data = f.read(LOG_CHUNK)
@@ -274,15 +281,21 @@ class Node:
             raise NodeLost(str(exc).strip().splitlines()[0]) from None
 
     def take(self, states: dict[str, dict], logs: dict[str, bytes]) -> None:
+        """A poll's answer: the states kept, the log lines appended to the run's logs/, and a child's output
+        (a refusal's one line) written where a local child's goes, on the supervisor's stderr."""
         self.states, self.polled_at = states, time.monotonic()
         for name, data in logs.items():
-            if Path(name).name != name or not name.endswith(".jsonl"):  # only files of logs/, as the host sends
+            if Path(name).name != name:  # only files of logs/, as the host sends
                 continue
-            fd = private.create(self.owner.run_dir / LOGS / name, append=True)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            if name.endswith(OUTPUT):
+                sys.stderr.buffer.write(data)
+                sys.stderr.flush()
+            elif name.endswith(".jsonl"):
+                fd = private.create(self.owner.run_dir / LOGS / name, append=True)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
 
 
 class NodeLost(Exception):

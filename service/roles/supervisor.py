@@ -98,12 +98,13 @@ def process_table(cfg: Config, run_dir: Path, indices=None) -> list[Child]:
     ]
 
 
-def launch(argv: list[str]) -> tuple[subprocess.Popen, liveness.Listener]:
-    """A child process in its own session, SIGTERMed if its parent dies, with a liveness pipe to it."""
+def launch(argv: list[str], output: int | None = None) -> tuple[subprocess.Popen, liveness.Listener]:
+    """A child process in its own session, SIGTERMed if its parent dies, with a liveness pipe to it; its
+    stdout and stderr ours, or the descriptor `output`."""
     listener = liveness.Listener()
     env = {**listener.child_env(), eventlog.SUPERVISED: "1"}  # the view draws the console from its log
     proc = subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True, pass_fds=(listener.write_fd,),
-                            env=env)
+                            env=env, stdout=output, stderr=output)
     listener.started()
     return proc, listener
 
