@@ -18,8 +18,8 @@ local child's output is. At the end each host stops what is still running, ships
 logs, unlinks its store and removes its directory: nothing of the run stays on the node.
 
 Placement (`spread`): relay.workers_per_node workers per node, the head's first; 0 spreads num_workers
-evenly over the cluster's nodes. Ray is imported only here and in hotprune.raycluster, and this module only
-with --ray.
+evenly over the cluster's nodes. The cluster is joined through hotprune.raycluster; this module is imported
+only with --ray.
 """
 
 from __future__ import annotations
