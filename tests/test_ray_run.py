@@ -2,7 +2,8 @@
 
 The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py): the second node's worker
 and relay are real processes under that node's raylet, the worker swaps from its node's own store, which
-only its relay writes, and its SIGKILLed worker and relay are restarted through its node's host; another
+only its relay writes, and its frozen (SIGSTOP) worker and SIGKILLed relay are restarted through its node's
+host; another
 removes that node mid-run. The fast ones run a node's host in this process (a real relay under it), and
 check the placement and what is refused before anything starts.
 """
@@ -81,7 +82,7 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch)
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_killed_remote_processes_and_leaves_nothing(
+def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_hung_or_killed_remote_process_and_leaves_nothing(
         cluster, tmp_path):
     """In sync mode a worker takes its share of each version and then waits for the next in its store: the
     run cannot end unless the second node's worker keeps swapping versions its node's relay wrote."""
@@ -90,7 +91,8 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_killed_remote
     remote = short_id(cluster.node_ids()[1])
     argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
             *settings(tmp_path, run_id, "num_workers=2", "epochs=8", "mode=sync",
-                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2")]
+                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2",
+                      "supervisor.hang_timeout_s=3")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # While the run goes on, the remote processes' logs arrive here, from processes under the second node.
@@ -99,7 +101,7 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_killed_remote
         relay = logged(run_dir, f"relay-{remote}", "relay_wrote")[0]
         assert cluster.node_of(swaps[0]["pid"]) is cluster.nodes[1]
         assert cluster.node_of(relay["pid"]) is cluster.nodes[1]
-        os.kill(swaps[0]["pid"], signal.SIGKILL)
+        os.kill(swaps[0]["pid"], signal.SIGSTOP)  # frozen: its pings stop, the supervisor kills it through its host
         os.kill(relay["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=240)
     finally:
@@ -109,7 +111,9 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_killed_remote
     assert proc.returncode == 0, err[-3000:]
 
     supervisor = events(run_dir, "supervisor")
-    assert sorted(e["name"] for e in of(supervisor, "process_restarting")) == [f"relay-{remote}", "worker-1"]
+    assert {e["name"]: e["reason"] for e in of(supervisor, "process_restarting")} == {
+        f"relay-{remote}": "exit -9", "worker-1": "hung"}
+    assert [e["name"] for e in of(supervisor, "process_hung")] == ["worker-1"]
     started = of(supervisor, "run_started")[0]
     [node_store] = started["node_stores"]
     assert node_store.endswith(f"@{remote}") and node_store.split("@")[0] != started["store"]  # its own segment
