@@ -147,7 +147,7 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_hung_or_kil
 def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_completes(cluster, tmp_path):
     """The second node dies mid-run (its raylet and everything on it killed): its relay and worker count as
     crashed and start again under a new host, on the head (the only node left), with a relay and store of
-    the head's node id; the run still completes. Last in this module: it removes the cluster's node."""
+    the head's node id; the run still completes. The last test here to use the cluster: it removes a node."""
     run_id = f"lost{os.getpid()}"
     run_dir = tmp_path / "runs" / run_id
     lost, head = short_id(cluster.node_ids()[1]), short_id(cluster.node_ids()[0])
