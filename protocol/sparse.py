@@ -152,6 +152,11 @@ def sparse_tensor(name: str, dtype: np.dtype, shape: list[int], values: np.ndarr
     return SparseTensor(values, bitmap, tuple(shape))
 
 
+def nonzero(tensor: np.ndarray | SparseTensor) -> int:
+    """The non-zero entries of a tensor, dense or sparse (only its kept values can be)."""
+    return int(np.count_nonzero(tensor.values if isinstance(tensor, SparseTensor) else tensor))
+
+
 def densified(tensors: Version) -> dict[str, np.ndarray]:
     """A version with every tensor dense (new arrays for the sparse ones)."""
     return {n: t.dense() if isinstance(t, SparseTensor) else t for n, t in tensors.items()}

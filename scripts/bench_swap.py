@@ -21,6 +21,10 @@ systems' workers run its numpy actor, the others the torch Actor):
                compressor process, which applies the masks in force (pruned once, at version 1) and
                writes the store: what a user waits for, trainer published -> every worker swapped.
   via_compressor_every  the same with a compression due at every version (new masks each time).
+  via_compressor_kept90  via_compressor at 90% as in both-pruned mode: once the compressor's masks
+               report reaches the bench (the trainer), it sends each version as a both-pruned trainer
+               does, masked weights as kept values + bitmaps (masks_version set), and the compressor
+               stores them as they came: the path at 90% sparsity, trainer published -> every worker swapped.
   mp_queue     the state_dict as numpy arrays, pickled through one multiprocessing.Queue per worker.
   sample_factory  Sample Factory's pattern: shared-memory tensors, a lock, a version counter; the
                writer copies in under the lock, a worker that sees a newer version copies out under it.
@@ -61,8 +65,8 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchkit  # noqa: E402
 
-from hotprune.protocol.codec import Encoder  # noqa: E402
-from hotprune.protocol.sparse import SparseCode  # noqa: E402
+from hotprune.protocol.codec import Encoder, decode  # noqa: E402
+from hotprune.protocol.sparse import SparseCode, worth_sparse  # noqa: E402
 from hotprune.runs import rundir  # noqa: E402
 from hotprune.config import load_config  # noqa: E402
 from hotprune.envs import env_spec, make_vector_env  # noqa: E402
@@ -79,7 +83,7 @@ from hotprune.workers.numpy_policy import NumpyActor  # noqa: E402
 # reorders its head's columns once per version, measured in docs/pixels.md)
 SIZES = {"10K": [96, 96], "1M": [1024, 1024], "1.7M": [1296, 1296], "10M": [3162, 3162]}
 SYSTEMS = ("floor", "floor_shm", "hotprune", "masked90_dense", "masked90_sparse", "via_compressor",
-           "via_compressor_every", "mp_queue", "sample_factory", "torchrl")
+           "via_compressor_every", "via_compressor_kept90", "mp_queue", "sample_factory", "torchrl")
 MASKED = 0.9  # the masked systems' sparsity
 WARMUP = 2
 CTX = mp.get_context("fork")  # the workers start in well under a second from a parent that has torch
@@ -172,12 +176,15 @@ class Floor:
 class Hotprune:
     """The store written directly (hot swap alone) or through a real compressor (`via_compressor`)."""
 
-    def __init__(self, base, hidden, workers, via_compressor, tmp, every=1):
+    def __init__(self, base, hidden, workers, via_compressor, tmp, every=1, kept=False):
+        """kept: at 90%, sending masked weights as kept values once the compressor's masks are known."""
         overrides = [f'runs_dir="{tmp}"', f"run_id=swap-{'c' if via_compressor else 'd'}-{random.getrandbits(32):x}",
                      f"ppo.hidden_sizes=[{hidden[0]}, {hidden[1]}]", f"num_workers={workers}", "envs_per_worker=4",
                      "epochs=100000", "supervisor.heartbeat_s=3600",
                      *(["pruning.method=magnitude", "pruning.start_epoch=1", f"pruning.every={every}",
-                        "pruning.target_sparsity=0.8"] if via_compressor else ["pruning.method=none"])]
+                        f"pruning.target_sparsity={MASKED if kept else 0.8}"] if via_compressor
+                       else ["pruning.method=none"])]
+        self.kept, self.codes, self.masks_version = kept, {}, -1
         self.cfg = load_config(overrides=overrides)
         rundir.prepare(self.cfg, check_ports=False)
         self.store = WeightStore.create(segment_name(self.cfg.run_dir), store_slot_size(self.cfg))
@@ -208,11 +215,17 @@ class Hotprune:
 
     def publish(self, weights, version):
         if self.via_compressor:
-            fields = {"version": version, "epoch": version, "training_sparsity": 0.0, "masks_version": -1,
-                      "trainer_start": 0}
+            fields = {"version": version, "epoch": version, "training_sparsity": 0.0,
+                      "masks_version": self.masks_version, "trainer_start": 0}
+            weights = {n: self.codes[n].sparse(w) if n in self.codes else w for n, w in weights.items()}
             self.pub.send_multipart(self.encoder.encode("snapshot", fields, weights), copy=False)
-            while self.masks.poll(0):  # the compressor's reports: taken, not used
-                self.masks.recv_multipart()
+            while self.masks.poll(0):  # the compressor's reports: with `kept`, its masks taken up as a trainer does
+                report = decode(self.masks.recv_multipart())
+                if self.kept and report.tensors:
+                    self.masks_version = report.fields["version"]
+                    self.codes = {n: SparseCode.of_mask(m) for n, m in report.tensors.items()
+                                  if worth_sparse(m.size, int(np.count_nonzero(m)), weights[n].dtype.itemsize)}
+            self.nbytes = self.store.header().payload_size  # of the newest version the compressor wrote
             return
         slot, self.nbytes, changed = self.store.publish(weights, version)
         self.pub.send_multipart(self.encoder.encode("weights_ready", {"version": version, "slot": slot,
@@ -528,6 +541,7 @@ def measure(size, hidden, workers, args, tmp):
         "masked90_sparse": lambda: Masked(base, hidden, workers, tmp, sparse=True),
         "via_compressor": lambda: Hotprune(base, hidden, workers, True, tmp, every=100000),
         "via_compressor_every": lambda: Hotprune(base, hidden, workers, True, tmp),
+        "via_compressor_kept90": lambda: Hotprune(base, hidden, workers, True, tmp, every=100000, kept=True),
         "mp_queue": lambda: MpQueue(workers),
         "sample_factory": lambda: SampleFactory(base),
     }

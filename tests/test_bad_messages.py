@@ -190,6 +190,36 @@ def test_a_criterion_that_cannot_rank_fails_the_compression_and_the_next_snapsho
         assert finished["due_epoch"] == 2 and finished["epoch"] == 3 and finished["method"] == "taylor"
         stored = densified(store.read()[1])  # pruned 80%: its weights are stored sparse
         assert sum(int((stored[n] == 0).sum()) for n in names) == round(0.8 * sum(DENSE[n].size for n in names))
+        _sent_as_kept_values_is_stored_as_the_masks_say(peer, real)
+
+
+def _sent_as_kept_values_is_stored_as_the_masks_say(peer, real: dict) -> None:
+    """Snapshots as a both-pruned trainer sends them, kept values + bitmaps (masks_version 3): under the
+    very masks in force they are stored as they came (the bitmap's kept values, -0.0 made +0.0), with a
+    bitmap that keeps more they are masked as a dense snapshot is, and `pruned_nonzero` counts the
+    non-zero kept values the masks prune in either case."""
+    in_store = peer.store.read()[1]
+    codes = {n: SparseCode.of(t) for n, t in in_store.items() if isinstance(t, SparseTensor)}
+    masks = {n: np.unpackbits(codes[n].bitmap, count=t.size).astype(bool).reshape(t.shape) if n in codes
+             else t != 0 for n, t in in_store.items() if n in real}  # dense-stored: its zeros (random weights)
+    newer = {n: (w + 1) * masks[n] for n, w in real.items()}
+    newer["net.2.weight"].reshape(-1)[codes["net.2.weight"].indices[0]] = -0.0
+    grads = {f"grad:{n}": np.ones_like(w) for n, w in real.items()}
+    wider = SparseCode.of_mask(masks["net.2.weight"] | (np.arange(64 * 64).reshape(64, 64) % 2 == 0))
+    extra = np.unpackbits(wider.bitmap, count=64 * 64).astype(bool) & ~masks["net.2.weight"].reshape(-1)
+    for version, code in ((4, codes["net.2.weight"]), (5, wider)):
+        values = newer["net.2.weight"] + ~masks["net.2.weight"]  # non-zero where the masks prune (float32)
+        sent = {**DENSE, **newer, **grads, **{n: c.sparse(newer[n]) for n, c in codes.items()},
+                "net.2.weight": code.sparse(values)}
+        wait_for(lambda: peer.lands(peer.snapshot(version, sent, masks_version=3), version), what=f"v{version}")
+        stored = peer.store.read()[1]
+        assert set(stored) == set(in_store) and all(isinstance(stored[n], SparseTensor) for n in codes)
+        for n, code_in_force in codes.items():
+            expected = newer[n].reshape(-1)[code_in_force.indices] + 0
+            assert np.array_equal(stored[n].bitmap, code_in_force.bitmap)
+            assert stored[n].values.tobytes() == expected.tobytes()  # bit for bit: no -0.0 (its sign bit is set)
+    received = {e["version"]: e["pruned_nonzero"] for e in of(events(peer.run_dir, "compressor"), "snapshot_received")}
+    assert received[4] == 0 and received[5] == int(np.count_nonzero(extra)) > 0
 
 
 # A compressor's report on the first step of servicekit.SMALL's schedule (epoch 2, 80%).

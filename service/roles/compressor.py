@@ -38,13 +38,13 @@ from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
 from hotprune.roles.process import StopFlag, receive, role_process, send_when_ready, socket
 from hotprune.pruning.dynamic import pruner_for
-from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked_stats, masks_sparsity, \
-    prunable_names, sparsity
+from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked, masked_stats, \
+    masks_sparsity, prunable_names, sparsity
 from hotprune.pruning.schedule import Schedule, Step, plan
 from hotprune.comms.curve import SocketSecurity
 from hotprune.comms.publisher import VERSIONS_QUEUE, StorePublisher, VersionFeed
-from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor, worth_sparse
-from hotprune.protocol.store_layout import payload_size, segment_name
+from hotprune.protocol.sparse import Codes, SparseCode, SparseTensor, Version, densified, worth_sparse
+from hotprune.protocol.store_layout import dense_payload_size, segment_name
 from hotprune.runs.rundir import store_slot_size
 from hotprune.comms.weight_store import WeightStore
 
@@ -113,7 +113,7 @@ class Compressor:
         self.masks_source: tuple[int, int, Step] | None = None  # (version, epoch, step) the masks were computed for
         self.history: dict[int, Masks] = {}  # masks by the version they were computed on
         self.last_version = self.last_epoch = -1
-        self.last_written: tuple[dict[str, np.ndarray], dict] | None = None  # the store's newest version
+        self.last_written: tuple[Version, dict] | None = None  # the store's newest version, as stored
         self.codes: tuple[Masks | None, dict[str, SparseCode]] = (None, {})  # masks -> the sparse ones' codes
         self.snapshot_codes = Codes()  # the masks of the trainer's sparse snapshot weights
         self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
@@ -218,25 +218,38 @@ class Compressor:
             if self.last_report:
                 self.send_report(*self.last_report, again=True)
 
-    def _pruned_nonzero(self, weights: dict[str, np.ndarray], masks_version: int) -> int | None:
+    def _pruned_nonzero(self, sent: Version, masks_version: int) -> int | None:
         """Weights the trainer's applied masks prune but that are non-zero in its snapshot (0 when
-        both-pruned mode works); None when those masks are not known here."""
+        both-pruned mode works); None when those masks are not known here. A weight sent as kept values
+        is checked at its kept positions alone (no dense rebuild)."""
         masks = self.history.get(masks_version)
         if masks is None:
             return None
-        return sum(int(np.count_nonzero(weights[n] * ~m)) for n, m in masks.elements.items())  # no fancy index
+        count = 0
+        for n, keep in masks.elements.items():
+            t = sent[n]
+            if isinstance(t, SparseTensor):
+                pruned = ~keep.reshape(-1)[self.snapshot_codes.of(n, t).indices]
+                count += int(np.count_nonzero(t.values * pruned))
+            else:
+                count += int(np.count_nonzero(t * ~keep))  # a multiply, no fancy index over the dense tensor
+        return count
 
     def handle(self, msg: Message) -> None:
         f, p = msg.fields, self.cfg.pruning
         version, epoch = f["version"], f["epoch"]
-        weights = self.snapshot_codes.dense({n: msg.tensors[n] for n in self.weight_spec})
+        sent = {n: msg.tensors[n] for n in self.weight_spec}  # in both-pruned mode, masked weights as kept values
         masks_version = f["masks_version"]
         self.log.info("snapshot_received", version=version, epoch=epoch, training_sparsity=f["training_sparsity"],
-                      masks_version=masks_version, pruned_nonzero=self._pruned_nonzero(weights, masks_version),
+                      masks_version=masks_version, pruned_nonzero=self._pruned_nonzero(sent, masks_version),
                       sender=msg.sender, transit_ms=(time.time_ns() - msg.ts_ns) / 1e6)
         if p.delay_s:
             time.sleep(p.delay_s)
         due = self.schedule.due(epoch) if self.pruner else None
+        distils = self.distiller is not None and self.masks is not None
+        # Rebuilt dense only to compute masks or distil: a version under the masks in force is written
+        # from the kept values it came as (`stored`)
+        weights = self.snapshot_codes.dense(sent) if due is not None or distils else sent
         outcome = self._compress(msg, weights, *due) if due is not None else None
         policy = weights
         if self.distiller is not None and self.masks is not None:
@@ -245,9 +258,9 @@ class Compressor:
             if record["diverged"]:
                 self.log.warning("distill_diverged", version=version, reason="the student's weights or KL went "
                                  "non-finite: it stays as it was before this version's steps")
-        out = apply_masks(policy, self.masks)
-        structure_changed = self.store.changes_structure(out)  # before the write: for compression_finished
-        achieved = sparsity(out, self.weight_spec, self.sparsity_names)
+        stored = self.stored(policy)
+        structure_changed = self.store.changes_structure(stored)  # before the write: for compression_finished
+        achieved = sparsity(stored, self.weight_spec, self.sparsity_names)
         # What the masks prune: the zeros written may be more (a weight regrown at zero in both-pruned mode)
         held = masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)
         stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
@@ -258,12 +271,11 @@ class Compressor:
                           achieved_sparsity=stats["unit_sparsity"] if self.masks.units else held,
                           weight_sparsity=held, drop_fraction=step.fraction, **stats, **outcome,
                           structure_changed=structure_changed)
-        stored = self.stored(out)
         slot, nbytes, _ = self.publisher.publish(stored, version)
         self.log.info("weights_written", version=version, slot=slot, nbytes=nbytes,
-                      dense_nbytes=nbytes if stored is out else payload_size(out), sparsity=achieved,
+                      dense_nbytes=dense_payload_size(stored), sparsity=achieved,
                       masked=self.masks is not None, structure_changed=structure_changed)
-        self.last_written = (out, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
+        self.last_written = (stored, {"version": version, "epoch": epoch, "weight_sparsity": achieved,
                                    "params_kept": stats["params_kept"], "params_total": stats["params_total"]})
         self.relays.send(stored, version, epoch)  # as the store holds it: kept values + bitmaps
         if outcome is not None:
@@ -278,18 +290,32 @@ class Compressor:
                 self.last_report = (fields, tensors)
         self.last_version, self.last_epoch = version, epoch
 
-    def stored(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray | SparseTensor]:
-        """The version as the store holds it: each masked weight as its kept values and its mask's bitmap
-        where that takes at most half its dense bytes (hotprune.protocol.sparse's rule), the rest dense.
-        Neuron and channel structure publish sliced dense tensors, in which every entry left is kept."""
+    def stored(self, policy: Version) -> Version:
+        """The version as the store holds it: the masks in force applied (pruned entries +0.0, as
+        engine.masked), each masked weight as its kept values and its mask's bitmap where that takes at
+        most half its dense bytes (hotprune.protocol.sparse's rule), the rest dense. A weight that came
+        as kept values under the very mask in force is stored as it came, never rebuilt. Neuron and
+        channel structure publish sliced dense tensors, in which every entry left is kept."""
         masks = self.masks
         if masks is None or masks.units is not None:
-            return out
+            return apply_masks(self.snapshot_codes.dense(policy), masks)
         if self.codes[0] is not masks:  # once per mask: its bitmap and kept indices
             self.codes = (masks, {n: SparseCode.of_mask(m) for n, m in masks.elements.items()
-                                  if worth_sparse(m.size, int(np.count_nonzero(m)), out[n].dtype.itemsize)})
-        codes = self.codes[1]
-        return {n: codes[n].sparse(w) if n in codes else w for n, w in out.items()}
+                                  if worth_sparse(m.size, int(np.count_nonzero(m)),
+                                                  np.dtype(self.weight_spec[n][0]).itemsize)})
+        codes, out = self.codes[1], {}
+        for n, t in policy.items():
+            code = codes.get(n)
+            if code is not None and isinstance(t, SparseTensor) and code.describes(t):
+                out[n] = SparseTensor(t.values + 0, code.bitmap, code.shape)  # +0: a kept -0.0 as masked() has it
+                continue
+            w = self.snapshot_codes.dense({n: t})[n]
+            if code is not None:
+                out[n] = code.sparse(w)
+                np.add(out[n].values, 0, out=out[n].values)  # its own array (a take); +0 as above
+            else:
+                out[n] = masked(w, masks.elements[n]) if n in masks.elements else w
+        return out
 
     def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
         self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)
@@ -324,11 +350,11 @@ class Compressor:
         """Write the policy last published (and the masks in force) into the run directory."""
         if self.last_written is None:
             return
-        out, fields = self.last_written
+        stored, fields = self.last_written
         c = self.cfg
         meta = {**artifacts.run_meta(c), **policy_metadata(self.spec, c), "method": c.pruning.method,
                 "structure": c.pruning.structure, **fields, **extra}
-        artifacts.save(c.run_dir / artifacts.POLICY, out, **meta)
+        artifacts.save(c.run_dir / artifacts.POLICY, densified(stored), **meta)
         # The masks file states what the masks prune, not the zeros of the policy written with them
         meta_masks = {**meta, "weight_sparsity": masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)}
         if self.masks_source is not None:
