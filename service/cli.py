@@ -146,6 +146,9 @@ def _main(argv: list[str]) -> int:
                      help="continue a stopped run from its trainer checkpoint, with its own config")
     run.add_argument("--track", dest="set", action="append_const", const="wandb.track=true",
                      help="same as --set wandb.track=true: log to Weights & Biases (the wandb extra)")
+    run.add_argument("--ray", metavar="ADDRESS|auto",
+                     help="spread the workers over this Ray cluster's nodes (the ray extra; run it on the head): "
+                          "a relay per other node, over tcp with CURVE (docs/distributed.md)")
     _verbosity_args(run)
     watching = sub.add_parser("watch", help="the console of a run started elsewhere, until it ends (Ctrl-C: "
                               "stop watching); of a finished run, its summary")
@@ -261,6 +264,8 @@ def _main(argv: list[str]) -> int:
         if getattr(args, "resume", None):
             if args.config or args.set:
                 command.error("--resume continues a run with its own config: no --config or --set")
+            if args.ray:
+                command.error("--resume continues a run on this machine: no --ray")
             return _supervise(_supervisor_class().resume(args.resume), _verbosity(args))
         if args.command == "clean":
             return _clean(args.runs_dir)
@@ -272,7 +277,7 @@ def _main(argv: list[str]) -> int:
             rundir.point_latest(run_dir)
             print(run_dir)
             return 0
-        return _supervise(_supervisor_class()(cfg), _verbosity(args))
+        return _supervise(_supervisor_class()(cfg, ray=args.ray), _verbosity(args))
     except refusals() as exc:
         return _error(args.command, exc)
 
@@ -346,12 +351,17 @@ def _run_config(args: argparse.Namespace):
     """`hotprune run`: its config, checked before the supervisor (zmq, gymnasium) loads; None after an
     error in the settings (printed). The console's first lines wait for the run directory: a run refused
     before it is made says so in one line, under no header naming a directory that never was."""
-    from hotprune.config import ConfigError, load_config
+    from hotprune.config import ConfigError, load_config_with_sources
 
     from hotprune.runs.artifacts import ArtifactError
 
     try:
-        cfg = load_config(args.config, args.set)
+        cfg, sources = load_config_with_sources(args.config, args.set)
+        if getattr(args, "ray", None):
+            if cfg.transport.kind != "tcp" and sources["transport.kind"] != "default":
+                raise ConfigError(f"--ray runs over tcp: transport.kind = \"{cfg.transport.kind}\" "
+                                  f"({sources['transport.kind']}) cannot reach the other nodes")
+            cfg.transport.kind = "tcp"
         if cfg.pruning.mask_file or cfg.init_file:  # checked before anything is written (and only then: gymnasium)
             from hotprune.runs import tickets
 

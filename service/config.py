@@ -382,6 +382,9 @@ class RelayConfig:
     local: bool = setting(False, "run one relay on this machine (node `local`) and have every worker swap from "
                                  "its store and hints, not the compressor's: what the workers of a node other "
                                  "than the compressor's do, on one host")
+    workers_per_node: int = setting(0, "hotprune run --ray: this many workers on each node, the head's first (each "
+                                       "other node with workers runs a relay); 0: num_workers spread evenly over "
+                                       "the cluster's nodes", low=0)
 
 
 @dataclass

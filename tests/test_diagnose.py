@@ -157,6 +157,19 @@ def test_each_check_fails_on_a_run_with_its_fault(runs, tmp_path, capsys, fault)
     assert max(len(line) for line in out.splitlines()) < 400  # attacker strings are cut
 
 
+def test_a_restarted_worker_may_swap_first_to_the_version_its_predecessor_last_ran(runs, tmp_path):
+    def again(pid_of):
+        def edit(events):
+            last = [e for e in events if e["event"] == "worker_swapped"][-1]
+            return [*events, {**last, "pid": pid_of(last["pid"])}]
+        return edit
+
+    check = "workers swap forward to every version or a newer one"
+    assert statuses(tampered(runs, "both", tmp_path / "restarted", "worker-1", again(lambda pid: pid + 1)))[check] \
+        == "PASS"  # the new process read the store's version, which its predecessor had run
+    assert statuses(tampered(runs, "both", tmp_path / "same", "worker-1", again(lambda pid: pid)))[check] == "FAIL"
+
+
 def test_a_run_with_no_logs_yet_is_refused(tmp_path):
     init = hotprune("init", *settings(tmp_path, "empty"))
     with pytest.raises(RunError, match="no log events yet"):

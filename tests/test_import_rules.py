@@ -17,6 +17,8 @@ ROLES = ("hotprune.roles", "hotprune.workers")
 USER_FACING = ("hotprune.commands", "hotprune.cli", "hotprune.api")
 TORCH_FREE = ("hotprune.protocol", "hotprune.pruning", "hotprune.comms", "hotprune.workers")
 LEARNING = ("hotprune.learning",)
+# Ray (an optional extra, 0.6 s to import) only where --ray leads: joining a cluster, a grid's cells, a run's nodes.
+RAY_USERS = ("hotprune.raycluster", "hotprune.commands.ray_grid", "hotprune.roles.ray_nodes")
 
 
 def modules() -> dict[str, Path]:
@@ -65,6 +67,8 @@ def broken_rules() -> list[str]:
                 broken.append(f"{where}: protocol, pruning, comms and workers never import torch")
             if under(name, TORCH_FREE) and under(target, LEARNING):
                 broken.append(f"{where}: protocol, pruning, comms and workers never import the learning code")
+            if under(target, ("ray",)) and name not in RAY_USERS:
+                broken.append(f"{where}: only {', '.join(RAY_USERS)} import ray (only with --ray)")
             if under(name, ("hotprune.protocol",)) and target.startswith("hotprune") \
                     and not under(target, ("hotprune.protocol",)):
                 broken.append(f"{where}: protocol holds formats only and imports nothing else of hotprune")

@@ -213,7 +213,8 @@ def test_the_readmes_commands_are_commands_and_its_settings_are_accepted():
         assert argv[0] in {command[0] for command in COMMANDS if command}, argv
         if argv[0] == "run":
             pairs = zip(argv[1::2], argv[2::2])
-            load_config(None, [value if flag == "--set" else f"{ALIASES[flag]}={value}" for flag, value in pairs])
+            load_config(None, [value if flag == "--set" else f"{ALIASES[flag]}={value}" for flag, value in pairs
+                               if flag != "--ray"])  # a cluster's address, not a setting
 
 
 def test_the_readmes_python_compiles_and_uses_what_hotprune_has():

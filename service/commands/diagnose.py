@@ -212,8 +212,10 @@ def workers_never_go_backwards(run: Run) -> Check:
     final = last["version"] if last else None
     problems, shown = [], []
     for w in run.workers():
-        versions = [e["version"] for e in run.events(w, "worker_swapped")]
-        back = [(a, b) for a, b in zip(versions, versions[1:]) if b <= a]
+        swaps = [(e.get("pid"), e["version"]) for e in run.events(w, "worker_swapped")]
+        versions = [version for _, version in swaps]
+        # A restarted worker (another process) swaps first to what its store holds: its predecessor's last, or newer.
+        back = [(a, b) for (pid_a, a), (pid_b, b) in zip(swaps, swaps[1:]) if b < a or (b == a and pid_a == pid_b)]
         if back:
             problems.append(f"{w} went from v{back[0][0]} to v{back[0][1]}")
         if final is not None and (not versions or versions[-1] < final):

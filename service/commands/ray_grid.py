@@ -18,16 +18,14 @@ back on the machine that started the grid, so that its table, plots, resume and 
   same absolute path: a grid whose variants read its own directory (`{base}`: lth's tickets) needs its
   root under `--ray-shared`.
 
-Ray is imported by this module only, and this module only with `--ray`.
+Ray is imported only with `--ray` (hotprune.raycluster joins the cluster; a cell's task imports it on its node).
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import math
 import shutil
-import socket
 import tarfile
 import tempfile
 import threading
@@ -36,21 +34,20 @@ from pathlib import Path
 from hotprune.commands.experiments import CORES_PER_RUN, location, run_here, set_aside
 from hotprune.commands.grids import Grid
 from hotprune.config import Config, ConfigError, load_config
+from hotprune import raycluster
+from hotprune.raycluster import PROCESSES_PER_CPU
 from hotprune.runs import private
 
-PROCESSES_PER_CPU = 2  # a run's processes take turns: the default run's four (trainer, compressor, two workers)
-#                        keep about CORES_PER_RUN cores busy
 CELL_RETRIES = 3  # runs of a cell whose node (or Ray worker) was lost before it ended
 NOT_BACK = -1  # the exit code of a cell whose run did not come back (no result from Ray, an unsafe archive)
-EXTRA = "pip install 'hotprune[ray]'"
-CONNECT_TIMEOUT_S = 5.0
 
 
 def resources(cfg: Config) -> dict:
-    """What a cell's task reserves on its node: a CPU per PROCESSES_PER_CPU of its run's processes
-    (trainer, compressor and num_workers workers), rounded up; a GPU when its run says device = "cuda"
-    (Ray then shows it that GPU alone). "auto" reserves none: such a run uses its node's GPU if it has
-    one, unreserved (Ray leaves CUDA_VISIBLE_DEVICES alone for a task of no GPU)."""
+    """What a cell's task reserves on its node: a CPU per PROCESSES_PER_CPU of its run's processes (trainer,
+    compressor and num_workers workers: the default run's four keep about CORES_PER_RUN cores busy), rounded
+    up; a GPU when its run says device = "cuda" (Ray then shows it that GPU alone). "auto" reserves none: such
+    a run uses its node's GPU if it has one, unreserved (Ray leaves CUDA_VISIBLE_DEVICES alone for a task of
+    no GPU)."""
     processes = 2 + cfg.num_workers
     return {"num_cpus": math.ceil(processes / PROCESSES_PER_CPU), "num_gpus": 1 if cfg.device == "cuda" else 0}
 
@@ -117,20 +114,6 @@ def unpack(archive: bytes, run_dir: Path) -> None:
         shutil.rmtree(incoming, ignore_errors=True)
 
 
-def _answers(address: str) -> None:
-    """Refuse, in one line and at once, an address (HOST:PORT, or ray://HOST:PORT) where nothing listens:
-    ray.init would retry it for minutes. "auto" is Ray's to find."""
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--ray takes a cluster head's HOST:PORT (or ray://HOST:PORT, or auto), got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ConfigError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
-
-
 class RayCells:
     """A grid's cells as Ray tasks (experiments.Here's three members: most_jobs, run, cancel); a context
     that connects to the cluster at `address` ("auto": the one this machine is part of), or uses this
@@ -148,29 +131,12 @@ class RayCells:
         self._connected = False
 
     def __enter__(self) -> RayCells:
-        try:
-            import ray  # noqa: PLC0415 -- only with --ray
-        except ImportError:
-            raise ConfigError(f"--ray needs Ray, an optional extra: {EXTRA}") from None
-        self._ray = ray
-        if ray.is_initialized():  # this process is some cluster's driver already (the Python API): that one
-            joined = ray.get_runtime_context().gcs_address
-            if self.address not in ("auto", joined):
-                raise ConfigError(f"--ray {self.address}: this process is connected to the Ray cluster at {joined}")
-        else:
-            _answers(self.address)
-            try:
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise ConfigError(f"--ray {self.address}: no Ray cluster to join there "
-                                  f"({str(exc).strip().splitlines()[0]})") from None
-            self._connected = True
-        self._task = ray.remote(run_cell)
+        self._ray, self._connected = raycluster.join(self.address)
+        self._task = self._ray.remote(run_cell)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._connected:  # the driver alone: the cluster goes on
-            self._ray.shutdown()
+        raycluster.leave(self._ray, self._connected)
 
     def most_jobs(self) -> int:
         return max(1, int(self._ray.cluster_resources().get("CPU", 0)) // CORES_PER_RUN)

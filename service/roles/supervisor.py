@@ -2,7 +2,8 @@
 stops all of it cleanly.
 
 It creates the run directory and the weight store, starts the compressor, the trainer and the
-workers (with `relay.local`, a relay too, whose store it also makes: the workers swap from that one)
+workers (with `relay.local`, a relay too, whose store it also makes: the workers swap from that one;
+with --ray, the other nodes' relays and workers through a host on each, hotprune.roles.ray_nodes)
 as separate OS processes through their own CLIs (what a user could type), each in its own
 session (the terminal's Ctrl-C reaches the supervisor alone, which then stops the children in order),
 and watches them:
@@ -62,37 +63,74 @@ class Child:
     restart_at: float | None = None  # a restart waiting out its backoff
     hung: bool = False  # killed by us for not pinging
 
+    def launch(self, argv: list[str]):
+        """Start it here: (its process, its liveness listener). A RemoteChild starts on its node instead."""
+        return launch(argv)
+
 
 def nodes(cfg: Config) -> list[str | None]:
-    """The stores of a run: the compressor's (None) and each relay's node."""
+    """The stores of a run on this machine: the compressor's (None) and, with relay.local, its relay's node."""
     return [None, LOCAL_NODE] if cfg.relay.local else [None]
 
 
-def process_table(cfg: Config, run_dir: Path) -> list[Child]:
-    def cli(module: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", module, "--run-dir", str(run_dir), *extra]
+def role_argv(module: str, run_dir: Path, *extra: str) -> list[str]:
+    """How a supervisor (or a node's host, hotprune.roles.ray_nodes) starts a role: its own CLI."""
+    return [sys.executable, "-m", module, "--run-dir", str(run_dir), *extra]
 
-    fed = ("--node", LOCAL_NODE) if cfg.relay.local else ()  # the workers' store: the relay's, or the run's
-    relays = [Child(f"relay-{LOCAL_NODE}", cli("hotprune.roles.relay", *fed))] if cfg.relay.local else []
+
+def node_children(run_dir: Path, node: str | None, indices) -> list[Child]:
+    """A node's processes: its relay (none for the compressor's own store, `node` None) and the workers of
+    `indices`, which swap from that node's store."""
+    fed = ("--node", node) if node else ()
+    relays = [Child(f"relay-{node}", role_argv("hotprune.roles.relay", run_dir, *fed))] if node else []
+    return [*relays, *(Child(f"worker-{i}", role_argv("hotprune.workers.inference_worker", run_dir, "--index", str(i),
+                                                      *fed)) for i in indices)]
+
+
+def process_table(cfg: Config, run_dir: Path, indices=None) -> list[Child]:
+    """The processes this machine runs: compressor, trainer and the workers of `indices` (all by default;
+    with --ray, this machine's share)."""
     return [
-        Child("compressor", cli("hotprune.roles.compressor"), resumable=True),
-        Child("trainer", cli("hotprune.roles.trainer"), resumable=True),
-        *relays,
-        *(Child(f"worker-{i}", cli("hotprune.workers.inference_worker", "--index", str(i), *fed))
-          for i in range(cfg.num_workers)),
+        Child("compressor", role_argv("hotprune.roles.compressor", run_dir), resumable=True),
+        Child("trainer", role_argv("hotprune.roles.trainer", run_dir), resumable=True),
+        *node_children(run_dir, LOCAL_NODE if cfg.relay.local else None,
+                       range(cfg.num_workers) if indices is None else indices),
     ]
 
 
+def launch(argv: list[str], output: int | None = None) -> tuple[subprocess.Popen, liveness.Listener]:
+    """A child process in its own session, SIGTERMed if its parent dies, with a liveness pipe to it; its
+    stdout and stderr ours, or the descriptor `output`."""
+    listener = liveness.Listener()
+    env = {**listener.child_env(), eventlog.SUPERVISED: "1"}  # the view draws the console from its log
+    proc = subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True, pass_fds=(listener.write_fd,),
+                            env=env, stdout=output, stderr=output)
+    listener.started()
+    return proc, listener
+
+
 class Supervisor:
-    def __init__(self, cfg: Config, run_dir: Path | None = None):
-        """A new run (its directory made here), or with `run_dir` one to resume (see `resume`)."""
+    def __init__(self, cfg: Config, run_dir: Path | None = None, ray: str | None = None):
+        """A new run (its directory made here), or with `run_dir` one to resume (see `resume`); with `ray`, a
+        Ray cluster's address, its workers spread over the cluster's nodes (hotprune.roles.ray_nodes)."""
         self.cfg = cfg
         self.resuming = run_dir is not None
+        self.nodes = None
+        if ray is not None:
+            from hotprune.roles.ray_nodes import RayNodes  # noqa: PLC0415 -- ray: only with --ray
+
+            self.nodes = RayNodes(ray, cfg)
         self.made_run_dir = not cfg.run_dir.exists()  # a failed start removes the directory only if it made it
-        self.run_dir = run_dir if run_dir is not None else rundir.prepare(cfg)
+        try:
+            self.run_dir = run_dir if run_dir is not None else rundir.prepare(
+                cfg, workers_here=None if self.nodes is None else len(self.nodes.local))
+        except BaseException:
+            if self.nodes:
+                self.nodes.leave()
+            raise
         cleanup.record_supervisor(self.run_dir)
         self.log = eventlog.setup(self.run_dir, cfg.run_id, "supervisor", echo=False)  # hotprune.runs.view draws it
-        self.children = process_table(cfg, self.run_dir)
+        self.children = process_table(cfg, self.run_dir, None if self.nodes is None else self.nodes.local)
         self.signal: int | None = None
         self.refused: str | None = None  # the child that exited with CONFIG_ERROR
 
@@ -127,19 +165,25 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         stores = []  # made here, so that readers stay attached while a writer restarts
+        remote_stores = []  # with --ray: made by each other node's host
         try:
             for node in nodes(self.cfg):
                 stores.append(WeightStore.create(segment_name(self.run_dir, node), rundir.store_slot_size(self.cfg)))
-        except StoreError:
+            if self.nodes:
+                remote, remote_stores = self.nodes.start(self.cfg, self.run_dir)
+                self.children += remote
+        except (StoreError, ConfigError):
             for store in stores:
                 store.close()
                 store.unlink()
+            if self.nodes:
+                self.nodes.stop()
             if not self.resuming:  # a resumed run's directory is its record: nothing to undo
                 rundir.discard(self.run_dir, self.made_run_dir)
             raise
         rundir.point_latest(self.run_dir)
         self.log.info("run_started", run_dir=str(self.run_dir), store=stores[0].name,
-                      node_stores=[store.name for store in stores[1:]],
+                      node_stores=[store.name for store in stores[1:]] + remote_stores,
                       config=str(self.run_dir / "config.toml"), resumed=self.resuming)
         early = None
         try:
@@ -148,6 +192,8 @@ class Supervisor:
             early = self.watch()
         finally:
             killed = self.stop_all()
+            if self.nodes:
+                self.nodes.stop()  # their logs shipped here, nothing of the run left on them
             for child in self.children:
                 if child.listener:
                     child.listener.close()
@@ -178,18 +224,13 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         resume = child.resumable and (self.resuming or child.starts > 0)
-        argv = child.argv + ["--resume"] * resume
-        listener = liveness.Listener()
-        env = {**listener.child_env(), eventlog.SUPERVISED: "1"}  # the view draws the console from its log
-        child.proc = subprocess.Popen(argv, preexec_fn=die_with_parent, start_new_session=True,
-                                      pass_fds=(listener.write_fd,), env=env)
-        listener.started()
+        proc, listener = child.launch(child.argv + ["--resume"] * resume)
         if child.listener:
             child.listener.close()
-        child.listener, child.exitcode, child.hung, child.restart_at = listener, None, False, None
+        child.proc, child.listener, child.exitcode, child.hung, child.restart_at = proc, listener, None, False, None
         child.started_at = time.monotonic()
         child.starts += 1
-        self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=argv, start=child.starts)
+        self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=proc.args, start=child.starts)
 
     def _crashed(self, child: Child) -> bool:
         """A child failed (exited non-zero, was killed, or hung): schedule its restart if the budget
@@ -252,11 +293,16 @@ class Supervisor:
         clean_exit: tuple[str, float] | None = None  # (name, deadline)
         heartbeat = eventlog.Heartbeat(self.log, self.cfg.supervisor.heartbeat_s)
         while self.signal is None:
+            self._poll_nodes()
             heartbeat.beat(running=[c.name for c in self.children if c.exitcode is None])
             for child in self.children:
                 if child.restart_at is not None:
                     if time.monotonic() >= child.restart_at:
-                        self._spawn(child)
+                        try:
+                            self._spawn(child)
+                        except ConfigError as exc:  # with --ray: its node lost, and no other node can host it
+                            self.log.error("restart_failed", name=child.name, reason=str(exc))
+                            return child.name
                     continue
                 if not self._reap(child):
                     if not child.listener.done:
@@ -299,11 +345,18 @@ class Supervisor:
 
     def _wait_all(self) -> bool:
         deadline = time.monotonic() + self.cfg.supervisor.stop_grace_s
-        while not all(self._reap(c) for c in self.children if c.proc):
+        while True:
+            self._poll_nodes()
+            if all(self._reap(c) for c in self.children if c.proc):
+                return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
-        return True
+
+    def _poll_nodes(self) -> None:
+        """With --ray, the other nodes' children as their hosts last saw them (hotprune.roles.ray_nodes)."""
+        if self.nodes:
+            self.nodes.poll()
 
     def _signal_all(self, sig: int) -> None:
         for child in self.children:

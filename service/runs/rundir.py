@@ -31,8 +31,9 @@ from hotprune.config import LOCAL_NODE, REPLAY_MEMORY_SHARE, Config, ConfigError
 from hotprune.envs import EnvSource, EnvSpec, env_spec
 
 
-def prepare(cfg: Config, check_ports: bool = True) -> Path:
+def prepare(cfg: Config, check_ports: bool = True, workers_here: int | None = None) -> Path:
     """Check what can only be checked against the machine, then create the run directory.
+    `workers_here`: the workers this machine runs (with --ray, its share; all of them by default).
 
     A shared-memory segment of this run id that no live process uses (left by a run whose every
     process was killed) is removed; one in use is refused. With tcp, the ports are checked free
@@ -61,9 +62,11 @@ def prepare(cfg: Config, check_ports: bool = True) -> Path:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cores = os.cpu_count() or 1
-    if cfg.num_workers > WORKERS_PER_CORE * cores:
-        raise ConfigError(f"num_workers must be <= {WORKERS_PER_CORE * cores} on this machine "
-                          f"({WORKERS_PER_CORE} per core, {cores} cores), got {cfg.num_workers}")
+    here = cfg.num_workers if workers_here is None else workers_here
+    if here > WORKERS_PER_CORE * cores:
+        what = "num_workers" if workers_here is None else "this node's share of num_workers (relay.workers_per_node)"
+        raise ConfigError(f"{what} must be <= {WORKERS_PER_CORE * cores} on this machine "
+                          f"({WORKERS_PER_CORE} per core, {cores} cores), got {here}")
     needed = largest_frame(cfg)
     if cfg.transport.max_frame_bytes < needed:
         raise ConfigError(f"transport.max_frame_bytes must be >= {needed} (the largest tensor frame this run sends), "

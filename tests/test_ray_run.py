@@ -1,0 +1,236 @@
+"""`hotprune run --ray`: one run's workers over the nodes of a Ray cluster, a relay per other node.
+
+The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py): the second node's worker
+and relay are real processes under that node's raylet, the worker swaps from its node's own store, which
+only its relay writes, and its frozen (SIGSTOP) worker and SIGKILLed relay are restarted through its node's
+host; another
+removes that node mid-run. The fast ones run a node's host in this process (a real relay under it), and
+check the placement and what is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
+from hotprune.commands.diagnose import diagnose
+from hotprune.comms import curve
+from hotprune.config import ConfigError
+from hotprune.protocol.store_layout import segment_name
+from hotprune.roles.ray_nodes import NodeHost, run_files, short_id, spread
+from hotprune.runs import private
+from hotprune.runs.runlog import load
+from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
+    wait_for
+from tests.test_relay import tcp_run
+
+RELAYED = "workers on a relay's node run what it wrote"  # the diagnose check
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pytest.importorskip("ray")  # the only reason these tests skip: the ray extra is not installed
+    with raykit.loopback_cluster(nodes=2, cpus=2) as started:
+        yield started
+
+
+def test_workers_spread_evenly_by_default_or_fill_nodes_in_turn():
+    nodes = ["head", "b", "c"]
+    assert spread(5, nodes, 0) == {"head": [0, 1], "b": [2, 3], "c": [4]}
+    assert spread(2, nodes, 0) == {"head": [0], "b": [1]}  # a node with none gets no host
+    assert spread(5, nodes, 2) == {"head": [0, 1], "b": [2, 3], "c": [4]}
+    assert spread(3, nodes, 3) == {"head": [0, 1, 2]}
+    with pytest.raises(ConfigError, match="relay.workers_per_node = 1: 4 workers need 4 nodes, the Ray cluster has 3"):
+        spread(4, nodes, 1)
+
+
+def test_a_ray_node_id_names_a_relay_as_node_ids_must():
+    assert short_id("7D309C0F267E234E2343DAD14AF43834B896664344D574C31AECF7ED") == "7d309c0f267e"
+
+
+def test_ray_with_an_explicit_ipc_transport_is_one_line_before_anything_starts(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "run", "--ray", "127.0.0.1:1", *settings(tmp_path, "ipc", "transport.kind=ipc"))
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert '--ray runs over tcp: transport.kind = "ipc" (--set) cannot reach the other nodes' in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_ray_address_where_no_cluster_answers_is_one_line_and_makes_no_run(tmp_path, capsys):
+    pytest.importorskip("ray")
+    code, out, err = run_cli(capsys, "run", "--ray", "127.0.0.1:1", *settings(tmp_path, "nocluster"))
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert "--ray 127.0.0.1:1: no Ray cluster answers there (Connection refused)" in err
+    assert not (tmp_path / "runs" / "nocluster").exists()
+
+
+def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed: `import ray` fails
+    code, out, err = run_cli(capsys, "run", "--ray", "auto", *settings(tmp_path, "noray"))
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert "--ray needs Ray, an optional extra: pip install 'hotprune[ray]'" in err
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_hung_or_killed_remote_process_and_leaves_nothing(
+        cluster, tmp_path):
+    """In sync mode a worker takes its share of each version and then waits for the next in its store: the
+    run cannot end unless the second node's worker keeps swapping versions its node's relay wrote."""
+    run_id = f"spread{os.getpid()}"  # the node directories are found by it under the nodes' temp dir
+    run_dir = tmp_path / "runs" / run_id
+    remote = short_id(cluster.node_ids()[1])
+    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
+            *settings(tmp_path, run_id, "num_workers=2", "epochs=8", "mode=sync",
+                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2",
+                      "supervisor.hang_timeout_s=3")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # While the run goes on, the remote processes' logs arrive here, from processes under the second node.
+        swaps = wait_for(lambda: (s := logged(run_dir, "worker-1", "worker_swapped")) and len(s) >= 2 and s,
+                         timeout=180, what="two swaps of the remote worker")
+        relay = logged(run_dir, f"relay-{remote}", "relay_wrote")[0]
+        assert cluster.node_of(swaps[0]["pid"]) is cluster.nodes[1]
+        assert cluster.node_of(relay["pid"]) is cluster.nodes[1]
+        os.kill(swaps[0]["pid"], signal.SIGSTOP)  # frozen: its pings stop, the supervisor kills it through its host
+        os.kill(relay["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+
+    supervisor = events(run_dir, "supervisor")
+    assert {e["name"]: e["reason"] for e in of(supervisor, "process_restarting")} == {
+        f"relay-{remote}": "exit -9", "worker-1": "hung"}
+    assert [e["name"] for e in of(supervisor, "process_hung")] == ["worker-1"]
+    started = of(supervisor, "run_started")[0]
+    [node_store] = started["node_stores"]
+    assert node_store.endswith(f"@{remote}") and node_store.split("@")[0] != started["store"]  # its own segment
+
+    relay_lines = events(run_dir, f"relay-{remote}")
+    wrote = {e["version"] for e in of(relay_lines, "relay_wrote")}
+    assert len({e["pid"] for e in of(relay_lines, "relay_wrote")}) == 2  # the relay, then its replacement
+    assert wrote <= {e["version"] for e in of(events(run_dir, "compressor"), "weights_written")}
+    assert all(line["node_id"] == remote for line in relay_lines)
+    worker = events(run_dir, "worker-1")
+    assert all(line["node_id"] == remote for line in worker)
+    pids = list(dict.fromkeys(e["pid"] for e in worker))
+    swapped = of(worker, "worker_swapped")
+    assert len(pids) == 2 and {e["version"] for e in swapped} <= wrote
+    assert any(e["pid"] == pids[1] for e in swapped)  # the restarted worker swapped too
+    head_worker = events(run_dir, "worker-0")
+    assert of(head_worker, "worker_swapped") and not any("node_id" in line for line in head_worker)
+
+    checks = {c.name: c for c in diagnose(load(run_dir))}
+    assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
+    assert f"worker-1 on {remote}" in checks[RELAYED].evidence
+
+    # Nothing of the run is left on either node: no process, no segment, no node directory.
+    wait_for(lambda: not processes_mentioning(run_id), timeout=10, what="the run's processes to exit")
+    assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_completes(cluster, tmp_path):
+    """The second node dies mid-run (its raylet and everything on it killed): its relay and worker count as
+    crashed and start again under a new host, on the head (the only node left), with a relay and store of
+    the head's node id; the run still completes. The last test here to use the cluster: it removes a node."""
+    run_id = f"lost{os.getpid()}"
+    run_dir = tmp_path / "runs" / run_id
+    lost, head = short_id(cluster.node_ids()[1]), short_id(cluster.node_ids()[0])
+    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
+            *settings(tmp_path, run_id, "num_workers=2", "epochs=8", "mode=sync",
+                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2, timeout=180,
+                 what="two swaps of the remote worker")
+        cluster.remove_node(cluster.nodes[1])
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        # What the lost node's host could not remove, killed with it: on a real cluster, gone with that machine.
+        wait_for(lambda: not processes_mentioning(run_id), timeout=30, what="the run's processes to exit")
+        for started in logged(run_dir, "supervisor", "process_started"):
+            if started["name"] == f"relay-{lost}":
+                shutil.rmtree(Path(started["argv"][started["argv"].index("--run-dir") + 1]).parent, ignore_errors=True)
+        for segment in Path("/dev/shm").glob(f"hotprune-{run_id}-*@{lost}"):
+            segment.unlink()
+    assert proc.returncode == 0, err[-3000:]
+
+    supervisor = events(run_dir, "supervisor")
+    assert sorted(e["name"] for e in of(supervisor, "process_restarting")) == [f"relay-{lost}", "worker-1"]
+    assert f"relay-{head}" in [e["name"] for e in of(supervisor, "process_started")]
+    moved = [e for e in of(events(run_dir, "worker-1"), "worker_swapped") if e["node_id"] == head]
+    assert moved and {e["version"] for e in moved} <= {e["version"] for e in logged(run_dir, f"relay-{head}",
+                                                                                   "relay_wrote")}
+    checks = {c.name: c for c in diagnose(load(run_dir))}
+    assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
+    assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))  # the head's host's is gone
+
+
+def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_byte_once_and_leaves_nothing(
+        tmp_path):
+    """NodeHost is a plain class (Ray only places it): here in this process, with a real relay process."""
+    cfg = tcp_run(tmp_path)
+    host = NodeHost(cfg.run_id, run_files(cfg.run_dir), "n1", [0])
+    top, run_dir = host.top, host.run_dir
+    shipped: dict[str, bytes] = {}  # by file, all that each poll sent
+    try:
+        assert run_dir.name == cfg.run_id and stat.S_IMODE(top.stat().st_mode) == 0o700
+        private.check(run_dir)
+        for key in curve.keys_dir(cfg.run_dir).iterdir():  # the same keys, as private as on the head
+            copy = curve.keys_dir(run_dir) / key.name
+            assert copy.read_bytes() == key.read_bytes() and copy.stat().st_mode == key.stat().st_mode
+        argvs, store = host.table()
+        assert store == segment_name(run_dir, "n1") and (Path("/dev/shm") / store).exists()
+        assert set(argvs) == {"relay-n1", "worker-0"}
+        assert all(argv[argv.index("--run-dir") + 1] == str(run_dir) for argv in argvs.values())
+
+        def ship(states: dict, logs: dict[str, bytes]) -> dict:
+            for name, data in logs.items():
+                shipped[name] = shipped.get(name, b"") + data
+            return states
+
+        def relay() -> dict:
+            return ship(*host.poll())["relay-n1"]
+
+        first = host.start("relay-n1")
+        wait_for(lambda: relay()["pinged"] and b"socket_opened" in shipped.get("relay-n1.jsonl", b""), timeout=60,
+                 what="the relay's first ping and lines")
+        host.signal("relay-n1", signal.SIGTERM)
+        assert wait_for(lambda: relay()["exitcode"], timeout=30, what="the relay to stop") == 128 + signal.SIGTERM
+        second = host.start("relay-n1")
+        wait_for(lambda: (state := relay())["pid"] == second and state["pinged"], timeout=60,
+                 what="the restarted relay's first ping")
+        (run_dir / "config.toml").write_text("epochs = [\n")  # a worker started now refuses, in one line
+        host.start("worker-0")
+        refused = wait_for(lambda: ship(*host.poll())["worker-0"]["exitcode"], timeout=60, what="the worker's refusal")
+        assert refused == 2
+        states = ship(*host.stop())  # the relay still runs: killed
+        assert states["relay-n1"]["exitcode"] == -signal.SIGKILL
+        output = shipped["worker-0.out"].decode()  # what it printed, for the supervisor's terminal
+        assert output.startswith("hotprune worker: error: ") and output.count("\n") == 1, output
+    finally:
+        if top.exists():
+            host.stop()
+    lines = [json.loads(line) for line in shipped["relay-n1.jsonl"].decode().splitlines()]  # each byte once, in order
+    assert {line["pid"] for line in lines} == {first, second} and all(line["node_id"] == "n1" for line in lines)
+    assert not top.exists() and not (Path("/dev/shm") / store).exists()
+    assert not processes_mentioning(str(run_dir))
