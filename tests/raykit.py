@@ -68,14 +68,10 @@ class LoopbackCluster:
     def node_of(self, pid: int) -> Any:
         """The node whose raylet started process `pid` (a Ray worker, or anything a worker started), or None."""
         raylets = {node.all_processes["raylet"][0].process.pid: node for node in self.nodes}
-        while pid > 1:
+        while pid is not None and pid > 1:
             if pid in raylets:
                 return raylets[pid]
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                return None
-            pid = int(stat[stat.rindex(")") + 2:].split()[1])
+            pid = parent_of(pid)
         return None
 
     def add_node(self, cpus: int, **node_args) -> Any:
@@ -90,6 +86,15 @@ class LoopbackCluster:
         """Kill one of this cluster's non-head nodes (its raylet and the workers on it): a lost machine."""
         self.cluster.remove_node(node, allow_graceful=False)
         self.nodes.remove(node)
+
+
+def parent_of(pid: int) -> int | None:
+    """Process `pid`'s parent (None if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import signal
 import sys
 import tarfile
@@ -119,12 +120,18 @@ def _lose_a_node(cluster, tmp_path: Path) -> None:
     first = processes_mentioning(str(staging.parent))  # the run and its processes
     lost = cluster.node_of(first[0])
     assert lost is not None and lost is not cluster.nodes[0]
-    signal_all(first, signal.SIGSTOP)  # so that it cannot end (and its result reach the grid) before its node goes
+    ray_workers = {raykit.parent_of(pid) for pid in first} - {*first, None}  # the cell's Ray worker
+    # The run's roles held (SIGSTOP), so that it cannot end, and its result reach the grid, before its node
+    # goes; each is in a session of its own. Not its supervisor: a stopped process in the Ray worker's
+    # process group, orphaned when the raylet dies, gets SIGHUP, and the run would end with the worker alive.
+    held = [pid for pid in first if os.getpgid(pid) == pid]
+    signal_all(held, signal.SIGSTOP)
     cluster.remove_node(lost)  # its raylet and Ray workers SIGKILLed, as when a machine goes
-    signal_all(first, signal.SIGCONT)  # their parent-death signals, pending, now act
+    wait_for(lambda: not any(alive(pid) for pid in ray_workers), timeout=30, what="the lost node's Ray worker to go")
+    signal_all(held, signal.SIGCONT)  # the supervisor's stop, pending, now acts
     wait_for(lambda: not any(alive(pid) for pid in first), timeout=30, what="the lost node's run to stop")
     grid.join(timeout=300)
-    assert not grid.is_alive() and outcome[0].failed == 0, lines
+    assert not grid.is_alive() and outcome[0].failed == 0, "\n".join(lines)
     run_dir = root / "pruning_two" / "both_pruned" / "s1"
     assert load(run_dir).summary["completed"] and not staging.exists()
     assert list(staging.parent.glob("s1.failed-*")), "the lost run's directory, set aside"
@@ -223,6 +230,31 @@ def test_an_archive_with_anything_outside_its_run_directory_or_a_link_is_refused
         ray_grid.unpack(archive, target)
     assert list((tmp_path / "grid").iterdir()) == []  # nothing kept, not even the safe members
     assert not Path(tempfile.gettempdir(), "escaped").exists() and not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize("elsewhere", [False, True])
+def test_a_run_on_the_shared_path_moves_into_the_grid_with_the_sockets_a_killed_run_left(tmp_path, elsewhere):
+    """Into a grid directory not made yet, from the same filesystem (a rename) or another (/dev/shm: a
+    copy, which a socket file would break)."""
+    import socket
+
+    shm = Path("/dev/shm")
+    if elsewhere and not shm.is_dir():
+        pytest.skip("no /dev/shm: no second filesystem to copy from")
+    base = Path(tempfile.mkdtemp(dir=shm)) if elsewhere else tmp_path
+    try:
+        staging = _run_dir(base)
+        (staging / "sock").mkdir()
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(str(staging / "sock" / "weights"))  # as a run killed with its node leaves it
+        left.close()
+        run_dir = tmp_path / "grid" / "pruning_two" / "dense" / "s1"
+        ray_grid.moved_here(staging, run_dir)
+        assert not staging.exists() and not (run_dir / "sock").exists()
+        assert (run_dir / "logs" / "trainer.jsonl").read_text() == '{"event": "epoch"}\n'
+    finally:
+        if elsewhere:
+            shutil.rmtree(base)
 
 
 def test_a_cell_reserves_a_cpu_for_every_two_of_its_processes():

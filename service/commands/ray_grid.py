@@ -34,6 +34,7 @@ from pathlib import Path
 from hotprune.commands.experiments import CORES_PER_RUN, location, run_here, set_aside
 from hotprune.commands.grids import Grid
 from hotprune.config import Config, ConfigError, load_config
+from hotprune.protocol.endpoints import socket_dir
 from hotprune import raycluster
 from hotprune.raycluster import PROCESSES_PER_CPU
 from hotprune.runs import private
@@ -78,6 +79,15 @@ def pack(run_dir: Path) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:  # logs shrink 10x at level 1 already
         tar.add(run_dir, arcname=run_dir.name)  # socket files (a run's sock/) are not archived
     return buffer.getvalue()
+
+
+def moved_here(staging: Path, run_dir: Path) -> None:
+    """A cell's run directory on the shared path moved into the grid: renamed, or copied where the shared
+    path is another filesystem. Its socket directory goes first: a run killed with its node leaves its
+    sockets there, which a copy cannot take."""
+    shutil.rmtree(socket_dir(staging), ignore_errors=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staging), run_dir)
 
 
 class UnsafeArchive(ConfigError):
@@ -166,7 +176,7 @@ class RayCells:
             if archive is not None:
                 unpack(archive, run_dir)
             elif staging != run_dir:
-                shutil.move(str(staging), run_dir)
+                moved_here(staging, run_dir)
         except (tarfile.TarError, OSError, ConfigError) as exc:
             return self._not_back(run_dir, f"its run directory did not come back: {exc}")
         how = f"{len(archive) / 1e6:.1f} MB back" if archive is not None else \
