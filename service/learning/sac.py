@@ -24,7 +24,6 @@ from torch import nn
 from hotprune.learning.chunks import Batch
 from hotprune.actor_spec import SAC_CRITICS
 from hotprune.learning.device import to_device
-from hotprune.learning.fast_linear import Linear, linear
 from hotprune.config import Network, SACConfig
 from hotprune.envs import EnvSpec
 from hotprune.learning.policy import make_actor, mlp
@@ -92,19 +91,14 @@ class SoftQNetwork(nn.Module):
                  activation: str = "relu"):
         super().__init__()
         self.obs_norm = obs_norm
-        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], activation, layer=Linear)
+        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], activation, fast=True)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, weight_grads: bool = True) -> torch.Tensor:
         """Q values, [n]. `weight_grads` False: gradients reach the inputs (the actor's actions) but not the
         weights (the actor's step, which does not train the critics, makes none)."""
         if self.obs_norm is not None:
             obs = self.obs_norm(obs)
-        x = torch.cat([obs, actions], 1)
-        if weight_grads:
-            return self.net(x).view(-1)
-        for layer in self.net:
-            x = linear(x, layer.weight.detach(), layer.bias.detach()) if isinstance(layer, nn.Linear) else layer(x)
-        return x.view(-1)
+        return self.net(torch.cat([obs, actions], 1), weight_grads).view(-1)
 
 
 class Learner:
@@ -118,7 +112,7 @@ class Learner:
         self.hidden_sizes = actor.hidden_sizes
         self.device = device = device or torch.device("cpu")
         self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "sac", actor.activation,
-                                layer=Linear).to(device)  # its products through oneDNN, as the critics'
+                                fast=True).to(device)  # its products through oneDNN, as the critics'
         obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
         q = (critic.hidden_sizes, obs_norm, critic.activation)
         self.qf1, self.qf2 = (SoftQNetwork(spec, *q).to(device) for _ in range(2))
