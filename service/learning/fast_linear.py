@@ -8,12 +8,13 @@ by 256: 85-95 GFLOP/s against 165-200; docs/sac_speed.md). `linear` is `F.linear
 `torch.ops.mkldnn._linear_pointwise`; transposed operands are read in place, not copied. The function is
 F.linear's to float32 rounding (the products sum in another order); the bias's gradient is the same sum.
 With `relu`, the ReLU after the layer is oneDNN's post-op on the product (exactly relu of it: no extra pass
-over the output, no autograd node of its own); its backward is ReLU's (`threshold_backward`).
+over the output, no autograd node of its own); its backward is ReLU's (`threshold_backward`). On an Intel
+CPU with AVX-512, MKL's own kernels are AVX-512 too: there the two are about as fast (not measured).
 
 `MLP` is an nn.Sequential of nn.Linear and activation modules (the same parameters, names and
 initialisation) whose forward runs every Linear through `linear`, fused with a ReLU right after it.
 
-It takes the oneDNN path only for float32 tensors on the CPU, with PyTorch built with oneDNN, for weights of
+It takes the oneDNN path only for float32 tensors on an x86 CPU, with PyTorch built with oneDNN, for weights of
 at least MIN_WEIGHTS elements (below that oneDNN's per-call cost outweighs its kernel), and never while
 tracing or compiling (an export records plain `F.linear`); everything else is `F.linear`. No double
 backward.
@@ -21,13 +22,16 @@ backward.
 
 from __future__ import annotations
 
+import platform
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 MIN_WEIGHTS = 4096  # a 256 x 23 first layer is faster through oneDNN, a 256 -> 1 head is not
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+          and hasattr(torch.ops.mkldnn, "_linear_pointwise"))  # measured on x86 only
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
