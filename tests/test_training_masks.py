@@ -9,7 +9,7 @@ from hotprune.learning.policy import actor_arrays, actor_from_tensors, expected_
 from hotprune.learning.ppo import Batch, update
 from hotprune.pruning.engine import Pruner, apply_masks, prunable_names
 from hotprune.learning.training_masks import MaskedUpdate, TrainingMasks
-from hotprune.learning.hooks import UpdateHooks, hooked_step
+from hotprune.learning.hooks import UpdateHooks, all_finite_grads, hooked_step
 
 torch.set_num_threads(1)
 
@@ -213,6 +213,20 @@ def test_a_non_finite_gradient_skips_the_step_and_leaves_masked_weights_at_plus_
     for n in names:
         pruned = params[n].detach()[~torch.from_numpy(masks[n])]
         assert (pruned == 0).all() and not torch.signbit(pruned).any(), f"{n}: masked weights must be +0.0"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_the_finiteness_check_finds_one_non_finite_gradient_and_leaves_every_gradient_bit_for_bit(bad):
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in ((4, 3), (3,), (2, 2))]
+    grads = [torch.tensor([[1.0, -0.0, 3e38]] * 4), torch.tensor([-3e38, 1e-45, 0.0]), torch.full((2, 2), -2.5)]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    assert all_finite_grads(params)  # the largest floats and a denormal are finite: nothing overflows
+    for p, g in zip(params, grads):
+        assert torch.equal(p.grad.view(torch.int32), g.view(torch.int32))  # -0.0 and the denormal too
+    params[2].grad[1, 0] = bad
+    assert not all_finite_grads(params)
+    assert all_finite_grads(params[:2]) and all_finite_grads([torch.nn.Parameter(torch.zeros(1))])  # no gradient
 
 
 def test_masks_are_nested_a_later_mask_cannot_revive_a_pruned_weight():

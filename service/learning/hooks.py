@@ -49,7 +49,13 @@ def hooked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Se
 
 
 def all_finite_grads(params: Sequence[torch.Tensor]) -> bool:
-    """Whether every gradient is finite, from each tensor's largest |g| (one pass over it; a NaN or an inf
-    anywhere makes it non-finite, and a maximum, unlike a sum, never overflows)."""
+    """Whether every gradient is finite (a NaN or an inf anywhere makes it not), in one pass over each:
+    the non-finite check of AMP's gradient scaler (`torch.amp.GradScaler`, on every device), here at a
+    scale of exactly 1, which leaves every gradient bit for bit as it was. No sum or norm, so nothing
+    overflows; 20x faster on CPU than `torch._foreach_norm(grads, inf)` (docs/sac_speed.md)."""
     grads = [p.grad for p in params if p.grad is not None]
-    return bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all()) if grads else True
+    if not grads:
+        return True
+    found = torch.zeros(1, device=grads[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=grads[0].device))
+    return not found.item()

@@ -26,6 +26,7 @@ from hotprune.actor_spec import NORM_CLIP, NORM_EPS, OBS_NORM, conv_of, linear_w
 from hotprune.algorithms import LOG_STD_MAX, LOG_STD_MIN, actor_kind
 from hotprune.config import ConvNet
 from hotprune.envs import EnvSpec
+from hotprune.learning.fast_linear import MLP
 
 ACTIVATIONS = {  # hotprune.algorithms.ACTIVATIONS, as hotprune.workers.numpy_policy computes them
     "tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU,
@@ -35,10 +36,12 @@ SQUASH_EPS = 1e-6  # actions at the box's bounds are pulled this far inside to t
 LOG_2 = float(np.log(2))
 
 
-def mlp(sizes: list[int], activation: str = "tanh", out_gain: float | None = None) -> nn.Sequential:
+def mlp(sizes: list[int], activation: str = "tanh", out_gain: float | None = None,
+        fast: bool = False) -> nn.Sequential:
     """Linear layers `0`, `2`, ... with `activation` between each two. With `out_gain`, CleanRL's PPO
     initialisation (orthogonal, gain sqrt(2), the last layer `out_gain`, zero biases); without,
-    PyTorch's default (CleanRL's SAC)."""
+    PyTorch's default (CleanRL's SAC). `fast`: a hotprune.learning.fast_linear.MLP (the same layers,
+    computed through oneDNN)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         last = i == len(sizes) - 2
@@ -49,7 +52,7 @@ def mlp(sizes: list[int], activation: str = "tanh", out_gain: float | None = Non
         layers.append(linear)
         if not last:
             layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+    return (MLP if fast else nn.Sequential)(*layers)
 
 
 def conv_layers(conv: ConvNet) -> nn.Sequential:
@@ -111,11 +114,11 @@ class Actor(nn.Module):
     `action_box` (low, high): the squashed head's action bounds; its scale and offset are buffers that
     are not part of the state dict (not weights: the env, or a policy file's metadata, gives them).
     `activation`: None, the algorithm's own. `conv`: a CNN's conv layers, before the MLP (whose first
-    size is then conv_features(conv))."""
+    size is then conv_features(conv)). `fast`: the MLP computed through oneDNN (mlp)."""
 
     def __init__(self, sizes: list[int], discrete: bool, normalize_obs: bool = False, algorithm: str = "ppo",
                  action_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                 activation: str | None = None, conv: ConvNet | None = None):
+                 activation: str | None = None, conv: ConvNet | None = None, fast: bool = False):
         super().__init__()
         self.kind = actor_kind(algorithm, discrete, activation)
         self.head, self.discrete = self.kind.head, discrete
@@ -124,7 +127,7 @@ class Actor(nn.Module):
         if conv is not None:
             self.conv = conv_layers(conv)
         squashed = self.head == "squashed"
-        self.net = mlp(sizes, self.kind.activation, out_gain=None if squashed else 0.01)
+        self.net = mlp(sizes, self.kind.activation, out_gain=None if squashed else 0.01, fast=fast)
         if self.head == "gaussian":  # state-independent log std of a diagonal Gaussian
             self.log_std = nn.Parameter(torch.zeros(sizes[-1]))
         if squashed:
@@ -212,11 +215,11 @@ class Acting(nn.Module):
 
 
 def make_actor(spec: EnvSpec, hidden_sizes: list[int], normalize_obs: bool = False, algorithm: str = "ppo",
-               activation: str | None = None, conv: ConvNet | None = None) -> Actor:
+               activation: str | None = None, conv: ConvNet | None = None, fast: bool = False) -> Actor:
     outputs = spec.act_dim * actor_kind(algorithm, spec.discrete).outputs_per_action
     inputs = spec.obs_dim if conv is None else conv_features(conv)
     return Actor([inputs, *hidden_sizes, outputs], spec.discrete, normalize_obs, algorithm,
-                 (spec.action_low, spec.action_high), activation, conv)
+                 (spec.action_low, spec.action_high), activation, conv, fast)
 
 
 def make_critic(spec: EnvSpec, hidden_sizes: list[int], obs_norm: ObsNormalizer | None = None,

@@ -85,72 +85,20 @@ class ReplayBuffer:
 class SoftQNetwork(nn.Module):
     """Q(s, a): an MLP (`net.0`, `net.2`, ... like the actor, so the same pruning code masks it) on
     the observation and action side by side; given the actor's `obs_norm`, the observation is
-    normalised as the actor's."""
+    normalised as the actor's. Its layers compute through oneDNN (hotprune.learning.fast_linear)."""
 
     def __init__(self, spec: EnvSpec, hidden_sizes: list[int], obs_norm: nn.Module | None = None,
                  activation: str = "relu"):
         super().__init__()
         self.obs_norm = obs_norm
-        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], activation)
+        self.net = mlp([spec.obs_dim + spec.act_dim, *hidden_sizes, 1], activation, fast=True)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, weight_grads: bool = True) -> torch.Tensor:
+        """Q values, [n]. `weight_grads` False: gradients reach the inputs (the actor's actions) but not the
+        weights (the actor's step, which does not train the critics, makes none)."""
         if self.obs_norm is not None:
             obs = self.obs_norm(obs)
-        return self.net(torch.cat([obs, actions], 1)).view(-1)
-
-
-class TwinQ:
-    """Both critics of a pair (the twins, or their targets) in one batched pass: each layer's weights of the
-    two stacked [2, out, in] and its biases [2, out], one `baddbmm` per layer for both. The critics' own
-    parameters (`qf1.net.0.weight`, ...) stay what checkpoints, masks, lottery tickets and the optimizer
-    hold, as views of the stacked tensors: a write to either is a write to both. The stacked tensors are
-    leaves of their own; after a backward pass a hook hands each critic its slice of their gradient, so
-    whatever reads `qf1.net.0.weight.grad` (mask keeping, gradient statistics, Adam) reads it unchanged."""
-
-    def __init__(self, critics: Sequence[SoftQNetwork], trained: bool):
-        first = critics[0]
-        self.obs_norm = first.obs_norm  # the actor's: one for every net
-        self.activation = first.net[1] if len(first.net) > 1 else None
-        self.stacked: list[torch.Tensor] = []  # weight, bias of each layer, input to output
-        for i, layer in enumerate(first.net):
-            if isinstance(layer, nn.Linear):
-                for name in ("weight", "bias"):
-                    self.stacked.append(self._stack([getattr(c.net[i], name) for c in critics], trained))
-
-    @staticmethod
-    def _stack(own: list[nn.Parameter], trained: bool) -> torch.Tensor:
-        stacked = torch.stack([p.detach() for p in own]).requires_grad_(trained)
-        for k, param in enumerate(own):
-            param.data = stacked.data[k]  # the same Parameter object, its storage now the stacked tensor's
-        if trained:
-            stacked.register_post_accumulate_grad_hook(lambda t: _hand_out_grad(t, own))
-        return stacked
-
-    def __call__(self, obs: torch.Tensor, actions: torch.Tensor, critic_grads: bool = True) -> torch.Tensor:
-        """Both critics' Q(s, a), [2, n]. `critic_grads` False: gradients reach the inputs (the actor's
-        actions) but not the critics' weights, which the actor's step does not train."""
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        x = torch.cat([obs, actions], 1).expand(2, -1, -1)
-        last = len(self.stacked) - 2
-        for i in range(0, len(self.stacked), 2):
-            weight, bias = self.stacked[i], self.stacked[i + 1]
-            if not critic_grads:
-                weight, bias = weight.detach(), bias.detach()
-            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-            if i < last:
-                x = self.activation(x)
-        return x.squeeze(-1)
-
-
-def _hand_out_grad(stacked: torch.Tensor, own: list[nn.Parameter]) -> None:
-    """A stacked tensor's gradient, just accumulated, to its critics' parameters as views (added to
-    what they hold, as autograd accumulates); the stacked tensor itself keeps none."""
-    grad, stacked.grad = stacked.grad, None
-    if grad is None:  # a compiled graph may accumulate nothing into a leaf it was handed
-        return
-    for k, param in enumerate(own):
-        param.grad = grad[k] if param.grad is None else param.grad + grad[k]
+        return self.net(torch.cat([obs, actions], 1), weight_grads).view(-1)
 
 
 class Learner:
@@ -163,16 +111,17 @@ class Learner:
         self.generator = generator
         self.hidden_sizes = actor.hidden_sizes
         self.device = device = device or torch.device("cpu")
-        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "sac", actor.activation).to(device)
+        self.actor = make_actor(spec, actor.hidden_sizes, normalize_obs, "sac", actor.activation,
+                                fast=True).to(device)  # its products through oneDNN, as the critics'
         obs_norm = self.actor.obs_norm  # shared: the trainer sets its statistics once for all nets
         q = (critic.hidden_sizes, obs_norm, critic.activation)
         self.qf1, self.qf2 = (SoftQNetwork(spec, *q).to(device) for _ in range(2))
         self.qf1_target, self.qf2_target = (SoftQNetwork(spec, *q).to(device) for _ in range(2))
         self.qf1_target.load_state_dict(self.qf1.state_dict())
         self.qf2_target.load_state_dict(self.qf2.state_dict())
-        self.twin = TwinQ((self.qf1, self.qf2), trained=True)
-        self.twin_target = TwinQ((self.qf1_target, self.qf2_target), trained=False)
-        self.q_optimizer = adam([*self.qf1.parameters(), *self.qf2.parameters()], s.q_lr)
+        self.critic_params = [*self.qf1.parameters(), *self.qf2.parameters()]
+        self.target_params = [*self.qf1_target.parameters(), *self.qf2_target.parameters()]
+        self.q_optimizer = adam(self.critic_params, s.q_lr)
         self.optimizer = adam(self.actor.parameters(), s.policy_lr)  # the actor's
         # Automatic entropy tuning: alpha = exp(log_alpha) is driven towards entropy -act_dim.
         self.target_entropy = -float(spec.act_dim)
@@ -207,18 +156,18 @@ class Learner:
         """The twin critics' soft Bellman loss on replay rows `data`, and each critic's Q values."""
         with torch.no_grad():
             next_actions, next_log_pi = self.actor.sample(data["next_obs"])
-            q_next = self.twin_target(data["next_obs"], next_actions)
-            q_next = torch.min(q_next[0], q_next[1]) - alpha * next_log_pi
+            q_next = torch.min(self.qf1_target(data["next_obs"], next_actions),
+                               self.qf2_target(data["next_obs"], next_actions)) - alpha * next_log_pi
             next_q_value = data["rewards"] + (1 - data["terminated"]) * self.cfg.gamma * q_next
-        q = self.twin(data["obs"], data["actions"])
-        return F.mse_loss(q[0], next_q_value) + F.mse_loss(q[1], next_q_value), q[0], q[1]
+        q1, q2 = self.qf1(data["obs"], data["actions"]), self.qf2(data["obs"], data["actions"])
+        return F.mse_loss(q1, next_q_value) + F.mse_loss(q2, next_q_value), q1, q2
 
     def actor_loss(self, obs: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
         """The actor's loss; its gradient reaches the critics' inputs but not their weights (the critics'
         own step recomputes theirs from zero, so the actor's step need not make any)."""
         pi, log_pi = self.actor.sample(obs)
-        q = self.twin(obs, pi, critic_grads=False)
-        return (alpha * log_pi - torch.min(q[0], q[1])).mean()
+        return (alpha * log_pi - torch.min(self.qf1(obs, pi, weight_grads=False),
+                                           self.qf2(obs, pi, weight_grads=False))).mean()
 
     def update(self, batch: Batch, epoch: int, hooks: Sequence[UpdateHooks] = (),
                critic_hooks: Sequence[UpdateHooks] = ()) -> dict[str, float | int | None]:
@@ -230,7 +179,7 @@ class Learner:
         self.buffer.add(batch.transitions())
         self.samples_seen += batch.size
         steps = round(s.utd * batch.size) if self.samples_seen >= s.learning_starts else 0
-        critic_params = [*self.qf1.parameters(), *self.qf2.parameters()]
+        critic_params = self.critic_params
         actor_params = list(self.actor.parameters())
         # Summed as tensors and read once at the end: no synchronisation per gradient step.
         sums = torch.zeros(len(CRITIC_STATS), device=self.device)
@@ -285,12 +234,12 @@ class Learner:
 
     @torch.no_grad()
     def update_targets(self) -> None:
-        """Polyak averaging: target <- tau * critic + (1 - tau) * target, every layer of both critics in
+        """Polyak averaging: target <- tau * critic + (1 - tau) * target, every tensor of both critics in
         two foreach operations. A weight the trainer's critic masks hold at zero (and its target,
         zeroed with it) stays exactly zero."""
         tau = self.cfg.tau
-        torch._foreach_mul_(self.twin_target.stacked, 1 - tau)
-        torch._foreach_add_(self.twin_target.stacked, [w.detach() for w in self.twin.stacked], alpha=tau)
+        torch._foreach_mul_(self.target_params, 1 - tau)
+        torch._foreach_add_(self.target_params, self.critic_params, alpha=tau)
 
     # --- checkpoints (hotprune.learning.checkpoints) ------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 Masking gradients alone is not enough: Adam's moment estimates carry momentum from before the mask,
 and would move a masked weight off zero. So applying a mask also clears the optimizer state at the
-masked positions, gradients are masked after backward, and the mask is re-applied after each step.
+masked positions, gradients are masked after backward, and the mask is re-applied after each step (to the
+tensors the optimizer steps: one it does not, such as a SAC target critic, is zeroed when the mask is
+applied and moves only by Polyak averaging, of zeros there).
 Masking uses `masked_fill_`, not `mul_`: a masked weight is +0.0 even if a NaN or -x reached it
 (NaN * 0 is NaN, -x * 0 is -0.0).
 
@@ -28,6 +30,8 @@ class TrainingMasks(UpdateHooks):
         self.optimizer = optimizer
         self.regrow = regrow
         self.pruned: dict[str, torch.Tensor] = {}  # name -> True where pruned
+        self.optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.stepped: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # the optimizer's params among them
 
     @torch.no_grad()
     def apply(self, keep: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -51,19 +55,19 @@ class TrainingMasks(UpdateHooks):
             for value in self.optimizer.state.get(param, {}).values():
                 if torch.is_tensor(value) and value.shape == param.shape:
                     value.masked_fill_(clear, 0.0)
+        self.stepped = [(self.params[n], pruned) for n, pruned in self.pruned.items()
+                        if id(self.params[n]) in self.optimized]
         return counts
 
-    @torch.no_grad()
     def after_backward(self) -> None:
-        for name, pruned in self.pruned.items():
-            grad = self.params[name].grad
-            if grad is not None:
-                grad.masked_fill_(pruned, 0.0)
+        for param, pruned in self.stepped:
+            if param.grad is not None:
+                param.grad.masked_fill_(pruned, 0.0)
 
     @torch.no_grad()
     def after_step(self) -> None:
-        for name, pruned in self.pruned.items():
-            self.params[name].masked_fill_(pruned, 0.0)
+        for param, pruned in self.stepped:
+            param.masked_fill_(pruned, 0.0)
 
     def count(self) -> int:
         """Positions pruned now."""
