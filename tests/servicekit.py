@@ -156,11 +156,22 @@ def assert_clean(run_dir: Path) -> None:
     wait_for(lambda: not processes_mentioning(str(run_dir)), timeout=10, what="the run's processes to exit")
 
 
+def _ephemeral_start() -> int:
+    """The first port the kernel hands out to an outgoing connection or a bind to port 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_base_port(count: int = len(SOCKETS)) -> int:
-    """A base port with `count` consecutive free loopback ports (for tcp runs beside other tests)."""
+    """A base port with `count` consecutive free loopback ports (for tcp runs beside other tests): above
+    Ray's worker ports (10002-19999) and below the kernel's ephemeral range, which every outgoing connection
+    and every port-0 bind of a test beside (a Ray cluster's, ZeroMQ's) takes from: a port free when chosen
+    here stays free until the run binds it."""
     rng = random.Random()
     for _ in range(100):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(20000, _ephemeral_start() - count)
         try:
             with contextlib.ExitStack() as stack:
                 for port in range(base, base + count):

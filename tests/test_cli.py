@@ -194,6 +194,7 @@ def test_a_ctrl_c_while_modules_load_comes_right_after_they_have_loaded():
     """An interrupt raised inside an import can leave a module half made (asyncio without `base_events`, a
     NameError instead of a clean stop): roles.entry.interrupts_held holds it until the imports are done."""
     code = ("import os, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as from a terminal: a shell's `&` ignores it
             "from hotprune.roles.entry import guarded, interrupts_held\n"
             "def body():\n"
             "    with interrupts_held():\n"
