@@ -156,6 +156,7 @@ def test_a_node_busy_past_supervisor_start_timeout_is_refused_at_once_and_leaves
 
     monkeypatch.setattr(ray_nodes, "CALL_TIMEOUT_S", 600.0)
     run_id = f"busy{os.getpid()}"
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # the supervisor sets its own
     cluster.connect()  # the run joins this process's connection: `hotprune run --ray` through the Python API
     try:
         busy = ray.remote(Busy).options(num_cpus=1, resources={"node1": 1}).remote()
@@ -168,6 +169,8 @@ def test_a_node_busy_past_supervisor_start_timeout_is_refused_at_once_and_leaves
         ray.kill(busy)
     finally:
         cluster.disconnect()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert code == 2 and err.count("\n") == 1, err
     assert f"Ray node {cluster.node_ids()[1]}: its host did not start within 2 s" in err
     assert took < 120, f"the refusal took {took:.0f} s"
