@@ -161,6 +161,7 @@ def test_a_node_busy_past_supervisor_start_timeout_is_refused_at_once_and_leaves
     try:
         busy = ray.remote(Busy).options(num_cpus=1, resources={"node1": 1}).remote()
         ray.get(busy.ping.remote(), timeout=60)
+        capsys.readouterr()  # what connecting printed (Ray's logger may hold an earlier test's closed stderr)
         began = time.monotonic()
         code, out, err = run_cli(capsys, "run", "--quiet", "--ray", cluster.address,
                                  *settings(tmp_path, run_id, "num_workers=4", "supervisor.start_timeout_s=2",
