@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from hotprune.commands.diagnose import diagnose
 from hotprune.comms import curve
 from hotprune.config import ConfigError
 from hotprune.protocol.store_layout import segment_name
+from hotprune.roles import ray_nodes
 from hotprune.roles.ray_nodes import NodeHost, run_files, short_id, spread
 from hotprune.runs import private
 from hotprune.runs.runlog import load
@@ -140,6 +142,47 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_hung_or_kil
     wait_for(lambda: not processes_mentioning(run_id), timeout=10, what="the run's processes to exit")
     assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_node_busy_past_supervisor_start_timeout_is_refused_at_once_and_leaves_nothing(
+        cluster, tmp_path, capsys, monkeypatch):
+    """The second node's host needs both its CPUs (its relay and 2 workers), one of which an actor holds:
+    that host never starts. The refusal comes after supervisor.start_timeout_s, not after a further wait on
+    that host when the run is undone (the wait for an answer from a running host is made 10 minutes long
+    here: the refusal must not depend on it)."""
+    import ray
+
+    monkeypatch.setattr(ray_nodes, "CALL_TIMEOUT_S", 600.0)
+    run_id = f"busy{os.getpid()}"
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # the supervisor sets its own
+    cluster.connect()  # the run joins this process's connection: `hotprune run --ray` through the Python API
+    try:
+        busy = ray.remote(Busy).options(num_cpus=1, resources={"node1": 1}).remote()
+        ray.get(busy.ping.remote(), timeout=60)
+        capsys.readouterr()  # what connecting printed (Ray's logger may hold an earlier test's closed stderr)
+        began = time.monotonic()
+        code, out, err = run_cli(capsys, "run", "--quiet", "--ray", cluster.address,
+                                 *settings(tmp_path, run_id, "num_workers=4", "supervisor.start_timeout_s=2",
+                                           f"transport.base_port={free_base_port()}"))
+        took = time.monotonic() - began
+        ray.kill(busy)
+    finally:
+        cluster.disconnect()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"Ray node {cluster.node_ids()[1]}: its host did not start within 2 s" in err
+    assert took < 120, f"the refusal took {took:.0f} s"
+    assert not (tmp_path / "runs" / run_id).exists()
+    assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))
+
+
+class Busy:
+    def ping(self) -> int:
+        return 1
 
 
 @pytest.mark.slow

@@ -353,12 +353,17 @@ class RayNodes:
         return math.ceil((len(indices) + 1) / raycluster.PROCESSES_PER_CPU)  # the relay and the workers
 
     def _ready(self, node: Node, ref) -> tuple[dict[str, list[str]], str]:
+        """The host's table once it has started; else ConfigError, its node lost and its actor killed: a host
+        still waiting for its node's CPUs would otherwise start later, and a call to it (stop's) wait on it."""
         try:
             argvs, store = self.ray.get(ref, timeout=self.timeout_s)
-        except self.ray.exceptions.GetTimeoutError:
-            raise ConfigError(f"Ray node {node.node_id}: its host did not start within {self.timeout_s:g} s "
-                              f"(supervisor.start_timeout_s; it needs {self._cpus(node.indices)} free CPUs)") from None
         except self.ray.exceptions.RayError as exc:
+            node.lost = True
+            self.ray.kill(node.actor)
+            if isinstance(exc, self.ray.exceptions.GetTimeoutError):
+                raise ConfigError(f"Ray node {node.node_id}: its host did not start within {self.timeout_s:g} s "
+                                  f"(supervisor.start_timeout_s; it needs {self._cpus(node.indices)} free CPUs)"
+                                  ) from None
             raise ConfigError(f"Ray node {node.node_id}: its host failed to start: "
                               f"{str(exc).strip().splitlines()[-1]}") from None
         node.argvs = argvs
@@ -378,9 +383,7 @@ class RayNodes:
             successor, ref = self._host(candidate, node.indices)
             try:
                 self._ready(successor, ref)
-            except ConfigError:  # that node is going too
-                successor.lost = True
-                self.ray.kill(successor.actor)
+            except ConfigError:  # that node is going too (_ready counts it lost)
                 continue
             node.successor = successor
             return successor
