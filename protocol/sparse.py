@@ -88,8 +88,10 @@ class SparseCode:
 
     @classmethod
     def of(cls, tensor: SparseTensor) -> "SparseCode":
+        # Its own copy of the bitmap (size / 8 bytes): a worker's tensor views a read buffer that a
+        # later read overwrites (workers.dense), and a code comparing against that would match any mask.
         size = tensor.size
-        return cls(tensor.bitmap, np.flatnonzero(np.unpackbits(tensor.bitmap, count=size)), tensor.shape)
+        return cls(tensor.bitmap.copy(), np.flatnonzero(np.unpackbits(tensor.bitmap, count=size)), tensor.shape)
 
     def describes(self, tensor: SparseTensor) -> bool:
         """Is this the mask of `tensor` (same shape, same bitmap: a comparison of size / 8 bytes)?"""

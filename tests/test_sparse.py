@@ -181,6 +181,25 @@ def test_a_rebuild_that_is_not_kept_leaves_the_running_buffers_alone():
     np.testing.assert_array_equal(again, (w + 2) * keep)
 
 
+def test_a_rebuild_follows_a_new_mask_read_into_a_buffer_an_older_mask_was_read_into():
+    """As a worker reads: each version into its spare read buffer, so the third overwrites the first's
+    bitmap. Mask B keeps as many entries as mask A (a new compression at the same sparsity), so its
+    bitmap lands where A's was: the rebuild must see it as new, not compare it with itself."""
+    w, keep_a = masked((30, 40), 0.5)
+    keep_b = np.roll(keep_a, 1)
+    store = WeightStore.create(f"hotprune-test-sparse-{RNG.integers(1 << 32):08x}", 64 * 1024)
+    dense_buffers = DenseBuffers()
+    try:
+        for version, keep in enumerate([keep_a, keep_a, keep_b], start=1):
+            store.publish({"w": SparseCode.of_mask(keep).sparse(w * keep)}, version)
+            stored = store.read(into=dense_buffers.payload(store.slot_size()))[1]
+            np.testing.assert_array_equal(dense_buffers.rebuild(stored)["w"], w * keep, err_msg=f"version {version}")
+            dense_buffers.keep()
+    finally:
+        store.close()
+        store.unlink()
+
+
 def test_a_worker_swaps_to_a_sparse_version_and_runs_exactly_the_masked_dense_weights(tmp_path):
     """A real worker (in this process) on a real store: after each swap its actor's tensors equal the
     compressor's masked dense ones, under one mask, a grown one, and after a version that is no policy."""
@@ -196,12 +215,13 @@ def test_a_worker_swaps_to_a_sparse_version_and_runs_exactly_the_masked_dense_we
     try:
         store.publish(weights, 0)
         worker = InferenceWorker(cfg, 0, StopFlag())
-        masks = None
+        masks = out = None
         for version, target in enumerate([0.9, 0.9, 0.95, None, 0.95], start=1):
             if target is None:  # consistent, but not a policy: the worker keeps what it runs
                 store.publish({"net.0.weight": weights["net.0.weight"]}, version)
                 worker.maybe_swap()
                 assert worker.version == version - 1
+                assert_same_tensors(dict(worker.actor.tensors), out)  # read into the spare buffers only
                 continue
             weights = {n: w + np.float32(0.01) for n, w in weights.items()}
             masks = pruner.compute(weights, target, previous=masks)

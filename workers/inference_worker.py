@@ -135,7 +135,7 @@ class InferenceWorker:
         if self.store.version() <= max(self.version, self.rejected_version):
             return
         try:
-            got = self.store.read(timeout_s=READ_TIMEOUT_S)
+            got = self.store.read(READ_TIMEOUT_S, into=self.dense.payload(self.store.slot_size()))
         except StoreError as exc:  # keep running the weights we have; the next safe point tries again
             failed = self.store.version()
             if failed != self.failed_version:  # once per version, not at every step
@@ -147,7 +147,7 @@ class InferenceWorker:
         header, stored = got
         structure_changed = header.structure_id != self.structure_id
         tensors = self.dense.rebuild(stored)
-        try:  # the actor runs on this read's own (fresh) copy, or the buffers its sparse tensors were rebuilt in
+        try:  # the actor runs on the spare set of buffers (workers.dense): the read and the rebuild
             self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm, self.activation, self.conv)
         except ValueError as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
