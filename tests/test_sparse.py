@@ -11,7 +11,8 @@ from hotprune.comms.weight_store import WeightStore
 from hotprune.config import load_config
 from hotprune.envs import env_spec
 from hotprune.protocol.codec import Encoder, MessageRejected, check_tensors, decode
-from hotprune.protocol.sparse import SparseCode, SparseTensor, densified, sparse_tensor, worth_sparse
+from hotprune.protocol.sparse import NONZERO_CHUNK, SparseCode, SparseTensor, densified, nonzero, sparse_tensor, \
+    worth_sparse
 from hotprune.protocol.store_layout import LayoutError, payload_size, read_payload, segment_name, write_payload
 from hotprune.pruning.engine import Pruner, apply_masks
 from hotprune.roles.process import StopFlag
@@ -84,6 +85,24 @@ def test_a_version_written_by_the_rule_never_outgrows_its_dense_payload(shape):
         if worth_sparse(n, kept, 4):
             tensors["w"] = SparseCode.of_mask(keep).sparse(w)
         assert payload_size(tensors) <= payload_size({**tensors, "w": w}), (shape, kept)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", "<f2", "<i8", "|b1"])
+def test_nonzero_counts_as_count_nonzero_does_with_negative_zeros_nans_and_subnormals(dtype):
+    """Floats are counted by their bits: -0.0 (the product of a negative weight and a mask's 0) must
+    still count as zero, NaN as not, at chunk boundaries too."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal(NONZERO_CHUNK * 2 + 4) * (rng.random(NONZERO_CHUNK * 2 + 4) < 0.5)
+    values = np.where(rng.random(values.size) < 0.25, -values, values)  # -0.0 where a 0 was negated
+    if np.dtype(dtype).kind == "f":
+        values[[0, NONZERO_CHUNK - 1, NONZERO_CHUNK, -1]] = [-0.0, np.nan, np.finfo(dtype).smallest_subnormal, -np.inf]
+    array = values.astype(dtype)
+    assert np.signbit(array[array == 0]).any() or np.dtype(dtype).kind != "f"
+    for shape in [array.shape, (3, -1), ()]:
+        part = array[:1].reshape(()) if shape == () else array.reshape(shape)
+        assert nonzero(part) == np.count_nonzero(part)
+    assert nonzero(array[:0]) == 0
+    assert nonzero(SparseCode.of_mask(array != 0).sparse(array)) == np.count_nonzero(array)
 
 
 def test_kept_values_that_are_exactly_zero_stay_kept():

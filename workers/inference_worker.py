@@ -31,7 +31,7 @@ import zmq
 from threadpoolctl import threadpool_limits
 
 from hotprune.protocol.codec import Encoder, MessageRejected, decode
-from hotprune.protocol.sparse import SparseTensor
+from hotprune.protocol.sparse import nonzero
 from hotprune import eventlog
 from hotprune.actor_spec import actor_spec
 from hotprune.config import Config, ConfigError
@@ -157,10 +157,9 @@ class InferenceWorker:
         self.dense.keep()
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
-        # one pass for both figures, over a sparse tensor's kept values only
-        nonzero = {n: int(np.count_nonzero(t.values if isinstance(t, SparseTensor) else t)) for n, t in stored.items()}
-        self.sparsity = sparsity_of_counts(nonzero, self.dense_spec, self.sparsity_names)
-        self.nonzero_params = sum(nonzero.values())
+        counts = {n: nonzero(t) for n, t in stored.items()}  # one pass for both figures, over kept values only
+        self.sparsity = sparsity_of_counts(counts, self.dense_spec, self.sparsity_names)
+        self.nonzero_params = sum(counts.values())
         self.latencies.append(latency_ms)
         self.log.info("worker_swapped", version=header.version, previous_version=previous, latency_ms=latency_ms,
                       sparsity=self.sparsity, nonzero_params=self.nonzero_params,
