@@ -11,8 +11,8 @@ from hotprune.comms.weight_store import WeightStore
 from hotprune.config import load_config
 from hotprune.envs import env_spec
 from hotprune.protocol.codec import Encoder, MessageRejected, check_tensors, decode
-from hotprune.protocol.sparse import NONZERO_CHUNK, SparseCode, SparseTensor, densified, nonzero, sparse_tensor, \
-    worth_sparse
+from hotprune.protocol.sparse import NONZERO_CHUNK, POPCOUNT, SparseCode, SparseTensor, bits_set, densified, nonzero, \
+    sparse_tensor, worth_sparse
 from hotprune.protocol.store_layout import LayoutError, payload_size, read_payload, segment_name, write_payload
 from hotprune.pruning.engine import Pruner, apply_masks
 from hotprune.roles.process import StopFlag
@@ -103,6 +103,14 @@ def test_nonzero_counts_as_count_nonzero_does_with_negative_zeros_nans_and_subno
         assert nonzero(part) == np.count_nonzero(part)
     assert nonzero(array[:0]) == 0
     assert nonzero(SparseCode.of_mask(array != 0).sparse(array)) == np.count_nonzero(array)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64, 1001])
+def test_bits_set_counts_every_bit_of_a_bitmap_of_any_length(size):
+    rng = np.random.default_rng(size)
+    bitmap = rng.integers(0, 256, size, dtype=np.uint8)
+    assert bits_set(bitmap) == int(np.unpackbits(bitmap).sum()) == int(POPCOUNT[bitmap].sum())
+    assert bits_set(np.full(size, 255, np.uint8)) == 8 * size
 
 
 def test_kept_values_that_are_exactly_zero_stay_kept():
