@@ -30,7 +30,8 @@ SPARSE_AT_MOST = 0.5
 # ... and never below this many dense bytes: a sparse entry's longer table entry and its second array's
 # alignment take up to 32 bytes more, and a version must never outgrow the slot sized for it dense.
 SPARSE_MIN_BYTES = 256
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # np.bitwise_count needs numpy 2
+NONZERO_CHUNK = 1 << 16  # entries `nonzero` shifts at a time: a scratch in cache, few Python-level calls
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # numpy 1 has no np.bitwise_count
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,8 +89,10 @@ class SparseCode:
 
     @classmethod
     def of(cls, tensor: SparseTensor) -> "SparseCode":
+        # Its own copy of the bitmap (size / 8 bytes): a worker's tensor views a read buffer that a
+        # later read overwrites (workers.dense), and a code comparing against that would match any mask.
         size = tensor.size
-        return cls(tensor.bitmap, np.flatnonzero(np.unpackbits(tensor.bitmap, count=size)), tensor.shape)
+        return cls(tensor.bitmap.copy(), np.flatnonzero(np.unpackbits(tensor.bitmap, count=size)), tensor.shape)
 
     def describes(self, tensor: SparseTensor) -> bool:
         """Is this the mask of `tensor` (same shape, same bitmap: a comparison of size / 8 bytes)?"""
@@ -133,6 +136,17 @@ class Codes:
             del self.codes[name]
 
 
+def bits_set(bitmap: np.ndarray) -> int:
+    """The bits set in a uint8 bitmap: np.bitwise_count over 8-byte words where numpy has it (numpy 2:
+    0.1 ms for a 10M-entry mask, a worker's check at every swap, against 2.5 ms through the byte
+    table, which numpy 1.26 still takes)."""
+    if not hasattr(np, "bitwise_count"):
+        return int(POPCOUNT[bitmap].sum(dtype=np.int64))
+    whole = bitmap.size // 8 * 8
+    return int(np.bitwise_count(bitmap[:whole].view(np.uint64)).sum(dtype=np.int64)) + \
+        int(POPCOUNT[bitmap[whole:]].sum(dtype=np.int64))
+
+
 def sparse_tensor(name: str, dtype: np.dtype, shape: list[int], values: np.ndarray, bitmap: np.ndarray) -> SparseTensor:
     """A received sparse tensor, checked: ValueError (with a reason naming it) unless `values` are 1-D
     finite `dtype` entries, as many as the bitmap has bits set, and the bitmap has exactly ceil(size/8)
@@ -142,7 +156,7 @@ def sparse_tensor(name: str, dtype: np.dtype, shape: list[int], values: np.ndarr
         raise ValueError(f"sparse {name}: bitmap of {bitmap.size} bytes for {size} entries")
     if size % 8 and bitmap[-1] & (0xFF >> (size % 8)):
         raise ValueError(f"sparse {name}: bitmap bits set past its {size} entries")
-    kept = int(POPCOUNT[bitmap].sum(dtype=np.int64))  # a byte per bitmap byte, not eight
+    kept = bits_set(bitmap)
     if values.ndim != 1 or values.size != kept:
         raise ValueError(f"sparse {name}: {values.size} values for a bitmap of {kept} kept entries")
     if values.dtype != dtype:
@@ -153,8 +167,21 @@ def sparse_tensor(name: str, dtype: np.dtype, shape: list[int], values: np.ndarr
 
 
 def nonzero(tensor: np.ndarray | SparseTensor) -> int:
-    """The non-zero entries of a tensor, dense or sparse (only its kept values can be)."""
-    return int(np.count_nonzero(tensor.values if isinstance(tensor, SparseTensor) else tensor))
+    """The non-zero entries of a tensor, dense or sparse (only its kept values can be), as
+    np.count_nonzero counts them (-0.0 is zero, NaN is not). Floats are counted as their bits shifted
+    left by one (dropping the sign, so both zeros are 0), a chunk at a time: numpy counts unsigned
+    integers with SIMD, floats an element at a time (3.8 against 4.6-6.7 ms at 10M float32, the cost a
+    worker pays at every swap for its sparsity figures)."""
+    array = tensor.values if isinstance(tensor, SparseTensor) else tensor
+    if array.dtype.kind != "f":
+        return int(np.count_nonzero(array))
+    bits = np.ascontiguousarray(array).reshape(-1)
+    bits = bits.view(np.dtype(f"u{bits.itemsize}").newbyteorder(bits.dtype.byteorder))
+    shifted, count = np.empty(min(bits.size, NONZERO_CHUNK), bits.dtype), 0
+    for start in range(0, bits.size, NONZERO_CHUNK):
+        chunk = bits[start : start + NONZERO_CHUNK]
+        count += int(np.count_nonzero(np.left_shift(chunk, 1, out=shifted[: chunk.size])))
+    return count
 
 
 def densified(tensors: Version) -> dict[str, np.ndarray]:

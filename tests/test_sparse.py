@@ -11,7 +11,8 @@ from hotprune.comms.weight_store import WeightStore
 from hotprune.config import load_config
 from hotprune.envs import env_spec
 from hotprune.protocol.codec import Encoder, MessageRejected, check_tensors, decode
-from hotprune.protocol.sparse import SparseCode, SparseTensor, densified, sparse_tensor, worth_sparse
+from hotprune.protocol.sparse import NONZERO_CHUNK, POPCOUNT, SparseCode, SparseTensor, bits_set, densified, nonzero, \
+    sparse_tensor, worth_sparse
 from hotprune.protocol.store_layout import LayoutError, payload_size, read_payload, segment_name, write_payload
 from hotprune.pruning.engine import Pruner, apply_masks
 from hotprune.roles.process import StopFlag
@@ -84,6 +85,32 @@ def test_a_version_written_by_the_rule_never_outgrows_its_dense_payload(shape):
         if worth_sparse(n, kept, 4):
             tensors["w"] = SparseCode.of_mask(keep).sparse(w)
         assert payload_size(tensors) <= payload_size({**tensors, "w": w}), (shape, kept)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", "<f2", "<i8", "|b1"])
+def test_nonzero_counts_as_count_nonzero_does_with_negative_zeros_nans_and_subnormals(dtype):
+    """Floats are counted by their bits: -0.0 (the product of a negative weight and a mask's 0) must
+    still count as zero, NaN as not, at chunk boundaries too."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal(NONZERO_CHUNK * 2 + 4) * (rng.random(NONZERO_CHUNK * 2 + 4) < 0.5)
+    values = np.where(rng.random(values.size) < 0.25, -values, values)  # -0.0 where a 0 was negated
+    if np.dtype(dtype).kind == "f":
+        values[[0, NONZERO_CHUNK - 1, NONZERO_CHUNK, -1]] = [-0.0, np.nan, np.finfo(dtype).smallest_subnormal, -np.inf]
+    array = values.astype(dtype)
+    assert np.signbit(array[array == 0]).any() or np.dtype(dtype).kind != "f"
+    for shape in [array.shape, (3, -1), ()]:
+        part = array[:1].reshape(()) if shape == () else array.reshape(shape)
+        assert nonzero(part) == np.count_nonzero(part)
+    assert nonzero(array[:0]) == 0
+    assert nonzero(SparseCode.of_mask(array != 0).sparse(array)) == np.count_nonzero(array)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64, 1001])
+def test_bits_set_counts_every_bit_of_a_bitmap_of_any_length(size):
+    rng = np.random.default_rng(size)
+    bitmap = rng.integers(0, 256, size, dtype=np.uint8)
+    assert bits_set(bitmap) == int(np.unpackbits(bitmap).sum()) == int(POPCOUNT[bitmap].sum())
+    assert bits_set(np.full(size, 255, np.uint8)) == 8 * size
 
 
 def test_kept_values_that_are_exactly_zero_stay_kept():
@@ -181,6 +208,25 @@ def test_a_rebuild_that_is_not_kept_leaves_the_running_buffers_alone():
     np.testing.assert_array_equal(again, (w + 2) * keep)
 
 
+def test_a_rebuild_follows_a_new_mask_read_into_a_buffer_an_older_mask_was_read_into():
+    """As a worker reads: each version into its spare read buffer, so the third overwrites the first's
+    bitmap. Mask B keeps as many entries as mask A (a new compression at the same sparsity), so its
+    bitmap lands where A's was: the rebuild must see it as new, not compare it with itself."""
+    w, keep_a = masked((30, 40), 0.5)
+    keep_b = np.roll(keep_a, 1)
+    store = WeightStore.create(f"hotprune-test-sparse-{RNG.integers(1 << 32):08x}", 64 * 1024)
+    dense_buffers = DenseBuffers()
+    try:
+        for version, keep in enumerate([keep_a, keep_a, keep_b], start=1):
+            store.publish({"w": SparseCode.of_mask(keep).sparse(w * keep)}, version)
+            stored = store.read(into=dense_buffers.payload(store.slot_size()))[1]
+            np.testing.assert_array_equal(dense_buffers.rebuild(stored)["w"], w * keep, err_msg=f"version {version}")
+            dense_buffers.keep()
+    finally:
+        store.close()
+        store.unlink()
+
+
 def test_a_worker_swaps_to_a_sparse_version_and_runs_exactly_the_masked_dense_weights(tmp_path):
     """A real worker (in this process) on a real store: after each swap its actor's tensors equal the
     compressor's masked dense ones, under one mask, a grown one, and after a version that is no policy."""
@@ -196,12 +242,13 @@ def test_a_worker_swaps_to_a_sparse_version_and_runs_exactly_the_masked_dense_we
     try:
         store.publish(weights, 0)
         worker = InferenceWorker(cfg, 0, StopFlag())
-        masks = None
+        masks = out = None
         for version, target in enumerate([0.9, 0.9, 0.95, None, 0.95], start=1):
             if target is None:  # consistent, but not a policy: the worker keeps what it runs
                 store.publish({"net.0.weight": weights["net.0.weight"]}, version)
                 worker.maybe_swap()
                 assert worker.version == version - 1
+                assert_same_tensors(dict(worker.actor.tensors), out)  # read into the spare buffers only
                 continue
             weights = {n: w + np.float32(0.01) for n, w in weights.items()}
             masks = pruner.compute(weights, target, previous=masks)

@@ -126,6 +126,58 @@ def test_read_returns_writable_copies(owner, attach):
     assert_same_tensors(from_owner, tensors)
 
 
+def test_a_read_into_a_buffer_returns_tensors_that_view_it(owner, attach):
+    reader = attach(owner.name)
+    tensors = _mixed(0)
+    owner.publish(tensors, 1)
+    buffer = np.zeros(reader.slot_size(), np.uint8)
+    header, got = reader.read(into=buffer)
+    assert header.version == 1
+    assert_same_tensors(got, tensors)
+    assert all(np.shares_memory(array, buffer) for array in got.values() if array.size)
+
+
+@pytest.mark.parametrize("buffer", [np.zeros(SLOT_SIZE - 1, np.uint8), np.zeros(SLOT_SIZE // 4, np.float32),
+                                    np.zeros((2, SLOT_SIZE), np.uint8)])
+def test_a_read_into_a_buffer_that_cannot_take_a_slot_is_refused_untouched(owner, buffer):
+    owner.publish(_mixed(0), 1)
+    with pytest.raises(ValueError, match=f"uint8 buffer of at least {owner.slot_size()} bytes"):
+        owner.read(into=buffer)
+    assert not buffer.any()
+
+
+def test_a_running_version_never_changes_under_reads_that_were_not_kept(owner, attach):
+    """As a worker reads: into its spare set of buffers (workers.dense), keeping a version once it runs
+    it. The version it runs (dense tensors viewing one read buffer, a sparse one rebuilt in a buffer of
+    the same set) stays as it was through later reads it did not keep (not a policy, say), and the
+    next kept read leaves it alone too; only the read after that may reuse its buffers."""
+    reader, buffers = attach(owner.name), DenseBuffers()
+    w, keep = np.arange(600, dtype=np.float32).reshape(20, 30), np.arange(600).reshape(20, 30) % 3 == 0
+    code = SparseCode.of_mask(keep)
+
+    def version(v: int) -> dict:
+        return {"dense": w + v, "sparse": code.sparse((w + v) * keep), "bias": np.full(5, v, np.float32)}
+
+    def read() -> dict[str, np.ndarray]:
+        return buffers.rebuild(reader.read(into=buffers.payload(reader.slot_size()))[1])
+
+    owner.publish(version(1), 1)
+    running = read()
+    buffers.keep()
+    for v in (2, 3):  # read, not kept: they write the spare set, and the same one twice
+        owner.publish(version(v), v)
+        assert_same_tensors(read(), densified(version(v)))
+        assert_same_tensors(running, densified(version(1)))
+    owner.publish(version(4), 4)
+    newer = read()
+    buffers.keep()
+    assert_same_tensors(running, densified(version(1)))
+    owner.publish(version(5), 5)
+    read()
+    assert_same_tensors(newer, densified(version(4)))  # the set v1 ran on took v5
+    assert not np.array_equal(running["dense"], w + 1)
+
+
 def test_publish_alternates_slots_and_reports_payload_size(owner):
     tensors = _mixed(0)
     slots = []
@@ -418,7 +470,7 @@ def _torn_reader(role: str, name: str, barrier, results, duration: float) -> Non
         dense = DenseBuffers()  # as a worker rebuilds the sparse tensor: its cached masks must follow
         while time.monotonic() < deadline:
             try:
-                got = store.read(timeout_s=1.0)
+                got = store.read(timeout_s=1.0, into=dense.payload(store.slot_size()))  # as a worker
             except Exception as exc:
                 if isinstance(exc, StoreError) and "no consistent read" in str(exc):
                     starved += 1  # no consistent copy within the timeout: slow, but not wrong

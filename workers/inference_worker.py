@@ -31,7 +31,7 @@ import zmq
 from threadpoolctl import threadpool_limits
 
 from hotprune.protocol.codec import Encoder, MessageRejected, decode
-from hotprune.protocol.sparse import SparseTensor
+from hotprune.protocol.sparse import nonzero
 from hotprune import eventlog
 from hotprune.actor_spec import actor_spec
 from hotprune.config import Config, ConfigError
@@ -135,7 +135,7 @@ class InferenceWorker:
         if self.store.version() <= max(self.version, self.rejected_version):
             return
         try:
-            got = self.store.read(timeout_s=READ_TIMEOUT_S)
+            got = self.store.read(READ_TIMEOUT_S, into=self.dense.payload(self.store.slot_size()))
         except StoreError as exc:  # keep running the weights we have; the next safe point tries again
             failed = self.store.version()
             if failed != self.failed_version:  # once per version, not at every step
@@ -147,7 +147,7 @@ class InferenceWorker:
         header, stored = got
         structure_changed = header.structure_id != self.structure_id
         tensors = self.dense.rebuild(stored)
-        try:  # the actor runs on this read's own (fresh) copy, or the buffers its sparse tensors were rebuilt in
+        try:  # the actor runs on the spare set of buffers (workers.dense): the read and the rebuild
             self.actor = NumpyActor(tensors, self.spec, self.rng, self.cfg.algorithm, self.activation, self.conv)
         except ValueError as exc:  # not an actor: keep the last good one
             self.log.warning("store_read_failed", reason=f"version {header.version} is not a policy: {exc}",
@@ -157,10 +157,9 @@ class InferenceWorker:
         self.dense.keep()
         latency_ms = (time.time_ns() - header.publish_ts_ns) / 1e6
         previous, self.version, self.structure_id = self.version, header.version, header.structure_id
-        # one pass for both figures, over a sparse tensor's kept values only
-        nonzero = {n: int(np.count_nonzero(t.values if isinstance(t, SparseTensor) else t)) for n, t in stored.items()}
-        self.sparsity = sparsity_of_counts(nonzero, self.dense_spec, self.sparsity_names)
-        self.nonzero_params = sum(nonzero.values())
+        counts = {n: nonzero(t) for n, t in stored.items()}  # one pass for both figures, over kept values only
+        self.sparsity = sparsity_of_counts(counts, self.dense_spec, self.sparsity_names)
+        self.nonzero_params = sum(counts.values())
         self.latencies.append(latency_ms)
         self.log.info("worker_swapped", version=header.version, previous_version=previous, latency_ms=latency_ms,
                       sparsity=self.sparsity, nonzero_params=self.nonzero_params,

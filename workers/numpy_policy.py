@@ -66,9 +66,9 @@ class ConvPlan(NamedTuple):
 
 class NumpyActor:
     """A policy over the arrays it is given, which it keeps without copying (a worker's store read is
-    already its own copy). Any layer sizes: a neuron-pruned policy comes as smaller matrices, a
-    channel-pruned CNN as fewer channels. `conv`: a CNN's strides, input shape and scale (its channels
-    and kernels are read from `tensors`)."""
+    its own buffer, not written while it runs on it: hotprune.workers.dense). Any layer sizes: a
+    neuron-pruned policy comes as smaller matrices, a channel-pruned CNN as fewer channels. `conv`: a
+    CNN's strides, input shape and scale (its channels and kernels are read from `tensors`)."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], spec: EnvSpec, rng: np.random.Generator,
                  algorithm: str = "ppo", activation: str | None = None, conv: ConvNet | None = None):

@@ -25,6 +25,7 @@ from typing import Callable
 
 import _posixshmem
 import msgpack
+import numpy as np
 
 from hotprune.protocol import store_layout as layout
 from hotprune.protocol.sparse import Version
@@ -158,23 +159,34 @@ class WeightStore:
         """The newest published version (-1 before the first); a cheap check, not a consistent read."""
         return self.header().version
 
-    def read(self, timeout_s: float = 1.0) -> tuple[layout.StoreHeader, Version] | None:
+    def slot_size(self) -> int:
+        """The bytes a slot holds: no version's payload is larger (what a reader's `into` must take)."""
+        return self.header().slot_size
+
+    def read(self, timeout_s: float = 1.0, into: np.ndarray | None = None) -> tuple[layout.StoreHeader, Version] | None:
         """A consistent copy of the active slot, or None if nothing was published yet.
 
-        Tries at least once; retries while the writer moves underneath, up to `timeout_s`.
+        Tries at least once; retries while the writer moves underneath, up to `timeout_s`. The copy
+        goes to `into` (uint8, at least `slot_size()` bytes: a reader swapping versions reuses two,
+        hotprune.workers.dense, with no allocation and no page faults per version), else to a new
+        array; the tensors returned view it, and a retry overwrites it.
         """
+        if into is not None and not (into.dtype == np.uint8 and into.ndim == 1 and into.size >= self.slot_size()):
+            raise ValueError(f"a read of {self.name} needs a uint8 buffer of at least {self.slot_size()} bytes")
         deadline = time.monotonic() + timeout_s
         while True:
             before = self._seq()
             h = self.header()
             sane = h.active_slot in (0, 1) and 0 <= h.payload_size <= h.slot_size
-            payload = bytearray(self._slot(h.active_slot, h.slot_size)[: h.payload_size]) if sane else None
+            if sane:
+                payload = np.empty(h.payload_size, np.uint8) if into is None else into[: h.payload_size]
+                crc = layout.checksum(self._slot(h.active_slot, h.slot_size)[: h.payload_size], copy_to=payload)
             if not before & 1 and self._seq() == before == h.seq:  # nothing moved: h and payload agree
                 if h.version < 0:
                     return None
                 if not sane:
                     raise StoreError(f"segment {self.name} has a corrupt header")
-                if layout.checksum(payload) == h.checksum:
+                if crc == h.checksum:
                     try:
                         return h, layout.read_payload(payload)
                     except layout.LayoutError as exc:
