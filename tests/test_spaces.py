@@ -152,15 +152,18 @@ def test_eval_steps_a_structured_observation_env_with_the_flattened_observations
 # --- short real runs ------------------------------------------------------------------------------
 
 RUNS = {  # env id: (total steps, the trained policy's mean return must beat the initial one's by)
-    "FrozenLake-v1": (20480, 0.05),  # slippery: a 1.5% success rate at random
+    # not slippery (ENV_KWARGS): learnt to 1.0 from 0.0 in 8k steps on seeds 1-3 and 5, sync and async; slippery
+    # took 20k steps and learnt on 1 seed of 4
+    "FrozenLake-v1": (8192, 0.5),
     "Blackjack-v1": (8192, 0.15),
     "tests.spaces_envs:Cue-v0": (4096, 3.0),
 }
+ENV_KWARGS = {"FrozenLake-v1": {"is_slippery": False}}
 
 
-def mean_return(policy, env_id: str, episodes: int) -> float:
+def mean_return(policy, env_id: str, episodes: int, kwargs: dict) -> float:
     """Deterministic actions from the env's own observations (Policy.predict flattens them)."""
-    env = gym.make(env_id)
+    env = gym.make(env_id, **kwargs)
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=episode)
@@ -178,10 +181,11 @@ def mean_return(policy, env_id: str, episodes: int) -> float:
 def test_a_short_ppo_run_on_structured_observations_learns(tmp_path, env_id):
     steps, margin = RUNS[env_id]
     args = ["run", "--env", env_id, "--quiet"]
-    # sync: the same run every time (async FrozenLake fell short 1 run in 4); it learns in 20k steps on seed 4, not 1-3
-    for item in [f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", "run_id=r", "preset=none", f"total_steps={steps}",
-                 "samples_per_epoch=1024", "chunk_steps=32", "num_workers=1", "envs_per_worker=8",
-                 "pruning.method=none", "supervisor.stop_grace_s=5.0", "mode=sync", "seed=4"]:
+    kwargs = ENV_KWARGS.get(env_id, {})
+    settings = [f"runs_dir={json.dumps(str(tmp_path / 'runs'))}", "run_id=r", "preset=none", f"total_steps={steps}",
+                "samples_per_epoch=1024", "chunk_steps=32", "num_workers=1", "envs_per_worker=8",
+                "pruning.method=none", "supervisor.stop_grace_s=5.0", "mode=sync"]  # sync: the same run every time
+    for item in settings + [f"env_kwargs.{key}={json.dumps(value)}" for key, value in kwargs.items()]:
         args += ["--set", item]
     # `python -m` from the repository root: every process of the run can import tests.spaces_envs
     result = subprocess.run([sys.executable, "-m", "hotprune.cli", *args], cwd=ROOT, capture_output=True, text=True,
@@ -191,5 +195,5 @@ def test_a_short_ppo_run_on_structured_observations_learns(tmp_path, env_id):
     trained, initial = (hotprune.load_policy(run_dir / name) for name in (artifacts.POLICY, artifacts.INITIAL))
     assert trained.metadata["observation_space"] == spaces.describe(env_spec(env_id).observation_space)
     assert trained.metadata["activation"] == "tanh"
-    episodes = 16 if env_id.endswith("Cue-v0") else 300
-    assert mean_return(trained, env_id, episodes) > mean_return(initial, env_id, episodes) + margin
+    episodes = 300 if env_id == "Blackjack-v1" else 16  # the others are deterministic or nearly
+    assert mean_return(trained, env_id, episodes, kwargs) > mean_return(initial, env_id, episodes, kwargs) + margin
