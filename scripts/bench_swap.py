@@ -72,6 +72,7 @@ from hotprune.config import load_config  # noqa: E402
 from hotprune.envs import env_spec, make_vector_env  # noqa: E402
 from hotprune.learning.policy import actor_arrays, make_actor  # noqa: E402
 from hotprune.roles.process import StopFlag  # noqa: E402
+from hotprune.roles.trainer.snapshots import SNAPSHOT_SNDBUF  # noqa: E402
 from hotprune.protocol.store_layout import segment_name  # noqa: E402
 from hotprune.runs.rundir import store_slot_size  # noqa: E402
 from hotprune.comms.weight_store import WeightStore  # noqa: E402
@@ -198,6 +199,7 @@ class Hotprune:
         self.encoder = Encoder(self.cfg.run_id, "trainer" if self.via_compressor else "compressor")
         if self.via_compressor:  # the bench is the trainer: it binds snapshots and masks
             self.pub = ctx.socket(zmq.PUB)
+            self.pub.sndbuf = SNAPSHOT_SNDBUF  # as the trainer's
             self.pub.bind(ep.snapshots)
             self.masks = ctx.socket(zmq.PULL)
             self.masks.bind(ep.masks)

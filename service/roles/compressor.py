@@ -36,7 +36,7 @@ from hotprune import eventlog
 from hotprune.actor_spec import OBS_NORM, actor_spec, policy_metadata
 from hotprune.config import Config
 from hotprune.envs import EnvSource, env_spec
-from hotprune.roles.process import StopFlag, receive, role_process, send_when_ready, socket
+from hotprune.roles.process import StopFlag, keep_freed_memory, receive, role_process, send_when_ready, socket
 from hotprune.pruning.dynamic import pruner_for
 from hotprune.pruning.engine import CompressionFailed, Masks, apply_masks, churn, masked, masked_stats, \
     masks_sparsity, prunable_names, sparsity
@@ -54,6 +54,7 @@ MASKS_KEPT = 8  # recent masks by version, to check that a snapshot's pruned wei
 class Compressor:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
+        keep_freed_memory()  # each snapshot's frames in the pages of the last one's
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "compressor")
         spec = self.spec = env_spec(EnvSource.of(cfg))
         network = cfg.network("actor", spec)
@@ -115,6 +116,7 @@ class Compressor:
         self.last_version = self.last_epoch = -1
         self.last_written: tuple[Version, dict] | None = None  # the store's newest version, as stored
         self.codes: tuple[Masks | None, dict[str, SparseCode]] = (None, {})  # masks -> the sparse ones' codes
+        self.figures: tuple[Masks | None, float, dict] | None = None  # masks -> what they prune (`mask_figures`)
         self.snapshot_codes = Codes()  # the masks of the trainer's sparse snapshot weights
         self.last_report: tuple[dict, dict[str, np.ndarray]] | None = None  # (fields, tensors) last sent
         # The newest trainer_start seen in a snapshot; a resumed compressor takes the first it sees.
@@ -221,14 +223,18 @@ class Compressor:
     def _pruned_nonzero(self, sent: Version, masks_version: int) -> int | None:
         """Weights the trainer's applied masks prune but that are non-zero in its snapshot (0 when
         both-pruned mode works); None when those masks are not known here. A weight sent as kept values
-        is checked at its kept positions alone (no dense rebuild)."""
+        is checked at its kept positions alone (no dense rebuild), and not at all when its bitmap is that
+        mask's own."""
         masks = self.history.get(masks_version)
         if masks is None:
             return None
+        codes = self.mask_codes() if masks is self.masks else {}
         count = 0
         for n, keep in masks.elements.items():
             t = sent[n]
             if isinstance(t, SparseTensor):
+                if n in codes and codes[n].describes(t):
+                    continue  # under that very mask (as a both-pruned trainer sends them): none is pruned
                 pruned = ~keep.reshape(-1)[self.snapshot_codes.of(n, t).indices]
                 count += int(np.count_nonzero(t.values * pruned))
             else:
@@ -262,8 +268,7 @@ class Compressor:
         structure_changed = self.store.changes_structure(stored)  # before the write: for compression_finished
         achieved = sparsity(stored, self.weight_spec, self.sparsity_names)
         # What the masks prune: the zeros written may be more (a weight regrown at zero in both-pruned mode)
-        held = masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)
-        stats = masked_stats(self.masks, self.weight_spec, self.sparsity_names)
+        held, stats = self.mask_figures()
         if outcome is not None:
             step = due[0]
             self.log.info("compression_finished", version=version, epoch=epoch, due_epoch=step.epoch,
@@ -299,11 +304,7 @@ class Compressor:
         masks = self.masks
         if masks is None or masks.units is not None:
             return apply_masks(self.snapshot_codes.dense(policy), masks)
-        if self.codes[0] is not masks:  # once per mask: its bitmap and kept indices
-            self.codes = (masks, {n: SparseCode.of_mask(m) for n, m in masks.elements.items()
-                                  if worth_sparse(m.size, int(np.count_nonzero(m)),
-                                                  np.dtype(self.weight_spec[n][0]).itemsize)})
-        codes, out = self.codes[1], {}
+        codes, out = self.mask_codes(), {}
         for n, t in policy.items():
             code = codes.get(n)
             if code is not None and isinstance(t, SparseTensor) and code.describes(t):
@@ -316,6 +317,24 @@ class Compressor:
             else:
                 out[n] = masked(w, masks.elements[n]) if n in masks.elements else w
         return out
+
+    def mask_codes(self) -> dict[str, SparseCode]:
+        """The bitmap and kept indices of each weight the masks in force store as kept values (by
+        hotprune.protocol.sparse's rule), made once per masks."""
+        masks = self.masks
+        if self.codes[0] is not masks:
+            self.codes = (masks, {n: SparseCode.of_mask(m) for n, m in masks.elements.items()
+                                  if worth_sparse(m.size, int(np.count_nonzero(m)),
+                                                  np.dtype(self.weight_spec[n][0]).itemsize)})
+        return self.codes[1]
+
+    def mask_figures(self) -> tuple[float, dict]:
+        """The sparsity the masks in force hold the weights at, and their layer by layer stats, made once
+        per masks (counting every mask again took 4 ms a version at 10M parameters)."""
+        if self.figures is None or self.figures[0] is not self.masks:
+            self.figures = (self.masks, masks_sparsity(self.masks, self.weight_spec, self.sparsity_names),
+                            masked_stats(self.masks, self.weight_spec, self.sparsity_names))
+        return self.figures[1], self.figures[2]
 
     def send_report(self, fields: dict, tensors: dict[str, np.ndarray], again: bool = False) -> None:
         self.log.info("masks_sent", **fields, tensors=bool(tensors), again=again)
@@ -356,7 +375,7 @@ class Compressor:
                 "structure": c.pruning.structure, **fields, **extra}
         artifacts.save(c.run_dir / artifacts.POLICY, densified(stored), **meta)
         # The masks file states what the masks prune, not the zeros of the policy written with them
-        meta_masks = {**meta, "weight_sparsity": masks_sparsity(self.masks, self.weight_spec, self.sparsity_names)}
+        meta_masks = {**meta, "weight_sparsity": self.mask_figures()[0]}
         if self.masks_source is not None:
             version, epoch, step = self.masks_source
             artifacts.save(c.run_dir / artifacts.MASKS, self.masks.elements, **meta_masks, masks_version=version,

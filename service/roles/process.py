@@ -5,6 +5,7 @@ trainer for its compressor): saying so every WAIT_NOTE_S, giving up after superv
 from __future__ import annotations
 
 import argparse
+import ctypes
 import signal
 import threading
 import time
@@ -132,6 +133,28 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, ma
     if max_frame:
         sock.maxmsgsize = max_frame
     return sock
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+KEPT_FREE_BYTES = 256 * 1024 * 1024  # freed memory a process keeps for its next allocations, at most
+
+
+def keep_freed_memory() -> bool:
+    """From now on, memory this process frees stays with it (up to KEPT_FREE_BYTES free) for its next
+    allocations, rather than going back to the kernel; False where the C library has no glibc mallopt
+    (nothing changes there). Call it before the process starts threads (a ZeroMQ context).
+
+    For a process that makes or receives a weight version per epoch (the trainer its snapshot's host
+    copy, the compressor a snapshot, a relay a version): each lands in a fresh allocation (ZeroMQ's I/O
+    thread receives a frame into one), which glibc serves from a fresh mmap when it is over 32 MB (or
+    from a heap of that thread's own, unmapped whole once empty) and gives back when it is freed, so
+    every 40 MB version of a 10M-parameter actor faulted in 9,800 pages: 18 of the ZeroMQ hop's 26 ms
+    of CPU, 17 of the trainer's 20 ms host copy. One heap for every thread, no mmap and a kept top: the
+    next version lands in the pages the last one left (0 faults; 7.6 and 2.4 ms)."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return mallopt is not None and all(mallopt(param, value) for param, value in
+                                       ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEPT_FREE_BYTES)))
 
 
 def receive(sock: zmq.Socket, kind: str, cfg: Config, log, check: Callable[[Message], None] | None = None,

@@ -33,7 +33,7 @@ from hotprune.envs import EnvSource, env_spec
 from hotprune.protocol.codec import Encoder, Message, MessageRejected
 from hotprune.protocol.endpoints import node_weights
 from hotprune.protocol.store_layout import check_node, payload_size, segment_name
-from hotprune.roles.process import StopFlag, receive, role_process, socket
+from hotprune.roles.process import StopFlag, keep_freed_memory, receive, role_process, socket
 from hotprune.runs.rundir import store_slot_size
 
 POLL_MS = 100  # the receive loop's wait: how soon a stop or a due heartbeat is seen
@@ -69,6 +69,7 @@ class Relay:
         except ValueError as exc:
             raise ConfigError(f"--node: {exc}") from None
         self.cfg, self.stop = cfg, stop
+        keep_freed_memory()  # each version's frames in the pages of the last one's
         self.log = eventlog.setup(cfg.run_dir, cfg.run_id, "relay", node=node)
         self.heartbeat = eventlog.Heartbeat(self.log, cfg.supervisor.heartbeat_s)
         spec = env_spec(EnvSource.of(cfg))

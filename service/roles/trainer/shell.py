@@ -53,7 +53,7 @@ from hotprune.learning.policy import actor_arrays
 from hotprune.protocol.codec import Encoder
 from hotprune.pruning.schedule import Schedule, plan
 from hotprune.roles.liveness import Pulse
-from hotprune.roles.process import StopFlag, compressor_awaited, role_process
+from hotprune.roles.process import StopFlag, compressor_awaited, keep_freed_memory, role_process
 from hotprune.roles.trainer.collection import Collected, Collection, WorkerReports
 from hotprune.roles.trainer.lottery import Keeper, load_initial
 from hotprune.roles.trainer.mask_intake import MaskIntake
@@ -81,6 +81,7 @@ class StillAlive(UpdateHooks):
 class Trainer:
     def __init__(self, cfg: Config, stop: StopFlag, resume: bool = False):
         self.cfg, self.stop = cfg, stop
+        keep_freed_memory()  # each snapshot's host copy in the pages of the last one's
         if not resume and checkpoints.path(cfg.run_dir).exists():
             raise checkpoints.CheckpointError(f"{cfg.run_dir} already has a trainer checkpoint: pass --resume "
                                               "to go on from it")
