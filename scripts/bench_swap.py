@@ -25,6 +25,8 @@ systems' workers run its numpy actor, the others the torch Actor):
                report reaches the bench (the trainer), it sends each version as a both-pruned trainer
                does, masked weights as kept values + bitmaps (masks_version set), and the compressor
                stores them as they came: the path at 90% sparsity, trainer published -> every worker swapped.
+  via_compressor_neuron90  the same with 90% of the hidden neurons pruned (pruning.structure = "neuron"):
+               the compressor stores the smaller matrices the workers then run (no rebuild to dense).
   mp_queue     the state_dict as numpy arrays, pickled through one multiprocessing.Queue per worker.
   sample_factory  Sample Factory's pattern: shared-memory tensors, a lock, a version counter; the
                writer copies in under the lock, a worker that sees a newer version copies out under it.
@@ -84,7 +86,8 @@ from hotprune.workers.numpy_policy import NumpyActor  # noqa: E402
 # reorders its head's columns once per version, measured in docs/pixels.md)
 SIZES = {"10K": [96, 96], "1M": [1024, 1024], "1.7M": [1296, 1296], "10M": [3162, 3162]}
 SYSTEMS = ("floor", "floor_shm", "hotprune", "masked90_dense", "masked90_sparse", "via_compressor",
-           "via_compressor_every", "via_compressor_kept90", "mp_queue", "sample_factory", "torchrl")
+           "via_compressor_every", "via_compressor_kept90", "via_compressor_neuron90", "mp_queue", "sample_factory",
+           "torchrl")
 MASKED = 0.9  # the masked systems' sparsity
 WARMUP = 2
 CTX = mp.get_context("fork")  # the workers start in well under a second from a parent that has torch
@@ -177,14 +180,15 @@ class Floor:
 class Hotprune:
     """The store written directly (hot swap alone) or through a real compressor (`via_compressor`)."""
 
-    def __init__(self, base, hidden, workers, via_compressor, tmp, every=1, kept=False):
-        """kept: at 90%, sending masked weights as kept values once the compressor's masks are known."""
+    def __init__(self, base, hidden, workers, via_compressor, tmp, every=1, kept=False, structure="weight"):
+        """kept: at 90%, sending masked weights as kept values once the compressor's masks are known;
+        structure: the masks' (pruning.structure)."""
         overrides = [f'runs_dir="{tmp}"', f"run_id=swap-{'c' if via_compressor else 'd'}-{random.getrandbits(32):x}",
                      f"ppo.hidden_sizes=[{hidden[0]}, {hidden[1]}]", f"num_workers={workers}", "envs_per_worker=4",
                      "epochs=100000", "supervisor.heartbeat_s=3600",
                      *(["pruning.method=magnitude", "pruning.start_epoch=1", f"pruning.every={every}",
-                        f"pruning.target_sparsity={MASKED if kept else 0.8}"] if via_compressor
-                       else ["pruning.method=none"])]
+                        f"pruning.target_sparsity={MASKED if kept else 0.8}", f"pruning.structure={structure}"]
+                       if via_compressor else ["pruning.method=none"])]
         self.kept, self.codes, self.masks_version = kept, {}, -1
         self.cfg = load_config(overrides=overrides)
         rundir.prepare(self.cfg, check_ports=False)
@@ -544,6 +548,8 @@ def measure(size, hidden, workers, args, tmp):
         "via_compressor": lambda: Hotprune(base, hidden, workers, True, tmp, every=100000),
         "via_compressor_every": lambda: Hotprune(base, hidden, workers, True, tmp),
         "via_compressor_kept90": lambda: Hotprune(base, hidden, workers, True, tmp, every=100000, kept=True),
+        "via_compressor_neuron90": lambda: Hotprune(base, hidden, workers, True, tmp, every=100000, kept=True,
+                                                    structure="neuron"),
         "mp_queue": lambda: MpQueue(workers),
         "sample_factory": lambda: SampleFactory(base),
     }

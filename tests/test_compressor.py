@@ -52,14 +52,14 @@ def test_each_compression_logs_what_its_own_masks_prune(tmp_path):
 
 
 FRAMES = """
-import resource, sys, tempfile
+import resource, sys
 import numpy as np, zmq
 from hotprune.roles.process import keep_freed_memory
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
 ctx = zmq.Context()
 pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-pull.bind(f"ipc://{tempfile.mkdtemp()}/frames")
+pull.bind(f"ipc://{sys.argv[2]}/frames")
 push.connect(pull.LAST_ENDPOINT.decode())
 frame = np.ones(40 << 18, np.float32)  # 40 MB: a 10M-parameter actor's weight matrix
 for _ in range(3):
@@ -73,12 +73,12 @@ ctx.destroy(linger=0)
 """
 
 
-def test_a_process_that_keeps_freed_memory_receives_each_large_frame_into_pages_it_already_has():
+def test_a_process_that_keeps_freed_memory_receives_each_large_frame_into_pages_it_already_has(tmp_path):
     """As the compressor receives a 40 MB snapshot per version: by glibc's defaults each is received into
     freshly mapped memory, a page fault per 4 KB page; kept, the third lands in the first's pages."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults otherwise
-    faults = {how: int(subprocess.run([sys.executable, "-c", FRAMES, how], capture_output=True, text=True, env=env,
-                                      check=True, timeout=60).stdout)
+    faults = {how: int(subprocess.run([sys.executable, "-c", FRAMES, how, str(tmp_path)], capture_output=True,
+                                      text=True, env=env, check=True, timeout=60).stdout)
               for how in ("default", "kept")}
     pages = (40 << 20) // 4096
     assert faults["kept"] < pages // 10 < pages // 2 < faults["default"], faults
