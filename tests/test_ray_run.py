@@ -24,12 +24,14 @@ from pathlib import Path
 import pytest
 
 from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
+import hotprune
 from hotprune.commands.diagnose import diagnose
 from hotprune.comms import curve
-from hotprune.config import ConfigError
-from hotprune.protocol.store_layout import segment_name
+from hotprune.config import ConfigError, load_config
+from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.roles import ray_nodes
-from hotprune.roles.ray_nodes import NodeHost, run_files, short_id, spread
+from hotprune.roles.ray_nodes import NodeHost, check_resumable, node_name, run_files, short_id, spread
+from hotprune.roles.supervisor import Child, failures
 from hotprune.runs import private
 from hotprune.runs.runlog import load
 from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
@@ -58,6 +60,51 @@ def test_workers_spread_evenly_by_default_or_fill_nodes_in_turn():
 
 def test_a_ray_node_id_names_a_relay_as_node_ids_must():
     assert short_id("7D309C0F267E234E2343DAD14AF43834B896664344D574C31AECF7ED") == "7d309c0f267e"
+
+
+def test_a_second_host_on_one_node_gets_a_relay_and_store_name_of_its_own():
+    """The workers of two lost nodes both move onto the head: each host there names its relay and store apart."""
+    head = "7D309C0F267E234E2343DAD14AF43834B896664344D574C31AECF7ED"
+    assert node_name(head, []) == "7d309c0f267e"
+    assert node_name(head, ["aaaaaaaaaaaa", "7d309c0f267e"]) == "7d309c0f267e-2"
+    assert node_name(head, ["7d309c0f267e", "7d309c0f267e-2"]) == check_node("7d309c0f267e-3")
+    assert node_name("B" * 56, ["7d309c0f267e"]) == "bbbbbbbbbbbb"
+
+
+def ended(name: str, exitcode: int, lost: bool = False) -> Child:
+    return Child(name, [], exitcode=exitcode, starts=1, lost=lost)
+
+
+def test_a_remote_process_lost_with_its_node_after_training_completed_is_no_failure_before_it_is_one():
+    killed = -signal.SIGKILL
+    after = [ended("trainer", 0), ended("compressor", 0), ended("relay-n1", killed, lost=True),
+             ended("worker-1", killed, lost=True)]
+    assert failures(after, []) == (set(), ["relay-n1", "worker-1"])
+    before = [ended("trainer", 128 + signal.SIGTERM), ended("relay-n1", killed, lost=True)]  # the run stopped early
+    assert failures(before, []) == ({"relay-n1"}, [])
+    crashed = [ended("trainer", 0), ended("worker-1", killed), ended("worker-2", 1, lost=True)]  # killed here: a crash
+    assert failures(crashed, ["compressor"]) == ({"worker-1", "compressor"}, ["worker-2"])
+
+
+def test_a_stopped_run_resumes_with_ray_only_where_its_config_already_listens():
+    cfg = load_config(None, ["transport.kind=tcp", "transport.host=10.0.0.5"])
+    check_resumable(cfg, "10.0.0.5")
+    with pytest.raises(ConfigError, match=r'^--resume --ray: \S+ listens on transport.host = "10.0.0.5", not this '
+                                          r"Ray node's address 10.0.0.6: resume it on the node it ran on, or without "
+                                          r"--ray$"):
+        check_resumable(cfg, "10.0.0.6")
+    cfg.transport.kind = "ipc"
+    with pytest.raises(ConfigError, match=r'^--resume --ray: \S+ ran over transport.kind = "ipc", which cannot reach '
+                                          r"other nodes: resume it without --ray$"):
+        check_resumable(cfg, "10.0.0.5")
+
+
+def test_the_apis_run_with_a_ray_address_where_no_cluster_answers_raises_the_commands_line_and_makes_no_run(tmp_path):
+    pytest.importorskip("ray")
+    config = load_config(None, settings(tmp_path, "apinocluster")[1::2])
+    with pytest.raises(ConfigError, match=r"^--ray 127.0.0.1:1: no Ray cluster answers there \(Connection refused\)$"):
+        hotprune.run(config, ray="127.0.0.1:1")
+    assert not (tmp_path / "runs" / "apinocluster").exists()
 
 
 def test_ray_with_an_explicit_ipc_transport_is_one_line_before_anything_starts(tmp_path, capsys):

@@ -67,9 +67,31 @@ def spread(num_workers: int, nodes: list[str], per_node: int) -> dict[str, list[
     return {node: list(range(start, start + count)) for node, start, count in zip(nodes, starts, counts) if count}
 
 
+def check_resumable(cfg: Config, host: str) -> None:
+    """A stopped run resumes with --ray only where its config.toml already has it listen: over tcp (its
+    CURVE keys made) on `host`, the head's Ray address. Rewriting a stopped run's config.toml to move it
+    is not resuming it (`--resume` takes no --set): one line says how to resume it instead."""
+    if cfg.transport.kind != "tcp":
+        raise ConfigError(f"--resume --ray: {cfg.run_dir} ran over transport.kind = \"{cfg.transport.kind}\", which "
+                          "cannot reach other nodes: resume it without --ray")
+    if cfg.transport.host != host:
+        raise ConfigError(f"--resume --ray: {cfg.run_dir} listens on transport.host = \"{cfg.transport.host}\", not "
+                          f"this Ray node's address {host}: resume it on the node it ran on, or without --ray")
+
+
 def short_id(node_id: str) -> str:
     """A Ray node id as hotprune names a node (hotprune.protocol.store_layout.check_node's rule)."""
     return node_id[:NODE_ID_CHARS].lower()
+
+
+def node_name(node_id: str, taken: list[str]) -> str:
+    """The name of a new host's node (its relay's, store's and logs'): its Ray node's short id, and -2, -3, ...
+    for a second, third host on that node (the workers of two lost nodes moved onto the head), so that no
+    two hosts of a run share a relay name or a store. `taken`: the names of the run's hosts so far, lost too."""
+    name, n = short_id(node_id), 1
+    while (named := name if n == 1 else f"{name}-{n}") in taken:
+        n += 1
+    return named
 
 
 def run_files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
@@ -184,14 +206,14 @@ class RemoteChild(Child):
                 self.name = f"relay-{self.host.node}"
         pid = self.host.call("start", self.name)
         self.argv = self.host.argvs[self.name]  # on its node, in that node's run directory
-        return RemoteProcess(self.host, self.name, pid, self.argv), RemoteListener(self.host, self.name, pid)
+        return RemoteProcess(self, pid), RemoteListener(self.host, self.name, pid)
 
 
 class RemoteProcess:
     """A remote child's process as the supervisor uses a Popen: its state is the node's last poll."""
 
-    def __init__(self, host: Node, name: str, pid: int, args: list[str]):
-        self.host, self.name, self.pid, self.args = host, name, pid, args
+    def __init__(self, child: RemoteChild, pid: int):
+        self.child, self.host, self.name, self.pid, self.args = child, child.host, child.name, pid, child.argv
         self.returncode = None
 
     def poll(self) -> int | None:
@@ -200,7 +222,7 @@ class RemoteProcess:
             if state.get("pid") == self.pid:
                 self.returncode = state["exitcode"]
             if self.returncode is None and self.host.lost:  # its node is gone, and it with it
-                self.returncode = -signal.SIGKILL
+                self.returncode, self.child.lost = -signal.SIGKILL, True
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -248,9 +270,9 @@ class Node:
     """The driver's end of one node's host: its actor, its children's last states, its logs shipped here. A
     host that dies, or does not answer within CALL_TIMEOUT_S, counts as lost with its node."""
 
-    def __init__(self, owner: RayNodes, actor, node_id: str, indices: list[int]):
-        self.owner, self.actor, self.node_id, self.indices = owner, actor, node_id, indices
-        self.ray, self.node = owner.ray, short_id(node_id)
+    def __init__(self, owner: RayNodes, actor, node_id: str, node: str, indices: list[int]):
+        self.owner, self.actor, self.node_id, self.node, self.indices = owner, actor, node_id, node, indices
+        self.ray = owner.ray
         self.states: dict[str, dict] = {}
         self.polled_at = time.monotonic()
         self.lost = False
@@ -306,22 +328,26 @@ class RayNodes:
     """The driver's side: the cluster joined, the workers placed, the hosts started, polled, replaced and
     stopped."""
 
-    def __init__(self, address: str, cfg: Config):
+    def __init__(self, address: str, cfg: Config, resumed: bool = False):
         """Join the cluster and place the workers (`local`: the head's); --ray runs over tcp on the head's
-        address, so that the other nodes reach its trainer and compressor."""
+        address, so that the other nodes reach its trainer and compressor. A `resumed` run's config.toml is
+        what its processes read: it must say so already (ConfigError, one line, if not)."""
         self.ray, self.connected = raycluster.join(address)
         try:
             self.head = self.ray.get_runtime_context().get_node_id()
             alive = {n["NodeID"]: n for n in self.ray.nodes() if n["Alive"]}
             if self.head not in alive:
                 raise ConfigError(f"--ray {address}: run hotprune run --ray on a node of the cluster (the head)")
+            host = alive[self.head]["NodeManagerAddress"]
+            if resumed:
+                check_resumable(cfg, host)
             order = [self.head, *sorted(set(alive) - {self.head})]
             self.placed = spread(cfg.num_workers, order, cfg.relay.workers_per_node)
         except BaseException:
             self.leave()
             raise
         self.local = self.placed.pop(self.head, [])
-        cfg.transport.kind, cfg.transport.host = "tcp", alive[self.head]["NodeManagerAddress"]
+        cfg.transport.kind, cfg.transport.host = "tcp", host
         self.nodes: list[Node] = []
         self.last_poll = 0.0
 
@@ -341,10 +367,11 @@ class RayNodes:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415 -- only with --ray
 
         pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        name = node_name(node_id, [node.node for node in self.nodes])
         actor = self.ray.remote(NodeHost).options(num_cpus=self._cpus(indices), max_restarts=0,
                                                   scheduling_strategy=pinned).remote(
-            self.run_id, self.files, short_id(node_id), indices)
-        node = Node(self, actor, node_id, indices)
+            self.run_id, self.files, name, indices)
+        node = Node(self, actor, node_id, name, indices)
         self.nodes.append(node)
         return node, actor.table.remote()
 
