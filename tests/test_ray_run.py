@@ -1,11 +1,12 @@
 """`hotprune run --ray`: one run's workers over the nodes of a Ray cluster, a relay per other node.
 
-The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py): the second node's worker
-and relay are real processes under that node's raylet, the worker swaps from its node's own store, which
-only its relay writes, and its frozen (SIGSTOP) worker and SIGKILLed relay are restarted through its node's
-host; another
-removes that node mid-run. The fast ones run a node's host in this process (a real relay under it), and
-check the placement and what is refused before anything starts.
+The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py), started through the Python
+API, stopped and resumed with --ray: the second node's worker and relay are real processes under that
+node's raylet, the worker swaps from its node's own store, which only its relay writes, and its frozen
+(SIGSTOP) worker and SIGKILLed relay are restarted through its node's host; another removes that node
+mid-run. The fast ones run a node's host in this process (a real relay under it), and check the
+placement, the naming of hosts, a run's outcome when a node goes as it ends, and what is refused before
+anything starts.
 """
 
 from __future__ import annotations
@@ -131,23 +132,34 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch)
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_hung_or_killed_remote_process_and_leaves_nothing(
+def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_resumes_restarts_a_hung_or_killed_remote_one_leaves_nothing(
         cluster, tmp_path):
     """In sync mode a worker takes its share of each version and then waits for the next in its store: the
-    run cannot end unless the second node's worker keeps swapping versions its node's relay wrote."""
+    run cannot end unless the second node's worker keeps swapping versions its node's relay wrote. The run
+    starts through the Python API (`hotprune.run(config, ray=...)`), is stopped, and goes on with `hotprune run
+    --resume RUN_DIR --ray`, whose remote processes are then frozen and killed."""
     run_id = f"spread{os.getpid()}"  # the node directories are found by it under the nodes' temp dir
     run_dir = tmp_path / "runs" / run_id
     remote = short_id(cluster.node_ids()[1])
-    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
-            *settings(tmp_path, run_id, "num_workers=2", "epochs=8", "mode=sync",
-                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2",
-                      "supervisor.hang_timeout_s=3")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # 20 epochs (of about 0.3 s on a quiet machine): the resumed run still trains when its processes are frozen
+    config = load_config(None, settings(tmp_path, run_id, "num_workers=2", "epochs=20", "mode=sync",
+                                        f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2",
+                                        "supervisor.hang_timeout_s=3")[1::2])
+    with hotprune.run(config, background=True, ray=cluster.address) as handle:
+        wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2 or not handle.running, timeout=180,
+                 what="two swaps of the remote worker")
+        stopped = handle.stop()
+    assert stopped.exit_code == 128 + signal.SIGINT, stopped.outcome
+    before = {e["pid"] for name in ("worker-1", f"relay-{remote}") for e in events(run_dir, name)}
+
+    proc = subprocess.Popen([HOTPRUNE, "run", "--quiet", "--resume", str(run_dir), "--ray", cluster.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # While the run goes on, the remote processes' logs arrive here, from processes under the second node.
-        swaps = wait_for(lambda: (s := logged(run_dir, "worker-1", "worker_swapped")) and len(s) >= 2 and s,
-                         timeout=180, what="two swaps of the remote worker")
-        relay = logged(run_dir, f"relay-{remote}", "relay_wrote")[0]
+        swaps = wait_for(lambda: len(s := [e for e in logged(run_dir, "worker-1", "worker_swapped")
+                                            if e["pid"] not in before]) >= 2 and s,
+                         timeout=180, what="two swaps of the resumed run's remote worker")
+        relay = [e for e in logged(run_dir, f"relay-{remote}", "relay_wrote") if e["pid"] not in before][0]
         assert cluster.node_of(swaps[0]["pid"]) is cluster.nodes[1]
         assert cluster.node_of(relay["pid"]) is cluster.nodes[1]
         os.kill(swaps[0]["pid"], signal.SIGSTOP)  # frozen: its pings stop, the supervisor kills it through its host
@@ -163,21 +175,22 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_hung_or_kil
     assert {e["name"]: e["reason"] for e in of(supervisor, "process_restarting")} == {
         f"relay-{remote}": "exit -9", "worker-1": "hung"}
     assert [e["name"] for e in of(supervisor, "process_hung")] == ["worker-1"]
-    started = of(supervisor, "run_started")[0]
+    started, resumed = of(supervisor, "run_started")
     [node_store] = started["node_stores"]
     assert node_store.endswith(f"@{remote}") and node_store.split("@")[0] != started["store"]  # its own segment
+    assert resumed["resumed"] and resumed["node_stores"][0].endswith(f"@{remote}")  # the node's new host's
 
     relay_lines = events(run_dir, f"relay-{remote}")
     wrote = {e["version"] for e in of(relay_lines, "relay_wrote")}
-    assert len({e["pid"] for e in of(relay_lines, "relay_wrote")}) == 2  # the relay, then its replacement
+    assert len({e["pid"] for e in of(relay_lines, "relay_wrote")}) == 3  # the relay, the resumed run's, its replacement
     assert wrote <= {e["version"] for e in of(events(run_dir, "compressor"), "weights_written")}
     assert all(line["node_id"] == remote for line in relay_lines)
     worker = events(run_dir, "worker-1")
     assert all(line["node_id"] == remote for line in worker)
     pids = list(dict.fromkeys(e["pid"] for e in worker))
     swapped = of(worker, "worker_swapped")
-    assert len(pids) == 2 and {e["version"] for e in swapped} <= wrote
-    assert any(e["pid"] == pids[1] for e in swapped)  # the restarted worker swapped too
+    assert len(pids) == 3 and {e["version"] for e in swapped} <= wrote
+    assert any(e["pid"] == pids[2] for e in swapped)  # the restarted worker swapped too
     head_worker = events(run_dir, "worker-0")
     assert of(head_worker, "worker_swapped") and not any("node_id" in line for line in head_worker)
 
