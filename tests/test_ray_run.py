@@ -11,6 +11,7 @@ anything starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,7 +81,7 @@ def test_a_remote_process_lost_with_its_node_after_training_completed_is_no_fail
     killed = -signal.SIGKILL
     after = [ended("trainer", 0), ended("compressor", 0), ended("relay-n1", killed, lost=True),
              ended("worker-1", killed, lost=True)]
-    assert failures(after, []) == (set(), ["relay-n1", "worker-1"])
+    assert failures(after, []) == failures(after, ["worker-1"]) == (set(), ["relay-n1", "worker-1"])  # lost as killed
     before = [ended("trainer", 128 + signal.SIGTERM), ended("relay-n1", killed, lost=True)]  # the run stopped early
     assert failures(before, []) == ({"relay-n1"}, [])
     crashed = [ended("trainer", 0), ended("worker-1", killed), ended("worker-2", 1, lost=True)]  # killed here: a crash
@@ -250,7 +251,7 @@ class Busy:
 def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_completes(cluster, tmp_path):
     """The second node dies mid-run (its raylet and everything on it killed): its relay and worker count as
     crashed and start again under a new host, on the head (the only node left), with a relay and store of
-    the head's node id; the run still completes. The last test here to use the cluster: it removes a node."""
+    the head's node id; the run still completes. It removes a node: the tests after it add one."""
     run_id = f"lost{os.getpid()}"  # 30 epochs: on a quiet machine 8 ended before the node was gone
     run_dir = tmp_path / "runs" / run_id
     lost, head = short_id(cluster.node_ids()[1]), short_id(cluster.node_ids()[0])
@@ -267,17 +268,12 @@ def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        # What the lost node's host could not remove, killed with it: on a real cluster, gone with that machine.
-        wait_for(lambda: not processes_mentioning(run_id), timeout=30, what="the run's processes to exit")
-        for started in logged(run_dir, "supervisor", "process_started"):
-            if started["name"] == f"relay-{lost}":
-                shutil.rmtree(Path(started["argv"][started["argv"].index("--run-dir") + 1]).parent, ignore_errors=True)
-        for segment in Path("/dev/shm").glob(f"hotprune-{run_id}-*@{lost}"):
-            segment.unlink()
+        remove_what_a_lost_node_left(run_dir, lost)
     assert proc.returncode == 0, err[-3000:]
 
     supervisor = events(run_dir, "supervisor")
     assert sorted(e["name"] for e in of(supervisor, "process_restarting")) == [f"relay-{lost}", "worker-1"]
+    assert of(supervisor, "run_finished")[0]["lost"] == []  # lost while training: restarted, not forgiven
     assert f"relay-{head}" in [e["name"] for e in of(supervisor, "process_started")]
     moved = [e for e in of(events(run_dir, "worker-1"), "worker_swapped") if e["node_id"] == head]
     assert moved and {e["version"] for e in moved} <= {e["version"] for e in logged(run_dir, f"relay-{head}",
@@ -286,6 +282,57 @@ def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_
     assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
     assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))  # the head's host's is gone
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_node_lost_while_a_completed_run_stops_is_logged_as_lost_and_the_run_exits_0(cluster, tmp_path):
+    """The remote worker is frozen (SIGSTOP, hang detection off: it is not restarted) while the head's worker
+    trains the run to its end (async); as the supervisor waits for the frozen worker to stop, its node is
+    removed, and the worker goes with it. Training had completed: that is no failure. A node is added first
+    (the lost-node test took the second one)."""
+    cluster.add_node(cpus=2)
+    cluster.cluster.wait_for_nodes()
+    run_id = f"late{os.getpid()}"
+    run_dir = tmp_path / "runs" / run_id
+    remote = short_id(cluster.node_ids()[1])
+    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
+            *settings(tmp_path, run_id, "num_workers=2", "epochs=12", "mode=async",
+                      f"transport.base_port={free_base_port()}", "supervisor.hang_timeout_s=0")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frozen = None
+    try:
+        frozen = wait_for(lambda: logged(run_dir, "worker-1", "worker_swapped"), timeout=180,
+                          what="a swap of the remote worker")[0]["pid"]
+        assert cluster.node_of(frozen) is cluster.nodes[1]
+        os.kill(frozen, signal.SIGSTOP)
+        wait_for(lambda: [e for e in logged(run_dir, "supervisor", "process_exited") if e["name"] == "trainer"],
+                 timeout=180, what="the trainer to complete")
+        cluster.remove_node(cluster.nodes[1])
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if frozen:  # a stopped process does not act on its parent-death SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGKILL)
+        remove_what_a_lost_node_left(run_dir, remote)
+    assert proc.returncode == 0, err[-3000:]
+    finished = logged(run_dir, "supervisor", "run_finished")[0]
+    assert finished["outcome"] == "completed" and "worker-1" in finished["lost"], finished
+    assert not of(events(run_dir, "supervisor"), "process_restarting")
+
+
+def remove_what_a_lost_node_left(run_dir: Path, node: str) -> None:
+    """What a lost node's host could not remove, killed with it (on a real cluster, gone with that machine):
+    its directory and store; once the run's processes have exited."""
+    wait_for(lambda: not processes_mentioning(run_dir.name), timeout=30, what="the run's processes to exit")
+    for started in logged(run_dir, "supervisor", "process_started"):
+        if started["name"] == f"relay-{node}":
+            shutil.rmtree(Path(started["argv"][started["argv"].index("--run-dir") + 1]).parent, ignore_errors=True)
+    for segment in Path("/dev/shm").glob(f"hotprune-{run_dir.name}-*@{node}"):
+        segment.unlink()
 
 
 def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_byte_once_and_leaves_nothing(

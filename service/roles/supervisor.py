@@ -101,14 +101,15 @@ def process_table(cfg: Config, run_dir: Path, indices=None) -> list[Child]:
 
 def failures(children: list[Child], killed: list[str]) -> tuple[set[str], list[str]]:
     """At a run's end: (the children that failed, those lost with their node once training had completed).
-    A child waiting out a restart's backoff, or killed by us as hung (its restart not yet due), has been
-    dealt with; one whose node was lost after the trainer exited 0 went with the run's end (its work is
-    done, and a node lost while the run stops has nothing left to do): logged, not held against the run."""
+    `killed`: those stop_all had to kill. A child waiting out a restart's backoff, or killed by us as hung
+    (its restart not yet due), has been dealt with; one whose node was lost after the trainer exited 0,
+    even as stop_all was killing it, went with the run's end (its work is done): logged, not held against
+    the run."""
     completed = any(c.name == "trainer" and c.exitcode == 0 for c in children)
     ended = [c for c in children if c.starts and c.restart_at is None and not c.hung]
     lost = sorted(c.name for c in ended if completed and c.lost)
-    failed = {c.name for c in ended if c.exitcode not in CLEAN_EXITS and c.name not in lost}
-    return failed | set(killed), lost
+    failed = {c.name for c in ended if c.exitcode not in CLEAN_EXITS} | set(killed)
+    return failed - set(lost), lost
 
 
 def launch(argv: list[str], output: int | None = None) -> tuple[subprocess.Popen, liveness.Listener]:
