@@ -33,8 +33,8 @@ from hotprune.config import ConfigError, load_config
 from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.roles import ray_nodes
 from hotprune.roles.ray_nodes import NodeHost, check_resumable, node_name, run_files, short_id, spread
+from hotprune.runs import cleanup, private
 from hotprune.roles.supervisor import Child, failures
-from hotprune.runs import private
 from hotprune.runs.runlog import load
 from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
     wait_for
@@ -384,3 +384,38 @@ def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_by
     assert {line["pid"] for line in lines} == {first, second} and all(line["node_id"] == "n1" for line in lines)
     assert not top.exists() and not (Path("/dev/shm") / store).exists()
     assert not processes_mentioning(str(run_dir))
+
+
+def test_a_node_host_removes_what_dead_hosts_left_on_its_node_and_nothing_else(tmp_path, monkeypatch):
+    """A host SIGKILLed with every process of its own (its resource tracker too: a lost node) leaves its
+    directory and store; the next host on that node removes them, and keeps a live run's host directory and
+    one without a host's pid file (a host starting, or not hotprune's)."""
+    cfg = tcp_run(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    host = (f"from pathlib import Path; import time; from hotprune.roles.ray_nodes import NodeHost, run_files; "
+            f"h = NodeHost({cfg.run_id!r}, run_files(Path({str(cfg.run_dir)!r})), 'n1', [0]); "
+            "print(h.top, h.store.name, flush=True); time.sleep(600)")
+    dead = subprocess.Popen([sys.executable, "-c", host], env={**os.environ, "TMPDIR": str(temp)},
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        top, store = dead.stdout.readline().split()
+    finally:
+        os.killpg(dead.pid, signal.SIGKILL)
+        dead.wait()
+        dead.stdout.close()
+    assert Path(top).is_dir() and (Path("/dev/shm") / store).exists()
+    live, starting = temp / "hotprune-node-live" / cfg.run_id, temp / "hotprune-node-starting" / cfg.run_id
+    for kept in (live, starting):
+        private.make_dirs(kept, private.PRIVATE_DIR)
+    cleanup.record_supervisor(live)  # this process's pid: alive
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    host = NodeHost(cfg.run_id, run_files(cfg.run_dir), "n2", [1])
+    try:
+        assert not Path(top).exists() and not (Path("/dev/shm") / store).exists()
+        assert live.is_dir() and starting.is_dir() and host.top.parent == temp
+        said = host.poll()[1]["host.out"].decode()
+        assert said == f"hotprune: removed {top} on node n2, left by a dead run's host\n"
+    finally:
+        host.stop()
+    assert sorted(p.name for p in temp.iterdir()) == ["hotprune-node-live", "hotprune-node-starting"]

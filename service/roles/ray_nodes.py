@@ -42,7 +42,7 @@ from hotprune.protocol.endpoints import socket_dir
 from hotprune.protocol.store_layout import segment_name
 from hotprune.roles.process import load_run_config
 from hotprune.roles.supervisor import Child, launch, node_children
-from hotprune.runs import private, rundir
+from hotprune.runs import cleanup, private, rundir
 
 POLL_S = 1.0  # a node's state and logs, at most this often: never per env step
 CALL_TIMEOUT_S = 30.0  # a node's host that does not answer a call this long counts as lost
@@ -50,6 +50,7 @@ LOG_CHUNK = 4 * 1024 * 1024  # bytes of one log file per poll (the rest comes wi
 NODE_ID_CHARS = 12  # of a Ray node id (hex): the node's id in its relay's name, store and logs
 LOGS = "logs"
 OUTPUT = ".out"  # logs/<child>.out on a node: what a local child would print on the supervisor's terminal
+HOST_DIR = "hotprune-node-"  # a host's directory in its node's temp dir: HOST_DIR<random>/<run_id>
 
 
 def spread(num_workers: int, nodes: list[str], per_node: int) -> dict[str, list[int]]:
@@ -100,21 +101,51 @@ def run_files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mode & 0o777) for p in paths}
 
 
+def remove_dead_hosts(temp: Path) -> list[Path]:
+    """Remove what hosts of earlier runs left on this node when they died without cleaning up (their
+    supervisor SIGKILLed, their node lost and back); the directories removed. Only a directory HOST_DIR* of
+    `temp` that is this user's, private, without links, holding one run directory with a host's pid file
+    (written by the host first: cleanup.record_supervisor) and no live process of its run (the host, or a
+    process started with `--run-dir` naming it: cleanup.run_pids); its store and sockets go with it
+    (cleanup.clean_run). Anything else stays: a host starting (no pid file yet), a live run, what is not
+    hotprune's."""
+    removed = []
+    for top in sorted(temp.glob(f"{HOST_DIR}*")):
+        try:
+            if top.is_symlink() or not top.is_dir():
+                continue
+            private.check(top)
+            [run_dir] = list(top.iterdir())
+        except (ConfigError, OSError, ValueError):  # not this user's, holds a link, or not one run directory
+            continue
+        if not (run_dir / cleanup.PID_FILE).is_file() or cleanup.run_pids(run_dir):
+            continue
+        cleanup.clean_run(run_dir)
+        shutil.rmtree(top, ignore_errors=True)
+        removed.append(top)
+    return removed
+
+
 class NodeHost:
     """On a node (a Ray actor's body): the node's run directory, store, relay and workers."""
 
     def __init__(self, run_id: str, files: dict[str, tuple[bytes, int]], node: str, indices: list[int]):
-        self.top = Path(tempfile.mkdtemp(prefix="hotprune-node-"))  # 0700
+        removed = remove_dead_hosts(Path(tempfile.gettempdir()))
+        self.top = Path(tempfile.mkdtemp(prefix=HOST_DIR))  # 0700
         self.run_dir = self.top / run_id  # the run's id: every message carries it
         self.store = None
         try:
             private.make_dirs(self.run_dir, private.PRIVATE_DIR)
+            cleanup.record_supervisor(self.run_dir)  # this host's: a later host removes the directory once it died
             private.make_dirs(curve.keys_dir(self.run_dir), private.PRIVATE_DIR)
             for name, (data, mode) in files.items():
                 with os.fdopen(private.create(self.run_dir / name, mode), "wb") as f:
                     f.write(data)
             private.make_dirs(socket_dir(self.run_dir), private.PRIVATE_DIR)
             private.make_dirs(self.run_dir / LOGS, private.SHARED_DIR)
+            if removed:  # said on the supervisor's terminal, as a local child's output
+                private.write_text(self.run_dir / LOGS / f"host{OUTPUT}", "".join(
+                    f"hotprune: removed {top} on node {node}, left by a dead run's host\n" for top in removed))
             cfg = load_run_config(self.run_dir)
             self.store = WeightStore.create(segment_name(self.run_dir, node), rundir.store_slot_size(cfg))
         except BaseException:
