@@ -15,7 +15,9 @@ read from the node's `poll()`: one Ray call per node at most every POLL_S, which
 of the node's log files, appended to the run directory's logs/ (the console and `diagnose` see remote
 workers while the run goes on), and of what its processes print, written on the supervisor's stderr as a
 local child's output is. At the end each host stops what is still running, ships the rest of its
-logs, unlinks its store and removes its directory: nothing of the run stays on the node.
+logs, unlinks its store and removes its directory: nothing of the run stays on the node. What a host that
+died could not remove (its node lost, its supervisor SIGKILLed) the next host on that node removes first
+(`remove_dead_hosts`: only a dead host's own directory, marked by its pid file).
 
 Placement (`spread`): relay.workers_per_node workers per node, the head's first; 0 spreads num_workers
 evenly over the cluster's nodes. The cluster is joined through hotprune.raycluster; this module is imported

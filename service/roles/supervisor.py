@@ -20,8 +20,9 @@ and watches them:
 - An exhausted budget, or the end of training, or SIGINT/SIGTERM, stops them all: SIGTERM, a grace
   period, SIGTERM again, another grace period, then SIGKILL. The store is unlinked last.
 
-Exit code: 0 when training completed and every process exited cleanly, 1 when a process failed for
-good (its restarts exhausted, or a clean exit before training ended), 2 when one refused, 128 + signal
+Exit code: 0 when training completed and every process exited cleanly (with --ray, or went with a node
+lost after that: `run_finished.lost`), 1 when a process failed for good (its restarts exhausted, or a
+clean exit before training ended), 2 when one refused, 128 + signal
 number when stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
 """
 
