@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,9 +154,7 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_resumes_restarts_a_hun
     assert stopped.exit_code == 128 + signal.SIGINT, stopped.outcome
     before = {e["pid"] for name in ("worker-1", f"relay-{remote}") for e in events(run_dir, name)}
 
-    proc = subprocess.Popen([HOTPRUNE, "run", "--quiet", "--resume", str(run_dir), "--ray", cluster.address],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running([HOTPRUNE, "run", "--quiet", "--resume", str(run_dir), "--ray", cluster.address]) as proc:
         # While the run goes on, the remote processes' logs arrive here, from processes under the second node.
         swaps = wait_for(lambda: len(s := [e for e in logged(run_dir, "worker-1", "worker_swapped")
                                             if e["pid"] not in before]) >= 2 and s,
@@ -166,10 +165,6 @@ def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_resumes_restarts_a_hun
         os.kill(swaps[0]["pid"], signal.SIGSTOP)  # frozen: its pings stop, the supervisor kills it through its host
         os.kill(relay["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
 
     supervisor = events(run_dir, "supervisor")
@@ -258,16 +253,13 @@ def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_
     argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
             *settings(tmp_path, run_id, "num_workers=2", "epochs=30", "mode=sync",
                       f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2, timeout=180,
-                 what="two swaps of the remote worker")
-        cluster.remove_node(cluster.nodes[1])
-        out, err = proc.communicate(timeout=240)
+        with running(argv) as proc:
+            wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2, timeout=180,
+                     what="two swaps of the remote worker")
+            cluster.remove_node(cluster.nodes[1])
+            out, err = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         remove_what_a_lost_node_left(run_dir, lost)
     assert proc.returncode == 0, err[-3000:]
 
@@ -299,21 +291,18 @@ def test_a_node_lost_while_a_completed_run_stops_is_logged_as_lost_and_the_run_e
     argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
             *settings(tmp_path, run_id, "num_workers=2", "epochs=12", "mode=async",
                       f"transport.base_port={free_base_port()}", "supervisor.hang_timeout_s=0")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     frozen = None
     try:
-        frozen = wait_for(lambda: logged(run_dir, "worker-1", "worker_swapped"), timeout=180,
-                          what="a swap of the remote worker")[0]["pid"]
-        assert cluster.node_of(frozen) is cluster.nodes[1]
-        os.kill(frozen, signal.SIGSTOP)
-        wait_for(lambda: [e for e in logged(run_dir, "supervisor", "process_exited") if e["name"] == "trainer"],
-                 timeout=180, what="the trainer to complete")
-        cluster.remove_node(cluster.nodes[1])
-        out, err = proc.communicate(timeout=240)
+        with running(argv) as proc:
+            frozen = wait_for(lambda: logged(run_dir, "worker-1", "worker_swapped"), timeout=180,
+                              what="a swap of the remote worker")[0]["pid"]
+            assert cluster.node_of(frozen) is cluster.nodes[1]
+            os.kill(frozen, signal.SIGSTOP)
+            wait_for(lambda: [e for e in logged(run_dir, "supervisor", "process_exited") if e["name"] == "trainer"],
+                     timeout=180, what="the trainer to complete")
+            cluster.remove_node(cluster.nodes[1])
+            out, err = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         if frozen:  # a stopped process does not act on its parent-death SIGTERM
             with contextlib.suppress(ProcessLookupError):
                 os.kill(frozen, signal.SIGKILL)
@@ -322,6 +311,18 @@ def test_a_node_lost_while_a_completed_run_stops_is_logged_as_lost_and_the_run_e
     finished = logged(run_dir, "supervisor", "run_finished")[0]
     assert finished["outcome"] == "completed" and "worker-1" in finished["lost"], finished
     assert not of(events(run_dir, "supervisor"), "process_restarting")
+
+
+@contextlib.contextmanager
+def running(argv: list[str]) -> Iterator[subprocess.Popen]:
+    """`argv` running, its output piped; killed at the end if it still runs (a test that failed midway)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def remove_what_a_lost_node_left(run_dir: Path, node: str) -> None:
