@@ -22,8 +22,8 @@ and watches them:
 
 Exit code: 0 when training completed and every process exited cleanly (with --ray, or went with a node
 lost after that: `run_finished.lost`), 1 when a process failed for good (its restarts exhausted, or a
-clean exit before training ended), 2 when one refused, 128 + signal
-number when stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
+clean exit before training ended), 2 when one refused, 128 + signal number when stopped by a signal.
+`hotprune run --resume RUN_DIR` continues a stopped run.
 """
 
 from __future__ import annotations
