@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable
 
@@ -71,9 +71,11 @@ class RunHandle:
     """A run going on in the background (`run(config, background=True)`): wait for it, stop it, or
     follow its events. As a context manager it stops the run at the end of the block, if still running."""
 
-    def __init__(self, config: Config, echo: bool, quiet: bool):
+    def __init__(self, config: Config, echo: bool, quiet: bool, ray: str | None = None):
         """Made by `run(config, background=True)`."""
         self._kept: deque[str] = deque(maxlen=KEPT_LINES)
+        if ray is not None:  # --ray implies tcp; a Config keeps no record of whether its "ipc" was set or the default
+            config = replace(config, transport=replace(config.transport, kind="tcp"))
         with tempfile.TemporaryDirectory(prefix="hotprune-") as tmp:
             path = Path(tmp) / "config.toml"
             try:
@@ -84,7 +86,8 @@ class RunHandle:
             resolved = load_config(path, named)  # what the child will load: its errors, here and now
             self.run_dir = resolved.run_dir.absolute()
             argv = [sys.executable, "-m", "hotprune.cli", "run", "--config", str(path),
-                    "--set", f"run_id={json.dumps(resolved.run_id)}", *(["--quiet"] if quiet else [])]
+                    "--set", f"run_id={json.dumps(resolved.run_id)}", *(["--quiet"] if quiet else []),
+                    *(["--ray", ray] if ray is not None else [])]
             self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           errors="replace", start_new_session=True, preexec_fn=die_with_parent)
             self._relays = [_relay(self._proc.stdout, (lambda: sys.stdout) if echo else None, self._kept),
@@ -168,11 +171,14 @@ def _relay(stream: IO[str], out: Callable[[], IO[str]] | None, kept: deque[str])
     return thread
 
 
-def run(config: Config, *, background: bool = False, quiet: bool = False) -> RunResult | RunHandle:
+def run(config: Config, *, background: bool = False, quiet: bool = False,
+        ray: str | None = None) -> RunResult | RunHandle:
     """Run the service for `config` to its end and return the result, printing the console of
     `hotprune run` (`quiet`: its first lines and the summary only). With `background`, return once the
-    run has started, with a handle on it; its console is not printed (follow `handle.events()`)."""
-    handle = RunHandle(config, echo=not background, quiet=quiet or background)
+    run has started, with a handle on it; its console is not printed (follow `handle.events()`). `ray`: a
+    Ray cluster's address ("auto": the one this machine is in), as `hotprune run --ray` (docs/distributed.md):
+    the workers spread over its nodes, over tcp."""
+    handle = RunHandle(config, echo=not background, quiet=quiet or background, ray=ray)
     if background:
         return handle
     try:

@@ -2,7 +2,7 @@
 
     hotprune run        [--config FILE] [--set key=value ...] [--quiet | --verbose]
                                                                 the whole service, under the supervisor
-    hotprune run        --resume RUN_DIR                        continue a stopped run from its checkpoint
+    hotprune run        --resume RUN_DIR [--ray ADDRESS|auto]   continue a stopped run from its checkpoint
     hotprune init       [--config FILE] [--set key=value ...]   make a run directory, print its path
     hotprune config show [--config FILE] [--set key=value ...] [--sources]
                                                                 the config.toml such a run would keep
@@ -264,9 +264,7 @@ def _main(argv: list[str]) -> int:
         if getattr(args, "resume", None):
             if args.config or args.set:
                 command.error("--resume continues a run with its own config: no --config or --set")
-            if args.ray:
-                command.error("--resume continues a run on this machine: no --ray")
-            return _supervise(_supervisor_class().resume(args.resume), _verbosity(args))
+            return _supervise(_supervisor_class().resume(args.resume, ray=args.ray), _verbosity(args))
         if args.command == "clean":
             return _clean(args.runs_dir)
         cfg = loaded or load_config(args.config, args.set)

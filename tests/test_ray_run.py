@@ -1,15 +1,17 @@
 """`hotprune run --ray`: one run's workers over the nodes of a Ray cluster, a relay per other node.
 
-The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py): the second node's worker
-and relay are real processes under that node's raylet, the worker swaps from its node's own store, which
-only its relay writes, and its frozen (SIGSTOP) worker and SIGKILLed relay are restarted through its node's
-host; another
-removes that node mid-run. The fast ones run a node's host in this process (a real relay under it), and
-check the placement and what is refused before anything starts.
+The slow test runs a real run on a 2-node loopback cluster (tests/raykit.py), started through the Python
+API, stopped and resumed with --ray: the second node's worker and relay are real processes under that
+node's raylet, the worker swaps from its node's own store, which only its relay writes, and its frozen
+(SIGSTOP) worker and SIGKILLed relay are restarted through its node's host; another removes that node
+mid-run. The fast ones run a node's host in this process (a real relay under it), and check the
+placement, the naming of hosts, a run's outcome when a node goes as it ends, and what is refused before
+anything starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,18 +21,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import raykit  # noqa: I001 -- before anything imports ray: it keeps the cluster on loopback
+import hotprune
 from hotprune.commands.diagnose import diagnose
 from hotprune.comms import curve
-from hotprune.config import ConfigError
-from hotprune.protocol.store_layout import segment_name
+from hotprune.config import ConfigError, load_config
+from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.roles import ray_nodes
-from hotprune.roles.ray_nodes import NodeHost, run_files, short_id, spread
-from hotprune.runs import private
+from hotprune.roles.ray_nodes import NodeHost, check_resumable, node_name, run_files, short_id, spread
+from hotprune.runs import cleanup, private
+from hotprune.roles.supervisor import Child, failures
 from hotprune.runs.runlog import load
 from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
     wait_for
@@ -60,6 +65,51 @@ def test_a_ray_node_id_names_a_relay_as_node_ids_must():
     assert short_id("7D309C0F267E234E2343DAD14AF43834B896664344D574C31AECF7ED") == "7d309c0f267e"
 
 
+def test_a_second_host_on_one_node_gets_a_relay_and_store_name_of_its_own():
+    """The workers of two lost nodes both move onto the head: each host there names its relay and store apart."""
+    head = "7D309C0F267E234E2343DAD14AF43834B896664344D574C31AECF7ED"
+    assert node_name(head, []) == "7d309c0f267e"
+    assert node_name(head, ["aaaaaaaaaaaa", "7d309c0f267e"]) == "7d309c0f267e-2"
+    assert node_name(head, ["7d309c0f267e", "7d309c0f267e-2"]) == check_node("7d309c0f267e-3")
+    assert node_name("B" * 56, ["7d309c0f267e"]) == "bbbbbbbbbbbb"
+
+
+def ended(name: str, exitcode: int, lost: bool = False) -> Child:
+    return Child(name, [], exitcode=exitcode, starts=1, lost=lost)
+
+
+def test_a_remote_process_lost_with_its_node_after_training_completed_is_no_failure_before_it_is_one():
+    killed = -signal.SIGKILL
+    after = [ended("trainer", 0), ended("compressor", 0), ended("relay-n1", killed, lost=True),
+             ended("worker-1", killed, lost=True)]
+    assert failures(after, []) == failures(after, ["worker-1"]) == (set(), ["relay-n1", "worker-1"])  # lost as killed
+    before = [ended("trainer", 128 + signal.SIGTERM), ended("relay-n1", killed, lost=True)]  # the run stopped early
+    assert failures(before, []) == ({"relay-n1"}, [])
+    crashed = [ended("trainer", 0), ended("worker-1", killed), ended("worker-2", 1, lost=True)]  # killed here: a crash
+    assert failures(crashed, ["compressor"]) == ({"worker-1", "compressor"}, ["worker-2"])
+
+
+def test_a_stopped_run_resumes_with_ray_only_where_its_config_already_listens():
+    cfg = load_config(None, ["transport.kind=tcp", "transport.host=10.0.0.5"])
+    check_resumable(cfg, "10.0.0.5")
+    with pytest.raises(ConfigError, match=r'^--resume --ray: \S+ listens on transport.host = "10.0.0.5", not this '
+                                          r"Ray node's address 10.0.0.6: resume it on the node it ran on, or without "
+                                          r"--ray$"):
+        check_resumable(cfg, "10.0.0.6")
+    cfg.transport.kind = "ipc"
+    with pytest.raises(ConfigError, match=r'^--resume --ray: \S+ ran over transport.kind = "ipc", which cannot reach '
+                                          r"other nodes: resume it without --ray$"):
+        check_resumable(cfg, "10.0.0.5")
+
+
+def test_the_apis_run_with_a_ray_address_where_no_cluster_answers_raises_the_commands_line_and_makes_no_run(tmp_path):
+    pytest.importorskip("ray")
+    config = load_config(None, settings(tmp_path, "apinocluster")[1::2])
+    with pytest.raises(ConfigError, match=r"^--ray 127.0.0.1:1: no Ray cluster answers there \(Connection refused\)$"):
+        hotprune.run(config, ray="127.0.0.1:1")
+    assert not (tmp_path / "runs" / "apinocluster").exists()
+
+
 def test_ray_with_an_explicit_ipc_transport_is_one_line_before_anything_starts(tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", "--ray", "127.0.0.1:1", *settings(tmp_path, "ipc", "transport.kind=ipc"))
     assert code == 2 and not out and err.count("\n") == 1, err
@@ -84,53 +134,59 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch)
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_restarts_a_hung_or_killed_remote_process_and_leaves_nothing(
+def test_a_run_over_two_nodes_swaps_from_each_nodes_relay_resumes_restarts_a_hung_or_killed_remote_one_leaves_nothing(
         cluster, tmp_path):
     """In sync mode a worker takes its share of each version and then waits for the next in its store: the
-    run cannot end unless the second node's worker keeps swapping versions its node's relay wrote."""
+    run cannot end unless the second node's worker keeps swapping versions its node's relay wrote. The run
+    starts through the Python API (`hotprune.run(config, ray=...)`), is stopped, and goes on with `hotprune run
+    --resume RUN_DIR --ray`, whose remote processes are then frozen and killed."""
     run_id = f"spread{os.getpid()}"  # the node directories are found by it under the nodes' temp dir
     run_dir = tmp_path / "runs" / run_id
     remote = short_id(cluster.node_ids()[1])
-    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
-            *settings(tmp_path, run_id, "num_workers=2", "epochs=8", "mode=sync",
-                      f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2",
-                      "supervisor.hang_timeout_s=3")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    # 20 epochs (of about 0.3 s on a quiet machine): the resumed run still trains when its processes are frozen
+    config = load_config(None, settings(tmp_path, run_id, "num_workers=2", "epochs=20", "mode=sync",
+                                        f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2",
+                                        "supervisor.hang_timeout_s=3")[1::2])
+    with hotprune.run(config, background=True, ray=cluster.address) as handle:
+        wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2 or not handle.running, timeout=180,
+                 what="two swaps of the remote worker")
+        stopped = handle.stop()
+    assert stopped.exit_code == 128 + signal.SIGINT, stopped.outcome
+    before = {e["pid"] for name in ("worker-1", f"relay-{remote}") for e in events(run_dir, name)}
+
+    with running([HOTPRUNE, "run", "--quiet", "--resume", str(run_dir), "--ray", cluster.address]) as proc:
         # While the run goes on, the remote processes' logs arrive here, from processes under the second node.
-        swaps = wait_for(lambda: (s := logged(run_dir, "worker-1", "worker_swapped")) and len(s) >= 2 and s,
-                         timeout=180, what="two swaps of the remote worker")
-        relay = logged(run_dir, f"relay-{remote}", "relay_wrote")[0]
+        swaps = wait_for(lambda: len(s := [e for e in logged(run_dir, "worker-1", "worker_swapped")
+                                            if e["pid"] not in before]) >= 2 and s,
+                         timeout=180, what="two swaps of the resumed run's remote worker")
+        relay = [e for e in logged(run_dir, f"relay-{remote}", "relay_wrote") if e["pid"] not in before][0]
         assert cluster.node_of(swaps[0]["pid"]) is cluster.nodes[1]
         assert cluster.node_of(relay["pid"]) is cluster.nodes[1]
         os.kill(swaps[0]["pid"], signal.SIGSTOP)  # frozen: its pings stop, the supervisor kills it through its host
         os.kill(relay["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
 
     supervisor = events(run_dir, "supervisor")
     assert {e["name"]: e["reason"] for e in of(supervisor, "process_restarting")} == {
         f"relay-{remote}": "exit -9", "worker-1": "hung"}
     assert [e["name"] for e in of(supervisor, "process_hung")] == ["worker-1"]
-    started = of(supervisor, "run_started")[0]
+    started, resumed = of(supervisor, "run_started")
     [node_store] = started["node_stores"]
     assert node_store.endswith(f"@{remote}") and node_store.split("@")[0] != started["store"]  # its own segment
+    assert resumed["resumed"] and resumed["node_stores"][0].endswith(f"@{remote}")  # the node's new host's
 
     relay_lines = events(run_dir, f"relay-{remote}")
     wrote = {e["version"] for e in of(relay_lines, "relay_wrote")}
-    assert len({e["pid"] for e in of(relay_lines, "relay_wrote")}) == 2  # the relay, then its replacement
+    assert len({e["pid"] for e in of(relay_lines, "relay_wrote")}) == 3  # the relay, the resumed run's, its replacement
     assert wrote <= {e["version"] for e in of(events(run_dir, "compressor"), "weights_written")}
     assert all(line["node_id"] == remote for line in relay_lines)
     worker = events(run_dir, "worker-1")
     assert all(line["node_id"] == remote for line in worker)
     pids = list(dict.fromkeys(e["pid"] for e in worker))
     swapped = of(worker, "worker_swapped")
-    assert len(pids) == 2 and {e["version"] for e in swapped} <= wrote
-    assert any(e["pid"] == pids[1] for e in swapped)  # the restarted worker swapped too
+    assert len(pids) == 3 and {e["version"] for e in swapped} <= wrote
+    assert any(e["pid"] == pids[2] for e in swapped)  # the restarted worker swapped too
     head_worker = events(run_dir, "worker-0")
     assert of(head_worker, "worker_swapped") and not any("node_id" in line for line in head_worker)
 
@@ -190,34 +246,26 @@ class Busy:
 def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_completes(cluster, tmp_path):
     """The second node dies mid-run (its raylet and everything on it killed): its relay and worker count as
     crashed and start again under a new host, on the head (the only node left), with a relay and store of
-    the head's node id; the run still completes. The last test here to use the cluster: it removes a node."""
+    the head's node id; the run still completes. It removes a node: the tests after it add one."""
     run_id = f"lost{os.getpid()}"  # 30 epochs: on a quiet machine 8 ended before the node was gone
     run_dir = tmp_path / "runs" / run_id
     lost, head = short_id(cluster.node_ids()[1]), short_id(cluster.node_ids()[0])
     argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
             *settings(tmp_path, run_id, "num_workers=2", "epochs=30", "mode=sync",
                       f"transport.base_port={free_base_port()}", "supervisor.restart_backoff_s=0.2")]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2, timeout=180,
-                 what="two swaps of the remote worker")
-        cluster.remove_node(cluster.nodes[1])
-        out, err = proc.communicate(timeout=240)
+        with running(argv) as proc:
+            wait_for(lambda: len(logged(run_dir, "worker-1", "worker_swapped")) >= 2, timeout=180,
+                     what="two swaps of the remote worker")
+            cluster.remove_node(cluster.nodes[1])
+            out, err = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        # What the lost node's host could not remove, killed with it: on a real cluster, gone with that machine.
-        wait_for(lambda: not processes_mentioning(run_id), timeout=30, what="the run's processes to exit")
-        for started in logged(run_dir, "supervisor", "process_started"):
-            if started["name"] == f"relay-{lost}":
-                shutil.rmtree(Path(started["argv"][started["argv"].index("--run-dir") + 1]).parent, ignore_errors=True)
-        for segment in Path("/dev/shm").glob(f"hotprune-{run_id}-*@{lost}"):
-            segment.unlink()
+        remove_what_a_lost_node_left(run_dir, lost)
     assert proc.returncode == 0, err[-3000:]
 
     supervisor = events(run_dir, "supervisor")
     assert sorted(e["name"] for e in of(supervisor, "process_restarting")) == [f"relay-{lost}", "worker-1"]
+    assert of(supervisor, "run_finished")[0]["lost"] == []  # lost while training: restarted, not forgiven
     assert f"relay-{head}" in [e["name"] for e in of(supervisor, "process_started")]
     moved = [e for e in of(events(run_dir, "worker-1"), "worker_swapped") if e["node_id"] == head]
     assert moved and {e["version"] for e in moved} <= {e["version"] for e in logged(run_dir, f"relay-{head}",
@@ -226,6 +274,69 @@ def test_the_workers_of_a_lost_node_start_again_on_a_host_elsewhere_and_the_run_
     assert all(c.status != "FAIL" for c in checks.values()), [c for c in checks.values() if c.status == "FAIL"]
     assert not list(Path("/dev/shm").glob(f"hotprune-{run_id}-*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"hotprune-node-*/{run_id}"))  # the head's host's is gone
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_node_lost_while_a_completed_run_stops_is_logged_as_lost_and_the_run_exits_0(cluster, tmp_path):
+    """The remote worker is frozen (SIGSTOP, hang detection off: it is not restarted) while the head's worker
+    trains the run to its end (async); as the supervisor waits for the frozen worker to stop, its node is
+    removed, and the worker goes with it. Training had completed: that is no failure. A second node is added
+    first where the lost-node test took it."""
+    if len(cluster.nodes) == 1:
+        cluster.add_node(cpus=2)
+        cluster.cluster.wait_for_nodes()
+    run_id = f"late{os.getpid()}"
+    run_dir = tmp_path / "runs" / run_id
+    remote = short_id(cluster.node_ids()[1])
+    argv = [HOTPRUNE, "run", "--quiet", "--ray", cluster.address,
+            *settings(tmp_path, run_id, "num_workers=2", "epochs=20", "mode=async",
+                      f"transport.base_port={free_base_port()}", "supervisor.hang_timeout_s=0")]
+    frozen = None
+    try:
+        with running(argv) as proc:
+            frozen = wait_for(lambda: logged(run_dir, "worker-1", "worker_swapped"), timeout=180,
+                              what="a swap of the remote worker")[0]["pid"]
+            assert cluster.node_of(frozen) is cluster.nodes[1]
+            os.kill(frozen, signal.SIGSTOP)
+            wait_for(lambda: [e for e in logged(run_dir, "supervisor", "process_exited") if e["name"] == "trainer"],
+                     timeout=180, what="the trainer to complete")
+            cluster.remove_node(cluster.nodes[1])
+            out, err = proc.communicate(timeout=240)
+    finally:
+        if frozen:  # a stopped process does not act on its parent-death SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGKILL)
+        remove_what_a_lost_node_left(run_dir, remote)
+    assert proc.returncode == 0, err[-3000:]
+    finished = logged(run_dir, "supervisor", "run_finished")[0]
+    assert finished["outcome"] == "completed" and "worker-1" in finished["lost"], finished
+    assert not of(events(run_dir, "supervisor"), "process_restarting")
+
+
+@contextlib.contextmanager
+def running(argv: list[str]) -> Iterator[subprocess.Popen]:
+    """`argv` running, its output piped; killed at the end if it still runs (a test that failed midway)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # its children stop on their parent-death signal; one that does not stop keeps the
+            proc.wait()  # pipes open: they are not read to their end
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def remove_what_a_lost_node_left(run_dir: Path, node: str) -> None:
+    """What a lost node's host could not remove, killed with it (on a real cluster, gone with that machine):
+    its directory and store; once the run's processes have exited."""
+    wait_for(lambda: not processes_mentioning(run_dir.name), timeout=30, what="the run's processes to exit")
+    for started in logged(run_dir, "supervisor", "process_started"):
+        if started["name"] == f"relay-{node}":
+            shutil.rmtree(Path(started["argv"][started["argv"].index("--run-dir") + 1]).parent, ignore_errors=True)
+    for segment in Path("/dev/shm").glob(f"hotprune-{run_dir.name}-*@{node}"):
+        segment.unlink()
 
 
 def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_byte_once_and_leaves_nothing(
@@ -277,3 +388,38 @@ def test_a_node_host_runs_its_processes_in_a_private_directory_ships_each_log_by
     assert {line["pid"] for line in lines} == {first, second} and all(line["node_id"] == "n1" for line in lines)
     assert not top.exists() and not (Path("/dev/shm") / store).exists()
     assert not processes_mentioning(str(run_dir))
+
+
+def test_a_node_host_removes_what_dead_hosts_left_on_its_node_and_nothing_else(tmp_path, monkeypatch):
+    """A host SIGKILLed with every process of its own (its resource tracker too: a lost node) leaves its
+    directory and store; the next host on that node removes them, and keeps a live run's host directory and
+    one without a host's pid file (a host starting, or not hotprune's)."""
+    cfg = tcp_run(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    host = (f"from pathlib import Path; import time; from hotprune.roles.ray_nodes import NodeHost, run_files; "
+            f"h = NodeHost({cfg.run_id!r}, run_files(Path({str(cfg.run_dir)!r})), 'n1', [0]); "
+            "print(h.top, h.store.name, flush=True); time.sleep(600)")
+    dead = subprocess.Popen([sys.executable, "-c", host], env={**os.environ, "TMPDIR": str(temp)},
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        top, store = dead.stdout.readline().split()
+    finally:
+        os.killpg(dead.pid, signal.SIGKILL)
+        dead.wait()
+        dead.stdout.close()
+    assert Path(top).is_dir() and (Path("/dev/shm") / store).exists()
+    live, starting = temp / "hotprune-node-live" / cfg.run_id, temp / "hotprune-node-starting" / cfg.run_id
+    for kept in (live, starting):
+        private.make_dirs(kept, private.PRIVATE_DIR)
+    cleanup.record_supervisor(live)  # this process's pid: alive
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    host = NodeHost(cfg.run_id, run_files(cfg.run_dir), "n2", [1])
+    try:
+        assert not Path(top).exists() and not (Path("/dev/shm") / store).exists()
+        assert live.is_dir() and starting.is_dir() and host.top.parent == temp
+        said = host.poll()[1]["host.out"].decode()
+        assert said == f"hotprune: removed {top} on node n2, left by a dead run's host\n"
+    finally:
+        host.stop()
+    assert sorted(p.name for p in temp.iterdir()) == ["hotprune-node-live", "hotprune-node-starting"]

@@ -15,7 +15,9 @@ read from the node's `poll()`: one Ray call per node at most every POLL_S, which
 of the node's log files, appended to the run directory's logs/ (the console and `diagnose` see remote
 workers while the run goes on), and of what its processes print, written on the supervisor's stderr as a
 local child's output is. At the end each host stops what is still running, ships the rest of its
-logs, unlinks its store and removes its directory: nothing of the run stays on the node.
+logs, unlinks its store and removes its directory: nothing of the run stays on the node. What a host that
+died could not remove (its node lost, its supervisor SIGKILLed) the next host on that node removes first
+(`remove_dead_hosts`: only a dead host's own directory, marked by its pid file).
 
 Placement (`spread`): relay.workers_per_node workers per node, the head's first; 0 spreads num_workers
 evenly over the cluster's nodes. The cluster is joined through hotprune.raycluster; this module is imported
@@ -42,7 +44,7 @@ from hotprune.protocol.endpoints import socket_dir
 from hotprune.protocol.store_layout import segment_name
 from hotprune.roles.process import load_run_config
 from hotprune.roles.supervisor import Child, launch, node_children
-from hotprune.runs import private, rundir
+from hotprune.runs import cleanup, private, rundir
 
 POLL_S = 1.0  # a node's state and logs, at most this often: never per env step
 CALL_TIMEOUT_S = 30.0  # a node's host that does not answer a call this long counts as lost
@@ -50,6 +52,7 @@ LOG_CHUNK = 4 * 1024 * 1024  # bytes of one log file per poll (the rest comes wi
 NODE_ID_CHARS = 12  # of a Ray node id (hex): the node's id in its relay's name, store and logs
 LOGS = "logs"
 OUTPUT = ".out"  # logs/<child>.out on a node: what a local child would print on the supervisor's terminal
+HOST_DIR = "hotprune-node-"  # a host's directory in its node's temp dir: HOST_DIR<random>/<run_id>
 
 
 def spread(num_workers: int, nodes: list[str], per_node: int) -> dict[str, list[int]]:
@@ -67,9 +70,31 @@ def spread(num_workers: int, nodes: list[str], per_node: int) -> dict[str, list[
     return {node: list(range(start, start + count)) for node, start, count in zip(nodes, starts, counts) if count}
 
 
+def check_resumable(cfg: Config, host: str) -> None:
+    """A stopped run resumes with --ray only where its config.toml already has it listen: over tcp (its
+    CURVE keys made) on `host`, the head's Ray address. Rewriting a stopped run's config.toml to move it
+    is not resuming it (`--resume` takes no --set): one line says how to resume it instead."""
+    if cfg.transport.kind != "tcp":
+        raise ConfigError(f"--resume --ray: {cfg.run_dir} ran over transport.kind = \"{cfg.transport.kind}\", which "
+                          "cannot reach other nodes: resume it without --ray")
+    if cfg.transport.host != host:
+        raise ConfigError(f"--resume --ray: {cfg.run_dir} listens on transport.host = \"{cfg.transport.host}\", not "
+                          f"this Ray node's address {host}: resume it on the node it ran on, or without --ray")
+
+
 def short_id(node_id: str) -> str:
     """A Ray node id as hotprune names a node (hotprune.protocol.store_layout.check_node's rule)."""
     return node_id[:NODE_ID_CHARS].lower()
+
+
+def node_name(node_id: str, taken: list[str]) -> str:
+    """The name of a new host's node (its relay's, store's and logs'): its Ray node's short id, and -2, -3, ...
+    for a second, third host on that node (the workers of two lost nodes moved onto the head), so that no
+    two hosts of a run share a relay name or a store. `taken`: the names of the run's hosts so far, lost too."""
+    name, n = short_id(node_id), 1
+    while (named := name if n == 1 else f"{name}-{n}") in taken:
+        n += 1
+    return named
 
 
 def run_files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
@@ -78,21 +103,51 @@ def run_files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mode & 0o777) for p in paths}
 
 
+def remove_dead_hosts(temp: Path) -> list[Path]:
+    """Remove what hosts of earlier runs left on this node when they died without cleaning up (their
+    supervisor SIGKILLed, their node lost and back); the directories removed. Only a directory HOST_DIR* of
+    `temp` that is this user's, private, without links, holding one run directory with a host's pid file
+    (written by the host first: cleanup.record_supervisor) and no live process of its run (the host, or a
+    process started with `--run-dir` naming it: cleanup.run_pids); its store and sockets go with it
+    (cleanup.clean_run). Anything else stays: a host starting (no pid file yet), a live run, what is not
+    hotprune's."""
+    removed = []
+    for top in sorted(temp.glob(f"{HOST_DIR}*")):
+        try:
+            if top.is_symlink() or not top.is_dir():
+                continue
+            private.check(top)
+            [run_dir] = list(top.iterdir())
+        except (ConfigError, OSError, ValueError):  # not this user's, holds a link, or not one run directory
+            continue
+        if not (run_dir / cleanup.PID_FILE).is_file() or cleanup.run_pids(run_dir):
+            continue
+        cleanup.clean_run(run_dir)
+        shutil.rmtree(top, ignore_errors=True)
+        removed.append(top)
+    return removed
+
+
 class NodeHost:
     """On a node (a Ray actor's body): the node's run directory, store, relay and workers."""
 
     def __init__(self, run_id: str, files: dict[str, tuple[bytes, int]], node: str, indices: list[int]):
-        self.top = Path(tempfile.mkdtemp(prefix="hotprune-node-"))  # 0700
+        removed = remove_dead_hosts(Path(tempfile.gettempdir()))
+        self.top = Path(tempfile.mkdtemp(prefix=HOST_DIR))  # 0700
         self.run_dir = self.top / run_id  # the run's id: every message carries it
         self.store = None
         try:
             private.make_dirs(self.run_dir, private.PRIVATE_DIR)
+            cleanup.record_supervisor(self.run_dir)  # this host's: a later host removes the directory once it died
             private.make_dirs(curve.keys_dir(self.run_dir), private.PRIVATE_DIR)
             for name, (data, mode) in files.items():
                 with os.fdopen(private.create(self.run_dir / name, mode), "wb") as f:
                     f.write(data)
             private.make_dirs(socket_dir(self.run_dir), private.PRIVATE_DIR)
             private.make_dirs(self.run_dir / LOGS, private.SHARED_DIR)
+            if removed:  # said on the supervisor's terminal, as a local child's output
+                private.write_text(self.run_dir / LOGS / f"host{OUTPUT}", "".join(
+                    f"hotprune: removed {top} on node {node}, left by a dead run's host\n" for top in removed))
             cfg = load_run_config(self.run_dir)
             self.store = WeightStore.create(segment_name(self.run_dir, node), rundir.store_slot_size(cfg))
         except BaseException:
@@ -184,14 +239,14 @@ class RemoteChild(Child):
                 self.name = f"relay-{self.host.node}"
         pid = self.host.call("start", self.name)
         self.argv = self.host.argvs[self.name]  # on its node, in that node's run directory
-        return RemoteProcess(self.host, self.name, pid, self.argv), RemoteListener(self.host, self.name, pid)
+        return RemoteProcess(self, pid), RemoteListener(self.host, self.name, pid)
 
 
 class RemoteProcess:
     """A remote child's process as the supervisor uses a Popen: its state is the node's last poll."""
 
-    def __init__(self, host: Node, name: str, pid: int, args: list[str]):
-        self.host, self.name, self.pid, self.args = host, name, pid, args
+    def __init__(self, child: RemoteChild, pid: int):
+        self.child, self.host, self.name, self.pid, self.args = child, child.host, child.name, pid, child.argv
         self.returncode = None
 
     def poll(self) -> int | None:
@@ -200,7 +255,7 @@ class RemoteProcess:
             if state.get("pid") == self.pid:
                 self.returncode = state["exitcode"]
             if self.returncode is None and self.host.lost:  # its node is gone, and it with it
-                self.returncode = -signal.SIGKILL
+                self.returncode, self.child.lost = -signal.SIGKILL, True
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -248,9 +303,9 @@ class Node:
     """The driver's end of one node's host: its actor, its children's last states, its logs shipped here. A
     host that dies, or does not answer within CALL_TIMEOUT_S, counts as lost with its node."""
 
-    def __init__(self, owner: RayNodes, actor, node_id: str, indices: list[int]):
-        self.owner, self.actor, self.node_id, self.indices = owner, actor, node_id, indices
-        self.ray, self.node = owner.ray, short_id(node_id)
+    def __init__(self, owner: RayNodes, actor, node_id: str, node: str, indices: list[int]):
+        self.owner, self.actor, self.node_id, self.node, self.indices = owner, actor, node_id, node, indices
+        self.ray = owner.ray
         self.states: dict[str, dict] = {}
         self.polled_at = time.monotonic()
         self.lost = False
@@ -306,22 +361,26 @@ class RayNodes:
     """The driver's side: the cluster joined, the workers placed, the hosts started, polled, replaced and
     stopped."""
 
-    def __init__(self, address: str, cfg: Config):
+    def __init__(self, address: str, cfg: Config, resumed: bool = False):
         """Join the cluster and place the workers (`local`: the head's); --ray runs over tcp on the head's
-        address, so that the other nodes reach its trainer and compressor."""
+        address, so that the other nodes reach its trainer and compressor. A `resumed` run's config.toml is
+        what its processes read: it must say so already (ConfigError, one line, if not)."""
         self.ray, self.connected = raycluster.join(address)
         try:
             self.head = self.ray.get_runtime_context().get_node_id()
             alive = {n["NodeID"]: n for n in self.ray.nodes() if n["Alive"]}
             if self.head not in alive:
                 raise ConfigError(f"--ray {address}: run hotprune run --ray on a node of the cluster (the head)")
+            host = alive[self.head]["NodeManagerAddress"]
+            if resumed:
+                check_resumable(cfg, host)
             order = [self.head, *sorted(set(alive) - {self.head})]
             self.placed = spread(cfg.num_workers, order, cfg.relay.workers_per_node)
         except BaseException:
             self.leave()
             raise
         self.local = self.placed.pop(self.head, [])
-        cfg.transport.kind, cfg.transport.host = "tcp", alive[self.head]["NodeManagerAddress"]
+        cfg.transport.kind, cfg.transport.host = "tcp", host
         self.nodes: list[Node] = []
         self.last_poll = 0.0
 
@@ -341,10 +400,11 @@ class RayNodes:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415 -- only with --ray
 
         pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        name = node_name(node_id, [node.node for node in self.nodes])
         actor = self.ray.remote(NodeHost).options(num_cpus=self._cpus(indices), max_restarts=0,
                                                   scheduling_strategy=pinned).remote(
-            self.run_id, self.files, short_id(node_id), indices)
-        node = Node(self, actor, node_id, indices)
+            self.run_id, self.files, name, indices)
+        node = Node(self, actor, node_id, name, indices)
         self.nodes.append(node)
         return node, actor.table.remote()
 

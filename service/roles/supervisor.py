@@ -20,9 +20,10 @@ and watches them:
 - An exhausted budget, or the end of training, or SIGINT/SIGTERM, stops them all: SIGTERM, a grace
   period, SIGTERM again, another grace period, then SIGKILL. The store is unlinked last.
 
-Exit code: 0 when training completed and every process exited cleanly, 1 when a process failed for
-good (its restarts exhausted, or a clean exit before training ended), 2 when one refused, 128 + signal
-number when stopped by a signal. `hotprune run --resume RUN_DIR` continues a stopped run.
+Exit code: 0 when training completed and every process exited cleanly (with --ray, or went with a node
+lost after that: `run_finished.lost`), 1 when a process failed for good (its restarts exhausted, or a
+clean exit before training ended), 2 when one refused, 128 + signal number when stopped by a signal.
+`hotprune run --resume RUN_DIR` continues a stopped run.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Child:
     restarts: list[float] = field(default_factory=list)  # when, within the restart window
     restart_at: float | None = None  # a restart waiting out its backoff
     hung: bool = False  # killed by us for not pinging
+    lost: bool = False  # gone with its node (--ray: hotprune.roles.ray_nodes), not by an exit of its own
 
     def launch(self, argv: list[str]):
         """Start it here: (its process, its liveness listener). A RemoteChild starts on its node instead."""
@@ -98,6 +100,19 @@ def process_table(cfg: Config, run_dir: Path, indices=None) -> list[Child]:
     ]
 
 
+def failures(children: list[Child], killed: list[str]) -> tuple[set[str], list[str]]:
+    """At a run's end: (the children that failed, those lost with their node once training had completed).
+    `killed`: those stop_all had to kill. A child waiting out a restart's backoff, or killed by us as hung
+    (its restart not yet due), has been dealt with; one whose node was lost after the trainer exited 0,
+    even as stop_all was killing it, went with the run's end (its work is done): logged, not held against
+    the run."""
+    completed = any(c.name == "trainer" and c.exitcode == 0 for c in children)
+    ended = [c for c in children if c.starts and c.restart_at is None and not c.hung]
+    lost = sorted(c.name for c in ended if completed and c.lost)
+    failed = {c.name for c in ended if c.exitcode not in CLEAN_EXITS} | set(killed)
+    return failed - set(lost), lost
+
+
 def launch(argv: list[str], output: int | None = None) -> tuple[subprocess.Popen, liveness.Listener]:
     """A child process in its own session, SIGTERMed if its parent dies, with a liveness pipe to it; its
     stdout and stderr ours, or the descriptor `output`."""
@@ -119,7 +134,7 @@ class Supervisor:
         if ray is not None:
             from hotprune.roles.ray_nodes import RayNodes  # noqa: PLC0415 -- ray: only with --ray
 
-            self.nodes = RayNodes(ray, cfg)
+            self.nodes = RayNodes(ray, cfg, resumed=self.resuming)
         self.made_run_dir = not cfg.run_dir.exists()  # a failed start removes the directory only if it made it
         try:
             self.run_dir = run_dir if run_dir is not None else rundir.prepare(
@@ -135,10 +150,12 @@ class Supervisor:
         self.refused: str | None = None  # the child that exited with CONFIG_ERROR
 
     @classmethod
-    def resume(cls, run_dir: Path) -> "Supervisor":
+    def resume(cls, run_dir: Path, ray: str | None = None) -> "Supervisor":
         """Continue a stopped run with its own config, from its trainer checkpoint (a trainer that
         died before its first starts over). A run counts as completed once its supervisor said so:
-        one stopped while the trainer waited for its final masks still has them to take up."""
+        one stopped while the trainer waited for its final masks still has them to take up. With `ray`,
+        over that cluster's nodes (a run that ran over tcp on this node's Ray address: its config.toml
+        says where its processes listen); the other nodes' relays and workers start fresh, as on a restart."""
         run_dir = run_dir.resolve()  # runs/latest is a link: never hand the link to the children
         if not (run_dir / "config.toml").is_file():
             raise ConfigError(f"{run_dir} is not a hotprune run (no config.toml)")
@@ -156,7 +173,7 @@ class Supervisor:
         rundir.check_resume(cfg)  # every file it reads back, before anything is touched
         for path in cleanup.clean_run(run_dir):  # what the dead run left: its segment and socket files
             print(f"hotprune: removed {path}, left by the stopped run", file=sys.stderr)
-        return cls(cfg, run_dir)
+        return cls(cfg, run_dir, ray)
 
     def _on_signal(self, signum, frame) -> None:
         self.signal = self.signal or signum
@@ -201,11 +218,7 @@ class Supervisor:
                 store.close()
                 store.unlink()
             cleanup.remove_sockets(self.run_dir)
-        # A child waiting out a restart's backoff, or killed by us as hung (its restart not yet due),
-        # when the run ended has been dealt with.
-        failed = {c.name for c in self.children
-                  if c.proc and c.restart_at is None and not c.hung and c.exitcode not in CLEAN_EXITS}
-        failed |= set(killed)
+        failed, lost = failures(self.children, killed)
         if early and not self.signal:
             failed.add(early)
         failed = sorted(failed)
@@ -217,7 +230,7 @@ class Supervisor:
             outcome, code = "failed: " + ", ".join(failed), 1
         else:
             outcome, code = "completed", 0
-        self.log.info("run_finished", outcome=outcome, exitcode=code, failed=failed,
+        self.log.info("run_finished", outcome=outcome, exitcode=code, failed=failed, lost=lost,
                       restarts={c.name: c.starts - 1 for c in self.children if c.starts > 1},
                       logs=str(self.run_dir / "logs"))
         return code
@@ -228,6 +241,7 @@ class Supervisor:
         if child.listener:
             child.listener.close()
         child.proc, child.listener, child.exitcode, child.hung, child.restart_at = proc, listener, None, False, None
+        child.lost = False
         child.started_at = time.monotonic()
         child.starts += 1
         self.log.info("process_started", name=child.name, child_pid=child.proc.pid, argv=proc.args, start=child.starts)
@@ -312,6 +326,8 @@ class Supervisor:
                     self.log.error("process_refused", name=child.name, exitcode=child.exitcode)
                     self.refused = child.name
                     return child.name
+                if child.lost and self._trainer_done():  # its node went as the run ends: nothing to restart
+                    continue
                 if child.exitcode != 0 or child.hung:
                     if not self._crashed(child):
                         return child.name
