@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import signal
 import stat
 import subprocess
@@ -35,7 +36,7 @@ from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.roles import ray_nodes
 from hotprune.roles.ray_nodes import NodeHost, check_resumable, node_name, run_files, short_id, spread
 from hotprune.runs import cleanup, private
-from hotprune.roles.supervisor import Child, failures
+from hotprune.roles.supervisor import Child, Supervisor, failures
 from hotprune.runs.runlog import load
 from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
     wait_for
@@ -108,6 +109,20 @@ def test_the_apis_run_with_a_ray_address_where_no_cluster_answers_raises_the_com
     with pytest.raises(ConfigError, match=r"^--ray 127.0.0.1:1: no Ray cluster answers there \(Connection refused\)$"):
         hotprune.run(config, ray="127.0.0.1:1")
     assert not (tmp_path / "runs" / "apinocluster").exists()
+
+
+def test_resume_with_ray_refused_is_one_line_and_leaves_what_the_stopped_run_left(tmp_path, capsys):
+    """A run killed without a word leaves a socket file; `--resume --ray` refused (no cluster answers there)
+    removes nothing and says only why: the stopped run is as it was for a resume that is not refused."""
+    cfg = tcp_run(tmp_path, "leftover")
+    left = cfg.run_dir / "sock" / "left.sock"
+    with socket.socket(socket.AF_UNIX) as sock:  # closed unremoved, as a killed process leaves it
+        sock.bind(str(left))
+    code, out, err = run_cli(capsys, "run", "--resume", str(cfg.run_dir), "--ray", "127.0.0.1:1")
+    assert code == 2 and not out and err.count("\n") == 1 and "no Ray cluster answers there" in err, err
+    assert left.is_socket()
+    Supervisor.resume(cfg.run_dir)  # one that goes on (here without --ray) removes it, and says so
+    assert not left.exists() and capsys.readouterr().err == f"hotprune: removed {left}, left by the stopped run\n"
 
 
 def test_ray_with_an_explicit_ipc_transport_is_one_line_before_anything_starts(tmp_path, capsys):
