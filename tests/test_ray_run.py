@@ -35,7 +35,7 @@ from hotprune.config import ConfigError, load_config
 from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.roles import ray_nodes
 from hotprune.roles.ray_nodes import NodeHost, check_resumable, node_name, run_files, short_id, spread
-from hotprune.runs import cleanup, private
+from hotprune.runs import cleanup, private, rundir
 from hotprune.roles.supervisor import Child, Supervisor, failures
 from hotprune.runs.runlog import load
 from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
@@ -438,3 +438,18 @@ def test_a_node_host_removes_what_dead_hosts_left_on_its_node_and_nothing_else(t
     finally:
         host.stop()
     assert sorted(p.name for p in temp.iterdir()) == ["hotprune-node-live", "hotprune-node-starting"]
+
+
+def test_a_runs_directory_named_like_a_host_s_with_one_dead_run_in_it_is_not_removed(tmp_path):
+    """A host's directory is made private (mkdtemp: 0700), a runs directory open to read (0755): one named
+    hotprune-node-* holding a single run whose supervisor is dead (not yet pointed to by runs/latest) is the
+    user's records, not a dead host's, and stays."""
+    temp = tmp_path / "tmp"
+    cfg = load_config(None, [f"runs_dir={json.dumps(str(temp / 'hotprune-node-mine'))}", "run_id=stopped"])
+    run_dir = rundir.prepare(cfg, check_ports=False)
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from hotprune.runs import cleanup; "
+                    "cleanup.record_supervisor(Path(sys.argv[1]))", str(run_dir)], check=True, timeout=60)
+    assert stat.S_IMODE(run_dir.parent.stat().st_mode) == private.SHARED_DIR and not cleanup.run_pids(run_dir)
+    assert ray_nodes.remove_dead_hosts(temp) == [] and (run_dir / "config.toml").is_file()
+    run_dir.parent.chmod(private.PRIVATE_DIR)  # as a host makes its directory: then it is one
+    assert ray_nodes.remove_dead_hosts(temp) == [run_dir.parent] and not run_dir.parent.exists()
