@@ -82,3 +82,28 @@ def test_a_process_that_keeps_freed_memory_receives_each_large_frame_into_pages_
               for how in ("default", "kept")}
     pages = (40 << 20) // 4096
     assert faults["kept"] < pages // 10 < pages // 2 < faults["default"], faults
+
+
+PEAK = """
+import sys
+from hotprune.roles.process import KEPT_FREE_BYTES, keep_freed_memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+assert keep_freed_memory()
+start = rss()
+top = bytearray(KEPT_FREE_BYTES + (64 << 20))  # freed at the heap's top: more than is kept
+del top
+after_top = rss() - start
+below = bytearray(300 << 20)  # a transient (a checkpoint's copy) ...
+held = bytearray(8 << 20)  # ... under a block still in use (the next version)
+del below
+print(after_top, rss() - start)
+"""
+
+
+def test_a_process_that_keeps_freed_memory_gives_back_a_large_free_top_but_keeps_a_block_freed_below_a_held_one():
+    """What keep_freed_memory's docstring promises, both ways: its memory after a peak."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    after_top, after_below = map(int, subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True,
+                                                      env=env, check=True, timeout=60).stdout.split())
+    assert after_top < 32 << 20 and after_below > 300 << 20, (after_top, after_below)

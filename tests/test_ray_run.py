@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import signal
 import stat
 import subprocess
@@ -34,8 +35,8 @@ from hotprune.config import ConfigError, load_config
 from hotprune.protocol.store_layout import check_node, segment_name
 from hotprune.roles import ray_nodes
 from hotprune.roles.ray_nodes import NodeHost, check_resumable, node_name, run_files, short_id, spread
-from hotprune.runs import cleanup, private
-from hotprune.roles.supervisor import Child, failures
+from hotprune.runs import cleanup, private, rundir
+from hotprune.roles.supervisor import Child, Supervisor, failures
 from hotprune.runs.runlog import load
 from tests.servicekit import HOTPRUNE, events, free_base_port, logged, of, processes_mentioning, run_cli, settings, \
     wait_for
@@ -108,6 +109,20 @@ def test_the_apis_run_with_a_ray_address_where_no_cluster_answers_raises_the_com
     with pytest.raises(ConfigError, match=r"^--ray 127.0.0.1:1: no Ray cluster answers there \(Connection refused\)$"):
         hotprune.run(config, ray="127.0.0.1:1")
     assert not (tmp_path / "runs" / "apinocluster").exists()
+
+
+def test_resume_with_ray_refused_is_one_line_and_leaves_what_the_stopped_run_left(tmp_path, capsys):
+    """A run killed without a word leaves a socket file; `--resume --ray` refused (no cluster answers there)
+    removes nothing and says only why: the stopped run is as it was for a resume that is not refused."""
+    cfg = tcp_run(tmp_path, "leftover")
+    left = cfg.run_dir / "sock" / "left.sock"
+    with socket.socket(socket.AF_UNIX) as sock:  # closed unremoved, as a killed process leaves it
+        sock.bind(str(left))
+    code, out, err = run_cli(capsys, "run", "--resume", str(cfg.run_dir), "--ray", "127.0.0.1:1")
+    assert code == 2 and not out and err.count("\n") == 1 and "no Ray cluster answers there" in err, err
+    assert left.is_socket()
+    Supervisor.resume(cfg.run_dir)  # one that goes on (here without --ray) removes it, and says so
+    assert not left.exists() and capsys.readouterr().err == f"hotprune: removed {left}, left by the stopped run\n"
 
 
 def test_ray_with_an_explicit_ipc_transport_is_one_line_before_anything_starts(tmp_path, capsys):
@@ -423,3 +438,18 @@ def test_a_node_host_removes_what_dead_hosts_left_on_its_node_and_nothing_else(t
     finally:
         host.stop()
     assert sorted(p.name for p in temp.iterdir()) == ["hotprune-node-live", "hotprune-node-starting"]
+
+
+def test_a_runs_directory_named_like_a_host_s_with_one_dead_run_in_it_is_not_removed(tmp_path):
+    """A host's directory is made private (mkdtemp: 0700), a runs directory open to read (0755): one named
+    hotprune-node-* holding a single run whose supervisor is dead (not yet pointed to by runs/latest) is the
+    user's records, not a dead host's, and stays."""
+    temp = tmp_path / "tmp"
+    cfg = load_config(None, [f"runs_dir={json.dumps(str(temp / 'hotprune-node-mine'))}", "run_id=stopped"])
+    run_dir = rundir.prepare(cfg, check_ports=False)
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from hotprune.runs import cleanup; "
+                    "cleanup.record_supervisor(Path(sys.argv[1]))", str(run_dir)], check=True, timeout=60)
+    assert stat.S_IMODE(run_dir.parent.stat().st_mode) == private.SHARED_DIR and not cleanup.run_pids(run_dir)
+    assert ray_nodes.remove_dead_hosts(temp) == [] and (run_dir / "config.toml").is_file()
+    run_dir.parent.chmod(private.PRIVATE_DIR)  # as a host makes its directory: then it is one
+    assert ray_nodes.remove_dead_hosts(temp) == [run_dir.parent] and not run_dir.parent.exists()

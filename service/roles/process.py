@@ -137,13 +137,16 @@ def socket(ctx: zmq.Context, kind: int, hwm: int = 0, kernel_buffer: int = 0, ma
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-KEPT_FREE_BYTES = 256 * 1024 * 1024  # freed memory a process keeps for its next allocations, at most
+KEPT_FREE_BYTES = 256 * 1024 * 1024  # a free top of the heap up to this stays with the process; a larger one goes back
 
 
 def keep_freed_memory() -> bool:
-    """From now on, memory this process frees stays with it (up to KEPT_FREE_BYTES free) for its next
-    allocations, rather than going back to the kernel; False where the C library has no glibc mallopt
-    (nothing changes there). Call it before the process starts threads (a ZeroMQ context).
+    """From now on, memory this process frees stays with it for its next allocations, rather than going
+    back to the kernel; False where the C library has no glibc mallopt (nothing changes there). Call it
+    before the process starts threads (a ZeroMQ context). What stays: a free top of the heap up to
+    KEPT_FREE_BYTES (a larger one goes back whole), and, whatever its size, a block freed below one still
+    in use (no allocation is a mapping of its own any more): after a peak, such a process's memory does
+    not shrink back below its newest live block (tests/test_compressor.py measures both).
 
     For a process that makes or receives a weight version per epoch (the trainer its snapshot's host
     copy, the compressor a snapshot, a relay a version): each lands in a fresh allocation (ZeroMQ's I/O

@@ -106,15 +106,16 @@ def run_files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
 def remove_dead_hosts(temp: Path) -> list[Path]:
     """Remove what hosts of earlier runs left on this node when they died without cleaning up (their
     supervisor SIGKILLed, their node lost and back); the directories removed. Only a directory HOST_DIR* of
-    `temp` that is this user's, private, without links, holding one run directory with a host's pid file
-    (written by the host first: cleanup.record_supervisor) and no live process of its run (the host, or a
-    process started with `--run-dir` naming it: cleanup.run_pids); its store and sockets go with it
-    (cleanup.clean_run). Anything else stays: a host starting (no pid file yet), a live run, what is not
-    hotprune's."""
+    `temp` that is this user's, private (nothing for group or others, as mkdtemp makes it), without links,
+    holding one run directory with a host's pid file (written by the host first: cleanup.record_supervisor)
+    and no live process of its run (the host, or a process started with `--run-dir` naming it:
+    cleanup.run_pids); its store and sockets go with it (cleanup.clean_run). Anything else stays: a host
+    starting (no pid file yet), a live run, a runs directory of that name (0755), what is not hotprune's."""
     removed = []
     for top in sorted(temp.glob(f"{HOST_DIR}*")):
         try:
-            if top.is_symlink() or not top.is_dir():
+            # A host's is mkdtemp's, private; a runs directory (0755: `hotprune run --set runs_dir=`) is not
+            if top.is_symlink() or not top.is_dir() or top.stat().st_mode & 0o077:
                 continue
             private.check(top)
             [run_dir] = list(top.iterdir())

@@ -139,6 +139,10 @@ class Supervisor:
         try:
             self.run_dir = run_dir if run_dir is not None else rundir.prepare(
                 cfg, workers_here=None if self.nodes is None else len(self.nodes.local))
+            # What the stopped run left (its segment and socket files), once nothing can refuse the resume
+            # (--ray's checks above): a refused one removes nothing. Before this supervisor's pid file.
+            for path in cleanup.clean_run(self.run_dir) if self.resuming else []:
+                print(f"hotprune: removed {path}, left by the stopped run", file=sys.stderr)
         except BaseException:
             if self.nodes:
                 self.nodes.leave()
@@ -171,8 +175,6 @@ class Supervisor:
         if alive:
             raise ConfigError(f"{run_dir} is still running (pid {', '.join(map(str, alive))})")
         rundir.check_resume(cfg)  # every file it reads back, before anything is touched
-        for path in cleanup.clean_run(run_dir):  # what the dead run left: its segment and socket files
-            print(f"hotprune: removed {path}, left by the stopped run", file=sys.stderr)
         return cls(cfg, run_dir, ray)
 
     def _on_signal(self, signum, frame) -> None:
