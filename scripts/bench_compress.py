@@ -311,6 +311,7 @@ def main() -> None:
     parser.add_argument("--cubic-epochs", type=int, default=None,
                         help=f"versions of the {CUBIC_SIZE} cubic case, each a compression (0: leave it out)")
     parser.add_argument("--base", default=None, help="also run the engine of this git revision (e.g. main)")
+    parser.add_argument("--out", default="compress", help="benchmarks/<out>.json and .md")
     args = parser.parse_args()
     sizes = (args.sizes or ("10K,1M" if args.quick else "10K,1M,10M")).split(",")
     rounds = args.rounds or (5 if args.quick else 15)
@@ -325,7 +326,7 @@ def main() -> None:
         cubic = measure_cubic(epochs, engines, tmp) if epochs else None
         results = [measure(size, SIZES[size], rounds, engines, tmp) for size in sizes]
     meta = {"start": start, "end": benchkit.machine(), "rounds": rounds, "command": " ".join(sys.argv), "base": base}
-    benchkit.write("compress", {"meta": meta, "cubic": cubic, "results": results}, report(meta, cubic, results, base))
+    benchkit.write(args.out, {"meta": meta, "cubic": cubic, "results": results}, report(meta, cubic, results, base))
 
 
 if __name__ == "__main__":
